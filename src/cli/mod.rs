@@ -1,0 +1,84 @@
+//! The `nightshift` command line: argument parsing and one module per subcommand.
+
+mod render;
+mod schema;
+mod test;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::catalog::{self, Catalog};
+use crate::config::Diagnostic;
+use crate::rules::RuleEngine;
+
+/// nightshift: event-driven automations for AI coding agents.
+///
+/// Automations are YAML files that bind triggers (cron, webhooks, Slack, PagerDuty,
+/// Alertmanager, GitHub) to a task an agent runs on a fresh branch. These commands check
+/// and try them without running anything.
+#[derive(Debug, Parser)]
+#[command(name = "nightshift", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where automations and the project settings come from.
+#[derive(Debug, clap::Args)]
+struct Sources {
+    /// Project settings (agent profiles). Default: ./nightshift.yaml if it exists.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check automation files and report every problem as file:line:col.
+    ///
+    /// Exits 1 if any file has an error.
+    Validate(validate::Args),
+    /// Render one automation against an event fixture and print the task as JSON.
+    ///
+    /// Nothing is executed: this shows whether the event matches and why, the prompt,
+    /// branch, agent command, network policies and flow-control keys.
+    Render(render::Args),
+    /// Run the `tests:` blocks of automations. Exits 1 on any failure.
+    Test(test::Args),
+    /// Print the JSON Schema of automation files (or write schemas/).
+    Schema(schema::Args),
+}
+
+/// Parses arguments, runs the command, and maps the outcome to an exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(args),
+        Command::Render(args) => render::run(args),
+        Command::Test(args) => test::run(args),
+        Command::Schema(args) => schema::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads automations from `paths` (default `automations/`).
+fn load_catalog(paths: &[PathBuf], sources: &Sources) -> (Catalog, Vec<Diagnostic>) {
+    let default = [PathBuf::from("automations")];
+    let paths = if paths.is_empty() { &default[..] } else { paths };
+    let project = catalog::project_file(sources.config.as_deref());
+    catalog::load(RuleEngine::shared(), paths, project.as_deref())
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic]) {
+    for diagnostic in diagnostics {
+        eprintln!("{diagnostic}");
+    }
+}

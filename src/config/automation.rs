@@ -1,0 +1,353 @@
+//! The automation file format: one YAML file per automation. These types are the
+//! format's definition: their doc comments become the JSON Schema's descriptions.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{DurationSpec, SecretRef};
+use crate::netpolicy::{Method, NetworkConfig};
+use crate::triggers::{TriggerKind, TriggerSpec};
+
+/// An automation: triggers, a rule that decides which events matter, and the task an
+/// agent runs for each of them.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "nightshift automation")]
+pub struct Automation {
+    /// Unique name: lowercase letters, digits and dashes. Used in URLs (`/hooks/{name}`),
+    /// branch names and the run ledger.
+    pub name: String,
+    /// What the automation is for, in a sentence.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Disabled automations are validated but never run. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The one trigger of this automation (use `triggers` for several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerSpec>,
+    /// Several triggers; every one of them can start a run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerSpec>,
+    /// A rhai expression over `event`, `memory`, `automation` and `now` that must be
+    /// true for an event to start a run. Default: every event the trigger accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// What the agent does for each matching event.
+    pub task: TaskTemplate,
+    /// Collapse repeat events into one run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe: Option<Dedupe>,
+    /// How many runs may be active at once, and what happens to the next one.
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// Minimum time between the start of one run and the next. Events inside it are
+    /// recorded as skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<DurationSpec>,
+    /// Per-automation memory that later runs read.
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// Where to report a finished run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifyTarget>,
+    /// Event fixtures and what rendering them must give; `nightshift test` runs them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<TestCase>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The task template: rendered into a concrete task for each run.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskTemplate {
+    /// Agent profile: `codex`, `claude`, or one defined in `nightshift.yaml`.
+    pub agent: String,
+    /// The repository: a URL (`https://...`, `ssh://...`, `git@host:path`) or a local
+    /// path. A `{{ expr }}` template, e.g. `{{ event.repository.clone_url }}`.
+    pub repo: String,
+    /// The branch or commit the work starts from. Default `main`. A `{{ expr }}` template.
+    #[serde(default = "default_base")]
+    pub base: String,
+    /// The new branch, a `{{ expr }}` template. The rendered name must be a safe git ref;
+    /// use `slug(text)` for event text. Default `nightshift/{{ automation.name }}/{{ slug(event.id) }}`.
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// The agent's prompt, a `{{ expr }}` template. Wrap event text in `untrusted(...)`.
+    pub prompt: String,
+    /// Shell commands run in the workspace before the agent, with `secrets` set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup: Vec<String>,
+    /// Environment variables for the setup phase only, by name. The agent never sees them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRef>,
+    /// Egress of the setup and agent phases; everything else is denied.
+    #[serde(default)]
+    pub network: NetworkConfig,
+    /// Globs of the files this task may change (e.g. `services/api/**`). Changes outside
+    /// them mark the run `out_of_scope`. Default: everything.
+    #[serde(default = "default_paths")]
+    pub paths: Vec<String>,
+    /// Time limit of the agent phase. Default `30m`.
+    #[serde(default = "default_timeout")]
+    pub timeout: DurationSpec,
+    /// Time limit of the setup phase. Default `10m`.
+    #[serde(default = "default_setup_timeout")]
+    pub setup_timeout: DurationSpec,
+    /// `plan`: the agent first proposes a plan and the run waits for approval. Default `none`.
+    #[serde(default)]
+    pub approval: Approval,
+    /// Push the branch to the repository's remote when the run succeeds. Default false.
+    #[serde(default)]
+    pub push: bool,
+}
+
+fn default_base() -> String {
+    "main".into()
+}
+
+pub const DEFAULT_BRANCH: &str = "nightshift/{{ automation.name }}/{{ slug(event.id) }}";
+
+fn default_branch() -> String {
+    DEFAULT_BRANCH.into()
+}
+
+fn default_paths() -> Vec<String> {
+    vec!["**".into()]
+}
+
+fn default_timeout() -> DurationSpec {
+    DurationSpec::from_secs(30 * 60)
+}
+
+fn default_setup_timeout() -> DurationSpec {
+    DurationSpec::from_secs(10 * 60)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// Run straight away.
+    #[default]
+    None,
+    /// Ask the agent for a plan and wait for `nightshift approve`.
+    Plan,
+}
+
+/// Deduplication: events with the same rendered key inside the window join one run.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dedupe {
+    /// A `{{ expr }}` template, e.g. `{{ event.incident.id }}`.
+    pub key: String,
+    /// How long a key holds. Default `1h`.
+    #[serde(default = "default_dedupe_window")]
+    pub window: DurationSpec,
+}
+
+fn default_dedupe_window() -> DurationSpec {
+    DurationSpec::from_secs(3600)
+}
+
+/// Concurrency limits.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    /// Most runs active at once (per `key` when set). Default 1.
+    #[serde(default = "default_limit")]
+    pub limit: u32,
+    /// A `{{ expr }}` template; the limit applies per rendered key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// What a run does when the limit is reached. Default `queue`.
+    #[serde(default)]
+    pub overlap: Overlap,
+}
+
+fn default_limit() -> u32 {
+    1
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency { limit: default_limit(), key: None, overlap: Overlap::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Record the new run as skipped.
+    Skip,
+    /// Wait until a slot frees up.
+    #[default]
+    Queue,
+    /// Cancel the oldest active run and start the new one.
+    CancelPrevious,
+}
+
+/// Memory: what this automation remembers between runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// A rhai script run after each run; it reads `run` (the result) and `event`, and
+    /// writes with `memory.set(key, value)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_run: Option<String>,
+    /// How long entries live unless a script says otherwise. Default: forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<DurationSpec>,
+}
+
+/// A notification target: set exactly one field.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyTarget {
+    /// Post to Slack: a channel id, or the thread of the message that started the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<SlackNotify>,
+    /// POST the run's result as JSON to a URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookNotify>,
+    /// Comment on the pull request or issue that started the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_comment: Option<GithubCommentNotify>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlackNotify {
+    /// Channel id or `#name`; default: reply in the thread of the triggering message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Bot token used to post.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookNotify {
+    pub url: String,
+    /// Signs the body (Standard Webhooks) when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GithubCommentNotify {
+    /// Token with permission to comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretRef>,
+}
+
+/// One test: an event fixture and what rendering it must give.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    /// A name for the pass/fail line; default: the fixture's file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Path of the event payload (JSON, as the source delivers it), relative to this file.
+    pub event: String,
+    /// Which trigger source receives the event; default: the automation's first trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<TriggerKind>,
+    /// Request headers of the delivery, e.g. `X-GitHub-Event: pull_request`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Memory as earlier runs left it.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub memory: serde_json::Map<String, serde_json::Value>,
+    /// The time of the render (RFC 3339); default: the event's time or the present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now: Option<String>,
+    /// What must hold.
+    pub expect: Expectation,
+}
+
+/// Expectations of a test; only the fields given are checked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    /// Whether the event starts a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<bool>,
+    /// Text the prompt must contain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompt_contains: Vec<String>,
+    /// Text the prompt must not contain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompt_excludes: Vec<String>,
+    /// The exact rendered branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The rendered dedupe key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe_key: Option<String>,
+    /// The rendered concurrency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// Requests the rendered policies must allow or deny.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkExpectation>,
+    /// Rendering must fail with an error containing this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_contains: Option<String>,
+}
+
+/// Requests written as `host`, `host:port`, `METHOD host` or `METHOD host:port`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkExpectation {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup_allows: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup_denies: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_allows: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_denies: Vec<String>,
+}
+
+/// A request in a network expectation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSpec {
+    pub method: Option<Method>,
+    pub host: String,
+    pub port: u16,
+}
+
+impl RequestSpec {
+    pub fn parse(text: &str) -> Result<RequestSpec, String> {
+        let (method, target) = match text.trim().split_once(' ') {
+            Some((method, target)) => {
+                let method = Method::parse(method)
+                    .ok_or_else(|| format!("unknown method `{method}` in `{text}`; use GET, POST, ..."))?;
+                (Some(method), target.trim())
+            }
+            None => (None, text.trim()),
+        };
+        let (host, port) = match target.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse().map_err(|_| format!("invalid port in `{text}`"))?),
+            None => (target, 443),
+        };
+        if host.is_empty() {
+            return Err(format!("no host in `{text}`"));
+        }
+        Ok(RequestSpec { method, host: host.to_string(), port })
+    }
+}
+
+impl Automation {
+    /// Every trigger, whether written as `trigger` or `triggers`.
+    pub fn all_triggers(&self) -> impl Iterator<Item = &TriggerSpec> {
+        self.trigger.iter().chain(self.triggers.iter())
+    }
+}

@@ -1,0 +1,265 @@
+//! Reading automation files and `nightshift.yaml`: YAML syntax, schema, types and the
+//! checks that need no rule engine, each problem located in its file.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::schema::Format;
+use super::{Automation, Code, Diagnostic, FieldPath, Finding, ProjectConfig, SourceMap, is_valid_name};
+
+/// A file's text, kept to locate problems found later (e.g. by the rule compiler).
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl SourceFile {
+    pub fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
+        std::fs::read_to_string(path)
+            .map(|text| SourceFile { path: path.to_path_buf(), text })
+            .map_err(|error| io_diagnostic(path, &format!("cannot read the file: {error}")))
+    }
+
+    /// Turns findings into diagnostics with line and column.
+    pub fn locate(&self, findings: Vec<Finding>) -> Vec<Diagnostic> {
+        if findings.is_empty() {
+            return Vec::new();
+        }
+        let map = SourceMap::new(&self.text);
+        findings
+            .into_iter()
+            .map(|finding| {
+                let at = match (finding.inner, finding.at_key) {
+                    (Some(inner), _) => map.inside(&finding.path, inner),
+                    (None, true) => map.key(&finding.path),
+                    (None, false) => map.value(&finding.path),
+                };
+                Diagnostic {
+                    file: self.path.clone(),
+                    line: at.line,
+                    col: at.col,
+                    code: finding.code,
+                    message: finding.message,
+                    hint: finding.hint,
+                }
+            })
+            .collect()
+    }
+
+    /// Parses the file as `format`: syntax, then every schema problem, then the types.
+    pub fn parse<T: DeserializeOwned>(&self, format: Format) -> Result<T, Vec<Diagnostic>> {
+        let value: Value = serde_yaml::from_str(&self.text).map_err(|error| vec![self.yaml_error(&error)])?;
+        let findings = format.check(&value);
+        if !findings.is_empty() {
+            return Err(self.locate(findings));
+        }
+        // The schema is generated from `T`, so this only fails on checks the schema cannot
+        // express (e.g. a duration too large to represent).
+        serde_json::from_value(value).map_err(|error| {
+            vec![Diagnostic {
+                file: self.path.clone(),
+                line: 1,
+                col: 1,
+                code: Code::InvalidValue,
+                message: error.to_string(),
+                hint: None,
+            }]
+        })
+    }
+
+    fn yaml_error(&self, error: &serde_yaml::Error) -> Diagnostic {
+        let (line, col) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
+        let message = error.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+        Diagnostic {
+            file: self.path.clone(),
+            line,
+            col,
+            code: Code::YamlSyntax,
+            message: format!("invalid YAML: {message}"),
+            hint: Some("check indentation and quoting; strings with `: ` or `#` need quotes".into()),
+        }
+    }
+}
+
+pub fn io_diagnostic(path: &Path, message: &str) -> Diagnostic {
+    Diagnostic { file: path.to_path_buf(), line: 1, col: 1, code: Code::Io, message: message.to_string(), hint: None }
+}
+
+/// Expands directories into the `.yaml`/`.yml` files under them (sorted, recursively).
+pub fn discover(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            collect_yaml(path, &mut files, &mut problems);
+        } else if path.exists() {
+            files.push(path.clone());
+        } else {
+            problems.push(io_diagnostic(path, "no such file or directory"));
+        }
+    }
+    (files, problems)
+}
+
+fn collect_yaml(dir: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Diagnostic>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) => return problems.push(io_diagnostic(dir, &format!("cannot read the directory: {error}"))),
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            collect_yaml(&path, files, problems);
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            files.push(path);
+        }
+    }
+}
+
+/// Checks of an automation that need no rule engine.
+pub fn check_automation(automation: &Automation, file: &Path) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let root = FieldPath::root();
+    if !is_valid_name(&automation.name) {
+        findings.push(
+            Finding::new(
+                root.key("name"),
+                Code::InvalidValue,
+                format!("invalid automation name `{}`", automation.name),
+            )
+            .hint("use 1 to 64 lowercase letters, digits and inner dashes, e.g. `weekly-audit`"),
+        );
+    }
+    match (&automation.trigger, automation.triggers.is_empty()) {
+        (None, true) => findings.push(
+            Finding::new(
+                root.clone(),
+                Code::MissingField,
+                "an automation needs `trigger` (one) or `triggers` (a list)",
+            )
+            .hint("e.g. `trigger: { cron: { schedule: \"0 9 * * MON\" } }`"),
+        ),
+        (Some(_), false) => findings.push(
+            Finding::new(root.key("triggers"), Code::InvalidValue, "write `trigger` or `triggers`, not both")
+                .hint("move the single trigger into the `triggers` list"),
+        ),
+        _ => {}
+    }
+    if let Some(trigger) = &automation.trigger {
+        trigger.check(&root.key("trigger"), &mut findings);
+    }
+    for (index, trigger) in automation.triggers.iter().enumerate() {
+        trigger.check(&root.key("triggers").index(index), &mut findings);
+    }
+    let task = root.key("task");
+    for (index, pattern) in automation.task.paths.iter().enumerate() {
+        if let Err(error) = globset::Glob::new(pattern) {
+            findings.push(Finding::new(
+                task.key("paths").index(index),
+                Code::InvalidValue,
+                format!("invalid glob: {}", error.kind()),
+            ));
+        }
+    }
+    for name in automation.task.secrets.keys() {
+        let valid = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if !valid {
+            findings.push(
+                Finding::new(
+                    task.key("secrets").key(name),
+                    Code::InvalidValue,
+                    format!("invalid environment variable name `{name}`"),
+                )
+                .hint("use uppercase letters, digits and `_`, e.g. `NPM_TOKEN`")
+                .at_key(),
+            );
+        }
+    }
+    if automation.concurrency.limit == 0 {
+        findings.push(
+            Finding::new(root.key("concurrency").key("limit"), Code::InvalidValue, "`limit` must be at least 1")
+                .hint("set `enabled: false` to stop an automation"),
+        );
+    }
+    for (index, target) in automation.notify.iter().enumerate() {
+        let set = [target.slack.is_some(), target.webhook.is_some(), target.github_comment.is_some()];
+        if set.iter().filter(|s| **s).count() != 1 {
+            findings.push(Finding::new(
+                root.key("notify").index(index),
+                Code::InvalidValue,
+                "a notify target has exactly one of `slack`, `webhook`, `github_comment`",
+            ));
+        }
+    }
+    let dir = file.parent().unwrap_or(Path::new("."));
+    for (index, case) in automation.tests.iter().enumerate() {
+        let path = root.key("tests").index(index);
+        let fixture = dir.join(&case.event);
+        if !fixture.is_file() {
+            findings.push(
+                Finding::new(
+                    path.key("event"),
+                    Code::MissingFixture,
+                    format!("fixture `{}` not found", fixture.display()),
+                )
+                .hint("fixture paths are relative to the automation file"),
+            );
+        }
+        if let Some(now) = &case.now
+            && chrono::DateTime::parse_from_rfc3339(now).is_err()
+        {
+            findings.push(
+                Finding::new(path.key("now"), Code::InvalidValue, format!("`{now}` is not an RFC 3339 time"))
+                    .hint("e.g. `2026-11-23T09:00:00Z`"),
+            );
+        }
+        if let Some(network) = &case.expect.network {
+            let lists = [
+                ("setup_allows", &network.setup_allows),
+                ("setup_denies", &network.setup_denies),
+                ("agent_allows", &network.agent_allows),
+                ("agent_denies", &network.agent_denies),
+            ];
+            for (field, requests) in lists {
+                for (n, request) in requests.iter().enumerate() {
+                    if let Err(why) = super::RequestSpec::parse(request) {
+                        findings.push(Finding::new(
+                            path.key("expect").key("network").key(field).index(n),
+                            Code::InvalidValue,
+                            why,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    findings
+}
+
+/// Loads `nightshift.yaml`, or the defaults when `path` is `None`.
+pub fn load_project(path: Option<&Path>) -> Result<ProjectConfig, Vec<Diagnostic>> {
+    let Some(path) = path else { return Ok(ProjectConfig::default()) };
+    let file = SourceFile::read(path).map_err(|d| vec![d])?;
+    let config: ProjectConfig = file.parse(Format::Project)?;
+    let mut findings = Vec::new();
+    for (name, profile) in &config.profiles {
+        let at = FieldPath::root().key("profiles").key(name);
+        if !is_valid_name(name) {
+            findings
+                .push(Finding::new(at.clone(), Code::InvalidValue, format!("invalid profile name `{name}`")).at_key());
+        }
+        profile.check(&at, &mut findings);
+    }
+    if findings.is_empty() { Ok(config) } else { Err(file.locate(findings)) }
+}

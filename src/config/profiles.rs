@@ -1,0 +1,171 @@
+//! Agent profiles: how to start an agent (argv template, environment, output adapter),
+//! from `nightshift.yaml` over built-in defaults for Codex CLI and Claude Code.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Code, FieldPath, Finding};
+
+/// `nightshift.yaml`: settings shared by every automation in a project.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// Agent profiles by name; they add to and override the built-ins (`codex`, `claude`).
+    #[serde(default)]
+    pub profiles: BTreeMap<String, AgentProfile>,
+}
+
+/// How to start one agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentProfile {
+    /// The argv (not a shell string). Placeholders: `{prompt}`, `{prompt_file}`,
+    /// `{workspace}`, `{branch}`, `{base}`, `{run_id}`.
+    pub command: Vec<String>,
+    /// The argv that asks for a plan only, used by `approval: plan`. Same placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_command: Option<Vec<String>>,
+    /// Extra environment variables for the agent (never secrets: the agent phase has none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// How to read the agent's output. Default `generic`.
+    #[serde(default)]
+    pub output: OutputFormat,
+}
+
+/// Output adapters that turn an agent's stdout into activities.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// JSON lines such as `{"type":"plan","text":...}`; other lines are kept as the log.
+    #[default]
+    Generic,
+    /// `codex exec --json` events.
+    CodexJsonl,
+    /// `claude -p --output-format stream-json` events.
+    ClaudeStreamJson,
+}
+
+pub const PLACEHOLDERS: [&str; 6] = ["prompt", "prompt_file", "workspace", "branch", "base", "run_id"];
+
+fn argv(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|p| (*p).to_string()).collect()
+}
+
+/// The profiles every installation has.
+pub fn builtin_profiles() -> BTreeMap<String, AgentProfile> {
+    let codex = AgentProfile {
+        command: argv(&["codex", "exec", "--json", "--cd", "{workspace}", "{prompt}"]),
+        plan_command: Some(argv(&[
+            "codex",
+            "exec",
+            "--json",
+            "--sandbox",
+            "read-only",
+            "--cd",
+            "{workspace}",
+            "Plan only, change nothing: {prompt}",
+        ])),
+        env: BTreeMap::new(),
+        output: OutputFormat::CodexJsonl,
+    };
+    let claude = AgentProfile {
+        command: argv(&["claude", "-p", "--output-format", "stream-json", "--verbose", "{prompt}"]),
+        plan_command: Some(argv(&[
+            "claude",
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--permission-mode",
+            "plan",
+            "{prompt}",
+        ])),
+        env: BTreeMap::new(),
+        output: OutputFormat::ClaudeStreamJson,
+    };
+    BTreeMap::from([("codex".to_string(), codex), ("claude".to_string(), claude)])
+}
+
+impl AgentProfile {
+    /// Load-time checks: a non-empty argv whose placeholders are all known.
+    pub fn check(&self, path: &FieldPath, findings: &mut Vec<Finding>) {
+        if self.command.is_empty() {
+            findings.push(
+                Finding::new(path.key("command"), Code::InvalidValue, "`command` is empty")
+                    .hint("give the argv, e.g. [\"my-agent\", \"--prompt\", \"{prompt}\"]"),
+            );
+        }
+        let argvs = [("command", Some(&self.command)), ("plan_command", self.plan_command.as_ref())];
+        for (field, argv) in argvs {
+            for (index, arg) in argv.into_iter().flatten().enumerate() {
+                for name in placeholders_in(arg) {
+                    if !PLACEHOLDERS.contains(&name) {
+                        findings.push(
+                            Finding::new(
+                                path.key(field).index(index),
+                                Code::InvalidValue,
+                                format!("unknown placeholder `{{{name}}}`"),
+                            )
+                            .hint(format!("placeholders: {}", PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", "))),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The argv with the placeholders that `values` names filled in; others stay as they are.
+    pub fn fill(argv: &[String], values: &[(&str, &str)]) -> Vec<String> {
+        argv.iter()
+            .map(|arg| {
+                let mut filled = arg.clone();
+                for (name, value) in values {
+                    filled = filled.replace(&format!("{{{name}}}"), value);
+                }
+                filled
+            })
+            .collect()
+    }
+}
+
+/// Names inside `{...}` in an argv element.
+fn placeholders_in(arg: &str) -> impl Iterator<Item = &str> {
+    arg.split('{').skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_use_known_placeholders_only() {
+        for (name, profile) in builtin_profiles() {
+            let mut findings = Vec::new();
+            profile.check(&FieldPath::root().key(&name), &mut findings);
+            assert!(findings.is_empty(), "{name}: {findings:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_placeholders_are_reported() {
+        let profile = AgentProfile {
+            command: vec!["x".into(), "{promt}".into()],
+            plan_command: None,
+            env: BTreeMap::new(),
+            output: OutputFormat::Generic,
+        };
+        let mut findings = Vec::new();
+        profile.check(&FieldPath::root(), &mut findings);
+        assert_eq!(findings.len(), 1);
+        assert!(findings[0].message.contains("{promt}"));
+    }
+
+    #[test]
+    fn fill_leaves_unknown_values_in_place() {
+        let argv = vec!["--cd".to_string(), "{workspace}".to_string(), "say {prompt}".to_string()];
+        assert_eq!(AgentProfile::fill(&argv, &[("prompt", "hi")]), ["--cd", "{workspace}", "say hi"]);
+    }
+}

@@ -1,0 +1,17 @@
+//! nightshift: an event-driven automation engine for AI coding agents.
+//!
+//! Reading order: `config` (the automation file format and its diagnostics), `triggers`
+//! (each source's config, payload normalization and filters), `event` (what a source
+//! received), `netpolicy` (egress rules), `rules` (the rhai engine, templates, rendering),
+//! `task` (the rendered result), `catalog` (loading a directory of automations),
+//! `selftest` (the `tests:` blocks), and `cli` (the `nightshift` command).
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod netpolicy;
+pub mod rules;
+pub mod selftest;
+pub mod task;
+pub mod triggers;

@@ -1,0 +1,354 @@
+//! Network policy: the allow-rule format of automation files, its validation, presets,
+//! and the rendered, deny-by-default policy that decides each connection.
+
+mod presets;
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use presets::Preset;
+
+/// HTTP methods an allow rule may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+}
+
+impl Method {
+    pub const ALL: [Method; 7] =
+        [Method::Get, Method::Head, Method::Post, Method::Put, Method::Patch, Method::Delete, Method::Options];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str() == text)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Egress for one phase (setup or agent). Everything not allowed here is denied.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PhasePolicyConfig {
+    /// Static allow rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AllowRuleConfig>,
+    /// Optional rhai script that returns an array of extra allow rules (maps with the same
+    /// fields as `allow` entries). Its result is validated like static rules; an invalid
+    /// result fails the render. It sees `event`, `memory`, `automation` and `now`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+}
+
+/// Network policy of both phases of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Egress for the setup commands (e.g. package registries).
+    #[serde(default)]
+    pub setup: PhasePolicyConfig,
+    /// Egress for the agent. Deny-by-default: list only what the agent needs.
+    #[serde(default)]
+    pub agent: PhasePolicyConfig,
+}
+
+/// One allow rule: either `domain` (with optional `ports` and `methods`) or `preset`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRuleConfig {
+    /// A host name such as `api.github.com`, or `*.example.com` for every subdomain of
+    /// `example.com` (not `example.com` itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// A named group of rules, e.g. `rust` or `github`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<Preset>,
+    /// Allowed ports; default `[443]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Allowed HTTP methods; default: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<Method>,
+}
+
+/// A validated host pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.suffix`: any host that ends with `.suffix`.
+    Subdomains(String),
+}
+
+impl HostPattern {
+    pub fn parse(text: &str) -> Result<HostPattern, RuleError> {
+        let fail = |why: &str| Err(RuleError::Domain { domain: text.to_string(), why: why.to_string() });
+        if text.contains("://") || text.contains('/') {
+            return fail("write the host name only, without scheme or path (e.g. `api.github.com`)");
+        }
+        if text.contains(':') {
+            return fail("write the port in `ports:`, not in the domain");
+        }
+        let lower = text.to_ascii_lowercase();
+        let (wildcard, host) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        if host.contains('*') {
+            return fail("`*` is only allowed as the whole first label, as in `*.example.com`");
+        }
+        if host.is_empty() || host.len() > 253 {
+            return fail("a host name has 1 to 253 characters");
+        }
+        if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return fail("IP addresses are not allowed; name the host");
+        }
+        let labels: Vec<&str> = host.split('.').collect();
+        for label in &labels {
+            let valid = !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-');
+            if !valid {
+                return fail("each dot-separated label needs 1 to 63 letters, digits or inner dashes");
+            }
+        }
+        if wildcard && labels.len() < 2 {
+            return fail("a wildcard must keep at least two labels (`*.example.com`, not `*.com`)");
+        }
+        Ok(if wildcard { HostPattern::Subdomains(host.to_string()) } else { HostPattern::Exact(host.to_string()) })
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        match self {
+            HostPattern::Exact(exact) => host.eq_ignore_ascii_case(exact),
+            HostPattern::Subdomains(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(host) => f.write_str(host),
+            HostPattern::Subdomains(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+impl From<HostPattern> for String {
+    fn from(pattern: HostPattern) -> String {
+        pattern.to_string()
+    }
+}
+
+impl TryFrom<String> for HostPattern {
+    type Error = RuleError;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        HostPattern::parse(&text)
+    }
+}
+
+/// Where a rendered rule came from, so a decision can be explained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleOrigin {
+    Static,
+    Preset(Preset),
+    Script,
+}
+
+/// A concrete allow rule of a rendered policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowRule {
+    pub host: HostPattern,
+    pub ports: Vec<u16>,
+    /// Empty means every method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<Method>,
+    pub origin: RuleOrigin,
+}
+
+impl AllowRule {
+    fn allows(&self, host: &str, port: u16, method: Option<Method>) -> bool {
+        self.host.matches(host)
+            && self.ports.contains(&port)
+            && (self.methods.is_empty() || method.is_none_or(|m| self.methods.contains(&m)))
+    }
+}
+
+/// A rendered policy: deny-by-default, allow what a rule allows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPolicy {
+    pub default: DefaultAction,
+    pub allow: Vec<AllowRule>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultAction {
+    #[default]
+    Deny,
+}
+
+/// The answer to "may this connection go out?", with the rule that allowed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub allowed: bool,
+    pub rule: Option<String>,
+}
+
+impl NetworkPolicy {
+    /// Decides a request. `method` is `None` when it is not visible (a TLS tunnel), in
+    /// which case the host and port decide.
+    pub fn decide(&self, host: &str, port: u16, method: Option<Method>) -> Decision {
+        let rule = self.allow.iter().find(|rule| rule.allows(host, port, method));
+        Decision { allowed: rule.is_some(), rule: rule.map(|r| r.host.to_string()) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("invalid domain `{domain}`: {why}")]
+    Domain { domain: String, why: String },
+    #[error("a rule needs exactly one of `domain` or `preset`")]
+    DomainOrPreset,
+    #[error("a preset rule takes no `ports` or `methods`; write a `domain` rule instead")]
+    PresetWithOptions,
+    #[error("port 0 is not a port")]
+    PortZero,
+}
+
+const DEFAULT_PORTS: [u16; 1] = [443];
+
+impl AllowRuleConfig {
+    /// Validates the rule and expands it into concrete rules.
+    pub fn expand(&self, origin_if_domain: RuleOrigin) -> Result<Vec<AllowRule>, RuleError> {
+        match (&self.domain, self.preset) {
+            (Some(domain), None) => {
+                if self.ports.contains(&0) {
+                    return Err(RuleError::PortZero);
+                }
+                let mut methods = self.methods.clone();
+                methods.sort();
+                methods.dedup();
+                Ok(vec![AllowRule {
+                    host: HostPattern::parse(domain)?,
+                    ports: if self.ports.is_empty() { DEFAULT_PORTS.to_vec() } else { self.ports.clone() },
+                    methods,
+                    origin: origin_if_domain,
+                }])
+            }
+            (None, Some(preset)) => {
+                if !self.ports.is_empty() || !self.methods.is_empty() {
+                    return Err(RuleError::PresetWithOptions);
+                }
+                Ok(preset.rules())
+            }
+            _ => Err(RuleError::DomainOrPreset),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check_domain(text: &str, ok: bool) {
+        assert_eq!(HostPattern::parse(text).is_ok(), ok, "{text}");
+    }
+
+    #[test]
+    fn domain_patterns() {
+        check_domain("api.github.com", true);
+        check_domain("*.githubusercontent.com", true);
+        check_domain("API.GitHub.com", true);
+        check_domain("localhost", true);
+        for bad in [
+            "",
+            "*",
+            "*.com",
+            "foo*.com",
+            "a.*.com",
+            "https://github.com",
+            "github.com/x",
+            "github.com:443",
+            "10.0.0.1",
+            "-a.com",
+            "a..com",
+            "a_b.com",
+        ] {
+            check_domain(bad, false);
+        }
+    }
+
+    #[test]
+    fn wildcard_matches_subdomains_only() {
+        let pattern = HostPattern::parse("*.example.com").unwrap();
+        assert!(pattern.matches("a.example.com"));
+        assert!(pattern.matches("a.b.example.com"));
+        assert!(!pattern.matches("example.com"));
+        assert!(!pattern.matches("badexample.com"));
+        assert!(!pattern.matches("example.com.evil.net"));
+    }
+
+    #[test]
+    fn decisions_are_deny_by_default() {
+        let rules = [
+            AllowRuleConfig {
+                domain: Some("api.datadoghq.com".into()),
+                methods: vec![Method::Get],
+                ..Default::default()
+            },
+            AllowRuleConfig { preset: Some(Preset::Rust), ..Default::default() },
+        ];
+        let allow = rules.iter().flat_map(|r| r.expand(RuleOrigin::Static).unwrap()).collect();
+        let policy = NetworkPolicy { default: DefaultAction::Deny, allow };
+        assert!(policy.decide("api.datadoghq.com", 443, Some(Method::Get)).allowed);
+        assert!(!policy.decide("api.datadoghq.com", 443, Some(Method::Post)).allowed);
+        assert!(!policy.decide("api.datadoghq.com", 80, Some(Method::Get)).allowed);
+        assert!(policy.decide("index.crates.io", 443, Some(Method::Get)).allowed);
+        assert!(!policy.decide("evil.example", 443, None).allowed);
+        assert!(!NetworkPolicy::default().decide("api.github.com", 443, None).allowed);
+    }
+
+    #[test]
+    fn rules_need_domain_xor_preset() {
+        assert_eq!(AllowRuleConfig::default().expand(RuleOrigin::Static), Err(RuleError::DomainOrPreset));
+        let both = AllowRuleConfig { domain: Some("a.com".into()), preset: Some(Preset::Npm), ..Default::default() };
+        assert_eq!(both.expand(RuleOrigin::Static), Err(RuleError::DomainOrPreset));
+        let preset_ports = AllowRuleConfig { preset: Some(Preset::Npm), ports: vec![80], ..Default::default() };
+        assert_eq!(preset_ports.expand(RuleOrigin::Static), Err(RuleError::PresetWithOptions));
+    }
+}

@@ -1,0 +1,372 @@
+//! `CompiledAutomation`: an automation with every expression, template and script
+//! compiled once, and `render`, which turns an event into a `Rendered` task.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use rhai::{AST, Dynamic, Map, Scope};
+
+use super::engine::{EvalError, RuleEngine};
+use super::git_ref::check_branch_name;
+use super::template::{Template, TemplateError};
+use super::value::{to_dynamic, to_json};
+use crate::config::{AgentProfile, Automation, Code, FieldPath, Finding, InnerPosition};
+use crate::event::Event;
+use crate::netpolicy::{AllowRuleConfig, NetworkPolicy, PhasePolicyConfig, RuleOrigin};
+use crate::task::{AgentCommand, Flow, PhasePolicies, Rendered, Task};
+
+/// An event converted for rhai once, then shared by every automation that sees it.
+#[derive(Debug, Clone)]
+pub struct PreparedEvent {
+    pub event: Event,
+    value: Dynamic,
+}
+
+impl PreparedEvent {
+    pub fn new(event: Event) -> PreparedEvent {
+        let value = to_dynamic(&event.rule_view()).into_shared();
+        PreparedEvent { event, value }
+    }
+}
+
+/// Memory as rules read it: a read-only map.
+pub fn memory_value(memory: &serde_json::Map<String, serde_json::Value>) -> Dynamic {
+    to_dynamic(&serde_json::Value::Object(memory.clone())).into_shared()
+}
+
+/// `now` as rules read it.
+pub fn now_value(now: DateTime<Utc>) -> Dynamic {
+    let mut map = Map::new();
+    map.insert("iso".into(), now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into());
+    map.insert("unix".into(), Dynamic::from_int(now.timestamp()));
+    map.insert("date".into(), now.format("%Y-%m-%d").to_string().into());
+    map.insert("weekday".into(), now.format("%a").to_string().into());
+    map.insert("hour".into(), Dynamic::from_int(i64::from(now.hour())));
+    map.insert("minute".into(), Dynamic::from_int(i64::from(now.minute())));
+    map.insert("year".into(), Dynamic::from_int(i64::from(now.year())));
+    Dynamic::from_map(map)
+}
+
+/// A render that failed: which automation, which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("automation `{automation}`, field `{field}`: {cause}")]
+pub struct RenderError {
+    pub automation: String,
+    pub field: String,
+    pub cause: String,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledPhase {
+    static_policy: NetworkPolicy,
+    script: Option<AST>,
+}
+
+/// An automation ready to render.
+#[derive(Debug, Clone)]
+pub struct CompiledAutomation {
+    pub definition: Automation,
+    profile: AgentProfile,
+    when: Option<AST>,
+    prompt: Template,
+    branch: Template,
+    base: Template,
+    repo: Template,
+    dedupe_key: Option<Template>,
+    concurrency_key: Option<Template>,
+    setup_policy: CompiledPhase,
+    agent_policy: CompiledPhase,
+    after_run: Option<AST>,
+    automation_value: Dynamic,
+}
+
+/// Variables rules may use.
+const RULE_VARIABLES: &[&str] = &["event", "memory", "automation", "now"];
+/// `memory.after_run` also reads the finished run.
+const AFTER_RUN_VARIABLES: &[&str] = &["event", "memory", "automation", "now", "run"];
+
+fn syntax_finding(path: FieldPath, error: &rhai::ParseError) -> Finding {
+    let inner = InnerPosition { line: error.1.line().unwrap_or(1), col: error.1.position().unwrap_or(1) };
+    Finding::new(path, Code::RhaiSyntax, format!("rhai: {}", error.0))
+        .hint("rules are rhai expressions over `event`, `memory`, `automation` and `now`")
+        .inner(Some(inner))
+}
+
+fn template_finding(path: FieldPath, error: TemplateError) -> Finding {
+    Finding::new(path, Code::RhaiSyntax, error.message)
+        .hint("templates are text with `{{ rhai expression }}` parts")
+        .inner(Some(error.at))
+}
+
+impl CompiledAutomation {
+    /// Compiles everything in `automation`, reporting every problem found.
+    pub fn compile(
+        engine: &RuleEngine,
+        automation: &Automation,
+        profiles: &BTreeMap<String, AgentProfile>,
+    ) -> Result<CompiledAutomation, Vec<Finding>> {
+        let mut findings = Vec::new();
+        let task_path = FieldPath::root().key("task");
+
+        let profile = profiles.get(&automation.task.agent).cloned();
+        if profile.is_none() {
+            let names: Vec<&str> = profiles.keys().map(String::as_str).collect();
+            let hint = match crate::config::did_you_mean(&automation.task.agent, names.iter().copied()) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None => format!("known profiles: {}; define others in nightshift.yaml", names.join(", ")),
+            };
+            findings.push(
+                Finding::new(
+                    task_path.key("agent"),
+                    Code::UnknownProfile,
+                    format!("unknown agent profile `{}`", automation.task.agent),
+                )
+                .hint(hint),
+            );
+        }
+
+        let when = automation.when.as_deref().and_then(|text| {
+            engine
+                .compile_expression(RULE_VARIABLES, text)
+                .map_err(|e| findings.push(syntax_finding(FieldPath::root().key("when"), &e)))
+                .ok()
+        });
+        let mut template = |path: FieldPath, text: &str| {
+            Template::compile(engine, RULE_VARIABLES, text).map_err(|e| findings.push(template_finding(path, e))).ok()
+        };
+        let prompt = template(task_path.key("prompt"), &automation.task.prompt);
+        let branch = template(task_path.key("branch"), &automation.task.branch);
+        let base = template(task_path.key("base"), &automation.task.base);
+        let repo = template(task_path.key("repo"), &automation.task.repo);
+        let dedupe_key =
+            automation.dedupe.as_ref().map(|d| template(FieldPath::root().key("dedupe").key("key"), &d.key));
+        let concurrency_key = automation
+            .concurrency
+            .key
+            .as_ref()
+            .map(|key| template(FieldPath::root().key("concurrency").key("key"), key));
+
+        if let Some(branch) = &branch {
+            let example = branch.with_stand_ins("x");
+            if let Err(why) = check_branch_name(&example) {
+                findings.push(
+                    Finding::new(task_path.key("branch"), Code::BranchTemplate, format!("branch template cannot give a safe name: {why}"))
+                        .hint("fixed text in a branch may use letters, digits, `/`, `-`, `_`, `.`; wrap event text in `slug(...)`"),
+                );
+            }
+        }
+
+        let network_path = task_path.key("network");
+        let setup_policy =
+            compile_phase(engine, &automation.task.network.setup, &network_path.key("setup"), &mut findings);
+        let agent_policy =
+            compile_phase(engine, &automation.task.network.agent, &network_path.key("agent"), &mut findings);
+
+        let after_run = automation.memory.after_run.as_deref().and_then(|text| {
+            engine
+                .compile_script(AFTER_RUN_VARIABLES, text)
+                .map_err(|e| findings.push(syntax_finding(FieldPath::root().key("memory").key("after_run"), &e)))
+                .ok()
+        });
+
+        if !findings.is_empty() {
+            return Err(findings);
+        }
+        let mut automation_map = Map::new();
+        automation_map.insert("name".into(), automation.name.clone().into());
+        automation_map.insert("description".into(), automation.description.clone().into());
+        let missing = "checked above";
+        Ok(CompiledAutomation {
+            definition: automation.clone(),
+            profile: profile.expect(missing),
+            when,
+            prompt: prompt.expect(missing),
+            branch: branch.expect(missing),
+            base: base.expect(missing),
+            repo: repo.expect(missing),
+            dedupe_key: dedupe_key.flatten(),
+            concurrency_key: concurrency_key.flatten(),
+            setup_policy: setup_policy.expect(missing),
+            agent_policy: agent_policy.expect(missing),
+            after_run,
+            automation_value: Dynamic::from_map(automation_map).into_shared(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.definition.name
+    }
+
+    /// The compiled `memory.after_run` script, run by the store when a run completes.
+    pub fn after_run(&self) -> Option<&AST> {
+        self.after_run.as_ref()
+    }
+
+    /// The scope every rule of one render shares.
+    pub fn scope(&self, event: &PreparedEvent, memory: &Dynamic, now: &Dynamic) -> Scope<'static> {
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("event", event.value.clone());
+        scope.push_constant_dynamic("memory", memory.clone());
+        scope.push_constant_dynamic("automation", self.automation_value.clone());
+        scope.push_constant_dynamic("now", now.clone());
+        scope
+    }
+
+    /// Evaluates `when`: true when it is absent.
+    pub fn eval_when(&self, engine: &RuleEngine, scope: &mut Scope<'_>) -> Result<bool, EvalError> {
+        let Some(when) = &self.when else { return Ok(true) };
+        let value = engine.eval(scope, when)?;
+        value.as_bool().map_err(|type_name| EvalError(format!("`when` must give true or false, it gave a {type_name}")))
+    }
+
+    /// Applies the automation to an event: trigger filters, `when`, then every template.
+    pub fn render(
+        &self,
+        engine: &RuleEngine,
+        event: &PreparedEvent,
+        memory: &Dynamic,
+        now: DateTime<Utc>,
+    ) -> Result<Rendered, RenderError> {
+        let not_matched = |reason: String| Rendered {
+            automation: self.name().to_string(),
+            event_id: event.event.id.clone(),
+            matched: false,
+            reason,
+            task: None,
+            flow: None,
+        };
+        let triggers: Vec<_> = self.definition.all_triggers().filter_map(|t| t.source()).collect();
+        let mut refusals = Vec::new();
+        if !triggers.iter().any(|trigger| trigger.accepts(&event.event).map_err(|why| refusals.push(why)).is_ok()) {
+            return Ok(not_matched(format!("no trigger accepts the event: {}", refusals.join("; "))));
+        }
+
+        let fail = |field: &str| {
+            let automation = self.name().to_string();
+            let field = field.to_string();
+            move |e: EvalError| RenderError { automation, field, cause: e.0 }
+        };
+        let now = now_value(now);
+        let mut scope = self.scope(event, memory, &now);
+        if !self.eval_when(engine, &mut scope).map_err(fail("when"))? {
+            return Ok(not_matched(format!(
+                "`when` is false: {}",
+                self.definition.when.as_deref().unwrap_or_default().trim()
+            )));
+        }
+
+        let task = &self.definition.task;
+        let prompt = self.prompt.render(engine, &mut scope).map_err(fail("task.prompt"))?;
+        let branch = self.branch.render(engine, &mut scope).map_err(fail("task.branch"))?;
+        check_branch_name(&branch).map_err(|why| fail("task.branch")(EvalError(why)))?;
+        let base = self.base.render(engine, &mut scope).map_err(fail("task.base"))?;
+        let repo = self.repo.render(engine, &mut scope).map_err(fail("task.repo"))?;
+        let setup_policy = self.setup_policy.render(engine, &mut scope).map_err(fail("task.network.setup.script"))?;
+        let agent_policy = self.agent_policy.render(engine, &mut scope).map_err(fail("task.network.agent.script"))?;
+        let dedupe_key = render_optional(engine, &mut scope, self.dedupe_key.as_ref()).map_err(fail("dedupe.key"))?;
+        let concurrency_key =
+            render_optional(engine, &mut scope, self.concurrency_key.as_ref()).map_err(fail("concurrency.key"))?;
+
+        let fill = [("prompt", prompt.as_str()), ("branch", branch.as_str()), ("base", base.as_str())];
+        let agent = AgentCommand {
+            profile: task.agent.clone(),
+            argv: AgentProfile::fill(&self.profile.command, &fill),
+            plan_argv: self.profile.plan_command.as_ref().map(|argv| AgentProfile::fill(argv, &fill)),
+            env: self.profile.env.clone(),
+            output: self.profile.output,
+        };
+        let flow = Flow {
+            dedupe_key,
+            dedupe_window: self.definition.dedupe.as_ref().map(|d| d.window),
+            concurrency_key,
+            concurrency_limit: self.definition.concurrency.limit,
+            overlap: self.definition.concurrency.overlap,
+            cooldown: self.definition.cooldown,
+        };
+        let reason = match &self.definition.when {
+            Some(when) => format!("`when` is true: {}", when.trim()),
+            None => "the trigger accepts the event and there is no `when`".to_string(),
+        };
+        Ok(Rendered {
+            automation: self.name().to_string(),
+            event_id: event.event.id.clone(),
+            matched: true,
+            reason,
+            task: Some(Task {
+                automation: self.name().to_string(),
+                agent,
+                repo,
+                base,
+                branch,
+                prompt,
+                setup: task.setup.clone(),
+                secrets: task.secrets.clone(),
+                network: PhasePolicies { setup: setup_policy, agent: agent_policy },
+                paths: task.paths.clone(),
+                timeout: task.timeout,
+                setup_timeout: task.setup_timeout,
+                approval: task.approval,
+                push: task.push,
+                untrusted_input: event.event.source.is_untrusted(),
+            }),
+            flow: Some(flow),
+        })
+    }
+}
+
+fn render_optional(
+    engine: &RuleEngine,
+    scope: &mut Scope<'_>,
+    template: Option<&Template>,
+) -> Result<Option<String>, EvalError> {
+    template.map(|t| t.render(engine, scope)).transpose()
+}
+
+fn compile_phase(
+    engine: &RuleEngine,
+    config: &PhasePolicyConfig,
+    path: &FieldPath,
+    findings: &mut Vec<Finding>,
+) -> Option<CompiledPhase> {
+    let before = findings.len();
+    let mut static_policy = NetworkPolicy::default();
+    for (index, rule) in config.allow.iter().enumerate() {
+        match rule.expand(RuleOrigin::Static) {
+            Ok(rules) => static_policy.allow.extend(rules),
+            Err(error) => findings.push(
+                Finding::new(path.key("allow").index(index), Code::NetworkRule, error.to_string())
+                    .hint("e.g. `{ domain: api.github.com, methods: [GET] }` or `{ preset: rust }`"),
+            ),
+        }
+    }
+    let script = config.script.as_deref().and_then(|text| {
+        engine
+            .compile_script(RULE_VARIABLES, text)
+            .map_err(|e| findings.push(syntax_finding(path.key("script"), &e)))
+            .ok()
+    });
+    (findings.len() == before).then_some(CompiledPhase { static_policy, script })
+}
+
+impl CompiledPhase {
+    /// The static rules plus what the script returns, validated like static rules.
+    fn render(&self, engine: &RuleEngine, scope: &mut Scope<'_>) -> Result<NetworkPolicy, EvalError> {
+        let mut policy = self.static_policy.clone();
+        let Some(script) = &self.script else { return Ok(policy) };
+        let before = scope.len();
+        let result = engine.eval(scope, script);
+        scope.rewind(before);
+        let value = to_json(&result?).map_err(|why| EvalError(format!("the script's result {why}")))?;
+        let items = match value {
+            serde_json::Value::Null => Vec::new(),
+            serde_json::Value::Array(items) => items,
+            other => return Err(EvalError(format!("the script must return an array of rules, it returned {other}"))),
+        };
+        for (index, item) in items.into_iter().enumerate() {
+            let invalid = |why: String| EvalError(format!("rule #{index} returned by the script is invalid: {why}"));
+            let rule: AllowRuleConfig = serde_json::from_value(item).map_err(|e| invalid(e.to_string()))?;
+            policy.allow.extend(rule.expand(RuleOrigin::Script).map_err(|e| invalid(e.to_string()))?);
+        }
+        Ok(policy)
+    }
+}

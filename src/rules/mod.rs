@@ -1,0 +1,14 @@
+//! The rule engine: one hardened rhai engine, `{{ expr }}` templates, compiled
+//! automations and rendering. No I/O happens here.
+
+mod compiled;
+mod engine;
+mod git_ref;
+pub mod helpers;
+mod template;
+pub mod value;
+
+pub use compiled::{CompiledAutomation, PreparedEvent, RenderError, memory_value, now_value};
+pub use engine::{EvalError, Limits, RuleEngine};
+pub use git_ref::check_branch_name;
+pub use template::{Template, TemplateError};

@@ -1,0 +1,82 @@
+//! The rendered, fully concrete result of applying an automation to an event: `Task`
+//! (what a worker runs) and `Rendered` (matched or not, why, and the flow-control keys).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Approval, DurationSpec, OutputFormat, Overlap, SecretRef};
+use crate::netpolicy::NetworkPolicy;
+
+/// How to start the agent for this run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentCommand {
+    pub profile: String,
+    /// The argv with `{prompt}`, `{branch}` and `{base}` filled; `{workspace}`,
+    /// `{prompt_file}` and `{run_id}` are filled by the worker.
+    pub argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_argv: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    pub output: OutputFormat,
+}
+
+/// Network policies of both phases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhasePolicies {
+    pub setup: NetworkPolicy,
+    pub agent: NetworkPolicy,
+}
+
+/// Everything a worker needs to run the agent once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub automation: String,
+    pub agent: AgentCommand,
+    pub repo: String,
+    pub base: String,
+    pub branch: String,
+    pub prompt: String,
+    pub setup: Vec<String>,
+    /// References only; values are resolved by the worker for the setup phase.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRef>,
+    pub network: PhasePolicies,
+    pub paths: Vec<String>,
+    pub timeout: DurationSpec,
+    pub setup_timeout: DurationSpec,
+    pub approval: Approval,
+    pub push: bool,
+    /// Whether the event that produced this task carries outside text (memory provenance).
+    pub untrusted_input: bool,
+}
+
+/// Flow control for the run, with its keys rendered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe_window: Option<DurationSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: u32,
+    pub overlap: Overlap,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<DurationSpec>,
+}
+
+/// The outcome of applying one automation to one event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rendered {
+    pub automation: String,
+    pub event_id: String,
+    pub matched: bool,
+    /// Why the event did or did not match.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Flow>,
+}

@@ -1,0 +1,111 @@
+//! Prometheus Alertmanager triggers (webhook payload version 4): status filters, one run
+//! per group or per alert, and cancellation on `resolved`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{Normalized, str_at};
+use crate::config::{FieldPath, Finding};
+use crate::event::Event;
+use crate::triggers::webhook::WebhookAuth;
+
+/// Alertmanager webhook receivers.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerTrigger {
+    /// How Alertmanager authenticates (`bearer` or `basic` in its `http_config`).
+    pub auth: WebhookAuth,
+    /// One run per notification (`group`) or per alert in it (`alert`). Default `group`.
+    #[serde(default)]
+    pub per: AlertGrouping,
+    /// Notification statuses that start runs. Default `[firing]`.
+    #[serde(default = "default_statuses")]
+    pub statuses: Vec<AlertStatus>,
+    /// A `resolved` notification cancels the group's run if it has not started. Default true.
+    #[serde(default = "yes")]
+    pub cancel_on_resolved: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_statuses() -> Vec<AlertStatus> {
+    vec![AlertStatus::Firing]
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertGrouping {
+    #[default]
+    Group,
+    Alert,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    Firing,
+    Resolved,
+}
+
+impl AlertStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+}
+
+impl AlertmanagerTrigger {
+    pub(super) fn check(&self, path: &FieldPath, findings: &mut Vec<Finding>) {
+        self.auth.check(&path.key("auth"), findings);
+    }
+
+    pub(super) fn accepts(&self, event: &Event) -> Result<(), String> {
+        let status = event.fields.get("status").and_then(Value::as_str).unwrap_or_default();
+        if !self.statuses.iter().any(|s| s.as_str() == status) {
+            return Err(format!("alert status `{status}` is not in `statuses`"));
+        }
+        Ok(())
+    }
+}
+
+/// Fields keep Alertmanager's names in snake_case: `status`, `receiver`, `group_key`,
+/// `group_labels`, `common_labels`, `common_annotations`, `external_url`, `alerts`.
+pub(super) fn normalize(payload: &Value) -> Normalized {
+    let mut fields = Map::new();
+    for (wire, name) in [
+        ("status", "status"),
+        ("receiver", "receiver"),
+        ("groupKey", "group_key"),
+        ("groupLabels", "group_labels"),
+        ("commonLabels", "common_labels"),
+        ("commonAnnotations", "common_annotations"),
+        ("externalURL", "external_url"),
+        ("alerts", "alerts"),
+        ("truncatedAlerts", "truncated_alerts"),
+    ] {
+        if let Some(value) = payload.get(wire) {
+            fields.insert(name.into(), value.clone());
+        }
+    }
+    let status = str_at(payload, "/status").unwrap_or("unknown");
+    Normalized { kind: format!("alert.{status}"), delivery_id: group_delivery_id(payload), fields }
+}
+
+/// Group key + status + sorted alert fingerprints: one id per distinct notification.
+fn group_delivery_id(payload: &Value) -> Option<String> {
+    let group_key = str_at(payload, "/groupKey")?;
+    let status = str_at(payload, "/status").unwrap_or_default();
+    let mut fingerprints: Vec<&str> = payload
+        .get("alerts")
+        .and_then(Value::as_array)
+        .map(|alerts| alerts.iter().filter_map(|a| str_at(a, "/fingerprint")).collect())
+        .unwrap_or_default();
+    fingerprints.sort_unstable();
+    let material = Value::String(format!("{group_key}|{status}|{}", fingerprints.join(",")));
+    Some(crate::event::content_hash(&material))
+}

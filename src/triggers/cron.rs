@@ -1,0 +1,146 @@
+//! Cron triggers: schedule, timezone and misfire policy, checked with the same parser
+//! (croner) that tokio-cron-scheduler fires them with.
+
+use std::str::FromStr;
+
+use chrono_tz::Tz;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{Normalized, str_at};
+use crate::config::{Code, DurationSpec, FieldPath, Finding, did_you_mean};
+
+/// A schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronTrigger {
+    /// A cron expression: 5 fields (`minute hour day-of-month month day-of-week`) or 6 with
+    /// seconds first. Names (`MON`, `JAN`) and `@daily`-style nicknames work.
+    pub schedule: String,
+    /// IANA timezone the schedule is read in, e.g. `Europe/Berlin`. Default `UTC`.
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// What to do with slots missed while the engine was down.
+    #[serde(default)]
+    pub misfire: MisfirePolicy,
+    /// How late a slot may still fire as if on time. Default `5m`.
+    #[serde(default = "default_grace")]
+    pub misfire_grace: DurationSpec,
+    /// With `misfire: run_all`, the most missed slots to run. Default 10.
+    #[serde(default = "default_max_catchup")]
+    pub max_catchup: u32,
+}
+
+fn utc() -> String {
+    "UTC".to_string()
+}
+
+fn default_grace() -> DurationSpec {
+    DurationSpec::from_secs(300)
+}
+
+fn default_max_catchup() -> u32 {
+    10
+}
+
+/// Misfire policy for slots missed while the engine was down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MisfirePolicy {
+    /// Record missed slots as skipped.
+    Skip,
+    /// Run once for all missed slots (the latest), record the rest as skipped.
+    #[default]
+    RunOnce,
+    /// Run every missed slot, up to `max_catchup`.
+    RunAll,
+}
+
+impl CronTrigger {
+    pub fn parsed_schedule(&self) -> Result<croner::Cron, String> {
+        croner::Cron::from_str(&self.schedule).map_err(|e| e.to_string())
+    }
+
+    pub fn parsed_timezone(&self) -> Result<Tz, String> {
+        Tz::from_str(&self.timezone).map_err(|e| e.to_string())
+    }
+
+    pub(super) fn check(&self, path: &FieldPath, findings: &mut Vec<Finding>) {
+        let fields = self.schedule.split_whitespace().count();
+        if !self.schedule.trim_start().starts_with('@') && !(5..=6).contains(&fields) {
+            findings.push(
+                Finding::new(
+                    path.key("schedule"),
+                    Code::InvalidCron,
+                    format!("cron expression `{}` has {fields} fields", self.schedule),
+                )
+                .hint("write 5 fields (`min hour dom month dow`, e.g. `0 9 * * MON`) or 6 with seconds first"),
+            );
+        } else if let Err(error) = self.parsed_schedule() {
+            findings.push(
+                Finding::new(
+                    path.key("schedule"),
+                    Code::InvalidCron,
+                    format!("invalid cron expression `{}`: {error}", self.schedule),
+                )
+                .hint("e.g. `0 9 * * MON` is 09:00 every Monday"),
+            );
+        }
+        if self.parsed_timezone().is_err() {
+            let mut finding = Finding::new(
+                path.key("timezone"),
+                Code::InvalidTimezone,
+                format!("unknown timezone `{}`", self.timezone),
+            );
+            let names = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
+            finding = match did_you_mean(&self.timezone, names) {
+                Some(close) => finding.hint(format!("did you mean `{close}`?")),
+                None => finding.hint("use an IANA name such as `Europe/Berlin` or `UTC`"),
+            };
+            findings.push(finding);
+        }
+        if self.misfire == MisfirePolicy::RunAll && self.max_catchup == 0 {
+            findings.push(
+                Finding::new(path.key("max_catchup"), Code::InvalidValue, "`max_catchup` must be at least 1")
+                    .hint("use `misfire: skip` to run no missed slots"),
+            );
+        }
+    }
+}
+
+/// A cron payload is `{"scheduled_at": RFC3339, ...}`, made by the scheduler.
+pub(super) fn normalize(payload: &Value) -> Normalized {
+    let mut fields = Map::new();
+    if let Some(slot) = str_at(payload, "/scheduled_at") {
+        fields.insert("scheduled_at".into(), Value::String(slot.into()));
+    }
+    Normalized { kind: "schedule".into(), delivery_id: str_at(payload, "/scheduled_at").map(str::to_string), fields }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn findings_for(schedule: &str, timezone: &str) -> Vec<Code> {
+        let trigger: CronTrigger =
+            serde_json::from_value(serde_json::json!({"schedule": schedule, "timezone": timezone})).unwrap();
+        let mut findings = Vec::new();
+        trigger.check(&FieldPath::root(), &mut findings);
+        findings.into_iter().map(|f| f.code).collect()
+    }
+
+    #[test]
+    fn accepts_five_and_six_fields_and_nicknames() {
+        assert!(findings_for("0 9 * * MON", "Europe/Berlin").is_empty());
+        assert!(findings_for("30 0 9 * * *", "UTC").is_empty());
+        assert!(findings_for("@daily", "UTC").is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_expressions_and_zones() {
+        assert_eq!(findings_for("0 25 * * *", "UTC"), [Code::InvalidCron]);
+        assert_eq!(findings_for("* * *", "UTC"), [Code::InvalidCron]);
+        assert_eq!(findings_for("0 9 * * MON", "Europe/Berln"), [Code::InvalidTimezone]);
+    }
+}

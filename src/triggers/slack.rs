@@ -1,0 +1,103 @@
+//! Slack Events API triggers: `message` and `app_mention` events with channel and text
+//! filters; the bot's own messages are ignored so replies never loop.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{Normalized, TextPattern, str_at};
+use crate::config::{FieldPath, Finding, SecretRef};
+use crate::event::Event;
+
+/// Slack messages.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlackTrigger {
+    /// The app's signing secret (v0 signatures).
+    pub signing_secret: SecretRef,
+    /// Event types to accept. Default: `message` and `app_mention`.
+    #[serde(default = "default_events")]
+    pub events: Vec<SlackEventType>,
+    /// Channel ids (`C0123ABC`) to listen in; empty means every channel the app is in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// A regular expression the message text must match, e.g. `^bug:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<TextPattern>,
+    /// Accept messages posted by bots. Default false, so nightshift's replies never loop.
+    #[serde(default)]
+    pub include_bots: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SlackEventType {
+    Message,
+    AppMention,
+}
+
+impl SlackEventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            SlackEventType::Message => "message",
+            SlackEventType::AppMention => "app_mention",
+        }
+    }
+}
+
+fn default_events() -> Vec<SlackEventType> {
+    vec![SlackEventType::Message, SlackEventType::AppMention]
+}
+
+impl SlackTrigger {
+    pub(super) fn check(&self, path: &FieldPath, findings: &mut Vec<Finding>) {
+        if let Some(pattern) = &self.pattern {
+            pattern.check(&path.key("pattern"), findings);
+        }
+    }
+
+    pub(super) fn accepts(&self, event: &Event) -> Result<(), String> {
+        if !self.events.iter().any(|t| t.as_str() == event.kind) {
+            return Err(format!("slack event type `{}` is not in `events`", event.kind));
+        }
+        let field = |name: &str| event.fields.get(name).and_then(Value::as_str);
+        let from_bot = field("bot_id").is_some() || field("subtype") == Some("bot_message");
+        if from_bot && !self.include_bots {
+            return Err("message posted by a bot (set `include_bots: true` to accept)".into());
+        }
+        let channel = field("channel").unwrap_or_default();
+        if !self.channels.is_empty() && !self.channels.iter().any(|c| c == channel) {
+            return Err(format!("channel `{channel}` is not in `channels`"));
+        }
+        if let Some(pattern) = &self.pattern
+            && !pattern.is_match(field("text").unwrap_or_default())
+        {
+            return Err(format!("text does not match `{}`", pattern.source));
+        }
+        Ok(())
+    }
+}
+
+/// An `event_callback` envelope: the inner event's fields become the event's fields.
+pub(super) fn normalize(payload: &Value) -> Normalized {
+    let inner = payload.get("event").cloned().unwrap_or(Value::Null);
+    let mut fields = Map::new();
+    for name in ["text", "channel", "channel_type", "user", "ts", "bot_id", "subtype"] {
+        if let Some(value) = inner.get(name) {
+            fields.insert(name.into(), value.clone());
+        }
+    }
+    // Replies go to the thread the message is in, or start one under it.
+    if let Some(thread) = str_at(&inner, "/thread_ts").or_else(|| str_at(&inner, "/ts")) {
+        fields.insert("thread_ts".into(), Value::String(thread.into()));
+    }
+    if let Some(team) = payload.get("team_id") {
+        fields.insert("team".into(), team.clone());
+    }
+    fields.insert("message".into(), inner.clone());
+    Normalized {
+        kind: str_at(payload, "/event/type").unwrap_or("unknown").to_string(),
+        delivery_id: str_at(payload, "/event_id").map(str::to_string),
+        fields,
+    }
+}
