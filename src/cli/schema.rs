@@ -17,23 +17,16 @@ pub struct Args {
     write: Option<PathBuf>,
 }
 
-/// The committed text of a schema: pretty JSON with a final newline.
-pub fn schema_text(format: Format) -> String {
-    let mut text = serde_json::to_string_pretty(&format.schema()).expect("a schema serializes");
-    text.push('\n');
-    text
-}
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = args.write {
         for format in [Format::Automation, Format::Project] {
             let path = dir.join(format.schema_file());
             std::fs::create_dir_all(path.parent().expect("schema files are in a folder"))?;
-            std::fs::write(&path, schema_text(format)).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, format.schema_text()).with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!("wrote {}", path.display());
         }
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", schema_text(if args.project { Format::Project } else { Format::Automation }));
+    print!("{}", if args.project { Format::Project } else { Format::Automation }.schema_text());
     Ok(ExitCode::SUCCESS)
 }

@@ -26,16 +26,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         print_diagnostics(&diagnostics);
     }
     let files: std::collections::BTreeSet<_> = diagnostics.iter().map(|d| &d.file).collect();
+    let ok = plural(catalog.automations.len(), "automation");
     if diagnostics.is_empty() {
-        eprintln!("{} automations OK", catalog.automations.len());
+        eprintln!("{ok} OK");
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!(
-            "{} errors in {} files; {} automations OK",
-            diagnostics.len(),
-            files.len(),
-            catalog.automations.len()
-        );
+        eprintln!("{} in {}; {ok} OK", plural(diagnostics.len(), "error"), plural(files.len(), "file"));
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 { format!("1 {noun}") } else { format!("{count} {noun}s") }
 }

@@ -18,6 +18,7 @@ use crate::triggers::{TriggerKind, TriggerSpec};
 pub struct Automation {
     /// Unique name: lowercase letters, digits and dashes. Used in URLs (`/hooks/{name}`),
     /// branch names and the run ledger.
+    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$"))]
     pub name: String,
     /// What the automation is for, in a sentence.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -160,6 +161,7 @@ fn default_dedupe_window() -> DurationSpec {
 pub struct Concurrency {
     /// Most runs active at once (per `key` when set). Default 1.
     #[serde(default = "default_limit")]
+    #[schemars(range(min = 1))]
     pub limit: u32,
     /// A `{{ expr }}` template; the limit applies per rendered key.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,7 +7,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::schema::Format;
-use super::{Automation, Code, Diagnostic, FieldPath, Finding, ProjectConfig, SourceMap, is_valid_name};
+use super::{
+    Automation, Code, Diagnostic, FieldPath, Finding, NotifyTarget, ProjectConfig, SourceMap, TestCase, is_valid_name,
+};
 
 /// A file's text, kept to locate problems found later (e.g. by the rule compiler).
 #[derive(Debug, Clone)]
@@ -51,22 +53,30 @@ impl SourceFile {
 
     /// Parses the file as `format`: syntax, then every schema problem, then the types.
     pub fn parse<T: DeserializeOwned>(&self, format: Format) -> Result<T, Vec<Diagnostic>> {
-        let value: Value = serde_yaml::from_str(&self.text).map_err(|error| vec![self.yaml_error(&error)])?;
+        let value = self.parse_value().map_err(|d| vec![d])?;
         let findings = format.check(&value);
         if !findings.is_empty() {
             return Err(self.locate(findings));
         }
+        self.typed(value).map_err(|d| vec![d])
+    }
+
+    /// The YAML as a JSON value, or its syntax error.
+    pub fn parse_value(&self) -> Result<Value, Diagnostic> {
+        serde_yaml::from_str(&self.text).map_err(|error| self.yaml_error(&error))
+    }
+
+    /// A schema-valid value as its type.
+    pub fn typed<T: DeserializeOwned>(&self, value: Value) -> Result<T, Diagnostic> {
         // The schema is generated from `T`, so this only fails on checks the schema cannot
         // express (e.g. a duration too large to represent).
-        serde_json::from_value(value).map_err(|error| {
-            vec![Diagnostic {
-                file: self.path.clone(),
-                line: 1,
-                col: 1,
-                code: Code::InvalidValue,
-                message: error.to_string(),
-                hint: None,
-            }]
+        serde_json::from_value(value).map_err(|error| Diagnostic {
+            file: self.path.clone(),
+            line: 1,
+            col: 1,
+            code: Code::InvalidValue,
+            message: error.to_string(),
+            hint: None,
         })
     }
 
@@ -129,16 +139,6 @@ fn collect_yaml(dir: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Diagnos
 pub fn check_automation(automation: &Automation, file: &Path) -> Vec<Finding> {
     let mut findings = Vec::new();
     let root = FieldPath::root();
-    if !is_valid_name(&automation.name) {
-        findings.push(
-            Finding::new(
-                root.key("name"),
-                Code::InvalidValue,
-                format!("invalid automation name `{}`", automation.name),
-            )
-            .hint("use 1 to 64 lowercase letters, digits and inner dashes, e.g. `weekly-audit`"),
-        );
-    }
     match (&automation.trigger, automation.triggers.is_empty()) {
         (None, true) => findings.push(
             Finding::new(
@@ -161,90 +161,89 @@ pub fn check_automation(automation: &Automation, file: &Path) -> Vec<Finding> {
         trigger.check(&root.key("triggers").index(index), &mut findings);
     }
     let task = root.key("task");
-    for (index, pattern) in automation.task.paths.iter().enumerate() {
+    check_paths(&automation.task.paths, &task.key("paths"), &mut findings);
+    check_secret_names(automation.task.secrets.keys(), &task.key("secrets"), &mut findings);
+    for (index, target) in automation.notify.iter().enumerate() {
+        check_notify(target, &root.key("notify").index(index), &mut findings);
+    }
+    for (index, case) in automation.tests.iter().enumerate() {
+        check_test(case, file, &root.key("tests").index(index), &mut findings);
+    }
+    findings
+}
+
+pub fn check_paths(globs: &[String], path: &FieldPath, findings: &mut Vec<Finding>) {
+    for (index, pattern) in globs.iter().enumerate() {
         if let Err(error) = globset::Glob::new(pattern) {
             findings.push(Finding::new(
-                task.key("paths").index(index),
+                path.index(index),
                 Code::InvalidValue,
                 format!("invalid glob: {}", error.kind()),
             ));
         }
     }
-    for name in automation.task.secrets.keys() {
+}
+
+pub fn check_secret_names<'a>(names: impl Iterator<Item = &'a String>, path: &FieldPath, findings: &mut Vec<Finding>) {
+    for name in names {
         let valid = !name.is_empty()
             && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
             && !name.as_bytes()[0].is_ascii_digit();
         if !valid {
             findings.push(
-                Finding::new(
-                    task.key("secrets").key(name),
-                    Code::InvalidValue,
-                    format!("invalid environment variable name `{name}`"),
-                )
-                .hint("use uppercase letters, digits and `_`, e.g. `NPM_TOKEN`")
-                .at_key(),
+                Finding::new(path.key(name), Code::InvalidValue, format!("invalid environment variable name `{name}`"))
+                    .hint("use uppercase letters, digits and `_`, e.g. `NPM_TOKEN`")
+                    .at_key(),
             );
         }
     }
-    if automation.concurrency.limit == 0 {
+}
+
+pub fn check_notify(target: &NotifyTarget, path: &FieldPath, findings: &mut Vec<Finding>) {
+    let set = [target.slack.is_some(), target.webhook.is_some(), target.github_comment.is_some()];
+    if set.iter().filter(|s| **s).count() != 1 {
+        findings.push(Finding::new(
+            path.clone(),
+            Code::InvalidValue,
+            "a notify target has exactly one of `slack`, `webhook`, `github_comment`",
+        ));
+    }
+}
+
+/// A test's fixture must exist (relative to the automation `file`) and its expectations parse.
+pub fn check_test(case: &TestCase, file: &Path, path: &FieldPath, findings: &mut Vec<Finding>) {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let fixture = dir.join(&case.event);
+    if !fixture.is_file() {
         findings.push(
-            Finding::new(root.key("concurrency").key("limit"), Code::InvalidValue, "`limit` must be at least 1")
-                .hint("set `enabled: false` to stop an automation"),
+            Finding::new(path.key("event"), Code::MissingFixture, format!("fixture `{}` not found", fixture.display()))
+                .hint("fixture paths are relative to the automation file"),
         );
     }
-    for (index, target) in automation.notify.iter().enumerate() {
-        let set = [target.slack.is_some(), target.webhook.is_some(), target.github_comment.is_some()];
-        if set.iter().filter(|s| **s).count() != 1 {
-            findings.push(Finding::new(
-                root.key("notify").index(index),
-                Code::InvalidValue,
-                "a notify target has exactly one of `slack`, `webhook`, `github_comment`",
-            ));
-        }
+    if let Some(now) = &case.now
+        && chrono::DateTime::parse_from_rfc3339(now).is_err()
+    {
+        findings.push(
+            Finding::new(path.key("now"), Code::InvalidValue, format!("`{now}` is not an RFC 3339 time"))
+                .hint("e.g. `2026-11-23T09:00:00Z`"),
+        );
     }
-    let dir = file.parent().unwrap_or(Path::new("."));
-    for (index, case) in automation.tests.iter().enumerate() {
-        let path = root.key("tests").index(index);
-        let fixture = dir.join(&case.event);
-        if !fixture.is_file() {
-            findings.push(
-                Finding::new(
-                    path.key("event"),
-                    Code::MissingFixture,
-                    format!("fixture `{}` not found", fixture.display()),
-                )
-                .hint("fixture paths are relative to the automation file"),
-            );
-        }
-        if let Some(now) = &case.now
-            && chrono::DateTime::parse_from_rfc3339(now).is_err()
-        {
-            findings.push(
-                Finding::new(path.key("now"), Code::InvalidValue, format!("`{now}` is not an RFC 3339 time"))
-                    .hint("e.g. `2026-11-23T09:00:00Z`"),
-            );
-        }
-        if let Some(network) = &case.expect.network {
-            let lists = [
-                ("setup_allows", &network.setup_allows),
-                ("setup_denies", &network.setup_denies),
-                ("agent_allows", &network.agent_allows),
-                ("agent_denies", &network.agent_denies),
-            ];
-            for (field, requests) in lists {
-                for (n, request) in requests.iter().enumerate() {
-                    if let Err(why) = super::RequestSpec::parse(request) {
-                        findings.push(Finding::new(
-                            path.key("expect").key("network").key(field).index(n),
-                            Code::InvalidValue,
-                            why,
-                        ));
-                    }
+    if let Some(network) = &case.expect.network {
+        let lists = [
+            ("setup_allows", &network.setup_allows),
+            ("setup_denies", &network.setup_denies),
+            ("agent_allows", &network.agent_allows),
+            ("agent_denies", &network.agent_denies),
+        ];
+        for (field, requests) in lists {
+            for (n, request) in requests.iter().enumerate() {
+                if let Err(why) = super::RequestSpec::parse(request) {
+                    let at = path.key("expect").key("network").key(field).index(n);
+                    findings.push(Finding::new(at, Code::InvalidValue, why));
                 }
             }
         }
     }
-    findings
 }
 
 /// Loads `nightshift.yaml`, or the defaults when `path` is `None`.

@@ -28,12 +28,17 @@ impl Format {
 
     /// The schema, generated from the Rust types.
     pub fn schema(self) -> Value {
-        let generator = SchemaSettings::draft2020_12().with_transform(NotNullable).into_generator();
-        let schema = match self {
-            Format::Automation => generator.into_root_schema_for::<Automation>(),
-            Format::Project => generator.into_root_schema_for::<ProjectConfig>(),
-        };
-        schema.to_value()
+        match self {
+            Format::Automation => schema_for::<Automation>(),
+            Format::Project => schema_for::<ProjectConfig>(),
+        }
+    }
+
+    /// The committed text of the schema: pretty JSON with a final newline.
+    pub fn schema_text(self) -> String {
+        let mut text = serde_json::to_string_pretty(&self.schema()).expect("a schema serializes");
+        text.push('\n');
+        text
     }
 
     fn validator(self) -> &'static jsonschema::Validator {
@@ -204,6 +209,11 @@ fn explain(error: &jsonschema::ValidationError<'_>, instance: &Value, root: &Val
                 (
                     format!("invalid secret reference `{shown}`"),
                     "write `env:VARIABLE` or `file:/path`; never put a secret's value in a file".to_string(),
+                )
+            } else if path == FieldPath::root().key("name") {
+                (
+                    format!("invalid automation name `{shown}`"),
+                    "use 1 to 64 lowercase letters, digits and inner dashes, e.g. `weekly-audit`".to_string(),
                 )
             } else {
                 (format!("`{shown}` does not match the pattern `{pattern}`"), String::new())

@@ -12,7 +12,7 @@ use super::template::{Template, TemplateError};
 use super::value::{to_dynamic, to_json};
 use crate::config::{AgentProfile, Automation, Code, FieldPath, Finding, InnerPosition};
 use crate::event::Event;
-use crate::netpolicy::{AllowRuleConfig, NetworkPolicy, PhasePolicyConfig, RuleOrigin};
+use crate::netpolicy::{AllowRule, AllowRuleConfig, NetworkPolicy, PhasePolicyConfig, RuleOrigin};
 use crate::task::{AgentCommand, Flow, PhasePolicies, Rendered, Task};
 
 /// An event converted for rhai once, then shared by every automation that sees it.
@@ -98,6 +98,65 @@ fn template_finding(path: FieldPath, error: TemplateError) -> Finding {
         .inner(Some(error.at))
 }
 
+/// A compiled `when` expression, or the finding that says why it does not compile.
+pub fn compile_when(engine: &RuleEngine, path: FieldPath, text: &str) -> Result<AST, Finding> {
+    engine.compile_expression(RULE_VARIABLES, text).map_err(|e| syntax_finding(path, &e))
+}
+
+/// A compiled script (`network.*.script`, or `memory.after_run` when `after_run`).
+pub fn compile_script(engine: &RuleEngine, path: FieldPath, text: &str, after_run: bool) -> Result<AST, Finding> {
+    let variables = if after_run { AFTER_RUN_VARIABLES } else { RULE_VARIABLES };
+    engine.compile_script(variables, text).map_err(|e| syntax_finding(path, &e))
+}
+
+/// A compiled template.
+pub fn compile_template(engine: &RuleEngine, path: FieldPath, text: &str) -> Result<Template, Finding> {
+    Template::compile(engine, RULE_VARIABLES, text).map_err(|e| template_finding(path, e))
+}
+
+/// A compiled branch template whose fixed text can form a safe git ref.
+pub fn compile_branch(engine: &RuleEngine, path: FieldPath, text: &str) -> Result<Template, Finding> {
+    let branch = compile_template(engine, path.clone(), text)?;
+    match check_branch_name(&branch.with_stand_ins("x")) {
+        Ok(()) => Ok(branch),
+        Err(why) => Err(Finding::new(
+            path,
+            Code::BranchTemplate,
+            format!("branch template cannot give a safe name: {why}"),
+        )
+        .hint("fixed text in a branch may use letters, digits, `/`, `-`, `_`, `.`; wrap event text in `slug(...)`")),
+    }
+}
+
+/// The agent profile `name`, or a finding that suggests a close one.
+pub fn find_profile<'a>(
+    profiles: &'a BTreeMap<String, AgentProfile>,
+    path: FieldPath,
+    name: &str,
+) -> Result<&'a AgentProfile, Finding> {
+    profiles.get(name).ok_or_else(|| {
+        let names: Vec<&str> = profiles.keys().map(String::as_str).collect();
+        let hint = match crate::config::did_you_mean(name, names.iter().copied()) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => format!("known profiles: {}; define others in nightshift.yaml", names.join(", ")),
+        };
+        Finding::new(path, Code::UnknownProfile, format!("unknown agent profile `{name}`")).hint(hint)
+    })
+}
+
+/// A static allow rule, expanded, or the finding that says what is wrong with it.
+pub fn expand_rule(path: FieldPath, rule: &AllowRuleConfig) -> Result<Vec<AllowRule>, Finding> {
+    rule.expand(RuleOrigin::Static).map_err(|error| {
+        Finding::new(path, Code::NetworkRule, error.to_string())
+            .hint("e.g. `{ domain: api.github.com, methods: [GET] }` or `{ preset: rust }`")
+    })
+}
+
+/// Keeps the value, or records its finding.
+fn keep<T>(result: Result<T, Finding>, findings: &mut Vec<Finding>) -> Option<T> {
+    result.map_err(|finding| findings.push(finding)).ok()
+}
+
 impl CompiledAutomation {
     /// Compiles everything in `automation`, reporting every problem found.
     pub fn compile(
@@ -106,91 +165,67 @@ impl CompiledAutomation {
         profiles: &BTreeMap<String, AgentProfile>,
     ) -> Result<CompiledAutomation, Vec<Finding>> {
         let mut findings = Vec::new();
-        let task_path = FieldPath::root().key("task");
+        let root = FieldPath::root();
+        let task_path = root.key("task");
+        let task = &automation.task;
+        let findings = &mut findings;
 
-        let profile = profiles.get(&automation.task.agent).cloned();
-        if profile.is_none() {
-            let names: Vec<&str> = profiles.keys().map(String::as_str).collect();
-            let hint = match crate::config::did_you_mean(&automation.task.agent, names.iter().copied()) {
-                Some(close) => format!("did you mean `{close}`?"),
-                None => format!("known profiles: {}; define others in nightshift.yaml", names.join(", ")),
-            };
-            findings.push(
-                Finding::new(
-                    task_path.key("agent"),
-                    Code::UnknownProfile,
-                    format!("unknown agent profile `{}`", automation.task.agent),
-                )
-                .hint(hint),
-            );
-        }
-
-        let when = automation.when.as_deref().and_then(|text| {
-            engine
-                .compile_expression(RULE_VARIABLES, text)
-                .map_err(|e| findings.push(syntax_finding(FieldPath::root().key("when"), &e)))
-                .ok()
-        });
-        let mut template = |path: FieldPath, text: &str| {
-            Template::compile(engine, RULE_VARIABLES, text).map_err(|e| findings.push(template_finding(path, e))).ok()
+        let profile = keep(find_profile(profiles, task_path.key("agent"), &task.agent).cloned(), findings);
+        let when = match &automation.when {
+            Some(text) => keep(compile_when(engine, root.key("when"), text), findings).map(Some),
+            None => Some(None),
         };
-        let prompt = template(task_path.key("prompt"), &automation.task.prompt);
-        let branch = template(task_path.key("branch"), &automation.task.branch);
-        let base = template(task_path.key("base"), &automation.task.base);
-        let repo = template(task_path.key("repo"), &automation.task.repo);
-        let dedupe_key =
-            automation.dedupe.as_ref().map(|d| template(FieldPath::root().key("dedupe").key("key"), &d.key));
-        let concurrency_key = automation
-            .concurrency
-            .key
-            .as_ref()
-            .map(|key| template(FieldPath::root().key("concurrency").key("key"), key));
-
-        if let Some(branch) = &branch {
-            let example = branch.with_stand_ins("x");
-            if let Err(why) = check_branch_name(&example) {
-                findings.push(
-                    Finding::new(task_path.key("branch"), Code::BranchTemplate, format!("branch template cannot give a safe name: {why}"))
-                        .hint("fixed text in a branch may use letters, digits, `/`, `-`, `_`, `.`; wrap event text in `slug(...)`"),
-                );
+        let prompt = keep(compile_template(engine, task_path.key("prompt"), &task.prompt), findings);
+        let branch = keep(compile_branch(engine, task_path.key("branch"), &task.branch), findings);
+        let base = keep(compile_template(engine, task_path.key("base"), &task.base), findings);
+        let repo = keep(compile_template(engine, task_path.key("repo"), &task.repo), findings);
+        let dedupe_key = match &automation.dedupe {
+            Some(dedupe) => {
+                keep(compile_template(engine, root.key("dedupe").key("key"), &dedupe.key), findings).map(Some)
             }
-        }
-
+            None => Some(None),
+        };
+        let concurrency_key = match &automation.concurrency.key {
+            Some(key) => keep(compile_template(engine, root.key("concurrency").key("key"), key), findings).map(Some),
+            None => Some(None),
+        };
         let network_path = task_path.key("network");
-        let setup_policy =
-            compile_phase(engine, &automation.task.network.setup, &network_path.key("setup"), &mut findings);
-        let agent_policy =
-            compile_phase(engine, &automation.task.network.agent, &network_path.key("agent"), &mut findings);
+        let setup_policy = compile_phase(engine, &task.network.setup, &network_path.key("setup"), findings);
+        let agent_policy = compile_phase(engine, &task.network.agent, &network_path.key("agent"), findings);
+        let after_run = match &automation.memory.after_run {
+            Some(text) => {
+                keep(compile_script(engine, root.key("memory").key("after_run"), text, true), findings).map(Some)
+            }
+            None => Some(None),
+        };
 
-        let after_run = automation.memory.after_run.as_deref().and_then(|text| {
-            engine
-                .compile_script(AFTER_RUN_VARIABLES, text)
-                .map_err(|e| findings.push(syntax_finding(FieldPath::root().key("memory").key("after_run"), &e)))
-                .ok()
-        });
-
-        if !findings.is_empty() {
-            return Err(findings);
+        let automation_map: Map = [
+            ("name".into(), automation.name.clone().into()),
+            ("description".into(), automation.description.clone().into()),
+        ]
+        .into_iter()
+        .collect();
+        let compiled = (|| {
+            Some(CompiledAutomation {
+                definition: automation.clone(),
+                profile: profile?,
+                when: when?,
+                prompt: prompt?,
+                branch: branch?,
+                base: base?,
+                repo: repo?,
+                dedupe_key: dedupe_key?,
+                concurrency_key: concurrency_key?,
+                setup_policy: setup_policy?,
+                agent_policy: agent_policy?,
+                after_run: after_run?,
+                automation_value: Dynamic::from_map(automation_map).into_shared(),
+            })
+        })();
+        match compiled {
+            Some(compiled) if findings.is_empty() => Ok(compiled),
+            _ => Err(std::mem::take(findings)),
         }
-        let mut automation_map = Map::new();
-        automation_map.insert("name".into(), automation.name.clone().into());
-        automation_map.insert("description".into(), automation.description.clone().into());
-        let missing = "checked above";
-        Ok(CompiledAutomation {
-            definition: automation.clone(),
-            profile: profile.expect(missing),
-            when,
-            prompt: prompt.expect(missing),
-            branch: branch.expect(missing),
-            base: base.expect(missing),
-            repo: repo.expect(missing),
-            dedupe_key: dedupe_key.flatten(),
-            concurrency_key: concurrency_key.flatten(),
-            setup_policy: setup_policy.expect(missing),
-            agent_policy: agent_policy.expect(missing),
-            after_run,
-            automation_value: Dynamic::from_map(automation_map).into_shared(),
-        })
     }
 
     pub fn name(&self) -> &str {
@@ -331,23 +366,16 @@ fn compile_phase(
     let before = findings.len();
     let mut static_policy = NetworkPolicy::default();
     for (index, rule) in config.allow.iter().enumerate() {
-        match rule.expand(RuleOrigin::Static) {
-            Ok(rules) => static_policy.allow.extend(rules),
-            Err(error) => findings.push(
-                Finding::new(path.key("allow").index(index), Code::NetworkRule, error.to_string())
-                    .hint("e.g. `{ domain: api.github.com, methods: [GET] }` or `{ preset: rust }`"),
-            ),
+        if let Some(rules) = keep(expand_rule(path.key("allow").index(index), rule), findings) {
+            static_policy.allow.extend(rules);
         }
     }
-    let script = config.script.as_deref().and_then(|text| {
-        engine
-            .compile_script(RULE_VARIABLES, text)
-            .map_err(|e| findings.push(syntax_finding(path.key("script"), &e)))
-            .ok()
-    });
+    let script = match &config.script {
+        Some(text) => keep(compile_script(engine, path.key("script"), text, false), findings),
+        None => None,
+    };
     (findings.len() == before).then_some(CompiledPhase { static_policy, script })
 }
-
 impl CompiledPhase {
     /// The static rules plus what the script returns, validated like static rules.
     fn render(&self, engine: &RuleEngine, scope: &mut Scope<'_>) -> Result<NetworkPolicy, EvalError> {

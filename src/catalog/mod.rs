@@ -1,6 +1,8 @@
 //! The catalog: every automation loaded, checked and compiled, with every problem found
 //! in any file reported together.
 
+mod partial;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -116,9 +118,20 @@ fn load_file(engine: &RuleEngine, path: &Path, profiles: &BTreeMap<String, Agent
             return (file, (None, None, vec![problem]));
         }
     };
-    let automation: Automation = match file.parse(Format::Automation) {
+    let value = match file.parse_value() {
+        Ok(value) => value,
+        Err(problem) => return (file, (None, None, vec![problem])),
+    };
+    let broken = Format::Automation.check(&value);
+    if !broken.is_empty() {
+        let mut findings = partial::check_parts(engine, &value, &broken, profiles, path);
+        findings.extend(broken);
+        let diagnostics = file.locate(findings);
+        return (file, (None, None, diagnostics));
+    }
+    let automation: Automation = match file.typed(value) {
         Ok(automation) => automation,
-        Err(problems) => return (file, (None, None, problems)),
+        Err(problem) => return (file, (None, None, vec![problem])),
     };
     let mut findings = check_automation(&automation, path);
     let compiled = match CompiledAutomation::compile(engine, &automation, profiles) {

@@ -1,0 +1,128 @@
+//! Checks of a file whose structure is broken: every part that is well-formed on its own
+//! still gets its checks (cron, rhai, profiles, network rules...), so one `validate`
+//! shows every problem instead of one layer at a time.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::config::load::{check_notify, check_paths, check_secret_names, check_test};
+use crate::config::{AgentProfile, FieldPath, Finding, NotifyTarget, Segment, TestCase};
+use crate::netpolicy::AllowRuleConfig;
+use crate::rules::{
+    RuleEngine, compile_branch, compile_script, compile_template, compile_when, expand_rule, find_profile,
+};
+use crate::triggers::TriggerSpec;
+
+/// A view of a file's value that only yields parts without structural findings.
+struct Parts<'a> {
+    value: &'a Value,
+    broken: &'a [Finding],
+}
+
+fn pointer(path: &FieldPath) -> String {
+    path.0
+        .iter()
+        .map(|segment| match segment {
+            Segment::Key(key) => format!("/{}", key.replace('~', "~0").replace('/', "~1")),
+            Segment::Index(index) => format!("/{index}"),
+        })
+        .collect()
+}
+
+impl Parts<'_> {
+    /// The part at `path` as `T`, if it exists, has no structural finding and parses.
+    fn get<T: DeserializeOwned>(&self, path: &FieldPath) -> Option<T> {
+        let clean = !self.broken.iter().any(|f| f.path.0.starts_with(&path.0));
+        let part = self.value.pointer(&pointer(path))?;
+        if clean { serde_json::from_value(part.clone()).ok() } else { None }
+    }
+
+    fn len(&self, path: &FieldPath) -> usize {
+        self.value.pointer(&pointer(path)).and_then(Value::as_array).map_or(0, Vec::len)
+    }
+}
+
+/// Findings of every well-formed part of a file that failed the schema check.
+pub fn check_parts(
+    engine: &RuleEngine,
+    value: &Value,
+    broken: &[Finding],
+    profiles: &BTreeMap<String, AgentProfile>,
+    file: &Path,
+) -> Vec<Finding> {
+    let parts = Parts { value, broken };
+    let mut findings = Vec::new();
+    let root = FieldPath::root();
+    let mut record = |result: Result<(), Finding>| {
+        if let Err(finding) = result {
+            findings.push(finding);
+        }
+    };
+
+    let text = |path: &FieldPath| parts.get::<String>(path);
+    let task = root.key("task");
+    if let Some(when) = text(&root.key("when")) {
+        record(compile_when(engine, root.key("when"), &when).map(drop));
+    }
+    for field in ["prompt", "base", "repo"] {
+        if let Some(template) = text(&task.key(field)) {
+            record(compile_template(engine, task.key(field), &template).map(drop));
+        }
+    }
+    if let Some(branch) = text(&task.key("branch")) {
+        record(compile_branch(engine, task.key("branch"), &branch).map(drop));
+    }
+    for key in [root.key("dedupe").key("key"), root.key("concurrency").key("key")] {
+        if let Some(template) = text(&key) {
+            record(compile_template(engine, key, &template).map(drop));
+        }
+    }
+    if let Some(agent) = text(&task.key("agent")) {
+        record(find_profile(profiles, task.key("agent"), &agent).map(drop));
+    }
+    if let Some(script) = text(&root.key("memory").key("after_run")) {
+        record(compile_script(engine, root.key("memory").key("after_run"), &script, true).map(drop));
+    }
+    for phase in ["setup", "agent"] {
+        let phase = task.key("network").key(phase);
+        if let Some(script) = text(&phase.key("script")) {
+            record(compile_script(engine, phase.key("script"), &script, false).map(drop));
+        }
+        for index in 0..parts.len(&phase.key("allow")) {
+            let at = phase.key("allow").index(index);
+            if let Some(rule) = parts.get::<AllowRuleConfig>(&at) {
+                record(expand_rule(at, &rule).map(drop));
+            }
+        }
+    }
+
+    let mut trigger_paths = vec![root.key("trigger")];
+    trigger_paths.extend((0..parts.len(&root.key("triggers"))).map(|i| root.key("triggers").index(i)));
+    for at in trigger_paths {
+        if let Some(trigger) = parts.get::<TriggerSpec>(&at) {
+            trigger.check(&at, &mut findings);
+        }
+    }
+    if let Some(globs) = parts.get::<Vec<String>>(&task.key("paths")) {
+        check_paths(&globs, &task.key("paths"), &mut findings);
+    }
+    if let Some(secrets) = parts.get::<BTreeMap<String, Value>>(&task.key("secrets")) {
+        check_secret_names(secrets.keys(), &task.key("secrets"), &mut findings);
+    }
+    for index in 0..parts.len(&root.key("notify")) {
+        let at = root.key("notify").index(index);
+        if let Some(target) = parts.get::<NotifyTarget>(&at) {
+            check_notify(&target, &at, &mut findings);
+        }
+    }
+    for index in 0..parts.len(&root.key("tests")) {
+        let at = root.key("tests").index(index);
+        if let Some(case) = parts.get::<TestCase>(&at) {
+            check_test(&case, file, &at, &mut findings);
+        }
+    }
+    findings
+}
