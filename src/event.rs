@@ -67,7 +67,10 @@ impl Event {
         view.insert("id".into(), Value::String(self.id.clone()));
         view.insert("source".into(), Value::String(self.source.as_str().into()));
         view.insert("type".into(), Value::String(self.kind.clone()));
-        view.insert("received_at".into(), Value::String(self.received_at.to_rfc3339()));
+        view.insert(
+            "received_at".into(),
+            Value::String(self.received_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        );
         view.insert(
             "headers".into(),
             Value::Object(self.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()),

@@ -123,7 +123,8 @@ fn compare(expect: &crate::config::Expectation, rendered: &Rendered) -> Vec<Stri
         if let Some(wanted) = wanted
             && Some(wanted) != got
         {
-            failures.push(format!("expected {field} {wanted:?}, got {got:?}"));
+            let got = got.map_or_else(|| "nothing".to_string(), |g| format!("{g:?}"));
+            failures.push(format!("expected {field} {wanted:?}, got {got}"));
         }
     }
     if let Some(network) = &expect.network {

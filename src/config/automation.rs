@@ -267,7 +267,7 @@ pub struct TestCase {
     /// Memory as earlier runs left it.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub memory: serde_json::Map<String, serde_json::Value>,
-    /// The time of the render (RFC 3339); default: the event's time or the present.
+    /// The time of the render and of the event's arrival (RFC 3339); default: the present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub now: Option<String>,
     /// What must hold.

@@ -117,14 +117,31 @@ impl AgentProfile {
         }
     }
 
-    /// The argv with the placeholders that `values` names filled in; others stay as they are.
+    /// The argv with the placeholders that `values` names filled in; others stay as they
+    /// are. One pass: text that is filled in (a prompt quoting `{base}`) is never re-read.
     pub fn fill(argv: &[String], values: &[(&str, &str)]) -> Vec<String> {
         argv.iter()
             .map(|arg| {
-                let mut filled = arg.clone();
-                for (name, value) in values {
-                    filled = filled.replace(&format!("{{{name}}}"), value);
+                let mut filled = String::with_capacity(arg.len());
+                let mut rest = arg.as_str();
+                while let Some(open) = rest.find('{') {
+                    filled.push_str(&rest[..open]);
+                    let after = &rest[open + 1..];
+                    let value = after
+                        .split_once('}')
+                        .and_then(|(name, tail)| values.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v, tail)));
+                    match value {
+                        Some((value, tail)) => {
+                            filled.push_str(value);
+                            rest = tail;
+                        }
+                        None => {
+                            filled.push('{');
+                            rest = after;
+                        }
+                    }
                 }
+                filled.push_str(rest);
                 filled
             })
             .collect()
@@ -167,5 +184,12 @@ mod tests {
     fn fill_leaves_unknown_values_in_place() {
         let argv = vec!["--cd".to_string(), "{workspace}".to_string(), "say {prompt}".to_string()];
         assert_eq!(AgentProfile::fill(&argv, &[("prompt", "hi")]), ["--cd", "{workspace}", "say hi"]);
+    }
+
+    #[test]
+    fn filled_text_is_never_read_as_placeholders() {
+        let argv = vec!["{prompt} on {base}".to_string()];
+        let filled = AgentProfile::fill(&argv, &[("prompt", "title {base} {x"), ("base", "main")]);
+        assert_eq!(filled, ["title {base} {x on main"]);
     }
 }

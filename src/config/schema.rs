@@ -244,7 +244,9 @@ fn push_not_one_of(path: FieldPath, value: &Value, options: &[Value], findings: 
 
 fn field_description(schema: Option<&Value>, name: &str) -> Option<String> {
     let description = schema?.pointer(&format!("/properties/{name}/description"))?.as_str()?;
-    Some(format!("`{name}`: {}", description.lines().next().unwrap_or(description)))
+    let joined = description.split_whitespace().collect::<Vec<_>>().join(" ");
+    let first_sentence = joined.split_inclusive(". ").next().unwrap_or(&joined).trim_end();
+    Some(format!("`{name}`: {first_sentence}"))
 }
 
 /// The JSON Schema of a type, for tests and docs.

@@ -110,6 +110,9 @@ impl HostPattern {
         if text.contains("://") || text.contains('/') {
             return fail("write the host name only, without scheme or path (e.g. `api.github.com`)");
         }
+        if text.trim_matches(['[', ']']).parse::<std::net::Ipv6Addr>().is_ok() {
+            return fail("IP addresses are not allowed; name the host");
+        }
         if text.contains(':') {
             return fail("write the port in `ports:`, not in the domain");
         }
@@ -296,6 +299,8 @@ mod tests {
         check_domain("API.GitHub.com", true);
         check_domain("localhost", true);
         for bad in [
+            "::1",
+            "[2001:db8::1]",
             "",
             "*",
             "*.com",

@@ -15,7 +15,10 @@ use crate::event::Event;
 use crate::netpolicy::{AllowRule, AllowRuleConfig, NetworkPolicy, PhasePolicyConfig, RuleOrigin};
 use crate::task::{AgentCommand, Flow, PhasePolicies, Rendered, Task};
 
-/// An event converted for rhai once, then shared by every automation that sees it.
+/// An event converted for rhai once, then used by every automation that sees it.
+///
+/// Values go into scopes as plain (not shared) constants: rhai refuses to modify those,
+/// while a shared value could be changed by one script under the next one's feet.
 #[derive(Debug, Clone)]
 pub struct PreparedEvent {
     pub event: Event,
@@ -24,14 +27,14 @@ pub struct PreparedEvent {
 
 impl PreparedEvent {
     pub fn new(event: Event) -> PreparedEvent {
-        let value = to_dynamic(&event.rule_view()).into_shared();
+        let value = to_dynamic(&event.rule_view());
         PreparedEvent { event, value }
     }
 }
 
 /// Memory as rules read it: a read-only map.
 pub fn memory_value(memory: &serde_json::Map<String, serde_json::Value>) -> Dynamic {
-    to_dynamic(&serde_json::Value::Object(memory.clone())).into_shared()
+    to_dynamic(&serde_json::Value::Object(memory.clone()))
 }
 
 /// `now` as rules read it.
@@ -219,7 +222,7 @@ impl CompiledAutomation {
                 setup_policy: setup_policy?,
                 agent_policy: agent_policy?,
                 after_run: after_run?,
-                automation_value: Dynamic::from_map(automation_map).into_shared(),
+                automation_value: Dynamic::from_map(automation_map),
             })
         })();
         match compiled {

@@ -161,8 +161,8 @@ impl RuleEngine {
             }
             EvalAltResult::ErrorDataTooLarge(what, pos) => {
                 format!(
-                    "{what} exceeds its limit ({pos}): strings up to {} bytes, arrays and maps up to {} items",
-                    self.limits.max_string_size, self.limits.max_array_size
+                    "{what} exceeds its limit ({pos}): strings up to {} bytes, arrays up to {} items, maps up to {} properties",
+                    self.limits.max_string_size, self.limits.max_array_size, self.limits.max_map_size
                 )
             }
             EvalAltResult::ErrorPropertyNotFound(name, pos) => {

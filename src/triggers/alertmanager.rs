@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Normalized, str_at};
-use crate::config::{FieldPath, Finding};
+use crate::config::{Code, FieldPath, Finding};
 use crate::event::Event;
 use crate::triggers::webhook::WebhookAuth;
 
@@ -14,7 +14,7 @@ use crate::triggers::webhook::WebhookAuth;
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertmanagerTrigger {
-    /// How Alertmanager authenticates (`bearer` or `basic` in its `http_config`).
+    /// How Alertmanager authenticates: `bearer` or `basic` (its `http_config`), or `none`.
     pub auth: WebhookAuth,
     /// One run per notification (`group`) or per alert in it (`alert`). Default `group`.
     #[serde(default)]
@@ -62,6 +62,12 @@ impl AlertStatus {
 impl AlertmanagerTrigger {
     pub(super) fn check(&self, path: &FieldPath, findings: &mut Vec<Finding>) {
         self.auth.check(&path.key("auth"), findings);
+        if self.auth.hmac.is_some() || self.auth.standard.is_some() {
+            findings.push(
+                Finding::new(path.key("auth"), Code::InvalidValue, "Alertmanager cannot sign its notifications")
+                    .hint("use `bearer` or `basic`, as set in the receiver's `http_config`"),
+            );
+        }
     }
 
     pub(super) fn accepts(&self, event: &Event) -> Result<(), String> {

@@ -1,5 +1,5 @@
-//! Cron triggers: schedule, timezone and misfire policy, checked with the same parser
-//! (croner) that tokio-cron-scheduler fires them with.
+//! Cron triggers: schedule, timezone and misfire policy, checked with croner (the parser
+//! tokio-cron-scheduler uses).
 
 use std::str::FromStr;
 
@@ -109,13 +109,25 @@ impl CronTrigger {
     }
 }
 
-/// A cron payload is `{"scheduled_at": RFC3339, ...}`, made by the scheduler.
+/// A cron payload is `{"scheduled_at": RFC3339, "timezone": IANA name}`, made by the
+/// scheduler. The slot is also given in the trigger's timezone (`local_date`,
+/// `local_time`, `weekday`), so a schedule near midnight names the right day.
 pub(super) fn normalize(payload: &Value) -> Normalized {
     let mut fields = Map::new();
-    if let Some(slot) = str_at(payload, "/scheduled_at") {
+    let slot = str_at(payload, "/scheduled_at");
+    if let Some(slot) = slot {
         fields.insert("scheduled_at".into(), Value::String(slot.into()));
     }
-    Normalized { kind: "schedule".into(), delivery_id: str_at(payload, "/scheduled_at").map(str::to_string), fields }
+    let zone = str_at(payload, "/timezone").unwrap_or("UTC");
+    fields.insert("timezone".into(), Value::String(zone.into()));
+    let parsed = slot.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+    if let (Some(at), Ok(tz)) = (parsed, Tz::from_str(zone)) {
+        let local = at.with_timezone(&tz);
+        fields.insert("local_date".into(), Value::String(local.format("%Y-%m-%d").to_string()));
+        fields.insert("local_time".into(), Value::String(local.format("%H:%M").to_string()));
+        fields.insert("weekday".into(), Value::String(local.format("%a").to_string()));
+    }
+    Normalized { kind: "schedule".into(), delivery_id: slot.map(str::to_string), fields }
 }
 
 #[cfg(test)]
@@ -135,6 +147,15 @@ mod tests {
         assert!(findings_for("0 9 * * MON", "Europe/Berlin").is_empty());
         assert!(findings_for("30 0 9 * * *", "UTC").is_empty());
         assert!(findings_for("@daily", "UTC").is_empty());
+    }
+
+    #[test]
+    fn slots_are_also_given_in_the_triggers_timezone() {
+        let payload = serde_json::json!({"scheduled_at": "2026-11-22T23:30:00Z", "timezone": "Europe/Berlin"});
+        let fields = normalize(&payload).fields;
+        assert_eq!(fields["local_date"], "2026-11-23");
+        assert_eq!(fields["local_time"], "00:30");
+        assert_eq!(fields["weekday"], "Mon");
     }
 
     #[test]

@@ -20,8 +20,9 @@ pub struct GithubTrigger {
     /// `event` or `event.action` names to accept, e.g. `pull_request.opened`,
     /// `issues.labeled`, `issue_comment.created`, `push`.
     pub events: Vec<String>,
-    /// For comment events: a regular expression the comment body must match, e.g.
-    /// `@nightshift\b`.
+    /// For events that carry a comment (`issue_comment`, `pull_request_review_comment`,
+    /// `commit_comment`): a regular expression its body must match, e.g. `@nightshift\b`.
+    /// Other events are not affected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mention: Option<TextPattern>,
     /// Repositories (`owner/name`) to accept; empty means every repository.
@@ -64,8 +65,7 @@ impl GithubTrigger {
                 return Err(format!("repository `{repo}` is not in `repositories`"));
             }
         }
-        if let Some(mention) = &self.mention {
-            let body = str_at(&event.payload, "/comment/body").unwrap_or_default();
+        if let (Some(mention), Some(body)) = (&self.mention, str_at(&event.payload, "/comment/body")) {
             if !mention.is_match(body) {
                 return Err(format!("comment does not match `{}`", mention.source));
             }

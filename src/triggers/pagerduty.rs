@@ -20,7 +20,8 @@ pub struct PagerDutyTrigger {
     /// Event types to accept. Default `[incident.triggered]`.
     #[serde(default = "default_events")]
     pub events: Vec<String>,
-    /// Service ids (`PXXXXXX`) to accept; empty means every service.
+    /// Service ids (`PXXXXXX`) to accept: the incident's service, or the service itself for
+    /// `service.*` events. Empty means every service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
 }
@@ -65,7 +66,10 @@ impl PagerDutyTrigger {
             return Err(format!("PagerDuty event type `{}` is not in `events`", event.kind));
         }
         if !self.services.is_empty() {
-            let service = event.fields.get("incident").and_then(|i| str_at(i, "/service/id")).unwrap_or_default();
+            let incident_service = event.fields.get("incident").and_then(|i| str_at(i, "/service/id"));
+            let service = incident_service
+                .or_else(|| event.fields.get("service").and_then(|s| str_at(s, "/id")))
+                .unwrap_or_default();
             if !self.services.iter().any(|s| s == service) {
                 return Err(format!("service `{service}` is not in `services`"));
             }

@@ -1,0 +1,107 @@
+//! The `nightshift` binary as a user runs it.
+
+use std::process::{Command, Output};
+
+use crate::{repo_root, temp_dir_with};
+
+fn nightshift(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nightshift")).args(args).current_dir(repo_root()).output().expect("run nightshift")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validate_accepts_the_examples() {
+    let out = nightshift(&["validate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("4 automations OK"));
+}
+
+#[test]
+fn validate_reports_file_line_col_and_exits_1() {
+    let out = nightshift(&["validate", "tests/data/invalid"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("tests/data/invalid/schedule.yaml:5:17: error[invalid-timezone]: unknown timezone `Europe/Berln`\n  = hint: did you mean `Europe/Berlin`?"), "{stderr}");
+    let json = nightshift(&["validate", "--json", "tests/data/invalid/schedule.yaml"]);
+    let first: serde_json::Value = serde_json::from_str(text(&json.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["code"], "invalid-cron");
+}
+
+#[test]
+fn test_runs_every_case_and_counts() {
+    let out = nightshift(&["test"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("ok   p1-incident-investigation › a P1 incident starts an investigation"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("10 passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn a_failing_test_case_fails_the_command() {
+    let automation = "name: wrong\ntrigger: { manual: {} }\ntask: { agent: codex, repo: /r, prompt: \"hi {{ event.who }}\" }\ntests:\n  - event: e.json\n    expect: { matched: true, prompt_contains: [bye], branch: nope }\n  - event: e.json\n    expect: { prompt_contains: [hi ann] }\n";
+    let dir = temp_dir_with(&[("a/wrong.yaml", automation), ("a/e.json", "{\"who\": \"ann\"}")]);
+    let out = nightshift(&["test", dir.path().join("a").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("FAIL wrong › e.json"), "{stdout}");
+    assert!(stdout.contains("prompt does not contain \"bye\""), "{stdout}");
+    assert!(stdout.contains("expected branch \"nope\""), "{stdout}");
+    assert!(stdout.trim_end().ends_with("1 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn render_prints_the_task_as_json() {
+    let out = nightshift(&[
+        "render",
+        "pr-security-review",
+        "--event",
+        "tests/data/github/pull_request_opened.json",
+        "--header",
+        "X-GitHub-Event: pull_request",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rendered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rendered["matched"], true);
+    assert_eq!(rendered["task"]["branch"], "review/pr-1347");
+    assert_eq!(rendered["task"]["repo"], "https://github.com/acme/shop.git");
+    assert_eq!(rendered["task"]["agent"]["argv"][0], "claude");
+    assert_eq!(rendered["task"]["network"]["agent"]["default"], "deny");
+    assert!(rendered["flow"]["concurrency_key"].as_str().unwrap().starts_with("acme/shop#1347"));
+}
+
+#[test]
+fn render_explains_a_non_match() {
+    let out = nightshift(&[
+        "render",
+        "p1-incident-investigation",
+        "--event",
+        "tests/data/pagerduty/incident_triggered_p3.json",
+    ]);
+    assert!(out.status.success());
+    let rendered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rendered["matched"], false);
+    assert!(rendered["reason"].as_str().unwrap().contains("`when` is false"));
+}
+
+#[test]
+fn render_errors_name_what_is_wrong() {
+    let unknown = nightshift(&["render", "nope", "--event", "tests/data/cron/monday_slot.json"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("no automation named `nope`; known:"));
+    let missing = nightshift(&["render", "slack-bug-dispatch", "--event", "nope.json"]);
+    assert!(text(&missing.stderr).contains("cannot read fixture nope.json"));
+}
+
+#[test]
+fn help_explains_each_command() {
+    let out = nightshift(&["--help"]);
+    let help = text(&out.stdout);
+    for command in ["validate", "render", "test", "schema"] {
+        assert!(help.contains(command), "{help}");
+    }
+    let render = text(&nightshift(&["render", "--help"]).stdout);
+    assert!(render.contains("--memory") && render.contains("--event"), "{render}");
+}

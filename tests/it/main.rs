@@ -1,0 +1,30 @@
+//! Integration tests: one binary, one module per boundary.
+
+mod cli;
+mod rules;
+mod schema;
+mod tidy;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes `files` (name, text) into a fresh temporary directory.
+pub fn temp_dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// Loads the automations under `dir` with the built-in profiles only.
+pub fn load(dir: &Path) -> (nightshift::catalog::Catalog, Vec<nightshift::config::Diagnostic>) {
+    nightshift::catalog::load(nightshift::rules::RuleEngine::shared(), &[dir.to_path_buf()], None)
+}

@@ -1,0 +1,106 @@
+//! `validate`: every load-time problem is caught, located and reported at once.
+
+use std::collections::BTreeSet;
+
+use nightshift::config::Code;
+
+use crate::{load, repo_root, temp_dir_with};
+
+/// Diagnostics of the committed broken fixtures, paths relative to tests/data/invalid.
+fn invalid_fixture_report() -> (String, Vec<nightshift::config::Diagnostic>) {
+    let dir = repo_root().join("tests/data/invalid");
+    let (_, diagnostics) = load(&dir);
+    let text = diagnostics
+        .iter()
+        .map(|d| d.to_string().replace(&format!("{}/", dir.display()), ""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (text, diagnostics)
+}
+
+#[test]
+fn every_problem_of_every_file_is_reported_with_its_position() {
+    let (text, _) = invalid_fixture_report();
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn each_kind_of_load_time_problem_is_caught() {
+    let (_, diagnostics) = invalid_fixture_report();
+    let codes: BTreeSet<Code> = diagnostics.iter().map(|d| d.code).collect();
+    let required = [
+        Code::YamlSyntax,
+        Code::WrongType,
+        Code::UnknownField,
+        Code::MissingField,
+        Code::InvalidValue,
+        Code::DuplicateName,
+        Code::InvalidCron,
+        Code::InvalidTimezone,
+        Code::RhaiSyntax,
+        Code::UnknownProfile,
+        Code::NetworkRule,
+        Code::BranchTemplate,
+        Code::MissingFixture,
+    ];
+    for code in required {
+        assert!(codes.contains(&code), "no {code} diagnostic in:\n{diagnostics:#?}");
+    }
+}
+
+#[test]
+fn one_file_reports_many_problems() {
+    let (_, diagnostics) = invalid_fixture_report();
+    let in_task_file = diagnostics.iter().filter(|d| d.file.ends_with("task.yaml")).count();
+    assert!(in_task_file >= 10, "task.yaml has 11 problems, {in_task_file} were reported");
+}
+
+#[test]
+fn rhai_errors_point_at_the_line_inside_the_file() {
+    let (_, diagnostics) = invalid_fixture_report();
+    let when =
+        diagnostics.iter().find(|d| d.file.ends_with("rhai.yaml") && d.message.contains("Unexpected '=='")).unwrap();
+    // `when: |` is on line 4; the second `==` is on line 6, column 5.
+    assert_eq!((when.line, when.col), (6, 5));
+    let prompt = diagnostics.iter().find(|d| d.message.contains("event.title +")).unwrap();
+    assert_eq!(prompt.line, 10);
+}
+
+#[test]
+fn a_clean_directory_has_no_diagnostics() {
+    let (catalog, diagnostics) = load(&repo_root().join("automations"));
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    assert_eq!(catalog.automations.len(), 4);
+}
+
+#[test]
+fn unreadable_and_empty_inputs_are_diagnostics_not_panics() {
+    let dir = temp_dir_with(&[("empty.yaml", ""), ("list.yaml", "- a\n- b\n"), ("binary.yaml", "\u{0}\u{1}")]);
+    let (_, diagnostics) = load(dir.path());
+    assert_eq!(diagnostics.len(), 3, "{diagnostics:#?}");
+    let (_, missing) =
+        nightshift::catalog::load(nightshift::rules::RuleEngine::shared(), &[dir.path().join("nope")], None);
+    assert_eq!(missing[0].code, Code::Io);
+}
+
+#[test]
+fn profiles_come_from_nightshift_yaml() {
+    let automation = "name: custom\ntrigger: { manual: {} }\ntask: { agent: local, repo: /srv/x, prompt: hi }\n";
+    let dir = temp_dir_with(&[
+        ("automations/custom.yaml", automation),
+        ("nightshift.yaml", "profiles:\n  local:\n    command: [\"sh\", \"-c\", \"echo {prompt}\"]\n"),
+        ("bad.yaml", "profiles:\n  local:\n    command: [\"x\", \"{promt}\"]\n    outptu: generic\n"),
+    ]);
+    let engine = nightshift::rules::RuleEngine::shared();
+    let automations = [dir.path().join("automations")];
+    let (catalog, diagnostics) =
+        nightshift::catalog::load(engine, &automations, Some(&dir.path().join("nightshift.yaml")));
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    assert!(catalog.get("custom").is_some());
+
+    let (_, without) = nightshift::catalog::load(engine, &automations, None);
+    assert_eq!(without.iter().map(|d| d.code).collect::<Vec<_>>(), [Code::UnknownProfile]);
+
+    let (_, bad) = nightshift::catalog::load(engine, &automations, Some(&dir.path().join("bad.yaml")));
+    assert!(bad.iter().any(|d| d.code == Code::UnknownField && d.line == 4), "{bad:#?}");
+}
