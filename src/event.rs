@@ -1,5 +1,6 @@
 //! `Event`: what a trigger source received, in the one shape the rules and the store use.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -61,22 +62,27 @@ impl Event {
         }
     }
 
-    /// The view rules see: the standard properties plus the source's fields.
-    pub fn rule_view(&self) -> Value {
-        let mut view = self.fields.clone();
-        view.insert("id".into(), Value::String(self.id.clone()));
-        view.insert("source".into(), Value::String(self.source.as_str().into()));
-        view.insert("type".into(), Value::String(self.kind.clone()));
-        view.insert(
-            "received_at".into(),
-            Value::String(self.received_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        );
-        view.insert(
-            "headers".into(),
-            Value::Object(self.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()),
-        );
-        view.insert("payload".into(), self.payload.clone());
-        Value::Object(view)
+    /// The properties rules see as `event`: the source's fields, then the standard ones
+    /// (which a field of the same name never replaces). Borrowed, so converting them for
+    /// rhai copies the payload once.
+    pub fn rule_entries(&self) -> Vec<(&str, Cow<'_, Value>)> {
+        let mut entries: Vec<(&str, Cow<'_, Value>)> = self
+            .fields
+            .iter()
+            .filter(|(name, _)| !STANDARD_FIELDS.contains(&name.as_str()))
+            .map(|(name, value)| (name.as_str(), Cow::Borrowed(value)))
+            .collect();
+        let text = |s: String| Cow::Owned(Value::String(s));
+        let headers = self.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        entries.extend([
+            ("id", text(self.id.clone())),
+            ("source", text(self.source.as_str().to_string())),
+            ("type", text(self.kind.clone())),
+            ("received_at", text(self.received_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))),
+            ("headers", Cow::Owned(Value::Object(headers))),
+            ("payload", Cow::Borrowed(&self.payload)),
+        ]);
+        entries
     }
 }
 

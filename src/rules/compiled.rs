@@ -27,7 +27,9 @@ pub struct PreparedEvent {
 
 impl PreparedEvent {
     pub fn new(event: Event) -> PreparedEvent {
-        let value = to_dynamic(&event.rule_view());
+        let view: Map =
+            event.rule_entries().into_iter().map(|(name, value)| (name.into(), to_dynamic(&value))).collect();
+        let value = Dynamic::from_map(view);
         PreparedEvent { event, value }
     }
 }
