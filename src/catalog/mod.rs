@@ -4,13 +4,15 @@
 mod partial;
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
-use crate::config::load::{SourceFile, check_automation, discover, load_project};
+use crate::config::load::{SourceFile, check_automation, discover, io_diagnostic, load_project};
 use crate::config::profiles::builtin_profiles;
 use crate::config::schema::Format;
 use crate::config::{AgentProfile, Automation, Code, Diagnostic, FieldPath, Finding};
 use crate::rules::{CompiledAutomation, RuleEngine};
+use crate::triggers::Trigger;
 
 /// The project settings file looked for in the working directory.
 pub const PROJECT_FILE: &str = "nightshift.yaml";
@@ -60,38 +62,70 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
     diagnostics.extend(problems);
 
     let results = load_files(engine, &files, &profiles);
-    let mut automations = Vec::new();
-    let mut first_use: HashMap<String, Diagnostic> = HashMap::new();
-    for (file, result) in results {
-        let (automation, compiled, problems) = result;
-        diagnostics.extend(problems);
+    let mut automations: Vec<LoadedAutomation> = Vec::new();
+    let mut first_use: HashMap<String, &SourceFile> = HashMap::new();
+    for (file, (automation, compiled, problems)) in &results {
+        diagnostics.extend(problems.iter().cloned());
         let Some(automation) = automation else { continue };
-        let at_name = file.locate(vec![Finding::new(FieldPath::root().key("name"), Code::DuplicateName, "")]).remove(0);
         if let Some(first) = first_use.get(&automation.name) {
-            diagnostics.push(Diagnostic {
-                message: format!(
-                    "automation name `{}` is already used by {}:{}",
-                    automation.name,
-                    first.file.display(),
-                    first.line
-                ),
-                hint: Some("names are unique across all automation files".into()),
-                ..at_name
-            });
+            let name = FieldPath::root().key("name");
+            let first_at = first.locate(vec![Finding::new(name.clone(), Code::DuplicateName, "")]).remove(0);
+            let message = format!(
+                "automation name `{}` is already used by {}:{}",
+                automation.name,
+                first_at.file.display(),
+                first_at.line
+            );
+            let finding =
+                Finding::new(name, Code::DuplicateName, message).hint("names are unique across all automation files");
+            diagnostics.extend(file.locate(vec![finding]));
             continue;
         }
-        first_use.insert(automation.name.clone(), at_name);
+        first_use.insert(automation.name.clone(), file);
         if let Some(compiled) = compiled {
-            automations.push(LoadedAutomation { file: file.path.clone(), compiled });
+            automations.push(LoadedAutomation { file: file.path.clone(), compiled: compiled.clone() });
         }
     }
+    diagnostics.extend(duplicate_hook_names(&results));
     diagnostics.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
     (Catalog { automations, profiles }, diagnostics)
 }
 
+/// Webhook-style triggers are served at `/hooks/{name}`: the webhook's `path`, else the
+/// automation's name. Two triggers may not share one.
+fn duplicate_hook_names(results: &[(SourceFile, FileResult)]) -> Vec<Diagnostic> {
+    let mut taken: HashMap<String, PathBuf> = HashMap::new();
+    let mut diagnostics = Vec::new();
+    for (file, (automation, _, _)) in results {
+        let Some(automation) = automation else { continue };
+        let triggers = automation.trigger.iter().map(|t| (FieldPath::root().key("trigger"), t)).chain(
+            automation.triggers.iter().enumerate().map(|(i, t)| (FieldPath::root().key("triggers").index(i), t)),
+        );
+        for (at, spec) in triggers {
+            let Some(source) = spec.source() else { continue };
+            let hook = match source {
+                Trigger::Cron(_) | Trigger::Manual(_) => continue,
+                Trigger::Webhook(webhook) => webhook.path.clone().unwrap_or_else(|| automation.name.clone()),
+                _ => automation.name.clone(),
+            };
+            let at = at.key(source.kind().as_str());
+            if let Some(first) = taken.get(&hook) {
+                let message = format!("hook name `{hook}` is already served for {}", first.display());
+                let finding = Finding::new(at, Code::DuplicateName, message)
+                    .hint("give each webhook trigger its own `path`; one automation has one trigger per source");
+                diagnostics.extend(file.locate(vec![finding]));
+            } else {
+                taken.insert(hook, file.path.clone());
+            }
+        }
+    }
+    diagnostics
+}
+
 type FileResult = (Option<Automation>, Option<CompiledAutomation>, Vec<Diagnostic>);
 
-/// Loads files on every core; results keep the files' order.
+/// Loads files on every core; results keep the files' order. A panic while loading one
+/// file (a bug, in nightshift or a library) becomes that file's diagnostic.
 fn load_files(
     engine: &RuleEngine,
     files: &[PathBuf],
@@ -99,14 +133,19 @@ fn load_files(
 ) -> Vec<(SourceFile, FileResult)> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
     let chunk = files.len().div_ceil(threads).max(1);
+    let load_guarded = |path: &PathBuf| {
+        std::panic::catch_unwind(AssertUnwindSafe(|| load_file(engine, path, profiles))).unwrap_or_else(|_| {
+            let file = SourceFile { path: path.clone(), text: String::new() };
+            let problem = io_diagnostic(path, "internal error while loading this file; please report it with the file");
+            (file, (None, None, vec![problem]))
+        })
+    };
     std::thread::scope(|scope| {
         let workers: Vec<_> = files
             .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || part.iter().map(|path| load_file(engine, path, profiles)).collect::<Vec<_>>())
-            })
+            .map(|part| scope.spawn(move || part.iter().map(load_guarded).collect::<Vec<_>>()))
             .collect();
-        workers.into_iter().flat_map(|w| w.join().expect("loading a file does not panic")).collect()
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
     })
 }
 
@@ -120,7 +159,7 @@ fn load_file(engine: &RuleEngine, path: &Path, profiles: &BTreeMap<String, Agent
     };
     let value = match file.parse_value() {
         Ok(value) => value,
-        Err(problem) => return (file, (None, None, vec![problem])),
+        Err(problems) => return (file, (None, None, problems)),
     };
     let broken = Format::Automation.check(&value);
     if !broken.is_empty() {
@@ -131,7 +170,7 @@ fn load_file(engine: &RuleEngine, path: &Path, profiles: &BTreeMap<String, Agent
     }
     let automation: Automation = match file.typed(value) {
         Ok(automation) => automation,
-        Err(problem) => return (file, (None, None, vec![problem])),
+        Err(problems) => return (file, (None, None, problems)),
     };
     let mut findings = check_automation(&automation, path);
     let compiled = match CompiledAutomation::compile(engine, &automation, profiles) {

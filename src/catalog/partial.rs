@@ -8,8 +8,8 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::config::load::{check_notify, check_paths, check_secret_names, check_test};
-use crate::config::{AgentProfile, FieldPath, Finding, NotifyTarget, Segment, TestCase};
+use crate::config::load::{check_notify, check_paths, check_secret_names, check_test, check_trigger_presence};
+use crate::config::{AgentProfile, FieldPath, Finding, NotifyTarget, TestCase};
 use crate::netpolicy::AllowRuleConfig;
 use crate::rules::{
     RuleEngine, compile_branch, compile_script, compile_template, compile_when, expand_rule, find_profile,
@@ -22,26 +22,16 @@ struct Parts<'a> {
     broken: &'a [Finding],
 }
 
-fn pointer(path: &FieldPath) -> String {
-    path.0
-        .iter()
-        .map(|segment| match segment {
-            Segment::Key(key) => format!("/{}", key.replace('~', "~0").replace('/', "~1")),
-            Segment::Index(index) => format!("/{index}"),
-        })
-        .collect()
-}
-
 impl Parts<'_> {
     /// The part at `path` as `T`, if it exists, has no structural finding and parses.
     fn get<T: DeserializeOwned>(&self, path: &FieldPath) -> Option<T> {
         let clean = !self.broken.iter().any(|f| f.path.0.starts_with(&path.0));
-        let part = self.value.pointer(&pointer(path))?;
+        let part = self.value.pointer(&path.to_json_pointer())?;
         if clean { serde_json::from_value(part.clone()).ok() } else { None }
     }
 
     fn len(&self, path: &FieldPath) -> usize {
-        self.value.pointer(&pointer(path)).and_then(Value::as_array).map_or(0, Vec::len)
+        self.value.pointer(&path.to_json_pointer()).and_then(Value::as_array).map_or(0, Vec::len)
     }
 }
 
@@ -53,6 +43,9 @@ pub fn check_parts(
     profiles: &BTreeMap<String, AgentProfile>,
     file: &Path,
 ) -> Vec<Finding> {
+    if !value.is_object() {
+        return Vec::new();
+    }
     let parts = Parts { value, broken };
     let mut findings = Vec::new();
     let root = FieldPath::root();
@@ -99,6 +92,8 @@ pub fn check_parts(
         }
     }
 
+    let has_list = parts.len(&root.key("triggers")) > 0;
+    check_trigger_presence(value.get("trigger").is_some(), has_list, &mut findings);
     let mut trigger_paths = vec![root.key("trigger")];
     trigger_paths.extend((0..parts.len(&root.key("triggers"))).map(|i| root.key("triggers").index(i)));
     for at in trigger_paths {

@@ -161,7 +161,7 @@ fn default_dedupe_window() -> DurationSpec {
 pub struct Concurrency {
     /// Most runs active at once (per `key` when set). Default 1.
     #[serde(default = "default_limit")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10_000))]
     pub limit: u32,
     /// A `{{ expr }}` template; the limit applies per rendered key.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -19,8 +19,10 @@ pub enum Code {
     MissingField,
     /// A value of the right type that is not allowed (pattern, range, enum, conflict).
     InvalidValue,
-    /// Two automations share a name.
+    /// Two automations share a name, or two webhooks a hook name.
     DuplicateName,
+    /// A key written twice in one mapping.
+    DuplicateKey,
     /// A cron expression that does not parse.
     InvalidCron,
     /// A timezone that is not an IANA name.
@@ -48,6 +50,7 @@ impl Code {
             Code::MissingField => "missing-field",
             Code::InvalidValue => "invalid-value",
             Code::DuplicateName => "duplicate-name",
+            Code::DuplicateKey => "duplicate-key",
             Code::InvalidCron => "invalid-cron",
             Code::InvalidTimezone => "invalid-timezone",
             Code::RhaiSyntax => "rhai-syntax",
@@ -98,20 +101,35 @@ impl FieldPath {
         FieldPath(self.0[..self.0.len().saturating_sub(1)].to_vec())
     }
 
-    /// Parses a JSON pointer such as `/task/allow/1`.
-    pub fn from_json_pointer(pointer: &str) -> FieldPath {
-        let segments = pointer
-            .split('/')
-            .skip(1)
-            .map(|raw| {
-                let key = raw.replace("~1", "/").replace("~0", "~");
-                match key.parse::<usize>() {
-                    Ok(index) => Segment::Index(index),
-                    Err(_) => Segment::Key(key),
-                }
-            })
-            .collect();
+    /// Parses a JSON pointer such as `/task/allow/1`. A number is an index only where
+    /// `instance` has a list (a mapping may have a key `"2"`).
+    pub fn from_json_pointer(pointer: &str, instance: &serde_json::Value) -> FieldPath {
+        let mut node = Some(instance);
+        let mut segments = Vec::new();
+        for raw in pointer.split('/').skip(1) {
+            let key = raw.replace("~1", "/").replace("~0", "~");
+            let index = key.parse::<usize>().ok().filter(|_| node.is_some_and(serde_json::Value::is_array));
+            node = match index {
+                Some(index) => node.and_then(|n| n.get(index)),
+                None => node.and_then(|n| n.get(&key)),
+            };
+            segments.push(match index {
+                Some(index) => Segment::Index(index),
+                None => Segment::Key(key),
+            });
+        }
         FieldPath(segments)
+    }
+
+    /// The JSON pointer of this path.
+    pub fn to_json_pointer(&self) -> String {
+        self.0
+            .iter()
+            .map(|segment| match segment {
+                Segment::Key(key) => format!("/{}", key.replace('~', "~0").replace('/', "~1")),
+                Segment::Index(index) => format!("/{index}"),
+            })
+            .collect()
     }
 }
 
@@ -210,9 +228,13 @@ mod tests {
 
     #[test]
     fn paths_read_like_yaml() {
-        let path = FieldPath::from_json_pointer("/task/network/agent/allow/1/domain");
+        let instance =
+            serde_json::json!({"task": {"network": {"agent": {"allow": [{}, {"domain": 1}]}}}, "p": {"2": 1}});
+        let path = FieldPath::from_json_pointer("/task/network/agent/allow/1/domain", &instance);
         assert_eq!(path.to_string(), "task.network.agent.allow[1].domain");
-        assert_eq!(FieldPath::from_json_pointer("/a~1b").to_string(), "a/b");
+        assert_eq!(path.to_json_pointer(), "/task/network/agent/allow/1/domain");
+        assert_eq!(FieldPath::from_json_pointer("/a~1b", &instance).to_string(), "a/b");
+        assert_eq!(FieldPath::from_json_pointer("/p/2", &instance), FieldPath::root().key("p").key("2"));
     }
 
     #[test]

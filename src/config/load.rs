@@ -53,45 +53,72 @@ impl SourceFile {
 
     /// Parses the file as `format`: syntax, then every schema problem, then the types.
     pub fn parse<T: DeserializeOwned>(&self, format: Format) -> Result<T, Vec<Diagnostic>> {
-        let value = self.parse_value().map_err(|d| vec![d])?;
+        let value = self.parse_value()?;
         let findings = format.check(&value);
         if !findings.is_empty() {
             return Err(self.locate(findings));
         }
-        self.typed(value).map_err(|d| vec![d])
+        self.typed(value)
     }
 
-    /// The YAML as a JSON value, or its syntax error.
-    pub fn parse_value(&self) -> Result<Value, Diagnostic> {
-        serde_yaml::from_str(&self.text).map_err(|error| self.yaml_error(&error))
-    }
-
-    /// A schema-valid value as its type.
-    pub fn typed<T: DeserializeOwned>(&self, value: Value) -> Result<T, Diagnostic> {
-        // The schema is generated from `T`, so this only fails on checks the schema cannot
-        // express (e.g. a duration too large to represent).
-        serde_json::from_value(value).map_err(|error| Diagnostic {
-            file: self.path.clone(),
-            line: 1,
-            col: 1,
-            code: Code::InvalidValue,
-            message: error.to_string(),
-            hint: None,
+    /// The YAML as a JSON value, or what keeps it from being one (syntax, a key written
+    /// twice, a key that is not a string).
+    pub fn parse_value(&self) -> Result<Value, Vec<Diagnostic>> {
+        // Through serde_yaml's own value, which refuses duplicate keys; serde_json's maps
+        // would silently keep the last one.
+        let mut yaml: serde_yaml::Value = serde_yaml::from_str(&self.text).map_err(|error| self.yaml_error(&error))?;
+        yaml.apply_merge().map_err(|error| vec![self.at_start(Code::YamlSyntax, format!("invalid YAML: {error}"))])?;
+        serde_json::to_value(yaml).map_err(|error| {
+            vec![self.at_start(Code::YamlSyntax, format!("unsupported YAML: {error}; every key must be a string"))]
         })
     }
 
-    fn yaml_error(&self, error: &serde_yaml::Error) -> Diagnostic {
-        let (line, col) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
+    /// A schema-valid value as its type.
+    pub fn typed<T: DeserializeOwned>(&self, value: Value) -> Result<T, Vec<Diagnostic>> {
+        // The schema is generated from `T`, so this only fails on checks the schema cannot
+        // express (e.g. a duration too large to represent).
+        let instance = value.clone();
+        serde_path_to_error::deserialize(value).map_err(|error| {
+            let pointer: String = error.path().iter().map(|segment| format!("/{segment}")).collect();
+            let path = FieldPath::from_json_pointer(&pointer, &instance);
+            let message = format!("`{path}`: {}", error.inner());
+            self.locate(vec![Finding::new(path, Code::InvalidValue, message)])
+        })
+    }
+
+    fn at_start(&self, code: Code, message: String) -> Diagnostic {
+        Diagnostic { file: self.path.clone(), line: 1, col: 1, code, message, hint: None }
+    }
+
+    fn yaml_error(&self, error: &serde_yaml::Error) -> Vec<Diagnostic> {
         let message = error.to_string();
+        if message.contains("duplicate entry with key") {
+            let duplicates: Vec<Diagnostic> = SourceMap::new(&self.text)
+                .duplicate_keys()
+                .iter()
+                .map(|(path, at)| Diagnostic {
+                    file: self.path.clone(),
+                    line: at.line,
+                    col: at.col,
+                    code: Code::DuplicateKey,
+                    message: format!("`{path}` is written twice in the same mapping"),
+                    hint: Some("YAML keeps only one of them; remove or merge the other".into()),
+                })
+                .collect();
+            if !duplicates.is_empty() {
+                return duplicates;
+            }
+        }
+        let (line, col) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
         let message = message.split(" at line ").next().unwrap_or(&message).to_string();
-        Diagnostic {
+        vec![Diagnostic {
             file: self.path.clone(),
             line,
             col,
             code: Code::YamlSyntax,
             message: format!("invalid YAML: {message}"),
             hint: Some("check indentation and quoting; strings with `: ` or `#` need quotes".into()),
-        }
+        }]
     }
 }
 
@@ -139,21 +166,7 @@ fn collect_yaml(dir: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Diagnos
 pub fn check_automation(automation: &Automation, file: &Path) -> Vec<Finding> {
     let mut findings = Vec::new();
     let root = FieldPath::root();
-    match (&automation.trigger, automation.triggers.is_empty()) {
-        (None, true) => findings.push(
-            Finding::new(
-                root.clone(),
-                Code::MissingField,
-                "an automation needs `trigger` (one) or `triggers` (a list)",
-            )
-            .hint("e.g. `trigger: { cron: { schedule: \"0 9 * * MON\" } }`"),
-        ),
-        (Some(_), false) => findings.push(
-            Finding::new(root.key("triggers"), Code::InvalidValue, "write `trigger` or `triggers`, not both")
-                .hint("move the single trigger into the `triggers` list"),
-        ),
-        _ => {}
-    }
+    check_trigger_presence(automation.trigger.is_some(), !automation.triggers.is_empty(), &mut findings);
     if let Some(trigger) = &automation.trigger {
         trigger.check(&root.key("trigger"), &mut findings);
     }
@@ -170,6 +183,22 @@ pub fn check_automation(automation: &Automation, file: &Path) -> Vec<Finding> {
         check_test(case, file, &root.key("tests").index(index), &mut findings);
     }
     findings
+}
+
+/// An automation has `trigger` or a non-empty `triggers`, not both.
+pub fn check_trigger_presence(single: bool, list: bool, findings: &mut Vec<Finding>) {
+    let root = FieldPath::root();
+    match (single, list) {
+        (false, false) => findings.push(
+            Finding::new(root, Code::MissingField, "an automation needs `trigger` (one) or `triggers` (a list)")
+                .hint("e.g. `trigger: { cron: { schedule: \"0 9 * * MON\" } }`"),
+        ),
+        (true, true) => findings.push(
+            Finding::new(root.key("triggers"), Code::InvalidValue, "write `trigger` or `triggers`, not both")
+                .hint("move the single trigger into the `triggers` list"),
+        ),
+        _ => {}
+    }
 }
 
 pub fn check_paths(globs: &[String], path: &FieldPath, findings: &mut Vec<Finding>) {

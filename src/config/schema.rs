@@ -126,7 +126,7 @@ fn schema_at<'a>(root: &'a Value, keyword_location: &str) -> Option<&'a Value> {
 
 fn explain(error: &jsonschema::ValidationError<'_>, instance: &Value, root: &Value, findings: &mut Vec<Finding>) {
     use jsonschema::error::ValidationErrorKind as Kind;
-    let path = FieldPath::from_json_pointer(error.instance_path().as_str());
+    let path = FieldPath::from_json_pointer(error.instance_path().as_str(), instance);
     let value = instance.pointer(error.instance_path().as_str()).unwrap_or(&Value::Null);
     let schema = schema_at(root, error.schema_path().as_str());
     match error.kind() {

@@ -1,7 +1,7 @@
 //! `SourceMap`: where each field of a YAML file is, so a problem found by path can be
 //! shown as `file:line:col`. Built only when a file has problems to report.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use saphyr_parser::{Event, Parser, ScalarStyle};
 
@@ -25,12 +25,14 @@ struct Node {
 #[derive(Debug, Default)]
 pub struct SourceMap {
     nodes: HashMap<FieldPath, Node>,
+    duplicate_keys: Vec<(FieldPath, Position)>,
 }
 
 enum Frame {
     Mapping {
         path: FieldPath,
         key: Option<(String, Position)>,
+        seen: HashSet<String>,
     },
     Sequence {
         path: FieldPath,
@@ -52,10 +54,10 @@ impl SourceMap {
         let mut parser = Parser::new_from_str(text);
         while let Some(Ok((event, span))) = parser.next_event() {
             let at = position(span.start);
-            let (is_node, opens, style) = match &event {
-                Event::Scalar(_, style, _, _) => (true, false, Some(*style)),
-                Event::Alias(_) => (true, false, None),
-                Event::MappingStart(..) | Event::SequenceStart(..) => (true, true, None),
+            let (opens, style) = match &event {
+                Event::Scalar(_, style, _, _) => (false, Some(*style)),
+                Event::Alias(_) => (false, None),
+                Event::MappingStart(..) | Event::SequenceStart(..) => (true, None),
                 Event::MappingEnd | Event::SequenceEnd => {
                     stack.pop();
                     continue;
@@ -63,7 +65,6 @@ impl SourceMap {
                 Event::DocumentEnd => break,
                 _ => continue,
             };
-            debug_assert!(is_node);
             // Where does this node go?
             let placed: Option<(FieldPath, Option<Position>)> = match stack.last_mut() {
                 None => Some((FieldPath::root(), None)),
@@ -72,10 +73,13 @@ impl SourceMap {
                     *next += 1;
                     Some((path.index(*next - 1), None))
                 }
-                Some(Frame::Mapping { path, key }) => match key.take() {
+                Some(Frame::Mapping { path, key, seen }) => match key.take() {
                     Some((name, key_at)) => Some((path.key(&name), Some(key_at))),
                     None => {
                         if let Event::Scalar(name, ..) = &event {
+                            if !seen.insert(name.to_string()) {
+                                map.duplicate_keys.push((path.key(name), at));
+                            }
                             *key = Some((name.to_string(), at));
                             continue;
                         }
@@ -90,7 +94,7 @@ impl SourceMap {
                     map.nodes.insert(path.clone(), Node { key, value: at, style });
                     if opens {
                         stack.push(match event {
-                            Event::MappingStart(..) => Frame::Mapping { path, key: None },
+                            Event::MappingStart(..) => Frame::Mapping { path, key: None, seen: HashSet::new() },
                             _ => Frame::Sequence { path, next: 0 },
                         });
                     }
@@ -100,6 +104,12 @@ impl SourceMap {
             }
         }
         map
+    }
+
+    /// Keys written twice in one mapping (YAML parsers keep only one of them), at the
+    /// second occurrence.
+    pub fn duplicate_keys(&self) -> &[(FieldPath, Position)] {
+        &self.duplicate_keys
     }
 
     /// The position of a field's value, or of its nearest ancestor that exists.
@@ -129,8 +139,9 @@ impl SourceMap {
         let Some(node) = self.nodes.get(path) else { return self.value(path) };
         let start = node.value;
         match node.style {
-            // Block scalars: the text starts at `start`, every line at the same indent.
-            Some(ScalarStyle::Literal | ScalarStyle::Folded) => {
+            // Literal block scalars: the text starts at `start`, every line at the same
+            // indent. (Folded ones join lines, so only their start is known.)
+            Some(ScalarStyle::Literal) => {
                 Position { line: start.line + inner.line - 1, col: start.col + inner.col - 1 }
             }
             Some(ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted) if inner.line == 1 => {
@@ -149,7 +160,8 @@ mod tests {
     use super::*;
 
     fn path(text: &str) -> FieldPath {
-        FieldPath::from_json_pointer(text)
+        let instance: serde_json::Value = serde_yaml::from_str(YAML).unwrap();
+        FieldPath::from_json_pointer(text, &instance)
     }
 
     const YAML: &str =
@@ -164,6 +176,13 @@ mod tests {
         assert_eq!(map.key(&path("/task/setup/1/b")), Position { line: 9, col: 7 });
         // A missing field points at its nearest ancestor.
         assert_eq!(map.value(&path("/task/agent")), Position { line: 6, col: 3 });
+    }
+
+    #[test]
+    fn finds_duplicate_keys() {
+        let map = SourceMap::new("a: 1\nb:\n  c: 1\n  c: 2\na: 3\n");
+        let found: Vec<(String, usize)> = map.duplicate_keys().iter().map(|(p, at)| (p.to_string(), at.line)).collect();
+        assert_eq!(found, [("b.c".to_string(), 4), ("a".to_string(), 5)]);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub struct CronTrigger {
     pub misfire_grace: DurationSpec,
     /// With `misfire: run_all`, the most missed slots to run. Default 10.
     #[serde(default = "default_max_catchup")]
+    #[schemars(range(max = 1000))]
     pub max_catchup: u32,
 }
 

@@ -35,6 +35,7 @@ fn each_kind_of_load_time_problem_is_caught() {
         Code::MissingField,
         Code::InvalidValue,
         Code::DuplicateName,
+        Code::DuplicateKey,
         Code::InvalidCron,
         Code::InvalidTimezone,
         Code::RhaiSyntax,
