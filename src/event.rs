@@ -14,7 +14,8 @@ use crate::triggers::TriggerKind;
 /// which rules read as top-level properties of `event`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    /// Stable id: the provider's delivery id when there is one, else a content hash.
+    /// `source:delivery-id` when the provider sends one (so retries share an id), else a
+    /// hash of the arrival time and body.
     pub id: String,
     pub source: TriggerKind,
     /// Source-specific type, e.g. `incident.triggered`, `pull_request.opened`, `message`.
@@ -24,13 +25,33 @@ pub struct Event {
     /// The provider's delivery id (X-GitHub-Delivery, Slack event_id, X-Webhook-Id, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_id: Option<String>,
-    /// Selected request headers, names lowercased.
+    /// The request headers rules may read (`KEPT_HEADERS`), names lowercased. Credentials
+    /// and signatures are never kept.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     pub payload: Value,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub fields: Map<String, Value>,
 }
+
+/// Headers kept on an event: what identifies the delivery and its type. Everything else
+/// (notably `authorization`, signatures and cookies) is dropped on arrival, so no
+/// template can put a credential into a prompt or the store.
+pub const KEPT_HEADERS: [&str; 13] = [
+    "content-type",
+    "user-agent",
+    "x-request-id",
+    "x-github-event",
+    "x-github-delivery",
+    "x-github-hook-id",
+    "x-github-hook-installation-target-type",
+    "x-slack-retry-num",
+    "x-slack-retry-reason",
+    "x-webhook-id",
+    "x-webhook-subscription",
+    "webhook-id",
+    "webhook-timestamp",
+];
 
 /// Names of the properties every `event` has in rules; source fields never replace them.
 pub const STANDARD_FIELDS: [&str; 6] = ["id", "source", "type", "received_at", "headers", "payload"];
@@ -43,12 +64,19 @@ impl Event {
         headers: BTreeMap<String, String>,
         received_at: DateTime<Utc>,
     ) -> Event {
-        let headers: BTreeMap<String, String> =
-            headers.into_iter().map(|(name, value)| (name.to_ascii_lowercase(), value)).collect();
+        let headers: BTreeMap<String, String> = headers
+            .into_iter()
+            .map(|(name, value)| (name.to_ascii_lowercase(), value))
+            .filter(|(name, _)| KEPT_HEADERS.contains(&name.as_str()))
+            .collect();
         let normalized = crate::triggers::normalize(source, &payload, &headers);
         let id = match &normalized.delivery_id {
             Some(delivery) => format!("{}:{delivery}", source.as_str()),
-            None => format!("{}:{}", source.as_str(), content_hash(&payload)),
+            // No delivery id: two identical bodies are still two events.
+            None => {
+                let arrival = Value::String(received_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+                format!("{}:{}", source.as_str(), content_hash(&Value::Array(vec![arrival, payload.clone()])))
+            }
         };
         Event {
             id,
@@ -64,7 +92,7 @@ impl Event {
 
     /// The properties rules see as `event`: the source's fields, then the standard ones
     /// (which a field of the same name never replaces). Borrowed, so converting them for
-    /// rhai copies the payload once.
+    /// rhai needs no intermediate JSON copy.
     pub fn rule_entries(&self) -> Vec<(&str, Cow<'_, Value>)> {
         let mut entries: Vec<(&str, Cow<'_, Value>)> = self
             .fields
@@ -91,4 +119,37 @@ pub fn content_hash(payload: &Value) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(payload.to_string().as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_signatures_are_not_kept() {
+        let headers = BTreeMap::from([
+            ("Authorization".to_string(), "Bearer hunter2".to_string()),
+            ("X-Hub-Signature-256".to_string(), "sha256=00".to_string()),
+            ("Cookie".to_string(), "session=1".to_string()),
+            ("X-GitHub-Event".to_string(), "pull_request".to_string()),
+        ]);
+        let event = Event::from_delivery(TriggerKind::Github, serde_json::json!({}), headers, Utc::now());
+        assert_eq!(event.headers.keys().collect::<Vec<_>>(), ["x-github-event"]);
+    }
+
+    #[test]
+    fn ids_come_from_delivery_ids_else_arrival_and_body() {
+        let headers = BTreeMap::from([("X-GitHub-Delivery".to_string(), "abc".to_string())]);
+        let retried = Event::from_delivery(TriggerKind::Github, serde_json::json!({}), headers, Utc::now());
+        assert_eq!(retried.id, "github:abc");
+        let at = Utc::now();
+        let first = Event::from_delivery(TriggerKind::Manual, serde_json::json!({}), BTreeMap::new(), at);
+        let second = Event::from_delivery(
+            TriggerKind::Manual,
+            serde_json::json!({}),
+            BTreeMap::new(),
+            at + chrono::Duration::milliseconds(1),
+        );
+        assert_ne!(first.id, second.id);
+    }
 }

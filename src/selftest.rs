@@ -72,7 +72,8 @@ fn run_case(engine: &RuleEngine, loaded: &LoadedAutomation, case: &TestCase) -> 
         Ok(event) => event,
         Err(why) => return vec![why],
     };
-    let rendered = loaded.compiled.render(engine, &PreparedEvent::new(event), &memory_value(&case.memory), now);
+    let rendered =
+        loaded.compiled.render_even_if_disabled(engine, &PreparedEvent::new(event), &memory_value(&case.memory), now);
     let expect = &case.expect;
     let rendered = match (rendered, &expect.error_contains) {
         (Err(error), Some(wanted)) if error.to_string().contains(wanted.as_str()) => return Vec::new(),

@@ -12,7 +12,8 @@ use crate::config::load::{check_notify, check_paths, check_secret_names, check_t
 use crate::config::{AgentProfile, FieldPath, Finding, NotifyTarget, TestCase};
 use crate::netpolicy::AllowRuleConfig;
 use crate::rules::{
-    RuleEngine, compile_branch, compile_script, compile_template, compile_when, expand_rule, find_profile,
+    RuleEngine, compile_base, compile_branch, compile_repo, compile_script, compile_template, compile_when,
+    expand_rule, find_profile,
 };
 use crate::triggers::TriggerSpec;
 
@@ -60,10 +61,14 @@ pub fn check_parts(
     if let Some(when) = text(&root.key("when")) {
         record(compile_when(engine, root.key("when"), &when).map(drop));
     }
-    for field in ["prompt", "base", "repo"] {
-        if let Some(template) = text(&task.key(field)) {
-            record(compile_template(engine, task.key(field), &template).map(drop));
-        }
+    if let Some(template) = text(&task.key("prompt")) {
+        record(compile_template(engine, task.key("prompt"), &template).map(drop));
+    }
+    if let Some(template) = text(&task.key("base")) {
+        record(compile_base(engine, task.key("base"), &template).map(drop));
+    }
+    if let Some(template) = text(&task.key("repo")) {
+        record(compile_repo(engine, task.key("repo"), &template).map(drop));
     }
     if let Some(branch) = text(&task.key("branch")) {
         record(compile_branch(engine, task.key("branch"), &branch).map(drop));
@@ -84,10 +89,12 @@ pub fn check_parts(
         if let Some(script) = text(&phase.key("script")) {
             record(compile_script(engine, phase.key("script"), &script, false).map(drop));
         }
-        for index in 0..parts.len(&phase.key("allow")) {
-            let at = phase.key("allow").index(index);
-            if let Some(rule) = parts.get::<AllowRuleConfig>(&at) {
-                record(expand_rule(at, &rule).map(drop));
+        for list in ["allow", "script_may_allow"] {
+            for index in 0..parts.len(&phase.key(list)) {
+                let at = phase.key(list).index(index);
+                if let Some(rule) = parts.get::<AllowRuleConfig>(&at) {
+                    record(expand_rule(at, &rule).map(drop));
+                }
             }
         }
     }

@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use super::{Sources, load_catalog, print_diagnostics};
 use crate::rules::{PreparedEvent, RuleEngine, memory_value};
 use crate::selftest::fixture_event;
-use crate::task::Rendered;
 use crate::triggers::TriggerKind;
 
 #[derive(Debug, clap::Args)]
@@ -84,18 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let headers: BTreeMap<String, String> = args.headers.into_iter().collect();
     let event = fixture_event(&args.event, source, &headers, now).map_err(|why| anyhow!(why))?;
     let prepared = PreparedEvent::new(event);
-    let rendered = if automation.enabled {
-        loaded.compiled.render(RuleEngine::shared(), &prepared, &memory_value(&memory), now)?
-    } else {
-        Rendered {
-            automation: args.name.clone(),
-            event_id: prepared.event.id.clone(),
-            matched: false,
-            reason: "the automation is disabled (`enabled: false`)".into(),
-            task: None,
-            flow: None,
-        }
-    };
+    let rendered = loaded.compiled.render(RuleEngine::shared(), &prepared, &memory_value(&memory), now)?;
     println!("{}", serde_json::to_string_pretty(&rendered)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -57,7 +57,8 @@ fn argv(parts: &[&str]) -> Vec<String> {
 /// The profiles every installation has.
 pub fn builtin_profiles() -> BTreeMap<String, AgentProfile> {
     let codex = AgentProfile {
-        command: argv(&["codex", "exec", "--json", "--cd", "{workspace}", "{prompt}"]),
+        // `--` ends the options: a prompt that starts with `-` stays a prompt.
+        command: argv(&["codex", "exec", "--json", "--cd", "{workspace}", "--", "{prompt}"]),
         plan_command: Some(argv(&[
             "codex",
             "exec",
@@ -66,13 +67,14 @@ pub fn builtin_profiles() -> BTreeMap<String, AgentProfile> {
             "read-only",
             "--cd",
             "{workspace}",
+            "--",
             "Plan only, change nothing: {prompt}",
         ])),
         env: BTreeMap::new(),
         output: OutputFormat::CodexJsonl,
     };
     let claude = AgentProfile {
-        command: argv(&["claude", "-p", "--output-format", "stream-json", "--verbose", "{prompt}"]),
+        command: argv(&["claude", "-p", "--output-format", "stream-json", "--verbose", "--", "{prompt}"]),
         plan_command: Some(argv(&[
             "claude",
             "-p",
@@ -81,6 +83,7 @@ pub fn builtin_profiles() -> BTreeMap<String, AgentProfile> {
             "--verbose",
             "--permission-mode",
             "plan",
+            "--",
             "{prompt}",
         ])),
         env: BTreeMap::new(),

@@ -58,10 +58,15 @@ pub struct PhasePolicyConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<AllowRuleConfig>,
     /// Optional rhai script that returns an array of extra allow rules (maps with the same
-    /// fields as `allow` entries). Its result is validated like static rules; an invalid
-    /// result fails the render. It sees `event`, `memory`, `automation` and `now`.
+    /// fields as `allow` entries), chosen per run. It sees `event`, `memory`, `automation`
+    /// and `now`. Every rule it returns must fall within `script_may_allow`, so event
+    /// text can choose among approved destinations but never name a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<String>,
+    /// The most a `script` may allow: each rule it returns must be covered by one of these
+    /// (same or narrower host, ports and methods). Required with `script`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub script_may_allow: Vec<AllowRuleConfig>,
 }
 
 /// Network policy of both phases of a run.
@@ -203,10 +208,25 @@ pub struct AllowRule {
 }
 
 impl AllowRule {
+    /// A rule that names methods only allows requests whose method is known to be one of
+    /// them: a TLS tunnel, whose method cannot be seen, is denied (fail closed).
     fn allows(&self, host: &str, port: u16, method: Option<Method>) -> bool {
         self.host.matches(host)
             && self.ports.contains(&port)
-            && (self.methods.is_empty() || method.is_none_or(|m| self.methods.contains(&m)))
+            && (self.methods.is_empty() || method.is_some_and(|m| self.methods.contains(&m)))
+    }
+
+    /// Whether everything `other` allows, this rule allows too.
+    pub fn covers(&self, other: &AllowRule) -> bool {
+        let hosts = match (&self.host, &other.host) {
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+            (HostPattern::Subdomains(_), HostPattern::Exact(b)) => self.host.matches(b),
+            (HostPattern::Subdomains(a), HostPattern::Subdomains(b)) => a == b || self.host.matches(b),
+            (HostPattern::Exact(_), HostPattern::Subdomains(_)) => false,
+        };
+        let methods = self.methods.is_empty()
+            || (!other.methods.is_empty() && other.methods.iter().all(|m| self.methods.contains(m)));
+        hosts && methods && other.ports.iter().all(|p| self.ports.contains(p))
     }
 }
 
@@ -232,8 +252,8 @@ pub struct Decision {
 }
 
 impl NetworkPolicy {
-    /// Decides a request. `method` is `None` when it is not visible (a TLS tunnel), in
-    /// which case the host and port decide.
+    /// Decides a request. `method` is `None` when it is not visible (a TLS tunnel): then
+    /// only rules without `methods` can allow it.
     pub fn decide(&self, host: &str, port: u16, method: Option<Method>) -> Decision {
         let rule = self.allow.iter().find(|rule| rule.allows(host, port, method));
         Decision { allowed: rule.is_some(), rule: rule.map(|r| r.host.to_string()) }
@@ -256,7 +276,8 @@ const DEFAULT_PORTS: [u16; 1] = [443];
 
 impl AllowRuleConfig {
     /// Validates the rule and expands it into concrete rules.
-    pub fn expand(&self, origin_if_domain: RuleOrigin) -> Result<Vec<AllowRule>, RuleError> {
+    /// `origin` is recorded on the rules; a preset keeps its name unless a script chose it.
+    pub fn expand(&self, origin: RuleOrigin) -> Result<Vec<AllowRule>, RuleError> {
         match (&self.domain, self.preset) {
             (Some(domain), None) => {
                 if self.ports.contains(&0) {
@@ -269,14 +290,18 @@ impl AllowRuleConfig {
                     host: HostPattern::parse(domain)?,
                     ports: if self.ports.is_empty() { DEFAULT_PORTS.to_vec() } else { self.ports.clone() },
                     methods,
-                    origin: origin_if_domain,
+                    origin,
                 }])
             }
             (None, Some(preset)) => {
                 if !self.ports.is_empty() || !self.methods.is_empty() {
                     return Err(RuleError::PresetWithOptions);
                 }
-                Ok(preset.rules())
+                let mut rules = preset.rules();
+                if origin == RuleOrigin::Script {
+                    rules.iter_mut().for_each(|rule| rule.origin = RuleOrigin::Script);
+                }
+                Ok(rules)
             }
             _ => Err(RuleError::DomainOrPreset),
         }
@@ -346,6 +371,31 @@ mod tests {
         assert!(policy.decide("index.crates.io", 443, Some(Method::Get)).allowed);
         assert!(!policy.decide("evil.example", 443, None).allowed);
         assert!(!NetworkPolicy::default().decide("api.github.com", 443, None).allowed);
+    }
+
+    #[test]
+    fn method_rules_fail_closed_when_the_method_is_unseen() {
+        let rule =
+            AllowRuleConfig { domain: Some("api.github.com".into()), methods: vec![Method::Get], ..Default::default() };
+        let policy = NetworkPolicy { default: DefaultAction::Deny, allow: rule.expand(RuleOrigin::Static).unwrap() };
+        assert!(!policy.decide("api.github.com", 443, None).allowed);
+    }
+
+    #[test]
+    fn coverage_of_hosts_ports_and_methods() {
+        let rule = |domain: &str, ports: Vec<u16>, methods: Vec<Method>| {
+            AllowRuleConfig { domain: Some(domain.into()), ports, methods, ..Default::default() }
+                .expand(RuleOrigin::Static)
+                .unwrap()
+                .remove(0)
+        };
+        let ceiling = rule("*.example.com", vec![443], vec![Method::Get, Method::Head]);
+        assert!(ceiling.covers(&rule("a.example.com", vec![], vec![Method::Get])));
+        assert!(ceiling.covers(&rule("*.a.example.com", vec![], vec![Method::Head])));
+        assert!(!ceiling.covers(&rule("example.com", vec![], vec![Method::Get])));
+        assert!(!ceiling.covers(&rule("a.example.com", vec![], vec![])), "all methods is wider than GET/HEAD");
+        assert!(!ceiling.covers(&rule("a.example.com", vec![8443], vec![Method::Get])));
+        assert!(!rule("a.example.com", vec![], vec![]).covers(&rule("*.example.com", vec![], vec![])));
     }
 
     #[test]

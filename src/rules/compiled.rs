@@ -7,7 +7,7 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use rhai::{AST, Dynamic, Map, Scope};
 
 use super::engine::{EvalError, RuleEngine};
-use super::git_ref::check_branch_name;
+use super::git_ref::{check_branch_name, check_repo_location};
 use super::template::{Template, TemplateError};
 use super::value::{to_dynamic, to_json};
 use crate::config::{AgentProfile, Automation, Code, FieldPath, Finding, InnerPosition};
@@ -65,6 +65,8 @@ pub struct RenderError {
 struct CompiledPhase {
     static_policy: NetworkPolicy,
     script: Option<AST>,
+    /// What the script may allow at most.
+    ceiling: Vec<AllowRule>,
 }
 
 /// An automation ready to render.
@@ -119,18 +121,40 @@ pub fn compile_template(engine: &RuleEngine, path: FieldPath, text: &str) -> Res
     Template::compile(engine, RULE_VARIABLES, text).map_err(|e| template_finding(path, e))
 }
 
-/// A compiled branch template whose fixed text can form a safe git ref.
+/// A compiled branch template whose fixed text can form a safe git ref, with a fixed
+/// namespace (`agent/`) before any expression so event text can never name `main` or a
+/// release branch.
 pub fn compile_branch(engine: &RuleEngine, path: FieldPath, text: &str) -> Result<Template, Finding> {
     let branch = compile_template(engine, path.clone(), text)?;
-    match check_branch_name(&branch.with_stand_ins("x")) {
-        Ok(()) => Ok(branch),
-        Err(why) => Err(Finding::new(
-            path,
-            Code::BranchTemplate,
-            format!("branch template cannot give a safe name: {why}"),
-        )
-        .hint("fixed text in a branch may use letters, digits, `/`, `-`, `_`, `.`; wrap event text in `slug(...)`")),
+    let problem = |message: String| Finding::new(path.clone(), Code::BranchTemplate, message);
+    if let Err(why) = check_branch_name(&branch.with_stand_ins("x")) {
+        return Err(problem(format!("branch template cannot give a safe name: {why}")).hint(
+            "fixed text in a branch may use letters, digits, `/`, `-`, `_`, `.`; wrap event text in `slug(...)`",
+        ));
     }
+    if branch.has_expressions() && !branch.fixed_prefix().contains('/') {
+        return Err(problem("a branch template needs a fixed prefix ending in `/` before its first `{{ }}`".into())
+            .hint("e.g. `agent/incident-{{ event.incident.number }}`, so event text cannot choose `main`"));
+    }
+    Ok(branch)
+}
+
+/// A compiled `base` template whose fixed text can form a ref or commit.
+pub fn compile_base(engine: &RuleEngine, path: FieldPath, text: &str) -> Result<Template, Finding> {
+    let base = compile_template(engine, path.clone(), text)?;
+    check_branch_name(&base.with_stand_ins("x"))
+        .map_err(|why| Finding::new(path, Code::InvalidValue, format!("`base` cannot give a safe ref: {why}")))?;
+    Ok(base)
+}
+
+/// A compiled `repo` template whose fixed text can form an allowed repository location.
+pub fn compile_repo(engine: &RuleEngine, path: FieldPath, text: &str) -> Result<Template, Finding> {
+    let repo = compile_template(engine, path.clone(), text)?;
+    check_repo_location(&repo.with_stand_ins("x")).map_err(|why| {
+        Finding::new(path, Code::InvalidValue, why)
+            .hint("e.g. `https://github.com/acme/api.git`, `git@github.com:acme/api.git` or `/srv/git/api`")
+    })?;
+    Ok(repo)
 }
 
 /// The agent profile `name`, or a finding that suggests a close one.
@@ -182,8 +206,8 @@ impl CompiledAutomation {
         };
         let prompt = keep(compile_template(engine, task_path.key("prompt"), &task.prompt), findings);
         let branch = keep(compile_branch(engine, task_path.key("branch"), &task.branch), findings);
-        let base = keep(compile_template(engine, task_path.key("base"), &task.base), findings);
-        let repo = keep(compile_template(engine, task_path.key("repo"), &task.repo), findings);
+        let base = keep(compile_base(engine, task_path.key("base"), &task.base), findings);
+        let repo = keep(compile_repo(engine, task_path.key("repo"), &task.repo), findings);
         let dedupe_key = match &automation.dedupe {
             Some(dedupe) => {
                 keep(compile_template(engine, root.key("dedupe").key("key"), &dedupe.key), findings).map(Some)
@@ -259,7 +283,8 @@ impl CompiledAutomation {
         value.as_bool().map_err(|type_name| EvalError(format!("`when` must give true or false, it gave a {type_name}")))
     }
 
-    /// Applies the automation to an event: trigger filters, `when`, then every template.
+    /// Applies the automation to an event: `enabled`, trigger filters, `when`, then every
+    /// template.
     pub fn render(
         &self,
         engine: &RuleEngine,
@@ -267,14 +292,32 @@ impl CompiledAutomation {
         memory: &Dynamic,
         now: DateTime<Utc>,
     ) -> Result<Rendered, RenderError> {
-        let not_matched = |reason: String| Rendered {
+        if !self.definition.enabled {
+            return Ok(self.not_matched(event, "the automation is disabled (`enabled: false`)".into()));
+        }
+        self.render_even_if_disabled(engine, event, memory, now)
+    }
+
+    fn not_matched(&self, event: &PreparedEvent, reason: String) -> Rendered {
+        Rendered {
             automation: self.name().to_string(),
             event_id: event.event.id.clone(),
             matched: false,
             reason,
             task: None,
             flow: None,
-        };
+        }
+    }
+
+    /// `render` for an automation's own tests, which keep working while it is disabled.
+    pub fn render_even_if_disabled(
+        &self,
+        engine: &RuleEngine,
+        event: &PreparedEvent,
+        memory: &Dynamic,
+        now: DateTime<Utc>,
+    ) -> Result<Rendered, RenderError> {
+        let not_matched = |reason: String| self.not_matched(event, reason);
         let triggers: Vec<_> = self.definition.all_triggers().filter_map(|t| t.source()).collect();
         let mut refusals = Vec::new();
         if !triggers.iter().any(|trigger| trigger.accepts(&event.event).map_err(|why| refusals.push(why)).is_ok()) {
@@ -300,7 +343,12 @@ impl CompiledAutomation {
         let branch = self.branch.render(engine, &mut scope).map_err(fail("task.branch"))?;
         check_branch_name(&branch).map_err(|why| fail("task.branch")(EvalError(why)))?;
         let base = self.base.render(engine, &mut scope).map_err(fail("task.base"))?;
+        check_branch_name(&base).map_err(|why| fail("task.base")(EvalError(why)))?;
+        if base == branch {
+            return Err(fail("task.branch")(EvalError(format!("the branch `{branch}` is the base itself"))));
+        }
         let repo = self.repo.render(engine, &mut scope).map_err(fail("task.repo"))?;
+        check_repo_location(&repo).map_err(|why| fail("task.repo")(EvalError(why)))?;
         let setup_policy = self.setup_policy.render(engine, &mut scope).map_err(fail("task.network.setup.script"))?;
         let agent_policy = self.agent_policy.render(engine, &mut scope).map_err(fail("task.network.agent.script"))?;
         let dedupe_key = render_optional(engine, &mut scope, self.dedupe_key.as_ref()).map_err(fail("dedupe.key"))?;
@@ -369,20 +417,39 @@ fn compile_phase(
     findings: &mut Vec<Finding>,
 ) -> Option<CompiledPhase> {
     let before = findings.len();
-    let mut static_policy = NetworkPolicy::default();
-    for (index, rule) in config.allow.iter().enumerate() {
-        if let Some(rules) = keep(expand_rule(path.key("allow").index(index), rule), findings) {
-            static_policy.allow.extend(rules);
+    let mut expand_all = |field: &str, rules: &[AllowRuleConfig]| {
+        let mut expanded = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            if let Some(rules) = keep(expand_rule(path.key(field).index(index), rule), findings) {
+                expanded.extend(rules);
+            }
         }
-    }
+        expanded
+    };
+    let static_policy = NetworkPolicy { allow: expand_all("allow", &config.allow), ..NetworkPolicy::default() };
+    let ceiling = expand_all("script_may_allow", &config.script_may_allow);
     let script = match &config.script {
         Some(text) => keep(compile_script(engine, path.key("script"), text, false), findings),
         None => None,
     };
-    (findings.len() == before).then_some(CompiledPhase { static_policy, script })
+    match (config.script.is_some(), config.script_may_allow.is_empty()) {
+        (true, true) => findings.push(
+            Finding::new(path.key("script"), Code::NetworkRule, "a policy script needs `script_may_allow`")
+                .hint("list the rules the script may choose from; its results must fall within them"),
+        ),
+        (false, false) => findings.push(Finding::new(
+            path.key("script_may_allow"),
+            Code::NetworkRule,
+            "`script_may_allow` limits a `script`, and this phase has none",
+        )),
+        _ => {}
+    }
+    (findings.len() == before).then_some(CompiledPhase { static_policy, script, ceiling })
 }
+
 impl CompiledPhase {
-    /// The static rules plus what the script returns, validated like static rules.
+    /// The static rules plus what the script returns, each validated like a static rule
+    /// and required to fall within `script_may_allow`.
     fn render(&self, engine: &RuleEngine, scope: &mut Scope<'_>) -> Result<NetworkPolicy, EvalError> {
         let mut policy = self.static_policy.clone();
         let Some(script) = &self.script else { return Ok(policy) };
@@ -398,7 +465,12 @@ impl CompiledPhase {
         for (index, item) in items.into_iter().enumerate() {
             let invalid = |why: String| EvalError(format!("rule #{index} returned by the script is invalid: {why}"));
             let rule: AllowRuleConfig = serde_json::from_value(item).map_err(|e| invalid(e.to_string()))?;
-            policy.allow.extend(rule.expand(RuleOrigin::Script).map_err(|e| invalid(e.to_string()))?);
+            for rule in rule.expand(RuleOrigin::Script).map_err(|e| invalid(e.to_string()))? {
+                if !self.ceiling.iter().any(|allowed| allowed.covers(&rule)) {
+                    return Err(invalid(format!("`{}` is outside `script_may_allow`", rule.host)));
+                }
+                policy.allow.push(rule);
+            }
         }
         Ok(policy)
     }

@@ -1,5 +1,6 @@
-//! Safe git branch names: the rules of `git check-ref-format --branch`, plus no shell
-//! metacharacters. A bad name is an error, never silently rewritten.
+//! Safe git refs and repository locations: branch names follow `git check-ref-format
+//! --branch` with no shell metacharacters; repositories are URLs of the usual transports
+//! or local paths. A bad value is an error, never silently rewritten.
 
 /// Checks a branch name; `Err` says what is wrong.
 pub fn check_branch_name(name: &str) -> Result<(), String> {
@@ -42,6 +43,32 @@ pub fn check_branch_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a repository location: `https://`, `http://`, `ssh://`, `git://`, `file://`,
+/// `user@host:path`, or a local path. No other transports (git's `ext::` runs commands),
+/// no leading `-` (an option to git), no whitespace or control characters.
+pub fn check_repo_location(location: &str) -> Result<(), String> {
+    let fail = |why: &str| Err(format!("`{location}` is not an allowed repository location: {why}"));
+    if location.is_empty() {
+        return fail("it is empty");
+    }
+    if location.starts_with('-') {
+        return fail("it starts with `-`");
+    }
+    if location.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return fail("it contains whitespace or control characters");
+    }
+    if location.contains("::") {
+        return fail("git transport helpers (`ext::`, `fd::`) are not allowed");
+    }
+    if let Some((scheme, _)) = location.split_once("://") {
+        return match scheme {
+            "https" | "http" | "ssh" | "git" | "file" => Ok(()),
+            _ => fail("use https, http, ssh, git or file URLs"),
+        };
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +77,23 @@ mod tests {
     fn accepts_ordinary_branches() {
         for ok in ["agent/incident-42", "nightshift/audit/2026-11-22", "fix_x.y", "a+b"] {
             assert_eq!(check_branch_name(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn repository_locations() {
+        for ok in [
+            "https://github.com/acme/api.git",
+            "git@github.com:acme/api.git",
+            "ssh://git@host/x",
+            "/srv/git/api",
+            "../api",
+            "file:///srv/x",
+        ] {
+            assert_eq!(check_repo_location(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-uhttps://x", "ext::sh -c touch% /tmp/pwned", "fd::17", "gopher://x", "https://x y", "a\nb"] {
+            assert!(check_repo_location(bad).is_err(), "{bad:?}");
         }
     }
 

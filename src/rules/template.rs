@@ -1,9 +1,9 @@
 //! `{{ expr }}` templates: compiled once into text parts and rhai expressions.
 
-use rhai::{AST, Dynamic, ImmutableString, Scope};
+use rhai::{AST, Scope};
 
 use super::engine::{EvalError, RuleEngine};
-use super::value::to_json;
+use super::value::to_text;
 use crate::config::InnerPosition;
 
 #[derive(Debug, Clone)]
@@ -82,11 +82,23 @@ impl Template {
                 Part::Expr { source, ast } => {
                     let value =
                         engine.eval(scope, ast).map_err(|e| EvalError(format!("in `{{{{ {source} }}}}`: {}", e.0)))?;
-                    out.push_str(&display(&value).map_err(|why| EvalError(format!("in `{{{{ {source} }}}}`: {why}")))?);
+                    out.push_str(&to_text(&value).map_err(|why| EvalError(format!("in `{{{{ {source} }}}}`: {why}")))?);
                 }
             }
         }
         Ok(out)
+    }
+
+    pub fn has_expressions(&self) -> bool {
+        self.parts.iter().any(|part| matches!(part, Part::Expr { .. }))
+    }
+
+    /// The fixed text before the first expression.
+    pub fn fixed_prefix(&self) -> &str {
+        match self.parts.first() {
+            Some(Part::Text(text)) => text,
+            _ => "",
+        }
     }
 
     /// The text with every expression replaced by `stand_in`: what the static parts allow.
@@ -99,20 +111,6 @@ impl Template {
             })
             .collect()
     }
-}
-
-/// How a value appears in rendered text: strings as they are, maps and arrays as JSON.
-fn display(value: &Dynamic) -> Result<String, String> {
-    if value.is_unit() {
-        return Err("the value is () (missing or null); give a default with `?? \"...\"`".into());
-    }
-    if let Some(text) = value.read_lock::<ImmutableString>() {
-        return Ok(text.to_string());
-    }
-    if value.is_map() || value.is_array() {
-        return to_json(value).map(|json| json.to_string());
-    }
-    Ok(value.to_string())
 }
 
 #[cfg(test)]

@@ -28,6 +28,29 @@ pub struct GithubTrigger {
     /// Repositories (`owner/name`) to accept; empty means every repository.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repositories: Vec<String>,
+    /// For events that carry a comment: the commenter's `author_association` must be one
+    /// of these, so on a public repository a stranger cannot start runs. Default
+    /// `[OWNER, MEMBER, COLLABORATOR]`; empty means anyone.
+    #[serde(default = "default_comment_authors")]
+    pub comment_authors: Vec<AuthorAssociation>,
+}
+
+/// GitHub's `author_association` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthorAssociation {
+    Owner,
+    Member,
+    Collaborator,
+    Contributor,
+    FirstTimeContributor,
+    FirstTimer,
+    Mannequin,
+    None,
+}
+
+fn default_comment_authors() -> Vec<AuthorAssociation> {
+    vec![AuthorAssociation::Owner, AuthorAssociation::Member, AuthorAssociation::Collaborator]
 }
 
 impl GithubTrigger {
@@ -65,10 +88,17 @@ impl GithubTrigger {
                 return Err(format!("repository `{repo}` is not in `repositories`"));
             }
         }
-        if let (Some(mention), Some(body)) = (&self.mention, str_at(&event.payload, "/comment/body")) {
-            if !mention.is_match(body) {
-                return Err(format!("comment does not match `{}`", mention.source));
-            }
+        let Some(comment) = event.payload.get("comment") else { return Ok(()) };
+        if let Some(mention) = &self.mention
+            && !mention.is_match(str_at(comment, "/body").unwrap_or_default())
+        {
+            return Err(format!("comment does not match `{}`", mention.source));
+        }
+        let association = comment.get("author_association").cloned().unwrap_or(Value::Null);
+        let allowed = serde_json::from_value::<AuthorAssociation>(association.clone())
+            .is_ok_and(|a| self.comment_authors.contains(&a));
+        if !self.comment_authors.is_empty() && !allowed {
+            return Err(format!("commenter's association {association} is not in `comment_authors`"));
         }
         Ok(())
     }
@@ -82,4 +112,38 @@ pub(super) fn normalize(payload: &Value, headers: &BTreeMap<String, String>) -> 
         None => event_name.to_string(),
     };
     Normalized { kind, delivery_id: headers.get("x-github-delivery").cloned(), fields: object_fields(payload) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepts(trigger: serde_json::Value, event_name: &str, payload: serde_json::Value) -> Result<(), String> {
+        let trigger: GithubTrigger = serde_json::from_value(trigger).unwrap();
+        let headers = BTreeMap::from([("x-github-event".to_string(), event_name.to_string())]);
+        let event = Event::from_delivery(crate::triggers::TriggerKind::Github, payload, headers, chrono::Utc::now());
+        trigger.accepts(&event)
+    }
+
+    #[test]
+    fn comment_commands_need_a_mention_from_a_member() {
+        let trigger =
+            serde_json::json!({"secret": "env:S", "events": ["issue_comment.created"], "mention": "@nightshift\\b"});
+        let comment = |body: &str, association: &str| serde_json::json!({"action": "created", "comment": {"body": body, "author_association": association}});
+        assert_eq!(accepts(trigger.clone(), "issue_comment", comment("@nightshift fix it", "MEMBER")), Ok(()));
+        assert!(accepts(trigger.clone(), "issue_comment", comment("fix it", "MEMBER")).is_err());
+        let stranger = accepts(trigger.clone(), "issue_comment", comment("@nightshift fix it", "NONE"));
+        assert!(stranger.unwrap_err().contains("comment_authors"));
+        let mut open = trigger;
+        open["comment_authors"] = serde_json::json!([]);
+        assert_eq!(accepts(open, "issue_comment", comment("@nightshift fix it", "NONE")), Ok(()));
+    }
+
+    #[test]
+    fn event_and_action_filters() {
+        let trigger = serde_json::json!({"secret": "env:S", "events": ["pull_request.opened", "push"]});
+        assert_eq!(accepts(trigger.clone(), "pull_request", serde_json::json!({"action": "opened"})), Ok(()));
+        assert!(accepts(trigger.clone(), "pull_request", serde_json::json!({"action": "closed"})).is_err());
+        assert_eq!(accepts(trigger, "push", serde_json::json!({"ref": "refs/heads/main"})), Ok(()));
+    }
 }

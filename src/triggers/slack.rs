@@ -65,6 +65,13 @@ impl SlackTrigger {
         if from_bot && !self.include_bots {
             return Err("message posted by a bot (set `include_bots: true` to accept)".into());
         }
+        // Edits, deletions, joins and topic changes are message events too; only new
+        // messages (plain, with files, or sent from a thread to the channel) count.
+        if let Some(subtype) = field("subtype")
+            && !matches!(subtype, "bot_message" | "file_share" | "thread_broadcast")
+        {
+            return Err(format!("message subtype `{subtype}` is not a new message"));
+        }
         let channel = field("channel").unwrap_or_default();
         if !self.channels.is_empty() && !self.channels.iter().any(|c| c == channel) {
             return Err(format!("channel `{channel}` is not in `channels`"));
@@ -99,5 +106,35 @@ pub(super) fn normalize(payload: &Value) -> Normalized {
         kind: str_at(payload, "/event/type").unwrap_or("unknown").to_string(),
         delivery_id: str_at(payload, "/event_id").map(str::to_string),
         fields,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepts(inner: serde_json::Value) -> Result<(), String> {
+        let trigger: SlackTrigger =
+            serde_json::from_value(serde_json::json!({"signing_secret": "env:S", "pattern": "^bug:"})).unwrap();
+        let payload = serde_json::json!({"type": "event_callback", "event_id": "Ev1", "event": inner});
+        let event =
+            Event::from_delivery(crate::triggers::TriggerKind::Slack, payload, Default::default(), chrono::Utc::now());
+        trigger.accepts(&event)
+    }
+
+    #[test]
+    fn only_new_human_messages_that_match_start_runs() {
+        let message = |extra: serde_json::Value| {
+            let mut inner =
+                serde_json::json!({"type": "message", "channel": "C1", "user": "U1", "text": "bug: x", "ts": "1.2"});
+            inner.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            accepts(inner)
+        };
+        assert_eq!(message(serde_json::json!({})), Ok(()));
+        assert_eq!(message(serde_json::json!({"subtype": "thread_broadcast"})), Ok(()));
+        assert!(message(serde_json::json!({"text": "lunch?"})).is_err());
+        assert!(message(serde_json::json!({"subtype": "message_changed"})).unwrap_err().contains("not a new message"));
+        assert!(message(serde_json::json!({"subtype": "channel_join"})).is_err());
+        assert!(message(serde_json::json!({"bot_id": "B1"})).unwrap_err().contains("bot"));
     }
 }

@@ -65,12 +65,23 @@ fn a_type_error_in_when_is_a_clear_error() {
     assert!(not_bool.cause.contains("must give true or false"), "{not_bool}");
 }
 
-const LOOPING_POLICY: &str = "  network:\n    agent:\n      script: |\n        let n = 0;\n        loop { n += 1; }\n";
+/// Task YAML with an agent policy script (each line of `body` indented), which may allow
+/// subdomains of example.com.
+fn policy_script(body: &str) -> String {
+    let body: String = body.lines().map(|line| format!("        {line}\n")).collect();
+    format!(
+        "  network:\n    agent:\n      script_may_allow: [{{ domain: \"*.example.com\" }}]\n      script: |\n{body}"
+    )
+}
+
+fn looping_policy() -> String {
+    policy_script("let n = 0;\nloop { n += 1; }")
+}
 
 #[test]
 fn a_script_that_loops_forever_is_stopped_by_the_default_limits() {
     // Which limit comes first depends on the build's speed; either must stop it.
-    let error = render_error(LOOPING_POLICY, json!({"title": "x"}));
+    let error = render_error(&looping_policy(), json!({"title": "x"}));
     assert_eq!(error.field, "task.network.agent.script");
     assert!(error.cause.contains("operations") || error.cause.contains("deadline"), "{error}");
 }
@@ -79,7 +90,7 @@ fn a_script_that_loops_forever_is_stopped_by_the_default_limits() {
 fn a_script_that_loops_forever_stops_at_its_operation_limit() {
     let engine =
         RuleEngine::new(Limits { max_operations: 10_000, deadline: Duration::from_secs(60), ..Limits::default() });
-    let error = render_with(&engine, &automation(LOOPING_POLICY), json!({"title": "x"})).unwrap_err();
+    let error = render_with(&engine, &automation(&looping_policy()), json!({"title": "x"})).unwrap_err();
     assert!(error.cause.contains("stopped after 10000 operations"), "{error}");
 }
 
@@ -87,15 +98,14 @@ fn a_script_that_loops_forever_stops_at_its_operation_limit() {
 fn a_script_that_loops_forever_stops_at_the_deadline() {
     let engine =
         RuleEngine::new(Limits { max_operations: 0, deadline: Duration::from_millis(50), ..Limits::default() });
-    let loaded = automation(LOOPING_POLICY);
+    let loaded = automation(&looping_policy());
     let error = render_with(&engine, &loaded, json!({"title": "x"})).expect_err("the loop must be stopped");
     assert!(error.cause.contains("50ms deadline"), "{error}");
 }
 
 #[test]
 fn a_script_that_builds_a_huge_string_is_stopped() {
-    let script = "  network:\n    agent:\n      script: |\n        let s = \"xxxxxxxx\";\n        loop { s += s; }\n";
-    let error = render_error(script, json!({"title": "x"}));
+    let error = render_error(&policy_script("let s = \"xxxxxxxx\";\nloop { s += s; }"), json!({"title": "x"}));
     assert!(error.cause.contains("exceeds its limit"), "{error}");
     let template = render_error("  branch: \"b/{{ \\\"x\\\".pad(100000000, 'y') }}\"\n", json!({"title": "x"}));
     assert_eq!(template.field, "task.branch");
@@ -104,21 +114,53 @@ fn a_script_that_builds_a_huge_string_is_stopped() {
 
 #[test]
 fn deep_recursion_is_stopped() {
-    let script = "  network:\n    agent:\n      script: |\n        fn down(n) { down(n + 1) }\n        down(0)\n";
-    let error = render_error(script, json!({"title": "x"}));
+    let error = render_error(&policy_script("fn down(n) { down(n + 1) }\ndown(0)"), json!({"title": "x"}));
     assert!(error.cause.contains("call") || error.cause.contains("Stack"), "{error}");
 }
 
 #[test]
 fn a_policy_script_result_is_validated() {
-    let wrong = |rule: &str| {
-        let extra = format!("  network:\n    agent:\n      script: |\n        [{rule}]\n");
-        render_error(&extra, json!({"title": "x"})).cause
-    };
+    let wrong = |rule: &str| render_error(&policy_script(&format!("[{rule}]")), json!({"title": "x"})).cause;
     assert!(wrong("#{ domain: \"https://evil.example/x\" }").contains("invalid domain"));
-    assert!(wrong("#{ domain: \"a.example\", methods: [\"FETCH\"] }").contains("FETCH"));
-    assert!(wrong("#{ domain: \"a.example\", bogus: 1 }").contains("bogus"));
-    assert!(wrong("\"a.example\"").contains("rule #0"));
+    assert!(wrong("#{ domain: \"a.example.com\", methods: [\"FETCH\"] }").contains("FETCH"));
+    assert!(wrong("#{ domain: \"a.example.com\", bogus: 1 }").contains("bogus"));
+    assert!(wrong("\"a.example.com\"").contains("rule #0"));
+}
+
+#[test]
+fn event_text_can_choose_but_never_add_destinations() {
+    let loaded = automation(&policy_script("[#{ domain: event.title }]"));
+    let allowed = render(&loaded, json!({"title": "status.example.com"})).unwrap();
+    let agent = allowed.task.unwrap().network.agent;
+    assert!(agent.decide("status.example.com", 443, None).allowed);
+    assert_eq!(agent.allow[0].origin, nightshift::netpolicy::RuleOrigin::Script);
+    let error = render(&loaded, json!({"title": "evil.example"})).unwrap_err();
+    assert!(error.cause.contains("outside `script_may_allow`"), "{error}");
+    let preset = render_error(&policy_script("[#{ preset: \"github\" }]"), json!({"title": "x"}));
+    assert!(preset.cause.contains("outside `script_may_allow`"), "{preset}");
+}
+
+#[test]
+fn deeply_nested_script_results_are_an_error() {
+    let error = render_error(&policy_script("let a = [];\nfor i in 0..500 { a = [a]; }\na"), json!({"title": "x"}));
+    assert!(error.cause.contains("nested deeper"), "{error}");
+}
+
+#[test]
+fn repo_and_base_from_event_text_are_checked() {
+    let yaml = "name: probe\ntrigger: { manual: {} }\ntask:\n  agent: codex\n  repo: \"{{ event.repo }}\"\n  base: \"{{ event.base }}\"\n  branch: b/x\n  prompt: hi\n";
+    let dir = temp_dir_with(&[("probe.yaml", yaml)]);
+    let (catalog, diagnostics) = load(dir.path());
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    let loaded = &catalog.automations[0];
+    let ok = render(loaded, json!({"repo": "https://github.com/acme/api.git", "base": "main"}));
+    assert_eq!(ok.unwrap().task.unwrap().repo, "https://github.com/acme/api.git");
+    let ext = render(loaded, json!({"repo": "ext::sh -c id", "base": "main"})).unwrap_err();
+    assert_eq!(ext.field, "task.repo");
+    let option = render(loaded, json!({"repo": "/srv/x", "base": "--upload-pack=x"})).unwrap_err();
+    assert_eq!(option.field, "task.base");
+    let same = render(loaded, json!({"repo": "/srv/x", "base": "b/x"})).unwrap_err();
+    assert!(same.cause.contains("is the base itself"), "{same}");
 }
 
 #[test]
@@ -145,8 +187,7 @@ fn event_text_cannot_escape_its_fence_or_change_the_policy() {
 #[test]
 fn scripts_cannot_change_the_event_or_memory() {
     for statement in ["event.title = \"changed\";", "event.tags.push(1);", "memory.clear();"] {
-        let extra = format!("  network:\n    agent:\n      script: |\n        {statement}\n        []\n");
-        let error = render_error(&extra, json!({"title": "t", "tags": []}));
+        let error = render_error(&policy_script(&format!("{statement}\n[]")), json!({"title": "t", "tags": []}));
         assert!(error.cause.contains("constant"), "{statement}: {error}");
     }
 }
