@@ -3,7 +3,7 @@
 
 mod partial;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
@@ -86,16 +86,20 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
             automations.push(LoadedAutomation { file: file.path.clone(), compiled: compiled.clone() });
         }
     }
-    diagnostics.extend(duplicate_hook_names(&results));
+    let (hook_problems, conflicting) = duplicate_hook_names(&results);
+    diagnostics.extend(hook_problems);
+    automations.retain(|a| !conflicting.contains(a.compiled.name()));
     diagnostics.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
     (Catalog { automations, profiles }, diagnostics)
 }
 
 /// Webhook-style triggers are served at `/hooks/{name}`: the webhook's `path`, else the
-/// automation's name. Two triggers may not share one.
-fn duplicate_hook_names(results: &[(SourceFile, FileResult)]) -> Vec<Diagnostic> {
+/// automation's name. Two triggers may not share one; the later automation is reported
+/// (and, like one with any other problem, left out of the catalog).
+fn duplicate_hook_names(results: &[(SourceFile, FileResult)]) -> (Vec<Diagnostic>, HashSet<String>) {
     let mut taken: HashMap<String, PathBuf> = HashMap::new();
     let mut diagnostics = Vec::new();
+    let mut conflicting = HashSet::new();
     for (file, (automation, _, _)) in results {
         let Some(automation) = automation else { continue };
         let triggers = automation.trigger.iter().map(|t| (FieldPath::root().key("trigger"), t)).chain(
@@ -111,15 +115,17 @@ fn duplicate_hook_names(results: &[(SourceFile, FileResult)]) -> Vec<Diagnostic>
             let at = at.key(source.kind().as_str());
             if let Some(first) = taken.get(&hook) {
                 let message = format!("hook name `{hook}` is already served for {}", first.display());
-                let finding = Finding::new(at, Code::DuplicateName, message)
-                    .hint("give each webhook trigger its own `path`; one automation has one trigger per source");
+                let finding = Finding::new(at, Code::DuplicateName, message).hint(
+                    "a hook name serves one trigger: give a webhook its own `path`, or put the other source in an automation of its own",
+                );
                 diagnostics.extend(file.locate(vec![finding]));
+                conflicting.insert(automation.name.clone());
             } else {
                 taken.insert(hook, file.path.clone());
             }
         }
     }
-    diagnostics
+    (diagnostics, conflicting)
 }
 
 type FileResult = (Option<Automation>, Option<CompiledAutomation>, Vec<Diagnostic>);

@@ -10,10 +10,10 @@ use serde_json::Value;
 
 use crate::config::load::{check_notify, check_paths, check_secret_names, check_test, check_trigger_presence};
 use crate::config::{AgentProfile, FieldPath, Finding, NotifyTarget, TestCase};
-use crate::netpolicy::AllowRuleConfig;
+use crate::netpolicy::{AllowRuleConfig, PhasePolicyConfig};
 use crate::rules::{
-    RuleEngine, compile_base, compile_branch, compile_repo, compile_script, compile_template, compile_when,
-    expand_rule, find_profile,
+    RuleEngine, check_script_ceiling, compile_base, compile_branch, compile_repo, compile_script, compile_template,
+    compile_when, expand_rule, find_profile,
 };
 use crate::triggers::TriggerSpec;
 
@@ -88,6 +88,9 @@ pub fn check_parts(
         let phase = task.key("network").key(phase);
         if let Some(script) = text(&phase.key("script")) {
             record(compile_script(engine, phase.key("script"), &script, false).map(drop));
+        }
+        if let Some(config) = parts.get::<PhasePolicyConfig>(&phase) {
+            record(check_script_ceiling(&config, &phase).map_or(Ok(()), Err));
         }
         for list in ["allow", "script_may_allow"] {
             for index in 0..parts.len(&phase.key(list)) {

@@ -61,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("no automation named `{}`; known: {}", args.name, known.join(", "));
     };
     if !diagnostics.is_empty() {
-        eprintln!("note: {} problems in other automation files; run `nightshift validate`", diagnostics.len());
+        eprintln!("note: {} problems in automation files; run `nightshift validate`", diagnostics.len());
     }
     let automation = &loaded.compiled.definition;
     let source = match args.source {

@@ -201,7 +201,8 @@ pub struct MemoryConfig {
     /// writes with `memory.set(key, value)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_run: Option<String>,
-    /// How long entries live unless a script says otherwise. Default: forever.
+    /// How long entries live unless a script says otherwise (applied by the store).
+    /// Default: forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<DurationSpec>,
 }

@@ -133,7 +133,7 @@ pub fn compile_branch(engine: &RuleEngine, path: FieldPath, text: &str) -> Resul
         ));
     }
     if branch.has_expressions() && !branch.fixed_prefix().contains('/') {
-        return Err(problem("a branch template needs a fixed prefix ending in `/` before its first `{{ }}`".into())
+        return Err(problem("a branch template needs fixed text with a `/` before its first `{{ }}`".into())
             .hint("e.g. `agent/incident-{{ event.incident.number }}`, so event text cannot choose `main`"));
     }
     Ok(branch)
@@ -432,19 +432,26 @@ fn compile_phase(
         Some(text) => keep(compile_script(engine, path.key("script"), text, false), findings),
         None => None,
     };
+    if let Some(finding) = check_script_ceiling(config, path) {
+        findings.push(finding);
+    }
+    (findings.len() == before).then_some(CompiledPhase { static_policy, script, ceiling })
+}
+
+/// A phase's `script` and `script_may_allow` come together.
+pub fn check_script_ceiling(config: &PhasePolicyConfig, path: &FieldPath) -> Option<Finding> {
     match (config.script.is_some(), config.script_may_allow.is_empty()) {
-        (true, true) => findings.push(
+        (true, true) => Some(
             Finding::new(path.key("script"), Code::NetworkRule, "a policy script needs `script_may_allow`")
                 .hint("list the rules the script may choose from; its results must fall within them"),
         ),
-        (false, false) => findings.push(Finding::new(
+        (false, false) => Some(Finding::new(
             path.key("script_may_allow"),
             Code::NetworkRule,
             "`script_may_allow` limits a `script`, and this phase has none",
         )),
-        _ => {}
+        _ => None,
     }
-    (findings.len() == before).then_some(CompiledPhase { static_policy, script, ceiling })
 }
 
 impl CompiledPhase {

@@ -9,8 +9,8 @@ mod template;
 pub mod value;
 
 pub use compiled::{
-    CompiledAutomation, PreparedEvent, RenderError, compile_base, compile_branch, compile_repo, compile_script,
-    compile_template, compile_when, expand_rule, find_profile, memory_value, now_value,
+    CompiledAutomation, PreparedEvent, RenderError, check_script_ceiling, compile_base, compile_branch, compile_repo,
+    compile_script, compile_template, compile_when, expand_rule, find_profile, memory_value, now_value,
 };
 pub use engine::{EvalError, Limits, RuleEngine};
 pub use git_ref::{check_branch_name, check_repo_location};

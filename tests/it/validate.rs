@@ -50,6 +50,13 @@ fn each_kind_of_load_time_problem_is_caught() {
 }
 
 #[test]
+fn automations_with_problems_are_left_out_of_the_catalog() {
+    let (catalog, _) = load(&repo_root().join("tests/data/invalid"));
+    let names: Vec<&str> = catalog.names().collect();
+    assert_eq!(names, ["same-name"], "only duplicate_a.yaml is clean");
+}
+
+#[test]
 fn one_file_reports_many_problems() {
     let (_, diagnostics) = invalid_fixture_report();
     let in_task_file = diagnostics.iter().filter(|d| d.file.ends_with("task.yaml")).count();
