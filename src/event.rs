@@ -74,8 +74,8 @@ impl Event {
             Some(delivery) => format!("{}:{delivery}", source.as_str()),
             // No delivery id: two identical bodies are still two events.
             None => {
-                let arrival = Value::String(received_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
-                format!("{}:{}", source.as_str(), content_hash(&Value::Array(vec![arrival, payload.clone()])))
+                let arrival = received_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+                format!("{}:{}", source.as_str(), short_hash(&[&arrival, &payload.to_string()]))
             }
         };
         Event {
@@ -114,11 +114,15 @@ impl Event {
     }
 }
 
-/// First 16 hex digits of the SHA-256 of the payload's canonical JSON.
-pub fn content_hash(payload: &Value) -> String {
+/// First 16 hex digits of the SHA-256 of `parts`, each ended by a newline.
+pub fn short_hash(parts: &[&str]) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(payload.to_string().as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

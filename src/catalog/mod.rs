@@ -62,33 +62,38 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
     diagnostics.extend(problems);
 
     let results = load_files(engine, &files, &profiles);
-    let mut automations: Vec<LoadedAutomation> = Vec::new();
-    let mut first_use: HashMap<String, &SourceFile> = HashMap::new();
-    for (file, (automation, compiled, problems)) in &results {
-        diagnostics.extend(problems.iter().cloned());
+    let mut first_use: HashMap<&str, &SourceFile> = HashMap::new();
+    let mut duplicates = HashSet::new();
+    for (index, (file, (automation, _, _))) in results.iter().enumerate() {
         let Some(automation) = automation else { continue };
-        if let Some(first) = first_use.get(&automation.name) {
-            let name = FieldPath::root().key("name");
-            let first_at = first.locate(vec![Finding::new(name.clone(), Code::DuplicateName, "")]).remove(0);
-            let message = format!(
-                "automation name `{}` is already used by {}:{}",
-                automation.name,
-                first_at.file.display(),
-                first_at.line
-            );
-            let finding =
-                Finding::new(name, Code::DuplicateName, message).hint("names are unique across all automation files");
-            diagnostics.extend(file.locate(vec![finding]));
+        let Some(first) = first_use.get(automation.name.as_str()) else {
+            first_use.insert(&automation.name, file);
             continue;
-        }
-        first_use.insert(automation.name.clone(), file);
-        if let Some(compiled) = compiled {
-            automations.push(LoadedAutomation { file: file.path.clone(), compiled: compiled.clone() });
-        }
+        };
+        let name = FieldPath::root().key("name");
+        let first_at = first.locate(vec![Finding::new(name.clone(), Code::DuplicateName, "")]).remove(0);
+        let message = format!(
+            "automation name `{}` is already used by {}:{}",
+            automation.name,
+            first_at.file.display(),
+            first_at.line
+        );
+        let finding =
+            Finding::new(name, Code::DuplicateName, message).hint("names are unique across all automation files");
+        diagnostics.extend(file.locate(vec![finding]));
+        duplicates.insert(index);
     }
     let (hook_problems, conflicting) = duplicate_hook_names(&results);
     diagnostics.extend(hook_problems);
-    automations.retain(|a| !conflicting.contains(a.compiled.name()));
+
+    let mut automations = Vec::new();
+    for (index, (file, (_, compiled, problems))) in results.into_iter().enumerate() {
+        diagnostics.extend(problems);
+        let Some(compiled) = compiled else { continue };
+        if !duplicates.contains(&index) && !conflicting.contains(compiled.name()) {
+            automations.push(LoadedAutomation { file: file.path, compiled });
+        }
+    }
     diagnostics.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
     (Catalog { automations, profiles }, diagnostics)
 }

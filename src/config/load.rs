@@ -77,10 +77,9 @@ impl SourceFile {
     pub fn typed<T: DeserializeOwned>(&self, value: Value) -> Result<T, Vec<Diagnostic>> {
         // The schema is generated from `T`, so this only fails on checks the schema cannot
         // express (e.g. a duration too large to represent).
-        let instance = value.clone();
-        serde_path_to_error::deserialize(value).map_err(|error| {
+        serde_path_to_error::deserialize(&value).map_err(|error| {
             let pointer: String = error.path().iter().map(|segment| format!("/{segment}")).collect();
-            let path = FieldPath::from_json_pointer(&pointer, &instance);
+            let path = FieldPath::from_json_pointer(&pointer, &value);
             let message = format!("`{path}`: {}", error.inner());
             self.locate(vec![Finding::new(path, Code::InvalidValue, message)])
         })

@@ -41,29 +41,30 @@ impl Format {
         text
     }
 
-    fn validator(self) -> &'static jsonschema::Validator {
-        static AUTOMATION: OnceLock<jsonschema::Validator> = OnceLock::new();
-        static PROJECT: OnceLock<jsonschema::Validator> = OnceLock::new();
+    /// The schema and its validator, generated once per process.
+    fn compiled(self) -> &'static (Value, jsonschema::Validator) {
+        static AUTOMATION: OnceLock<(Value, jsonschema::Validator)> = OnceLock::new();
+        static PROJECT: OnceLock<(Value, jsonschema::Validator)> = OnceLock::new();
         let cell = match self {
             Format::Automation => &AUTOMATION,
             Format::Project => &PROJECT,
         };
         cell.get_or_init(|| {
             let schema = self.schema();
-            jsonschema::draft202012::new(&schema).expect("the generated schema is a valid JSON Schema")
+            let validator = jsonschema::draft202012::new(&schema).expect("the generated schema is a valid JSON Schema");
+            (schema, validator)
         })
     }
 
     /// Every structural problem of `instance`, as findings.
     pub fn check(self, instance: &Value) -> Vec<Finding> {
-        let validator = self.validator();
+        let (root, validator) = self.compiled();
         if validator.is_valid(instance) {
             return Vec::new();
         }
-        let root = self.schema();
         let mut findings = Vec::new();
         for error in validator.iter_errors(instance) {
-            explain(&error, instance, &root, &mut findings);
+            explain(&error, instance, root, &mut findings);
         }
         findings.sort_by(|a, b| a.path.cmp(&b.path));
         findings.dedup();

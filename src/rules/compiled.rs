@@ -341,14 +341,14 @@ impl CompiledAutomation {
         let task = &self.definition.task;
         let prompt = self.prompt.render(engine, &mut scope).map_err(fail("task.prompt"))?;
         let branch = self.branch.render(engine, &mut scope).map_err(fail("task.branch"))?;
-        check_branch_name(&branch).map_err(|why| fail("task.branch")(EvalError(why)))?;
+        check_branch_name(&branch).map_err(EvalError).map_err(fail("task.branch"))?;
         let base = self.base.render(engine, &mut scope).map_err(fail("task.base"))?;
-        check_branch_name(&base).map_err(|why| fail("task.base")(EvalError(why)))?;
+        check_branch_name(&base).map_err(EvalError).map_err(fail("task.base"))?;
         if base == branch {
             return Err(fail("task.branch")(EvalError(format!("the branch `{branch}` is the base itself"))));
         }
         let repo = self.repo.render(engine, &mut scope).map_err(fail("task.repo"))?;
-        check_repo_location(&repo).map_err(|why| fail("task.repo")(EvalError(why)))?;
+        check_repo_location(&repo).map_err(EvalError).map_err(fail("task.repo"))?;
         let setup_policy = self.setup_policy.render(engine, &mut scope).map_err(fail("task.network.setup.script"))?;
         let agent_policy = self.agent_policy.render(engine, &mut scope).map_err(fail("task.network.agent.script"))?;
         let dedupe_key = render_optional(engine, &mut scope, self.dedupe_key.as_ref()).map_err(fail("dedupe.key"))?;

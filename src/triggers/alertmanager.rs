@@ -112,6 +112,5 @@ fn group_delivery_id(payload: &Value) -> Option<String> {
         .map(|alerts| alerts.iter().filter_map(|a| str_at(a, "/fingerprint")).collect())
         .unwrap_or_default();
     fingerprints.sort_unstable();
-    let material = Value::String(format!("{group_key}|{status}|{}", fingerprints.join(",")));
-    Some(crate::event::content_hash(&material))
+    Some(crate::event::short_hash(&[group_key, status, &fingerprints.join(",")]))
 }
