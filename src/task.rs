@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Approval, DurationSpec, OutputFormat, Overlap, SecretRef};
+use crate::config::{Approval, DurationSpec, OutputFormat, Overlap, Retry, SecretRef};
 use crate::netpolicy::NetworkPolicy;
 
 /// How to start the agent for this run.
@@ -65,6 +65,7 @@ pub struct Flow {
     pub overlap: Overlap,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown: Option<DurationSpec>,
+    pub retry: Retry,
 }
 
 /// The outcome of applying one automation to one event.
@@ -79,4 +80,19 @@ pub struct Rendered {
     pub task: Option<Task>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<Flow>,
+}
+
+impl Default for Flow {
+    /// No dedupe, no cooldown, one run at a time, queued.
+    fn default() -> Flow {
+        Flow {
+            dedupe_key: None,
+            dedupe_window: None,
+            concurrency_key: None,
+            concurrency_limit: 1,
+            overlap: Overlap::default(),
+            cooldown: None,
+            retry: Retry::default(),
+        }
+    }
 }

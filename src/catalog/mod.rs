@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::config::load::{SourceFile, check_automation, discover, io_diagnostic, load_project};
 use crate::config::profiles::builtin_profiles;
 use crate::config::schema::Format;
-use crate::config::{AgentProfile, Automation, Code, Diagnostic, FieldPath, Finding};
+use crate::config::{AgentProfile, Automation, Code, Diagnostic, FieldPath, Finding, Retention};
 use crate::rules::{CompiledAutomation, RuleEngine};
 use crate::triggers::Trigger;
 
@@ -29,6 +29,8 @@ pub struct LoadedAutomation {
 pub struct Catalog {
     pub automations: Vec<LoadedAutomation>,
     pub profiles: BTreeMap<String, AgentProfile>,
+    /// How much run history the store keeps (from `nightshift.yaml`).
+    pub retention: Retention,
 }
 
 impl Catalog {
@@ -54,8 +56,12 @@ pub fn project_file(explicit: Option<&Path>) -> Option<PathBuf> {
 pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (Catalog, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
     let mut profiles = builtin_profiles();
+    let mut retention = Retention::default();
     match load_project(project) {
-        Ok(config) => profiles.extend(config.profiles),
+        Ok(config) => {
+            profiles.extend(config.profiles);
+            retention = config.retention;
+        }
         Err(problems) => diagnostics.extend(problems),
     }
     let (files, problems) = discover(paths);
@@ -95,7 +101,7 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
         }
     }
     diagnostics.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
-    (Catalog { automations, profiles }, diagnostics)
+    (Catalog { automations, profiles, retention }, diagnostics)
 }
 
 /// Webhook-style triggers are served at `/hooks/{name}`: the webhook's `path`, else the

@@ -48,6 +48,9 @@ pub struct Automation {
     /// recorded as skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown: Option<DurationSpec>,
+    /// How often a failed run is tried again, and how long to wait in between.
+    #[serde(default)]
+    pub retry: Retry,
     /// Per-automation memory that later runs read.
     #[serde(default)]
     pub memory: MemoryConfig,
@@ -193,8 +196,42 @@ pub enum Overlap {
     CancelPrevious,
 }
 
+/// Retries of failed runs: exponential backoff with jitter, then `failed` with the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts in all, the first included (1 = never retry). Default 3.
+    #[serde(default = "default_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub attempts: u32,
+    /// The wait before the first retry; it doubles with each retry after. Default `30s`.
+    #[serde(default = "default_backoff")]
+    pub backoff: DurationSpec,
+    /// The longest wait between attempts. Default `10m`.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: DurationSpec,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+fn default_backoff() -> DurationSpec {
+    DurationSpec::from_secs(30)
+}
+
+fn default_max_backoff() -> DurationSpec {
+    DurationSpec::from_secs(600)
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { attempts: default_attempts(), backoff: default_backoff(), max_backoff: default_max_backoff() }
+    }
+}
+
 /// Memory: what this automation remembers between runs.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     /// A rhai script run after each run; it reads `run` (the result) and `event`, and
@@ -205,6 +242,20 @@ pub struct MemoryConfig {
     /// Default: forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<DurationSpec>,
+    /// How many earlier finished runs rules read as `history` (newest first). Default 5.
+    #[serde(default = "default_history")]
+    #[schemars(range(max = 100))]
+    pub history: u32,
+}
+
+fn default_history() -> u32 {
+    5
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { after_run: None, ttl: None, history: default_history() }
+    }
 }
 
 /// A notification target: set exactly one field.

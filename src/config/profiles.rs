@@ -15,6 +15,38 @@ pub struct ProjectConfig {
     /// Agent profiles by name; they add to and override the built-ins (`codex`, `claude`).
     #[serde(default)]
     pub profiles: BTreeMap<String, AgentProfile>,
+    /// How much run history the store keeps.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// Run history kept per automation; older finished runs are deleted with their events
+/// and activities. Runs that are still active are never deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Finished runs kept per automation. Default 1000.
+    #[serde(default = "default_retained_runs")]
+    #[schemars(range(min = 1))]
+    pub runs: u32,
+    /// Days a finished run is kept. Default 30.
+    #[serde(default = "default_retained_days")]
+    #[schemars(range(min = 1))]
+    pub days: u32,
+}
+
+fn default_retained_runs() -> u32 {
+    1000
+}
+
+fn default_retained_days() -> u32 {
+    30
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { runs: default_retained_runs(), days: default_retained_days() }
+    }
 }
 
 /// How to start one agent.

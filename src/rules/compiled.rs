@@ -8,6 +8,7 @@ use rhai::{AST, Dynamic, Map, Scope};
 
 use super::engine::{EvalError, RuleEngine};
 use super::git_ref::{check_branch_name, check_repo_location};
+use super::memory::{MemoryEdits, MemoryView, MemoryWriter};
 use super::template::{Template, TemplateError};
 use super::value::{to_dynamic, to_json};
 use crate::config::{AgentProfile, Automation, Code, FieldPath, Finding, InnerPosition};
@@ -32,11 +33,6 @@ impl PreparedEvent {
         let value = Dynamic::from_map(view);
         PreparedEvent { event, value }
     }
-}
-
-/// Memory as rules read it: a read-only map.
-pub fn memory_value(memory: &serde_json::Map<String, serde_json::Value>) -> Dynamic {
-    to_dynamic(&serde_json::Value::Object(memory.clone()))
 }
 
 /// `now` as rules read it.
@@ -73,6 +69,8 @@ struct CompiledPhase {
 #[derive(Debug, Clone)]
 pub struct CompiledAutomation {
     pub definition: Automation,
+    /// Identifies this version of the definition on the runs it creates.
+    pub definition_hash: String,
     profile: AgentProfile,
     when: Option<AST>,
     prompt: Template,
@@ -88,14 +86,14 @@ pub struct CompiledAutomation {
 }
 
 /// Variables rules may use.
-const RULE_VARIABLES: &[&str] = &["event", "memory", "automation", "now"];
+const RULE_VARIABLES: &[&str] = &["event", "memory", "history", "automation", "now"];
 /// `memory.after_run` also reads the finished run.
-const AFTER_RUN_VARIABLES: &[&str] = &["event", "memory", "automation", "now", "run"];
+const AFTER_RUN_VARIABLES: &[&str] = &["event", "memory", "history", "automation", "now", "run"];
 
 fn syntax_finding(path: FieldPath, error: &rhai::ParseError) -> Finding {
     let inner = InnerPosition { line: error.1.line().unwrap_or(1), col: error.1.position().unwrap_or(1) };
     Finding::new(path, Code::RhaiSyntax, format!("rhai: {}", error.0))
-        .hint("rules are rhai expressions over `event`, `memory`, `automation` and `now`")
+        .hint("rules are rhai expressions over `event`, `memory`, `history`, `automation` and `now`")
         .inner(Some(inner))
 }
 
@@ -237,6 +235,7 @@ impl CompiledAutomation {
         let compiled = (|| {
             Some(CompiledAutomation {
                 definition: automation.clone(),
+                definition_hash: crate::event::short_hash(&[&serde_json::to_string(automation).unwrap_or_default()]),
                 profile: profile?,
                 when: when?,
                 prompt: prompt?,
@@ -261,16 +260,45 @@ impl CompiledAutomation {
         &self.definition.name
     }
 
-    /// The compiled `memory.after_run` script, run by the store when a run completes.
-    pub fn after_run(&self) -> Option<&AST> {
-        self.after_run.as_ref()
+    /// Whether the automation is enabled and one of its triggers accepts the event: a
+    /// cheap check before reading memory and rendering.
+    pub fn accepts(&self, event: &Event) -> bool {
+        self.definition.enabled
+            && self.definition.all_triggers().filter_map(|t| t.source()).any(|t| t.accepts(event).is_ok())
+    }
+
+    /// Runs `memory.after_run` for a finished run: `run` is the run as rules see it,
+    /// `memory` is writable. Returns the script's edits (none without a script).
+    pub fn after_run(
+        &self,
+        engine: &RuleEngine,
+        event: &PreparedEvent,
+        view: &MemoryView,
+        current: serde_json::Map<String, serde_json::Value>,
+        run: Dynamic,
+        now: DateTime<Utc>,
+    ) -> Result<MemoryEdits, EvalError> {
+        let Some(script) = &self.after_run else { return Ok(MemoryEdits::new()) };
+        let writer = MemoryWriter::new(current);
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("event", event.value.clone());
+        // Not a constant: methods that change the object may not be called on one.
+        scope.push("memory", writer.clone());
+        scope.push_constant_dynamic("history", view.history.clone());
+        scope.push_constant_dynamic("automation", self.automation_value.clone());
+        scope.push_constant_dynamic("now", now_value(now));
+        scope.push_constant_dynamic("run", run);
+        // The script's own value means nothing; only its memory edits count.
+        let _value = engine.eval(&mut scope, script)?;
+        Ok(writer.edits())
     }
 
     /// The scope every rule of one render shares.
-    pub fn scope(&self, event: &PreparedEvent, memory: &Dynamic, now: &Dynamic) -> Scope<'static> {
+    pub fn scope(&self, event: &PreparedEvent, memory: &MemoryView, now: &Dynamic) -> Scope<'static> {
         let mut scope = Scope::new();
         scope.push_constant_dynamic("event", event.value.clone());
-        scope.push_constant_dynamic("memory", memory.clone());
+        scope.push_constant_dynamic("memory", memory.memory.clone());
+        scope.push_constant_dynamic("history", memory.history.clone());
         scope.push_constant_dynamic("automation", self.automation_value.clone());
         scope.push_constant_dynamic("now", now.clone());
         scope
@@ -289,7 +317,7 @@ impl CompiledAutomation {
         &self,
         engine: &RuleEngine,
         event: &PreparedEvent,
-        memory: &Dynamic,
+        memory: &MemoryView,
         now: DateTime<Utc>,
     ) -> Result<Rendered, RenderError> {
         if !self.definition.enabled {
@@ -314,7 +342,7 @@ impl CompiledAutomation {
         &self,
         engine: &RuleEngine,
         event: &PreparedEvent,
-        memory: &Dynamic,
+        memory: &MemoryView,
         now: DateTime<Utc>,
     ) -> Result<Rendered, RenderError> {
         let not_matched = |reason: String| self.not_matched(event, reason);
@@ -370,6 +398,7 @@ impl CompiledAutomation {
             concurrency_limit: self.definition.concurrency.limit,
             overlap: self.definition.concurrency.overlap,
             cooldown: self.definition.cooldown,
+            retry: self.definition.retry,
         };
         let reason = match &self.definition.when {
             Some(when) => format!("`when` is true: {}", when.trim()),

@@ -118,6 +118,7 @@ impl RuleEngine {
             past_deadline.then(|| Dynamic::from(DEADLINE_TOKEN))
         });
         helpers::register(&mut engine);
+        super::memory::register(&mut engine);
         RuleEngine { engine, limits }
     }
 

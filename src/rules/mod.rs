@@ -5,13 +5,15 @@ mod compiled;
 mod engine;
 mod git_ref;
 pub mod helpers;
+mod memory;
 mod template;
 pub mod value;
 
 pub use compiled::{
     CompiledAutomation, PreparedEvent, RenderError, check_script_ceiling, compile_base, compile_branch, compile_repo,
-    compile_script, compile_template, compile_when, expand_rule, find_profile, memory_value, now_value,
+    compile_script, compile_template, compile_when, expand_rule, find_profile, now_value,
 };
 pub use engine::{EvalError, Limits, RuleEngine};
 pub use git_ref::{check_branch_name, check_repo_location};
+pub use memory::{MAX_KEY_LEN, MemoryEdits, MemoryView, MemoryWriter, memory_value};
 pub use template::{Template, TemplateError};

@@ -1,0 +1,211 @@
+//! The pipeline between the rules and the store: `ingest` takes an event through every
+//! automation's rules into the store; `finish` takes a worker's completion through
+//! `memory.after_run` into the store, memory writes and completion in one step.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::catalog::Catalog;
+use crate::event::Event;
+use crate::rules::{CompiledAutomation, MemoryEdits, MemoryView, PreparedEvent, RuleEngine};
+use crate::runs::retry::may_retry;
+use crate::runs::{ActivityKind, Completion, Epoch, MemoryChange, MemoryWrite, NewActivity, Run, RunId};
+use crate::store::{IngestOutcome, NewRun, Store, StoreError};
+
+/// An automation that saw the event and let it pass, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotMatched {
+    pub automation: String,
+    pub reason: String,
+}
+
+/// What `ingest` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestReport {
+    #[serde(flatten)]
+    pub outcome: IngestOutcome,
+    /// Automations whose triggers took the event but whose rules said no.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_matched: Vec<NotMatched>,
+}
+
+pub struct Pipeline {
+    catalog: Arc<Catalog>,
+    store: Arc<dyn Store>,
+    engine: &'static RuleEngine,
+}
+
+impl Pipeline {
+    pub fn new(catalog: Arc<Catalog>, store: Arc<dyn Store>) -> Pipeline {
+        Pipeline { catalog, store, engine: RuleEngine::shared() }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Renders `event` for every automation whose trigger accepts it (or only for
+    /// `only`), then stores the event and its runs in one durable step. A rendering
+    /// error becomes a failed run that records it.
+    pub fn ingest(&self, event: Event, only: Option<&str>, now: DateTime<Utc>) -> Result<IngestReport, StoreError> {
+        let prepared = PreparedEvent::new(event);
+        let mut runs = Vec::new();
+        let mut not_matched = Vec::new();
+        let candidates = self.catalog.automations.iter().map(|loaded| &loaded.compiled);
+        for automation in candidates.filter(|a| only.is_none_or(|name| a.name() == name)) {
+            if only.is_none() && !automation.accepts(&prepared.event) {
+                continue;
+            }
+            let recall = self.recall(automation, now)?;
+            let rendered = match automation.render(self.engine, &prepared, &recall.view, now) {
+                Ok(rendered) if !rendered.matched => {
+                    not_matched.push(NotMatched { automation: rendered.automation, reason: rendered.reason });
+                    continue;
+                }
+                Ok(rendered) => match (rendered.task, rendered.flow) {
+                    (Some(mut task), Some(flow)) => {
+                        task.untrusted_input |= recall.untrusted;
+                        Ok((task, flow))
+                    }
+                    _ => Err("the rules matched but gave no task".to_string()),
+                },
+                Err(error) => Err(error.to_string()),
+            };
+            runs.push(NewRun {
+                automation: automation.name().to_string(),
+                definition_hash: automation.definition_hash.clone(),
+                rendered,
+            });
+        }
+        let outcome = self.store.ingest(&prepared.event, runs, now)?;
+        Ok(IngestReport { outcome, not_matched })
+    }
+
+    /// What rules of `automation` read from earlier runs.
+    fn recall(&self, automation: &CompiledAutomation, now: DateTime<Utc>) -> Result<Recall, StoreError> {
+        let entries = self.store.memory(automation.name(), now)?;
+        let untrusted = entries.values().any(|entry| entry.untrusted);
+        let values: Map<String, Value> = entries.into_iter().map(|(key, entry)| (key, entry.value)).collect();
+        let history = self.store.history(automation.name(), automation.definition.memory.history as usize)?;
+        let history: Vec<Value> = history.iter().map(run_view).collect();
+        Ok(Recall { view: MemoryView::new(&values, history), values, untrusted })
+    }
+
+    /// Ends an attempt. When it is the run's last (success, time-out, or a failure with
+    /// no retry left), `memory.after_run` runs first and its writes are stored with the
+    /// completion. A failing script is recorded on the run and writes nothing.
+    pub fn finish(
+        &self,
+        id: RunId,
+        epoch: Epoch,
+        completion: Completion,
+        now: DateTime<Utc>,
+    ) -> Result<Run, StoreError> {
+        let run = self.store.run(id)?.ok_or(StoreError::NoSuchRun(id))?;
+        let last_attempt = match &completion {
+            Completion::Succeeded { .. } | Completion::TimedOut { .. } => true,
+            Completion::Failed { retryable, .. } => !(*retryable && may_retry(&run.flow.retry, run.attempt)),
+            Completion::PlanReady { .. } => false,
+        };
+        let mut writes = Vec::new();
+        if last_attempt
+            && run.epoch == epoch
+            && let Some(loaded) = self.catalog.get(&run.automation)
+        {
+            match self.after_run(&loaded.compiled, &run, &completion, now) {
+                Ok(edits) => writes = memory_writes(edits, &loaded.compiled, now),
+                Err(why) => {
+                    let text = format!("memory.after_run failed, memory is unchanged: {why}");
+                    self.store.append_activity(id, epoch, NewActivity::new(ActivityKind::Failure, text), now)?;
+                }
+            }
+        }
+        self.store.complete(id, epoch, completion, writes, now)
+    }
+
+    fn after_run(
+        &self,
+        automation: &CompiledAutomation,
+        run: &Run,
+        completion: &Completion,
+        now: DateTime<Utc>,
+    ) -> Result<MemoryEdits, String> {
+        if automation.definition.memory.after_run.is_none() {
+            return Ok(MemoryEdits::new());
+        }
+        let first_event = run.event_ids.first().ok_or("the run has no event")?;
+        let stored = self.store.event(first_event).map_err(|e| e.to_string())?;
+        let event = stored.ok_or_else(|| format!("event {first_event} is no longer stored"))?.event;
+        let recall = self.recall(automation, now).map_err(|e| e.to_string())?;
+        let run_value = crate::rules::value::to_dynamic(&finished_view(run, completion));
+        automation
+            .after_run(self.engine, &PreparedEvent::new(event), &recall.view, recall.values, run_value, now)
+            .map_err(|e| e.0)
+    }
+}
+
+struct Recall {
+    view: MemoryView,
+    values: Map<String, Value>,
+    untrusted: bool,
+}
+
+fn memory_writes(edits: MemoryEdits, automation: &CompiledAutomation, now: DateTime<Utc>) -> Vec<MemoryWrite> {
+    let expires_at =
+        automation.definition.memory.ttl.and_then(|ttl| {
+            chrono::Duration::from_std(ttl.as_duration()).ok().and_then(|ttl| now.checked_add_signed(ttl))
+        });
+    edits
+        .into_iter()
+        .map(|(key, value)| MemoryWrite {
+            key,
+            change: match value {
+                Some(value) => MemoryChange::Set { value, expires_at },
+                None => MemoryChange::Remove,
+            },
+        })
+        .collect()
+}
+
+/// An earlier run as rules read it in `history`.
+pub fn run_view(run: &Run) -> Value {
+    let result = run.result.clone().unwrap_or_default();
+    json!({
+        "id": run.id.to_string(),
+        "state": run.state.as_str(),
+        "attempt": run.attempt,
+        "summary": result.summary,
+        "exit_code": result.exit_code,
+        "details": result.details,
+        "reason": run.reason,
+        "branch": run.task.as_ref().map(|task| task.branch.clone()),
+        "event_ids": run.event_ids,
+        "created_at": run.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "finished_at": run.finished_at.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    })
+}
+
+/// The run as `after_run` reads it: as it will be once this completion is stored.
+fn finished_view(run: &Run, completion: &Completion) -> Value {
+    let mut view = run_view(run);
+    let (state, result, reason) = match completion {
+        Completion::Succeeded { result } => ("succeeded", Some(result), None),
+        Completion::Failed { reason, result, .. } => ("failed", result.as_ref(), Some(reason)),
+        Completion::TimedOut { reason } => ("timed_out", None, Some(reason)),
+        Completion::PlanReady { .. } => ("awaiting_approval", None, None),
+    };
+    let result = result.cloned().unwrap_or_default();
+    view["state"] = json!(state);
+    view["summary"] = json!(result.summary);
+    view["exit_code"] = json!(result.exit_code);
+    view["details"] = json!(result.details);
+    view["reason"] = json!(reason);
+    view
+}

@@ -1,0 +1,119 @@
+//! Flow control at ingest: dedupe and coalescing, cooldown, and the overlap policy.
+//! Pure decisions over facts a store gathers inside its atomic section, so every store
+//! backend decides the same way.
+
+use chrono::{DateTime, Utc};
+
+use super::{RunId, RunState, SkipReason};
+use crate::config::Overlap;
+use crate::task::Flow;
+
+/// What the store knows that matters for one new run.
+#[derive(Debug, Clone, Default)]
+pub struct FlowFacts {
+    /// The run holding this dedupe key, if its window has not ended, and its state.
+    pub dedupe_holder: Option<(RunId, RunState)>,
+    /// The latest run created in this group (not skipped), and when.
+    pub last_created: Option<(RunId, DateTime<Utc>)>,
+    /// Runs of the group that are pending or active, oldest first.
+    pub busy: Vec<(RunId, RunState)>,
+}
+
+/// What to do with a new run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// A repeat event: it joins this pending run's event list.
+    Coalesce(RunId),
+    /// Record the run as skipped.
+    Skip(SkipReason),
+    /// Create the run; first cancel these (`overlap: cancel_previous`).
+    Create { cancel: Vec<RunId> },
+}
+
+/// Dedupe first (a repeat never counts against cooldown or concurrency), then cooldown,
+/// then the overlap policy.
+pub fn decide(flow: &Flow, facts: &FlowFacts, now: DateTime<Utc>) -> Decision {
+    if let (Some(key), Some((holder, state))) = (&flow.dedupe_key, facts.dedupe_holder) {
+        return if state.is_pending() {
+            Decision::Coalesce(holder)
+        } else {
+            Decision::Skip(SkipReason::Dedupe { key: key.clone(), duplicate_of: holder })
+        };
+    }
+    if let (Some(cooldown), Some((last_run, created))) = (flow.cooldown, facts.last_created) {
+        let until = created + cooldown.as_duration();
+        if now < until {
+            return Decision::Skip(SkipReason::Cooldown { last_run, until });
+        }
+    }
+    let limit = flow.concurrency_limit.max(1) as usize;
+    match flow.overlap {
+        Overlap::Queue => Decision::Create { cancel: Vec::new() },
+        Overlap::Skip if facts.busy.len() >= limit => Decision::Skip(SkipReason::Overlap {
+            limit: flow.concurrency_limit,
+            busy: facts.busy.iter().map(|(id, _)| *id).collect(),
+        }),
+        Overlap::Skip => Decision::Create { cancel: Vec::new() },
+        Overlap::CancelPrevious => {
+            // Make room for the new run by cancelling the oldest ones.
+            let excess = (facts.busy.len() + 1).saturating_sub(limit);
+            Decision::Create { cancel: facts.busy.iter().take(excess).map(|(id, _)| *id).collect() }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DurationSpec, Retry};
+
+    fn flow(overlap: Overlap, limit: u32) -> Flow {
+        Flow {
+            dedupe_key: None,
+            dedupe_window: None,
+            concurrency_key: None,
+            concurrency_limit: limit,
+            overlap,
+            cooldown: None,
+            retry: Retry::default(),
+        }
+    }
+
+    #[test]
+    fn a_repeat_joins_a_pending_run_and_is_skipped_once_the_run_started() {
+        let flow = Flow { dedupe_key: Some("inc-1".into()), ..flow(Overlap::Queue, 1) };
+        let pending = FlowFacts { dedupe_holder: Some((RunId(7), RunState::Queued)), ..FlowFacts::default() };
+        assert_eq!(decide(&flow, &pending, Utc::now()), Decision::Coalesce(RunId(7)));
+        let started = FlowFacts { dedupe_holder: Some((RunId(7), RunState::Running)), ..FlowFacts::default() };
+        assert!(matches!(
+            decide(&flow, &started, Utc::now()),
+            Decision::Skip(SkipReason::Dedupe { duplicate_of: RunId(7), .. })
+        ));
+    }
+
+    #[test]
+    fn cooldown_skips_until_it_has_passed() {
+        let flow = Flow { cooldown: Some(DurationSpec::from_secs(60)), ..flow(Overlap::Queue, 1) };
+        let now = Utc::now();
+        let facts = FlowFacts { last_created: Some((RunId(1), now)), ..FlowFacts::default() };
+        assert!(matches!(decide(&flow, &facts, now + chrono::Duration::seconds(59)), Decision::Skip(_)));
+        assert_eq!(decide(&flow, &facts, now + chrono::Duration::seconds(60)), Decision::Create { cancel: Vec::new() });
+    }
+
+    #[test]
+    fn overlap_policies_at_the_limit() {
+        let busy = FlowFacts {
+            busy: vec![(RunId(1), RunState::Running), (RunId(2), RunState::Queued)],
+            ..FlowFacts::default()
+        };
+        let now = Utc::now();
+        assert_eq!(decide(&flow(Overlap::Queue, 2), &busy, now), Decision::Create { cancel: Vec::new() });
+        assert!(matches!(decide(&flow(Overlap::Skip, 2), &busy, now), Decision::Skip(SkipReason::Overlap { .. })));
+        assert_eq!(decide(&flow(Overlap::Skip, 3), &busy, now), Decision::Create { cancel: Vec::new() });
+        assert_eq!(decide(&flow(Overlap::CancelPrevious, 2), &busy, now), Decision::Create { cancel: vec![RunId(1)] });
+        assert_eq!(
+            decide(&flow(Overlap::CancelPrevious, 1), &busy, now),
+            Decision::Create { cancel: vec![RunId(1), RunId(2)] }
+        );
+    }
+}

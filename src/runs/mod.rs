@@ -1,0 +1,12 @@
+//! Runs: the record, its state machine, activities, memory entries, and the pure rules
+//! of flow control and retries that every store backend applies the same way.
+
+mod activity;
+pub mod flow;
+mod memory;
+pub mod retry;
+mod run;
+
+pub use activity::{Activity, ActivityKind, NewActivity};
+pub use memory::{MemoryChange, MemoryEntry, MemoryWrite};
+pub use run::{Completion, Epoch, Lease, Run, RunId, RunResult, RunState, SkipReason, group_key};

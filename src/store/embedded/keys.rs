@@ -1,0 +1,100 @@
+//! Key layout of the one sled tree. Every record kind has a prefix; numbers are
+//! big-endian so keys sort in creation order. Automation names cannot hold a NUL byte,
+//! which separates them from what follows.
+
+use crate::runs::RunId;
+
+pub const FORMAT: &[u8] = b"meta/format";
+pub const FORMAT_VERSION: &[u8] = b"nightshift-store/1";
+pub const GENERATION: &[u8] = b"meta/generation";
+
+pub const RUN: &[u8] = b"run/";
+pub const LIVE: &[u8] = b"live/";
+pub const EVENT: &[u8] = b"ev/";
+pub const EVENT_AGE: &[u8] = b"eage/";
+pub const ACTIVITY: &[u8] = b"act/";
+pub const RUNS_OF: &[u8] = b"ra/";
+pub const MEMORY: &[u8] = b"mem/";
+pub const DEDUPE: &[u8] = b"dk/";
+pub const LAST_CREATED: &[u8] = b"lc/";
+pub const SCHEDULE: &[u8] = b"sched/";
+
+fn join(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+pub fn run(id: RunId) -> Vec<u8> {
+    join(&[RUN, &id.0.to_be_bytes()])
+}
+
+pub fn live(id: RunId) -> Vec<u8> {
+    join(&[LIVE, &id.0.to_be_bytes()])
+}
+
+/// The number that ends a key: the run id of `run/`, `live/` and `ra/` keys, the
+/// sequence number of `act/` keys.
+pub fn number_at_end(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+pub fn event(id: &str) -> Vec<u8> {
+    join(&[EVENT, id.as_bytes()])
+}
+
+pub fn event_age(received_millis: i64, id: &str) -> Vec<u8> {
+    join(&[EVENT_AGE, &received_millis.to_be_bytes(), id.as_bytes()])
+}
+
+/// The event id in an `eage/` key.
+pub fn event_of_age_key(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.get(EVENT_AGE.len() + 8..)?).ok()
+}
+
+pub fn activities_of(run: RunId) -> Vec<u8> {
+    join(&[ACTIVITY, &run.0.to_be_bytes()])
+}
+
+pub fn activity(run: RunId, seq: u64) -> Vec<u8> {
+    join(&[ACTIVITY, &run.0.to_be_bytes(), &seq.to_be_bytes()])
+}
+
+pub fn runs_of(automation: &str) -> Vec<u8> {
+    join(&[RUNS_OF, automation.as_bytes(), b"\0"])
+}
+
+pub fn run_of(automation: &str, id: RunId) -> Vec<u8> {
+    join(&[&runs_of(automation), &id.0.to_be_bytes()])
+}
+
+/// The automation named in an `ra/` key.
+pub fn automation_of_runs_key(key: &[u8]) -> Option<&str> {
+    let rest = key.get(RUNS_OF.len()..)?;
+    let end = rest.iter().position(|b| *b == 0)?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+pub fn memory_of(automation: &str) -> Vec<u8> {
+    join(&[MEMORY, automation.as_bytes(), b"\0"])
+}
+
+pub fn memory(automation: &str, key: &str) -> Vec<u8> {
+    join(&[&memory_of(automation), key.as_bytes()])
+}
+
+pub fn dedupe(automation: &str, key: &str) -> Vec<u8> {
+    join(&[DEDUPE, automation.as_bytes(), b"\0", key.as_bytes()])
+}
+
+pub fn last_created(group: &str) -> Vec<u8> {
+    join(&[LAST_CREATED, group.as_bytes()])
+}
+
+pub fn schedule(automation: &str, trigger: &str) -> Vec<u8> {
+    join(&[SCHEDULE, automation.as_bytes(), b"\0", trigger.as_bytes()])
+}
+
+/// The text after a prefix (e.g. the memory key after `mem/{automation}\0`).
+pub fn suffix<'k>(key: &'k [u8], prefix: &[u8]) -> Option<&'k str> {
+    std::str::from_utf8(key.strip_prefix(prefix)?).ok()
+}

@@ -1,0 +1,149 @@
+//! The in-memory index of unfinished runs that flow control and claims consult: rebuilt
+//! from disk at open, changed only together with the batch that persists the change.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::runs::flow::FlowFacts;
+use crate::runs::{Run, RunId, RunState};
+
+/// Who holds a dedupe key, until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupeMark {
+    pub run: RunId,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The latest run created in a group, for cooldowns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastCreated {
+    pub run: RunId,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveRun {
+    pub run: Run,
+    pub next_activity: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Live {
+    runs: HashMap<RunId, LiveRun>,
+    queued: BTreeSet<RunId>,
+    /// Unfinished runs per group, oldest first.
+    groups: HashMap<String, BTreeSet<RunId>>,
+    /// Leased or running runs per group.
+    active: HashMap<String, u32>,
+    pub dedupe: HashMap<(String, String), DedupeMark>,
+    pub last_created: HashMap<String, LastCreated>,
+    pub next_run: u64,
+    /// Every epoch handed out from now on is above this (it grows with each open).
+    pub epoch_floor: u64,
+}
+
+impl Live {
+    pub fn get(&self, id: RunId) -> Option<&LiveRun> {
+        self.runs.get(&id)
+    }
+
+    pub fn allocate_id(&mut self) -> RunId {
+        self.next_run += 1;
+        RunId(self.next_run)
+    }
+
+    /// Puts an unfinished run in (or replaces it); a finished one is taken out.
+    pub fn put(&mut self, run: Run, next_activity: u64) {
+        let id = run.id;
+        self.remove(id);
+        if run.state.is_finished() {
+            return;
+        }
+        let group = run.group();
+        if run.state == RunState::Queued {
+            self.queued.insert(id);
+        }
+        if run.state.is_active() {
+            *self.active.entry(group.clone()).or_default() += 1;
+        }
+        self.groups.entry(group).or_default().insert(id);
+        self.runs.insert(id, LiveRun { run, next_activity });
+    }
+
+    pub fn remove(&mut self, id: RunId) -> Option<LiveRun> {
+        let old = self.runs.remove(&id)?;
+        let group = old.run.group();
+        self.queued.remove(&id);
+        if old.run.state.is_active()
+            && let Some(count) = self.active.get_mut(&group)
+        {
+            *count = count.saturating_sub(1);
+        }
+        if let Some(members) = self.groups.get_mut(&group) {
+            members.remove(&id);
+            if members.is_empty() {
+                self.groups.remove(&group);
+                self.active.remove(&group);
+            }
+        }
+        Some(old)
+    }
+
+    /// What flow control needs to know about a new run of `automation` in `group`.
+    /// `finished_state` looks up a dedupe holder that is no longer live.
+    pub fn facts(
+        &self,
+        automation: &str,
+        group: &str,
+        dedupe_key: Option<&str>,
+        now: DateTime<Utc>,
+        finished_state: impl Fn(RunId) -> RunState,
+    ) -> FlowFacts {
+        let dedupe_holder = dedupe_key
+            .and_then(|key| self.dedupe.get(&(automation.to_string(), key.to_string())))
+            .filter(|mark| mark.expires_at > now)
+            .map(|mark| {
+                let state = self.runs.get(&mark.run).map_or_else(|| finished_state(mark.run), |live| live.run.state);
+                (mark.run, state)
+            });
+        let busy = self.groups.get(group).into_iter().flatten().map(|id| (*id, self.runs[id].run.state)).collect();
+        let last_created = self.last_created.get(group).map(|last| (last.run, last.at));
+        FlowFacts { dedupe_holder, last_created, busy }
+    }
+
+    /// The oldest queued run that may start now: its retry wait is over and its group
+    /// is below its concurrency limit.
+    pub fn next_claimable(&self, now: DateTime<Utc>) -> Option<RunId> {
+        let mut full_groups: Vec<String> = Vec::new();
+        for id in &self.queued {
+            let run = &self.runs[id].run;
+            if run.not_before.is_some_and(|at| at > now) {
+                continue;
+            }
+            let group = run.group();
+            if full_groups.contains(&group) {
+                continue;
+            }
+            if self.active.get(&group).copied().unwrap_or(0) >= run.flow.concurrency_limit.max(1) {
+                full_groups.push(group);
+                continue;
+            }
+            return Some(*id);
+        }
+        None
+    }
+
+    /// Leased or running runs whose lease ended at or before `now`.
+    pub fn expired_leases(&self, now: DateTime<Utc>) -> Vec<RunId> {
+        let mut expired: Vec<RunId> = self
+            .runs
+            .values()
+            .filter(|live| live.run.state.is_active() && live.run.lease.as_ref().is_some_and(|l| l.expires_at <= now))
+            .map(|live| live.run.id)
+            .collect();
+        expired.sort();
+        expired
+    }
+}

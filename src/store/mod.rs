@@ -1,0 +1,203 @@
+//! The store: events, runs, activity timelines, memory and schedule state, behind the
+//! `Store` trait. `SledStore` is the embedded default; only this module knows sled.
+
+mod embedded;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Retention;
+use crate::event::Event;
+use crate::runs::{
+    Activity, Completion, Epoch, Lease, MemoryEntry, MemoryWrite, NewActivity, Run, RunId, RunState, SkipReason,
+};
+use crate::task::{Flow, Task};
+
+pub use embedded::SledStore;
+
+/// The data directory used when none is given: `.nightshift/` beside the automations.
+pub fn default_data_dir(automations: &std::path::Path) -> PathBuf {
+    let beside = automations.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    beside.join(".nightshift")
+}
+
+/// A run the rules rendered for an event, before flow control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewRun {
+    pub automation: String,
+    pub definition_hash: String,
+    pub rendered: Result<(Task, Flow), String>,
+}
+
+/// An event as stored, with the runs it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub event: Event,
+    /// Each automation's rendered dedupe key for this event.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dedupe_keys: BTreeMap<String, String>,
+    /// What ingest did with it, per automation: the runs it created, joined, or was
+    /// recorded as skipped by.
+    pub outcomes: Vec<RunOutcome>,
+}
+
+/// What ingest did for one automation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "disposition", rename_all = "snake_case")]
+pub enum Disposition {
+    /// A new run, queued.
+    Created,
+    /// Rendering failed: the run is recorded as failed with the error.
+    RenderFailed { error: String },
+    /// The event joined this pending run (same dedupe key inside its window).
+    Coalesced,
+    /// A skipped run was recorded; `run` is the skipped record.
+    Skipped { reason: SkipReason },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    pub automation: String,
+    pub run: RunId,
+    #[serde(flatten)]
+    pub disposition: Disposition,
+}
+
+/// The answer to an ingest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestOutcome {
+    pub event_id: String,
+    /// The delivery was seen before: nothing was stored, `runs` are the first time's.
+    pub duplicate_delivery: bool,
+    pub runs: Vec<RunOutcome>,
+    /// Runs cancelled to make room (`overlap: cancel_previous`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancelled: Vec<RunId>,
+}
+
+/// A granted claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub run: Run,
+    pub lease: Lease,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub automation: Option<String>,
+    pub state: Option<RunState>,
+    /// At most this many, newest first; 0 means no limit.
+    pub limit: usize,
+}
+
+/// A cron trigger's progress, so restarts neither repeat nor forget slots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// The latest slot that was fired or recorded as skipped.
+    pub last_slot: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a retention pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionReport {
+    pub runs: usize,
+    pub events: usize,
+    pub activities: usize,
+    pub memory_entries: usize,
+    pub dedupe_marks: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store in {dir}: {cause}")]
+    Open { dir: PathBuf, cause: String },
+    #[error(
+        "the store in {dir} is in use by another nightshift process (`nightshift serve`?); only one process may open it"
+    )]
+    Locked { dir: PathBuf },
+    #[error("the store is damaged: {what}: {cause}")]
+    Corrupt { what: String, cause: String },
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("no run {0}")]
+    NoSuchRun(RunId),
+    #[error("{run}'s lease epoch is {current}, not {presented}: this worker no longer holds the run")]
+    StaleLease { run: RunId, presented: Epoch, current: Epoch },
+    #[error("{run} is {state}, so it cannot be {action}")]
+    WrongState { run: RunId, state: RunState, action: &'static str },
+}
+
+/// Everything nightshift keeps. Every method is atomic; every method that changes state
+/// returns only once the change is on disk, except `claim` and `heartbeat`, whose loss
+/// in a crash only re-queues the run (epochs stay unique across restarts).
+pub trait Store: Send + Sync {
+    /// Stores `event` and the runs the rules rendered for it, applying dedupe,
+    /// coalescing, cooldown and overlap. A delivery seen before stores nothing and
+    /// returns the first outcome.
+    fn ingest(&self, event: &Event, runs: Vec<NewRun>, now: DateTime<Utc>) -> Result<IngestOutcome, StoreError>;
+
+    /// Leases the oldest queued run whose group has room and whose retry wait is over.
+    fn claim(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>) -> Result<Option<Claim>, StoreError>;
+    /// The leased run's workspace is ready and its agent is starting.
+    fn mark_running(&self, run: RunId, epoch: Epoch, now: DateTime<Utc>) -> Result<Run, StoreError>;
+    /// Extends the lease; fails with `StaleLease` or `WrongState` (e.g. cancelled).
+    fn heartbeat(
+        &self,
+        run: RunId,
+        epoch: Epoch,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, StoreError>;
+    /// Appends to the timeline of a run the caller holds.
+    fn append_activity(
+        &self,
+        run: RunId,
+        epoch: Epoch,
+        activity: NewActivity,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+    /// Ends an attempt. Memory writes are stored in the same atomic step, with the run
+    /// as their provenance. A retryable failure re-queues with backoff while attempts
+    /// remain.
+    fn complete(
+        &self,
+        run: RunId,
+        epoch: Epoch,
+        completion: Completion,
+        memory: Vec<MemoryWrite>,
+        now: DateTime<Utc>,
+    ) -> Result<Run, StoreError>;
+    /// Cancels a run in any unfinished state.
+    fn cancel(&self, run: RunId, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError>;
+    /// Lets a run waiting for approval continue.
+    fn approve(&self, run: RunId, now: DateTime<Utc>) -> Result<Run, StoreError>;
+    /// Re-queues runs whose lease expired (with a new epoch on the next claim), or fails
+    /// them once their attempts are used up. Returns the runs it touched.
+    fn sweep_expired_leases(&self, now: DateTime<Utc>) -> Result<Vec<RunId>, StoreError>;
+
+    fn run(&self, id: RunId) -> Result<Option<Run>, StoreError>;
+    /// Runs, newest first.
+    fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
+    fn activities(&self, run: RunId) -> Result<Vec<Activity>, StoreError>;
+    fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError>;
+    /// The last `limit` finished runs of an automation (not skipped ones), newest first.
+    fn history(&self, automation: &str, limit: usize) -> Result<Vec<Run>, StoreError>;
+
+    /// Live (unexpired) memory of an automation.
+    fn memory(&self, automation: &str, now: DateTime<Utc>) -> Result<BTreeMap<String, MemoryEntry>, StoreError>;
+    /// A person's change to memory (`nightshift memory set|rm`).
+    fn write_memory(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    fn schedule(&self, automation: &str, trigger: &str) -> Result<Option<ScheduleState>, StoreError>;
+    fn set_schedule(&self, automation: &str, trigger: &str, state: &ScheduleState) -> Result<(), StoreError>;
+
+    /// Deletes finished runs beyond `retention` with their activities and events, and
+    /// expired memory and dedupe marks.
+    fn apply_retention(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError>;
+}
