@@ -90,6 +90,21 @@ impl Event {
         }
     }
 
+    /// A copy with empty `fields` (they can be derived again from the payload), without
+    /// copying them first.
+    pub fn clone_without_fields(&self) -> Event {
+        Event {
+            id: self.id.clone(),
+            source: self.source,
+            kind: self.kind.clone(),
+            received_at: self.received_at,
+            delivery_id: self.delivery_id.clone(),
+            headers: self.headers.clone(),
+            payload: self.payload.clone(),
+            fields: Map::new(),
+        }
+    }
+
     /// The properties rules see as `event`: the source's fields, then the standard ones
     /// (which a field of the same name never replaces). Borrowed, so converting them for
     /// rhai needs no intermediate JSON copy.

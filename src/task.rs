@@ -12,8 +12,8 @@ use crate::netpolicy::NetworkPolicy;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentCommand {
     pub profile: String,
-    /// The argv with `{prompt}`, `{branch}` and `{base}` filled; `{workspace}`,
-    /// `{prompt_file}` and `{run_id}` are filled by the worker.
+    /// The argv with `{branch}` and `{base}` filled; `{prompt}`, `{prompt_file}`,
+    /// `{workspace}` and `{run_id}` are filled by the worker, in one pass.
     pub argv: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_argv: Option<Vec<String>>,

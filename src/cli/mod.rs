@@ -1,8 +1,15 @@
 //! The `nightshift` command line: argument parsing and one module per subcommand.
 
+mod fixture;
+mod ledger;
+mod memory;
+mod output;
 mod render;
+mod runs;
 mod schema;
+mod show;
 mod test;
+mod trigger;
 mod validate;
 
 use std::path::PathBuf;
@@ -17,8 +24,9 @@ use crate::rules::RuleEngine;
 /// nightshift: event-driven automations for AI coding agents.
 ///
 /// Automations are YAML files that bind triggers (cron, webhooks, Slack, PagerDuty,
-/// Alertmanager, GitHub) to a task an agent runs on a fresh branch. These commands check
-/// and try them without running anything.
+/// Alertmanager, GitHub) to a task an agent runs on a fresh branch. `validate`, `render`,
+/// `test` and `schema` check and try them without running anything; `trigger`, `runs`,
+/// `show` and `memory` work with the store in the data directory.
 #[derive(Debug, Parser)]
 #[command(name = "nightshift", version, propagate_version = true)]
 pub struct Cli {
@@ -27,7 +35,7 @@ pub struct Cli {
 }
 
 /// Where automations and the project settings come from.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 struct Sources {
     /// Project settings (agent profiles). Default: ./nightshift.yaml if it exists.
     #[arg(long, value_name = "FILE")]
@@ -49,6 +57,22 @@ enum Command {
     Test(test::Args),
     /// Print the JSON Schema of automation files (or write schemas/).
     Schema(schema::Args),
+    /// Deliver an event fixture to one automation and store the outcome.
+    ///
+    /// Runs the automation's rules and flow control (dedupe, coalescing, cooldown,
+    /// overlap) as a real delivery would, stores the event and prints one line per
+    /// outcome: `r3 queued  NAME`, `coalesced`, `skipped (why)`, `failed: why`, or
+    /// `not matched: NAME: why`. Exits 0 once the event is stored.
+    Trigger(trigger::Args),
+    /// List runs in the store, newest first.
+    Runs(runs::Args),
+    /// Show one run: its state, task and prompt, events and activity timeline.
+    Show(show::Args),
+    /// List, read, set or remove an automation's memory.
+    ///
+    /// `nightshift memory NAME` lists every live entry; `get KEY`, `set KEY VALUE` and
+    /// `rm KEY` act on one. Values set here are recorded as written by a person.
+    Memory(memory::Args),
 }
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
@@ -59,6 +83,10 @@ pub fn run() -> ExitCode {
         Command::Render(args) => render::run(args),
         Command::Test(args) => test::run(args),
         Command::Schema(args) => schema::run(args),
+        Command::Trigger(args) => trigger::run(args),
+        Command::Runs(args) => runs::run(args),
+        Command::Show(args) => show::run(args),
+        Command::Memory(args) => memory::run(args),
     };
     match result {
         Ok(code) => code,

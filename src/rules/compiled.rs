@@ -383,7 +383,9 @@ impl CompiledAutomation {
         let concurrency_key =
             render_optional(engine, &mut scope, self.concurrency_key.as_ref()).map_err(fail("concurrency.key"))?;
 
-        let fill = [("prompt", prompt.as_str()), ("branch", branch.as_str()), ("base", base.as_str())];
+        // `{prompt}` stays for the worker to fill with `{workspace}` and the rest: the prompt
+        // is stored once, in `prompt`, not again in every argv.
+        let fill = [("branch", branch.as_str()), ("base", base.as_str())];
         let agent = AgentCommand {
             profile: task.agent.clone(),
             argv: AgentProfile::fill(&self.profile.command, &fill),

@@ -102,7 +102,7 @@ fn check_key(key: &str) -> Result<(), Box<EvalAltResult>> {
     Ok(())
 }
 
-/// Registers the `memory` object's methods (called by `RuleEngine::new`).
+/// Registers the `memory` object's methods; the rule engine calls this when it is built.
 pub(super) fn register(engine: &mut rhai::Engine) {
     engine
         .register_type_with_name::<MemoryWriter>("Memory")

@@ -15,8 +15,21 @@ pub struct FlowFacts {
     pub dedupe_holder: Option<(RunId, RunState)>,
     /// The latest run created in this group (not skipped), and when.
     pub last_created: Option<(RunId, DateTime<Utc>)>,
-    /// Runs of the group that are pending or active, oldest first.
-    pub busy: Vec<(RunId, RunState)>,
+    /// How many runs of the group are pending or active.
+    pub busy_count: usize,
+    /// The oldest of them: at least as many as `needed_busy` asks for.
+    pub oldest_busy: Vec<RunId>,
+}
+
+/// How many of the oldest busy runs `decide` needs to see: none for `queue`, which
+/// never looks, so a long queue costs nothing at ingest.
+pub fn needed_busy(flow: &Flow, busy_count: usize) -> usize {
+    let limit = flow.concurrency_limit.max(1) as usize;
+    match flow.overlap {
+        Overlap::Queue => 0,
+        Overlap::Skip => limit.min(busy_count),
+        Overlap::CancelPrevious => (busy_count + 1).saturating_sub(limit),
+    }
 }
 
 /// What to do with a new run.
@@ -49,15 +62,14 @@ pub fn decide(flow: &Flow, facts: &FlowFacts, now: DateTime<Utc>) -> Decision {
     let limit = flow.concurrency_limit.max(1) as usize;
     match flow.overlap {
         Overlap::Queue => Decision::Create { cancel: Vec::new() },
-        Overlap::Skip if facts.busy.len() >= limit => Decision::Skip(SkipReason::Overlap {
-            limit: flow.concurrency_limit,
-            busy: facts.busy.iter().map(|(id, _)| *id).collect(),
-        }),
+        Overlap::Skip if facts.busy_count >= limit => {
+            Decision::Skip(SkipReason::Overlap { limit: flow.concurrency_limit, busy: facts.oldest_busy.clone() })
+        }
         Overlap::Skip => Decision::Create { cancel: Vec::new() },
         Overlap::CancelPrevious => {
             // Make room for the new run by cancelling the oldest ones.
-            let excess = (facts.busy.len() + 1).saturating_sub(limit);
-            Decision::Create { cancel: facts.busy.iter().take(excess).map(|(id, _)| *id).collect() }
+            let excess = (facts.busy_count + 1).saturating_sub(limit);
+            Decision::Create { cancel: facts.oldest_busy.iter().take(excess).copied().collect() }
         }
     }
 }
@@ -102,10 +114,7 @@ mod tests {
 
     #[test]
     fn overlap_policies_at_the_limit() {
-        let busy = FlowFacts {
-            busy: vec![(RunId(1), RunState::Running), (RunId(2), RunState::Queued)],
-            ..FlowFacts::default()
-        };
+        let busy = FlowFacts { busy_count: 2, oldest_busy: vec![RunId(1), RunId(2)], ..FlowFacts::default() };
         let now = Utc::now();
         assert_eq!(decide(&flow(Overlap::Queue, 2), &busy, now), Decision::Create { cancel: Vec::new() });
         assert!(matches!(decide(&flow(Overlap::Skip, 2), &busy, now), Decision::Skip(SkipReason::Overlap { .. })));

@@ -1,8 +1,11 @@
 //! Integration tests: one binary, one module per boundary.
 
 mod cli;
+mod crash;
+mod ledger_cli;
 mod rules;
 mod schema;
+mod store;
 mod tidy;
 mod validate;
 

@@ -9,11 +9,14 @@ pub const FORMAT_VERSION: &[u8] = b"nightshift-store/1";
 pub const GENERATION: &[u8] = b"meta/generation";
 
 pub const RUN: &[u8] = b"run/";
+/// Unfinished runs: the record lives here until the run finishes, then moves to `run/`.
 pub const LIVE: &[u8] = b"live/";
 pub const EVENT: &[u8] = b"ev/";
 pub const EVENT_AGE: &[u8] = b"eage/";
 pub const ACTIVITY: &[u8] = b"act/";
+/// Finished runs of an automation (skipped ones included), for listing and retention.
 pub const RUNS_OF: &[u8] = b"ra/";
+pub const FINISHED_RUNS_OF: &[u8] = b"rf/";
 pub const MEMORY: &[u8] = b"mem/";
 pub const DEDUPE: &[u8] = b"dk/";
 pub const LAST_CREATED: &[u8] = b"lc/";
@@ -65,6 +68,15 @@ pub fn runs_of(automation: &str) -> Vec<u8> {
 
 pub fn run_of(automation: &str, id: RunId) -> Vec<u8> {
     join(&[&runs_of(automation), &id.0.to_be_bytes()])
+}
+
+/// Finished runs (not skipped ones) of an automation, for `history`.
+pub fn finished_runs_of(automation: &str) -> Vec<u8> {
+    join(&[FINISHED_RUNS_OF, automation.as_bytes(), b"\0"])
+}
+
+pub fn finished_run_of(automation: &str, id: RunId) -> Vec<u8> {
+    join(&[&finished_runs_of(automation), &id.0.to_be_bytes()])
 }
 
 /// The automation named in an `ra/` key.

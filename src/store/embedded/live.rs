@@ -6,8 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::runs::flow::FlowFacts;
+use crate::runs::flow::{FlowFacts, needed_busy};
 use crate::runs::{Run, RunId, RunState};
+use crate::task::Flow;
 
 /// Who holds a dedupe key, until when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +48,10 @@ pub struct Live {
 impl Live {
     pub fn get(&self, id: RunId) -> Option<&LiveRun> {
         self.runs.get(&id)
+    }
+
+    pub fn runs(&self) -> impl Iterator<Item = &LiveRun> {
+        self.runs.values()
     }
 
     pub fn allocate_id(&mut self) -> RunId {
@@ -97,20 +102,24 @@ impl Live {
         &self,
         automation: &str,
         group: &str,
-        dedupe_key: Option<&str>,
+        flow: &Flow,
         now: DateTime<Utc>,
         finished_state: impl Fn(RunId) -> RunState,
     ) -> FlowFacts {
-        let dedupe_holder = dedupe_key
+        let dedupe_holder = flow
+            .dedupe_key
+            .as_deref()
             .and_then(|key| self.dedupe.get(&(automation.to_string(), key.to_string())))
             .filter(|mark| mark.expires_at > now)
             .map(|mark| {
                 let state = self.runs.get(&mark.run).map_or_else(|| finished_state(mark.run), |live| live.run.state);
                 (mark.run, state)
             });
-        let busy = self.groups.get(group).into_iter().flatten().map(|id| (*id, self.runs[id].run.state)).collect();
+        let members = self.groups.get(group);
+        let busy_count = members.map_or(0, |m| m.len());
+        let oldest_busy = members.into_iter().flatten().take(needed_busy(flow, busy_count)).copied().collect();
         let last_created = self.last_created.get(group).map(|last| (last.run, last.at));
-        FlowFacts { dedupe_holder, last_created, busy }
+        FlowFacts { dedupe_holder, last_created, busy_count, oldest_busy }
     }
 
     /// The oldest queued run that may start now: its retry wait is over and its group

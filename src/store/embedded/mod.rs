@@ -2,10 +2,10 @@
 //! each operation is one atomic batch; one mutex orders the operations; group commit
 //! makes them durable with one flush per batch of concurrent callers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,6 +15,7 @@ mod group_commit;
 mod keys;
 mod live;
 mod retention;
+mod watermark;
 
 use super::{
     Claim, Disposition, IngestOutcome, NewRun, RetentionReport, RunFilter, RunOutcome, ScheduleState, Store,
@@ -30,17 +31,107 @@ use crate::runs::{
 };
 use crate::task::{Flow, Task};
 use codec::{decode, encode};
-use group_commit::GroupCommit;
+use group_commit::{GroupCommit, Sink, Stage};
 use live::{DedupeMark, LastCreated, Live, LiveRun};
+use watermark::Watermark;
 
 /// Memory sled may use for its page cache.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
+/// The store. Its committer thread applies and flushes queued changes (group commit);
+/// dropping the store commits what is left and stops it.
 pub struct SledStore {
+    inner: Arc<Inner>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for SledStore {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// What the store's callers and its committer thread share.
+pub struct Inner {
     dir: PathBuf,
     db: sled::Db,
-    live: Mutex<Live>,
+    state: Mutex<State>,
     commit: GroupCommit,
+}
+
+/// What the store's lock guards: the index of unfinished runs, and changes queued for
+/// the next group commit.
+#[derive(Default)]
+struct State {
+    live: Live,
+    queued: Queued,
+}
+
+/// Changes decided but not yet applied to sled.
+#[derive(Default)]
+struct Queued {
+    batch: sled::Batch,
+    /// The same changes by key, with the ticket that made them, so reads under the lock
+    /// see them before sled does.
+    overlay: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+    /// The newest ticket handed out.
+    issued: u64,
+}
+
+impl std::ops::Deref for State {
+    type Target = Live;
+    fn deref(&self) -> &Live {
+        &self.live
+    }
+}
+
+impl std::ops::DerefMut for State {
+    fn deref_mut(&mut self) -> &mut Live {
+        &mut self.live
+    }
+}
+
+impl Sink for Inner {
+    type Batch = sled::Batch;
+
+    fn take(&self) -> (u64, sled::Batch) {
+        let mut state = self.lock();
+        let batch = std::mem::take(&mut state.queued.batch);
+        (state.queued.issued, batch)
+    }
+
+    fn apply(&self, batch: sled::Batch) -> Result<(), String> {
+        self.db.apply_batch(batch).map_err(|e| e.to_string())
+    }
+
+    fn applied(&self, ticket: u64) {
+        self.lock().queued.overlay.retain(|_, (written_by, _)| *written_by > ticket);
+    }
+
+    fn flush(&self) -> Result<(), String> {
+        self.db.flush().map(drop).map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for SledStore {
+    /// Commits what is queued and records how far the store got, so a damaged log is
+    /// noticed at the next open.
+    fn drop(&mut self) {
+        let state = self.lock();
+        let (ticket, mark) =
+            (state.queued.issued, Watermark { generation: state.epoch_floor >> 32, last_run: state.next_run });
+        drop(state);
+        if let Err(error) = self.wait(ticket, Stage::Durable).and_then(|()| mark.write(&self.dir)) {
+            tracing::warn!(dir = %self.dir.display(), "could not record the store's watermark: {error}");
+        }
+        self.commit.stop();
+        if let Some(committer) = self.committer.take()
+            && committer.join().is_err()
+        {
+            tracing::error!(dir = %self.dir.display(), "the store's committer thread panicked");
+        }
+    }
 }
 
 impl std::fmt::Debug for SledStore {
@@ -57,33 +148,43 @@ fn to_chrono(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
-/// A batch of writes, plus the activities it appends, applied at once.
+/// The writes of one operation, applied together or not at all.
 #[derive(Default)]
 struct Changes {
-    batch: sled::Batch,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Changes {
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.batch.insert(key, value);
+        self.writes.push((key, Some(value)));
     }
 
     fn delete(&mut self, key: Vec<u8>) {
-        self.batch.remove(key);
+        self.writes.push((key, None));
     }
 
+    /// Writes a changed run: an unfinished one under `live/`, a finished one moves to
+    /// `run/` with its index entries.
     fn put_run(&mut self, run: &Run) {
-        self.put(keys::run(run.id), encode(run));
         if run.state.is_finished() {
             self.delete(keys::live(run.id));
+            self.put_finished(run);
         } else {
-            self.put(keys::live(run.id), Vec::new());
+            self.put(keys::live(run.id), encode(run));
         }
     }
 
-    fn new_run(&mut self, run: &Run) {
-        self.put_run(run);
+    fn put_finished(&mut self, run: &Run) {
+        self.put(keys::run(run.id), encode(run));
         self.put(keys::run_of(&run.automation, run.id), Vec::new());
+        if run.state != RunState::Skipped {
+            self.put(keys::finished_run_of(&run.automation, run.id), Vec::new());
+        }
+    }
+
+    /// Writes a run created just now: one key for a queued run, so ingest stays cheap.
+    fn new_run(&mut self, run: &Run) {
+        if run.state.is_finished() { self.put_finished(run) } else { self.put(keys::live(run.id), encode(run)) }
     }
 
     /// Appends an activity the engine itself records (lease expiry, retries, cancels).
@@ -117,11 +218,28 @@ impl SledStore {
             },
             other => open_error(other.to_string()),
         })?;
-        let store =
-            SledStore { dir: dir.to_path_buf(), db, live: Mutex::new(Live::default()), commit: GroupCommit::default() };
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            db,
+            state: Mutex::new(State::default()),
+            commit: GroupCommit::default(),
+        });
+        let committer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("nightshift-commit".into())
+                .spawn(move || inner.commit.run(inner.as_ref()))
+                .map_err(|e| open_error(format!("cannot start the committer thread: {e}")))?
+        };
+        let store = SledStore { inner, committer: Some(committer) };
         store.check_format()?;
         let live = store.load_live()?;
-        *store.lock() = live;
+        let generation = live.epoch_floor >> 32;
+        if let Some(mark) = Watermark::read(dir)? {
+            mark.check(dir, Watermark { generation: generation - 1, last_run: live.next_run })?;
+        }
+        Watermark { generation, last_run: live.next_run }.write(dir)?;
+        store.lock().live = live;
         Ok(store)
     }
 
@@ -129,13 +247,15 @@ impl SledStore {
         &self.dir
     }
 
-    /// Flushes performed so far: concurrent writers share them (group commit).
+    /// Commits (one sled batch and one flush each) so far: concurrent writers share them.
     pub fn flushes(&self) -> u64 {
-        self.commit.flushes()
+        self.commit.commits()
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, Live> {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn check_format(&self) -> Result<(), StoreError> {
@@ -175,20 +295,16 @@ impl SledStore {
         self.db.flush().map_err(io)?;
         live.epoch_floor = generation << 32;
 
-        if let Some(entry) = self.db.scan_prefix(keys::RUN).next_back() {
-            let (key, _) = entry.map_err(io)?;
-            live.next_run = keys::number_at_end(&key).map(RunId).map_or(0, |id| id.0);
+        for prefix in [keys::RUN, keys::LIVE] {
+            if let Some(entry) = self.db.scan_prefix(prefix).next_back() {
+                let (key, _) = entry.map_err(io)?;
+                live.next_run = live.next_run.max(keys::number_at_end(&key).unwrap_or(0));
+            }
         }
         for entry in self.db.scan_prefix(keys::LIVE) {
-            let (key, _) = entry.map_err(io)?;
-            let Some(id) = keys::number_at_end(&key).map(RunId) else { continue };
-            let run_key = keys::run(id);
-            let bytes = self.db.get(&run_key).map_err(io)?.ok_or_else(|| StoreError::Corrupt {
-                what: format!("run {id}"),
-                cause: "listed as unfinished but its record is missing".into(),
-            })?;
-            let run: Run = decode(&run_key, &bytes)?;
-            let next_activity = self.next_activity_seq(id)?;
+            let (key, value) = entry.map_err(io)?;
+            let run: Run = decode(&key, &value)?;
+            let next_activity = self.next_activity_seq(run.id)?;
             live.put(run, next_activity);
         }
         for entry in self.db.scan_prefix(keys::DEDUPE) {
@@ -218,41 +334,70 @@ impl SledStore {
         }
     }
 
-    /// Applies the batch while the caller still holds the lock (so batches reach sled in
+    /// Queues the changes while the caller still holds the lock (so they reach sled in
     /// the order their decisions were made), then, with the lock released, waits until
-    /// it is on disk when `durable`.
-    fn apply(&self, guard: MutexGuard<'_, Live>, changes: Changes, durable: bool) -> Result<(), StoreError> {
-        self.db.apply_batch(changes.batch).map_err(io)?;
-        let ticket = self.commit.ticket();
+    /// a group commit has applied them, and flushed them when `durable`.
+    fn apply(&self, mut guard: MutexGuard<'_, State>, changes: Changes, durable: bool) -> Result<(), StoreError> {
+        let queued = &mut guard.queued;
+        queued.issued += 1;
+        let ticket = queued.issued;
+        for (key, value) in changes.writes {
+            match &value {
+                Some(bytes) => queued.batch.insert(key.clone(), bytes.clone()),
+                None => queued.batch.remove(key.clone()),
+            }
+            queued.overlay.insert(key, (ticket, value));
+        }
         drop(guard);
-        if durable { self.wait_durable(ticket) } else { Ok(()) }
+        self.wait(ticket, if durable { Stage::Durable } else { Stage::Applied })
     }
 
-    fn wait_durable(&self, ticket: u64) -> Result<(), StoreError> {
-        self.commit
-            .wait_durable(ticket, || self.db.flush().map(drop).map_err(|e| e.to_string()))
-            .map_err(StoreError::Io)
+    fn wait(&self, ticket: u64, stage: Stage) -> Result<(), StoreError> {
+        self.commit.wait(ticket, stage).map_err(StoreError::Io)
     }
 
+    /// A record as the lock holder sees it: queued changes first, then sled.
+    fn get(&self, state: &State, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some((_, value)) = state.queued.overlay.get(key) {
+            return Ok(value.clone());
+        }
+        Ok(self.db.get(key).map_err(io)?.map(|bytes| bytes.to_vec()))
+    }
+
+    /// A run record from sled, finished or not (callers holding the lock use
+    /// `read_run_locked`).
     fn read_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
-        let key = keys::run(id);
-        self.db.get(&key).map_err(io)?.map(|bytes| decode(&key, &bytes)).transpose()
+        for key in [keys::run(id), keys::live(id)] {
+            if let Some(bytes) = self.db.get(&key).map_err(io)? {
+                return decode(&key, &bytes).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn read_run_locked(&self, state: &State, id: RunId) -> Result<Option<Run>, StoreError> {
+        for key in [keys::run(id), keys::live(id)] {
+            if let Some(bytes) = self.get(state, &key)? {
+                return decode(&key, &bytes).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     /// The live run `id`, or the error that says why it is not one.
-    fn live_run(&self, live: &Live, id: RunId, action: &'static str) -> Result<LiveRun, StoreError> {
-        if let Some(found) = live.get(id) {
+    fn live_run(&self, state: &State, id: RunId, action: &'static str) -> Result<LiveRun, StoreError> {
+        if let Some(found) = state.get(id) {
             return Ok(found.clone());
         }
-        match self.read_run(id)? {
+        match self.read_run_locked(state, id)? {
             Some(run) => Err(StoreError::WrongState { run: id, state: run.state, action }),
             None => Err(StoreError::NoSuchRun(id)),
         }
     }
 
     /// The live run `id` held under `epoch` by a worker.
-    fn held_run(&self, live: &Live, id: RunId, epoch: Epoch, action: &'static str) -> Result<LiveRun, StoreError> {
-        let held = self.live_run(live, id, action)?;
+    fn held_run(&self, state: &State, id: RunId, epoch: Epoch, action: &'static str) -> Result<LiveRun, StoreError> {
+        let held = self.live_run(state, id, action)?;
         if held.run.epoch != epoch {
             return Err(StoreError::StaleLease { run: id, presented: epoch, current: held.run.epoch });
         }
@@ -313,12 +458,12 @@ impl Store for SledStore {
     fn ingest(&self, event: &Event, runs: Vec<NewRun>, now: DateTime<Utc>) -> Result<IngestOutcome, StoreError> {
         let event_key = keys::event(&event.id);
         let mut live = self.lock();
-        if let Some(bytes) = self.db.get(&event_key).map_err(io)? {
+        if let Some(bytes) = self.get(&live, &event_key)? {
             let stored: StoredEvent = decode(&event_key, &bytes)?;
             // The first delivery may not be on disk yet: answer only once it is.
-            let ticket = self.commit.ticket();
+            let ticket = live.queued.issued;
             drop(live);
-            self.wait_durable(ticket)?;
+            self.wait(ticket, Stage::Durable)?;
             return Ok(IngestOutcome {
                 event_id: event.id.clone(),
                 duplicate_delivery: true,
@@ -338,7 +483,7 @@ impl Store for SledStore {
                     let id = live.allocate_id();
                     let mut run =
                         fresh_run(id, new.automation.clone(), new.definition_hash, None, Flow::default(), event, now);
-                    Self::finish(&mut run, RunState::Failed, Some(format!("rendering failed: {error}")), now);
+                    Inner::finish(&mut run, RunState::Failed, Some(format!("rendering failed: {error}")), now);
                     changes.new_run(&run);
                     outcomes.push(RunOutcome {
                         automation: new.automation,
@@ -353,8 +498,8 @@ impl Store for SledStore {
             if let Some(key) = &dedupe_key {
                 dedupe_keys.insert(new.automation.clone(), key.clone());
             }
-            let facts = live.facts(&new.automation, &group, dedupe_key.as_deref(), now, |id| {
-                self.read_run(id).ok().flatten().map_or(RunState::Succeeded, |run| run.state)
+            let facts = live.facts(&new.automation, &group, &flow, now, |id| {
+                self.read_run_locked(&live, id).ok().flatten().map_or(RunState::Succeeded, |run| run.state)
             });
             let automation = new.automation.clone();
             let (run, disposition) = match decide(&flow, &facts, now) {
@@ -370,7 +515,7 @@ impl Store for SledStore {
                 Decision::Skip(reason) => {
                     let id = live.allocate_id();
                     let mut run = fresh_run(id, automation.clone(), new.definition_hash, Some(task), flow, event, now);
-                    Self::finish(&mut run, RunState::Skipped, None, now);
+                    Inner::finish(&mut run, RunState::Skipped, None, now);
                     run.skip = Some(reason.clone());
                     changes.new_run(&run);
                     (id, Disposition::Skipped { reason })
@@ -379,20 +524,23 @@ impl Store for SledStore {
                     let id = live.allocate_id();
                     for previous in cancel {
                         let why = format!("superseded by {id} (`overlap: cancel_previous`)");
-                        if Self::cancel_live(&mut live, &mut changes, previous, why, now).is_some() {
+                        if Inner::cancel_live(&mut live, &mut changes, previous, why, now).is_some() {
                             cancelled.push(previous);
                         }
                     }
                     let window = flow.dedupe_window;
+                    let cooldown = flow.cooldown.is_some();
                     let run = fresh_run(id, automation.clone(), new.definition_hash, Some(task), flow, event, now);
                     if let (Some(key), Some(window)) = (&dedupe_key, window) {
                         let mark = DedupeMark { run: id, expires_at: now + to_chrono(window.as_duration()) };
                         changes.put(keys::dedupe(&automation, key), encode(&mark));
                         live.dedupe.insert((automation.clone(), key.clone()), mark);
                     }
-                    let last = LastCreated { run: id, at: now };
-                    changes.put(keys::last_created(&group), encode(&last));
-                    live.last_created.insert(group, last);
+                    if cooldown {
+                        let last = LastCreated { run: id, at: now };
+                        changes.put(keys::last_created(&group), encode(&last));
+                        live.last_created.insert(group, last);
+                    }
                     changes.new_run(&run);
                     live.put(run, 0);
                     (id, Disposition::Created)
@@ -400,9 +548,14 @@ impl Store for SledStore {
             };
             outcomes.push(RunOutcome { automation, run, disposition });
         }
-        let stored = StoredEvent { event: event.clone(), dedupe_keys, outcomes: outcomes.clone() };
+        // `fields` repeat parts of the payload; they are derived again on reading.
+        let slim = event.clone_without_fields();
+        let stored = StoredEvent { event: slim, dedupe_keys, outcomes: outcomes.clone() };
         changes.put(event_key, encode(&stored));
-        changes.put(keys::event_age(event.received_at.timestamp_millis(), &event.id), Vec::new());
+        if outcomes.is_empty() {
+            // Events with runs go with their runs; the others by age, through this index.
+            changes.put(keys::event_age(event.received_at.timestamp_millis(), &event.id), Vec::new());
+        }
         self.apply(live, changes, true)?;
         Ok(IngestOutcome { event_id: event.id.clone(), duplicate_delivery: false, runs: outcomes, cancelled })
     }
@@ -500,7 +653,7 @@ impl Store for SledStore {
             Completion::Succeeded { result } => {
                 let text = format!("succeeded: {}", result.summary);
                 run.result = Some(result);
-                Self::finish(run, RunState::Succeeded, None, now);
+                Inner::finish(run, RunState::Succeeded, None, now);
                 (ActivityKind::Completion, text)
             }
             Completion::Failed { reason, retryable, result } => {
@@ -517,13 +670,13 @@ impl Store for SledStore {
                     (ActivityKind::Failure, text)
                 } else {
                     let text = format!("failed after {} attempt(s): {reason}", run.attempt);
-                    Self::finish(run, RunState::Failed, Some(reason), now);
+                    Inner::finish(run, RunState::Failed, Some(reason), now);
                     (ActivityKind::Failure, text)
                 }
             }
             Completion::TimedOut { reason } => {
                 let text = format!("timed out: {reason}");
-                Self::finish(run, RunState::TimedOut, Some(reason), now);
+                Inner::finish(run, RunState::TimedOut, Some(reason), now);
                 (ActivityKind::Failure, text)
             }
             Completion::PlanReady { plan } => {
@@ -535,7 +688,7 @@ impl Store for SledStore {
         };
         changes.activity(&mut held, kind, text, now);
         for write in memory {
-            Self::put_memory(&mut changes, &held.run.automation, write, Some(&held.run), now);
+            Inner::put_memory(&mut changes, &held.run.automation, write, Some(&held.run), now);
         }
         changes.put_run(&held.run);
         let run = held.run.clone();
@@ -548,8 +701,8 @@ impl Store for SledStore {
         let mut live = self.lock();
         self.live_run(&live, id, "cancelled")?;
         let mut changes = Changes::default();
-        let run =
-            Self::cancel_live(&mut live, &mut changes, id, reason.to_string(), now).ok_or(StoreError::NoSuchRun(id))?;
+        let run = Inner::cancel_live(&mut live, &mut changes, id, reason.to_string(), now)
+            .ok_or(StoreError::NoSuchRun(id))?;
         self.apply(live, changes, true)?;
         Ok(run)
     }
@@ -591,7 +744,7 @@ impl Store for SledStore {
                 format!("the lease of worker {holder} expired on attempt {}; queued again", run.attempt)
             } else {
                 let reason = format!("the lease of worker {holder} expired, and all {} attempts are used", run.attempt);
-                Self::finish(run, RunState::Failed, Some(reason.clone()), now);
+                Inner::finish(run, RunState::Failed, Some(reason.clone()), now);
                 reason
             };
             changes.activity(&mut held, ActivityKind::Failure, text, now);
@@ -611,34 +764,37 @@ impl Store for SledStore {
 
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
         let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
+        let wanted = |run: &Run| {
+            filter.state.is_none_or(|state| state == run.state)
+                && filter.automation.as_ref().is_none_or(|name| *name == run.automation)
+        };
+        // Unfinished runs come from memory, finished ones from disk; both newest first.
+        let mut unfinished: Vec<Run> =
+            self.lock().runs().map(|live| &live.run).filter(|r| wanted(r)).cloned().collect();
+        unfinished.sort_by_key(|run| std::cmp::Reverse(run.id));
+        let mut unfinished = unfinished.into_iter().peekable();
+        let finished_ids: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match &filter.automation {
+            Some(automation) => Box::new(self.db.scan_prefix(keys::runs_of(automation)).rev()),
+            None => Box::new(self.db.scan_prefix(keys::RUN).rev()),
+        };
         let mut found = Vec::new();
-        let mut keep = |run: Run| {
-            if filter.state.is_none_or(|state| state == run.state) {
+        for entry in finished_ids {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, _) = entry.map_err(io)?;
+            let Some(id) = keys::number_at_end(&key).map(RunId) else { continue };
+            while found.len() < limit && unfinished.peek().is_some_and(|run| run.id > id) {
+                found.extend(unfinished.next());
+            }
+            if found.len() < limit
+                && let Some(run) = self.read_run(id)?
+                && wanted(&run)
+            {
                 found.push(run);
             }
-            found.len() < limit
-        };
-        match &filter.automation {
-            Some(automation) => {
-                for entry in self.db.scan_prefix(keys::runs_of(automation)).rev() {
-                    let (key, _) = entry.map_err(io)?;
-                    let Some(id) = keys::number_at_end(&key).map(RunId) else { continue };
-                    if let Some(run) = self.read_run(id)?
-                        && !keep(run)
-                    {
-                        break;
-                    }
-                }
-            }
-            None => {
-                for entry in self.db.scan_prefix(keys::RUN).rev() {
-                    let (key, value) = entry.map_err(io)?;
-                    if !keep(decode(&key, &value)?) {
-                        break;
-                    }
-                }
-            }
         }
+        found.extend(unfinished.take(limit.saturating_sub(found.len())));
         Ok(found)
     }
 
@@ -654,7 +810,11 @@ impl Store for SledStore {
 
     fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         let key = keys::event(id);
-        self.db.get(&key).map_err(io)?.map(|bytes| decode(&key, &bytes)).transpose()
+        let Some(bytes) = self.db.get(&key).map_err(io)? else { return Ok(None) };
+        let mut stored: StoredEvent = decode(&key, &bytes)?;
+        let event = &mut stored.event;
+        event.fields = crate::triggers::normalize(event.source, &event.payload, &event.headers).fields;
+        Ok(Some(stored))
     }
 
     fn history(&self, automation: &str, limit: usize) -> Result<Vec<Run>, StoreError> {
@@ -662,18 +822,10 @@ impl Store for SledStore {
         if limit == 0 {
             return Ok(found);
         }
-        for entry in self.db.scan_prefix(keys::runs_of(automation)).rev() {
+        for entry in self.db.scan_prefix(keys::finished_runs_of(automation)).rev().take(limit) {
             let (key, _) = entry.map_err(io)?;
             let Some(id) = keys::number_at_end(&key).map(RunId) else { continue };
-            if let Some(run) = self.read_run(id)?
-                && run.state.is_finished()
-                && run.state != RunState::Skipped
-            {
-                found.push(run);
-                if found.len() == limit {
-                    break;
-                }
-            }
+            found.extend(self.read_run(id)?);
         }
         Ok(found)
     }
@@ -696,7 +848,7 @@ impl Store for SledStore {
     fn write_memory(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> Result<(), StoreError> {
         let live = self.lock();
         let mut changes = Changes::default();
-        Self::put_memory(&mut changes, automation, write, None, now);
+        Inner::put_memory(&mut changes, automation, write, None, now);
         self.apply(live, changes, true)
     }
 

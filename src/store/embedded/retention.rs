@@ -8,12 +8,12 @@ use chrono::{DateTime, Utc};
 use super::codec::decode;
 use super::keys;
 use super::live::{DedupeMark, LastCreated};
-use super::{Changes, SledStore, io};
+use super::{Changes, Inner, io};
 use crate::config::Retention;
 use crate::runs::{MemoryEntry, RunId};
 use crate::store::{RetentionReport, StoreError, StoredEvent};
 
-impl SledStore {
+impl Inner {
     pub(super) fn retain(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError> {
         let cutoff = now - chrono::Duration::days(i64::from(retention.days));
         let mut report = RetentionReport::default();
@@ -61,6 +61,7 @@ impl SledStore {
             }
             changes.delete(keys::run(id));
             changes.delete(key.to_vec());
+            changes.delete(keys::finished_run_of(automation, id));
             for activity in self.db.scan_prefix(keys::activities_of(id)) {
                 changes.delete(activity.map_err(io)?.0.to_vec());
                 report.activities += 1;
@@ -79,7 +80,6 @@ impl SledStore {
             let mut remaining = stored.outcomes.iter().filter(|outcome| !deleted.contains(&outcome.run));
             if remaining.next().is_none() {
                 changes.delete(keys::event(&id));
-                changes.delete(keys::event_age(stored.event.received_at.timestamp_millis(), &id));
                 report.events += 1;
             }
         }

@@ -1,0 +1,186 @@
+//! Load tool for the store: durable ingest from many concurrent producers, and
+//! claim+complete cycles from several workers. Prints throughput, latency percentiles
+//! and how many flushes group commit needed.
+//!
+//! ```text
+//! cargo run --release --example store_load -- ingest [PRODUCERS=64] [SECONDS=5] [rules|store]
+//! cargo run --release --example store_load -- claims [WORKERS=4] [RUNS=50000]
+//! ```
+//! Every loop is bounded in time and count. The store lives in a temporary directory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use nightshift::event::Event;
+use nightshift::pipeline::Pipeline;
+use nightshift::rules::RuleEngine;
+use nightshift::runs::{Completion, RunResult};
+use nightshift::store::{NewRun, SledStore, Store};
+use nightshift::triggers::TriggerKind;
+use serde_json::json;
+
+const AUTOMATION: &str = r#"
+name: load
+trigger: { manual: {} }
+when: event.service != ""
+concurrency: { limit: 10000, key: "{{ event.service }}" }
+task:
+  agent: codex
+  repo: /srv/git/api
+  branch: "agent/load-{{ slug(event.id) }}"
+  prompt: |
+    Investigate {{ untrusted(event.title) }} on {{ event.service }}.
+"#;
+
+/// The most events one ingest run stores, whatever the duration.
+const MAX_EVENTS: u64 = 5_000_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |index: usize, default: u64| args.get(index).and_then(|a| a.parse().ok()).unwrap_or(default);
+    match args.first().map(String::as_str) {
+        Some("ingest") => ingest(number(1, 64), number(2, 5), args.get(3).map(String::as_str) != Some("store")),
+        Some("claims") => claims(number(1, 4), number(2, 50_000)),
+        _ => eprintln!("usage: store_load ingest [PRODUCERS] [SECONDS] [rules|store] | claims [WORKERS] [RUNS]"),
+    }
+}
+
+fn setup() -> (tempfile::TempDir, Arc<SledStore>, Pipeline) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("automations")).expect("dir");
+    std::fs::write(dir.path().join("automations/load.yaml"), AUTOMATION).expect("write");
+    let (catalog, problems) = nightshift::catalog::load(RuleEngine::shared(), &[dir.path().join("automations")], None);
+    assert!(problems.is_empty(), "{problems:?}");
+    let sled = Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
+    let store: Arc<dyn Store> = sled.clone();
+    (dir, sled, Pipeline::new(Arc::new(catalog), store))
+}
+
+fn load_event(n: u64) -> Event {
+    let payload = json!({
+        "title": format!("error rate above 5% on checkout ({n})"),
+        "service": format!("svc-{}", n % 97),
+        "details": "x".repeat(700),
+    });
+    let mut event = Event::from_delivery(TriggerKind::Manual, payload, Default::default(), Utc::now());
+    event.id = format!("manual:load-{n}");
+    event
+}
+
+/// A rendered run to store without the rules, for the store-only figure.
+fn template(pipeline: &Pipeline) -> NewRun {
+    let report = pipeline.ingest(load_event(u64::MAX), None, Utc::now()).expect("ingest");
+    let run = pipeline.store().run(report.outcome.runs[0].run).expect("read").expect("run");
+    NewRun {
+        automation: run.automation,
+        definition_hash: run.definition_hash,
+        rendered: Ok((run.task.expect("task"), run.flow)),
+    }
+}
+
+fn ingest(producers: u64, seconds: u64, through_rules: bool) {
+    let (_dir, sled, pipeline) = setup();
+    let pipeline = Arc::new(pipeline);
+    let template = template(&pipeline);
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..producers)
+        .map(|_| {
+            let (pipeline, next, stop, template) = (pipeline.clone(), next.clone(), stop.clone(), template.clone());
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= MAX_EVENTS {
+                        break;
+                    }
+                    let event = load_event(n);
+                    let begun = Instant::now();
+                    if through_rules {
+                        pipeline.ingest(event, None, Utc::now()).expect("ingest");
+                    } else {
+                        pipeline.store().ingest(&event, vec![template.clone()], Utc::now()).expect("ingest");
+                    }
+                    latencies.push(begun.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("producer")).collect();
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let count = latencies.len();
+    let percentile = |p: f64| latencies[((count as f64 * p) as usize).min(count - 1)];
+    let mode = if through_rules { "rules+store" } else { "store only" };
+    println!(
+        "ingest ({mode}), {producers} producers, {seconds}s: {count} events, {:.0} events/s; latency p50 {:?}, p99 {:?}, max {:?}",
+        count as f64 / elapsed.as_secs_f64(),
+        percentile(0.50),
+        percentile(0.99),
+        latencies[count - 1],
+    );
+    report_flushes(&sled, count);
+}
+
+fn report_flushes(sled: &SledStore, operations: usize) {
+    println!("  {} flushes for {operations} durable operations", sled.flushes());
+}
+
+fn claims(workers: u64, runs: u64) {
+    let (_dir, sled, pipeline) = setup();
+    let template = template(&pipeline);
+    let store = pipeline.store().clone();
+    // Queue the runs: 100 per event keeps set-up quick.
+    for batch in 0..runs.div_ceil(100) {
+        let count = (runs - batch * 100).min(100) as usize;
+        store.ingest(&load_event(batch), vec![template.clone(); count], Utc::now()).expect("ingest");
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let threads: Vec<_> = (0..workers)
+        .map(|worker| {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let name = format!("worker-{worker}");
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let begun = Instant::now();
+                    let Some(claim) = store.claim(&name, Duration::from_secs(60), Utc::now()).expect("claim") else {
+                        break;
+                    };
+                    let result = RunResult { summary: "ok".into(), ..RunResult::default() };
+                    store
+                        .complete(
+                            claim.run.id,
+                            claim.lease.epoch,
+                            Completion::Succeeded { result },
+                            Vec::new(),
+                            Utc::now(),
+                        )
+                        .expect("complete");
+                    latencies.push(begun.elapsed());
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("worker")).collect();
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let count = latencies.len();
+    println!(
+        "claims, {workers} workers: {count} claim+complete cycles, {:.0} cycles/s; latency p50 {:?}, p99 {:?}",
+        count as f64 / elapsed.as_secs_f64(),
+        latencies[count / 2],
+        latencies[(count * 99 / 100).min(count - 1)],
+    );
+    report_flushes(&sled, count);
+}

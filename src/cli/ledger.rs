@@ -1,0 +1,137 @@
+//! The ledger: what the store-backed commands (`trigger`, `runs`, `show`, `memory`) ask
+//! of a nightshift store, and `connect`, the one place that decides how to reach it.
+//!
+//! sled lets one process open a store at a time, so these commands cannot open it while
+//! `nightshift serve` runs. They are written against the `Ledger` trait, not the store:
+//! today `LocalLedger` opens the store in this process; a later change adds an
+//! implementation that talks HTTP to a running `nightshift serve`, and `connect` will
+//! choose it when a server holds the store. Nothing else in the CLI needs to change then.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::fixture::{FixtureArgs, find_automation};
+use super::{Sources, load_catalog};
+use crate::pipeline::{IngestReport, Pipeline};
+use crate::runs::{Activity, MemoryEntry, MemoryWrite, Run, RunId};
+use crate::store::{RunFilter, SledStore, Store, StoreError, StoredEvent, default_data_dir};
+
+/// Where the automations and the store are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Location {
+    /// Directory (or file) of automations; the default data directory is beside it.
+    /// Default: automations/
+    #[arg(long, value_name = "DIR", global = true)]
+    pub dir: Option<PathBuf>,
+    /// The data directory that holds the store. Default: .nightshift/ beside the
+    /// automations directory.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data: Option<PathBuf>,
+}
+
+impl Location {
+    fn automations(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| PathBuf::from("automations"))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.clone().unwrap_or_else(|| default_data_dir(&self.automations()))
+    }
+}
+
+/// An event fixture to ingest for one automation, as if its source had delivered it.
+#[derive(Debug, Clone)]
+pub struct TriggerRequest {
+    pub automation: String,
+    pub fixture: FixtureArgs,
+    /// When the event is received and ingested.
+    pub now: DateTime<Utc>,
+}
+
+/// One run with everything recorded about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run: Run,
+    pub activities: Vec<Activity>,
+    /// The run's events that are still stored, in the run's order.
+    pub events: Vec<StoredEvent>,
+}
+
+/// What the store-backed commands need from a store, wherever it is.
+pub trait Ledger {
+    /// Ingests the fixture for the named automation only, through its rules and flow
+    /// control, and stores the event with its outcome.
+    fn trigger(&self, request: &TriggerRequest) -> anyhow::Result<IngestReport>;
+    /// Runs, newest first.
+    fn runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<Run>>;
+    /// One run, its activity timeline and its events; `None` if there is no such run.
+    fn show(&self, id: RunId) -> anyhow::Result<Option<RunRecord>>;
+    /// An automation's live memory.
+    fn memory(&self, automation: &str, now: DateTime<Utc>) -> anyhow::Result<BTreeMap<String, MemoryEntry>>;
+    /// A person's change to memory (provenance: no run).
+    fn write_memory(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> anyhow::Result<()>;
+}
+
+/// Reaches the store at `location`. `sources` says where `trigger` finds the project
+/// settings. This is the only place that picks a `Ledger` implementation.
+pub fn connect(location: &Location, sources: &Sources) -> anyhow::Result<Box<dyn Ledger>> {
+    Ok(Box::new(LocalLedger::open(location, sources)?))
+}
+
+/// The store opened in this process, and the automations `trigger` renders with.
+pub struct LocalLedger {
+    store: Arc<dyn Store>,
+    automations: PathBuf,
+    sources: Sources,
+}
+
+impl LocalLedger {
+    pub fn open(location: &Location, sources: &Sources) -> anyhow::Result<LocalLedger> {
+        let store = SledStore::open(&location.data_dir()).map_err(|error| match error {
+            StoreError::Locked { dir } => anyhow!(
+                "the store in {} is in use by another nightshift process (e.g. `nightshift serve`); \
+                 stop that process, or point --data at another directory",
+                dir.display()
+            ),
+            other => other.into(),
+        })?;
+        Ok(LocalLedger { store: Arc::new(store), automations: location.automations(), sources: sources.clone() })
+    }
+}
+
+impl Ledger for LocalLedger {
+    fn trigger(&self, request: &TriggerRequest) -> anyhow::Result<IngestReport> {
+        let (catalog, diagnostics) = load_catalog(std::slice::from_ref(&self.automations), &self.sources);
+        let loaded = find_automation(&catalog, &diagnostics, &request.automation)?;
+        let event = request.fixture.event_for(loaded, request.now)?;
+        let pipeline = Pipeline::new(Arc::new(catalog), Arc::clone(&self.store));
+        Ok(pipeline.ingest(event, Some(&request.automation), request.now)?)
+    }
+
+    fn runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<Run>> {
+        Ok(self.store.runs(filter)?)
+    }
+
+    fn show(&self, id: RunId) -> anyhow::Result<Option<RunRecord>> {
+        let Some(run) = self.store.run(id)? else { return Ok(None) };
+        let activities = self.store.activities(id)?;
+        let mut events = Vec::new();
+        for event_id in &run.event_ids {
+            events.extend(self.store.event(event_id)?);
+        }
+        Ok(Some(RunRecord { run, activities, events }))
+    }
+
+    fn memory(&self, automation: &str, now: DateTime<Utc>) -> anyhow::Result<BTreeMap<String, MemoryEntry>> {
+        Ok(self.store.memory(automation, now)?)
+    }
+
+    fn write_memory(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> anyhow::Result<()> {
+        Ok(self.store.write_memory(automation, write, now)?)
+    }
+}

@@ -1,0 +1,116 @@
+//! Crash safety: a child process ingests events through the rules into the store and is
+//! killed with SIGKILL at random moments; after each reopen every acknowledged event is
+//! there and no event has two runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nightshift::runs::RunId;
+use nightshift::store::{RunFilter, SledStore, Store};
+use serde_json::json;
+
+use crate::store::{at, event, pipeline};
+
+const DATA_ENV: &str = "NIGHTSHIFT_CRASH_DATA";
+const FROM_ENV: &str = "NIGHTSHIFT_CRASH_FROM";
+const PRODUCERS: u64 = 4;
+const KILLS: usize = 50;
+
+/// The child's work, started by `acknowledged_events_survive_sigkill`: ingests event
+/// ids `FROM`, `FROM+1`, ... from four threads until it is killed, printing each id once
+/// its ingest has returned. `FROM` overlaps ids acknowledged before, so deliveries are
+/// repeated across crashes.
+#[test]
+#[ignore = "run as a child process by acknowledged_events_survive_sigkill"]
+fn crash_child_ingests_until_killed() {
+    let data = std::env::var(DATA_ENV).expect("data dir");
+    let from: u64 = std::env::var(FROM_ENV).expect("first id").parse().expect("number");
+    let pipeline = Arc::new(pipeline("concurrency: { limit: 100000 }", data.as_ref()));
+    let threads: Vec<_> = (0..PRODUCERS)
+        .map(|thread| {
+            let pipeline = pipeline.clone();
+            std::thread::spawn(move || {
+                for n in (from + thread..).step_by(PRODUCERS as usize) {
+                    let id = format!("d{n}");
+                    let report = pipeline.ingest(event(&id, json!({"title": "t"}), 0), None, at(0)).expect("ingest");
+                    let runs: Vec<String> = report.outcome.runs.iter().map(|o| o.run.to_string()).collect();
+                    println!("ack {n} {}", runs.join(","));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("producer");
+    }
+}
+
+#[test]
+fn acknowledged_events_survive_sigkill() {
+    let data = tempfile::tempdir().unwrap();
+    let mut acknowledged: BTreeMap<u64, String> = BTreeMap::new();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    for round in 0..KILLS {
+        assert!(Instant::now() < deadline, "50 crash rounds took over 4 minutes (stopped at round {round})");
+        let from = acknowledged.keys().next_back().map_or(0, |last| last.saturating_sub(10));
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["crash::crash_child_ingests_until_killed", "--exact", "--ignored", "--nocapture", "--quiet"])
+            .env(DATA_ENV, data.path())
+            .env(FROM_ENV, from.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let (stdout, lines) = (child.stdout.take().unwrap(), lines.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        };
+        // Kill at a random moment once ingesting is under way.
+        let started = Instant::now();
+        while lines.lock().unwrap().is_empty() && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_micros(rng.u64(0..40_000)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        let lines = lines.lock().unwrap();
+        assert!(!lines.is_empty(), "round {round}: the child acknowledged nothing");
+        for line in lines.iter() {
+            let mut parts = line.strip_prefix("ack ").unwrap_or_default().split(' ');
+            let (Some(n), Some(runs)) = (parts.next().and_then(|n| n.parse().ok()), parts.next()) else { continue };
+            if let Some(before) = acknowledged.insert(n, runs.to_string()) {
+                assert_eq!(before, runs, "round {round}: delivery d{n} was answered with other runs after a crash");
+            }
+        }
+        check_store(&data, &acknowledged, round);
+    }
+}
+
+/// Every acknowledged event is stored with the runs it was answered with, and no event
+/// has two runs.
+fn check_store(data: &tempfile::TempDir, acknowledged: &BTreeMap<u64, String>, round: usize) {
+    let store = SledStore::open(data.path()).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+    for (n, runs) in acknowledged {
+        let stored = store.event(&format!("manual:d{n}")).unwrap();
+        let stored = stored.unwrap_or_else(|| panic!("round {round}: acknowledged event d{n} is missing"));
+        let ids: Vec<String> = stored.outcomes.iter().map(|o| o.run.to_string()).collect();
+        assert_eq!(&ids.join(","), runs, "round {round}: d{n}");
+    }
+    let mut seen_events = BTreeSet::new();
+    let mut run_ids: BTreeSet<RunId> = BTreeSet::new();
+    for run in store.runs(&RunFilter::default()).unwrap() {
+        assert!(run_ids.insert(run.id));
+        for event in &run.event_ids {
+            assert!(seen_events.insert(event.clone()), "round {round}: event {event} has two runs");
+        }
+    }
+}
