@@ -404,3 +404,44 @@ fn a_damaged_log_is_an_error_at_start_not_a_silently_emptier_store() {
     assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
     assert!(error.to_string().contains("runs up to r50"), "{error}");
 }
+
+#[test]
+fn racing_workers_never_lease_one_run_twice() {
+    const RUNS: usize = 10_000;
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("concurrency: { limit: 10000 }", data.path());
+    let store = pipeline.store().clone();
+    let (first, _) = ingest(&pipeline, "template", json!({"title": "t"}), 0);
+    let template = store.run(first).unwrap().unwrap();
+    let new = NewRun {
+        automation: "probe".into(),
+        definition_hash: template.definition_hash.clone(),
+        rendered: Ok((template.task.clone().unwrap(), template.flow.clone())),
+    };
+    for batch in 0..(RUNS - 1) / 100 + 1 {
+        let count = (RUNS - 1 - batch * 100).min(100);
+        store
+            .ingest(&event(&format!("batch{batch}"), json!({"title": "t"}), 1), vec![new.clone(); count], at(1))
+            .unwrap();
+    }
+    let workers: Vec<_> = (0..4)
+        .map(|worker| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut claimed = Vec::new();
+                while let Some(claim) = store.claim(&format!("w{worker}"), LEASE, at(2)).unwrap() {
+                    claimed.push((claim.run.id, claim.lease.epoch));
+                    assert!(claimed.len() <= RUNS, "more claims than runs");
+                }
+                claimed
+            })
+        })
+        .collect();
+    let claimed: Vec<(RunId, nightshift::runs::Epoch)> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<RunId> = claimed.iter().map(|(id, _)| *id).collect();
+    assert_eq!(claimed.len(), RUNS, "every run is claimed exactly once");
+    assert_eq!(distinct.len(), RUNS);
+    for (id, epoch) in claimed.iter().take(50) {
+        assert_eq!(store.run(*id).unwrap().unwrap().lease.unwrap().epoch, *epoch);
+    }
+}
