@@ -1,6 +1,9 @@
 //! Load tool for the store: durable ingest from many concurrent producers, and
 //! claim+complete cycles from several workers. Prints throughput, latency percentiles
-//! and how many flushes group commit needed.
+//! and how many commits group commit needed.
+//!
+//! The producers are async tasks on a two-thread tokio runtime, as requests are in the
+//! server: each decides its ingest, then awaits its durability without holding a thread.
 //!
 //! ```text
 //! cargo run --release --example store_load -- ingest [PRODUCERS=64] [SECONDS=5] [rules|store]
@@ -86,33 +89,45 @@ fn ingest(producers: u64, seconds: u64, through_rules: bool) {
     let template = template(&pipeline);
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let started = Instant::now();
-    let threads: Vec<_> = (0..producers)
-        .map(|_| {
-            let (pipeline, next, stop, template) = (pipeline.clone(), next.clone(), stop.clone(), template.clone());
-            std::thread::spawn(move || {
-                let mut latencies = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= MAX_EVENTS {
-                        break;
+    let mut latencies: Vec<Duration> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..producers)
+            .map(|_| {
+                let (pipeline, next, stop, template) = (pipeline.clone(), next.clone(), stop.clone(), template.clone());
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= MAX_EVENTS {
+                            break;
+                        }
+                        let event = load_event(n);
+                        let begun = Instant::now();
+                        let durability = if through_rules {
+                            pipeline.ingest_queued(event, None, Utc::now()).expect("ingest").1
+                        } else {
+                            pipeline
+                                .store()
+                                .ingest_queued(&event, vec![template.clone()], Utc::now())
+                                .expect("ingest")
+                                .1
+                        };
+                        durability.await.expect("durable");
+                        latencies.push(begun.elapsed());
                     }
-                    let event = load_event(n);
-                    let begun = Instant::now();
-                    if through_rules {
-                        pipeline.ingest(event, None, Utc::now()).expect("ingest");
-                    } else {
-                        pipeline.store().ingest(&event, vec![template.clone()], Utc::now()).expect("ingest");
-                    }
-                    latencies.push(begun.elapsed());
-                }
-                latencies
+                    latencies
+                })
             })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(seconds));
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("producer")).collect();
+            .collect();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("producer"));
+        }
+        all
+    });
     let elapsed = started.elapsed();
     latencies.sort();
     let count = latencies.len();
@@ -129,7 +144,7 @@ fn ingest(producers: u64, seconds: u64, through_rules: bool) {
 }
 
 fn report_flushes(sled: &SledStore, operations: usize) {
-    println!("  {} flushes for {operations} durable operations", sled.flushes());
+    println!("  {} commits for {operations} operations", sled.flushes());
 }
 
 fn claims(workers: u64, runs: u64) {

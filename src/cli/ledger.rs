@@ -19,7 +19,7 @@ use super::fixture::{FixtureArgs, find_automation};
 use super::{Sources, load_catalog};
 use crate::pipeline::{IngestReport, Pipeline};
 use crate::runs::{Activity, MemoryEntry, MemoryWrite, Run, RunId};
-use crate::store::{RunFilter, SledStore, Store, StoreError, StoredEvent, default_data_dir};
+use crate::store::{RetentionReport, RunFilter, SledStore, Store, StoreError, StoredEvent, default_data_dir};
 
 /// Where the automations and the store are.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,6 +75,8 @@ pub trait Ledger {
     fn memory(&self, automation: &str, now: DateTime<Utc>) -> anyhow::Result<BTreeMap<String, MemoryEntry>>;
     /// A person's change to memory (provenance: no run).
     fn write_memory(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> anyhow::Result<()>;
+    /// Deletes what the project's `retention` no longer keeps.
+    fn prune(&self, now: DateTime<Utc>) -> anyhow::Result<RetentionReport>;
 }
 
 /// Reaches the store at `location`. `sources` says where `trigger` finds the project
@@ -133,5 +135,14 @@ impl Ledger for LocalLedger {
 
     fn write_memory(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> anyhow::Result<()> {
         Ok(self.store.write_memory(automation, write, now)?)
+    }
+
+    fn prune(&self, now: DateTime<Utc>) -> anyhow::Result<RetentionReport> {
+        let project = crate::catalog::project_file(self.sources.config.as_deref());
+        let settings = crate::config::load::load_project(project.as_deref()).map_err(|problems| {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            anyhow!("the project settings have problems:\n{}", text.join("\n"))
+        })?;
+        Ok(self.store.apply_retention(&settings.retention, now)?)
     }
 }

@@ -78,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Some(Action::Set { key, value }) => {
             let value = serde_json::from_str(&value).unwrap_or(Value::String(value));
-            let write = MemoryWrite { key, change: MemoryChange::Set { value, expires_at: None } };
+            let write = MemoryWrite { key, change: MemoryChange::Set { value, expires_at: None }, untrusted: false };
             ledger.write_memory(automation, write.clone(), now)?;
             report(&write, args.json)?;
         }
@@ -86,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if !ledger.memory(automation, now)?.contains_key(&key) {
                 bail!("`{automation}` has no memory entry `{key}`");
             }
-            let write = MemoryWrite { key, change: MemoryChange::Remove };
+            let write = MemoryWrite { key, change: MemoryChange::Remove, untrusted: false };
             ledger.write_memory(automation, write.clone(), now)?;
             report(&write, args.json)?;
         }

@@ -4,6 +4,7 @@ mod fixture;
 mod ledger;
 mod memory;
 mod output;
+mod prune;
 mod render;
 mod runs;
 mod schema;
@@ -73,6 +74,10 @@ enum Command {
     /// `nightshift memory NAME` lists every live entry; `get KEY`, `set KEY VALUE` and
     /// `rm KEY` act on one. Values set here are recorded as written by a person.
     Memory(memory::Args),
+    /// Delete finished runs, their events and activities beyond `retention` in
+    /// nightshift.yaml (default: 1000 runs and 30 days per automation), and expired
+    /// memory entries. Unfinished runs are never deleted.
+    Prune(prune::Args),
 }
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
@@ -87,6 +92,7 @@ pub fn run() -> ExitCode {
         Command::Runs(args) => runs::run(args),
         Command::Show(args) => show::run(args),
         Command::Memory(args) => memory::run(args),
+        Command::Prune(args) => prune::run(args),
     };
     match result {
         Ok(code) => code,

@@ -32,8 +32,8 @@ pub struct Automation {
     /// Several triggers; every one of them can start a run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<TriggerSpec>,
-    /// A rhai expression over `event`, `memory`, `automation` and `now` that must be
-    /// true for an event to start a run. Default: every event the trigger accepts.
+    /// A rhai expression over `event`, `memory`, `history`, `automation` and `now` that
+    /// must be true for an event to start a run. Default: every event the trigger accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
     /// What the agent does for each matching event.
@@ -44,8 +44,9 @@ pub struct Automation {
     /// How many runs may be active at once, and what happens to the next one.
     #[serde(default)]
     pub concurrency: Concurrency,
-    /// Minimum time between the start of one run and the next. Events inside it are
-    /// recorded as skipped.
+    /// Minimum time between the creation of one run and the next, per concurrency group
+    /// (the automation, or each rendered `concurrency.key`). Events inside it are
+    /// recorded as skipped runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown: Option<DurationSpec>,
     /// How often a failed run is tried again, and how long to wait in between.

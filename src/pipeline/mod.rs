@@ -13,7 +13,7 @@ use crate::event::Event;
 use crate::rules::{CompiledAutomation, MemoryEdits, MemoryView, PreparedEvent, RuleEngine};
 use crate::runs::retry::may_retry;
 use crate::runs::{ActivityKind, Completion, Epoch, MemoryChange, MemoryWrite, NewActivity, Run, RunId};
-use crate::store::{IngestOutcome, NewRun, Store, StoreError};
+use crate::store::{Durability, IngestOutcome, NewRun, Store, StoreError};
 
 /// An automation that saw the event and let it pass, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +55,19 @@ impl Pipeline {
     /// `only`), then stores the event and its runs in one durable step. A rendering
     /// error becomes a failed run that records it.
     pub fn ingest(&self, event: Event, only: Option<&str>, now: DateTime<Utc>) -> Result<IngestReport, StoreError> {
+        let (report, durability) = self.ingest_queued(event, only, now)?;
+        durability.wait()?;
+        Ok(report)
+    }
+
+    /// `ingest` that returns once the outcome is decided, with the `Durability` to
+    /// await before answering (for async callers).
+    pub fn ingest_queued(
+        &self,
+        event: Event,
+        only: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(IngestReport, Durability), StoreError> {
         let prepared = PreparedEvent::new(event);
         let mut runs = Vec::new();
         let mut not_matched = Vec::new();
@@ -84,8 +97,8 @@ impl Pipeline {
                 rendered,
             });
         }
-        let outcome = self.store.ingest(&prepared.event, runs, now)?;
-        Ok(IngestReport { outcome, not_matched })
+        let (outcome, durability) = self.store.ingest_queued(&prepared.event, runs, now)?;
+        Ok((IngestReport { outcome, not_matched }, durability))
     }
 
     /// What rules of `automation` read from earlier runs.
@@ -120,7 +133,7 @@ impl Pipeline {
             && let Some(loaded) = self.catalog.get(&run.automation)
         {
             match self.after_run(&loaded.compiled, &run, &completion, now) {
-                Ok(edits) => writes = memory_writes(edits, &loaded.compiled, now),
+                Ok((edits, read_untrusted)) => writes = memory_writes(edits, read_untrusted, &loaded.compiled, now),
                 Err(why) => {
                     let text = format!("memory.after_run failed, memory is unchanged: {why}");
                     self.store.append_activity(id, epoch, NewActivity::new(ActivityKind::Failure, text), now)?;
@@ -136,18 +149,19 @@ impl Pipeline {
         run: &Run,
         completion: &Completion,
         now: DateTime<Utc>,
-    ) -> Result<MemoryEdits, String> {
+    ) -> Result<(MemoryEdits, bool), String> {
         if automation.definition.memory.after_run.is_none() {
-            return Ok(MemoryEdits::new());
+            return Ok((MemoryEdits::new(), false));
         }
         let first_event = run.event_ids.first().ok_or("the run has no event")?;
         let stored = self.store.event(first_event).map_err(|e| e.to_string())?;
         let event = stored.ok_or_else(|| format!("event {first_event} is no longer stored"))?.event;
         let recall = self.recall(automation, now).map_err(|e| e.to_string())?;
         let run_value = crate::rules::value::to_dynamic(&finished_view(run, completion));
-        automation
+        let edits = automation
             .after_run(self.engine, &PreparedEvent::new(event), &recall.view, recall.values, run_value, now)
-            .map_err(|e| e.0)
+            .map_err(|e| e.0)?;
+        Ok((edits, recall.untrusted))
     }
 }
 
@@ -157,7 +171,13 @@ struct Recall {
     untrusted: bool,
 }
 
-fn memory_writes(edits: MemoryEdits, automation: &CompiledAutomation, now: DateTime<Utc>) -> Vec<MemoryWrite> {
+/// The script's edits as store writes; `untrusted` when the script read untrusted memory.
+fn memory_writes(
+    edits: MemoryEdits,
+    untrusted: bool,
+    automation: &CompiledAutomation,
+    now: DateTime<Utc>,
+) -> Vec<MemoryWrite> {
     let expires_at =
         automation.definition.memory.ttl.and_then(|ttl| {
             chrono::Duration::from_std(ttl.as_duration()).ok().and_then(|ttl| now.checked_add_signed(ttl))
@@ -170,6 +190,7 @@ fn memory_writes(edits: MemoryEdits, automation: &CompiledAutomation, now: DateT
                 Some(value) => MemoryChange::Set { value, expires_at },
                 None => MemoryChange::Remove,
             },
+            untrusted,
         })
         .collect()
 }

@@ -39,4 +39,9 @@ pub enum MemoryChange {
 pub struct MemoryWrite {
     pub key: String,
     pub change: MemoryChange,
+    /// The value came from outside text even if the writing run's own input did not
+    /// (its `after_run` read untrusted memory). The store also marks every write of a
+    /// run that read untrusted input.
+    #[serde(default)]
+    pub untrusted: bool,
 }

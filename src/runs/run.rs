@@ -155,7 +155,7 @@ impl fmt::Display for SkipReason {
         match self {
             SkipReason::Dedupe { key, duplicate_of } => write!(f, "dedupe: key `{key}` is already {duplicate_of}'s"),
             SkipReason::Cooldown { last_run, until } => {
-                write!(f, "cooldown: {last_run} started recently; next run possible at {}", until.to_rfc3339())
+                write!(f, "cooldown: {last_run} was created recently; the next run may start at {}", until.to_rfc3339())
             }
             SkipReason::Overlap { limit, busy } => {
                 let busy: Vec<String> = busy.iter().map(RunId::to_string).collect();

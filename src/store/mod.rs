@@ -133,14 +133,70 @@ pub enum StoreError {
     WrongState { run: RunId, state: RunState, action: &'static str },
 }
 
+/// A queued write's way to disk: `wait` blocks the thread, `.await` suspends the task.
+/// Async callers (the server) must not hold a thread per request while a flush runs.
+#[must_use = "the write is not durable until this resolves"]
+pub struct Durability(Option<Box<dyn PendingWrite>>);
+
+/// How a backend reports that a queued write reached the disk.
+pub trait PendingWrite: Send + Sync {
+    fn wait(&self) -> Result<(), StoreError>;
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), StoreError>>;
+}
+
+impl Durability {
+    /// A write that is already on disk.
+    pub fn done() -> Durability {
+        Durability(None)
+    }
+
+    pub fn pending(write: Box<dyn PendingWrite>) -> Durability {
+        Durability(Some(write))
+    }
+
+    pub fn wait(self) -> Result<(), StoreError> {
+        self.0.map_or(Ok(()), |write| write.wait())
+    }
+}
+
+impl std::future::Future for Durability {
+    type Output = Result<(), StoreError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        match &self.0 {
+            Some(write) => write.poll(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl std::fmt::Debug for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Durability(pending)" } else { "Durability(done)" })
+    }
+}
+
 /// Everything nightshift keeps. Every method is atomic; every method that changes state
 /// returns only once the change is on disk, except `claim` and `heartbeat`, whose loss
 /// in a crash only re-queues the run (epochs stay unique across restarts).
 pub trait Store: Send + Sync {
     /// Stores `event` and the runs the rules rendered for it, applying dedupe,
-    /// coalescing, cooldown and overlap. A delivery seen before stores nothing and
-    /// returns the first outcome.
-    fn ingest(&self, event: &Event, runs: Vec<NewRun>, now: DateTime<Utc>) -> Result<IngestOutcome, StoreError>;
+    /// coalescing, cooldown and overlap, and returns once they are on disk. A delivery
+    /// seen before stores nothing and returns the first outcome.
+    fn ingest(&self, event: &Event, runs: Vec<NewRun>, now: DateTime<Utc>) -> Result<IngestOutcome, StoreError> {
+        let (outcome, durability) = self.ingest_queued(event, runs, now)?;
+        durability.wait()?;
+        Ok(outcome)
+    }
+
+    /// `ingest` that returns as soon as the outcome is decided; the answer may be given
+    /// once the `Durability` resolves.
+    fn ingest_queued(
+        &self,
+        event: &Event,
+        runs: Vec<NewRun>,
+        now: DateTime<Utc>,
+    ) -> Result<(IngestOutcome, Durability), StoreError>;
 
     /// Leases the oldest queued run whose group has room and whose retry wait is over.
     fn claim(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>) -> Result<Option<Claim>, StoreError>;

@@ -4,7 +4,24 @@
 //! writers the commit covered. While it flushes, the next batch gathers.
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
+
+/// Who to wake when a commit covers a waiter: a parked thread or an async task.
+#[derive(Debug)]
+enum Wake {
+    Thread(Thread),
+    Task(Waker),
+}
+
+impl Wake {
+    fn wake(&self) {
+        match self {
+            Wake::Thread(thread) => thread.unpark(),
+            Wake::Task(waker) => waker.wake_by_ref(),
+        }
+    }
+}
 
 /// Where queued changes go: taken as one batch, applied, then made durable.
 pub trait Sink {
@@ -33,7 +50,7 @@ struct Progress {
     /// The newest ticket anyone waits for, and whether someone needs it on disk.
     wanted: u64,
     wanted_durable: u64,
-    waiting: Vec<(u64, Stage, Thread)>,
+    waiting: Vec<(u64, Stage, Wake)>,
     commits: u64,
     /// A failed commit may have lost queued changes: the store refuses further work.
     broken: Option<String>,
@@ -51,13 +68,22 @@ impl Progress {
     /// Wakes the waiters the progress so far satisfies.
     fn wake_satisfied(&mut self) {
         let (applied, durable, broken) = (self.applied, self.durable, self.broken.is_some());
-        self.waiting.retain(|(ticket, stage, thread)| {
+        self.waiting.retain(|(ticket, stage, wake)| {
             let done = broken || *ticket <= if *stage == Stage::Applied { applied } else { durable };
             if done {
-                thread.unpark();
+                wake.wake();
             }
             !done
         });
+    }
+
+    /// Registers a waiter and says what the committer must do for it.
+    fn register(&mut self, ticket: u64, stage: Stage, wake: Wake) {
+        self.wanted = self.wanted.max(ticket);
+        if stage == Stage::Durable {
+            self.wanted_durable = self.wanted_durable.max(ticket);
+        }
+        self.waiting.push((ticket, stage, wake));
     }
 }
 
@@ -76,11 +102,7 @@ impl GroupCommit {
     pub fn wait(&self, ticket: u64, stage: Stage) -> Result<(), String> {
         let mut progress = self.lock();
         if !progress.reached(ticket, stage) && progress.broken.is_none() {
-            progress.wanted = progress.wanted.max(ticket);
-            if stage == Stage::Durable {
-                progress.wanted_durable = progress.wanted_durable.max(ticket);
-            }
-            progress.waiting.push((ticket, stage, std::thread::current()));
+            progress.register(ticket, stage, Wake::Thread(std::thread::current()));
             self.work.notify_one();
         }
         loop {
@@ -94,6 +116,20 @@ impl GroupCommit {
             std::thread::park();
             progress = self.lock();
         }
+    }
+
+    /// `wait` for async callers: ready once `ticket` has reached `stage`.
+    pub fn poll(&self, ticket: u64, stage: Stage, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        let mut progress = self.lock();
+        if let Some(why) = &progress.broken {
+            return Poll::Ready(Err(why.clone()));
+        }
+        if progress.reached(ticket, stage) {
+            return Poll::Ready(Ok(()));
+        }
+        progress.register(ticket, stage, Wake::Task(cx.waker().clone()));
+        self.work.notify_one();
+        Poll::Pending
     }
 
     /// The committer thread's loop: commits whenever someone waits, until `stop`.

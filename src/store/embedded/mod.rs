@@ -18,8 +18,8 @@ mod retention;
 mod watermark;
 
 use super::{
-    Claim, Disposition, IngestOutcome, NewRun, RetentionReport, RunFilter, RunOutcome, ScheduleState, Store,
-    StoreError, StoredEvent,
+    Claim, Disposition, Durability, IngestOutcome, NewRun, PendingWrite, RetentionReport, RunFilter, RunOutcome,
+    ScheduleState, Store, StoreError, StoredEvent,
 };
 use crate::config::Retention;
 use crate::event::Event;
@@ -111,6 +111,28 @@ impl Sink for Inner {
 
     fn flush(&self) -> Result<(), String> {
         self.db.flush().map(drop).map_err(|e| e.to_string())
+    }
+}
+
+/// A queued write of the embedded store, on its way to disk.
+struct QueuedWrite {
+    inner: Arc<Inner>,
+    ticket: u64,
+}
+
+impl PendingWrite for QueuedWrite {
+    fn wait(&self) -> Result<(), StoreError> {
+        self.inner.wait(self.ticket, Stage::Durable)
+    }
+
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), StoreError>> {
+        self.inner.commit.poll(self.ticket, Stage::Durable, cx).map_err(StoreError::Io)
+    }
+}
+
+impl SledStore {
+    fn durability(&self, ticket: u64) -> Durability {
+        Durability::pending(Box::new(QueuedWrite { inner: self.inner.clone(), ticket }))
     }
 }
 
@@ -337,7 +359,14 @@ impl Inner {
     /// Queues the changes while the caller still holds the lock (so they reach sled in
     /// the order their decisions were made), then, with the lock released, waits until
     /// a group commit has applied them, and flushed them when `durable`.
-    fn apply(&self, mut guard: MutexGuard<'_, State>, changes: Changes, durable: bool) -> Result<(), StoreError> {
+    fn apply(&self, guard: MutexGuard<'_, State>, changes: Changes, durable: bool) -> Result<(), StoreError> {
+        let ticket = Self::queue(guard, changes);
+        self.wait(ticket, if durable { Stage::Durable } else { Stage::Applied })
+    }
+
+    /// Queues the changes for the next group commit and releases the lock; returns the
+    /// ticket to wait for.
+    fn queue(mut guard: MutexGuard<'_, State>, changes: Changes) -> u64 {
         let queued = &mut guard.queued;
         queued.issued += 1;
         let ticket = queued.issued;
@@ -349,7 +378,7 @@ impl Inner {
             queued.overlay.insert(key, (ticket, value));
         }
         drop(guard);
-        self.wait(ticket, if durable { Stage::Durable } else { Stage::Applied })
+        ticket
     }
 
     fn wait(&self, ticket: u64, stage: Stage) -> Result<(), StoreError> {
@@ -437,7 +466,7 @@ impl Inner {
                     value,
                     written_by: written_by.map(|run| run.id),
                     written_at: now,
-                    untrusted: written_by.is_some_and(Run::untrusted_input),
+                    untrusted: write.untrusted || written_by.is_some_and(Run::untrusted_input),
                     expires_at,
                 },
             )),
@@ -455,7 +484,12 @@ impl Inner {
 }
 
 impl Store for SledStore {
-    fn ingest(&self, event: &Event, runs: Vec<NewRun>, now: DateTime<Utc>) -> Result<IngestOutcome, StoreError> {
+    fn ingest_queued(
+        &self,
+        event: &Event,
+        runs: Vec<NewRun>,
+        now: DateTime<Utc>,
+    ) -> Result<(IngestOutcome, Durability), StoreError> {
         let event_key = keys::event(&event.id);
         let mut live = self.lock();
         if let Some(bytes) = self.get(&live, &event_key)? {
@@ -463,13 +497,13 @@ impl Store for SledStore {
             // The first delivery may not be on disk yet: answer only once it is.
             let ticket = live.queued.issued;
             drop(live);
-            self.wait(ticket, Stage::Durable)?;
-            return Ok(IngestOutcome {
+            let outcome = IngestOutcome {
                 event_id: event.id.clone(),
                 duplicate_delivery: true,
                 runs: stored.outcomes,
                 cancelled: Vec::new(),
-            });
+            };
+            return Ok((outcome, self.durability(ticket)));
         }
 
         let mut changes = Changes::default();
@@ -556,8 +590,10 @@ impl Store for SledStore {
             // Events with runs go with their runs; the others by age, through this index.
             changes.put(keys::event_age(event.received_at.timestamp_millis(), &event.id), Vec::new());
         }
-        self.apply(live, changes, true)?;
-        Ok(IngestOutcome { event_id: event.id.clone(), duplicate_delivery: false, runs: outcomes, cancelled })
+        let ticket = Inner::queue(live, changes);
+        let outcome =
+            IngestOutcome { event_id: event.id.clone(), duplicate_delivery: false, runs: outcomes, cancelled };
+        Ok((outcome, self.durability(ticket)))
     }
 
     fn claim(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>) -> Result<Option<Claim>, StoreError> {
