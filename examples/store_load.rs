@@ -37,6 +37,10 @@ task:
     Investigate {{ untrusted(event.title) }} on {{ event.service }}.
 "#;
 
+/// The allocator the `nightshift` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The most events one ingest run stores, whatever the duration.
 const MAX_EVENTS: u64 = 5_000_000;
 

@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: the store and the rules allocate many short-lived buffers from many threads,
+/// where it measured faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -55,6 +55,9 @@ struct Progress {
     /// A failed commit may have lost queued changes: the store refuses further work.
     broken: Option<String>,
     stopping: bool,
+    /// The committer sleeps on `work`; only then does a new waiter need to signal it
+    /// (a busy committer looks again before it sleeps), which saves a syscall per write.
+    committer_idle: bool,
 }
 
 impl Progress {
@@ -103,7 +106,7 @@ impl GroupCommit {
         let mut progress = self.lock();
         if !progress.reached(ticket, stage) && progress.broken.is_none() {
             progress.register(ticket, stage, Wake::Thread(std::thread::current()));
-            self.work.notify_one();
+            self.signal(&progress);
         }
         loop {
             if let Some(why) = &progress.broken {
@@ -118,6 +121,12 @@ impl GroupCommit {
         }
     }
 
+    fn signal(&self, progress: &Progress) {
+        if progress.committer_idle {
+            self.work.notify_one();
+        }
+    }
+
     /// `wait` for async callers: ready once `ticket` has reached `stage`.
     pub fn poll(&self, ticket: u64, stage: Stage, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         let mut progress = self.lock();
@@ -128,7 +137,7 @@ impl GroupCommit {
             return Poll::Ready(Ok(()));
         }
         progress.register(ticket, stage, Wake::Task(cx.waker().clone()));
-        self.work.notify_one();
+        self.signal(&progress);
         Poll::Pending
     }
 
@@ -141,7 +150,9 @@ impl GroupCommit {
                 if progress.stopping {
                     return;
                 }
+                progress.committer_idle = true;
                 progress = self.work.wait(progress).unwrap_or_else(PoisonError::into_inner);
+                progress.committer_idle = false;
                 continue;
             }
             if progress.broken.is_some() {

@@ -74,7 +74,7 @@ struct Queued {
     batch: sled::Batch,
     /// The same changes by key, with the ticket that made them, so reads under the lock
     /// see them before sled does.
-    overlay: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+    overlay: HashMap<sled::IVec, (u64, Option<sled::IVec>)>,
     /// The newest ticket handed out.
     issued: u64,
 }
@@ -371,6 +371,8 @@ impl Inner {
         queued.issued += 1;
         let ticket = queued.issued;
         for (key, value) in changes.writes {
+            // Shared buffers: the batch and the overlay hold one copy.
+            let (key, value) = (sled::IVec::from(key), value.map(sled::IVec::from));
             match &value {
                 Some(bytes) => queued.batch.insert(key.clone(), bytes.clone()),
                 None => queued.batch.remove(key.clone()),
@@ -388,7 +390,7 @@ impl Inner {
     /// A record as the lock holder sees it: queued changes first, then sled.
     fn get(&self, state: &State, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some((_, value)) = state.queued.overlay.get(key) {
-            return Ok(value.clone());
+            return Ok(value.as_ref().map(|bytes| bytes.to_vec()));
         }
         Ok(self.db.get(key).map_err(io)?.map(|bytes| bytes.to_vec()))
     }
