@@ -482,3 +482,21 @@ fn after_run_that_reads_untrusted_memory_marks_its_writes_untrusted() {
     assert_eq!(echo.value, json!("from outside"));
     assert!(echo.untrusted, "a value copied from untrusted memory stays untrusted");
 }
+
+#[test]
+fn schedule_state_is_kept_per_trigger_across_reopens() {
+    let data = tempfile::tempdir().unwrap();
+    let state = nightshift::store::ScheduleState { last_slot: at(3600), updated_at: at(3601) };
+    {
+        let store = SledStore::open(data.path()).unwrap();
+        assert_eq!(store.schedule("audit", "0").unwrap(), None);
+        store.set_schedule("audit", "0", &state).unwrap();
+        store
+            .set_schedule("audit", "1", &nightshift::store::ScheduleState { last_slot: at(0), updated_at: at(1) })
+            .unwrap();
+    }
+    let store = SledStore::open(data.path()).unwrap();
+    assert_eq!(store.schedule("audit", "0").unwrap(), Some(state));
+    assert_eq!(store.schedule("audit", "1").unwrap().unwrap().last_slot, at(0));
+    assert_eq!(store.schedule("other", "0").unwrap(), None);
+}
