@@ -32,7 +32,8 @@ pub struct LiveRun {
 
 #[derive(Debug, Default)]
 pub struct Live {
-    runs: HashMap<RunId, LiveRun>,
+    /// Boxed, so growing the map moves pointers rather than whole runs.
+    runs: HashMap<RunId, Box<LiveRun>>,
     queued: BTreeSet<RunId>,
     /// Unfinished runs per group, oldest first.
     groups: HashMap<String, BTreeSet<RunId>>,
@@ -47,11 +48,11 @@ pub struct Live {
 
 impl Live {
     pub fn get(&self, id: RunId) -> Option<&LiveRun> {
-        self.runs.get(&id)
+        self.runs.get(&id).map(|live| live.as_ref())
     }
 
     pub fn runs(&self) -> impl Iterator<Item = &LiveRun> {
-        self.runs.values()
+        self.runs.values().map(|live| live.as_ref())
     }
 
     pub fn allocate_id(&mut self) -> RunId {
@@ -74,11 +75,11 @@ impl Live {
             *self.active.entry(group.clone()).or_default() += 1;
         }
         self.groups.entry(group).or_default().insert(id);
-        self.runs.insert(id, LiveRun { run, next_activity });
+        self.runs.insert(id, Box::new(LiveRun { run, next_activity }));
     }
 
     pub fn remove(&mut self, id: RunId) -> Option<LiveRun> {
-        let old = self.runs.remove(&id)?;
+        let old = *self.runs.remove(&id)?;
         let group = old.run.group();
         self.queued.remove(&id);
         if old.run.state.is_active()
