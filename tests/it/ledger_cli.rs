@@ -238,3 +238,32 @@ fn the_default_data_directory_is_beside_the_automations() {
     assert!(text(&out.stdout).contains("r1 queued  hello"), "{}", text(&out.stdout));
     assert!(root.path().join(".nightshift").is_dir());
 }
+
+#[test]
+fn prune_deletes_finished_runs_beyond_retention_and_keeps_unfinished_ones() {
+    let project = temp_dir_with(&[
+        (
+            "automations/probe.yaml",
+            "name: probe\ntrigger: { manual: {} }\nconcurrency: { limit: 1, overlap: skip }\ntask:\n  agent: codex\n  repo: /srv/git/api\n  prompt: \"{{ event.title }}\"\n",
+        ),
+        ("event.json", r#"{"title": "t"}"#),
+    ]);
+    let data = project.path().join("data");
+    let dir = project.path().join("automations");
+    let event = project.path().join("event.json");
+    let trigger = |now: &str| {
+        ok(
+            &data,
+            &["trigger", "probe", "--dir", dir.to_str().unwrap(), "--event", event.to_str().unwrap(), "--now", now],
+        )
+    };
+    assert!(trigger("2026-01-05T09:00:00Z").contains("r1 queued"));
+    assert!(trigger("2026-01-05T09:01:00Z").contains("r2 skipped"));
+    let report = ok(&data, &["prune", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["runs"], 1, "the skipped run is older than 30 days: {report}");
+    let runs = ok(&data, &["runs"]);
+    assert!(runs.contains("r1") && !runs.contains("r2"), "{runs}");
+    // The deleted run's id is not handed out again.
+    assert!(trigger("2026-01-05T09:02:00Z").contains("r3 skipped"));
+}

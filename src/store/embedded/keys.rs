@@ -7,6 +7,9 @@ use crate::runs::RunId;
 pub const FORMAT: &[u8] = b"meta/format";
 pub const FORMAT_VERSION: &[u8] = b"nightshift-store/1";
 pub const GENERATION: &[u8] = b"meta/generation";
+/// The newest run id handed out, written when retention may delete the newest run, so
+/// ids are never reused.
+pub const LAST_RUN: &[u8] = b"meta/last_run";
 
 pub const RUN: &[u8] = b"run/";
 /// Unfinished runs: the record lives here until the run finishes, then moves to `run/`.

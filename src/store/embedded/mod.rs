@@ -317,6 +317,9 @@ impl Inner {
         self.db.flush().map_err(io)?;
         live.epoch_floor = generation << 32;
 
+        if let Some(bytes) = self.db.get(keys::LAST_RUN).map_err(io)? {
+            live.next_run = decode(keys::LAST_RUN, &bytes)?;
+        }
         for prefix in [keys::RUN, keys::LIVE] {
             if let Some(entry) = self.db.scan_prefix(prefix).next_back() {
                 let (key, _) = entry.map_err(io)?;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::codec::decode;
+use super::codec::{decode, encode};
 use super::keys;
 use super::live::{DedupeMark, LastCreated};
 use super::{Changes, Inner, io};
@@ -46,6 +46,8 @@ impl Inner {
         let live = self.lock();
         let mut kept = 0;
         let mut changes = Changes::default();
+        // The newest run may go: remember its id so it is never handed out again.
+        changes.put(keys::LAST_RUN.to_vec(), encode(&live.next_run));
         let mut deleted: HashSet<RunId> = HashSet::new();
         let mut events: BTreeMap<String, Option<StoredEvent>> = BTreeMap::new();
         for entry in self.db.scan_prefix(keys::runs_of(automation)).rev() {
