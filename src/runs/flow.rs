@@ -54,7 +54,10 @@ pub fn decide(flow: &Flow, facts: &FlowFacts, now: DateTime<Utc>) -> Decision {
         };
     }
     if let (Some(cooldown), Some((last_run, created))) = (flow.cooldown, facts.last_created) {
-        let until = created + cooldown.as_duration();
+        let until = chrono::Duration::from_std(cooldown.as_duration())
+            .ok()
+            .and_then(|d| created.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if now < until {
             return Decision::Skip(SkipReason::Cooldown { last_run, until });
         }

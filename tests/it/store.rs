@@ -500,3 +500,42 @@ fn schedule_state_is_kept_per_trigger_across_reopens() {
     assert_eq!(store.schedule("audit", "1").unwrap().unwrap().last_slot, at(0));
     assert_eq!(store.schedule("other", "0").unwrap(), None);
 }
+
+#[test]
+fn a_failed_open_keeps_the_watermark_so_the_damage_is_reported_every_time() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let pipeline = pipeline("concurrency: { limit: 100 }", data.path());
+        for n in 0..20 {
+            ingest(&pipeline, &format!("e{n}"), json!({"title": "t"}), n);
+        }
+    }
+    let db = data.path().join("db/db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    for byte in bytes.iter_mut().skip(64).take(64 * 1024) {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&db, bytes).unwrap();
+    for attempt in 0..2 {
+        let error = SledStore::open(data.path()).unwrap_err();
+        assert!(error.to_string().contains("runs up to r20"), "attempt {attempt}: {error}");
+    }
+}
+
+#[test]
+fn huge_configured_durations_saturate_instead_of_panicking() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline(
+        "cooldown: 3000000000d\ndedupe: { key: \"{{ event.title }}\", window: 3000000000d }\nretry: { attempts: 5, backoff: 3000000000d, max_backoff: 3000000000d }",
+        data.path(),
+    );
+    let store = pipeline.store().clone();
+    let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
+    assert!(matches!(ingest(&pipeline, "b", json!({"title": "u"}), 1).1, Disposition::Skipped { .. }));
+    let claim = store.claim("w", LEASE, at(2)).unwrap().unwrap();
+    let failed = Completion::Failed { reason: "x".into(), retryable: true, result: None };
+    let run = store.complete(id, claim.lease.epoch, failed, Vec::new(), at(3)).unwrap();
+    assert_eq!(run.state, RunState::Queued);
+    let retention = nightshift::config::Retention { runs: 1, days: u32::MAX };
+    store.apply_retention(&retention, at(4)).unwrap();
+}

@@ -162,7 +162,9 @@ impl GroupCommit {
                 continue;
             }
             drop(progress);
-            let result = self.commit(sink);
+            // A panic here (inside sled, say) must not leave writers parked forever.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit(sink)))
+                .unwrap_or_else(|_| Err("the committer thread panicked; restart nightshift".to_string()));
             progress = self.lock();
             if let Err(why) = result {
                 progress.broken.get_or_insert(why);

@@ -22,6 +22,8 @@ pub struct DedupeMark {
 pub struct LastCreated {
     pub run: RunId,
     pub at: DateTime<Utc>,
+    /// When the cooldown it starts ends; the mark may be forgotten after that.
+    pub until: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]

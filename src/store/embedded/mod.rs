@@ -66,6 +66,9 @@ pub struct Inner {
 struct State {
     live: Live,
     queued: Queued,
+    /// Set once `open` has checked and loaded everything: only then may dropping the
+    /// store record a watermark (a failed open must not overwrite the good one).
+    opened: bool,
 }
 
 /// Changes decided but not yet applied to sled.
@@ -141,6 +144,14 @@ impl Drop for SledStore {
     /// noticed at the next open.
     fn drop(&mut self) {
         let state = self.lock();
+        if !state.opened {
+            drop(state);
+            self.commit.stop();
+            if let Some(committer) = self.committer.take() {
+                let _finished = committer.join();
+            }
+            return;
+        }
         let (ticket, mark) =
             (state.queued.issued, Watermark { generation: state.epoch_floor >> 32, last_run: state.next_run });
         drop(state);
@@ -166,8 +177,9 @@ fn io(error: sled::Error) -> StoreError {
     StoreError::Io(error.to_string())
 }
 
-fn to_chrono(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+/// `at + duration`, saturating: a huge configured duration means "never", not a panic.
+fn later(at: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(duration).ok().and_then(|d| at.checked_add_signed(d)).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// The writes of one operation, applied together or not at all.
@@ -260,8 +272,13 @@ impl SledStore {
         if let Some(mark) = Watermark::read(dir)? {
             mark.check(dir, Watermark { generation: generation - 1, last_run: live.next_run })?;
         }
+        store.db.insert(keys::GENERATION, &generation.to_be_bytes()).map_err(io)?;
+        store.db.flush().map_err(io)?;
         Watermark { generation, last_run: live.next_run }.write(dir)?;
-        store.lock().live = live;
+        let mut state = store.lock();
+        state.live = live;
+        state.opened = true;
+        drop(state);
         Ok(store)
     }
 
@@ -313,8 +330,7 @@ impl Inner {
             })?),
             None => 0,
         } + 1;
-        self.db.insert(keys::GENERATION, &generation.to_be_bytes()).map_err(io)?;
-        self.db.flush().map_err(io)?;
+        // Recorded by `open` once the watermark check has passed.
         live.epoch_floor = generation << 32;
 
         if let Some(bytes) = self.db.get(keys::LAST_RUN).map_err(io)? {
@@ -568,15 +584,15 @@ impl Store for SledStore {
                         }
                     }
                     let window = flow.dedupe_window;
-                    let cooldown = flow.cooldown.is_some();
+                    let cooldown = flow.cooldown;
                     let run = fresh_run(id, automation.clone(), new.definition_hash, Some(task), flow, event, now);
                     if let (Some(key), Some(window)) = (&dedupe_key, window) {
-                        let mark = DedupeMark { run: id, expires_at: now + to_chrono(window.as_duration()) };
+                        let mark = DedupeMark { run: id, expires_at: later(now, window.as_duration()) };
                         changes.put(keys::dedupe(&automation, key), encode(&mark));
                         live.dedupe.insert((automation.clone(), key.clone()), mark);
                     }
-                    if cooldown {
-                        let last = LastCreated { run: id, at: now };
+                    if let Some(cooldown) = cooldown {
+                        let last = LastCreated { run: id, at: now, until: later(now, cooldown.as_duration()) };
                         changes.put(keys::last_created(&group), encode(&last));
                         live.last_created.insert(group, last);
                     }
@@ -611,12 +627,8 @@ impl Store for SledStore {
         run.state = RunState::Leased;
         run.not_before = None;
         run.updated_at = now;
-        let lease = Lease {
-            worker: worker.to_string(),
-            epoch: run.epoch,
-            acquired_at: now,
-            expires_at: now + to_chrono(lease_for),
-        };
+        let lease =
+            Lease { worker: worker.to_string(), epoch: run.epoch, acquired_at: now, expires_at: later(now, lease_for) };
         run.lease = Some(lease.clone());
         let mut changes = Changes::default();
         changes.put_run(run);
@@ -649,7 +661,7 @@ impl Store for SledStore {
     ) -> Result<DateTime<Utc>, StoreError> {
         let mut live = self.lock();
         let mut held = self.held_run(&live, id, epoch, "heartbeat")?;
-        let expires_at = now + to_chrono(lease_for);
+        let expires_at = later(now, lease_for);
         if let Some(lease) = held.run.lease.as_mut() {
             lease.expires_at = expires_at;
         }
@@ -701,7 +713,7 @@ impl Store for SledStore {
                 run.result = result;
                 if retryable && may_retry(&run.flow.retry, run.attempt) {
                     let wait = backoff(&run.flow.retry, run.attempt, fastrand::f64());
-                    let at = now + to_chrono(wait);
+                    let at = later(now, wait);
                     run.state = RunState::Queued;
                     run.lease = None;
                     run.not_before = Some(at);
@@ -797,10 +809,11 @@ impl Store for SledStore {
     }
 
     fn run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
-        if let Some(live) = self.lock().get(id) {
+        let state = self.lock();
+        if let Some(live) = state.get(id) {
             return Ok(Some(live.run.clone()));
         }
-        self.read_run(id)
+        self.read_run_locked(&state, id)
     }
 
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
@@ -813,6 +826,7 @@ impl Store for SledStore {
         let mut unfinished: Vec<Run> =
             self.lock().runs().map(|live| &live.run).filter(|r| wanted(r)).cloned().collect();
         unfinished.sort_by_key(|run| std::cmp::Reverse(run.id));
+        let listed: std::collections::HashSet<RunId> = unfinished.iter().map(|run| run.id).collect();
         let mut unfinished = unfinished.into_iter().peekable();
         let finished_ids: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match &filter.automation {
             Some(automation) => Box::new(self.db.scan_prefix(keys::runs_of(automation)).rev()),
@@ -825,6 +839,10 @@ impl Store for SledStore {
             }
             let (key, _) = entry.map_err(io)?;
             let Some(id) = keys::number_at_end(&key).map(RunId) else { continue };
+            if listed.contains(&id) {
+                // Finished since the snapshot of unfinished runs was taken.
+                continue;
+            }
             while found.len() < limit && unfinished.peek().is_some_and(|run| run.id > id) {
                 found.extend(unfinished.next());
             }

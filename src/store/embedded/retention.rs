@@ -15,7 +15,9 @@ use crate::store::{RetentionReport, StoreError, StoredEvent};
 
 impl Inner {
     pub(super) fn retain(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError> {
-        let cutoff = now - chrono::Duration::days(i64::from(retention.days));
+        let cutoff = now
+            .checked_sub_signed(chrono::Duration::days(i64::from(retention.days)))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let mut report = RetentionReport::default();
         for automation in self.automations_with_runs()? {
             self.retain_runs_of(&automation, retention.runs as usize, cutoff, &mut report)?;
@@ -79,8 +81,13 @@ impl Inner {
         // An event goes when none of its runs is left (runs of other automations may be).
         for (id, stored) in events {
             let Some(stored) = stored else { continue };
-            let mut remaining = stored.outcomes.iter().filter(|outcome| !deleted.contains(&outcome.run));
-            if remaining.next().is_none() {
+            let mut remaining = Vec::new();
+            for outcome in &stored.outcomes {
+                if !deleted.contains(&outcome.run) && self.read_run_locked(&live, outcome.run)?.is_some() {
+                    remaining.push(outcome.run);
+                }
+            }
+            if remaining.is_empty() {
                 changes.delete(keys::event(&id));
                 report.events += 1;
             }
@@ -118,7 +125,7 @@ impl Inner {
         for entry in self.db.scan_prefix(keys::MEMORY) {
             let (key, value) = entry.map_err(io)?;
             let memory: MemoryEntry = decode(&key, &value)?;
-            if !memory.is_live(now) {
+            if !memory.is_live(now) && !live.queued.overlay.contains_key(&key) {
                 changes.delete(key.to_vec());
                 report.memory_entries += 1;
             }
@@ -126,20 +133,21 @@ impl Inner {
         for entry in self.db.scan_prefix(keys::DEDUPE) {
             let (key, value) = entry.map_err(io)?;
             let mark: DedupeMark = decode(&key, &value)?;
-            if mark.expires_at <= now {
+            if mark.expires_at <= now && !live.queued.overlay.contains_key(&key) {
                 changes.delete(key.to_vec());
                 report.dedupe_marks += 1;
             }
         }
+        // Marks renewed by a queued write are newer in memory than on disk: keep those.
         live.dedupe.retain(|_, mark| mark.expires_at > now);
         for entry in self.db.scan_prefix(keys::LAST_CREATED) {
             let (key, value) = entry.map_err(io)?;
             let last: LastCreated = decode(&key, &value)?;
-            if last.at < cutoff {
+            if last.until <= now && !live.queued.overlay.contains_key(&key) {
                 changes.delete(key.to_vec());
             }
         }
-        live.last_created.retain(|_, last| last.at >= cutoff);
+        live.last_created.retain(|_, last| last.until > now);
         self.apply(live, changes, true)
     }
 }

@@ -58,8 +58,13 @@ impl Watermark {
         let path = path(dir);
         let temporary = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec(self).unwrap_or_default();
-        std::fs::write(&temporary, bytes)
-            .and_then(|()| std::fs::rename(&temporary, &path))
-            .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&temporary)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))
     }
 }
