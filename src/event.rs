@@ -34,6 +34,21 @@ pub struct Event {
     pub fields: Map<String, Value>,
 }
 
+/// A borrowed view of an `Event` that serializes without its `fields`.
+#[derive(Debug, Serialize)]
+pub struct EventWithoutFields<'a> {
+    id: &'a str,
+    source: TriggerKind,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    received_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    headers: &'a BTreeMap<String, String>,
+    payload: &'a Value,
+}
+
 /// Headers kept on an event: what identifies the delivery and its type. Everything else
 /// (notably `authorization`, signatures and cookies) is dropped on arrival, so no
 /// template can put a credential into a prompt or the store.
@@ -90,18 +105,17 @@ impl Event {
         }
     }
 
-    /// A copy with empty `fields` (they can be derived again from the payload), without
-    /// copying them first.
-    pub fn clone_without_fields(&self) -> Event {
-        Event {
-            id: self.id.clone(),
+    /// The event without `fields` (they can be derived again from the payload), for
+    /// storing: it serializes like an `Event` whose `fields` are empty, with no copy.
+    pub fn without_fields(&self) -> EventWithoutFields<'_> {
+        EventWithoutFields {
+            id: &self.id,
             source: self.source,
-            kind: self.kind.clone(),
+            kind: &self.kind,
             received_at: self.received_at,
-            delivery_id: self.delivery_id.clone(),
-            headers: self.headers.clone(),
-            payload: self.payload.clone(),
-            fields: Map::new(),
+            delivery_id: self.delivery_id.as_deref(),
+            headers: &self.headers,
+            payload: &self.payload,
         }
     }
 

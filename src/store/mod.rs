@@ -45,6 +45,15 @@ pub struct StoredEvent {
     pub outcomes: Vec<RunOutcome>,
 }
 
+/// How `StoredEvent` is written: the event without its derived `fields`, borrowed.
+#[derive(Debug, Serialize)]
+pub(crate) struct StoredEventRef<'a> {
+    pub event: crate::event::EventWithoutFields<'a>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub dedupe_keys: &'a BTreeMap<String, String>,
+    pub outcomes: &'a [RunOutcome],
+}
+
 /// What ingest did for one automation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "disposition", rename_all = "snake_case")]

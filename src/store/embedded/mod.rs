@@ -19,7 +19,7 @@ mod watermark;
 
 use super::{
     Claim, Disposition, Durability, IngestOutcome, NewRun, PendingWrite, RetentionReport, RunFilter, RunOutcome,
-    ScheduleState, Store, StoreError, StoredEvent,
+    ScheduleState, Store, StoreError, StoredEvent, StoredEventRef,
 };
 use crate::config::Retention;
 use crate::event::Event;
@@ -604,8 +604,7 @@ impl Store for SledStore {
             outcomes.push(RunOutcome { automation, run, disposition });
         }
         // `fields` repeat parts of the payload; they are derived again on reading.
-        let slim = event.clone_without_fields();
-        let stored = StoredEvent { event: slim, dedupe_keys, outcomes: outcomes.clone() };
+        let stored = StoredEventRef { event: event.without_fields(), dedupe_keys: &dedupe_keys, outcomes: &outcomes };
         changes.put(event_key, encode(&stored));
         if outcomes.is_empty() {
             // Events with runs go with their runs; the others by age, through this index.
