@@ -109,7 +109,13 @@ impl Sink for Inner {
     }
 
     fn applied(&self, ticket: u64) {
-        self.lock().queued.overlay.retain(|_, (written_by, _)| *written_by > ticket);
+        let mut state = self.lock();
+        let overlay = &mut state.queued.overlay;
+        overlay.retain(|_, (written_by, _)| *written_by > ticket);
+        // `retain` visits every bucket: after a burst, give the room back.
+        if overlay.capacity() > 4096 && overlay.len() < overlay.capacity() / 8 {
+            overlay.shrink_to(overlay.len() * 2);
+        }
     }
 
     fn flush(&self) -> Result<(), String> {
