@@ -539,3 +539,27 @@ fn huge_configured_durations_saturate_instead_of_panicking() {
     let retention = nightshift::config::Retention { runs: 1, days: u32::MAX };
     store.apply_retention(&retention, at(4)).unwrap();
 }
+
+#[test]
+fn an_event_stored_inside_its_run_stays_readable_through_finish_and_reopen() {
+    let data = tempfile::tempdir().unwrap();
+    let id = {
+        let pipeline = pipeline("", data.path());
+        let store = pipeline.store().clone();
+        let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
+        let read = |when: &str| {
+            let stored = store.event("manual:a").unwrap().unwrap_or_else(|| panic!("missing {when}"));
+            assert_eq!(stored.outcomes[0].run, id, "{when}");
+            assert_eq!(stored.event.fields["title"], json!("t"), "fields are derived again {when}");
+        };
+        read("while queued");
+        let claim = store.claim("w", LEASE, at(1)).unwrap().unwrap();
+        read("while leased");
+        assert!(ingest(&pipeline, "a", json!({"title": "t"}), 2).0 == id, "a repeat delivery is recognised");
+        store.complete(id, claim.lease.epoch, succeeded("s"), Vec::new(), at(3)).unwrap();
+        read("once finished");
+        id
+    };
+    let store = SledStore::open(data.path()).unwrap();
+    assert_eq!(store.event("manual:a").unwrap().unwrap().outcomes[0].run, id);
+}
