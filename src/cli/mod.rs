@@ -27,7 +27,7 @@ use crate::rules::RuleEngine;
 /// Automations are YAML files that bind triggers (cron, webhooks, Slack, PagerDuty,
 /// Alertmanager, GitHub) to a task an agent runs on a fresh branch. `validate`, `render`,
 /// `test` and `schema` check and try them without running anything; `trigger`, `runs`,
-/// `show` and `memory` work with the store in the data directory.
+/// `show`, `memory` and `prune` work with the store in the data directory.
 #[derive(Debug, Parser)]
 #[command(name = "nightshift", version, propagate_version = true)]
 pub struct Cli {
@@ -74,9 +74,11 @@ enum Command {
     /// `nightshift memory NAME` lists every live entry; `get KEY`, `set KEY VALUE` and
     /// `rm KEY` act on one. Values set here are recorded as written by a person.
     Memory(memory::Args),
-    /// Delete finished runs, their events and activities beyond `retention` in
-    /// nightshift.yaml (default: 1000 runs and 30 days per automation), and expired
-    /// memory entries. Unfinished runs are never deleted.
+    /// Delete what `retention` in nightshift.yaml no longer keeps.
+    ///
+    /// Finished runs beyond the count or age (default: 1000 runs and 30 days per
+    /// automation) go with their activities and events, as do expired memory entries.
+    /// Unfinished runs are never deleted.
     Prune(prune::Args),
 }
 
