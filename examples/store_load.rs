@@ -148,7 +148,7 @@ fn ingest(producers: u64, seconds: u64, through_rules: bool) {
 }
 
 fn report_flushes(sled: &SledStore, operations: usize) {
-    println!("  {} commits for {operations} operations", sled.flushes());
+    println!("  {} commits for {operations} operations", sled.commits());
 }
 
 fn claims(workers: u64, runs: u64) {

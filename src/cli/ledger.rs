@@ -19,7 +19,7 @@ use super::fixture::{FixtureArgs, find_automation};
 use super::{Sources, load_catalog};
 use crate::pipeline::{IngestReport, Pipeline};
 use crate::runs::{Activity, MemoryEntry, MemoryWrite, Run, RunId};
-use crate::store::{RetentionReport, RunFilter, SledStore, Store, StoreError, StoredEvent, default_data_dir};
+use crate::store::{RetentionReport, RunFilter, SledStore, Store, StoredEvent, default_data_dir};
 
 /// Where the automations and the store are.
 #[derive(Debug, Clone, clap::Args)]
@@ -94,14 +94,7 @@ pub struct LocalLedger {
 
 impl LocalLedger {
     pub fn open(location: &Location, sources: &Sources) -> anyhow::Result<LocalLedger> {
-        let store = SledStore::open(&location.data_dir()).map_err(|error| match error {
-            StoreError::Locked { dir } => anyhow!(
-                "the store in {} is in use by another nightshift process (e.g. `nightshift serve`); \
-                 stop that process, or point --data at another directory",
-                dir.display()
-            ),
-            other => other.into(),
-        })?;
+        let store = SledStore::open(&location.data_dir())?;
         Ok(LocalLedger { store: Arc::new(store), automations: location.automations(), sources: sources.clone() })
     }
 }

@@ -11,7 +11,6 @@ use serde_json::{Map, Value, json};
 use crate::catalog::Catalog;
 use crate::event::Event;
 use crate::rules::{CompiledAutomation, MemoryEdits, MemoryView, PreparedEvent, RuleEngine};
-use crate::runs::retry::may_retry;
 use crate::runs::{ActivityKind, Completion, Epoch, MemoryChange, MemoryWrite, NewActivity, Run, RunId};
 use crate::store::{Durability, IngestOutcome, NewRun, Store, StoreError};
 
@@ -106,7 +105,9 @@ impl Pipeline {
         let entries = self.store.memory(automation.name(), now)?;
         let untrusted = entries.values().any(|entry| entry.untrusted);
         let values: Map<String, Value> = entries.into_iter().map(|(key, entry)| (key, entry.value)).collect();
-        let history = self.store.history(automation.name(), automation.definition.memory.history as usize)?;
+        // Reading earlier runs costs a scan on every ingest; skip it when no rule looks.
+        let wanted = if automation.reads_history() { automation.definition.memory.history as usize } else { 0 };
+        let history = self.store.history(automation.name(), wanted)?;
         let history: Vec<Value> = history.iter().map(run_view).collect();
         Ok(Recall { view: MemoryView::new(&values, history), values, untrusted })
     }
@@ -122,13 +123,8 @@ impl Pipeline {
         now: DateTime<Utc>,
     ) -> Result<Run, StoreError> {
         let run = self.store.run(id)?.ok_or(StoreError::NoSuchRun(id))?;
-        let last_attempt = match &completion {
-            Completion::Succeeded { .. } | Completion::TimedOut { .. } => true,
-            Completion::Failed { retryable, .. } => !(*retryable && may_retry(&run.flow.retry, run.attempt)),
-            Completion::PlanReady { .. } => false,
-        };
         let mut writes = Vec::new();
-        if last_attempt
+        if completion.ends_run(&run)
             && run.epoch == epoch
             && let Some(loaded) = self.catalog.get(&run.automation)
         {
@@ -179,9 +175,7 @@ fn memory_writes(
     now: DateTime<Utc>,
 ) -> Vec<MemoryWrite> {
     let expires_at =
-        automation.definition.memory.ttl.and_then(|ttl| {
-            chrono::Duration::from_std(ttl.as_duration()).ok().and_then(|ttl| now.checked_add_signed(ttl))
-        });
+        automation.definition.memory.ttl.and_then(|ttl| crate::runs::clock::checked_later(now, ttl.as_duration()));
     edits
         .into_iter()
         .map(|(key, value)| MemoryWrite {

@@ -83,6 +83,8 @@ pub struct CompiledAutomation {
     agent_policy: CompiledPhase,
     after_run: Option<AST>,
     automation_value: Dynamic,
+    /// Whether any rule names `history`; if none does, ingest need not read it.
+    reads_history: bool,
 }
 
 /// Variables rules may use.
@@ -179,6 +181,29 @@ pub fn expand_rule(path: FieldPath, rule: &AllowRuleConfig) -> Result<Vec<AllowR
     })
 }
 
+/// Every text of an automation that rules are compiled from.
+fn rule_texts(automation: &Automation) -> impl Iterator<Item = &str> {
+    let task = &automation.task;
+    let fixed = [task.prompt.as_str(), task.branch.as_str(), task.base.as_str(), task.repo.as_str()];
+    let optional = [
+        automation.when.as_deref(),
+        automation.dedupe.as_ref().map(|d| d.key.as_str()),
+        automation.concurrency.key.as_deref(),
+        task.network.setup.script.as_deref(),
+        task.network.agent.script.as_deref(),
+        automation.memory.after_run.as_deref(),
+    ];
+    fixed.into_iter().chain(optional.into_iter().flatten())
+}
+
+/// Whether `text` has `name` as a whole identifier (possibly inside a string too, which
+/// only errs towards reading it).
+fn names_variable(text: &str, name: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(name)
+        .any(|(at, _)| !text[..at].ends_with(is_ident) && !text[at + name.len()..].starts_with(is_ident))
+}
+
 /// Keeps the value, or records its finding.
 fn keep<T>(result: Result<T, Finding>, findings: &mut Vec<Finding>) -> Option<T> {
     result.map_err(|finding| findings.push(finding)).ok()
@@ -248,6 +273,7 @@ impl CompiledAutomation {
                 agent_policy: agent_policy?,
                 after_run: after_run?,
                 automation_value: Dynamic::from_map(automation_map),
+                reads_history: rule_texts(automation).any(|text| names_variable(text, "history")),
             })
         })();
         match compiled {
@@ -258,6 +284,11 @@ impl CompiledAutomation {
 
     pub fn name(&self) -> &str {
         &self.definition.name
+    }
+
+    /// Whether any of its rules reads `history`.
+    pub fn reads_history(&self) -> bool {
+        self.reads_history
     }
 
     /// Whether the automation is enabled and one of its triggers accepts the event: a
@@ -511,5 +542,19 @@ impl CompiledPhase {
             }
         }
         Ok(policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_variable;
+
+    #[test]
+    fn a_variable_is_named_only_as_a_whole_identifier() {
+        assert!(names_variable("{{ history.len() }}", "history"));
+        assert!(names_variable("history[0].summary", "history"));
+        assert!(!names_variable("{{ event.histories }}", "history"));
+        assert!(!names_variable("my_history + 1", "history"));
+        assert!(!names_variable("{{ event.title }}", "history"));
     }
 }

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::clock::later;
 use super::{RunId, RunState, SkipReason};
 use crate::config::Overlap;
 use crate::task::Flow;
@@ -54,10 +55,7 @@ pub fn decide(flow: &Flow, facts: &FlowFacts, now: DateTime<Utc>) -> Decision {
         };
     }
     if let (Some(cooldown), Some((last_run, created))) = (flow.cooldown, facts.last_created) {
-        let until = chrono::Duration::from_std(cooldown.as_duration())
-            .ok()
-            .and_then(|d| created.checked_add_signed(d))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let until = later(created, cooldown.as_duration());
         if now < until {
             return Decision::Skip(SkipReason::Cooldown { last_run, until });
         }

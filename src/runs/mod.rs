@@ -2,6 +2,7 @@
 //! of flow control and retries that every store backend applies the same way.
 
 mod activity;
+pub mod clock;
 pub mod flow;
 mod memory;
 pub mod retry;

@@ -201,6 +201,20 @@ pub enum Completion {
     },
 }
 
+impl Completion {
+    /// Whether the run is queued again instead of ending: a retryable failure while
+    /// attempts remain. The store and `after_run` both go by this.
+    pub fn retries(&self, run: &Run) -> bool {
+        matches!(self, Completion::Failed { retryable: true, .. })
+            && super::retry::may_retry(&run.flow.retry, run.attempt)
+    }
+
+    /// Whether this attempt is the run's last: it succeeds, times out, or fails for good.
+    pub fn ends_run(&self, run: &Run) -> bool {
+        !matches!(self, Completion::PlanReady { .. }) && !self.retries(run)
+    }
+}
+
 /// One run: an automation's rendered task for one event (or a coalesced group of them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {

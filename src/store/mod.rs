@@ -127,7 +127,8 @@ pub enum StoreError {
     #[error("cannot open the store in {dir}: {cause}")]
     Open { dir: PathBuf, cause: String },
     #[error(
-        "the store in {dir} is in use by another nightshift process (`nightshift serve`?); only one process may open it"
+        "the store in {dir} is in use by another nightshift process (e.g. `nightshift serve`); \
+         stop that process, or point --data at another directory"
     )]
     Locked { dir: PathBuf },
     #[error("the store is damaged: {what}: {cause}")]

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::config::Retention;
 use crate::event::Event;
+use crate::runs::clock::later;
 use crate::runs::flow::{Decision, decide};
 use crate::runs::retry::{backoff, may_retry};
 use crate::runs::{
@@ -183,11 +184,6 @@ fn io(error: sled::Error) -> StoreError {
     StoreError::Io(error.to_string())
 }
 
-/// `at + duration`, saturating: a huge configured duration means "never", not a panic.
-fn later(at: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(duration).ok().and_then(|d| at.checked_add_signed(d)).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
 /// The writes of one operation, applied together or not at all.
 #[derive(Default)]
 struct Changes {
@@ -225,6 +221,12 @@ impl Changes {
     /// Writes a run created just now: one key for a queued run, so ingest stays cheap.
     fn new_run(&mut self, run: &Run) {
         if run.state.is_finished() { self.put_finished(run) } else { self.put(keys::live(run.id), encode(run)) }
+    }
+
+    /// Writes a changed live run and puts it back into the index.
+    fn keep(&mut self, live: &mut Live, updated: LiveRun) {
+        self.put_run(&updated.run);
+        live.put(updated.run, updated.next_activity);
     }
 
     /// Appends an activity the engine itself records (lease expiry, retries, cancels).
@@ -293,7 +295,7 @@ impl SledStore {
     }
 
     /// Commits (one sled batch and one flush each) so far: concurrent writers share them.
-    pub fn flushes(&self) -> u64 {
+    pub fn commits(&self) -> u64 {
         self.commit.commits()
     }
 }
@@ -440,6 +442,21 @@ impl Inner {
         Ok(None)
     }
 
+    /// Stores an operation on one live run: its other changes, the run itself, and the
+    /// index entry. Returns the run as stored.
+    fn save(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        mut changes: Changes,
+        updated: LiveRun,
+        durable: bool,
+    ) -> Result<Run, StoreError> {
+        let run = updated.run.clone();
+        changes.keep(&mut state.live, updated);
+        self.apply(state, changes, durable)?;
+        Ok(run)
+    }
+
     /// The live run `id`, or the error that says why it is not one.
     fn live_run(&self, state: &State, id: RunId, action: &'static str) -> Result<LiveRun, StoreError> {
         if let Some(found) = state.get(id) {
@@ -565,12 +582,10 @@ impl Store for SledStore {
             let automation = new.automation.clone();
             let (run, disposition) = match decide(&flow, &facts, now) {
                 Decision::Coalesce(id) => {
-                    let Some(joined) = live.get(id).cloned() else { continue };
-                    let mut joined_run = joined.run;
-                    joined_run.event_ids.push(event.id.clone());
-                    joined_run.updated_at = now;
-                    changes.put_run(&joined_run);
-                    live.put(joined_run, joined.next_activity);
+                    let Some(mut joined) = live.get(id).cloned() else { continue };
+                    joined.run.event_ids.push(event.id.clone());
+                    joined.run.updated_at = now;
+                    changes.keep(&mut live.live, joined);
                     (id, Disposition::Coalesced)
                 }
                 Decision::Skip(reason) => {
@@ -623,7 +638,7 @@ impl Store for SledStore {
     }
 
     fn claim(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>) -> Result<Option<Claim>, StoreError> {
-        let mut live = self.lock();
+        let live = self.lock();
         let Some(id) = live.next_claimable(now) else { return Ok(None) };
         let Some(mut claimed) = live.get(id).cloned() else { return Ok(None) };
         let run = &mut claimed.run;
@@ -635,26 +650,17 @@ impl Store for SledStore {
         let lease =
             Lease { worker: worker.to_string(), epoch: run.epoch, acquired_at: now, expires_at: later(now, lease_for) };
         run.lease = Some(lease.clone());
-        let mut changes = Changes::default();
-        changes.put_run(run);
-        let claim = Claim { run: run.clone(), lease };
-        live.put(claimed.run, claimed.next_activity);
-        self.apply(live, changes, false)?;
-        Ok(Some(claim))
+        let run = self.save(live, Changes::default(), claimed, false)?;
+        Ok(Some(Claim { run, lease }))
     }
 
     fn mark_running(&self, id: RunId, epoch: Epoch, now: DateTime<Utc>) -> Result<Run, StoreError> {
-        let mut live = self.lock();
+        let live = self.lock();
         let mut held = self.held_run(&live, id, epoch, "started")?;
         held.run.state = RunState::Running;
         held.run.started_at.get_or_insert(now);
         held.run.updated_at = now;
-        let mut changes = Changes::default();
-        changes.put_run(&held.run);
-        let run = held.run.clone();
-        live.put(held.run, held.next_activity);
-        self.apply(live, changes, false)?;
-        Ok(run)
+        self.save(live, Changes::default(), held, false)
     }
 
     fn heartbeat(
@@ -664,16 +670,13 @@ impl Store for SledStore {
         lease_for: Duration,
         now: DateTime<Utc>,
     ) -> Result<DateTime<Utc>, StoreError> {
-        let mut live = self.lock();
+        let live = self.lock();
         let mut held = self.held_run(&live, id, epoch, "heartbeat")?;
         let expires_at = later(now, lease_for);
         if let Some(lease) = held.run.lease.as_mut() {
             lease.expires_at = expires_at;
         }
-        let mut changes = Changes::default();
-        changes.put_run(&held.run);
-        live.put(held.run, held.next_activity);
-        self.apply(live, changes, false)?;
+        self.save(live, Changes::default(), held, false)?;
         Ok(expires_at)
     }
 
@@ -703,9 +706,10 @@ impl Store for SledStore {
         memory: Vec<MemoryWrite>,
         now: DateTime<Utc>,
     ) -> Result<Run, StoreError> {
-        let mut live = self.lock();
+        let live = self.lock();
         let mut held = self.held_run(&live, id, epoch, "completed")?;
         let mut changes = Changes::default();
+        let retries = completion.retries(&held.run);
         let run = &mut held.run;
         let (kind, text) = match completion {
             Completion::Succeeded { result } => {
@@ -714,9 +718,9 @@ impl Store for SledStore {
                 Inner::finish(run, RunState::Succeeded, None, now);
                 (ActivityKind::Completion, text)
             }
-            Completion::Failed { reason, retryable, result } => {
+            Completion::Failed { reason, result, .. } => {
                 run.result = result;
-                if retryable && may_retry(&run.flow.retry, run.attempt) {
+                if retries {
                     let wait = backoff(&run.flow.retry, run.attempt, fastrand::f64());
                     let at = later(now, wait);
                     run.state = RunState::Queued;
@@ -748,11 +752,7 @@ impl Store for SledStore {
         for write in memory {
             Inner::put_memory(&mut changes, &held.run.automation, write, Some(&held.run), now);
         }
-        changes.put_run(&held.run);
-        let run = held.run.clone();
-        live.put(held.run, held.next_activity);
-        self.apply(live, changes, true)?;
-        Ok(run)
+        self.save(live, changes, held, true)
     }
 
     fn cancel(&self, id: RunId, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError> {
@@ -766,7 +766,7 @@ impl Store for SledStore {
     }
 
     fn approve(&self, id: RunId, now: DateTime<Utc>) -> Result<Run, StoreError> {
-        let mut live = self.lock();
+        let live = self.lock();
         let mut pending = self.live_run(&live, id, "approved")?;
         if pending.run.state != RunState::AwaitingApproval {
             return Err(StoreError::WrongState { run: id, state: pending.run.state, action: "approved" });
@@ -776,11 +776,7 @@ impl Store for SledStore {
         pending.run.updated_at = now;
         let mut changes = Changes::default();
         changes.activity(&mut pending, ActivityKind::Progress, "plan approved".into(), now);
-        changes.put_run(&pending.run);
-        let run = pending.run.clone();
-        live.put(pending.run, pending.next_activity);
-        self.apply(live, changes, true)?;
-        Ok(run)
+        self.save(live, changes, pending, true)
     }
 
     fn sweep_expired_leases(&self, now: DateTime<Utc>) -> Result<Vec<RunId>, StoreError> {
@@ -806,8 +802,7 @@ impl Store for SledStore {
                 reason
             };
             changes.activity(&mut held, ActivityKind::Failure, text, now);
-            changes.put_run(&held.run);
-            live.put(held.run, held.next_activity);
+            changes.keep(&mut live.live, held);
         }
         self.apply(live, changes, true)?;
         Ok(expired)
@@ -833,16 +828,18 @@ impl Store for SledStore {
         unfinished.sort_by_key(|run| std::cmp::Reverse(run.id));
         let listed: std::collections::HashSet<RunId> = unfinished.iter().map(|run| run.id).collect();
         let mut unfinished = unfinished.into_iter().peekable();
-        let finished_ids: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match &filter.automation {
-            Some(automation) => Box::new(self.db.scan_prefix(keys::runs_of(automation)).rev()),
-            None => Box::new(self.db.scan_prefix(keys::RUN).rev()),
+        // `ra/` (one automation) holds ids to look up; `run/` (all) holds the records.
+        let index = filter.automation.is_some();
+        let finished = match &filter.automation {
+            Some(automation) => self.db.scan_prefix(keys::runs_of(automation)),
+            None => self.db.scan_prefix(keys::RUN),
         };
         let mut found = Vec::new();
-        for entry in finished_ids {
+        for entry in finished.rev() {
             if found.len() >= limit {
                 break;
             }
-            let (key, _) = entry.map_err(io)?;
+            let (key, value) = entry.map_err(io)?;
             let Some(id) = keys::number_at_end(&key).map(RunId) else { continue };
             if listed.contains(&id) {
                 // Finished since the snapshot of unfinished runs was taken.
@@ -851,8 +848,9 @@ impl Store for SledStore {
             while found.len() < limit && unfinished.peek().is_some_and(|run| run.id > id) {
                 found.extend(unfinished.next());
             }
+            let run = if index { self.read_run(id)? } else { Some(decode(&key, &value)?) };
             if found.len() < limit
-                && let Some(run) = self.read_run(id)?
+                && let Some(run) = run
                 && wanted(&run)
             {
                 found.push(run);
