@@ -148,7 +148,8 @@ fn ingest(producers: u64, seconds: u64, through_rules: bool) {
 }
 
 fn report_flushes(sled: &SledStore, operations: usize) {
-    println!("  {} commits for {operations} operations", sled.commits());
+    let (logged, synced, applied) = sled.commits();
+    println!("  {operations} operations: {logged} log appends, {synced} log syncs, {applied} sled batches");
 }
 
 fn claims(workers: u64, runs: u64) {

@@ -12,12 +12,13 @@ use nightshift::runs::RunId;
 use nightshift::store::{RunFilter, SledStore, Store};
 use serde_json::json;
 
-use crate::store::{at, event, pipeline};
+use crate::store::{at, event, pipeline_over};
 
 const DATA_ENV: &str = "NIGHTSHIFT_CRASH_DATA";
 const FROM_ENV: &str = "NIGHTSHIFT_CRASH_FROM";
 const PRODUCERS: u64 = 4;
 const KILLS: usize = 50;
+const LOG_SEGMENT_BYTES: u64 = 64 * 1024;
 
 /// The child's work, started by `acknowledged_events_survive_sigkill`: ingests event
 /// ids `FROM`, `FROM+1`, ... from four threads until it is killed, printing each id once
@@ -28,7 +29,9 @@ const KILLS: usize = 50;
 fn crash_child_ingests_until_killed() {
     let data = std::env::var(DATA_ENV).expect("data dir");
     let from: u64 = std::env::var(FROM_ENV).expect("first id").parse().expect("number");
-    let pipeline = Arc::new(pipeline("concurrency: { limit: 10000 }", data.as_ref()));
+    // Small log segments: the kills also land in rotations and checkpoints.
+    let store = SledStore::open_with_log_segment(data.as_ref(), LOG_SEGMENT_BYTES).expect("store opens");
+    let pipeline = Arc::new(pipeline_over("{{ event.title }}", "concurrency: { limit: 10000 }", Arc::new(store)));
     let threads: Vec<_> = (0..PRODUCERS)
         .map(|thread| {
             let pipeline = pipeline.clone();
@@ -53,6 +56,8 @@ fn acknowledged_events_survive_sigkill() {
     let mut acknowledged: BTreeMap<u64, String> = BTreeMap::new();
     let mut rng = fastrand::Rng::with_seed(7);
     let deadline = Instant::now() + Duration::from_secs(240);
+    // Rounds whose kill left write-ahead log to replay, and more than one segment of it.
+    let (mut left_log, mut left_segments) = (0, 0);
     for round in 0..KILLS {
         assert!(Instant::now() < deadline, "50 crash rounds took over 4 minutes (stopped at round {round})");
         let from = acknowledged.keys().next_back().map_or(0, |last| last.saturating_sub(10));
@@ -95,8 +100,13 @@ fn acknowledged_events_survive_sigkill() {
             }
         }
         assert!(acks > 0, "round {round}: the child acknowledged nothing:\n{}", lines.join("\n"));
+        let segments = std::fs::read_dir(data.path().join("wal")).map_or(0, |dir| dir.count());
+        left_log += usize::from(segments > 0);
+        left_segments += usize::from(segments > 1);
         check_store(&data, &acknowledged, round);
     }
+    assert!(left_log > KILLS / 2, "only {left_log} kills left a write-ahead log to replay");
+    assert!(left_segments > 0, "no kill left more than one log segment");
 }
 
 /// Every acknowledged event is stored with the runs it was answered with, and no event

@@ -34,13 +34,17 @@ pub fn pipeline(extra: &str, data: &Path) -> Pipeline {
 
 /// `pipeline` with the task's prompt template.
 pub fn pipeline_with(prompt: &str, extra: &str, data: &Path) -> Pipeline {
+    pipeline_over(prompt, extra, Arc::new(SledStore::open(data).expect("store opens")))
+}
+
+/// `pipeline_with` over a store already open.
+pub fn pipeline_over(prompt: &str, extra: &str, store: Arc<dyn Store>) -> Pipeline {
     let yaml = format!(
         "name: probe\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: codex\n  repo: /srv/git/api\n  prompt: '{prompt}'\n{extra}"
     );
     let dir = temp_dir_with(&[("probe.yaml", &yaml)]);
     let (catalog, diagnostics) = load(dir.path());
     assert!(diagnostics.is_empty(), "{yaml}\n{diagnostics:#?}");
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(data).expect("store opens"));
     Pipeline::new(Arc::new(catalog), store)
 }
 
@@ -384,6 +388,32 @@ fn damaged_or_foreign_store_files_give_a_clear_error() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let error = SledStore::open(file.path()).unwrap_err();
     assert!(error.to_string().contains("cannot open the store"), "{error}");
+}
+
+#[test]
+fn a_damaged_write_ahead_log_segment_is_an_error_that_names_the_file() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let pipeline = pipeline("concurrency: { limit: 100 }", data.path());
+        ingest(&pipeline, "e0", json!({"title": "t"}), 0);
+    }
+    // As a crash can leave it: an older segment, then the newest. Only the newest may
+    // end in a torn frame; damage in an older one is real damage.
+    let wal = data.path().join("wal");
+    let mut older = b"NSWAL001".to_vec();
+    older.extend_from_slice(&[5, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5]);
+    std::fs::write(wal.join("0000000000000007.log"), older).unwrap();
+    std::fs::write(wal.join("0000000000000008.log"), b"NSWAL001").unwrap();
+    let error = SledStore::open(data.path()).unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("0000000000000007.log") && message.contains("checksum"), "{message}");
+
+    // A torn frame at the end of the newest segment was never acknowledged: it is dropped.
+    std::fs::remove_file(wal.join("0000000000000007.log")).unwrap();
+    std::fs::write(wal.join("0000000000000008.log"), b"NSWAL001\x40\x00\x00").unwrap();
+    let store = SledStore::open(data.path()).expect("a torn tail is not damage");
+    assert!(store.event("manual:e0").unwrap().is_some());
 }
 
 #[test]

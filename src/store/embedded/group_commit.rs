@@ -1,8 +1,11 @@
-//! Group commit: concurrent writers share one sled batch and one flush. Writers queue
-//! their changes under the store's lock, take a ticket and park; a committer thread
-//! takes everything queued, applies it as one batch, flushes, and wakes exactly the
-//! writers the commit covered. While it flushes, the next batch gathers.
+//! Group commit: concurrent writers share one log append, one sync and one sled batch.
+//! Writers queue their changes under the store's lock, take a ticket and park. Two
+//! threads form a pipeline: the logger takes everything queued, appends it to the
+//! write-ahead log and syncs it when anyone needs it durable; the applier then applies
+//! it to sled and wakes exactly the writers it covered. While one batch is applied, the
+//! next is logged and a third gathers; an applier that falls behind merges batches.
 
+use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
@@ -23,61 +26,69 @@ impl Wake {
     }
 }
 
-/// Where queued changes go: taken as one batch, applied, then made durable.
-pub trait Sink {
-    type Batch;
-    /// Everything queued so far, and the newest ticket it covers.
-    fn take(&self) -> (u64, Self::Batch);
-    fn apply(&self, batch: Self::Batch) -> Result<(), String>;
+/// Where queued changes go: taken as one batch, logged, then applied.
+pub trait Sink: Sync {
+    type Batch: Send;
+    /// Everything queued so far, the newest ticket it covers, and whether any of it was
+    /// queued by a writer that needs it on disk.
+    fn take(&self) -> (u64, Self::Batch, bool);
+    /// Appends the batch to the log, synced when `sync`.
+    fn log(&self, batch: &mut Self::Batch, sync: bool) -> Result<(), String>;
+    /// Syncs everything logged so far.
+    fn sync(&self) -> Result<(), String>;
+    /// Applies logged batches, oldest first, so every reader sees them.
+    fn apply(&self, batches: Vec<Self::Batch>) -> Result<(), String>;
     /// Changes up to `ticket` are applied (the sink may drop its read overlay of them).
     fn applied(&self, ticket: u64);
-    fn flush(&self) -> Result<(), String>;
 }
 
-/// How far a caller needs its changes to have got.
+/// How far a caller needs its changes to have got. Both mean applied: visible to every
+/// reader. `Durable` also means on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// Visible to every reader; lost in a crash (claims, heartbeats).
+    /// Lost in a crash unless a later durable commit covers it (claims, heartbeats).
     Applied,
-    /// On disk.
     Durable,
 }
 
 #[derive(Debug, Default)]
 struct Progress {
-    applied: u64,
+    /// The newest ticket logged, synced, and applied.
+    logged: u64,
     durable: u64,
-    /// The newest ticket anyone waits for, and whether someone needs it on disk.
+    applied: u64,
+    /// The newest ticket anyone waits for, and the newest someone needs on disk.
     wanted: u64,
     wanted_durable: u64,
     waiting: Vec<(u64, Stage, Wake)>,
-    commits: u64,
+    logs: u64,
+    syncs: u64,
+    applies: u64,
     /// A failed commit may have lost queued changes: the store refuses further work.
     broken: Option<String>,
     stopping: bool,
-    /// The committer sleeps on `work`; only then does a new waiter need to signal it
-    /// (a busy committer looks again before it sleeps), which saves a syscall per write.
-    committer_idle: bool,
+    /// The logger sleeps on `work`; only then does a new waiter need to signal it (a busy
+    /// logger looks again before it sleeps), which saves a syscall per write.
+    logger_idle: bool,
 }
 
 impl Progress {
     fn reached(&self, ticket: u64, stage: Stage) -> bool {
-        match stage {
-            Stage::Applied => self.applied >= ticket,
-            Stage::Durable => self.durable >= ticket,
-        }
+        self.applied >= ticket && (stage == Stage::Applied || self.durable >= ticket)
     }
 
     /// Wakes the waiters the progress so far satisfies.
     fn wake_satisfied(&mut self) {
-        let (applied, durable, broken) = (self.applied, self.durable, self.broken.is_some());
-        self.waiting.retain(|(ticket, stage, wake)| {
-            let done = broken || *ticket <= if *stage == Stage::Applied { applied } else { durable };
+        let broken = self.broken.is_some();
+        let mut waiting = std::mem::take(&mut self.waiting);
+        waiting.retain(|(ticket, stage, wake)| {
+            let done = broken || self.reached(*ticket, *stage);
             if done {
                 wake.wake();
             }
             !done
         });
+        self.waiting = waiting;
     }
 
     /// Registers a waiter and says what the committer must do for it.
@@ -87,6 +98,24 @@ impl Progress {
             self.wanted_durable = self.wanted_durable.max(ticket);
         }
         self.waiting.push((ticket, stage, wake));
+    }
+
+    /// Someone waits for changes not yet logged.
+    fn take_pending(&self) -> bool {
+        self.wanted > self.logged
+    }
+
+    /// Someone needs changes on disk that were logged without a sync.
+    fn sync_pending(&self) -> bool {
+        self.wanted_durable > self.durable && self.logged > self.durable
+    }
+
+    /// After a failure nothing more is written: every waiter is answered with the error.
+    fn give_up(&mut self) {
+        self.logged = self.logged.max(self.wanted);
+        self.applied = self.applied.max(self.wanted);
+        self.durable = self.durable.max(self.wanted_durable);
+        self.wake_satisfied();
     }
 }
 
@@ -122,7 +151,7 @@ impl GroupCommit {
     }
 
     fn signal(&self, progress: &Progress) {
-        if progress.committer_idle {
+        if progress.logger_idle && (progress.take_pending() || progress.sync_pending()) {
             self.work.notify_one();
         }
     }
@@ -141,59 +170,103 @@ impl GroupCommit {
         Poll::Pending
     }
 
-    /// The committer thread's loop: commits whenever someone waits, until `stop`.
+    /// Runs the logger on this thread and the applier beside it, until `stop`.
     pub fn run<S: Sink>(&self, sink: &S) {
+        let (to_apply, logged) = mpsc::channel();
+        std::thread::scope(|scope| {
+            let applier = std::thread::Builder::new().name("nightshift-apply".into()).spawn_scoped(scope, || {
+                self.run_applier(sink, logged);
+            });
+            if applier.is_err() {
+                self.lock().broken.get_or_insert("cannot start the applier thread; restart nightshift".into());
+            }
+            self.run_logger(sink, to_apply);
+        });
+    }
+
+    fn run_logger<S: Sink>(&self, sink: &S, to_apply: mpsc::Sender<(u64, S::Batch)>) {
         let mut progress = self.lock();
         loop {
-            let pending = progress.wanted > progress.applied || progress.wanted_durable > progress.durable;
-            if !pending {
+            if progress.broken.is_some() {
+                progress.give_up();
+            }
+            let (take, sync) = (progress.take_pending(), progress.sync_pending());
+            if !take && !sync {
                 if progress.stopping {
+                    // Dropping the sender lets the applier finish what is left, then stop.
                     return;
                 }
-                progress.committer_idle = true;
+                progress.logger_idle = true;
                 progress = self.work.wait(progress).unwrap_or_else(PoisonError::into_inner);
-                progress.committer_idle = false;
+                progress.logger_idle = false;
                 continue;
             }
-            if progress.broken.is_some() {
-                progress.wake_satisfied();
-                progress.applied = progress.wanted;
-                progress.durable = progress.wanted_durable.max(progress.durable);
-                continue;
-            }
+            let someone_needs_sync = progress.wanted_durable > progress.durable;
             drop(progress);
-            // A panic here (inside sled, say) must not leave writers parked forever.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit(sink)))
-                .unwrap_or_else(|_| Err("the committer thread panicked; restart nightshift".to_string()));
+            let result = guarded(|| {
+                if !take {
+                    sink.sync().map_err(|e| format!("syncing the log failed, restart nightshift: {e}"))?;
+                    return Ok(None);
+                }
+                let (covers, mut batch, durable) = sink.take();
+                let sync = durable || someone_needs_sync;
+                sink.log(&mut batch, sync).map_err(|e| format!("writing the log failed, restart nightshift: {e}"))?;
+                Ok(Some((covers, batch, sync)))
+            });
             progress = self.lock();
-            if let Err(why) = result {
-                progress.broken.get_or_insert(why);
+            match result {
+                Ok(None) => {
+                    progress.durable = progress.logged;
+                    progress.syncs += 1;
+                    progress.wake_satisfied();
+                }
+                Ok(Some((covers, batch, sync))) => {
+                    progress.logged = covers;
+                    progress.logs += 1;
+                    if sync {
+                        progress.durable = covers;
+                        progress.syncs += 1;
+                    }
+                    if to_apply.send((covers, batch)).is_err() {
+                        progress.broken.get_or_insert("the applier thread stopped; restart nightshift".into());
+                    }
+                }
+                Err(why) => {
+                    progress.broken.get_or_insert(why);
+                }
             }
-            progress.wake_satisfied();
         }
     }
 
-    /// Applies and flushes everything queued; wakes those who only needed it applied
-    /// before the flush.
-    fn commit<S: Sink>(&self, sink: &S) -> Result<(), String> {
-        let (covers, batch) = sink.take();
-        sink.apply(batch).map_err(|e| format!("applying changes failed, restart nightshift: {e}"))?;
-        sink.applied(covers);
-        let flush = {
+    fn run_applier<S: Sink>(&self, sink: &S, logged: mpsc::Receiver<(u64, S::Batch)>) {
+        while let Ok((mut covers, first)) = logged.recv() {
+            let mut batches = vec![first];
+            while let Ok((later, batch)) = logged.try_recv() {
+                covers = later;
+                batches.push(batch);
+            }
+            if self.lock().broken.is_some() {
+                continue;
+            }
+            let result = guarded(|| {
+                sink.apply(batches).map_err(|e| format!("applying changes failed, restart nightshift: {e}"))?;
+                sink.applied(covers);
+                Ok(())
+            });
             let mut progress = self.lock();
-            progress.applied = progress.applied.max(covers);
+            match result {
+                Ok(()) => {
+                    progress.applied = covers;
+                    progress.applies += 1;
+                }
+                Err(why) => {
+                    progress.broken.get_or_insert(why);
+                    // The logger answers everyone with the error.
+                    self.work.notify_one();
+                }
+            }
             progress.wake_satisfied();
-            progress.wanted_durable > progress.durable
-        };
-        if flush {
-            sink.flush().map_err(|e| format!("flushing to disk failed, restart nightshift: {e}"))?;
         }
-        let mut progress = self.lock();
-        if flush {
-            progress.durable = progress.durable.max(covers);
-        }
-        progress.commits += 1;
-        Ok(())
     }
 
     /// Asks `run` to return once nothing is waiting.
@@ -202,10 +275,18 @@ impl GroupCommit {
         self.work.notify_all();
     }
 
-    /// Commits (one batch each, flushed when anyone needed it) so far.
-    pub fn commits(&self) -> u64 {
-        self.lock().commits
+    /// Log appends, log syncs and sled batches so far: concurrent writers share them.
+    pub fn commits(&self) -> (u64, u64, u64) {
+        let progress = self.lock();
+        (progress.logs, progress.syncs, progress.applies)
     }
+}
+
+/// Runs one step of the pipeline; a panic (inside sled, say) becomes an error, so
+/// writers are answered instead of parked forever.
+fn guarded<T>(step: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step))
+        .unwrap_or_else(|_| Err("the committer thread panicked; restart nightshift".to_string()))
 }
 
 #[cfg(test)]
@@ -233,21 +314,24 @@ mod tests {
 
     impl Sink for Counter {
         type Batch = u64;
-        fn take(&self) -> (u64, u64) {
+        fn take(&self) -> (u64, u64, bool) {
             let mut queued = self.queued.lock().unwrap();
             let batch = std::mem::take(&mut queued.1);
-            (queued.0, batch)
+            (queued.0, batch, true)
         }
-        fn apply(&self, batch: u64) -> Result<(), String> {
-            self.applied.fetch_add(batch, Ordering::Relaxed);
-            Ok(())
+        fn log(&self, _: &mut u64, sync: bool) -> Result<(), String> {
+            if sync { self.sync() } else { Ok(()) }
         }
-        fn applied(&self, _: u64) {}
-        fn flush(&self) -> Result<(), String> {
+        fn sync(&self) -> Result<(), String> {
             self.flushes.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(std::time::Duration::from_micros(200));
             if self.fail_flush.load(Ordering::Relaxed) { Err("disk full".into()) } else { Ok(()) }
         }
+        fn apply(&self, batches: Vec<u64>) -> Result<(), String> {
+            self.applied.fetch_add(batches.iter().sum(), Ordering::Relaxed);
+            Ok(())
+        }
+        fn applied(&self, _: u64) {}
     }
 
     fn start(sink: Arc<Counter>) -> (Arc<GroupCommit>, std::thread::JoinHandle<()>) {

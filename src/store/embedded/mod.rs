@@ -1,6 +1,7 @@
 //! `SledStore`: the embedded store, on sled. One sled tree holds every record (see `keys`), so
 //! each operation is one atomic batch; one mutex orders the operations; group commit
-//! makes them durable with one flush per batch of concurrent callers.
+//! makes them durable with one write-ahead log sync per batch of concurrent callers,
+//! and sled is flushed only when a log segment is checkpointed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -15,6 +16,7 @@ mod group_commit;
 mod keys;
 mod live;
 mod retention;
+mod wal;
 mod watermark;
 
 use super::{
@@ -34,13 +36,14 @@ use crate::task::{Flow, Task};
 use codec::{decode, encode};
 use group_commit::{GroupCommit, Sink, Stage};
 use live::{DedupeMark, LastCreated, Live, LiveRun};
+use wal::Wal;
 use watermark::Watermark;
 
 /// Memory sled may use for its page cache.
 const CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The store. Its committer thread applies and flushes queued changes (group commit);
-/// dropping the store commits what is left and stops it.
+/// The store. Its committer threads log and apply queued changes (group commit);
+/// dropping the store commits what is left, checkpoints and stops them.
 pub struct SledStore {
     inner: Arc<Inner>,
     committer: Option<std::thread::JoinHandle<()>>,
@@ -59,6 +62,8 @@ pub struct Inner {
     db: sled::Db,
     state: Mutex<State>,
     commit: GroupCommit,
+    /// Only the logger thread appends; the lock is never contended.
+    wal: Mutex<Wal>,
 }
 
 /// What the store's lock guards: the index of unfinished runs, and changes queued for
@@ -75,7 +80,9 @@ struct State {
 /// Changes decided but not yet applied to sled.
 #[derive(Default)]
 struct Queued {
-    batch: sled::Batch,
+    batch: Vec<(sled::IVec, Option<sled::IVec>)>,
+    /// Someone who queued part of `batch` needs it on disk, not only applied.
+    durable: bool,
     /// The same changes by key, with the ticket that made them, so reads under the lock
     /// see them before sled does.
     overlay: HashMap<sled::IVec, (u64, Option<sled::IVec>)>,
@@ -96,17 +103,46 @@ impl std::ops::DerefMut for State {
     }
 }
 
-impl Sink for Inner {
-    type Batch = sled::Batch;
+/// Changes on their way through the write-ahead log into sled.
+pub struct Batch {
+    writes: Vec<(sled::IVec, Option<sled::IVec>)>,
+    /// Logging this batch ended that log segment: once everything before this batch is
+    /// in sled and flushed, the segment may go.
+    checkpoint: Option<u64>,
+}
 
-    fn take(&self) -> (u64, sled::Batch) {
+impl Sink for Inner {
+    type Batch = Batch;
+
+    fn take(&self) -> (u64, Batch, bool) {
         let mut state = self.lock();
-        let batch = std::mem::take(&mut state.queued.batch);
-        (state.queued.issued, batch)
+        let writes = std::mem::take(&mut state.queued.batch);
+        let durable = std::mem::take(&mut state.queued.durable);
+        (state.queued.issued, Batch { writes, checkpoint: None }, durable)
     }
 
-    fn apply(&self, batch: sled::Batch) -> Result<(), String> {
-        self.db.apply_batch(batch).map_err(|e| e.to_string())
+    fn log(&self, batch: &mut Batch, sync: bool) -> Result<(), String> {
+        let writes = batch.writes.iter().map(|(key, value)| (key.as_ref(), value.as_deref()));
+        let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
+        batch.checkpoint = wal.append(writes, sync).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), String> {
+        self.wal.lock().unwrap_or_else(PoisonError::into_inner).sync().map_err(|e| e.to_string())
+    }
+
+    /// Plain inserts, not sled batches: a sled batch costs two log buffer writes of its
+    /// own, and atomicity in a crash comes from the write-ahead log. Readers under the
+    /// store's lock see the whole batch through the overlay until it is applied.
+    fn apply(&self, batches: Vec<Batch>) -> Result<(), String> {
+        for batch in batches {
+            if let Some(ended) = batch.checkpoint {
+                self.checkpoint(ended)?;
+            }
+            write_all(&self.db, batch.writes).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn applied(&self, ticket: u64) {
@@ -118,10 +154,49 @@ impl Sink for Inner {
             overlay.shrink_to(overlay.len() * 2);
         }
     }
+}
 
-    fn flush(&self) -> Result<(), String> {
-        self.db.flush().map(drop).map_err(|e| e.to_string())
+impl Inner {
+    fn wal_dir(&self) -> PathBuf {
+        wal_dir(&self.dir)
     }
+
+    /// Flushes sled, which then holds every write of log segments up to `ended`, and
+    /// removes those segments.
+    fn checkpoint(&self, ended: u64) -> Result<(), String> {
+        self.db.flush().map_err(|e| format!("flushing the database failed: {e}"))?;
+        wal::remove_through(&self.wal_dir(), ended).map_err(|e| format!("removing old log segments failed: {e}"))
+    }
+}
+
+fn write_all(db: &sled::Db, writes: Vec<(sled::IVec, Option<sled::IVec>)>) -> sled::Result<()> {
+    for (key, value) in writes {
+        match value {
+            Some(value) => db.insert(key, value)?,
+            None => db.remove(key)?,
+        };
+    }
+    Ok(())
+}
+
+fn wal_dir(store: &Path) -> PathBuf {
+    store.join("wal")
+}
+
+/// Replays what the write-ahead log holds into sled, flushes, and removes the segments
+/// replayed; returns the newest segment number.
+fn recover(db: &sled::Db, dir: &Path) -> Result<u64, StoreError> {
+    let newest = wal::replay(&wal_dir(dir), |writes| {
+        let writes = writes.into_iter().map(|(key, value)| (key.into(), value.map(sled::IVec::from))).collect();
+        write_all(db, writes).map_err(|e| e.to_string())
+    })
+    .map_err(|damaged| StoreError::Corrupt {
+        what: damaged.file.display().to_string(),
+        cause: format!("{}; move the store directory away to start afresh", damaged.cause),
+    })?;
+    db.flush().map_err(io)?;
+    wal::remove_through(&wal_dir(dir), newest).map_err(|e| StoreError::Io(e.to_string()))?;
+    Ok(newest)
 }
 
 /// A queued write of the embedded store, on its way to disk.
@@ -170,6 +245,12 @@ impl Drop for SledStore {
             && committer.join().is_err()
         {
             tracing::error!(dir = %self.dir.display(), "the store's committer thread panicked");
+            return;
+        }
+        // A clean stop leaves everything in sled and no log to replay.
+        let current = self.wal.lock().unwrap_or_else(PoisonError::into_inner).current();
+        if let Err(error) = self.checkpoint(current) {
+            tracing::warn!(dir = %self.dir.display(), "could not checkpoint the store: {error}");
         }
     }
 }
@@ -203,8 +284,9 @@ impl Changes {
     /// `run/` with its index entries.
     fn put_run(&mut self, run: &Run) {
         if run.state.is_finished() {
-            self.delete(keys::live(run.id));
+            // Readers outside the lock look under `run/` first: they never miss the run.
             self.put_finished(run);
+            self.delete(keys::live(run.id));
         } else {
             self.put(keys::live(run.id), encode(run));
         }
@@ -242,6 +324,13 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`. A damaged, foreign or locked store is an
     /// error that says which, never a panic.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        Self::open_with_log_segment(dir, wal::SEGMENT_BYTES)
+    }
+
+    /// `open`, with write-ahead log segments rotated (and sled checkpointed) every
+    /// `segment_bytes`. Small segments let tests reach checkpoints quickly.
+    #[doc(hidden)]
+    pub fn open_with_log_segment(dir: &Path, segment_bytes: u64) -> Result<SledStore, StoreError> {
         let open_error = |cause: String| StoreError::Open { dir: dir.to_path_buf(), cause };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         let config = sled::Config::new().path(dir.join("db")).cache_capacity(CACHE_BYTES).flush_every_ms(Some(500));
@@ -260,11 +349,15 @@ impl SledStore {
             },
             other => open_error(other.to_string()),
         })?;
+        let newest_segment = recover(&db, dir)?;
+        let wal = Wal::create(&wal_dir(dir), newest_segment, segment_bytes)
+            .map_err(|e| open_error(format!("cannot start a write-ahead log segment: {e}")))?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             db,
             state: Mutex::new(State::default()),
             commit: GroupCommit::default(),
+            wal: Mutex::new(wal),
         });
         let committer = {
             let inner = inner.clone();
@@ -294,8 +387,8 @@ impl SledStore {
         &self.dir
     }
 
-    /// Commits (one sled batch and one flush each) so far: concurrent writers share them.
-    pub fn commits(&self) -> u64 {
+    /// Log appends, log syncs and sled batches so far: concurrent writers share them.
+    pub fn commits(&self) -> (u64, u64, u64) {
         self.commit.commits()
     }
 }
@@ -387,23 +480,21 @@ impl Inner {
     /// the order their decisions were made), then, with the lock released, waits until
     /// a group commit has applied them, and flushed them when `durable`.
     fn apply(&self, guard: MutexGuard<'_, State>, changes: Changes, durable: bool) -> Result<(), StoreError> {
-        let ticket = Self::queue(guard, changes);
+        let ticket = Self::queue(guard, changes, durable);
         self.wait(ticket, if durable { Stage::Durable } else { Stage::Applied })
     }
 
     /// Queues the changes for the next group commit and releases the lock; returns the
     /// ticket to wait for.
-    fn queue(mut guard: MutexGuard<'_, State>, changes: Changes) -> u64 {
+    fn queue(mut guard: MutexGuard<'_, State>, changes: Changes, durable: bool) -> u64 {
         let queued = &mut guard.queued;
         queued.issued += 1;
+        queued.durable |= durable;
         let ticket = queued.issued;
         for (key, value) in changes.writes {
             // Shared buffers: the batch and the overlay hold one copy.
             let (key, value) = (sled::IVec::from(key), value.map(sled::IVec::from));
-            match &value {
-                Some(bytes) => queued.batch.insert(key.clone(), bytes.clone()),
-                None => queued.batch.remove(key.clone()),
-            }
+            queued.batch.push((key.clone(), value.clone()));
             queued.overlay.insert(key, (ticket, value));
         }
         drop(guard);
@@ -631,7 +722,7 @@ impl Store for SledStore {
             // Events with runs go with their runs; the others by age, through this index.
             changes.put(keys::event_age(event.received_at.timestamp_millis(), &event.id), Vec::new());
         }
-        let ticket = Inner::queue(live, changes);
+        let ticket = Inner::queue(live, changes, true);
         let outcome =
             IngestOutcome { event_id: event.id.clone(), duplicate_delivery: false, runs: outcomes, cancelled };
         Ok((outcome, self.durability(ticket)))
