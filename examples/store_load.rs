@@ -149,7 +149,7 @@ fn ingest(producers: u64, seconds: u64, through_rules: bool) {
 
 fn report_flushes(sled: &SledStore, operations: usize) {
     let (logged, synced, applied) = sled.commits();
-    println!("  {operations} operations: {logged} log appends, {synced} log syncs, {applied} sled batches");
+    println!("  {operations} operations: {logged} log appends, {synced} log syncs, {applied} applier passes");
 }
 
 fn claims(workers: u64, runs: u64) {

@@ -1,4 +1,4 @@
-//! Group commit: concurrent writers share one log append, one sync and one sled batch.
+//! Group commit: concurrent writers share one log append, one sync and one applier pass.
 //! Writers queue their changes under the store's lock, take a ticket and park. Two
 //! threads form a pipeline: the logger takes everything queued, appends it to the
 //! write-ahead log and syncs it when anyone needs it durable; the applier then applies
@@ -119,6 +119,9 @@ impl Progress {
     }
 }
 
+/// How many logged batches may wait for the applier before the logger waits too.
+const LOGGED_NOT_APPLIED: usize = 64;
+
 #[derive(Debug, Default)]
 pub struct GroupCommit {
     progress: Mutex<Progress>,
@@ -172,7 +175,7 @@ impl GroupCommit {
 
     /// Runs the logger on this thread and the applier beside it, until `stop`.
     pub fn run<S: Sink>(&self, sink: &S) {
-        let (to_apply, logged) = mpsc::channel();
+        let (to_apply, logged) = mpsc::sync_channel(LOGGED_NOT_APPLIED);
         std::thread::scope(|scope| {
             let applier = std::thread::Builder::new().name("nightshift-apply".into()).spawn_scoped(scope, || {
                 self.run_applier(sink, logged);
@@ -184,7 +187,7 @@ impl GroupCommit {
         });
     }
 
-    fn run_logger<S: Sink>(&self, sink: &S, to_apply: mpsc::Sender<(u64, S::Batch)>) {
+    fn run_logger<S: Sink>(&self, sink: &S, to_apply: mpsc::SyncSender<(u64, S::Batch)>) {
         let mut progress = self.lock();
         loop {
             if progress.broken.is_some() {
@@ -227,7 +230,12 @@ impl GroupCommit {
                         progress.durable = covers;
                         progress.syncs += 1;
                     }
-                    if to_apply.send((covers, batch)).is_err() {
+                    progress.wake_satisfied();
+                    // A full queue holds the logger back until the applier catches up.
+                    drop(progress);
+                    let sent = to_apply.send((covers, batch)).is_ok();
+                    progress = self.lock();
+                    if !sent {
                         progress.broken.get_or_insert("the applier thread stopped; restart nightshift".into());
                     }
                 }
@@ -269,13 +277,19 @@ impl GroupCommit {
         }
     }
 
+    /// Nothing failed, and everything logged is applied: sled holds every change.
+    pub fn is_clean(&self) -> bool {
+        let progress = self.lock();
+        progress.broken.is_none() && progress.applied >= progress.logged
+    }
+
     /// Asks `run` to return once nothing is waiting.
     pub fn stop(&self) {
         self.lock().stopping = true;
         self.work.notify_all();
     }
 
-    /// Log appends, log syncs and sled batches so far: concurrent writers share them.
+    /// Log appends, log syncs and applier passes so far: concurrent writers share them.
     pub fn commits(&self) -> (u64, u64, u64) {
         let progress = self.lock();
         (progress.logs, progress.syncs, progress.applies)

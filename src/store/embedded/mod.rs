@@ -1,6 +1,6 @@
-//! `SledStore`: the embedded store, on sled. One sled tree holds every record (see `keys`), so
-//! each operation is one atomic batch; one mutex orders the operations; group commit
-//! makes them durable with one write-ahead log sync per batch of concurrent callers,
+//! `SledStore`: the embedded store, on sled. One sled tree holds every record (see `keys`);
+//! one mutex orders the operations; group commit makes each operation durable and
+//! atomic as one write-ahead log frame, with one sync per batch of concurrent callers,
 //! and sled is flushed only when a log segment is checkpointed.
 
 use std::collections::{BTreeMap, HashMap};
@@ -186,17 +186,29 @@ fn wal_dir(store: &Path) -> PathBuf {
 /// Replays what the write-ahead log holds into sled, flushes, and removes the segments
 /// replayed; returns the newest segment number.
 fn recover(db: &sled::Db, dir: &Path) -> Result<u64, StoreError> {
-    let newest = wal::replay(&wal_dir(dir), |writes| {
+    let failed = |cause: String| StoreError::Open { dir: dir.to_path_buf(), cause };
+    let replayed = wal::replay(&wal_dir(dir), |writes| {
         let writes = writes.into_iter().map(|(key, value)| (key.into(), value.map(sled::IVec::from))).collect();
-        write_all(db, writes).map_err(|e| e.to_string())
+        write_all(db, writes).map_err(|e| format!("replaying the write-ahead log into the database failed: {e}"))
     })
-    .map_err(|damaged| StoreError::Corrupt {
-        what: damaged.file.display().to_string(),
-        cause: format!("{}; move the store directory away to start afresh", damaged.cause),
+    .map_err(|error| match error {
+        wal::ReplayError::Damaged { file, cause } => StoreError::Corrupt {
+            what: file.display().to_string(),
+            cause: format!("{cause}; restore a backup, or move the store directory away to start afresh"),
+        },
+        wal::ReplayError::Failed(cause) => failed(cause),
     })?;
-    db.flush().map_err(io)?;
-    wal::remove_through(&wal_dir(dir), newest).map_err(|e| StoreError::Io(e.to_string()))?;
-    Ok(newest)
+    if replayed.dropped > 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            "dropped {} bytes of a write-ahead log frame cut short by a crash (never acknowledged)",
+            replayed.dropped
+        );
+    }
+    db.flush().map_err(|e| failed(format!("flushing the replayed write-ahead log failed: {e}")))?;
+    wal::remove_through(&wal_dir(dir), replayed.newest)
+        .map_err(|e| failed(format!("removing replayed write-ahead log segments failed: {e}")))?;
+    Ok(replayed.newest)
 }
 
 /// A queued write of the embedded store, on its way to disk.
@@ -247,7 +259,11 @@ impl Drop for SledStore {
             tracing::error!(dir = %self.dir.display(), "the store's committer thread panicked");
             return;
         }
-        // A clean stop leaves everything in sled and no log to replay.
+        // A clean stop leaves everything in sled and no log to replay. After a failure,
+        // sled may hold part of a commit: the log stays, for the next open to replay.
+        if !self.commit.is_clean() {
+            return;
+        }
         let current = self.wal.lock().unwrap_or_else(PoisonError::into_inner).current();
         if let Err(error) = self.checkpoint(current) {
             tracing::warn!(dir = %self.dir.display(), "could not checkpoint the store: {error}");
@@ -387,7 +403,7 @@ impl SledStore {
         &self.dir
     }
 
-    /// Log appends, log syncs and sled batches so far: concurrent writers share them.
+    /// Log appends, log syncs and applier passes so far: concurrent writers share them.
     pub fn commits(&self) -> (u64, u64, u64) {
         self.commit.commits()
     }
@@ -985,9 +1001,23 @@ impl Store for SledStore {
 
     fn memory(&self, automation: &str, now: DateTime<Utc>) -> Result<BTreeMap<String, MemoryEntry>, StoreError> {
         let prefix = keys::memory_of(automation);
-        let mut entries = BTreeMap::new();
+        // Under the lock, with queued changes over sled: a completion's memory writes
+        // reach sled one insert at a time, and a reader must see all of them or none.
+        let state = self.lock();
+        let mut records: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for entry in self.db.scan_prefix(&prefix) {
             let (key, value) = entry.map_err(io)?;
+            records.insert(key.to_vec(), value.to_vec());
+        }
+        for (key, (_, value)) in state.queued.overlay.iter().filter(|(key, _)| key.starts_with(&prefix)) {
+            match value {
+                Some(value) => records.insert(key.to_vec(), value.to_vec()),
+                None => records.remove(key.as_ref()),
+            };
+        }
+        drop(state);
+        let mut entries = BTreeMap::new();
+        for (key, value) in records {
             let memory: MemoryEntry = decode(&key, &value)?;
             if memory.is_live(now)
                 && let Some(name) = keys::suffix(&key, &prefix)

@@ -18,13 +18,6 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// One key write: a put with its value, or a remove.
 pub type KeyWrite = (Vec<u8>, Option<Vec<u8>>);
 
-/// Why the log could not be read back.
-#[derive(Debug)]
-pub struct Damaged {
-    pub file: PathBuf,
-    pub cause: String,
-}
-
 /// The open log: the segment commits append to.
 #[derive(Debug)]
 pub struct Wal {
@@ -159,19 +152,39 @@ pub fn remove_through(dir: &Path, through: u64) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-/// Reads every segment in order and hands each frame's writes to `apply`. Returns the
-/// newest segment number (0 when there was none). A frame cut short at the end of the
-/// newest segment was never acknowledged (its sync had not returned) and is ignored;
-/// damage anywhere else is an error.
-pub fn replay(dir: &Path, mut apply: impl FnMut(Vec<KeyWrite>) -> Result<(), String>) -> Result<u64, Damaged> {
-    let found = segments(dir).map_err(|e| Damaged { file: dir.to_path_buf(), cause: e.to_string() })?;
+/// What replay found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Replayed {
+    /// The newest segment number (0 when there was none).
+    pub newest: u64,
+    /// Bytes of a torn frame dropped from the end of the newest segment.
+    pub dropped: usize,
+}
+
+/// Why replay stopped.
+#[derive(Debug)]
+pub enum ReplayError {
+    /// A segment is damaged: not something a crash leaves behind.
+    Damaged { file: PathBuf, cause: String },
+    /// Reading a segment or applying its writes failed.
+    Failed(String),
+}
+
+/// Reads every segment in order and hands each frame's writes to `apply`. The last
+/// frame of the newest segment may be torn (its sync had not returned, so it was never
+/// acknowledged) and is dropped; damage anywhere else is an error.
+pub fn replay(dir: &Path, mut apply: impl FnMut(Vec<KeyWrite>) -> Result<(), String>) -> Result<Replayed, ReplayError> {
+    let found = segments(dir).map_err(|e| ReplayError::Failed(format!("cannot list {}: {e}", dir.display())))?;
+    let mut dropped = 0;
     for (index, seq) in found.iter().enumerate() {
         let path = segment_path(dir, *seq);
         let newest = index + 1 == found.len();
-        let damaged = |cause: String| Damaged { file: path.clone(), cause };
-        let bytes = std::fs::read(&path).map_err(|e| damaged(e.to_string()))?;
+        let damaged = |cause: String| ReplayError::Damaged { file: path.clone(), cause };
+        let bytes =
+            std::fs::read(&path).map_err(|e| ReplayError::Failed(format!("cannot read {}: {e}", path.display())))?;
         if bytes.len() < MAGIC.len() {
             if newest {
+                dropped = bytes.len();
                 continue;
             }
             return Err(damaged("the segment ends inside its header".into()));
@@ -183,34 +196,53 @@ pub fn replay(dir: &Path, mut apply: impl FnMut(Vec<KeyWrite>) -> Result<(), Str
         while at < bytes.len() {
             match read_frame(&bytes[at..]) {
                 Ok((writes, used)) => {
-                    apply(writes).map_err(&damaged)?;
+                    apply(writes).map_err(ReplayError::Failed)?;
                     at += used;
                 }
-                Err(_) if newest => break,
-                Err(why) => return Err(damaged(format!("{why} at byte {at}"))),
+                Err(FrameError::Torn) if newest => {
+                    dropped = bytes.len() - at;
+                    break;
+                }
+                Err(FrameError::Torn) => return Err(damaged(format!("a frame is cut short at byte {at}"))),
+                Err(FrameError::Bad { why, ends_at_eof }) => {
+                    if newest && ends_at_eof {
+                        dropped = bytes.len() - at;
+                        break;
+                    }
+                    return Err(damaged(format!("{why} at byte {at}")));
+                }
             }
         }
     }
-    Ok(found.last().copied().unwrap_or(0))
+    Ok(Replayed { newest: found.last().copied().unwrap_or(0), dropped })
+}
+
+/// Why a frame could not be read.
+enum FrameError {
+    /// It runs past the end of the file.
+    Torn,
+    /// It is whole but wrong; `ends_at_eof` when it is the file's last frame.
+    Bad { why: String, ends_at_eof: bool },
 }
 
 /// One frame from the start of `bytes`, and how many bytes it took.
-fn read_frame(bytes: &[u8]) -> Result<(Vec<KeyWrite>, usize), String> {
-    let header = bytes.get(..8).ok_or("a frame header is cut short")?;
+fn read_frame(bytes: &[u8]) -> Result<(Vec<KeyWrite>, usize), FrameError> {
+    let header = bytes.get(..8).ok_or(FrameError::Torn)?;
     let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let payload = bytes.get(8..8 + length).ok_or("a frame is cut short")?;
+    let payload = bytes.get(8..8 + length).ok_or(FrameError::Torn)?;
+    let bad = |why: &str| FrameError::Bad { why: why.to_string(), ends_at_eof: bytes.len() == 8 + length };
     if crc32fast::hash(payload) != crc {
-        return Err("a frame's checksum does not match".into());
+        return Err(bad("a frame's checksum does not match"));
     }
     let mut reader = Reader { bytes: payload };
     let mut writes = Vec::new();
     while !reader.bytes.is_empty() {
-        let key = reader.bytes_field()?.to_vec();
-        let value = match reader.take(1)?[0] {
+        let key = reader.bytes_field().map_err(|why| bad(&why))?.to_vec();
+        let value = match reader.take(1).map_err(|why| bad(&why))?[0] {
             0 => None,
-            1 => Some(reader.bytes_field()?.to_vec()),
-            other => return Err(format!("unknown write kind {other}")),
+            1 => Some(reader.bytes_field().map_err(|why| bad(&why))?.to_vec()),
+            _ => return Err(bad("a write of unknown kind")),
         };
         writes.push((key, value));
     }
@@ -250,7 +282,7 @@ mod tests {
         wal.append(writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())), true).expect("append")
     }
 
-    fn replayed(dir: &Path) -> Result<Vec<KeyWrite>, Damaged> {
+    fn replayed(dir: &Path) -> Result<Vec<KeyWrite>, ReplayError> {
         let mut all = Vec::new();
         replay(dir, |writes| {
             all.extend(writes);
@@ -296,9 +328,31 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).expect("write");
-        let damaged = replayed(dir.path()).unwrap_err();
-        assert_eq!(damaged.file, path);
-        assert!(damaged.cause.contains("checksum") && damaged.cause.contains("byte"), "{}", damaged.cause);
+        let Err(ReplayError::Damaged { file, cause }) = replayed(dir.path()) else { panic!("not damage") };
+        assert_eq!(file, path);
+        assert!(cause.contains("checksum") && cause.contains("byte"), "{cause}");
+    }
+
+    #[test]
+    fn damage_inside_the_newest_segment_is_not_taken_for_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut wal = Wal::create(dir.path(), 0, SEGMENT_BYTES).expect("create");
+        append(&mut wal, &[put("first", "1")]);
+        append(&mut wal, &[put("acknowledged", "2")]);
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).expect("read");
+        // The last byte of the first frame's payload.
+        let first_frame_end = MAGIC.len() + 8 + 4 + 5 + 1 + 4 + 1;
+        bytes[first_frame_end - 1] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(matches!(replayed(dir.path()), Err(ReplayError::Damaged { .. })));
+
+        // The same damage in the last frame is a torn write, and is dropped.
+        bytes[first_frame_end - 1] ^= 0xff;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("write");
+        assert_eq!(replayed(dir.path()).expect("replay"), vec![put("first", "1")]);
     }
 
     #[test]
