@@ -588,3 +588,41 @@ fn an_event_stored_inside_its_run_stays_readable_through_finish_and_reopen() {
     let store = SledStore::open(data.path()).unwrap();
     assert_eq!(store.event("manual:a").unwrap().unwrap().outcomes[0].run, id);
 }
+
+#[test]
+fn a_writer_reads_its_own_writes_as_soon_as_they_return() {
+    // A write returns once its log frame is synced, which may be before sled has it:
+    // every read must still see it.
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = Arc::new(pipeline("concurrency: { limit: 10000 }", data.path()));
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let pipeline = pipeline.clone();
+            std::thread::spawn(move || {
+                let store = pipeline.store();
+                for n in 0..40 {
+                    let id = format!("w{writer}-{n}");
+                    pipeline.ingest(event(&id, json!({"title": "t"}), n), None, at(n)).unwrap();
+                    assert!(store.event(&format!("manual:{id}")).unwrap().is_some(), "event {id} not readable");
+                    let activity = NewActivity { kind: ActivityKind::Progress, text: id.clone(), data: json!(null) };
+                    let claim = store.claim(&id, Duration::from_secs(60), at(n)).unwrap().expect("a queued run");
+                    store.append_activity(claim.run.id, claim.lease.epoch, activity, at(n)).unwrap();
+                    let texts: Vec<String> =
+                        store.activities(claim.run.id).unwrap().into_iter().map(|a| a.text).collect();
+                    assert_eq!(texts, vec![id.clone()], "activity of {}", claim.run.id);
+                    let result = RunResult { summary: id.clone(), ..RunResult::default() };
+                    store
+                        .complete(claim.run.id, claim.lease.epoch, Completion::Succeeded { result }, Vec::new(), at(n))
+                        .unwrap();
+                    let listed = store.runs(&RunFilter { limit: 0, ..RunFilter::default() }).unwrap();
+                    let mine = listed.iter().find(|r| r.id == claim.run.id).expect("finished run listed");
+                    assert_eq!(mine.state, RunState::Succeeded);
+                    assert!(store.history("probe", 100).unwrap().iter().any(|r| r.id == claim.run.id));
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+}

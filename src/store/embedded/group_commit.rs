@@ -1,9 +1,10 @@
 //! Group commit: concurrent writers share one log append, one sync and one applier pass.
 //! Writers queue their changes under the store's lock, take a ticket and park. Two
 //! threads form a pipeline: the logger takes everything queued, appends it to the
-//! write-ahead log and syncs it when anyone needs it durable; the applier then applies
-//! it to sled and wakes exactly the writers it covered. While one batch is applied, the
-//! next is logged and a third gathers; an applier that falls behind merges batches.
+//! write-ahead log, syncs it when anyone needs it durable and wakes those writers; the
+//! applier then applies it to sled and wakes the writers that needed it visible there.
+//! While one batch is applied, the next is logged and a third gathers; an applier that
+//! falls behind takes every batch waiting.
 
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -42,12 +43,14 @@ pub trait Sink: Sync {
     fn applied(&self, ticket: u64);
 }
 
-/// How far a caller needs its changes to have got. Both mean applied: visible to every
-/// reader. `Durable` also means on disk.
+/// How far a caller needs its changes to have got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// Lost in a crash unless a later durable commit covers it (claims, heartbeats).
+    /// In sled, visible to every reader; lost in a crash unless a later durable commit
+    /// covers it (claims, heartbeats).
     Applied,
+    /// Synced in the log: survives a crash. Sled may not have it yet; readers that must
+    /// see it wait for `Applied` first (the sink's overlay covers readers until then).
     Durable,
 }
 
@@ -74,7 +77,10 @@ struct Progress {
 
 impl Progress {
     fn reached(&self, ticket: u64, stage: Stage) -> bool {
-        self.applied >= ticket && (stage == Stage::Applied || self.durable >= ticket)
+        match stage {
+            Stage::Applied => self.applied >= ticket,
+            Stage::Durable => self.durable >= ticket,
+        }
     }
 
     /// Wakes the waiters the progress so far satisfies.
@@ -120,7 +126,7 @@ impl Progress {
 }
 
 /// How many logged batches may wait for the applier before the logger waits too.
-const LOGGED_NOT_APPLIED: usize = 64;
+const LOGGED_NOT_APPLIED: usize = 256;
 
 #[derive(Debug, Default)]
 pub struct GroupCommit {

@@ -349,7 +349,7 @@ impl SledStore {
     pub fn open_with_log_segment(dir: &Path, segment_bytes: u64) -> Result<SledStore, StoreError> {
         let open_error = |cause: String| StoreError::Open { dir: dir.to_path_buf(), cause };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
-        let config = sled::Config::new().path(dir.join("db")).cache_capacity(CACHE_BYTES).flush_every_ms(Some(500));
+        let config = sled::Config::new().path(dir.join("db")).cache_capacity(CACHE_BYTES).flush_every_ms(None);
         let opened = std::panic::catch_unwind(AssertUnwindSafe(|| config.open())).map_err(|panic| {
             let what =
                 panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
@@ -519,6 +519,14 @@ impl Inner {
 
     fn wait(&self, ticket: u64, stage: Stage) -> Result<(), StoreError> {
         self.commit.wait(ticket, stage).map_err(StoreError::Io)
+    }
+
+    /// Waits until sled holds everything queued before this call. Readers that go to sled
+    /// without the lock call it first, so a caller reads its own writes: a write returns
+    /// once durable in the log, which may be before sled has it.
+    fn settle(&self) -> Result<(), StoreError> {
+        let issued = self.lock().queued.issued;
+        self.wait(issued, Stage::Applied)
     }
 
     /// A record as the lock holder sees it: queued changes first, then sled.
@@ -924,6 +932,7 @@ impl Store for SledStore {
     }
 
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
+        self.settle()?;
         let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
         let wanted = |run: &Run| {
             filter.state.is_none_or(|state| state == run.state)
@@ -968,6 +977,7 @@ impl Store for SledStore {
     }
 
     fn activities(&self, run: RunId) -> Result<Vec<Activity>, StoreError> {
+        self.settle()?;
         self.db
             .scan_prefix(keys::activities_of(run))
             .map(|entry| {
@@ -978,6 +988,7 @@ impl Store for SledStore {
     }
 
     fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        self.settle()?;
         let key = keys::event(id);
         let Some(bytes) = self.db.get(&key).map_err(io)? else { return Ok(None) };
         let mut stored: StoredEvent = decode(&key, &bytes)?;
@@ -987,6 +998,7 @@ impl Store for SledStore {
     }
 
     fn history(&self, automation: &str, limit: usize) -> Result<Vec<Run>, StoreError> {
+        self.settle()?;
         let mut found = Vec::new();
         if limit == 0 {
             return Ok(found);
@@ -1036,6 +1048,7 @@ impl Store for SledStore {
     }
 
     fn schedule(&self, automation: &str, trigger: &str) -> Result<Option<ScheduleState>, StoreError> {
+        self.settle()?;
         let key = keys::schedule(automation, trigger);
         self.db.get(&key).map_err(io)?.map(|bytes| decode(&key, &bytes)).transpose()
     }

@@ -45,6 +45,8 @@ impl Inner {
         cutoff: DateTime<Utc>,
         report: &mut RetentionReport,
     ) -> Result<(), StoreError> {
+        // Sled must hold what earlier passes deleted: they read it, not the overlay.
+        self.settle()?;
         let live = self.lock();
         let mut kept = 0;
         let mut changes = Changes::default();
@@ -108,6 +110,8 @@ impl Inner {
         cutoff: DateTime<Utc>,
         report: &mut RetentionReport,
     ) -> Result<(), StoreError> {
+        // Sled must hold what earlier passes deleted: they read it, not the overlay.
+        self.settle()?;
         let mut live = self.lock();
         let mut changes = Changes::default();
         let end = keys::event_age(cutoff.timestamp_millis(), "");
