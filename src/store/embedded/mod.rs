@@ -3,7 +3,7 @@
 //! atomic as one write-ahead log frame, with one sync per batch of concurrent callers,
 //! and sled is flushed only when a log segment is checkpointed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -84,8 +84,10 @@ struct Queued {
     /// Someone who queued part of `batch` needs it on disk, not only applied.
     durable: bool,
     /// The same changes by key, with the ticket that made them, so reads under the lock
-    /// see them before sled does.
-    overlay: HashMap<sled::IVec, (u64, Option<sled::IVec>)>,
+    /// see them before sled does. Ordered, so a prefix can be read too.
+    overlay: BTreeMap<sled::IVec, (u64, Option<sled::IVec>)>,
+    /// Every key written, in ticket order: what to drop from the overlay once applied.
+    written: VecDeque<(u64, sled::IVec)>,
     /// The newest ticket handed out.
     issued: u64,
 }
@@ -147,11 +149,13 @@ impl Sink for Inner {
 
     fn applied(&self, ticket: u64) {
         let mut state = self.lock();
-        let overlay = &mut state.queued.overlay;
-        overlay.retain(|_, (written_by, _)| *written_by > ticket);
-        // `retain` visits every bucket: after a burst, give the room back.
-        if overlay.capacity() > 4096 && overlay.len() < overlay.capacity() / 8 {
-            overlay.shrink_to(overlay.len() * 2);
+        let queued = &mut state.queued;
+        while queued.written.front().is_some_and(|(written_by, _)| *written_by <= ticket) {
+            let Some((_, key)) = queued.written.pop_front() else { break };
+            // A later write to the same key stays until it is applied too.
+            if queued.overlay.get(&key).is_some_and(|(newest, _)| *newest <= ticket) {
+                queued.overlay.remove(&key);
+            }
         }
     }
 }
@@ -511,6 +515,7 @@ impl Inner {
             // Shared buffers: the batch and the overlay hold one copy.
             let (key, value) = (sled::IVec::from(key), value.map(sled::IVec::from));
             queued.batch.push((key.clone(), value.clone()));
+            queued.written.push_back((ticket, key.clone()));
             queued.overlay.insert(key, (ticket, value));
         }
         drop(guard);
@@ -998,11 +1003,11 @@ impl Store for SledStore {
     }
 
     fn history(&self, automation: &str, limit: usize) -> Result<Vec<Run>, StoreError> {
-        self.settle()?;
         let mut found = Vec::new();
         if limit == 0 {
             return Ok(found);
         }
+        self.settle()?;
         for entry in self.db.scan_prefix(keys::finished_runs_of(automation)).rev().take(limit) {
             let (key, _) = entry.map_err(io)?;
             let Some(id) = keys::number_at_end(&key).map(RunId) else { continue };
@@ -1021,7 +1026,8 @@ impl Store for SledStore {
             let (key, value) = entry.map_err(io)?;
             records.insert(key.to_vec(), value.to_vec());
         }
-        for (key, (_, value)) in state.queued.overlay.iter().filter(|(key, _)| key.starts_with(&prefix)) {
+        let queued = state.queued.overlay.range(sled::IVec::from(prefix.as_slice())..);
+        for (key, (_, value)) in queued.take_while(|(key, _)| key.starts_with(&prefix)) {
             match value {
                 Some(value) => records.insert(key.to_vec(), value.to_vec()),
                 None => records.remove(key.as_ref()),
