@@ -400,10 +400,10 @@ fn a_damaged_write_ahead_log_segment_is_an_error_that_names_the_file() {
     // As a crash can leave it: an older segment, then the newest. Only the newest may
     // end in a torn frame; damage in an older one is real damage.
     let wal = data.path().join("wal");
-    let mut older = b"NSWAL001".to_vec();
+    let mut older = b"NSWAL002".to_vec();
     older.extend_from_slice(&[5, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5]);
     std::fs::write(wal.join("0000000000000007.log"), older).unwrap();
-    std::fs::write(wal.join("0000000000000008.log"), b"NSWAL001").unwrap();
+    std::fs::write(wal.join("0000000000000008.log"), b"NSWAL002").unwrap();
     let error = SledStore::open(data.path()).unwrap_err();
     assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
     let message = error.to_string();
@@ -411,7 +411,7 @@ fn a_damaged_write_ahead_log_segment_is_an_error_that_names_the_file() {
 
     // A torn frame at the end of the newest segment was never acknowledged: it is dropped.
     std::fs::remove_file(wal.join("0000000000000007.log")).unwrap();
-    std::fs::write(wal.join("0000000000000008.log"), b"NSWAL001\x40\x00\x00").unwrap();
+    std::fs::write(wal.join("0000000000000008.log"), b"NSWAL002\x40\x00\x00").unwrap();
     let store = SledStore::open(data.path()).expect("a torn tail is not damage");
     assert!(store.event("manual:e0").unwrap().is_some());
 }

@@ -171,7 +171,7 @@ impl Inner {
     /// removes those segments.
     fn checkpoint(&self, ended: u64) -> Result<(), String> {
         self.db.flush().map_err(|e| format!("flushing the database failed: {e}"))?;
-        wal::remove_through(&self.wal_dir(), ended).map_err(|e| format!("removing old log segments failed: {e}"))
+        wal::retire_through(&self.wal_dir(), ended).map_err(|e| format!("retiring old log segments failed: {e}"))
     }
 }
 
@@ -204,17 +204,10 @@ fn recover(db: &sled::Db, dir: &Path) -> Result<u64, StoreError> {
         },
         wal::ReplayError::Failed(cause) => failed(cause),
     })?;
-    if replayed.dropped > 0 {
-        tracing::warn!(
-            dir = %dir.display(),
-            "dropped {} bytes of a write-ahead log frame cut short by a crash (never acknowledged)",
-            replayed.dropped
-        );
-    }
     db.flush().map_err(|e| failed(format!("flushing the replayed write-ahead log failed: {e}")))?;
-    wal::remove_through(&wal_dir(dir), replayed.newest)
+    wal::remove_through(&wal_dir(dir), replayed)
         .map_err(|e| failed(format!("removing replayed write-ahead log segments failed: {e}")))?;
-    Ok(replayed.newest)
+    Ok(replayed)
 }
 
 /// A queued write of the embedded store, on its way to disk.

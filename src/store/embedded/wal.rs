@@ -1,17 +1,30 @@
-//! The write-ahead log: what makes a group commit durable. Each commit appends one
+//! The write-ahead log: what makes a group commit durable. Each commit writes one
 //! checksummed frame of key writes to the current segment file and syncs it; sled
 //! applies the same writes afterwards and is flushed only at checkpoints, when a full
 //! segment is rotated out. At open, the segments still present are replayed into sled.
 //!
 //! A segment is `wal/{seq:016}.log`: an 8-byte magic, then frames of
-//! `[payload length u32 LE][crc32 of payload u32 LE][payload]`. A payload is a list of
-//! writes: `[key length u32][key][0 = remove | 1 = put]([value length u32][value])`.
+//! `[payload length u32 LE][crc32 of seq and payload u32 LE][payload]`, then, once it is
+//! rotated out, an end marker (length `u32::MAX`). A payload is a list of writes:
+//! `[key length u32][key][0 = remove | 1 = put]([value length u32][value])`.
+//!
+//! Checkpointed segments are kept as spares (`{seq}.spare`) and reused by later ones:
+//! overwriting blocks a file already has lets a sync skip the file system's journal,
+//! which an append (the file grows) cannot, and that sync is most of a commit's wait.
+//! A reused file still holds frames of its earlier life after the new ones; their
+//! checksum covers the old segment number, so they end replay instead of joining it.
+//! So the newest segment ends at its first frame that does not check out (a torn write,
+//! or stale frames); every older one must reach its end marker, or it is damaged.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"NSWAL001";
+const MAGIC: &[u8; 8] = b"NSWAL002";
+/// The length field of a segment's end marker.
+const END: u32 = u32::MAX;
+/// Checkpointed segments kept for reuse; more are deleted.
+const SPARES: usize = 2;
 /// A segment this big is rotated out at the next commit, which starts a checkpoint.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -36,9 +49,18 @@ impl Wal {
     /// Starts a new segment after `previous` (the newest segment replayed, or 0).
     pub fn create(dir: &Path, previous: u64, segment_bytes: u64) -> std::io::Result<Wal> {
         std::fs::create_dir_all(dir)?;
-        let seq = previous + 1;
-        let mut file = OpenOptions::new().create_new(true).append(true).open(segment_path(dir, seq))?;
-        file.write_all(MAGIC)?;
+        Self::start(dir, previous + 1, segment_bytes)
+    }
+
+    /// Opens segment `seq` in a spare file when there is one, else in a new file.
+    fn start(dir: &Path, seq: u64, segment_bytes: u64) -> std::io::Result<Wal> {
+        let path = segment_path(dir, seq);
+        let reused = spares(dir)?.into_iter().find(|spare| std::fs::rename(spare, &path).is_ok());
+        let file = match reused {
+            Some(_) => OpenOptions::new().write(true).open(&path)?,
+            None => OpenOptions::new().create_new(true).write(true).open(&path)?,
+        };
+        file.write_all_at(MAGIC, 0)?;
         file.sync_data()?;
         sync_dir(dir)?;
         let len = MAGIC.len() as u64;
@@ -54,7 +76,6 @@ impl Wal {
         writes: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
         sync: bool,
     ) -> std::io::Result<Option<u64>> {
-        let rotated = if self.len >= self.segment_bytes { Some(self.rotate()?) } else { None };
         self.frame.clear();
         self.frame.extend_from_slice(&[0; 8]);
         for (key, value) in writes {
@@ -67,13 +88,19 @@ impl Wal {
                 None => self.frame.push(0),
             }
         }
+        if self.frame.len() == 8 {
+            return Ok(None);
+        }
+        let rotated = if self.len >= self.segment_bytes { Some(self.rotate()?) } else { None };
         let payload = &self.frame[8..];
         let length = u32::try_from(payload.len())
-            .map_err(|_| std::io::Error::other("one commit holds more than 4 GiB of changes"))?;
-        let crc = crc32fast::hash(payload);
+            .ok()
+            .filter(|length| *length != END)
+            .ok_or_else(|| std::io::Error::other("one commit holds more than 4 GiB of changes"))?;
+        let crc = checksum(self.seq, payload);
         self.frame[..4].copy_from_slice(&length.to_le_bytes());
         self.frame[4..8].copy_from_slice(&crc.to_le_bytes());
-        self.file.write_all(&self.frame)?;
+        self.file.write_all_at(&self.frame, self.len)?;
         self.len += self.frame.len() as u64;
         self.unsynced = true;
         if sync {
@@ -94,12 +121,18 @@ impl Wal {
         Ok(())
     }
 
-    /// Syncs the full segment and starts the next; returns the one that ended.
+    /// Ends the full segment with its marker, syncs it and starts the next; returns the
+    /// one that ended.
     fn rotate(&mut self) -> std::io::Result<u64> {
-        // A torn frame may only ever be at the end of the newest segment.
+        let mut marker = END.to_le_bytes().to_vec();
+        marker.extend_from_slice(&checksum(self.seq, b"end").to_le_bytes());
+        self.file.write_all_at(&marker, self.len)?;
+        self.unsynced = true;
         self.sync()?;
         let ended = self.seq;
-        *self = Wal::create(&self.dir, ended, self.segment_bytes)?;
+        let frame = std::mem::take(&mut self.frame);
+        *self = Wal::start(&self.dir, ended + 1, self.segment_bytes)?;
+        self.frame = frame;
         Ok(ended)
     }
 
@@ -116,6 +149,31 @@ fn push_bytes(frame: &mut Vec<u8>, bytes: &[u8]) {
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016}.log"))
+}
+
+/// A frame's checksum: over the segment number too, so frames a reused file still holds
+/// from its earlier life never check out.
+fn checksum(seq: u64, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&seq.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+fn spare_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016}.spare"))
+}
+
+/// The spare files in `dir`.
+fn spares(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|extension| extension == "spare") {
+            found.push(path);
+        }
+    }
+    Ok(found)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -140,6 +198,25 @@ pub fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(found)
 }
 
+/// Retires every segment up to and including `through`, which sled now holds: up to
+/// `SPARES` are kept for reuse, the rest deleted.
+pub fn retire_through(dir: &Path, through: u64) -> std::io::Result<()> {
+    let old: Vec<u64> = segments(dir)?.into_iter().filter(|seq| *seq <= through).collect();
+    if old.is_empty() {
+        return Ok(());
+    }
+    let mut spare_count = spares(dir)?.len();
+    for seq in old {
+        if spare_count < SPARES {
+            std::fs::rename(segment_path(dir, seq), spare_path(dir, seq))?;
+            spare_count += 1;
+        } else {
+            std::fs::remove_file(segment_path(dir, seq))?;
+        }
+    }
+    sync_dir(dir)
+}
+
 /// Removes every segment up to and including `through`: sled holds their writes.
 pub fn remove_through(dir: &Path, through: u64) -> std::io::Result<()> {
     let old: Vec<u64> = segments(dir)?.into_iter().filter(|seq| *seq <= through).collect();
@@ -152,15 +229,6 @@ pub fn remove_through(dir: &Path, through: u64) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-/// What replay found.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Replayed {
-    /// The newest segment number (0 when there was none).
-    pub newest: u64,
-    /// Bytes of a torn frame dropped from the end of the newest segment.
-    pub dropped: usize,
-}
-
 /// Why replay stopped.
 #[derive(Debug)]
 pub enum ReplayError {
@@ -170,12 +238,13 @@ pub enum ReplayError {
     Failed(String),
 }
 
-/// Reads every segment in order and hands each frame's writes to `apply`. The last
-/// frame of the newest segment may be torn (its sync had not returned, so it was never
-/// acknowledged) and is dropped; damage anywhere else is an error.
-pub fn replay(dir: &Path, mut apply: impl FnMut(Vec<KeyWrite>) -> Result<(), String>) -> Result<Replayed, ReplayError> {
+/// Reads every segment in order and hands each frame's writes to `apply`; returns the
+/// newest segment number (0 when there was none). The newest segment ends at its first
+/// frame that does not check out: a torn write (its sync had not returned, so it was
+/// never acknowledged) or frames of a reused file's earlier life. An older segment
+/// that does not reach its end marker is damaged.
+pub fn replay(dir: &Path, mut apply: impl FnMut(Vec<KeyWrite>) -> Result<(), String>) -> Result<u64, ReplayError> {
     let found = segments(dir).map_err(|e| ReplayError::Failed(format!("cannot list {}: {e}", dir.display())))?;
-    let mut dropped = 0;
     for (index, seq) in found.iter().enumerate() {
         let path = segment_path(dir, *seq);
         let newest = index + 1 == found.len();
@@ -184,69 +253,71 @@ pub fn replay(dir: &Path, mut apply: impl FnMut(Vec<KeyWrite>) -> Result<(), Str
             std::fs::read(&path).map_err(|e| ReplayError::Failed(format!("cannot read {}: {e}", path.display())))?;
         if bytes.len() < MAGIC.len() {
             if newest {
-                dropped = bytes.len();
                 continue;
             }
             return Err(damaged("the segment ends inside its header".into()));
         }
         if &bytes[..MAGIC.len()] != MAGIC {
-            return Err(damaged("not a nightshift write-ahead log segment".into()));
+            let what = if bytes.starts_with(b"NSWAL") {
+                "a write-ahead log segment of another nightshift version"
+            } else {
+                "not a nightshift write-ahead log segment"
+            };
+            return Err(damaged(what.into()));
         }
         let mut at = MAGIC.len();
-        while at < bytes.len() {
-            match read_frame(&bytes[at..]) {
-                Ok((writes, used)) => {
+        loop {
+            match read_frame(*seq, &bytes[at..]) {
+                Ok(Frame::Writes(writes, used)) => {
                     apply(writes).map_err(ReplayError::Failed)?;
                     at += used;
                 }
-                Err(FrameError::Torn) if newest => {
-                    dropped = bytes.len() - at;
-                    break;
-                }
-                Err(FrameError::Torn) => return Err(damaged(format!("a frame is cut short at byte {at}"))),
-                Err(FrameError::Bad { why, ends_at_eof }) => {
-                    if newest && ends_at_eof {
-                        dropped = bytes.len() - at;
-                        break;
-                    }
-                    return Err(damaged(format!("{why} at byte {at}")));
-                }
+                Ok(Frame::End) => break,
+                Err(_) if newest => break,
+                Err(why) => return Err(damaged(format!("{why} at byte {at}, before the segment's end marker"))),
             }
         }
     }
-    Ok(Replayed { newest: found.last().copied().unwrap_or(0), dropped })
+    Ok(found.last().copied().unwrap_or(0))
 }
 
-/// Why a frame could not be read.
-enum FrameError {
-    /// It runs past the end of the file.
-    Torn,
-    /// It is whole but wrong; `ends_at_eof` when it is the file's last frame.
-    Bad { why: String, ends_at_eof: bool },
+/// What a segment holds at some position.
+enum Frame {
+    /// A commit's writes, and the bytes the frame took.
+    Writes(Vec<KeyWrite>, usize),
+    /// The marker that ends a rotated-out segment.
+    End,
 }
 
-/// One frame from the start of `bytes`, and how many bytes it took.
-fn read_frame(bytes: &[u8]) -> Result<(Vec<KeyWrite>, usize), FrameError> {
-    let header = bytes.get(..8).ok_or(FrameError::Torn)?;
-    let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+/// The frame at the start of `bytes`, in segment `seq`, or why there is none.
+fn read_frame(seq: u64, bytes: &[u8]) -> Result<Frame, String> {
+    let header = bytes.get(..8).ok_or("the segment ends")?;
+    let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let payload = bytes.get(8..8 + length).ok_or(FrameError::Torn)?;
-    let bad = |why: &str| FrameError::Bad { why: why.to_string(), ends_at_eof: bytes.len() == 8 + length };
-    if crc32fast::hash(payload) != crc {
-        return Err(bad("a frame's checksum does not match"));
+    if length == END {
+        return if crc == checksum(seq, b"end") {
+            Ok(Frame::End)
+        } else {
+            Err("an end marker's checksum does not match".into())
+        };
+    }
+    let length = length as usize;
+    let payload = bytes.get(8..8 + length).ok_or("a frame is cut short")?;
+    if checksum(seq, payload) != crc {
+        return Err("a frame's checksum does not match".into());
     }
     let mut reader = Reader { bytes: payload };
     let mut writes = Vec::new();
     while !reader.bytes.is_empty() {
-        let key = reader.bytes_field().map_err(|why| bad(&why))?.to_vec();
-        let value = match reader.take(1).map_err(|why| bad(&why))?[0] {
+        let key = reader.bytes_field()?.to_vec();
+        let value = match reader.take(1)?[0] {
             0 => None,
-            1 => Some(reader.bytes_field().map_err(|why| bad(&why))?.to_vec()),
-            _ => return Err(bad("a write of unknown kind")),
+            1 => Some(reader.bytes_field()?.to_vec()),
+            other => return Err(format!("a write of unknown kind {other}")),
         };
         writes.push((key, value));
     }
-    Ok((writes, 8 + length))
+    Ok(Frame::Writes(writes, 8 + length))
 }
 
 struct Reader<'a> {
@@ -325,8 +396,9 @@ mod tests {
         append(&mut wal, &[put("c", "3")]);
         let path = segment_path(dir.path(), 1);
         let mut bytes = std::fs::read(&path).expect("read");
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
+        // The last byte of the second frame, just before the end marker.
+        let at = bytes.len() - 9;
+        bytes[at] ^= 0xff;
         std::fs::write(&path, bytes).expect("write");
         let Err(ReplayError::Damaged { file, cause }) = replayed(dir.path()) else { panic!("not damage") };
         assert_eq!(file, path);
@@ -334,25 +406,39 @@ mod tests {
     }
 
     #[test]
-    fn damage_inside_the_newest_segment_is_not_taken_for_a_torn_tail() {
+    fn an_older_segment_cut_short_is_damaged() {
         let dir = tempfile::tempdir().expect("dir");
         let mut wal = Wal::create(dir.path(), 0, SEGMENT_BYTES).expect("create");
-        append(&mut wal, &[put("first", "1")]);
-        append(&mut wal, &[put("acknowledged", "2")]);
+        append(&mut wal, &[put("a", "1")]);
+        wal.rotate().expect("rotate");
+        append(&mut wal, &[put("b", "2")]);
         let path = segment_path(dir.path(), 1);
-        let mut bytes = std::fs::read(&path).expect("read");
-        // The last byte of the first frame's payload.
-        let first_frame_end = MAGIC.len() + 8 + 4 + 5 + 1 + 4 + 1;
-        bytes[first_frame_end - 1] ^= 0xff;
-        std::fs::write(&path, &bytes).expect("write");
+        let length = std::fs::metadata(&path).expect("meta").len();
+        OpenOptions::new().write(true).open(&path).expect("open").set_len(length - 8).expect("cut the end marker");
         assert!(matches!(replayed(dir.path()), Err(ReplayError::Damaged { .. })));
+    }
 
-        // The same damage in the last frame is a torn write, and is dropped.
-        bytes[first_frame_end - 1] ^= 0xff;
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        std::fs::write(&path, &bytes).expect("write");
-        assert_eq!(replayed(dir.path()).expect("replay"), vec![put("first", "1")]);
+    #[test]
+    fn reused_segments_never_replay_frames_of_their_earlier_life() {
+        let dir = tempfile::tempdir().expect("dir");
+        // 1 KiB segments: every few frames rotate, and checkpoints make spares.
+        let mut wal = Wal::create(dir.path(), 0, 1024).expect("create");
+        let mut since_checkpoint = Vec::new();
+        let mut reused = 0;
+        for n in 0..200 {
+            // One size for all: stale frames line up exactly where new ones end.
+            let write = put(&format!("k{n:03}"), &"v".repeat(100));
+            if let Some(ended) = append(&mut wal, std::slice::from_ref(&write)) {
+                // What the store does once sled holds everything before this frame.
+                retire_through(dir.path(), ended).expect("retire");
+                since_checkpoint.clear();
+            }
+            since_checkpoint.push(write);
+            let current = std::fs::metadata(segment_path(dir.path(), wal.current())).expect("meta").len();
+            reused += usize::from(current > wal.len);
+        }
+        assert!(reused > 50, "segments were reused only {reused} times");
+        assert_eq!(replayed(dir.path()).expect("replay"), since_checkpoint);
     }
 
     #[test]
