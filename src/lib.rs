@@ -6,6 +6,7 @@
 //! `task` (the rendered result), `catalog` (loading a directory of automations),
 //! `selftest` (the `tests:` blocks), and `cli` (the `nightshift` command).
 
+pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod config;

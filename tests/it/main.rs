@@ -5,6 +5,7 @@ mod crash;
 mod ledger_cli;
 mod rules;
 mod schema;
+mod signatures;
 mod store;
 mod tidy;
 mod validate;

@@ -1,0 +1,164 @@
+//! Webhook authentication: checks that a request's signature or credentials match the
+//! trigger's secret. Pure functions over header values, the raw body and the time; every
+//! comparison of secret material is constant-time. The HTTP layer answers 401 with the
+//! error's text.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// How far a signed timestamp may be from now, either way (Slack and Standard Webhooks).
+pub const MAX_SKEW_SECONDS: i64 = 300;
+
+/// Why a request was not accepted as authentic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing header `{0}`")]
+    Missing(&'static str),
+    #[error("header `{header}` is malformed: {why}")]
+    Malformed { header: &'static str, why: String },
+    #[error("the signed timestamp is {skew} s away from now; at most {MAX_SKEW_SECONDS} s is accepted")]
+    Stale { skew: i64 },
+    #[error("the signature does not match the configured secret")]
+    Mismatch,
+    #[error("the credentials do not match")]
+    BadCredentials,
+}
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC accepts a key of any length: this cannot fail.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+fn equal(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok()).collect()
+}
+
+/// A GitHub-style signature: `{prefix}{hex HMAC-SHA256(secret, body)}` in `header`.
+pub fn verify_hmac(
+    secret: &[u8],
+    header: &'static str,
+    prefix: &str,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Result<(), AuthError> {
+    let signature = signature.ok_or(AuthError::Missing(header))?;
+    let hex = signature
+        .strip_prefix(prefix)
+        .ok_or_else(|| AuthError::Malformed { header, why: format!("it does not start with `{prefix}`") })?;
+    let given = decode_hex(hex).ok_or_else(|| AuthError::Malformed { header, why: "not a hex digest".into() })?;
+    if equal(&given, &hmac_sha256(secret, &[body])) { Ok(()) } else { Err(AuthError::Mismatch) }
+}
+
+/// PagerDuty v3: `X-PagerDuty-Signature` lists `v1=<hex>` signatures, one per active
+/// secret while secrets rotate; any one made with `secret` is enough.
+pub fn verify_pagerduty(secret: &[u8], signatures: Option<&str>, body: &[u8]) -> Result<(), AuthError> {
+    const HEADER: &str = "X-PagerDuty-Signature";
+    let signatures = signatures.ok_or(AuthError::Missing(HEADER))?;
+    let expected = hmac_sha256(secret, &[body]);
+    let mut matched = false;
+    for signature in signatures.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some(hex) = signature.strip_prefix("v1=") else { continue };
+        if let Some(given) = decode_hex(hex) {
+            matched |= equal(&given, &expected);
+        }
+    }
+    if matched { Ok(()) } else { Err(AuthError::Mismatch) }
+}
+
+fn check_skew(timestamp: &str, header: &'static str, now: DateTime<Utc>) -> Result<(), AuthError> {
+    let seconds: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| AuthError::Malformed { header, why: "not a Unix time in seconds".into() })?;
+    let skew = now.timestamp().saturating_sub(seconds);
+    if skew.abs() > MAX_SKEW_SECONDS { Err(AuthError::Stale { skew }) } else { Ok(()) }
+}
+
+/// Slack: `X-Slack-Signature: v0=<hex HMAC-SHA256(secret, "v0:{timestamp}:{body}")>`,
+/// with `X-Slack-Request-Timestamp` within five minutes of now.
+pub fn verify_slack(
+    signing_secret: &[u8],
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    const TIMESTAMP: &str = "X-Slack-Request-Timestamp";
+    const SIGNATURE: &str = "X-Slack-Signature";
+    let timestamp = timestamp.ok_or(AuthError::Missing(TIMESTAMP))?;
+    let signature = signature.ok_or(AuthError::Missing(SIGNATURE))?;
+    check_skew(timestamp, TIMESTAMP, now)?;
+    let hex = signature
+        .strip_prefix("v0=")
+        .ok_or_else(|| AuthError::Malformed { header: SIGNATURE, why: "it does not start with `v0=`".into() })?;
+    let given =
+        decode_hex(hex).ok_or_else(|| AuthError::Malformed { header: SIGNATURE, why: "not a hex digest".into() })?;
+    let expected = hmac_sha256(signing_secret, &[b"v0:", timestamp.as_bytes(), b":", body]);
+    if equal(&given, &expected) { Ok(()) } else { Err(AuthError::Mismatch) }
+}
+
+/// The key of a Standard Webhooks secret: base64 after `whsec_`.
+pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    BASE64.decode(encoded).map_err(|e| format!("a Standard Webhooks secret is `whsec_` and base64: {e}"))
+}
+
+/// Standard Webhooks: `webhook-signature` lists `v1,<base64 HMAC-SHA256(key,
+/// "{id}.{timestamp}.{body}")>` entries separated by spaces (several during rotation),
+/// with `webhook-timestamp` within five minutes of now.
+pub fn verify_standard_webhooks(
+    key: &[u8],
+    id: Option<&str>,
+    timestamp: Option<&str>,
+    signatures: Option<&str>,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    let id = id.ok_or(AuthError::Missing("webhook-id"))?;
+    let timestamp = timestamp.ok_or(AuthError::Missing("webhook-timestamp"))?;
+    let signatures = signatures.ok_or(AuthError::Missing("webhook-signature"))?;
+    check_skew(timestamp, "webhook-timestamp", now)?;
+    let expected = hmac_sha256(key, &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body]);
+    let mut matched = false;
+    for entry in signatures.split(' ').filter(|entry| !entry.is_empty()) {
+        let Some(encoded) = entry.strip_prefix("v1,") else { continue };
+        if let Ok(given) = BASE64.decode(encoded) {
+            matched |= equal(&given, &expected);
+        }
+    }
+    if matched { Ok(()) } else { Err(AuthError::Mismatch) }
+}
+
+/// `Authorization: Bearer <token>`.
+pub fn verify_bearer(token: &str, authorization: Option<&str>) -> Result<(), AuthError> {
+    let authorization = authorization.ok_or(AuthError::Missing("Authorization"))?;
+    let given = authorization
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| AuthError::Malformed { header: "Authorization", why: "expected `Bearer <token>`".into() })?;
+    if equal(given.trim().as_bytes(), token.as_bytes()) { Ok(()) } else { Err(AuthError::BadCredentials) }
+}
+
+/// `Authorization: Basic base64(username:password)`.
+pub fn verify_basic(username: &str, password: &str, authorization: Option<&str>) -> Result<(), AuthError> {
+    let authorization = authorization.ok_or(AuthError::Missing("Authorization"))?;
+    let malformed = |why: &str| AuthError::Malformed { header: "Authorization", why: why.into() };
+    let encoded = authorization.strip_prefix("Basic ").ok_or_else(|| malformed("expected `Basic <base64>`"))?;
+    let decoded = BASE64.decode(encoded.trim()).map_err(|_| malformed("the credentials are not base64"))?;
+    let expected = [username.as_bytes(), b":", password.as_bytes()].concat();
+    if equal(&decoded, &expected) { Ok(()) } else { Err(AuthError::BadCredentials) }
+}
