@@ -7,6 +7,7 @@ mod output;
 mod prune;
 mod render;
 mod runs;
+mod schedule;
 mod schema;
 mod show;
 mod test;
@@ -58,6 +59,12 @@ enum Command {
     Test(test::Args),
     /// Print the JSON Schema of automation files (or write schemas/).
     Schema(schema::Args),
+    /// Print the next fire times of a cron-triggered automation.
+    ///
+    /// Times are shown in the trigger's timezone, with UTC beside them, so daylight
+    /// saving changes are visible: `nightshift schedule weekly-dependency-audit -n 5
+    /// --from 2026-03-27T00:00:00Z`.
+    Schedule(schedule::Args),
     /// Deliver an event fixture to one automation and store the outcome.
     ///
     /// Runs the automation's rules and flow control (dedupe, coalescing, cooldown,
@@ -90,6 +97,7 @@ pub fn run() -> ExitCode {
         Command::Render(args) => render::run(args),
         Command::Test(args) => test::run(args),
         Command::Schema(args) => schema::run(args),
+        Command::Schedule(args) => schedule::run(args),
         Command::Trigger(args) => trigger::run(args),
         Command::Runs(args) => runs::run(args),
         Command::Show(args) => show::run(args),

@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,15 @@ impl CronTrigger {
 
     pub fn parsed_timezone(&self) -> Result<Tz, String> {
         Tz::from_str(&self.timezone).map_err(|e| e.to_string())
+    }
+
+    /// The next `count` slots strictly after `after`, in the trigger's timezone. Local
+    /// times a DST change skips or repeats follow croner: a skipped time does not fire
+    /// that day, a repeated one fires once.
+    pub fn next_slots(&self, after: DateTime<Utc>, count: usize) -> Result<Vec<DateTime<Tz>>, String> {
+        let cron = self.parsed_schedule()?;
+        let timezone = self.parsed_timezone()?;
+        cron.iter_after(after.with_timezone(&timezone)).take(count).map(Ok).collect()
     }
 
     pub(super) fn check(&self, path: &FieldPath, findings: &mut Vec<Finding>) {
@@ -134,6 +144,29 @@ pub(super) fn normalize(payload: &Value) -> Normalized {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn slots(schedule: &str, timezone: &str, after: &str, count: usize) -> Vec<String> {
+        let trigger: CronTrigger =
+            serde_json::from_value(serde_json::json!({"schedule": schedule, "timezone": timezone})).unwrap();
+        let after: DateTime<Utc> = after.parse().unwrap();
+        trigger.next_slots(after, count).unwrap().iter().map(|slot| slot.to_rfc3339()).collect()
+    }
+
+    #[test]
+    fn next_slots_follow_the_timezone_across_daylight_saving_changes() {
+        // Berlin leaves winter time on 2026-03-29: 09:00 local moves from 08:00 to 07:00 UTC.
+        assert_eq!(
+            slots("0 9 * * *", "Europe/Berlin", "2026-03-27T12:00:00Z", 3),
+            ["2026-03-28T09:00:00+01:00", "2026-03-29T09:00:00+02:00", "2026-03-30T09:00:00+02:00"]
+        );
+        // Strictly after: a slot at the start time itself is not repeated.
+        assert_eq!(
+            slots("*/15 * * * *", "UTC", "2026-01-01T00:15:00Z", 2),
+            ["2026-01-01T00:30:00+00:00", "2026-01-01T00:45:00+00:00"]
+        );
+        // Six fields: seconds first.
+        assert_eq!(slots("30 0 12 * * MON", "UTC", "2026-11-22T00:00:00Z", 1), ["2026-11-23T12:00:30+00:00"]);
+    }
 
     fn findings_for(schedule: &str, timezone: &str) -> Vec<Code> {
         let trigger: CronTrigger =

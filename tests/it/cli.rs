@@ -105,3 +105,17 @@ fn help_explains_each_command() {
     let render = text(&nightshift(&["render", "--help"]).stdout);
     assert!(render.contains("--memory") && render.contains("--event"), "{render}");
 }
+
+#[test]
+fn schedule_prints_fire_times_in_the_trigger_timezone_and_refuses_other_triggers() {
+    let out = nightshift(&["schedule", "weekly-dependency-audit", "-n", "2", "--from", "2026-03-27T00:00:00Z"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Europe/Berlin changes to summer time on 2026-03-29: the UTC hour moves.
+    assert_eq!(
+        text(&out.stdout),
+        "2026-03-30T07:00:00+02:00  (2026-03-30T05:00:00Z)\n2026-04-06T07:00:00+02:00  (2026-04-06T05:00:00Z)\n"
+    );
+    let out = nightshift(&["schedule", "p1-incident-investigation"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("triggered by `pagerduty`, not by a cron schedule"), "{}", text(&out.stderr));
+}
