@@ -144,10 +144,10 @@ fn ingest(producers: u64, seconds: u64, through_rules: bool) {
         percentile(0.99),
         latencies[count - 1],
     );
-    report_flushes(&sled, count);
+    report_commits(&sled, count);
 }
 
-fn report_flushes(sled: &SledStore, operations: usize) {
+fn report_commits(sled: &SledStore, operations: usize) {
     let (logged, synced, applied) = sled.commits();
     println!("  {operations} operations: {logged} log appends, {synced} log syncs, {applied} applier passes");
 }
@@ -202,5 +202,5 @@ fn claims(workers: u64, runs: u64) {
         latencies[count / 2],
         latencies[(count * 99 / 100).min(count - 1)],
     );
-    report_flushes(&sled, count);
+    report_commits(&sled, count);
 }

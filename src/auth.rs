@@ -48,6 +48,14 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
     (0..text.len()).step_by(2).map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok()).collect()
 }
 
+/// The digest in a signature header written `{prefix}{hex}`.
+fn hex_after(prefix: &str, header: &'static str, signature: &str) -> Result<Vec<u8>, AuthError> {
+    let hex = signature
+        .strip_prefix(prefix)
+        .ok_or_else(|| AuthError::Malformed { header, why: format!("it does not start with `{prefix}`") })?;
+    decode_hex(hex).ok_or_else(|| AuthError::Malformed { header, why: "not a hex digest".into() })
+}
+
 /// A GitHub-style signature: `{prefix}{hex HMAC-SHA256(secret, body)}` in `header`.
 pub fn verify_hmac(
     secret: &[u8],
@@ -56,11 +64,7 @@ pub fn verify_hmac(
     signature: Option<&str>,
     body: &[u8],
 ) -> Result<(), AuthError> {
-    let signature = signature.ok_or(AuthError::Missing(header))?;
-    let hex = signature
-        .strip_prefix(prefix)
-        .ok_or_else(|| AuthError::Malformed { header, why: format!("it does not start with `{prefix}`") })?;
-    let given = decode_hex(hex).ok_or_else(|| AuthError::Malformed { header, why: "not a hex digest".into() })?;
+    let given = hex_after(prefix, header, signature.ok_or(AuthError::Missing(header))?)?;
     if equal(&given, &hmac_sha256(secret, &[body])) { Ok(()) } else { Err(AuthError::Mismatch) }
 }
 
@@ -103,11 +107,7 @@ pub fn verify_slack(
     let timestamp = timestamp.ok_or(AuthError::Missing(TIMESTAMP))?;
     let signature = signature.ok_or(AuthError::Missing(SIGNATURE))?;
     check_skew(timestamp, TIMESTAMP, now)?;
-    let hex = signature
-        .strip_prefix("v0=")
-        .ok_or_else(|| AuthError::Malformed { header: SIGNATURE, why: "it does not start with `v0=`".into() })?;
-    let given =
-        decode_hex(hex).ok_or_else(|| AuthError::Malformed { header: SIGNATURE, why: "not a hex digest".into() })?;
+    let given = hex_after("v0=", SIGNATURE, signature)?;
     let expected = hmac_sha256(signing_secret, &[b"v0:", timestamp.as_bytes(), b":", body]);
     if equal(&given, &expected) { Ok(()) } else { Err(AuthError::Mismatch) }
 }

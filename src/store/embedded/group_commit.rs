@@ -199,8 +199,8 @@ impl GroupCommit {
             if progress.broken.is_some() {
                 progress.give_up();
             }
-            let (take, sync) = (progress.take_pending(), progress.sync_pending());
-            if !take && !sync {
+            let take = progress.take_pending();
+            if !take && !progress.sync_pending() {
                 if progress.stopping {
                     // Dropping the sender lets the applier finish what is left, then stop.
                     return;

@@ -163,15 +163,11 @@ impl Sink for Inner {
 }
 
 impl Inner {
-    fn wal_dir(&self) -> PathBuf {
-        wal_dir(&self.dir)
-    }
-
     /// Flushes sled, which then holds every write of log segments up to `ended`, and
     /// removes those segments.
     fn checkpoint(&self, ended: u64) -> Result<(), String> {
         self.db.flush().map_err(|e| format!("flushing the database failed: {e}"))?;
-        wal::retire_through(&self.wal_dir(), ended).map_err(|e| format!("retiring old log segments failed: {e}"))
+        wal::retire_through(&wal_dir(&self.dir), ended).map_err(|e| format!("retiring old log segments failed: {e}"))
     }
 }
 
@@ -189,7 +185,7 @@ fn wal_dir(store: &Path) -> PathBuf {
     store.join("wal")
 }
 
-/// Replays what the write-ahead log holds into sled, flushes, and removes the segments
+/// Replays what the write-ahead log holds into sled, flushes, and retires the segments
 /// replayed; returns the newest segment number.
 fn recover(db: &sled::Db, dir: &Path) -> Result<u64, StoreError> {
     let failed = |cause: String| StoreError::Open { dir: dir.to_path_buf(), cause };
@@ -205,8 +201,8 @@ fn recover(db: &sled::Db, dir: &Path) -> Result<u64, StoreError> {
         wal::ReplayError::Failed(cause) => failed(cause),
     })?;
     db.flush().map_err(|e| failed(format!("flushing the replayed write-ahead log failed: {e}")))?;
-    wal::remove_through(&wal_dir(dir), replayed)
-        .map_err(|e| failed(format!("removing replayed write-ahead log segments failed: {e}")))?;
+    wal::retire_through(&wal_dir(dir), replayed)
+        .map_err(|e| failed(format!("retiring replayed write-ahead log segments failed: {e}")))?;
     Ok(replayed)
 }
 

@@ -164,16 +164,29 @@ fn spare_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016}.spare"))
 }
 
-/// The spare files in `dir`.
-fn spares(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The files `{seq}.{extension}` in `dir`, oldest first; none when `dir` is missing.
+fn numbered(dir: &Path, extension: &str) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
+    for entry in entries {
         let path = entry?.path();
-        if path.extension().is_some_and(|extension| extension == "spare") {
-            found.push(path);
+        if path.extension().is_some_and(|found| found == extension)
+            && let Some(seq) = path.file_stem().and_then(|stem| stem.to_str()?.parse().ok())
+        {
+            found.push((seq, path));
         }
     }
+    found.sort_unstable();
     Ok(found)
+}
+
+/// The spare files in `dir`.
+fn spares(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(numbered(dir, "spare")?.into_iter().map(|(_, path)| path).collect())
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -182,20 +195,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// The segments in `dir`, oldest first.
 pub fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
-    let mut found = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let name = entry?.file_name();
-        if let Some(seq) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse().ok()) {
-            found.push(seq);
-        }
-    }
-    found.sort_unstable();
-    Ok(found)
+    Ok(numbered(dir, "log")?.into_iter().map(|(seq, _)| seq).collect())
 }
 
 /// Retires every segment up to and including `through`, which sled now holds: up to
@@ -213,18 +213,6 @@ pub fn retire_through(dir: &Path, through: u64) -> std::io::Result<()> {
         } else {
             std::fs::remove_file(segment_path(dir, seq))?;
         }
-    }
-    sync_dir(dir)
-}
-
-/// Removes every segment up to and including `through`: sled holds their writes.
-pub fn remove_through(dir: &Path, through: u64) -> std::io::Result<()> {
-    let old: Vec<u64> = segments(dir)?.into_iter().filter(|seq| *seq <= through).collect();
-    if old.is_empty() {
-        return Ok(());
-    }
-    for seq in old {
-        std::fs::remove_file(segment_path(dir, seq))?;
     }
     sync_dir(dir)
 }
@@ -442,13 +430,13 @@ mod tests {
     }
 
     #[test]
-    fn removed_segments_are_not_replayed() {
+    fn retired_segments_are_not_replayed() {
         let dir = tempfile::tempdir().expect("dir");
         let mut wal = Wal::create(dir.path(), 0, SEGMENT_BYTES).expect("create");
         append(&mut wal, &[put("old", "1")]);
         let ended = wal.rotate().expect("rotate");
         append(&mut wal, &[put("new", "2")]);
-        remove_through(dir.path(), ended).expect("remove");
+        retire_through(dir.path(), ended).expect("retire");
         assert_eq!(replayed(dir.path()).expect("replay"), vec![put("new", "2")]);
         assert_eq!(wal.current(), 2);
     }
