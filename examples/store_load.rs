@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nightshift::event::Event;
-use nightshift::pipeline::Pipeline;
+use nightshift::pipeline::{Audience, Pipeline};
 use nightshift::rules::RuleEngine;
 use nightshift::runs::{Completion, RunResult};
 use nightshift::store::{NewRun, SledStore, Store};
@@ -78,7 +78,7 @@ fn load_event(n: u64) -> Event {
 
 /// A rendered run to store without the rules, for the store-only figure.
 fn template(pipeline: &Pipeline) -> NewRun {
-    let report = pipeline.ingest(load_event(u64::MAX), None, Utc::now()).expect("ingest");
+    let report = pipeline.ingest(load_event(u64::MAX), Audience::Everyone, Utc::now()).expect("ingest");
     let run = pipeline.store().run(report.outcome.runs[0].run).expect("read").expect("run");
     NewRun {
         automation: run.automation,
@@ -109,7 +109,7 @@ fn ingest(producers: u64, seconds: u64, through_rules: bool) {
                         let event = load_event(n);
                         let begun = Instant::now();
                         let durability = if through_rules {
-                            pipeline.ingest_queued(event, None, Utc::now()).expect("ingest").1
+                            pipeline.ingest_queued(event, Audience::Everyone, Utc::now()).expect("ingest").1
                         } else {
                             pipeline
                                 .store()

@@ -3,6 +3,8 @@
 //! comparison of secret material is constant-time. The HTTP layer answers 401 with the
 //! error's text.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
@@ -17,9 +19,9 @@ pub const MAX_SKEW_SECONDS: i64 = 300;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("missing header `{0}`")]
-    Missing(&'static str),
+    Missing(Cow<'static, str>),
     #[error("header `{header}` is malformed: {why}")]
-    Malformed { header: &'static str, why: String },
+    Malformed { header: Cow<'static, str>, why: String },
     #[error("the signed timestamp is {skew} s away from now; at most {MAX_SKEW_SECONDS} s is accepted")]
     Stale { skew: i64 },
     #[error("the signature does not match the configured secret")]
@@ -49,22 +51,24 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// The digest in a signature header written `{prefix}{hex}`.
-fn hex_after(prefix: &str, header: &'static str, signature: &str) -> Result<Vec<u8>, AuthError> {
-    let hex = signature
-        .strip_prefix(prefix)
-        .ok_or_else(|| AuthError::Malformed { header, why: format!("it does not start with `{prefix}`") })?;
-    decode_hex(hex).ok_or_else(|| AuthError::Malformed { header, why: "not a hex digest".into() })
+fn hex_after(prefix: &str, header: &str, signature: &str) -> Result<Vec<u8>, AuthError> {
+    let hex = signature.strip_prefix(prefix).ok_or_else(|| AuthError::Malformed {
+        header: header.to_string().into(),
+        why: format!("it does not start with `{prefix}`"),
+    })?;
+    decode_hex(hex)
+        .ok_or_else(|| AuthError::Malformed { header: header.to_string().into(), why: "not a hex digest".into() })
 }
 
 /// A GitHub-style signature: `{prefix}{hex HMAC-SHA256(secret, body)}` in `header`.
 pub fn verify_hmac(
     secret: &[u8],
-    header: &'static str,
+    header: &str,
     prefix: &str,
     signature: Option<&str>,
     body: &[u8],
 ) -> Result<(), AuthError> {
-    let given = hex_after(prefix, header, signature.ok_or(AuthError::Missing(header))?)?;
+    let given = hex_after(prefix, header, signature.ok_or_else(|| AuthError::Missing(header.to_string().into()))?)?;
     if equal(&given, &hmac_sha256(secret, &[body])) { Ok(()) } else { Err(AuthError::Mismatch) }
 }
 
@@ -72,7 +76,7 @@ pub fn verify_hmac(
 /// secret while secrets rotate; any one made with `secret` is enough.
 pub fn verify_pagerduty(secret: &[u8], signatures: Option<&str>, body: &[u8]) -> Result<(), AuthError> {
     const HEADER: &str = "X-PagerDuty-Signature";
-    let signatures = signatures.ok_or(AuthError::Missing(HEADER))?;
+    let signatures = signatures.ok_or(AuthError::Missing(HEADER.into()))?;
     let expected = hmac_sha256(secret, &[body]);
     let mut matched = false;
     for signature in signatures.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -88,7 +92,7 @@ fn check_skew(timestamp: &str, header: &'static str, now: DateTime<Utc>) -> Resu
     let seconds: i64 = timestamp
         .trim()
         .parse()
-        .map_err(|_| AuthError::Malformed { header, why: "not a Unix time in seconds".into() })?;
+        .map_err(|_| AuthError::Malformed { header: header.into(), why: "not a Unix time in seconds".into() })?;
     let skew = now.timestamp().saturating_sub(seconds);
     if skew.abs() > MAX_SKEW_SECONDS { Err(AuthError::Stale { skew }) } else { Ok(()) }
 }
@@ -104,8 +108,8 @@ pub fn verify_slack(
 ) -> Result<(), AuthError> {
     const TIMESTAMP: &str = "X-Slack-Request-Timestamp";
     const SIGNATURE: &str = "X-Slack-Signature";
-    let timestamp = timestamp.ok_or(AuthError::Missing(TIMESTAMP))?;
-    let signature = signature.ok_or(AuthError::Missing(SIGNATURE))?;
+    let timestamp = timestamp.ok_or(AuthError::Missing(TIMESTAMP.into()))?;
+    let signature = signature.ok_or(AuthError::Missing(SIGNATURE.into()))?;
     check_skew(timestamp, TIMESTAMP, now)?;
     let given = hex_after("v0=", SIGNATURE, signature)?;
     let expected = hmac_sha256(signing_secret, &[b"v0:", timestamp.as_bytes(), b":", body]);
@@ -129,9 +133,9 @@ pub fn verify_standard_webhooks(
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Result<(), AuthError> {
-    let id = id.ok_or(AuthError::Missing("webhook-id"))?;
-    let timestamp = timestamp.ok_or(AuthError::Missing("webhook-timestamp"))?;
-    let signatures = signatures.ok_or(AuthError::Missing("webhook-signature"))?;
+    let id = id.ok_or(AuthError::Missing("webhook-id".into()))?;
+    let timestamp = timestamp.ok_or(AuthError::Missing("webhook-timestamp".into()))?;
+    let signatures = signatures.ok_or(AuthError::Missing("webhook-signature".into()))?;
     check_skew(timestamp, "webhook-timestamp", now)?;
     let expected = hmac_sha256(key, &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body]);
     let mut matched = false;
@@ -146,17 +150,18 @@ pub fn verify_standard_webhooks(
 
 /// `Authorization: Bearer <token>`.
 pub fn verify_bearer(token: &str, authorization: Option<&str>) -> Result<(), AuthError> {
-    let authorization = authorization.ok_or(AuthError::Missing("Authorization"))?;
-    let given = authorization
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| AuthError::Malformed { header: "Authorization", why: "expected `Bearer <token>`".into() })?;
+    let authorization = authorization.ok_or(AuthError::Missing("Authorization".into()))?;
+    let given = authorization.strip_prefix("Bearer ").ok_or_else(|| AuthError::Malformed {
+        header: "Authorization".into(),
+        why: "expected `Bearer <token>`".into(),
+    })?;
     if equal(given.trim().as_bytes(), token.as_bytes()) { Ok(()) } else { Err(AuthError::BadCredentials) }
 }
 
 /// `Authorization: Basic base64(username:password)`.
 pub fn verify_basic(username: &str, password: &str, authorization: Option<&str>) -> Result<(), AuthError> {
-    let authorization = authorization.ok_or(AuthError::Missing("Authorization"))?;
-    let malformed = |why: &str| AuthError::Malformed { header: "Authorization", why: why.into() };
+    let authorization = authorization.ok_or(AuthError::Missing("Authorization".into()))?;
+    let malformed = |why: &str| AuthError::Malformed { header: "Authorization".into(), why: why.into() };
     let encoded = authorization.strip_prefix("Basic ").ok_or_else(|| malformed("expected `Basic <base64>`"))?;
     let decoded = BASE64.decode(encoded.trim()).map_err(|_| malformed("the credentials are not base64"))?;
     let expected = [username.as_bytes(), b":", password.as_bytes()].concat();

@@ -1,4 +1,4 @@
-//! The `nightshift` binary: set up logging, then hand over to the CLI.
+//! The `nightshift` binary: hands over to the CLI (which sets up logging).
 
 use std::process::ExitCode;
 
@@ -8,11 +8,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NIGHTSHIFT_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     nightshift::cli::run()
 }

@@ -13,13 +13,14 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use super::fixture::{FixtureArgs, find_automation};
+use super::remote::RemoteLedger;
 use super::{Sources, load_catalog};
-use crate::pipeline::{IngestReport, Pipeline};
-use crate::runs::{Activity, MemoryEntry, MemoryWrite, Run, RunId};
-use crate::store::{RetentionReport, RunFilter, SledStore, Store, StoredEvent, default_data_dir};
+use crate::pipeline::{Audience, IngestReport, Pipeline};
+use crate::runs::{MemoryEntry, MemoryWrite, Run, RunId};
+use crate::server::discovery::ServeFile;
+use crate::store::{RetentionReport, RunFilter, RunRecord, SledStore, Store, StoreError, default_data_dir};
 
 /// Where the automations and the store are.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,7 +36,7 @@ pub struct Location {
 }
 
 impl Location {
-    fn automations(&self) -> PathBuf {
+    pub fn automations(&self) -> PathBuf {
         self.dir.clone().unwrap_or_else(|| PathBuf::from("automations"))
     }
 
@@ -51,15 +52,6 @@ pub struct TriggerRequest {
     pub fixture: FixtureArgs,
     /// When the event is received and ingested.
     pub now: DateTime<Utc>,
-}
-
-/// One run with everything recorded about it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub run: Run,
-    pub activities: Vec<Activity>,
-    /// The run's events that are still stored, in the run's order.
-    pub events: Vec<StoredEvent>,
 }
 
 /// What the store-backed commands need from a store, wherever it is.
@@ -82,7 +74,20 @@ pub trait Ledger {
 /// Reaches the store at `location`. `sources` says where `trigger` finds the project
 /// settings. This is the only place that picks a `Ledger` implementation.
 pub fn connect(location: &Location, sources: &Sources) -> anyhow::Result<Box<dyn Ledger>> {
-    Ok(Box::new(LocalLedger::open(location, sources)?))
+    let data = location.data_dir();
+    match SledStore::open(&data) {
+        Ok(store) => Ok(Box::new(LocalLedger {
+            store: Arc::new(store),
+            automations: location.automations(),
+            sources: sources.clone(),
+        })),
+        // A running server holds the store: go through its API.
+        Err(StoreError::Locked { dir }) => match ServeFile::read(&data) {
+            Some(server) => Ok(Box::new(RemoteLedger::new(server)?)),
+            None => Err(StoreError::Locked { dir }.into()),
+        },
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The store opened in this process, and the automations `trigger` renders with.
@@ -92,20 +97,13 @@ pub struct LocalLedger {
     sources: Sources,
 }
 
-impl LocalLedger {
-    pub fn open(location: &Location, sources: &Sources) -> anyhow::Result<LocalLedger> {
-        let store = SledStore::open(&location.data_dir())?;
-        Ok(LocalLedger { store: Arc::new(store), automations: location.automations(), sources: sources.clone() })
-    }
-}
-
 impl Ledger for LocalLedger {
     fn trigger(&self, request: &TriggerRequest) -> anyhow::Result<IngestReport> {
         let (catalog, diagnostics) = load_catalog(std::slice::from_ref(&self.automations), &self.sources);
         let loaded = find_automation(&catalog, &diagnostics, &request.automation)?;
         let event = request.fixture.event_for(loaded, request.now)?;
         let pipeline = Pipeline::new(Arc::new(catalog), Arc::clone(&self.store));
-        Ok(pipeline.ingest(event, Some(&request.automation), request.now)?)
+        Ok(pipeline.ingest(event, Audience::Named(&request.automation), request.now)?)
     }
 
     fn runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<Run>> {
@@ -113,13 +111,7 @@ impl Ledger for LocalLedger {
     }
 
     fn show(&self, id: RunId) -> anyhow::Result<Option<RunRecord>> {
-        let Some(run) = self.store.run(id)? else { return Ok(None) };
-        let activities = self.store.activities(id)?;
-        let mut events = Vec::new();
-        for event_id in &run.event_ids {
-            events.extend(self.store.event(event_id)?);
-        }
-        Ok(Some(RunRecord { run, activities, events }))
+        Ok(RunRecord::read(self.store.as_ref(), id)?)
     }
 
     fn memory(&self, automation: &str, now: DateTime<Utc>) -> anyhow::Result<BTreeMap<String, MemoryEntry>> {

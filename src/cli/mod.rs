@@ -5,10 +5,12 @@ mod ledger;
 mod memory;
 mod output;
 mod prune;
+mod remote;
 mod render;
 mod runs;
 mod schedule;
 mod schema;
+mod serve;
 mod show;
 mod test;
 mod trigger;
@@ -46,6 +48,16 @@ struct Sources {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server: webhooks, the API, cron slots, and hot reload.
+    ///
+    /// Loads every automation (refusing to start on any problem), opens the store,
+    /// serves POST /hooks/{name} for webhook, GitHub, Slack, PagerDuty and Alertmanager
+    /// triggers and /api for the other commands (which find the server through
+    /// serve.json in the data directory), and fires cron slots. Edits to automation
+    /// files are applied live; a broken edit is logged and the last good set keeps
+    /// running. Stops cleanly on Ctrl-C or SIGTERM. Secrets (`env:NAME`) are read at
+    /// start and at each reload.
+    Serve(serve::Args),
     /// Check automation files and report every problem as file:line:col.
     ///
     /// Exits 1 if any file has an error.
@@ -92,7 +104,12 @@ enum Command {
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Serve(args) => init_logging(args.log_json, "nightshift=info,warn"),
+        _ => init_logging(false, "warn"),
+    }
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Render(args) => render::run(args),
         Command::Test(args) => test::run(args),
@@ -110,6 +127,17 @@ pub fn run() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr, as text or JSON lines, at the level NIGHTSHIFT_LOG sets (else `default`).
+fn init_logging(json: bool, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIGHTSHIFT_LOG").unwrap_or_else(|_| default.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 

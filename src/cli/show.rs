@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use super::Sources;
-use super::ledger::{Location, RunRecord, connect};
+use super::ledger::{Location, connect};
 use super::output::{printable, time};
 use crate::runs::RunId;
+use crate::store::RunRecord;
 use crate::task::Task;
 
 #[derive(Debug, clap::Args)]

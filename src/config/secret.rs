@@ -40,6 +40,19 @@ impl FromStr for SecretRef {
     }
 }
 
+impl SecretRef {
+    /// Reads the secret's value now: the variable, or the file without its trailing
+    /// newline. The error names the reference, never a value.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Self::Env(name) => std::env::var(name).map_err(|_| format!("environment variable {name} is not set")),
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|text| text.strip_suffix('\n').unwrap_or(&text).to_string())
+                .map_err(|e| format!("cannot read secret file {path}: {e}")),
+        }
+    }
+}
+
 impl fmt::Display for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

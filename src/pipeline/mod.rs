@@ -31,6 +31,19 @@ pub struct IngestReport {
     pub not_matched: Vec<NotMatched>,
 }
 
+/// Which automations an event is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience<'a> {
+    /// Every automation with a trigger that accepts it (e.g. a cron slot's own automation).
+    Everyone,
+    /// The automation a hook serves, if its trigger's filters accept the event. An event
+    /// they refuse is not stored: the report names the reason in `not_matched`.
+    Subscriber(&'a str),
+    /// One automation, without consulting its trigger's filters: a person asked for it
+    /// (`nightshift trigger`, `POST /api/automations/{name}/run`).
+    Named(&'a str),
+}
+
 pub struct Pipeline {
     catalog: Arc<Catalog>,
     store: Arc<dyn Store>,
@@ -50,11 +63,10 @@ impl Pipeline {
         &self.catalog
     }
 
-    /// Renders `event` for every automation whose trigger accepts it (or only for
-    /// `only`), then stores the event and its runs in one durable step. A rendering
-    /// error becomes a failed run that records it.
-    pub fn ingest(&self, event: Event, only: Option<&str>, now: DateTime<Utc>) -> Result<IngestReport, StoreError> {
-        let (report, durability) = self.ingest_queued(event, only, now)?;
+    /// Renders `event` for its audience, then stores the event and its runs in one
+    /// durable step. A rendering error becomes a failed run that records it.
+    pub fn ingest(&self, event: Event, audience: Audience<'_>, now: DateTime<Utc>) -> Result<IngestReport, StoreError> {
+        let (report, durability) = self.ingest_queued(event, audience, now)?;
         durability.wait()?;
         Ok(report)
     }
@@ -64,13 +76,29 @@ impl Pipeline {
     pub fn ingest_queued(
         &self,
         event: Event,
-        only: Option<&str>,
+        audience: Audience<'_>,
         now: DateTime<Utc>,
     ) -> Result<(IngestReport, Durability), StoreError> {
+        if let Audience::Subscriber(name) = audience
+            && let Err(reason) = self.subscriber_accepts(name, &event)
+        {
+            let outcome = IngestOutcome {
+                event_id: event.id,
+                duplicate_delivery: false,
+                runs: Vec::new(),
+                cancelled: Vec::new(),
+            };
+            let not_matched = vec![NotMatched { automation: name.to_string(), reason }];
+            return Ok((IngestReport { outcome, not_matched }, Durability::done()));
+        }
         let prepared = PreparedEvent::new(event);
         let mut runs = Vec::new();
         let mut not_matched = Vec::new();
         let candidates = self.catalog.automations.iter().map(|loaded| &loaded.compiled);
+        let only = match audience {
+            Audience::Everyone => None,
+            Audience::Subscriber(name) | Audience::Named(name) => Some(name),
+        };
         for automation in candidates.filter(|a| only.is_none_or(|name| a.name() == name)) {
             if only.is_none() && !automation.accepts(&prepared.event) {
                 continue;
@@ -98,6 +126,24 @@ impl Pipeline {
         }
         let (outcome, durability) = self.store.ingest_queued(&prepared.event, runs, now)?;
         Ok((IngestReport { outcome, not_matched }, durability))
+    }
+
+    /// Whether the automation `name` is enabled and a trigger of its accepts `event`;
+    /// `Err` says why not.
+    fn subscriber_accepts(&self, name: &str, event: &Event) -> Result<(), String> {
+        let loaded = self.catalog.get(name).ok_or_else(|| format!("no automation named `{name}` is loaded"))?;
+        let definition = &loaded.compiled.definition;
+        if !definition.enabled {
+            return Err("the automation is disabled (`enabled: false`)".into());
+        }
+        let mut why = format!("no trigger of `{name}` takes {} events", event.source);
+        for trigger in definition.all_triggers().filter_map(|t| t.source()) {
+            match trigger.accepts(event) {
+                Ok(()) => return Ok(()),
+                Err(reason) => why = reason,
+            }
+        }
+        Err(why)
     }
 
     /// What rules of `automation` read from earlier runs.

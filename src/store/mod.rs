@@ -88,6 +88,28 @@ pub struct IngestOutcome {
     pub cancelled: Vec<RunId>,
 }
 
+/// One run with everything recorded about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run: Run,
+    pub activities: Vec<Activity>,
+    /// The run's events that are still stored, in the run's order.
+    pub events: Vec<StoredEvent>,
+}
+
+impl RunRecord {
+    /// Reads run `id`, its activity timeline and its events; `None` if there is no such run.
+    pub fn read(store: &dyn Store, id: RunId) -> Result<Option<RunRecord>, StoreError> {
+        let Some(run) = store.run(id)? else { return Ok(None) };
+        let activities = store.activities(id)?;
+        let mut events = Vec::new();
+        for event_id in &run.event_ids {
+            events.extend(store.event(event_id)?);
+        }
+        Ok(Some(RunRecord { run, activities, events }))
+    }
+}
+
 /// A granted claim.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claim {
@@ -105,11 +127,25 @@ pub struct RunFilter {
 }
 
 /// A cron trigger's progress, so restarts neither repeat nor forget slots.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleState {
     /// The latest slot that was fired or recorded as skipped.
     pub last_slot: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The latest slot that started a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fired: Option<DateTime<Utc>>,
+    /// The most recent slots skipped by the misfire policy (at most `RECENT_SKIPS`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<DateTime<Utc>>,
+    /// Every slot ever skipped, counted.
+    #[serde(default)]
+    pub skipped_total: u64,
+}
+
+impl ScheduleState {
+    /// How many skipped slots are kept by time.
+    pub const RECENT_SKIPS: usize = 20;
 }
 
 /// What a retention pass deleted.
@@ -241,6 +277,9 @@ pub trait Store: Send + Sync {
     ) -> Result<Run, StoreError>;
     /// Cancels a run in any unfinished state.
     fn cancel(&self, run: RunId, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError>;
+    /// Cancels a run only if no worker has started it (it is queued, or waiting for a
+    /// retry); `None` when it has started or ended, which is left alone.
+    fn cancel_unstarted(&self, run: RunId, reason: &str, now: DateTime<Utc>) -> Result<Option<Run>, StoreError>;
     /// Lets a run waiting for approval continue.
     fn approve(&self, run: RunId, now: DateTime<Utc>) -> Result<Run, StoreError>;
     /// Re-queues runs whose lease expired (with a new epoch on the next claim), or fails
@@ -261,6 +300,9 @@ pub trait Store: Send + Sync {
     fn write_memory(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> Result<(), StoreError>;
 
     fn schedule(&self, automation: &str, trigger: &str) -> Result<Option<ScheduleState>, StoreError>;
+    /// Records a cron trigger's progress. Like a claim, it is not waited for on disk:
+    /// the slot's event is stored first, so a lost update only re-fires a slot that
+    /// then counts as a duplicate delivery.
     fn set_schedule(&self, automation: &str, trigger: &str, state: &ScheduleState) -> Result<(), StoreError>;
 
     /// Deletes finished runs beyond `retention` with their activities and events, and

@@ -98,8 +98,32 @@ pub(super) fn normalize(payload: &Value) -> Normalized {
             fields.insert(name.into(), value.clone());
         }
     }
+    // A notification split per alert carries one: name it for rules and flow control.
+    if let Some([alert]) = payload.get("alerts").and_then(Value::as_array).map(Vec::as_slice) {
+        fields.insert("alert".into(), alert.clone());
+    }
     let status = str_at(payload, "/status").unwrap_or("unknown");
     Normalized { kind: format!("alert.{status}"), delivery_id: group_delivery_id(payload), fields }
+}
+
+/// A notification as one notification per alert (`per: alert`): each keeps the group's
+/// fields, carries one alert, and takes that alert's status, so each has its own
+/// delivery id (group key + status + fingerprint).
+pub fn split_per_alert(payload: &Value) -> Vec<Value> {
+    let Some(alerts) = payload.get("alerts").and_then(Value::as_array).filter(|a| !a.is_empty()) else {
+        return vec![payload.clone()];
+    };
+    alerts
+        .iter()
+        .map(|alert| {
+            let mut one = payload.clone();
+            one["alerts"] = Value::Array(vec![alert.clone()]);
+            if let Some(status) = alert.get("status") {
+                one["status"] = status.clone();
+            }
+            one
+        })
+        .collect()
 }
 
 /// Group key + status + sorted alert fingerprints: one id per distinct notification.

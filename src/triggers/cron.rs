@@ -69,8 +69,8 @@ impl CronTrigger {
     }
 
     /// The next `count` slots strictly after `after`, in the trigger's timezone. Local
-    /// times a DST change skips or repeats follow croner: a skipped time does not fire
-    /// that day, a repeated one fires once.
+    /// times a DST change skips or repeats follow croner: a skipped time fires at the
+    /// first moment after the gap, a repeated one fires once.
     pub fn next_slots(&self, after: DateTime<Utc>, count: usize) -> Result<Vec<DateTime<Tz>>, String> {
         let cron = self.parsed_schedule()?;
         let timezone = self.parsed_timezone()?;
@@ -120,8 +120,8 @@ impl CronTrigger {
     }
 }
 
-/// A cron payload is `{"scheduled_at": RFC3339, "timezone": IANA name}`, made by the
-/// scheduler. The slot is also given in the trigger's timezone (`local_date`,
+/// A cron payload is `{"automation", "scheduled_at": RFC3339, "timezone": IANA name}`,
+/// made by the scheduler (`slot_payload`). The slot is also given in the trigger's timezone (`local_date`,
 /// `local_time`, `weekday`), so a schedule near midnight names the right day.
 pub(super) fn normalize(payload: &Value) -> Normalized {
     let mut fields = Map::new();
@@ -138,7 +138,24 @@ pub(super) fn normalize(payload: &Value) -> Normalized {
         fields.insert("local_time".into(), Value::String(local.format("%H:%M").to_string()));
         fields.insert("weekday".into(), Value::String(local.format("%a").to_string()));
     }
-    Normalized { kind: "schedule".into(), delivery_id: slot.map(str::to_string), fields }
+    // Two automations on one schedule share a slot time but not a delivery.
+    let delivery_id = match (str_at(payload, "/automation"), slot) {
+        (Some(automation), Some(slot)) => Some(format!("{automation}:{slot}")),
+        (None, Some(slot)) => Some(slot.to_string()),
+        (_, None) => None,
+    };
+    Normalized { kind: "schedule".into(), delivery_id, fields }
+}
+
+/// The payload the scheduler delivers for `automation`'s slot at `slot`: its event id is
+/// `cron:{automation}:{slot}`, so a slot fired twice (say, across a restart) is one
+/// delivery and makes one run.
+pub fn slot_payload(automation: &str, slot: DateTime<Utc>, timezone: &str) -> Value {
+    serde_json::json!({
+        "automation": automation,
+        "scheduled_at": slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "timezone": timezone,
+    })
 }
 
 #[cfg(test)]

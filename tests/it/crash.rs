@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nightshift::pipeline::Audience;
 use nightshift::runs::RunId;
 use nightshift::store::{RunFilter, SledStore, Store};
 use serde_json::json;
@@ -38,7 +39,9 @@ fn crash_child_ingests_until_killed() {
             std::thread::spawn(move || {
                 for n in (from + thread..).step_by(PRODUCERS as usize) {
                     let id = format!("d{n}");
-                    let report = pipeline.ingest(event(&id, json!({"title": "t"}), 0), None, at(0)).expect("ingest");
+                    let report = pipeline
+                        .ingest(event(&id, json!({"title": "t"}), 0), Audience::Everyone, at(0))
+                        .expect("ingest");
                     let runs: Vec<String> = report.outcome.runs.iter().map(|o| o.run.to_string()).collect();
                     println!("ack {n} {}", runs.join(","));
                 }

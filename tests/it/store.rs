@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use nightshift::event::Event;
-use nightshift::pipeline::Pipeline;
+use nightshift::pipeline::{Audience, Pipeline};
 use nightshift::runs::{ActivityKind, Completion, MemoryChange, MemoryWrite, NewActivity, RunId, RunResult, RunState};
 use nightshift::store::{Disposition, NewRun, RunFilter, SledStore, Store, StoreError};
 use nightshift::triggers::TriggerKind;
@@ -49,7 +49,7 @@ pub fn pipeline_over(prompt: &str, extra: &str, store: Arc<dyn Store>) -> Pipeli
 }
 
 fn ingest(pipeline: &Pipeline, id: &str, payload: serde_json::Value, secs: i64) -> (RunId, Disposition) {
-    let report = pipeline.ingest(event(id, payload, secs), None, at(secs)).expect("ingest");
+    let report = pipeline.ingest(event(id, payload, secs), Audience::Everyone, at(secs)).expect("ingest");
     let outcome = report.outcome.runs.into_iter().next().expect("one run outcome");
     (outcome.run, outcome.disposition)
 }
@@ -82,8 +82,8 @@ fn untrusted_run_writes(store: &dyn Store, like: RunId, value: &str, secs: i64) 
 fn a_delivery_seen_before_creates_nothing_and_returns_the_first_runs() {
     let data = tempfile::tempdir().unwrap();
     let pipeline = pipeline("", data.path());
-    let first = pipeline.ingest(event("d1", json!({"title": "a"}), 0), None, at(0)).unwrap();
-    let again = pipeline.ingest(event("d1", json!({"title": "a"}), 5), None, at(5)).unwrap();
+    let first = pipeline.ingest(event("d1", json!({"title": "a"}), 0), Audience::Everyone, at(0)).unwrap();
+    let again = pipeline.ingest(event("d1", json!({"title": "a"}), 5), Audience::Everyone, at(5)).unwrap();
     assert!(!first.outcome.duplicate_delivery && again.outcome.duplicate_delivery);
     assert_eq!(first.outcome.runs, again.outcome.runs);
     assert_eq!(pipeline.store().runs(&RunFilter::default()).unwrap().len(), 1);
@@ -154,7 +154,7 @@ fn overlap_cancel_previous_cancels_the_running_run_and_fences_its_worker() {
     let (first, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
     let claim = store.claim("w1", LEASE, at(1)).unwrap().unwrap();
     store.mark_running(first, claim.lease.epoch, at(2)).unwrap();
-    let report = pipeline.ingest(event("b", json!({"title": "t"}), 3), None, at(3)).unwrap();
+    let report = pipeline.ingest(event("b", json!({"title": "t"}), 3), Audience::Everyone, at(3)).unwrap();
     assert_eq!(report.outcome.cancelled, [first]);
     assert_eq!(state(store.as_ref(), first), RunState::Cancelled);
     let heartbeat = store.heartbeat(first, claim.lease.epoch, LEASE, at(4));
@@ -511,13 +511,17 @@ fn after_run_that_reads_untrusted_memory_marks_its_writes_untrusted() {
 #[test]
 fn schedule_state_is_kept_per_trigger_across_reopens() {
     let data = tempfile::tempdir().unwrap();
-    let state = nightshift::store::ScheduleState { last_slot: at(3600), updated_at: at(3601) };
+    let state = nightshift::store::ScheduleState { last_slot: at(3600), updated_at: at(3601), ..Default::default() };
     {
         let store = SledStore::open(data.path()).unwrap();
         assert_eq!(store.schedule("audit", "0").unwrap(), None);
         store.set_schedule("audit", "0", &state).unwrap();
         store
-            .set_schedule("audit", "1", &nightshift::store::ScheduleState { last_slot: at(0), updated_at: at(1) })
+            .set_schedule(
+                "audit",
+                "1",
+                &nightshift::store::ScheduleState { last_slot: at(0), updated_at: at(1), ..Default::default() },
+            )
             .unwrap();
     }
     let store = SledStore::open(data.path()).unwrap();
@@ -602,7 +606,7 @@ fn a_writer_reads_its_own_writes_as_soon_as_they_return() {
                 let store = pipeline.store();
                 for n in 0..40 {
                     let id = format!("w{writer}-{n}");
-                    pipeline.ingest(event(&id, json!({"title": "t"}), n), None, at(n)).unwrap();
+                    pipeline.ingest(event(&id, json!({"title": "t"}), n), Audience::Everyone, at(n)).unwrap();
                     assert!(store.event(&format!("manual:{id}")).unwrap().is_some(), "event {id} not readable");
                     let activity = NewActivity { kind: ActivityKind::Progress, text: id.clone(), data: json!(null) };
                     let claim = store.claim(&id, Duration::from_secs(60), at(n)).unwrap().expect("a queued run");

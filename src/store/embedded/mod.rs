@@ -876,6 +876,17 @@ impl Store for SledStore {
         Ok(run)
     }
 
+    fn cancel_unstarted(&self, id: RunId, reason: &str, now: DateTime<Utc>) -> Result<Option<Run>, StoreError> {
+        let mut live = self.lock();
+        if live.get(id).is_none_or(|pending| pending.run.state != RunState::Queued) {
+            return Ok(None);
+        }
+        let mut changes = Changes::default();
+        let run = Inner::cancel_live(&mut live, &mut changes, id, reason.to_string(), now);
+        self.apply(live, changes, true)?;
+        Ok(run)
+    }
+
     fn approve(&self, id: RunId, now: DateTime<Utc>) -> Result<Run, StoreError> {
         let live = self.lock();
         let mut pending = self.live_run(&live, id, "approved")?;
@@ -1054,7 +1065,9 @@ impl Store for SledStore {
         let live = self.lock();
         let mut changes = Changes::default();
         changes.put(keys::schedule(automation, trigger), encode(state));
-        self.apply(live, changes, true)
+        // Not waited for on disk: losing it in a crash re-fires a slot whose event was
+        // stored first, and the event id makes that a duplicate delivery.
+        self.apply(live, changes, false)
     }
 
     fn apply_retention(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError> {

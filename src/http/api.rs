@@ -1,0 +1,169 @@
+//! `/api`: what `nightshift trigger`, `runs`, `show`, `memory` and `prune` ask of a
+//! running server, behind a bearer token (`serve.json` in the data directory holds it).
+//!
+//! - `POST /api/automations/{name}/run?source=KIND&now=TIME` with the payload as the
+//!   body and `X-Nightshift-Header-{Name}` for delivery headers: a manual run, 202.
+//! - `GET /api/runs?automation=&state=&limit=`, `GET /api/runs/{id}`.
+//! - `GET /api/automations/{name}/memory`, `PUT` / `DELETE .../memory/{key}`.
+//! - `POST /api/prune`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::{error, store_error};
+use crate::runs::{MemoryChange, MemoryWrite, RunId, RunState};
+use crate::server::{ApiError, ManualRun, Server};
+use crate::store::RunFilter;
+use crate::triggers::TriggerKind;
+
+/// Request headers that carry a manual run's delivery headers.
+pub const MANUAL_HEADER_PREFIX: &str = "x-nightshift-header-";
+
+pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
+    Router::new()
+        .route("/api/automations/{name}/run", post(run_manually))
+        .route("/api/runs", get(list_runs))
+        .route("/api/runs/{id}", get(show_run))
+        .route("/api/automations/{name}/memory", get(read_memory))
+        .route("/api/automations/{name}/memory/{key}", put(set_memory).delete(remove_memory))
+        .route("/api/prune", post(prune))
+        .route_layer(middleware::from_fn_with_state(server, require_token))
+}
+
+/// Checks the bearer token of every `/api` request.
+async fn require_token(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
+    let given = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match crate::auth::verify_bearer(server.api_token(), given) {
+        Ok(()) => next.run(request).await,
+        Err(why) => error(
+            StatusCode::UNAUTHORIZED,
+            format!("{why}: /api needs `Authorization: Bearer <token>`, the token in serve.json in the data directory"),
+        ),
+    }
+}
+
+fn api_error(failed: ApiError) -> Response {
+    match &failed {
+        ApiError::NoSuchAutomation(_) => error(StatusCode::NOT_FOUND, failed.to_string()),
+        ApiError::BadRequest(_) => error(StatusCode::BAD_REQUEST, failed.to_string()),
+        ApiError::Store(store) => store_error(store),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RunQuery {
+    source: Option<String>,
+    now: Option<DateTime<Utc>>,
+}
+
+async fn run_manually(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    Query(query): Query<RunQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let payload: serde_json::Value = if body.is_empty() {
+        serde_json::json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(payload) => payload,
+            Err(why) => return error(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {why}")),
+        }
+    };
+    let source = match query.source.as_deref().map(|s| TriggerKind::parse(s).ok_or(s)) {
+        None => None,
+        Some(Ok(kind)) => Some(kind),
+        Some(Err(unknown)) => {
+            let known = TriggerKind::ALL.map(TriggerKind::as_str).join(", ");
+            return error(StatusCode::BAD_REQUEST, format!("unknown source `{unknown}`; one of {known}"));
+        }
+    };
+    let delivery_headers: BTreeMap<String, String> = headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = name.as_str().strip_prefix(MANUAL_HEADER_PREFIX)?;
+            Some((name.to_string(), value.to_str().ok()?.to_string()))
+        })
+        .collect();
+    let request = ManualRun { source, headers: delivery_headers, now: query.now };
+    match server.run_manually(&name, payload, request).await {
+        Ok(report) => (StatusCode::ACCEPTED, axum::Json(report)).into_response(),
+        Err(failed) => api_error(failed),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RunsQuery {
+    automation: Option<String>,
+    state: Option<String>,
+    #[serde(default)]
+    limit: usize,
+}
+
+async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQuery>) -> Response {
+    let state = match query.state.as_deref().map(|s| s.parse::<RunState>()) {
+        None => None,
+        Some(Ok(state)) => Some(state),
+        Some(Err(why)) => return error(StatusCode::BAD_REQUEST, why.to_string()),
+    };
+    let filter = RunFilter { automation: query.automation, state, limit: query.limit };
+    let server = Arc::clone(&server);
+    blocking(move || server.runs(&filter).map(|runs| axum::Json(runs).into_response())).await
+}
+
+async fn show_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<RunId>() else {
+        return error(StatusCode::BAD_REQUEST, format!("`{id}` is not a run id (they look like r12)"));
+    };
+    blocking(move || match server.record(id)? {
+        Some(record) => Ok(axum::Json(record).into_response()),
+        None => Ok(error(StatusCode::NOT_FOUND, format!("no run {id}"))),
+    })
+    .await
+}
+
+async fn read_memory(State(server): State<Arc<Server>>, Path(name): Path<String>) -> Response {
+    blocking(move || server.memory(&name).map(|entries| axum::Json(entries).into_response())).await
+}
+
+async fn set_memory(
+    State(server): State<Arc<Server>>,
+    Path((name, key)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(why) => return error(StatusCode::BAD_REQUEST, format!("the value is not valid JSON: {why}")),
+    };
+    let write = MemoryWrite { key, change: MemoryChange::Set { value, expires_at: None }, untrusted: false };
+    blocking(move || server.write_memory(&name, write).map(|()| StatusCode::NO_CONTENT.into_response())).await
+}
+
+async fn remove_memory(State(server): State<Arc<Server>>, Path((name, key)): Path<(String, String)>) -> Response {
+    let write = MemoryWrite { key, change: MemoryChange::Remove, untrusted: false };
+    blocking(move || server.write_memory(&name, write).map(|()| StatusCode::NO_CONTENT.into_response())).await
+}
+
+async fn prune(State(server): State<Arc<Server>>) -> Response {
+    blocking(move || server.prune().map(|report| axum::Json(report).into_response())).await
+}
+
+/// Store reads scan and wait: off the async threads.
+async fn blocking(work: impl FnOnce() -> Result<Response, ApiError> + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(failed)) => api_error(failed),
+        Err(panicked) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed: {panicked}")),
+    }
+}

@@ -1,0 +1,83 @@
+//! The HTTP surface of `serve` (axum; the only module that imports it): `/hooks/{name}`
+//! for trigger sources (`hooks.rs`), `/api` for the command line and tools (`api.rs`),
+//! and `/healthz`. Every error is JSON, `{"error": ...}`, with a status that tells the
+//! caller what to do: 401 only when authentication failed, 413 for an oversize body,
+//! 503 with Retry-After when the store cannot keep up.
+
+mod api;
+mod hooks;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::server::Server;
+
+pub use api::MANUAL_HEADER_PREFIX;
+
+/// Serves on `listener` until `shutdown` resolves, then lets requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Arc<Server>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(server)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+/// Every route.
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/hooks/{name}", post(hooks::deliver))
+        .route("/healthz", get(health))
+        .merge(api::routes(Arc::clone(&server)))
+        .fallback(not_found)
+        .with_state(server)
+}
+
+async fn health(axum::extract::State(server): axum::extract::State<Arc<Server>>) -> Response {
+    let generation = server.current();
+    let body = json!({
+        "ok": true,
+        "automations": generation.pipeline.catalog().automations.len(),
+        "hooks": generation.hooks.len(),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error(StatusCode::NOT_FOUND, format!("nothing is served at {}: try POST /hooks/{{name}} or /api", uri.path()))
+}
+
+/// A JSON error answer.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+/// 503 with a Retry-After in seconds.
+fn unavailable(message: impl Into<String>, retry_after_seconds: u32) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+    response
+}
+
+/// A store failure as an answer: I/O trouble is worth retrying, the rest is not.
+fn store_error(error: &crate::store::StoreError) -> Response {
+    use crate::store::StoreError;
+    match error {
+        StoreError::Io(_) | StoreError::Locked { .. } => unavailable(error.to_string(), 5),
+        StoreError::NoSuchRun(_) => self::error(StatusCode::NOT_FOUND, error.to_string()),
+        StoreError::StaleLease { .. } | StoreError::WrongState { .. } => {
+            self::error(StatusCode::CONFLICT, error.to_string())
+        }
+        StoreError::Open { .. } | StoreError::Corrupt { .. } => {
+            tracing::error!(%error, "store failure while answering a request");
+            self::error(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `Credential`: a hook trigger's authentication method with its secret read, and the
+//! check of one delivery against it (through `crate::auth`).
+
+use chrono::{DateTime, Utc};
+
+use super::Delivery;
+use crate::auth::{self, AuthError};
+use crate::triggers::Trigger;
+use crate::triggers::webhook::WebhookAuth;
+
+/// How one hook authenticates, with the secret's value.
+#[derive(Clone)]
+pub enum Credential {
+    /// GitHub-style HMAC-SHA256 of the body in `header` (lowercase), after `prefix`.
+    Hmac {
+        secret: String,
+        header: String,
+        prefix: String,
+    },
+    StandardWebhooks {
+        key: Vec<u8>,
+    },
+    Bearer {
+        token: String,
+    },
+    Basic {
+        username: String,
+        password: String,
+    },
+    Slack {
+        signing_secret: String,
+    },
+    PagerDuty {
+        secret: String,
+    },
+    /// `auth: { none: true }`: anyone who can reach the server.
+    Open,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a secret.
+        let name = match self {
+            Credential::Hmac { header, .. } => return write!(f, "Hmac({header})"),
+            Credential::StandardWebhooks { .. } => "StandardWebhooks",
+            Credential::Bearer { .. } => "Bearer",
+            Credential::Basic { username, .. } => return write!(f, "Basic({username})"),
+            Credential::Slack { .. } => "Slack",
+            Credential::PagerDuty { .. } => "PagerDuty",
+            Credential::Open => "Open",
+        };
+        f.write_str(name)
+    }
+}
+
+impl Credential {
+    /// The credential of a hook trigger, its secret read now.
+    pub fn for_trigger(trigger: Trigger<'_>) -> Result<Credential, String> {
+        match trigger {
+            Trigger::Webhook(webhook) => Self::for_auth(&webhook.auth),
+            Trigger::Alertmanager(alertmanager) => Self::for_auth(&alertmanager.auth),
+            Trigger::Github(github) => Ok(Credential::Hmac {
+                secret: github.secret.resolve()?,
+                header: "x-hub-signature-256".into(),
+                prefix: "sha256=".into(),
+            }),
+            Trigger::Slack(slack) => Ok(Credential::Slack { signing_secret: slack.signing_secret.resolve()? }),
+            Trigger::Pagerduty(pagerduty) => Ok(Credential::PagerDuty { secret: pagerduty.secret.resolve()? }),
+            Trigger::Cron(_) | Trigger::Manual(_) => Err("this trigger is not served at /hooks".into()),
+        }
+    }
+
+    fn for_auth(auth: &WebhookAuth) -> Result<Credential, String> {
+        if let Some(hmac) = &auth.hmac {
+            return Ok(Credential::Hmac {
+                secret: hmac.secret.resolve()?,
+                header: hmac.header.to_ascii_lowercase(),
+                prefix: hmac.prefix.clone(),
+            });
+        }
+        if let Some(standard) = &auth.standard {
+            let key = auth::standard_webhooks_key(&standard.secret.resolve()?)
+                .map_err(|why| format!("secret {}: {why}", standard.secret))?;
+            return Ok(Credential::StandardWebhooks { key });
+        }
+        if let Some(bearer) = &auth.bearer {
+            return Ok(Credential::Bearer { token: bearer.token.resolve()? });
+        }
+        if let Some(basic) = &auth.basic {
+            return Ok(Credential::Basic { username: basic.username.clone(), password: basic.password.resolve()? });
+        }
+        if auth.none {
+            return Ok(Credential::Open);
+        }
+        Err("no authentication method is set".into())
+    }
+
+    /// Checks a delivery's signature or credentials; `now` judges signed timestamps.
+    pub fn verify(&self, delivery: &Delivery<'_>, now: DateTime<Utc>) -> Result<(), AuthError> {
+        let header = |name: &str| delivery.header(name);
+        match self {
+            Credential::Hmac { secret, header: name, prefix } => {
+                auth::verify_hmac(secret.as_bytes(), name, prefix, header(name), delivery.body)
+            }
+            Credential::StandardWebhooks { key } => auth::verify_standard_webhooks(
+                key,
+                header("webhook-id"),
+                header("webhook-timestamp"),
+                header("webhook-signature"),
+                delivery.body,
+                now,
+            ),
+            Credential::Bearer { token } => auth::verify_bearer(token, header("authorization")),
+            Credential::Basic { username, password } => auth::verify_basic(username, password, header("authorization")),
+            Credential::Slack { signing_secret } => auth::verify_slack(
+                signing_secret.as_bytes(),
+                header("x-slack-request-timestamp"),
+                header("x-slack-signature"),
+                delivery.body,
+                now,
+            ),
+            Credential::PagerDuty { secret } => {
+                auth::verify_pagerduty(secret.as_bytes(), header("x-pagerduty-signature"), delivery.body)
+            }
+            Credential::Open => Ok(()),
+        }
+    }
+}

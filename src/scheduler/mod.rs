@@ -1,0 +1,269 @@
+//! The cron scheduler: fires every cron trigger of the current catalog at its slots.
+//!
+//! One task keeps the next slot of every trigger in a heap and sleeps until the earliest,
+//! so a slot fires within milliseconds and an idle engine does no work between slots.
+//! At start, and whenever the catalog is reloaded, each trigger's stored progress
+//! (`ScheduleState`) is compared with the clock: slots missed while the engine was down
+//! go through the trigger's misfire policy (`plan`). A slot's event id is
+//! `cron:{automation}:{slot}`, and its event is stored before the progress is, so a slot
+//! fired twice across a crash or restart is one delivery and makes one run.
+//!
+//! Time comes from a `Clock`, so tests drive it by hand.
+
+pub mod plan;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::event::Event;
+use crate::pipeline::{Audience, Pipeline};
+use crate::store::{Durability, ScheduleState, Store};
+use crate::triggers::TriggerKind;
+use crate::triggers::cron::{CronTrigger, slot_payload};
+
+/// Where the scheduler gets the time, and how it waits.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+    fn sleep_until(&self, at: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let wait = at.signed_duration_since(Utc::now()).to_std().unwrap_or_default();
+        Box::pin(tokio::time::sleep(wait))
+    }
+}
+
+/// A clock that moves only when told (`set`): for tests of slots, misfires and restarts.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: watch::Sender<DateTime<Utc>>,
+}
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> ManualClock {
+        ManualClock { now: watch::Sender::new(start) }
+    }
+
+    /// Moves the clock to `to`; sleepers whose time has come wake.
+    pub fn set(&self, to: DateTime<Utc>) {
+        self.now.send_replace(to);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.now.borrow()
+    }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let mut changes = self.now.subscribe();
+        Box::pin(async move {
+            // The sender lives as long as the clock; `wait_for` fails only without it.
+            let _ = changes.wait_for(|now| *now >= at).await;
+        })
+    }
+}
+
+/// One cron trigger of one automation.
+#[derive(Debug, Clone)]
+struct CronJob {
+    automation: String,
+    /// The trigger's index among the automation's triggers: its key in the store.
+    trigger_id: String,
+    trigger: CronTrigger,
+    state: ScheduleState,
+}
+
+/// Every cron trigger of the pipeline's catalog.
+fn cron_jobs(pipeline: &Pipeline) -> Vec<CronJob> {
+    let mut jobs = Vec::new();
+    for loaded in &pipeline.catalog().automations {
+        let definition = &loaded.compiled.definition;
+        if !definition.enabled {
+            continue;
+        }
+        for (index, spec) in definition.all_triggers().enumerate() {
+            if let Some(trigger) = &spec.cron {
+                jobs.push(CronJob {
+                    automation: definition.name.clone(),
+                    trigger_id: index.to_string(),
+                    trigger: trigger.clone(),
+                    state: ScheduleState::default(),
+                });
+            }
+        }
+    }
+    jobs
+}
+
+/// Runs until `shutdown` turns true, firing the cron triggers of the pipeline that
+/// `pipelines` holds, and starting over with each new one (a reload).
+pub async fn run(
+    clock: Arc<dyn Clock>,
+    mut pipelines: watch::Receiver<Arc<Pipeline>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let pipeline = pipelines.borrow_and_update().clone();
+        let mut schedule = Schedule::start(&pipeline, clock.now());
+        tracing::info!(triggers = schedule.jobs.len(), "cron schedule loaded");
+        loop {
+            let next = schedule.heap.peek().map(|Reverse((at, _))| *at);
+            let sleep = async {
+                match next {
+                    Some(at) => clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => schedule.fire_due(&pipeline, clock.now()),
+                changed = pipelines.changed() => {
+                    if changed.is_err() { return; }
+                    break;
+                }
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+}
+
+/// The jobs of one catalog and the heap of their next slots.
+struct Schedule {
+    jobs: Vec<CronJob>,
+    heap: BinaryHeap<Reverse<(DateTime<Utc>, usize)>>,
+}
+
+impl Schedule {
+    /// Reads each job's progress, handles slots due since (misfires included), and
+    /// queues each job's next slot.
+    fn start(pipeline: &Arc<Pipeline>, now: DateTime<Utc>) -> Schedule {
+        let store = pipeline.store();
+        let mut jobs = cron_jobs(pipeline);
+        let mut heap = BinaryHeap::with_capacity(jobs.len());
+        for (index, job) in jobs.iter_mut().enumerate() {
+            let stored = store.schedule(&job.automation, &job.trigger_id);
+            let plan = match stored {
+                Ok(Some(state)) => {
+                    job.state = state;
+                    plan::plan(&job.trigger, job.state.last_slot, now)
+                }
+                Ok(None) => {
+                    // A new trigger starts now; it has missed nothing.
+                    job.state = ScheduleState { last_slot: now, updated_at: now, ..ScheduleState::default() };
+                    Ok(plan::SlotPlan::default())
+                }
+                Err(error) => {
+                    tracing::error!(automation = %job.automation, %error, "cannot read the cron progress; starting from now");
+                    job.state.last_slot = now;
+                    Ok(plan::SlotPlan::default())
+                }
+            };
+            match plan {
+                Ok(plan) => handle_plan(pipeline, job, plan, now),
+                Err(error) => tracing::error!(automation = %job.automation, %error, "cannot plan cron slots"),
+            }
+            let after = job.state.last_slot.max(now);
+            if let Some(next) = plan::next_slot(&job.trigger, after) {
+                heap.push(Reverse((next, index)));
+            }
+        }
+        Schedule { jobs, heap }
+    }
+
+    /// Fires every slot whose time has come and queues each job's next one.
+    fn fire_due(&mut self, pipeline: &Arc<Pipeline>, now: DateTime<Utc>) {
+        while let Some(Reverse((at, index))) = self.heap.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.heap.pop();
+            let job = &mut self.jobs[index];
+            let plan = plan::SlotPlan { fire: vec![at], newest: Some(at), ..plan::SlotPlan::default() };
+            handle_plan(pipeline, job, plan, now);
+            if let Some(next) = plan::next_slot(&job.trigger, at) {
+                self.heap.push(Reverse((next, index)));
+            }
+        }
+    }
+}
+
+/// Fires the plan's slots, records its skipped ones, and stores the job's progress once
+/// the fired slots' events are durable.
+fn handle_plan(pipeline: &Arc<Pipeline>, job: &mut CronJob, plan: plan::SlotPlan, now: DateTime<Utc>) {
+    let Some(newest) = plan.newest else { return };
+    if !plan.skipped.is_empty() || plan.skipped_unlisted > 0 {
+        let count = plan.skipped.len() as u64 + plan.skipped_unlisted;
+        tracing::warn!(
+            automation = %job.automation,
+            skipped = count,
+            policy = ?job.trigger.misfire,
+            "cron slots missed while the engine was down were skipped"
+        );
+        job.state.skipped_total += count;
+        job.state.skipped.extend(plan.skipped.iter().copied());
+        let excess = job.state.skipped.len().saturating_sub(ScheduleState::RECENT_SKIPS);
+        job.state.skipped.drain(..excess);
+    }
+    let mut pending = Vec::with_capacity(plan.fire.len());
+    for slot in &plan.fire {
+        if let Some(durability) = fire(pipeline, job, *slot, now) {
+            pending.push(durability);
+        }
+        job.state.last_fired = Some(*slot);
+    }
+    job.state.last_slot = newest;
+    job.state.updated_at = now;
+    let (store, state) = (Arc::clone(pipeline.store()), job.state.clone());
+    let (automation, trigger_id) = (job.automation.clone(), job.trigger_id.clone());
+    let record = move |store: &dyn Store| {
+        if let Err(error) = store.set_schedule(&automation, &trigger_id, &state) {
+            tracing::error!(%automation, %error, "cannot store the cron progress");
+        }
+    };
+    if pending.is_empty() {
+        record(store.as_ref());
+        return;
+    }
+    tokio::spawn(async move {
+        for durability in pending {
+            if let Err(error) = durability.await {
+                // Without a durable event the progress must not move past the slot.
+                tracing::error!(%error, "a cron slot's event did not reach the disk");
+                return;
+            }
+        }
+        record(store.as_ref());
+    });
+}
+
+/// Ingests the event of one slot for its automation.
+fn fire(pipeline: &Pipeline, job: &CronJob, slot: DateTime<Utc>, now: DateTime<Utc>) -> Option<Durability> {
+    let payload = slot_payload(&job.automation, slot, &job.trigger.timezone);
+    let event = Event::from_delivery(TriggerKind::Cron, payload, Default::default(), now);
+    match pipeline.ingest_queued(event, Audience::Subscriber(&job.automation), now) {
+        Ok((report, durability)) => {
+            let runs: Vec<String> = report.outcome.runs.iter().map(|r| r.run.to_string()).collect();
+            tracing::info!(automation = %job.automation, %slot, runs = ?runs, duplicate = report.outcome.duplicate_delivery, "cron slot fired");
+            Some(durability)
+        }
+        Err(error) => {
+            tracing::error!(automation = %job.automation, %slot, %error, "cannot store a cron slot's event");
+            None
+        }
+    }
+}

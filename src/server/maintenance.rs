@@ -1,0 +1,51 @@
+//! Housekeeping on tokio-cron-scheduler: expired leases are swept every few seconds (their
+//! runs queued again or failed), and `retention` from nightshift.yaml is applied hourly.
+//! Their timing is loose, so the crate's half-second tick suits them; cron slots, which
+//! must fire within milliseconds, have their own timer (`scheduler`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use super::Server;
+
+/// How often expired leases are looked for.
+pub const LEASE_SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// When retention runs: at minute 17 of every hour (off the hour, when cron slots crowd).
+pub const RETENTION_SCHEDULE: &str = "0 17 * * * *";
+
+/// Starts the jobs; `shutdown` on the returned scheduler stops them.
+pub async fn start(server: Arc<Server>) -> anyhow::Result<JobScheduler> {
+    let jobs = JobScheduler::new().await?;
+    let sweeper = Arc::clone(&server);
+    jobs.add(Job::new_repeated_async(LEASE_SWEEP_EVERY, move |_, _| {
+        let server = Arc::clone(&sweeper);
+        Box::pin(async move {
+            let swept = tokio::task::spawn_blocking(move || server.store().sweep_expired_leases(Utc::now())).await;
+            match swept {
+                Ok(Ok(runs)) if !runs.is_empty() => {
+                    tracing::warn!(runs = ?runs, "leases expired; runs queued again or failed")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::error!(%error, "sweeping expired leases"),
+                Err(error) => tracing::error!(%error, "sweeping expired leases"),
+            }
+        })
+    })?)
+    .await?;
+    jobs.add(Job::new_async(RETENTION_SCHEDULE, move |_, _| {
+        let server = Arc::clone(&server);
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || server.prune()).await {
+                Ok(Ok(report)) => tracing::info!(?report, "retention applied"),
+                Ok(Err(error)) => tracing::error!(%error, "applying retention"),
+                Err(error) => tracing::error!(%error, "applying retention"),
+            }
+        })
+    })?)
+    .await?;
+    jobs.start().await?;
+    Ok(jobs)
+}

@@ -1,0 +1,348 @@
+//! `nightshift serve`: one process that owns the store, serves the hooks and the API
+//! (through `http/`), fires cron slots (`scheduler`), reloads automations when their
+//! files change (`reload.rs`), and keeps the store tidy (`maintenance.rs`).
+//!
+//! `Server` is what the HTTP handlers call. It answers in domain terms (reports,
+//! records, typed errors); `http/` decides statuses and bodies.
+
+mod alerts;
+pub mod discovery;
+mod maintenance;
+mod reload;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, watch};
+
+use crate::catalog::{self, Catalog};
+use crate::config::Diagnostic;
+use crate::event::Event;
+use crate::intake::{Accepted, Delivery, HookTable, IntakeError};
+use crate::pipeline::{Audience, IngestReport, Pipeline};
+use crate::rules::RuleEngine;
+use crate::runs::{MemoryEntry, MemoryWrite, Run, RunId};
+use crate::store::{RetentionReport, RunFilter, RunRecord, SledStore, Store, StoreError};
+use crate::triggers::TriggerKind;
+
+/// Deliveries waiting for the disk at once, beyond which hooks answer 503 with
+/// Retry-After instead of queueing without bound.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// Everything `serve` is told.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Automation files or directories.
+    pub automations: PathBuf,
+    /// The project settings file, if any.
+    pub project: Option<PathBuf>,
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    /// The largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// The API's bearer token; a random one is made when none is given.
+    pub api_token: Option<String>,
+}
+
+/// One load of the automations: the pipeline over its catalog and the hooks it serves.
+pub struct Generation {
+    pub pipeline: Arc<Pipeline>,
+    pub hooks: HookTable,
+}
+
+/// The running server's state, shared by every request.
+pub struct Server {
+    store: Arc<dyn Store>,
+    current: ArcSwap<Generation>,
+    /// Tells the scheduler about each new generation.
+    pipelines: watch::Sender<Arc<Pipeline>>,
+    admission: Semaphore,
+    options: ServeOptions,
+    api_token: String,
+}
+
+/// Why a delivery got no 202.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+    #[error("the store is busy: {MAX_IN_FLIGHT} deliveries are waiting for the disk; retry shortly")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a hook's delivery came to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DeliveryAnswer {
+    /// A handshake (GitHub `ping`, Slack `url_verification`): answered, nothing stored.
+    Reply(serde_json::Value),
+    /// The events are durable; one report per event.
+    Stored { run_ids: Vec<RunId>, events: Vec<IngestReport>, cancelled_by_resolution: Vec<RunId> },
+}
+
+/// A manual run request (`POST /api/automations/{name}/run`): the body is the payload.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ManualRun {
+    /// The source that would have delivered the payload. Default: the automation's first
+    /// trigger.
+    #[serde(default)]
+    pub source: Option<TriggerKind>,
+    /// Request headers of the delivery, e.g. `X-GitHub-Event`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// When the event is received; flow control counts from it. Default: now.
+    #[serde(default)]
+    pub now: Option<DateTime<Utc>>,
+}
+
+/// Why an API request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no automation named `{0}` is loaded")]
+    NoSuchAutomation(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Loads the automations, refusing a set with any problem.
+pub fn load_generation(
+    automations: &std::path::Path,
+    project: Option<&std::path::Path>,
+    store: &Arc<dyn Store>,
+) -> Result<(Generation, Vec<String>), Vec<Diagnostic>> {
+    let (catalog, diagnostics) =
+        catalog::load(RuleEngine::shared(), std::slice::from_ref(&automations.to_path_buf()), project);
+    if !diagnostics.is_empty() {
+        return Err(diagnostics);
+    }
+    Ok(generation(catalog, store))
+}
+
+fn generation(catalog: Catalog, store: &Arc<dyn Store>) -> (Generation, Vec<String>) {
+    let (hooks, problems) = HookTable::build(&catalog);
+    let pipeline = Arc::new(Pipeline::new(Arc::new(catalog), Arc::clone(store)));
+    (Generation { pipeline, hooks }, problems)
+}
+
+impl Server {
+    /// Opens the store and loads the automations. Problems in automation files are an
+    /// error here (`serve` will not start on them); a missing webhook secret is a
+    /// warning, and that hook refuses requests until it is set.
+    pub fn open(options: ServeOptions) -> anyhow::Result<Arc<Server>> {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&options.data)?);
+        let (generation, problems) = match load_generation(&options.automations, options.project.as_deref(), &store) {
+            Ok(loaded) => loaded,
+            Err(diagnostics) => {
+                let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+                anyhow::bail!(
+                    "the automations have problems; fix them (see `nightshift validate`) and start again:\n{}",
+                    text.join("\n")
+                );
+            }
+        };
+        for problem in &problems {
+            tracing::warn!("{problem}");
+        }
+        let api_token = match &options.api_token {
+            Some(token) => token.clone(),
+            None => discovery::random_token()?,
+        };
+        let (pipelines, _) = watch::channel(Arc::clone(&generation.pipeline));
+        Ok(Arc::new(Server {
+            store,
+            current: ArcSwap::from_pointee(generation),
+            pipelines,
+            admission: Semaphore::new(MAX_IN_FLIGHT),
+            options,
+            api_token,
+        }))
+    }
+
+    pub fn options(&self) -> &ServeOptions {
+        &self.options
+    }
+
+    pub fn api_token(&self) -> &str {
+        &self.api_token
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// A receiver of each new generation's pipeline, for the scheduler.
+    pub fn pipelines(&self) -> watch::Receiver<Arc<Pipeline>> {
+        self.pipelines.subscribe()
+    }
+
+    /// Makes `generation` current for new requests and the scheduler.
+    fn install(&self, generation: Generation) {
+        let pipeline = Arc::clone(&generation.pipeline);
+        self.current.store(Arc::new(generation));
+        self.pipelines.send_replace(pipeline);
+    }
+
+    /// Authenticates a delivery to hook `name`, ingests its events for the hook's
+    /// automation and returns once they are durable.
+    pub async fn deliver(&self, name: &str, delivery: Delivery<'_>) -> Result<DeliveryAnswer, DeliveryError> {
+        let now = Utc::now();
+        let generation = self.current();
+        let events = match generation.hooks.receive(name, delivery, now)? {
+            Accepted::Reply(reply) => return Ok(DeliveryAnswer::Reply(reply)),
+            Accepted::Events(events) => events,
+        };
+        let Ok(_permit) = self.admission.try_acquire() else { return Err(DeliveryError::Busy) };
+        let Some(hook) = generation.hooks.get(name) else { return Err(IntakeError::UnknownHook(name.into()).into()) };
+        let mut reports = Vec::with_capacity(events.len());
+        let mut pending = Vec::with_capacity(events.len());
+        let mut resolved = Vec::new();
+        for event in events {
+            if alerts::is_resolution(hook, &event) {
+                resolved.push(event.clone());
+            }
+            let (report, durability) =
+                generation.pipeline.ingest_queued(event, Audience::Subscriber(&hook.automation), now)?;
+            reports.push(report);
+            pending.push(durability);
+        }
+        for durability in pending {
+            durability.await?;
+        }
+        let mut cancelled = Vec::new();
+        for event in &resolved {
+            cancelled.extend(alerts::cancel_unstarted_runs(self.store.as_ref(), hook, event, now)?);
+        }
+        let run_ids = reports.iter().flat_map(|r| r.outcome.runs.iter().map(|o| o.run)).collect();
+        Ok(DeliveryAnswer::Stored { run_ids, events: reports, cancelled_by_resolution: cancelled })
+    }
+
+    /// Ingests `payload` for automation `name` as a person's request, its trigger's
+    /// filters not consulted (like `nightshift trigger`).
+    pub async fn run_manually(
+        &self,
+        name: &str,
+        payload: serde_json::Value,
+        request: ManualRun,
+    ) -> Result<IngestReport, ApiError> {
+        let generation = self.current();
+        let catalog = generation.pipeline.catalog();
+        let loaded = catalog.get(name).ok_or_else(|| ApiError::NoSuchAutomation(name.to_string()))?;
+        let source = match request.source {
+            Some(source) => source,
+            None => loaded
+                .compiled
+                .definition
+                .all_triggers()
+                .find_map(|t| t.source())
+                .map_or(TriggerKind::Manual, |t| t.kind()),
+        };
+        let now = request.now.unwrap_or_else(Utc::now);
+        let event = Event::from_delivery(source, payload, request.headers, now);
+        let (report, durability) = generation.pipeline.ingest_queued(event, Audience::Named(name), now)?;
+        durability.await?;
+        Ok(report)
+    }
+
+    pub fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, ApiError> {
+        Ok(self.store.runs(filter)?)
+    }
+
+    pub fn record(&self, id: RunId) -> Result<Option<RunRecord>, ApiError> {
+        Ok(RunRecord::read(self.store.as_ref(), id)?)
+    }
+
+    pub fn memory(&self, automation: &str) -> Result<BTreeMap<String, MemoryEntry>, ApiError> {
+        Ok(self.store.memory(automation, Utc::now())?)
+    }
+
+    pub fn write_memory(&self, automation: &str, write: MemoryWrite) -> Result<(), ApiError> {
+        Ok(self.store.write_memory(automation, write, Utc::now())?)
+    }
+
+    /// Applies the loaded project's retention now.
+    pub fn prune(&self) -> Result<RetentionReport, ApiError> {
+        let retention = self.current().pipeline.catalog().retention;
+        Ok(self.store.apply_retention(&retention, Utc::now())?)
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM: binds, writes the discovery file, starts the
+/// scheduler, the reloader and the maintenance jobs, and serves. On a signal it stops
+/// accepting, lets requests in flight finish, stops the scheduler, and closes the store
+/// (a clean checkpoint).
+pub async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(server.options.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", server.options.listen))?;
+    let address = listener.local_addr()?;
+    let discovery = discovery::ServeFile::new(address, &server.api_token);
+    discovery.write(&server.options.data)?;
+
+    let (stop, stopped) = watch::channel(false);
+    let clock: Arc<dyn crate::scheduler::Clock> = Arc::new(crate::scheduler::SystemClock);
+    let scheduler = tokio::spawn(crate::scheduler::run(clock, server.pipelines(), stopped.clone()));
+    let reloader = reload::watch(Arc::clone(&server), stopped.clone())?;
+    let mut maintenance = maintenance::start(Arc::clone(&server)).await?;
+
+    let generation = server.current();
+    tracing::info!(
+        address = %address,
+        automations = generation.pipeline.catalog().automations.len(),
+        hooks = generation.hooks.len(),
+        data = %server.options.data.display(),
+        "nightshift is serving"
+    );
+    println!("nightshift serving on http://{address}");
+
+    let shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+    };
+    let served = crate::http::serve(listener, Arc::clone(&server), shutdown).await;
+    let _ = stop.send(true);
+    let _ = scheduler.await;
+    drop(reloader);
+    if let Err(error) = maintenance.shutdown().await {
+        tracing::warn!(%error, "stopping the maintenance jobs");
+    }
+    discovery::ServeFile::remove(&server.options.data);
+    // Give spawned cron progress writes a moment to land before the store closes.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    served
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; stop with Ctrl-C");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
