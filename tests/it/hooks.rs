@@ -1,0 +1,423 @@
+//! `POST /hooks/{name}` on a real `nightshift serve`: every source's authentication
+//! (right, wrong, rotated secrets; stale and future timestamps), handshakes, dedupe of
+//! replayed and concurrent deliveries (exactly one run), filters, refused requests that
+//! store nothing, hot reload keeping the last good version, and a clean shutdown.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::serving::{Serving, hmac_hex};
+
+const GITHUB: &str = r#"
+name: pr-review
+trigger:
+  github:
+    secret: env:GH_SECRET
+    events: [pull_request.opened]
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "review/pr-{{ event.number }}"
+  prompt: "Review {{ event.number }}"
+"#;
+
+const SLACK: &str = r#"
+name: slack-bugs
+trigger:
+  slack:
+    signing_secret: env:SLACK_SECRET
+    channels: [C1]
+    pattern: "^bug:"
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "bugfix/slack-{{ slug(event.ts) }}"
+  prompt: "Fix {{ untrusted(event.text) }}"
+"#;
+
+const PAGERDUTY: &str = r#"
+name: incidents
+trigger:
+  pagerduty:
+    secret: env:PD_SECRET
+    events: [incident.triggered]
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "agent/incident-{{ event.incident.number }}"
+  prompt: "Investigate {{ event.incident.number }}"
+"#;
+
+const STANDARD: &str = r#"
+name: deploys
+trigger:
+  webhook:
+    auth: { standard: { secret: env:STD_SECRET } }
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "agent/deploy-{{ event.n }}"
+  prompt: "Check deploy {{ event.n }}"
+"#;
+
+const BEARER: &str = r#"
+name: bearer-hook
+trigger:
+  webhook:
+    path: ops-bearer
+    auth: { bearer: { token: env:BEARER_TOKEN } }
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "agent/ops-{{ event.n }}"
+  prompt: "Ops {{ event.n }}"
+"#;
+
+const BASIC: &str = r#"
+name: basic-hook
+trigger:
+  webhook:
+    auth: { basic: { username: ops, password: env:BASIC_PASSWORD } }
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "agent/basic-{{ event.n }}"
+  prompt: "Basic {{ event.n }}"
+"#;
+
+const STD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn start() -> Serving {
+    Serving::start(
+        &[
+            ("github.yaml", GITHUB),
+            ("slack.yaml", SLACK),
+            ("pagerduty.yaml", PAGERDUTY),
+            ("standard.yaml", STANDARD),
+            ("bearer.yaml", BEARER),
+            ("basic.yaml", BASIC),
+        ],
+        &[
+            ("GH_SECRET", "gh-secret"),
+            ("SLACK_SECRET", "slack-secret"),
+            ("PD_SECRET", "pd-new"),
+            ("STD_SECRET", STD_SECRET),
+            ("BEARER_TOKEN", "t0ken"),
+            ("BASIC_PASSWORD", "pa55"),
+        ],
+    )
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn github_post(server: &Serving, secret: &str, event: &str, delivery: &str, body: &str) -> crate::serving::Answer {
+    let signature = format!("sha256={}", hmac_hex(secret, &[body.as_bytes()]));
+    server.post(
+        "/hooks/pr-review",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        body,
+    )
+}
+
+fn pull_request(number: u64) -> String {
+    json!({"action": "opened", "number": number, "pull_request": {"draft": false}}).to_string()
+}
+
+fn run_ids(answer: &crate::serving::Answer) -> Vec<Value> {
+    answer.body["run_ids"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn github_deliveries_are_authenticated_deduplicated_and_filtered() {
+    let server = start();
+    let first = github_post(&server, "gh-secret", "pull_request", "d-1", &pull_request(7));
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert_eq!(run_ids(&first).len(), 1);
+
+    // A retried delivery gets the first answer and stores nothing.
+    let again = github_post(&server, "gh-secret", "pull_request", "d-1", &pull_request(7));
+    assert_eq!(again.status, 202);
+    assert_eq!(again.body["events"][0]["duplicate_delivery"], true);
+    assert_eq!(run_ids(&again), run_ids(&first));
+
+    let forged = github_post(&server, "not-the-secret", "pull_request", "d-2", &pull_request(8));
+    assert_eq!(forged.status, 401, "{:?}", forged.body);
+    assert!(forged.body["error"].as_str().unwrap().contains("signature"));
+
+    let ping = github_post(&server, "gh-secret", "ping", "d-3", r#"{"zen": "Keep it simple.", "hook_id": 1}"#);
+    assert_eq!((ping.status, ping.body["ok"].clone()), (200, json!(true)));
+
+    // An event the trigger does not take is acknowledged and not stored.
+    let closed = json!({"action": "closed", "number": 9}).to_string();
+    let filtered = github_post(&server, "gh-secret", "pull_request", "d-4", &closed);
+    assert_eq!(filtered.status, 202);
+    assert!(run_ids(&filtered).is_empty());
+    assert!(filtered.body["events"][0]["not_matched"][0]["reason"].as_str().unwrap().contains("events"));
+
+    assert_eq!(server.runs().len(), 1);
+}
+
+#[test]
+fn concurrent_duplicate_deliveries_make_exactly_one_run() {
+    let server = start();
+    let body = pull_request(42);
+    let answers: Vec<crate::serving::Answer> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| scope.spawn(|| github_post(&server, "gh-secret", "pull_request", "same-delivery", &body)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|a| a.status == 202), "{answers:?}");
+    let ids: std::collections::BTreeSet<String> = answers.iter().map(|a| run_ids(a)[0].to_string()).collect();
+    assert_eq!(ids.len(), 1, "every answer names the one run: {ids:?}");
+    assert_eq!(answers.iter().filter(|a| a.body["events"][0]["duplicate_delivery"] == false).count(), 1);
+    assert_eq!(server.runs().len(), 1);
+}
+
+fn slack_post(server: &Serving, timestamp: i64, body: &str, extra: &[(&str, &str)]) -> crate::serving::Answer {
+    let timestamp = timestamp.to_string();
+    let basestring = format!("v0:{timestamp}:{body}");
+    let signature = format!("v0={}", hmac_hex("slack-secret", &[basestring.as_bytes()]));
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("X-Slack-Request-Timestamp", timestamp.as_str()),
+        ("X-Slack-Signature", signature.as_str()),
+    ];
+    headers.extend_from_slice(extra);
+    server.post("/hooks/slack-bugs", &headers, body)
+}
+
+fn slack_message(event_id: &str, text: &str, bot: bool) -> String {
+    let mut inner = json!({"type": "message", "channel": "C1", "user": "U1", "text": text, "ts": "1763852000.000200"});
+    if bot {
+        inner["bot_id"] = json!("B1");
+    }
+    json!({"type": "event_callback", "event_id": event_id, "team_id": "T1", "event": inner}).to_string()
+}
+
+#[test]
+fn slack_handshake_signatures_retries_and_bots() {
+    let server = start();
+    let challenge = json!({"type": "url_verification", "challenge": "3eZbrw1aB"}).to_string();
+    let answer = slack_post(&server, now_secs(), &challenge, &[]);
+    assert_eq!((answer.status, answer.body["challenge"].clone()), (200, json!("3eZbrw1aB")));
+
+    let message = slack_message("Ev1", "bug: checkout is broken", false);
+    let started = Instant::now();
+    let first = slack_post(&server, now_secs(), &message, &[]);
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert!(started.elapsed() < Duration::from_secs(3), "Slack wants an answer within 3 s");
+    assert_eq!(run_ids(&first).len(), 1);
+    // Slack retries with the same event_id: no second run.
+    let retry = slack_post(
+        &server,
+        now_secs(),
+        &message,
+        &[("X-Slack-Retry-Num", "1"), ("X-Slack-Retry-Reason", "http_timeout")],
+    );
+    assert_eq!((retry.status, retry.body["events"][0]["duplicate_delivery"].clone()), (202, json!(true)));
+
+    // Five minutes and one second either way is refused.
+    let stale = slack_post(&server, now_secs() - 301, &slack_message("Ev2", "bug: x", false), &[]);
+    let future = slack_post(&server, now_secs() + 301, &slack_message("Ev3", "bug: x", false), &[]);
+    assert_eq!((stale.status, future.status), (401, 401));
+    assert!(stale.body["error"].as_str().unwrap().contains("timestamp"));
+
+    let bot = slack_post(&server, now_secs(), &slack_message("Ev4", "bug: loop", true), &[]);
+    assert_eq!(bot.status, 202);
+    assert!(run_ids(&bot).is_empty(), "the bot's own messages never start runs");
+    assert_eq!(server.runs().len(), 1);
+}
+
+fn incident(number: u64) -> String {
+    json!({"event": {"id": format!("E{number}"), "event_type": "incident.triggered", "resource_type": "incident",
+        "occurred_at": "2026-11-22T10:00:00Z", "data": {"id": format!("Q{number}"), "number": number}}})
+    .to_string()
+}
+
+#[test]
+fn pagerduty_accepts_any_signature_during_rotation_and_dedupes_on_webhook_id() {
+    let server = start();
+    let body = incident(1);
+    let old = hmac_hex("pd-old", &[body.as_bytes()]);
+    let new = hmac_hex("pd-new", &[body.as_bytes()]);
+    let rotating = format!("v1={old},v1={new}");
+    let post = |signatures: &str, webhook_id: &str, body: &str| {
+        server.post(
+            "/hooks/incidents",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-PagerDuty-Signature", signatures),
+                ("X-Webhook-Id", webhook_id),
+            ],
+            body.to_string(),
+        )
+    };
+    let first = post(&rotating, "wh-1", &body);
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert_eq!(run_ids(&first).len(), 1);
+    assert_eq!(post(&rotating, "wh-1", &body).body["events"][0]["duplicate_delivery"], true);
+    assert_eq!(post(&format!("v1={old}"), "wh-2", &incident(2)).status, 401);
+    assert_eq!(server.runs().len(), 1);
+}
+
+#[test]
+fn standard_webhooks_bearer_and_basic() {
+    let server = start();
+    let key = base64::engine::general_purpose::STANDARD.decode(&STD_SECRET["whsec_".len()..]).unwrap();
+    let sign = |id: &str, timestamp: i64, body: &str| {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+        format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+    };
+    let post = |id: &str, timestamp: i64, signature: &str, body: &str| {
+        let timestamp = timestamp.to_string();
+        server.post(
+            "/hooks/deploys",
+            &[
+                ("Content-Type", "application/json"),
+                ("webhook-id", id),
+                ("webhook-timestamp", &timestamp),
+                ("webhook-signature", signature),
+            ],
+            body.to_string(),
+        )
+    };
+    let body = r#"{"n": 1}"#;
+    let now = now_secs();
+    let rotated = format!("v1,b2xkc2lnbmF0dXJl {}", sign("msg_1", now, body));
+    assert_eq!(post("msg_1", now, &rotated, body).status, 202);
+    assert_eq!(post("msg_1", now, &rotated, body).body["events"][0]["duplicate_delivery"], true, "replayed id");
+    let stale = now - 301;
+    assert_eq!(post("msg_2", stale, &sign("msg_2", stale, body), body).status, 401);
+    let future = now + 301;
+    assert_eq!(post("msg_3", future, &sign("msg_3", future, body), body).status, 401);
+
+    let json_type = ("Content-Type", "application/json");
+    assert_eq!(
+        server.post("/hooks/ops-bearer", &[json_type, ("Authorization", "Bearer t0ken")], r#"{"n": 2}"#).status,
+        202
+    );
+    assert_eq!(
+        server.post("/hooks/ops-bearer", &[json_type, ("Authorization", "Bearer nope")], r#"{"n": 3}"#).status,
+        401
+    );
+    assert_eq!(server.post("/hooks/ops-bearer", &[json_type], r#"{"n": 3}"#).status, 401);
+    let basic = |user: &str, password: &str| {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+    };
+    assert_eq!(
+        server.post("/hooks/basic-hook", &[json_type, ("Authorization", &basic("ops", "pa55"))], r#"{"n": 4}"#).status,
+        202
+    );
+    assert_eq!(
+        server.post("/hooks/basic-hook", &[json_type, ("Authorization", &basic("ops", "wrong"))], r#"{"n": 5}"#).status,
+        401
+    );
+    assert_eq!(server.runs().len(), 3);
+}
+
+#[test]
+fn refused_requests_store_nothing_and_the_server_keeps_serving() {
+    let server = start();
+    let bearer = ("Authorization", "Bearer t0ken");
+    let json_type = ("Content-Type", "application/json");
+
+    let oversize = format!(r#"{{"n": "{}"}}"#, "x".repeat(1 << 20));
+    let answer = server.post("/hooks/ops-bearer", &[json_type, bearer], oversize);
+    assert_eq!(answer.status, 413, "{:?}", answer.body);
+    assert!(answer.body["error"].as_str().unwrap().contains("larger than 1048576 bytes"));
+
+    let malformed = server.post("/hooks/ops-bearer", &[json_type, bearer], r#"{"n": "#);
+    assert_eq!(malformed.status, 400);
+    assert!(malformed.body["error"].as_str().unwrap().contains("not valid JSON"));
+
+    let form = server.post("/hooks/ops-bearer", &[("Content-Type", "text/plain"), bearer], "n=1");
+    assert_eq!(form.status, 415);
+    assert!(form.body["error"].as_str().unwrap().contains("application/json"));
+
+    let unknown = server.post("/hooks/no-such-hook", &[json_type, bearer], "{}");
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body["error"].as_str().unwrap().contains("no hook named `no-such-hook`"));
+
+    assert!(server.runs().is_empty(), "nothing was stored");
+    let fine = server.post("/hooks/ops-bearer", &[json_type, bearer], r#"{"n": 1}"#);
+    assert_eq!(fine.status, 202);
+    assert_eq!(server.runs().len(), 1);
+}
+
+fn wait_for(what: &str, server: &Serving, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn hot_reload_applies_good_edits_and_keeps_the_last_good_version_on_a_broken_one() {
+    let mut server = start();
+    let bearer = [("Content-Type", "application/json"), ("Authorization", "Bearer t0ken")];
+    let path = server.automations_dir().join("bearer.yaml");
+
+    // A broken edit: the hook keeps working as before, and the problem is logged.
+    std::fs::write(&path, BEARER.replace("prompt: \"Ops {{ event.n }}\"", "prompt: \"Ops {{ event.n \"")).unwrap();
+    wait_for("the broken edit to be logged", &server, || server.log().contains("last good version keeps running"));
+    assert!(server.log().contains("bearer.yaml:"), "the problem names the file:\n{}", server.log());
+    assert_eq!(server.post("/hooks/ops-bearer", &bearer, r#"{"n": 1}"#).status, 202);
+
+    // A good edit moves the hook to a new path.
+    std::fs::write(&path, BEARER.replace("path: ops-bearer", "path: ops-moved")).unwrap();
+    wait_for("the new hook", &server, || server.post("/hooks/ops-moved", &bearer, r#"{"n": 2}"#).status == 202);
+    assert_eq!(server.post("/hooks/ops-bearer", &bearer, r#"{"n": 3}"#).status, 404);
+    assert!(server.stop(), "SIGTERM ends serve with exit 0:\n{}", server.log());
+}
+
+#[test]
+fn the_command_line_reaches_the_store_through_a_running_server() {
+    let server = start();
+    let nightshift = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
+            .args(args)
+            .arg("--data")
+            .arg(&server.data)
+            .arg("--dir")
+            .arg(&server.automations)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let fixture = crate::repo_root().join("tests/data/pagerduty/incident_triggered_p1.json");
+    let fixture = fixture.to_str().unwrap();
+    assert!(nightshift(&["trigger", "incidents", "--event", fixture]).contains("r1 queued  incidents"));
+    assert!(nightshift(&["runs"]).contains("incidents"));
+    assert!(nightshift(&["show", "r1"]).contains("queued"));
+    nightshift(&["memory", "incidents", "set", "last", "\"db pool\""]);
+    assert!(nightshift(&["memory", "incidents", "get", "last"]).contains("db pool"));
+    let manual = server.post(
+        "/api/automations/incidents/run",
+        &[("Authorization", &format!("Bearer {}", server.token)), ("Content-Type", "application/json")],
+        std::fs::read(fixture).unwrap(),
+    );
+    assert_eq!(manual.status, 202, "{:?}", manual.body);
+    assert_eq!(manual.body["duplicate_delivery"], true, "the same PagerDuty event id");
+    let no_token = server.post("/api/automations/incidents/run", &[], "{}");
+    assert_eq!(no_token.status, 401);
+}
