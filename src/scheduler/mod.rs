@@ -118,9 +118,11 @@ pub async fn run(
     mut pipelines: watch::Receiver<Arc<Pipeline>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Shared across reloads: a firing of the old catalog may still be recording.
+    let progress = Arc::new(Progress::default());
     loop {
         let pipeline = pipelines.borrow_and_update().clone();
-        let mut schedule = Schedule::start(&pipeline, clock.now());
+        let mut schedule = Schedule::start(&pipeline, &progress, clock.now());
         tracing::info!(triggers = schedule.jobs.len(), "cron schedule loaded");
         loop {
             let next = schedule.heap.peek().map(|Reverse((at, _))| *at);
@@ -146,15 +148,42 @@ pub async fn run(
 struct Schedule {
     jobs: Vec<CronJob>,
     heap: BinaryHeap<Reverse<(DateTime<Utc>, usize)>>,
+    progress: Arc<Progress>,
+}
+
+/// Stores progress in order: each firing records it once its events are durable, and
+/// those waits finish in any order, so an older state must never overwrite a newer one.
+#[derive(Default)]
+struct Progress {
+    recorded: std::sync::Mutex<std::collections::HashMap<(String, String), DateTime<Utc>>>,
+}
+
+impl Progress {
+    fn record(&self, store: &dyn Store, automation: &str, trigger_id: &str, state: &ScheduleState) {
+        let Ok(mut recorded) = self.recorded.lock() else { return };
+        let key = (automation.to_string(), trigger_id.to_string());
+        if recorded.get(&key).is_some_and(|newest| *newest >= state.last_slot) {
+            return;
+        }
+        // Written under the lock, so writes reach the store in slot order.
+        match store.set_schedule(automation, trigger_id, state) {
+            Ok(()) => {
+                recorded.insert(key, state.last_slot);
+            }
+            Err(error) => tracing::error!(%automation, %error, "cannot store the cron progress"),
+        }
+    }
 }
 
 impl Schedule {
     /// Reads each job's progress, handles slots due since (misfires included), and
     /// queues each job's next slot.
-    fn start(pipeline: &Arc<Pipeline>, now: DateTime<Utc>) -> Schedule {
+    fn start(pipeline: &Arc<Pipeline>, progress: &Arc<Progress>, now: DateTime<Utc>) -> Schedule {
         let store = pipeline.store();
         let mut jobs = cron_jobs(pipeline);
         let mut heap = BinaryHeap::with_capacity(jobs.len());
+        let progress = Arc::clone(progress);
+        let mut new_triggers = Vec::new();
         for (index, job) in jobs.iter_mut().enumerate() {
             let stored = store.schedule(&job.automation, &job.trigger_id);
             let plan = match stored {
@@ -163,8 +192,10 @@ impl Schedule {
                     plan::plan(&job.trigger, job.state.last_slot, now)
                 }
                 Ok(None) => {
-                    // A new trigger starts now; it has missed nothing.
+                    // A new trigger starts now; it has missed nothing. Its start is
+                    // stored, so slots missed from here on count as missed.
                     job.state = ScheduleState { last_slot: now, updated_at: now, ..ScheduleState::default() };
+                    new_triggers.push(index);
                     Ok(plan::SlotPlan::default())
                 }
                 Err(error) => {
@@ -174,7 +205,7 @@ impl Schedule {
                 }
             };
             match plan {
-                Ok(plan) => handle_plan(pipeline, job, plan, now),
+                Ok(plan) => handle_plan(pipeline, &progress, job, plan, now),
                 Err(error) => tracing::error!(automation = %job.automation, %error, "cannot plan cron slots"),
             }
             let after = job.state.last_slot.max(now);
@@ -182,7 +213,17 @@ impl Schedule {
                 heap.push(Reverse((next, index)));
             }
         }
-        Schedule { jobs, heap }
+        let starts: Vec<(&str, &str, &ScheduleState)> = new_triggers
+            .iter()
+            .map(|index| {
+                let job = &jobs[*index];
+                (job.automation.as_str(), job.trigger_id.as_str(), &job.state)
+            })
+            .collect();
+        if let Err(error) = store.set_schedules(&starts) {
+            tracing::error!(%error, "cannot store where new cron triggers start");
+        }
+        Schedule { jobs, heap, progress }
     }
 
     /// Fires every slot whose time has come and queues each job's next one.
@@ -194,7 +235,7 @@ impl Schedule {
             self.heap.pop();
             let job = &mut self.jobs[index];
             let plan = plan::SlotPlan { fire: vec![at], newest: Some(at), ..plan::SlotPlan::default() };
-            handle_plan(pipeline, job, plan, now);
+            handle_plan(pipeline, &self.progress, job, plan, now);
             if let Some(next) = plan::next_slot(&job.trigger, at) {
                 self.heap.push(Reverse((next, index)));
             }
@@ -204,7 +245,13 @@ impl Schedule {
 
 /// Fires the plan's slots, records its skipped ones, and stores the job's progress once
 /// the fired slots' events are durable.
-fn handle_plan(pipeline: &Arc<Pipeline>, job: &mut CronJob, plan: plan::SlotPlan, now: DateTime<Utc>) {
+fn handle_plan(
+    pipeline: &Arc<Pipeline>,
+    progress: &Arc<Progress>,
+    job: &mut CronJob,
+    plan: plan::SlotPlan,
+    now: DateTime<Utc>,
+) {
     let Some(newest) = plan.newest else { return };
     if !plan.skipped.is_empty() || plan.skipped_unlisted > 0 {
         let count = plan.skipped.len() as u64 + plan.skipped_unlisted;
@@ -228,13 +275,9 @@ fn handle_plan(pipeline: &Arc<Pipeline>, job: &mut CronJob, plan: plan::SlotPlan
     }
     job.state.last_slot = newest;
     job.state.updated_at = now;
-    let (store, state) = (Arc::clone(pipeline.store()), job.state.clone());
+    let (store, state, progress) = (Arc::clone(pipeline.store()), job.state.clone(), Arc::clone(progress));
     let (automation, trigger_id) = (job.automation.clone(), job.trigger_id.clone());
-    let record = move |store: &dyn Store| {
-        if let Err(error) = store.set_schedule(&automation, &trigger_id, &state) {
-            tracing::error!(%automation, %error, "cannot store the cron progress");
-        }
-    };
+    let record = move |store: &dyn Store| progress.record(store, &automation, &trigger_id, &state);
     if pending.is_empty() {
         record(store.as_ref());
         return;

@@ -303,7 +303,12 @@ pub trait Store: Send + Sync {
     /// Records a cron trigger's progress. Like a claim, it is not waited for on disk:
     /// the slot's event is stored first, so a lost update only re-fires a slot that
     /// then counts as a duplicate delivery.
-    fn set_schedule(&self, automation: &str, trigger: &str, state: &ScheduleState) -> Result<(), StoreError>;
+    fn set_schedule(&self, automation: &str, trigger: &str, state: &ScheduleState) -> Result<(), StoreError> {
+        self.set_schedules(&[(automation, trigger, state)])
+    }
+    /// `set_schedule` for many triggers in one step (a scheduler starting with
+    /// thousands of new triggers).
+    fn set_schedules(&self, states: &[(&str, &str, &ScheduleState)]) -> Result<(), StoreError>;
 
     /// Deletes finished runs beyond `retention` with their activities and events, and
     /// expired memory and dedupe marks.

@@ -421,3 +421,19 @@ fn the_command_line_reaches_the_store_through_a_running_server() {
     let no_token = server.post("/api/automations/incidents/run", &[], "{}");
     assert_eq!(no_token.status, 401);
 }
+
+#[test]
+fn a_hook_without_its_secret_answers_503_until_a_restart_provides_it() {
+    let server = Serving::start(&[("bearer.yaml", BEARER)], &[]);
+    let request = [("Content-Type", "application/json"), ("Authorization", "Bearer t0ken")];
+    let refused = server.post("/hooks/ops-bearer", &request, r#"{"n": 1}"#);
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(refused.retry_after.is_some());
+    assert!(refused.body["error"].as_str().unwrap().contains("BEARER_TOKEN is not set"));
+    assert!(server.log().contains("BEARER_TOKEN is not set"), "the problem is logged at start");
+
+    let server = server.restart(&[("BEARER_TOKEN", "t0ken")]);
+    assert_eq!(server.post("/hooks/ops-bearer", &request, r#"{"n": 1}"#).status, 202);
+    let server = server.restart(&[("BEARER_TOKEN", "t0ken")]);
+    assert_eq!(server.runs().len(), 1, "runs outlive a restart");
+}

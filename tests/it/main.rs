@@ -1,10 +1,14 @@
 //! Integration tests: one binary, one module per boundary.
 
+mod alertmanager;
 mod cli;
 mod crash;
+mod cron_schedule;
+mod hooks;
 mod ledger_cli;
 mod rules;
 mod schema;
+mod serving;
 mod signatures;
 mod store;
 mod tidy;

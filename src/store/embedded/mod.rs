@@ -1061,10 +1061,12 @@ impl Store for SledStore {
         self.db.get(&key).map_err(io)?.map(|bytes| decode(&key, &bytes)).transpose()
     }
 
-    fn set_schedule(&self, automation: &str, trigger: &str, state: &ScheduleState) -> Result<(), StoreError> {
+    fn set_schedules(&self, states: &[(&str, &str, &ScheduleState)]) -> Result<(), StoreError> {
         let live = self.lock();
         let mut changes = Changes::default();
-        changes.put(keys::schedule(automation, trigger), encode(state));
+        for (automation, trigger, state) in states {
+            changes.put(keys::schedule(automation, trigger), encode(state));
+        }
         // Not waited for on disk: losing it in a crash re-fires a slot whose event was
         // stored first, and the event id makes that a duplicate delivery.
         self.apply(live, changes, false)
