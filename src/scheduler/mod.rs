@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::event::Event;
 use crate::pipeline::{Audience, Pipeline};
+use crate::runs::SkipReason;
 use crate::store::{Durability, ScheduleState, Store};
 use crate::triggers::TriggerKind;
 use crate::triggers::cron::{CronTrigger, slot_payload};
@@ -261,6 +262,7 @@ fn handle_plan(
             policy = ?job.trigger.misfire,
             "cron slots missed while the engine was down were skipped"
         );
+        record_skips(pipeline, job, &plan.skipped, now);
         job.state.skipped_total += count;
         job.state.skipped.extend(plan.skipped.iter().copied());
         let excess = job.state.skipped.len().saturating_sub(ScheduleState::RECENT_SKIPS);
@@ -292,6 +294,26 @@ fn handle_plan(
         }
         record(store.as_ref());
     });
+}
+
+/// Records the newest skipped slots (at most `ScheduleState::RECENT_SKIPS`) as skipped
+/// runs, so `nightshift runs` shows them with the reason; older ones are only counted.
+fn record_skips(pipeline: &Pipeline, job: &CronJob, skipped: &[DateTime<Utc>], now: DateTime<Utc>) {
+    let Some(loaded) = pipeline.catalog().get(&job.automation) else { return };
+    let policy = serde_json::to_value(job.trigger.misfire).ok().and_then(|v| v.as_str().map(str::to_string));
+    let newest = &skipped[skipped.len().saturating_sub(ScheduleState::RECENT_SKIPS)..];
+    let records: Vec<(Event, SkipReason)> = newest
+        .iter()
+        .map(|slot| {
+            let payload = slot_payload(&job.automation, *slot, &job.trigger.timezone);
+            let event = Event::from_delivery(TriggerKind::Cron, payload, Default::default(), now);
+            (event, SkipReason::Misfire { slot: *slot, policy: policy.clone().unwrap_or_default() })
+        })
+        .collect();
+    let hash = &loaded.compiled.definition_hash;
+    if let Err(error) = pipeline.store().record_skipped_slots(&job.automation, hash, &records, now) {
+        tracing::error!(automation = %job.automation, %error, "cannot record skipped cron slots");
+    }
 }
 
 /// Ingests the event of one slot for its automation.

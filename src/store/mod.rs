@@ -277,6 +277,15 @@ pub trait Store: Send + Sync {
     ) -> Result<Run, StoreError>;
     /// Cancels a run in any unfinished state.
     fn cancel(&self, run: RunId, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError>;
+    /// Records cron slots a misfire policy skipped: each slot's event (unless stored
+    /// before) with a `skipped` run giving the reason, durably.
+    fn record_skipped_slots(
+        &self,
+        automation: &str,
+        definition_hash: &str,
+        skipped: &[(Event, SkipReason)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunId>, StoreError>;
     /// Cancels a run only if no worker has started it (it is queued, or waiting for a
     /// retry); `None` when it has started or ended, which is left alone.
     fn cancel_unstarted(&self, run: RunId, reason: &str, now: DateTime<Utc>) -> Result<Option<Run>, StoreError>;

@@ -153,10 +153,11 @@ fn runs(store: &dyn Store, automation: &str) -> Vec<Run> {
     runs
 }
 
-/// The slots `automation` has runs for, oldest first; each run has one slot's event.
+/// The event ids of the automation's runs, skipped slots' records left out.
 fn fired(store: &dyn Store, automation: &str) -> Vec<String> {
     runs(store, automation)
         .iter()
+        .filter(|run| run.skip.is_none())
         .map(|run| {
             assert_eq!(run.event_ids.len(), 1, "one slot per run: {run:#?}");
             run.event_ids[0].clone()
@@ -338,6 +339,15 @@ async fn slots_missed_while_down_follow_the_misfire_policy_and_late_ones_within_
     // skip: nothing fires, every missed slot is recorded.
     assert_eq!(fired(store.as_ref(), "skipper"), ids("skipper", &["2026-11-20T08:00:00Z"]));
     assert_eq!(skipped(&store, "skipper"), (slots(&missed), 4, Some(at("2026-11-20T08:00:00Z"))));
+    // Each skipped slot is also a skipped run that says why.
+    let records: Vec<String> = runs(store.as_ref(), "skipper")
+        .iter()
+        .filter(|run| run.state == RunState::Skipped)
+        .map(|run| run.skip.as_ref().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> =
+        missed.iter().map(|slot| format!("misfire: slot {} missed (skip)", at(slot).to_rfc3339())).collect();
+    assert_eq!(records, expected);
     // run_once: the newest missed slot fires, the older ones are skipped.
     assert_eq!(fired(store.as_ref(), "once"), ids("once", &["2026-11-20T08:00:00Z", missed[3]]));
     assert_eq!(skipped(&store, "once"), (slots(&missed[..3]), 3, Some(at(missed[3]))));

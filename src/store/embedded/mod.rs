@@ -30,7 +30,7 @@ use crate::runs::flow::{Decision, decide};
 use crate::runs::retry::{backoff, may_retry};
 use crate::runs::{
     Activity, ActivityKind, Completion, Epoch, Lease, MemoryChange, MemoryEntry, MemoryWrite, NewActivity, Run, RunId,
-    RunState,
+    RunState, SkipReason,
 };
 use crate::task::{Flow, Task};
 use codec::{decode, encode};
@@ -874,6 +874,44 @@ impl Store for SledStore {
             .ok_or(StoreError::NoSuchRun(id))?;
         self.apply(live, changes, true)?;
         Ok(run)
+    }
+
+    fn record_skipped_slots(
+        &self,
+        automation: &str,
+        definition_hash: &str,
+        skipped: &[(Event, SkipReason)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunId>, StoreError> {
+        let mut live = self.lock();
+        let mut changes = Changes::default();
+        let mut ids = Vec::new();
+        for (event, reason) in skipped {
+            let event_key = keys::event(&event.id);
+            if self.get(&live, &event_key)?.is_some() {
+                continue;
+            }
+            let id = live.allocate_id();
+            let mut run =
+                fresh_run(id, automation.to_string(), definition_hash.to_string(), None, Flow::default(), event, now);
+            Inner::finish(&mut run, RunState::Skipped, None, now);
+            run.skip = Some(reason.clone());
+            changes.new_run(&run);
+            let outcomes = [RunOutcome {
+                automation: automation.to_string(),
+                run: id,
+                disposition: Disposition::Skipped { reason: reason.clone() },
+            }];
+            let stored =
+                StoredEventRef { event: event.without_fields(), dedupe_keys: &BTreeMap::new(), outcomes: &outcomes };
+            changes.put(event_key, encode(&stored));
+            ids.push(id);
+        }
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        self.apply(live, changes, true)?;
+        Ok(ids)
     }
 
     fn cancel_unstarted(&self, id: RunId, reason: &str, now: DateTime<Utc>) -> Result<Option<Run>, StoreError> {
