@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     max_body: usize,
     /// Log as JSON lines (for log collectors) instead of text. The level comes from
-    /// NIGHTSHIFT_LOG (default `info`), e.g. NIGHTSHIFT_LOG=nightshift=debug.
+    /// NIGHTSHIFT_LOG (default `nightshift=info,warn`), e.g. NIGHTSHIFT_LOG=nightshift=debug.
     #[arg(long)]
     pub log_json: bool,
     #[command(flatten)]

@@ -1,0 +1,987 @@
+//! Load tool for `nightshift serve`: starts the release binary as a child process on a
+//! loopback port, with automations it writes into a temporary directory, drives it over
+//! HTTP and prints what it measured. Build the binary first; this example does not.
+//!
+//! ```text
+//! cargo build --release
+//! cargo run --release --example serve_load -- hooks [CONNECTIONS=64] [SECONDS=5]
+//! cargo run --release --example serve_load -- rate [PER_SECOND=2000] [SECONDS=10] [CONNECTIONS=32]
+//! cargo run --release --example serve_load -- ready [AUTOMATIONS=1000] [REPEATS=5]
+//! cargo run --release --example serve_load -- cron [AUTOMATIONS=10000] [SECONDS=65]
+//! cargo run --release --example serve_load -- idle [AUTOMATIONS=10000] [SECONDS=30]
+//! ```
+//!
+//! - `hooks`: closed loop, the most throughput. Each connection sends its next request as
+//!   soon as the last is answered: `POST /hooks/load-hook`, a generic webhook with HMAC
+//!   authentication, the body `{"n": N}` (N unique) signed per request. Prints requests
+//!   per second, latency percentiles, errors (any status but 202, the first few bodies
+//!   shown), the server's newest run id (it should match the 202s) and the CPU both
+//!   processes used.
+//! - `rate`: open loop at a fixed rate. Request i is due at start + i/rate and is sent by
+//!   whichever connection is free; its latency counts from when it was due, so a server
+//!   that falls behind shows it (no coordinated omission). A pacer thread releases the
+//!   turns with `std::thread::sleep` (tokio's timer has 1 ms steps); the send lag (due to
+//!   sent) is shown apart, as the client's share of the latency.
+//! - `ready`: the time from spawning `serve` with N webhook automations to its first
+//!   good `GET /healthz` (polled every 5 ms), on a fresh data directory each repeat; the
+//!   median of the repeats.
+//! - `cron`: N automations with 6-field schedules spread over the seconds of a minute
+//!   (`{i % 60} * * * * *`: each fires once a minute), served for SECONDS. Then every run
+//!   is read through `GET /api/runs` and its lateness (`created_at` minus the slot in its
+//!   event id `cron:{automation}:{slot}`) summarized, with the slots due while it served
+//!   and the server's resident memory.
+//! - `idle`: N cron automations that do not fire during the test (`0 0 1 1 *`). From 3 s
+//!   after ready, the server's CPU use over SECONDS (utime + stime from /proc, as a share
+//!   of one core) and its resident memory.
+//!
+//! The server is `NIGHTSHIFT_BIN`, else `target/release/nightshift`. Its automations,
+//! data directory and log (shown when it fails) live in a temporary directory under
+//! `TMPDIR`: TMPDIR picks the file system whose syncs the hooks wait for. The client is
+//! one thread (a current-thread tokio runtime with one task per keep-alive connection,
+//! hyper's low-level HTTP/1.1 client), so it takes little from the server. Only loopback
+//! addresses are used; every loop is bounded in count and time. At the end the server is
+//! stopped with SIGTERM and waited for.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use nightshift::server::discovery::ServeFile;
+use serde::Deserialize;
+use sha2::Sha256;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+const USAGE: &str = "usage: serve_load hooks [CONNECTIONS=64] [SECONDS=5]
+       serve_load rate [PER_SECOND=2000] [SECONDS=10] [CONNECTIONS=32]
+       serve_load ready [AUTOMATIONS=1000] [REPEATS=5]
+       serve_load cron [AUTOMATIONS=10000] [SECONDS=65]
+       serve_load idle [AUTOMATIONS=10000] [SECONDS=30]
+(build the server first: cargo build --release)";
+
+/// The webhook secret; the server reads it from `LOAD_SECRET`.
+const SECRET: &str = "serve-load-secret";
+/// The most requests one `hooks` or `rate` run sends, whatever the duration.
+const MAX_REQUESTS: u64 = 20_000_000;
+/// The longest any test serves (SECONDS is capped to it).
+const MAX_SECONDS: u64 = 3600;
+const MAX_CONNECTIONS: u64 = 10_000;
+const MAX_AUTOMATIONS: u64 = 1_000_000;
+const MAX_REPEATS: u64 = 100;
+/// How long one request may wait for its answer before its connection is given up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reading every run may take (`cron`).
+const LIST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the server may take from spawn to answering `GET /healthz`.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often start-up is polled.
+const POLL: Duration = Duration::from_millis(5);
+/// The most times one connection task connects (after failures).
+const MAX_CONNECTS: u32 = 1000;
+/// Error answers shown with their bodies.
+const SHOWN_ERRORS: usize = 5;
+
+const HOOK: &str = r#"name: load-hook
+trigger:
+  webhook:
+    auth: { hmac: { secret: env:LOAD_SECRET } }
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "agent/load-{{ event.n }}"
+  prompt: "Handle {{ event.n }}"
+"#;
+
+type Body = Full<Bytes>;
+type Sender = SendRequest<Body>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((mode, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let mut numbers = Vec::new();
+    for text in rest {
+        match text.parse::<u64>() {
+            Ok(number) if number > 0 => numbers.push(number),
+            _ => {
+                eprintln!("serve_load: `{text}` is not a positive whole number\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let arg = |index: usize, default: u64, max: u64| numbers.get(index).copied().unwrap_or(default).min(max);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("serve_load: cannot start a tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match mode.as_str() {
+        "hooks" => runtime.block_on(hooks(arg(0, 64, MAX_CONNECTIONS), arg(1, 5, MAX_SECONDS))),
+        "rate" => {
+            runtime.block_on(rate(arg(0, 2000, MAX_REQUESTS), arg(1, 10, MAX_SECONDS), arg(2, 32, MAX_CONNECTIONS)))
+        }
+        "ready" => runtime.block_on(ready(arg(0, 1000, MAX_AUTOMATIONS), arg(1, 5, MAX_REPEATS))),
+        "cron" => runtime.block_on(cron(arg(0, 10_000, MAX_AUTOMATIONS), arg(1, 65, MAX_SECONDS))),
+        "idle" => runtime.block_on(idle(arg(0, 10_000, MAX_AUTOMATIONS), arg(1, 30, MAX_SECONDS))),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("serve_load {mode}: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The modes
+
+async fn hooks(connections: u64, seconds: u64) -> anyhow::Result<()> {
+    let workspace = Workspace::new()?;
+    workspace.write("load-hook", HOOK)?;
+    let (mut serve, _) = serve(&workspace, 0).await?;
+    let run = drive(&serve, connections, Pace::Closed, seconds).await?;
+    let newest = newest_run(&serve).await;
+    serve.check_running("during the test")?;
+    serve.stop().await?;
+    let tally = &run.tally;
+    let answered = tally.latencies.len();
+    println!(
+        "hooks: {connections} connections, {:.1} s: {:.0} req/s, {}, errors {}",
+        run.elapsed.as_secs_f64(),
+        answered as f64 / run.elapsed.as_secs_f64(),
+        spread(&tally.latencies),
+        tally.errors,
+    );
+    let newest = match newest {
+        Ok(Some(id)) => format!("r{id}"),
+        Ok(None) => "none".to_string(),
+        Err(error) => format!("unknown ({error:#})"),
+    };
+    println!(
+        "  {} answered 202; the server's newest run: {newest}; cpu: server {:.0}% of a core, this tool {:.0}%",
+        tally.accepted, run.server_cpu, run.own_cpu
+    );
+    tally.show_errors();
+    Ok(())
+}
+
+async fn rate(per_second: u64, seconds: u64, connections: u64) -> anyhow::Result<()> {
+    let workspace = Workspace::new()?;
+    workspace.write("load-hook", HOOK)?;
+    let (mut serve, _) = serve(&workspace, 0).await?;
+    let total = per_second.saturating_mul(seconds).min(MAX_REQUESTS);
+    let run = drive(&serve, connections, Pace::Open { per_second, total }, seconds).await?;
+    serve.check_running("during the test")?;
+    serve.stop().await?;
+    let tally = &run.tally;
+    let answered = tally.latencies.len();
+    println!(
+        "rate: {per_second}/s for {seconds} s on {connections} connections: {} sent, {:.0} req/s achieved, {}, errors {}",
+        total - tally.unsent,
+        answered as f64 / run.elapsed.as_secs_f64(),
+        spread(&tally.latencies),
+        tally.errors,
+    );
+    println!(
+        "  latency counts from each request's due time; send lag (due to sent) {}; cpu: server {:.0}% of a core, this tool {:.0}%",
+        spread(&tally.lags),
+        run.server_cpu,
+        run.own_cpu
+    );
+    if tally.unsent > 0 {
+        println!(
+            "  {} requests were not sent: their turn came more than {REQUEST_TIMEOUT:?} after the schedule ended",
+            tally.unsent
+        );
+    }
+    tally.show_errors();
+    Ok(())
+}
+
+async fn ready(automations: u64, repeats: u64) -> anyhow::Result<()> {
+    let workspace = Workspace::new()?;
+    workspace.write_many("hook", automations, |_| "webhook: { auth: { hmac: { secret: env:LOAD_SECRET } } }".into())?;
+    let mut times = Vec::new();
+    for repeat in 0..repeats {
+        let (serve, started) = serve(&workspace, repeat).await?;
+        if started.automations != automations {
+            bail!("/healthz says {} automations are loaded, not {automations}", started.automations);
+        }
+        let rss = rss_text(serve.pid);
+        let stopped = serve.stop().await?;
+        println!(
+            "ready {}/{repeats}: {automations} automations: serve.json after {}, /healthz after {}; rss {rss}; stopped in {}",
+            repeat + 1,
+            millis(started.serve_json),
+            millis(started.healthz),
+            millis(stopped),
+        );
+        times.push(started.healthz);
+        // The next repeat starts on a fresh data directory; this one is done with.
+        let _ = std::fs::remove_dir_all(workspace.data(repeat));
+    }
+    times.sort();
+    let middle = times.len() / 2;
+    let median = if times.len() % 2 == 0 { (times[middle - 1] + times[middle]) / 2 } else { times[middle] };
+    println!(
+        "ready: {automations} automations, {repeats} repeats: median {} (min {}, max {})",
+        millis(median),
+        millis(times[0]),
+        millis(times[times.len() - 1]),
+    );
+    Ok(())
+}
+
+async fn cron(automations: u64, seconds: u64) -> anyhow::Result<()> {
+    let workspace = Workspace::new()?;
+    workspace.write_many("cron", automations, |i| format!("cron: {{ schedule: \"{} * * * * *\" }}", i % 60))?;
+    let (mut serve, started) = serve(&workspace, 0).await?;
+    let ready_at = Utc::now();
+    let rss_ready = rss_text(serve.pid);
+    eprintln!("cron: {automations} automations ready after {}; serving for {seconds} s", millis(started.healthz));
+    serve.wait(Duration::from_secs(seconds)).await?;
+    let end_at = Utc::now();
+    let rss_end = rss_text(serve.pid);
+    let runs = serve.get_json::<Vec<RunRow>>("/api/runs?limit=0", LIST_TIMEOUT).await;
+    serve.stop().await?;
+    let runs = runs?;
+
+    // Slots due in (ready, end]: whole seconds, each with the automations on its second.
+    let mut per_second = [0u64; 60];
+    for i in 0..automations {
+        per_second[(i % 60) as usize] += 1;
+    }
+    let mut due = 0;
+    for second in ready_at.timestamp() + 1..=end_at.timestamp() {
+        due += per_second[second.rem_euclid(60) as usize];
+    }
+
+    let mut lateness: Vec<i64> = Vec::with_capacity(runs.len());
+    let (mut in_window, mut unexpected) = (0u64, Vec::new());
+    let mut events = std::collections::HashSet::with_capacity(runs.len());
+    for run in &runs {
+        let event = run.event_ids.first().map(String::as_str).unwrap_or_default();
+        let slot = event
+            .strip_prefix("cron:")
+            .and_then(|rest| rest.strip_prefix(run.automation.as_str()))
+            .and_then(|rest| rest.strip_prefix(':'))
+            .and_then(|slot| DateTime::parse_from_rfc3339(slot).ok());
+        let Some(slot) = slot else {
+            if unexpected.len() < SHOWN_ERRORS {
+                unexpected.push(format!("run r{} of {}: event `{event}`", run.id, run.automation));
+            }
+            continue;
+        };
+        let slot = slot.with_timezone(&Utc);
+        events.insert(event);
+        if slot > ready_at && slot <= end_at {
+            in_window += 1;
+        }
+        lateness.push((run.created_at - slot).num_microseconds().unwrap_or(i64::MAX));
+    }
+    lateness.sort_unstable();
+    let early = lateness.iter().filter(|micros| **micros < 0).count();
+    println!(
+        "cron: {automations} automations, {seconds} s: {} runs fired, {in_window} of {due} slots due between ready and stop \
+         (+{} around the edges); lateness {}{}",
+        lateness.len(),
+        lateness.len() as u64 - in_window,
+        spread(&lateness),
+        lateness.first().map(|min| format!(" (min {})", ms(*min))).unwrap_or_default(),
+    );
+    println!("  rss at ready {rss_ready}, after {seconds} s {rss_end}; ready after {}", millis(started.healthz));
+    if early > 0 {
+        println!("  {early} runs were created before their slot");
+    }
+    if events.len() < lateness.len() {
+        println!("  {} runs share a slot's event with another run", lateness.len() - events.len());
+    }
+    for run in unexpected {
+        println!("  not a cron run: {run}");
+    }
+    Ok(())
+}
+
+async fn idle(automations: u64, seconds: u64) -> anyhow::Result<()> {
+    let workspace = Workspace::new()?;
+    workspace.write_many("idle", automations, |_| "cron: { schedule: \"0 0 1 1 *\" }".into())?;
+    let (mut serve, started) = serve(&workspace, 0).await?;
+    serve.wait(Duration::from_secs(3)).await?;
+    let pid = serve.pid.to_string();
+    let before = cpu_ticks(&pid)?;
+    let begun = Instant::now();
+    serve.wait(Duration::from_secs(seconds)).await?;
+    let ticks = cpu_ticks(&pid)?.saturating_sub(before);
+    let elapsed = begun.elapsed();
+    let (rss, threads) = (rss_text(serve.pid), status_number(serve.pid, "Threads:").unwrap_or(0));
+    serve.stop().await?;
+    let per_second = clock_ticks();
+    println!(
+        "idle: {automations} automations, {:.1} s: server cpu {:.2}% of a core ({ticks} ticks of 1/{per_second} s), \
+         rss {rss}, {threads} threads; ready after {}",
+        elapsed.as_secs_f64(),
+        ticks as f64 / per_second as f64 / elapsed.as_secs_f64() * 100.0,
+        millis(started.healthz),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The server
+
+/// A temporary directory with the automations, the data directories and the server logs.
+struct Workspace {
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+impl Workspace {
+    fn new() -> anyhow::Result<Workspace> {
+        let binary = server_binary()?;
+        let dir = tempfile::Builder::new().prefix("serve-load-").tempdir().context("creating a temporary directory")?;
+        std::fs::create_dir(dir.path().join("automations")).context("creating the automations directory")?;
+        Ok(Workspace { dir, binary })
+    }
+
+    fn automations(&self) -> PathBuf {
+        self.dir.path().join("automations")
+    }
+
+    fn data(&self, run: u64) -> PathBuf {
+        self.dir.path().join(format!("data-{run}"))
+    }
+
+    fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let path = self.automations().join(format!("{name}.yaml"));
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Writes `count` automations `{prefix}-0000`..., each with the trigger `trigger(i)`.
+    fn write_many(&self, prefix: &str, count: u64, trigger: impl Fn(u64) -> String) -> anyhow::Result<()> {
+        let width = count.to_string().len().max(4);
+        for i in 0..count {
+            let name = format!("{prefix}-{i:0width$}");
+            let text = format!(
+                "name: {name}\ntrigger:\n  {}\ntask:\n  agent: codex\n  repo: https://github.com/acme/shop.git\n  \
+                 base: main\n  branch: \"agent/{name}\"\n  prompt: \"Work for {name}\"\n",
+                trigger(i)
+            );
+            self.write(&name, &text)?;
+        }
+        Ok(())
+    }
+}
+
+/// `NIGHTSHIFT_BIN`, else the release binary of this checkout (with a warning when it
+/// is older than the sources).
+fn server_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("NIGHTSHIFT_BIN") {
+        let path = PathBuf::from(path);
+        return std::fs::canonicalize(&path).with_context(|| format!("NIGHTSHIFT_BIN: no file {}", path.display()));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("target/release/nightshift");
+    let binary = std::fs::canonicalize(&path).with_context(|| {
+        format!("no server at {}: run `cargo build --release` first (or set NIGHTSHIFT_BIN)", path.display())
+    })?;
+    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
+    if let (Some(built), Some(edited)) = (built, newest_file(&root.join("src"), 0))
+        && edited > built
+    {
+        eprintln!("warning: {} is older than src/; `cargo build --release` to measure the sources", path.display());
+    }
+    Ok(binary)
+}
+
+/// The newest modification time of a file under `dir`.
+fn newest_file(dir: &Path, depth: u32) -> Option<SystemTime> {
+    if depth > 8 {
+        return None;
+    }
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten().take(10_000) {
+        let time = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => newest_file(&entry.path(), depth + 1),
+            _ => entry.metadata().and_then(|m| m.modified()).ok(),
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+/// A `nightshift serve` child process and where it listens. Dropped without `stop`, it
+/// is killed.
+struct Serve {
+    child: Child,
+    pid: u32,
+    address: SocketAddr,
+    token: String,
+    log: PathBuf,
+}
+
+/// How start-up went.
+struct Started {
+    serve_json: Duration,
+    healthz: Duration,
+    /// As `/healthz` counts them.
+    automations: u64,
+}
+
+/// Spawns `serve` on the fresh data directory `data-{run}` and waits until `/healthz`
+/// answers 200.
+async fn serve(workspace: &Workspace, run: u64) -> anyhow::Result<(Serve, Started)> {
+    let data = workspace.data(run);
+    let log = workspace.dir.path().join(format!("serve-{run}.log"));
+    let stdout = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let stderr = stdout.try_clone().context("sharing the log file")?;
+    let spawned = Instant::now();
+    let deadline = spawned + START_TIMEOUT;
+    let child = Command::new(&workspace.binary)
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--dir"])
+        .arg(workspace.automations())
+        .arg("--data")
+        .arg(&data)
+        .env("LOAD_SECRET", SECRET)
+        .env_remove("NIGHTSHIFT_API_TOKEN")
+        .current_dir(workspace.dir.path())
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .with_context(|| format!("starting `{} serve`", workspace.binary.display()))?;
+    let mut serve =
+        Serve { pid: child.id(), child, address: SocketAddr::from(([127, 0, 0, 1], 0)), token: String::new(), log };
+
+    let file = loop {
+        if let Some(file) = ServeFile::read(&data) {
+            break file;
+        }
+        serve.check_running("before writing serve.json")?;
+        if Instant::now() >= deadline {
+            bail!("no {} within {START_TIMEOUT:?}{}", ServeFile::path(&data).display(), serve.log_tail());
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let serve_json = spawned.elapsed();
+    if file.pid != serve.pid {
+        bail!("serve.json names process {}, but the server started is {}", file.pid, serve.pid);
+    }
+    serve.address = loopback_address(&file.url)?;
+    serve.token = file.token;
+
+    let body = loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let last = match exchange_once(serve.address, get(serve.address, "/healthz", None), remaining).await {
+            Ok((StatusCode::OK, body)) => break body,
+            Ok((status, body)) => format!("{status}: {}", String::from_utf8_lossy(&body)),
+            Err(error) => format!("{error:#}"),
+        };
+        serve.check_running("before answering /healthz")?;
+        if Instant::now() >= deadline {
+            bail!("GET /healthz did not answer 200 within {START_TIMEOUT:?} (last: {last}){}", serve.log_tail());
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let healthz = spawned.elapsed();
+    let automations = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|health| health["automations"].as_u64())
+        .with_context(|| format!("/healthz answered {}", String::from_utf8_lossy(&body)))?;
+    Ok((serve, Started { serve_json, healthz, automations }))
+}
+
+impl Serve {
+    /// Fails when the server has exited.
+    fn check_running(&mut self, when: &str) -> anyhow::Result<()> {
+        match self.child.try_wait().context("checking on the server")? {
+            None => Ok(()),
+            Some(status) => bail!("the server exited ({status}) {when}{}", self.log_tail()),
+        }
+    }
+
+    /// Waits `duration`, checking every second that the server still runs.
+    async fn wait(&mut self, duration: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + duration;
+        loop {
+            let remaining = until.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Ok(());
+            }
+            tokio::time::sleep(remaining.min(Duration::from_secs(1))).await;
+            self.check_running("during the test")?;
+        }
+    }
+
+    /// `GET path` from the API, with the token, as JSON.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, timeout: Duration) -> anyhow::Result<T> {
+        let request = get(self.address, path, Some(&self.token));
+        let (status, body) =
+            exchange_once(self.address, request, timeout).await.with_context(|| format!("GET {path}"))?;
+        if status != StatusCode::OK {
+            bail!("GET {path} answered {status}: {}", String::from_utf8_lossy(&body));
+        }
+        serde_json::from_slice(&body).with_context(|| format!("GET {path} answered what nightshift does not send"))
+    }
+
+    /// Stops the server with SIGTERM and waits for it; returns how long it took.
+    async fn stop(mut self) -> anyhow::Result<Duration> {
+        let begun = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .context("running `kill -TERM` on the server")?;
+        if !status.success() {
+            bail!("`kill -TERM {}` failed ({status}){}", self.pid, self.log_tail());
+        }
+        loop {
+            if let Some(status) = self.child.try_wait().context("waiting for the server")? {
+                if !status.success() {
+                    bail!("the server exited with {status} after SIGTERM{}", self.log_tail());
+                }
+                return Ok(begun.elapsed());
+            }
+            if begun.elapsed() > STOP_TIMEOUT {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("the server did not stop within {STOP_TIMEOUT:?} of SIGTERM; killed it{}", self.log_tail());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The end of the server's log, for error messages.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(20)..];
+        if tail.is_empty() {
+            format!("; its log {} is empty", self.log.display())
+        } else {
+            format!("; the end of its log {}:\n{}", self.log.display(), tail.join("\n"))
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn loopback_address(url: &str) -> anyhow::Result<SocketAddr> {
+    let address: SocketAddr = url
+        .strip_prefix("http://")
+        .and_then(|address| address.parse().ok())
+        .with_context(|| format!("serve.json names `{url}`, not http://ADDRESS:PORT"))?;
+    if !address.ip().is_loopback() {
+        bail!("serve.json names {address}, which is not a loopback address");
+    }
+    Ok(address)
+}
+
+/// The fields of a run this tool reads (`GET /api/runs`).
+#[derive(Deserialize)]
+struct RunRow {
+    id: u64,
+    automation: String,
+    event_ids: Vec<String>,
+    created_at: DateTime<Utc>,
+}
+
+async fn newest_run(serve: &Serve) -> anyhow::Result<Option<u64>> {
+    let runs = serve.get_json::<Vec<RunRow>>("/api/runs?limit=1", REQUEST_TIMEOUT).await?;
+    Ok(runs.first().map(|run| run.id))
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP
+
+async fn connect(address: SocketAddr) -> anyhow::Result<(Sender, Connection<TokioIo<TcpStream>, Body>)> {
+    let stream = TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
+    stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("the HTTP/1.1 handshake")
+}
+
+/// Sends `request` on a ready connection and reads the whole answer.
+async fn exchange(sender: &mut Sender, request: Request<Body>) -> anyhow::Result<(StatusCode, Bytes)> {
+    sender.ready().await.context("the connection closed")?;
+    let response = sender.send_request(request).await.context("sending the request")?;
+    let status = response.status();
+    let body = response.into_body().collect().await.context("reading the answer")?.to_bytes();
+    Ok((status, body))
+}
+
+/// One request on a connection of its own.
+async fn exchange_once(
+    address: SocketAddr,
+    request: Request<Body>,
+    timeout: Duration,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let answer = tokio::time::timeout(timeout, async {
+        let (mut sender, connection) = connect(address).await?;
+        let driver = tokio::spawn(connection);
+        let answer = exchange(&mut sender, request).await;
+        drop(sender);
+        driver.abort();
+        answer
+    })
+    .await;
+    answer.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")))
+}
+
+fn get(address: SocketAddr, path: &str, token: Option<&str>) -> Request<Body> {
+    let mut request = Request::get(path).header(HOST, address.to_string());
+    if let Some(token) = token {
+        request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+    }
+    request.body(Full::new(Bytes::new())).expect("a GET request is well formed")
+}
+
+/// `POST /hooks/load-hook` with `{"n": n}`, signed as a GitHub-style HMAC client does.
+fn hook_request(host: &str, n: u64) -> Request<Body> {
+    let body = format!("{{\"n\":{n}}}");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body.as_bytes());
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut signature = String::with_capacity(7 + 64);
+    signature.push_str("sha256=");
+    for byte in mac.finalize().into_bytes().iter() {
+        signature.push(HEX[usize::from(byte >> 4)] as char);
+        signature.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    Request::post("/hooks/load-hook")
+        .header(HOST, host)
+        .header(CONTENT_TYPE, "application/json")
+        .header("x-hub-signature-256", signature)
+        .body(Full::new(Bytes::from(body)))
+        .expect("the hook request is well formed")
+}
+
+// ---------------------------------------------------------------------------------------
+// Load
+
+/// When requests are sent.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Each connection sends its next request as soon as the last is answered.
+    Closed,
+    /// Request i is due at start + i / per_second; `total` in all.
+    Open { per_second: u64, total: u64 },
+}
+
+/// What the connections share.
+struct Load {
+    address: SocketAddr,
+    host: String,
+    /// The next request's number: its body's `n` and, open loop, its turn.
+    next: AtomicU64,
+    pace: Pace,
+    /// Open loop: one permit per turn as it comes due, then one per connection to end.
+    turns: Semaphore,
+    start: Instant,
+    /// No request is sent after this.
+    end: Instant,
+}
+
+/// What the requests came to.
+#[derive(Default)]
+struct Tally {
+    /// Microseconds from send (open loop: from the due time) to the whole answer, one per
+    /// answered request.
+    latencies: Vec<u64>,
+    /// Microseconds from the due time to the send (open loop).
+    lags: Vec<u64>,
+    accepted: u64,
+    /// Answers other than 202, and requests that got no answer.
+    errors: u64,
+    /// Requests whose turn came after `Load::end` (open loop).
+    unsent: u64,
+    shown: Vec<String>,
+}
+
+impl Tally {
+    fn error(&mut self, what: String) {
+        self.errors += 1;
+        if self.shown.len() < SHOWN_ERRORS {
+            self.shown.push(what);
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latencies.extend(other.latencies);
+        self.lags.extend(other.lags);
+        self.accepted += other.accepted;
+        self.errors += other.errors;
+        self.unsent += other.unsent;
+        let room = SHOWN_ERRORS.saturating_sub(self.shown.len());
+        self.shown.extend(other.shown.into_iter().take(room));
+    }
+
+    fn show_errors(&self) {
+        for error in &self.shown {
+            let shown: String = error.chars().take(400).collect();
+            println!("  error: {shown}");
+        }
+    }
+}
+
+/// A finished load run.
+struct Run {
+    /// Latencies and lags sorted.
+    tally: Tally,
+    /// From the start to the last answer.
+    elapsed: Duration,
+    /// CPU time over the run, as percentages of one core.
+    server_cpu: f64,
+    own_cpu: f64,
+}
+
+async fn drive(serve: &Serve, connections: u64, pace: Pace, seconds: u64) -> anyhow::Result<Run> {
+    // Open loop: give the connections a moment to connect before the first turn.
+    let (lead, slack) = match pace {
+        Pace::Closed => (Duration::ZERO, Duration::ZERO),
+        Pace::Open { .. } => (Duration::from_millis(100), REQUEST_TIMEOUT),
+    };
+    let start = Instant::now() + lead;
+    let end = start + Duration::from_secs(seconds) + slack;
+    let load = Arc::new(Load {
+        address: serve.address,
+        host: serve.address.to_string(),
+        next: AtomicU64::new(0),
+        pace,
+        turns: Semaphore::new(0),
+        start,
+        end,
+    });
+    let pacer = match pace {
+        Pace::Closed => None,
+        Pace::Open { per_second, total } => {
+            let load = Arc::clone(&load);
+            let connections = usize::try_from(connections).unwrap_or(usize::MAX);
+            Some(std::thread::spawn(move || pace_turns(&load, per_second, total, connections)))
+        }
+    };
+    let server_pid = serve.pid.to_string();
+    let (server_before, own_before, begun) = (cpu_ticks(&server_pid)?, cpu_ticks("self")?, Instant::now());
+    let tasks: Vec<_> = (0..connections).map(|_| tokio::spawn(connection(Arc::clone(&load)))).collect();
+    let mut tally = Tally::default();
+    for task in tasks {
+        tally.merge(task.await.context("a connection task failed")?);
+    }
+    let elapsed = start.elapsed();
+    if let Some(pacer) = pacer {
+        pacer.join().map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    }
+    let wall = begun.elapsed().as_secs_f64() * clock_ticks() as f64 / 100.0;
+    let server_cpu = cpu_ticks(&server_pid)?.saturating_sub(server_before) as f64 / wall;
+    let own_cpu = cpu_ticks("self")?.saturating_sub(own_before) as f64 / wall;
+    tally.latencies.sort_unstable();
+    tally.lags.sort_unstable();
+    Ok(Run { tally, elapsed, server_cpu, own_cpu })
+}
+
+/// When turn `n` is due.
+fn due(start: Instant, n: u64, per_second: u64) -> Instant {
+    let offset = u128::from(n) * 1_000_000_000 / u128::from(per_second);
+    start + Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
+}
+
+/// Open loop: releases each turn when it is due (precise to the thread's wake-up, unlike
+/// tokio's millisecond timer), then one extra permit per connection to tell it to end.
+fn pace_turns(load: &Load, per_second: u64, total: u64, connections: usize) {
+    let mut n = 0;
+    while n < total {
+        let now = Instant::now();
+        let next = due(load.start, n, per_second);
+        if next > now {
+            std::thread::sleep(next - now);
+            continue;
+        }
+        let mut ready = 0;
+        while n < total && due(load.start, n, per_second) <= now {
+            n += 1;
+            ready += 1;
+        }
+        load.turns.add_permits(ready);
+    }
+    load.turns.add_permits(connections);
+}
+
+/// One keep-alive connection (reconnecting if it breaks), its requests one after another.
+async fn connection(load: Arc<Load>) -> Tally {
+    let mut tally = Tally::default();
+    let mut connects = 0;
+    while Instant::now() < load.end && connects < MAX_CONNECTS {
+        connects += 1;
+        let (sender, connection) = match tokio::time::timeout(REQUEST_TIMEOUT, connect(load.address)).await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(error)) => {
+                tally.error(format!("{error:#}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Err(_) => {
+                tally.error(format!("connecting took more than {REQUEST_TIMEOUT:?}"));
+                continue;
+            }
+        };
+        // The connection is driven in this task too; it ends once `sender` is dropped.
+        let connection = tokio::time::timeout_at((load.end + REQUEST_TIMEOUT).into(), connection);
+        let (_, finished) = tokio::join!(connection, send_requests(sender, &load, &mut tally));
+        if finished {
+            break;
+        }
+    }
+    tally
+}
+
+/// Sends requests until the test ends (true) or the connection breaks (false).
+async fn send_requests(mut sender: Sender, load: &Load, tally: &mut Tally) -> bool {
+    loop {
+        let (n, due) = match load.pace {
+            Pace::Closed => {
+                let n = load.next.fetch_add(1, Ordering::Relaxed);
+                if n >= MAX_REQUESTS || Instant::now() >= load.end {
+                    return true;
+                }
+                (n, None)
+            }
+            Pace::Open { per_second, total } => {
+                // Permits come in turn order and the number is taken right after one is
+                // granted, so turn n goes with the n-th permit.
+                match load.turns.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return true,
+                }
+                let n = load.next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return true;
+                }
+                if Instant::now() >= load.end {
+                    tally.unsent += 1;
+                    continue;
+                }
+                (n, Some(due(load.start, n, per_second)))
+            }
+        };
+        let request = hook_request(&load.host, n);
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, request)).await;
+        let answered = Instant::now();
+        if let Some(due) = due {
+            tally.lags.push(micros(sent.saturating_duration_since(due)));
+        }
+        match answer {
+            Ok(Ok((status, body))) => {
+                tally.latencies.push(micros(answered.saturating_duration_since(due.unwrap_or(sent))));
+                if status == StatusCode::ACCEPTED {
+                    tally.accepted += 1;
+                } else {
+                    tally.error(format!("request {n}: {status}: {}", String::from_utf8_lossy(&body)));
+                }
+            }
+            Ok(Err(error)) => {
+                tally.error(format!("request {n}: {error:#}"));
+                return false;
+            }
+            Err(_) => {
+                tally.error(format!("request {n}: no answer within {REQUEST_TIMEOUT:?}"));
+                return false;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Measures
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Microseconds as milliseconds.
+fn ms<T: Into<i128>>(micros: T) -> String {
+    format!("{:.2} ms", micros.into() as f64 / 1000.0)
+}
+
+fn millis(duration: Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+}
+
+/// p50, p99 and max of sorted microseconds (nearest rank: exact samples).
+fn spread<T: Copy + Into<i128>>(sorted: &[T]) -> String {
+    let Some(max) = sorted.last() else { return "no samples".to_string() };
+    let at = |p: f64| {
+        let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        ms(sorted[rank - 1])
+    };
+    format!("p50 {}, p99 {}, max {}", at(0.50), at(0.99), ms(*max))
+}
+
+/// utime + stime of a process (`self` or a pid), in clock ticks.
+fn cpu_ticks(pid: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Field 2, the command, is in parentheses and may hold spaces: count after it.
+    let (_, rest) = text.rsplit_once(')').with_context(|| format!("{path} has no `)`"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (the state); utime is field 14, stime field 15.
+    let field = |number: usize| {
+        fields.get(number - 3).and_then(|f| f.parse::<u64>().ok()).with_context(|| format!("{path}: no field {number}"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, else 100).
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok()?.trim().parse().ok())
+        .filter(|ticks| *ticks > 0)
+        .unwrap_or(100)
+}
+
+/// The first number on the line of /proc/PID/status that starts with `key`.
+fn status_number(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|line| line.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// VmRSS of a process, in MiB.
+fn rss_text(pid: u32) -> String {
+    match status_number(pid, "VmRSS:") {
+        Some(kib) => format!("{:.1} MiB", kib as f64 / 1024.0),
+        None => "unknown".to_string(),
+    }
+}
