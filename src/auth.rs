@@ -148,10 +148,17 @@ pub fn verify_standard_webhooks(
     if matched { Ok(()) } else { Err(AuthError::Mismatch) }
 }
 
+/// The credentials after `scheme ` in an Authorization header, the scheme in any case.
+fn scheme_value<'a>(authorization: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, value) = authorization.split_once(' ')?;
+    given.eq_ignore_ascii_case(scheme).then_some(value)
+}
+
 /// `Authorization: Bearer <token>`.
 pub fn verify_bearer(token: &str, authorization: Option<&str>) -> Result<(), AuthError> {
     let authorization = authorization.ok_or(AuthError::Missing("Authorization".into()))?;
-    let given = authorization.strip_prefix("Bearer ").ok_or_else(|| AuthError::Malformed {
+    // The scheme is case-insensitive (RFC 9110); Alertmanager sends `type:` as written.
+    let given = scheme_value(authorization, "Bearer").ok_or_else(|| AuthError::Malformed {
         header: "Authorization".into(),
         why: "expected `Bearer <token>`".into(),
     })?;
@@ -162,7 +169,7 @@ pub fn verify_bearer(token: &str, authorization: Option<&str>) -> Result<(), Aut
 pub fn verify_basic(username: &str, password: &str, authorization: Option<&str>) -> Result<(), AuthError> {
     let authorization = authorization.ok_or(AuthError::Missing("Authorization".into()))?;
     let malformed = |why: &str| AuthError::Malformed { header: "Authorization".into(), why: why.into() };
-    let encoded = authorization.strip_prefix("Basic ").ok_or_else(|| malformed("expected `Basic <base64>`"))?;
+    let encoded = scheme_value(authorization, "Basic").ok_or_else(|| malformed("expected `Basic <base64>`"))?;
     let decoded = BASE64.decode(encoded.trim()).map_err(|_| malformed("the credentials are not base64"))?;
     let expected = [username.as_bytes(), b":", password.as_bytes()].concat();
     if equal(&decoded, &expected) { Ok(()) } else { Err(AuthError::BadCredentials) }

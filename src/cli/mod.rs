@@ -55,8 +55,8 @@ enum Command {
     /// triggers and /api for the other commands (which find the server through
     /// serve.json in the data directory), and fires cron slots. Edits to automation
     /// files are applied live; a broken edit is logged and the last good set keeps
-    /// running. Stops cleanly on Ctrl-C or SIGTERM. Secrets (`env:NAME`) are read at
-    /// start and at each reload.
+    /// running. Stops cleanly on Ctrl-C or SIGTERM. Secrets are read at start (and
+    /// `file:` secrets again at each reload); see docs/serving.md.
     Serve(serve::Args),
     /// Check automation files and report every problem as file:line:col.
     ///

@@ -44,12 +44,17 @@ impl SecretRef {
     /// Reads the secret's value now: the variable, or the file without its trailing
     /// newline. The error names the reference, never a value.
     pub fn resolve(&self) -> Result<String, String> {
-        match self {
-            Self::Env(name) => std::env::var(name).map_err(|_| format!("environment variable {name} is not set")),
+        let value = match self {
+            Self::Env(name) => std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?,
             Self::File(path) => std::fs::read_to_string(path)
-                .map(|text| text.strip_suffix('\n').unwrap_or(&text).to_string())
-                .map_err(|e| format!("cannot read secret file {path}: {e}")),
+                .map(|text| text.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("cannot read secret file {path}: {e}"))?,
+        };
+        // An empty key is one anyone can sign with.
+        if value.is_empty() {
+            return Err(format!("secret {self} is empty"));
         }
+        Ok(value)
     }
 }
 

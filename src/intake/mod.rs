@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::auth::AuthError;
 use crate::catalog::Catalog;
 use crate::event::Event;
-use crate::triggers::alertmanager::AlertmanagerTrigger;
+use crate::triggers::alertmanager::{AlertGrouping, AlertmanagerTrigger, split_per_alert};
 use crate::triggers::{Trigger, TriggerKind};
 
 pub use credential::Credential;
@@ -45,6 +45,18 @@ pub struct Hook {
 }
 
 impl Hook {
+    /// The event of one delivery to this hook. A provider's delivery id names the
+    /// delivery to this hook only (`{source}:{hook}:{id}`): one message sent to two
+    /// endpoints, as Standard Webhooks senders and Alertmanager receivers may, is a
+    /// delivery to each.
+    fn event(&self, payload: Value, headers: BTreeMap<String, String>, now: DateTime<Utc>) -> Event {
+        let mut event = Event::from_delivery(self.kind, payload, headers, now);
+        if let Some(delivery) = &event.delivery_id {
+            event.id = format!("{}:{}:{delivery}", self.kind, self.name);
+        }
+        event
+    }
+
     /// Alertmanager options, for an Alertmanager hook.
     pub fn alertmanager(&self) -> Option<&AlertmanagerTrigger> {
         self.alertmanager.as_ref()
@@ -130,7 +142,12 @@ impl HookTable {
 
     /// Authenticates a delivery to hook `name` and turns it into events (or a handshake
     /// reply). `now` judges signed timestamps and stamps the events.
-    pub fn receive(&self, name: &str, delivery: Delivery<'_>, now: DateTime<Utc>) -> Result<Accepted, IntakeError> {
+    pub fn receive(
+        &self,
+        name: &str,
+        delivery: Delivery<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(&Hook, Accepted), IntakeError> {
         let hook = self.get(name).ok_or_else(|| IntakeError::UnknownHook(name.to_string()))?;
         let credential = hook
             .credential
@@ -140,28 +157,24 @@ impl HookTable {
         let payload = parse_body(hook.kind, &delivery)?;
         match hook.kind {
             TriggerKind::Github if delivery.header("x-github-event") == Some("ping") => {
-                return Ok(Accepted::Reply(
-                    json!({"ok": true, "zen": payload.get("zen"), "hook_id": payload.get("hook_id")}),
-                ));
+                let pong = json!({"ok": true, "zen": payload.get("zen"), "hook_id": payload.get("hook_id")});
+                return Ok((hook, Accepted::Reply(pong)));
             }
             TriggerKind::Slack => match payload.get("type").and_then(Value::as_str) {
-                Some("url_verification") => return Ok(Accepted::Reply(json!({"challenge": payload.get("challenge")}))),
+                Some("url_verification") => {
+                    return Ok((hook, Accepted::Reply(json!({"challenge": payload.get("challenge")}))));
+                }
                 Some("event_callback") => {}
-                other => return Ok(Accepted::Reply(json!({"ok": true, "ignored": other}))),
+                other => return Ok((hook, Accepted::Reply(json!({"ok": true, "ignored": other})))),
             },
             _ => {}
         }
-        let headers = delivery.headers.clone();
-        let events = match &hook.alertmanager {
-            Some(options) if options.per == crate::triggers::alertmanager::AlertGrouping::Alert => {
-                crate::triggers::alertmanager::split_per_alert(&payload)
-                    .into_iter()
-                    .map(|one| Event::from_delivery(hook.kind, one, headers.clone(), now))
-                    .collect()
-            }
-            _ => vec![Event::from_delivery(hook.kind, payload, headers, now)],
+        let payloads = match &hook.alertmanager {
+            Some(options) if options.per == AlertGrouping::Alert => split_per_alert(&payload),
+            _ => vec![payload],
         };
-        Ok(Accepted::Events(events))
+        let events = payloads.into_iter().map(|one| hook.event(one, delivery.headers.clone(), now)).collect();
+        Ok((hook, Accepted::Events(events)))
     }
 }
 

@@ -235,9 +235,19 @@ impl Schedule {
             }
             self.heap.pop();
             let job = &mut self.jobs[index];
-            let plan = plan::SlotPlan { fire: vec![at], newest: Some(at), ..plan::SlotPlan::default() };
+            let grace =
+                chrono::Duration::from_std(job.trigger.misfire_grace.as_duration()).unwrap_or(chrono::Duration::MAX);
+            // Woken long after the slot (the machine slept, the clock jumped): the slots
+            // since are missed ones, and the misfire policy decides, as after a restart.
+            let late = now.signed_duration_since(at) > grace;
+            let plan = if late {
+                plan::plan(&job.trigger, job.state.last_slot, now).unwrap_or_default()
+            } else {
+                plan::SlotPlan { fire: vec![at], newest: Some(at), ..plan::SlotPlan::default() }
+            };
             handle_plan(pipeline, &self.progress, job, plan, now);
-            if let Some(next) = plan::next_slot(&job.trigger, at) {
+            let after = if late { job.state.last_slot.max(now) } else { at };
+            if let Some(next) = plan::next_slot(&job.trigger, after) {
                 self.heap.push(Reverse((next, index)));
             }
         }

@@ -29,7 +29,8 @@ fn identity(event: &Event, per: AlertGrouping) -> (Option<String>, Option<String
     (group, fingerprint)
 }
 
-/// Cancels the automation's queued runs whose first event has the resolution's identity.
+/// Cancels the automation's unstarted runs (queued, or awaiting approval) that a firing
+/// notification with the resolution's identity queued.
 pub fn cancel_unstarted_runs(
     store: &dyn Store,
     hook: &Hook,
@@ -41,12 +42,23 @@ pub fn cancel_unstarted_runs(
     if wanted.0.is_none() {
         return Ok(Vec::new());
     }
-    let filter = RunFilter { automation: Some(hook.automation.clone()), state: Some(RunState::Queued), limit: 0 };
     let mut cancelled = Vec::new();
-    for run in store.runs(&filter)? {
+    let unstarted = [RunState::Queued, RunState::AwaitingApproval].map(|state| RunFilter {
+        automation: Some(hook.automation.clone()),
+        state: Some(state),
+        limit: 0,
+    });
+    let mut candidates = Vec::new();
+    for filter in &unstarted {
+        candidates.extend(store.runs(filter)?);
+    }
+    for run in candidates {
         let Some(first) = run.event_ids.first() else { continue };
         let Some(stored) = store.event(first)? else { continue };
-        if identity(&stored.event, options.per) != wanted {
+        // Only runs a firing notification queued: with `statuses: [firing, resolved]`
+        // the resolution's own run stays.
+        let firing = stored.event.fields.get("status").and_then(Value::as_str) == Some("firing");
+        if !firing || identity(&stored.event, options.per) != wanted {
             continue;
         }
         let reason = format!("the alert resolved before the run started (event {})", resolution.id);

@@ -17,7 +17,7 @@ pub const LEASE_SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub const RETENTION_SCHEDULE: &str = "0 17 * * * *";
 
 /// Starts the jobs; `shutdown` on the returned scheduler stops them.
-pub async fn start(server: Arc<Server>) -> anyhow::Result<JobScheduler> {
+pub async fn start(server: Arc<Server>) -> Result<JobScheduler, tokio_cron_scheduler::JobSchedulerError> {
     let jobs = JobScheduler::new().await?;
     let sweeper = Arc::clone(&server);
     jobs.add(Job::new_repeated_async(LEASE_SWEEP_EVERY, move |_, _| {

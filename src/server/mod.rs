@@ -67,6 +67,23 @@ pub struct Server {
     api_token: String,
 }
 
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the automations have problems; fix them (see `nightshift validate`) and start again:\n{0}")]
+    Automations(String),
+    #[error("cannot listen on {address}: {cause}")]
+    Listen { address: SocketAddr, cause: std::io::Error },
+    #[error("cannot watch {path} for changes: {cause}")]
+    Watch { path: PathBuf, cause: notify::Error },
+    #[error("cannot start the housekeeping jobs: {0}")]
+    Maintenance(#[from] tokio_cron_scheduler::JobSchedulerError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// Why a delivery got no 202.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -137,16 +154,13 @@ impl Server {
     /// Opens the store and loads the automations. Problems in automation files are an
     /// error here (`serve` will not start on them); a missing webhook secret is a
     /// warning, and that hook refuses requests until it is set.
-    pub fn open(options: ServeOptions) -> anyhow::Result<Arc<Server>> {
+    pub fn open(options: ServeOptions) -> Result<Arc<Server>, ServeError> {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&options.data)?);
         let (generation, problems) = match load_generation(&options.automations, options.project.as_deref(), &store) {
             Ok(loaded) => loaded,
             Err(diagnostics) => {
                 let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
-                anyhow::bail!(
-                    "the automations have problems; fix them (see `nightshift validate`) and start again:\n{}",
-                    text.join("\n")
-                );
+                return Err(ServeError::Automations(text.join("\n")));
             }
         };
         for problem in &problems {
@@ -200,21 +214,22 @@ impl Server {
     pub async fn deliver(&self, name: &str, delivery: Delivery<'_>) -> Result<DeliveryAnswer, DeliveryError> {
         let now = Utc::now();
         let generation = self.current();
-        let events = match generation.hooks.receive(name, delivery, now)? {
-            Accepted::Reply(reply) => return Ok(DeliveryAnswer::Reply(reply)),
-            Accepted::Events(events) => events,
+        let (hook, events) = match generation.hooks.receive(name, delivery, now)? {
+            (_, Accepted::Reply(reply)) => return Ok(DeliveryAnswer::Reply(reply)),
+            (hook, Accepted::Events(events)) => (hook, events),
         };
         let Ok(_permit) = self.admission.try_acquire() else { return Err(DeliveryError::Busy) };
-        let Some(hook) = generation.hooks.get(name) else { return Err(IntakeError::UnknownHook(name.into()).into()) };
         let mut reports = Vec::with_capacity(events.len());
         let mut pending = Vec::with_capacity(events.len());
-        let mut resolved = Vec::new();
+        let mut resolutions = Vec::new();
         for event in events {
-            if alerts::is_resolution(hook, &event) {
-                resolved.push(event.clone());
-            }
+            let resolution = alerts::is_resolution(hook, &event).then(|| event.clone());
             let (report, durability) =
                 generation.pipeline.ingest_queued(event, Audience::Subscriber(&hook.automation), now)?;
+            // A repeated resolution changes nothing, like any repeated delivery.
+            if !report.outcome.duplicate_delivery {
+                resolutions.extend(resolution);
+            }
             reports.push(report);
             pending.push(durability);
         }
@@ -222,7 +237,7 @@ impl Server {
             durability.await?;
         }
         let mut cancelled = Vec::new();
-        for event in &resolved {
+        for event in &resolutions {
             cancelled.extend(alerts::cancel_unstarted_runs(self.store.as_ref(), hook, event, now)?);
         }
         let run_ids = reports.iter().flat_map(|r| r.outcome.runs.iter().map(|o| o.run)).collect();
@@ -283,10 +298,10 @@ impl Server {
 /// scheduler, the reloader and the maintenance jobs, and serves. On a signal it stops
 /// accepting, lets requests in flight finish, stops the scheduler, and closes the store
 /// (a clean checkpoint).
-pub async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(server.options.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", server.options.listen))?;
+pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
+    let address = server.options.listen;
+    let listener =
+        tokio::net::TcpListener::bind(address).await.map_err(|cause| ServeError::Listen { address, cause })?;
     let address = listener.local_addr()?;
     let discovery = discovery::ServeFile::new(address, &server.api_token);
     discovery.write(&server.options.data)?;
@@ -311,7 +326,7 @@ pub async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
     };
-    let served = crate::http::serve(listener, Arc::clone(&server), shutdown).await;
+    let served = crate::http::serve(listener, Arc::clone(&server), shutdown).await.map_err(ServeError::from);
     let _ = stop.send(true);
     let _ = scheduler.await;
     drop(reloader);

@@ -9,13 +9,20 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
-use super::{Server, load_generation};
+use super::{ServeError, Server, load_generation};
 
 /// Changes closer together than this are loaded once (editors write files in steps).
 const SETTLE: Duration = Duration::from_millis(150);
 
+fn unwatchable(path: &Path) -> impl FnOnce(notify::Error) -> ServeError + '_ {
+    move |cause| ServeError::Watch { path: path.to_path_buf(), cause }
+}
+
 /// Starts watching; the returned watcher stops when dropped.
-pub fn watch(server: Arc<Server>, mut stopped: watch::Receiver<bool>) -> anyhow::Result<notify::RecommendedWatcher> {
+pub fn watch(
+    server: Arc<Server>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<notify::RecommendedWatcher, ServeError> {
     let (changed, mut changes) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
@@ -23,15 +30,14 @@ pub fn watch(server: Arc<Server>, mut stopped: watch::Receiver<bool>) -> anyhow:
         {
             let _ = changed.send(());
         }
-    })?;
+    })
+    .map_err(unwatchable(Path::new(".")))?;
     let options = server.options();
-    watcher
-        .watch(&options.automations, RecursiveMode::Recursive)
-        .map_err(|e| anyhow::anyhow!("cannot watch {} for changes: {e}", options.automations.display()))?;
+    watcher.watch(&options.automations, RecursiveMode::Recursive).map_err(unwatchable(&options.automations))?;
     if let Some(project) = &options.project {
         // The project file may be replaced by an editor: watch its directory.
         let directory = project.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        watcher.watch(directory, RecursiveMode::NonRecursive)?;
+        watcher.watch(directory, RecursiveMode::NonRecursive).map_err(unwatchable(directory))?;
     }
     tokio::spawn(async move {
         loop {

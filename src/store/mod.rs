@@ -286,8 +286,9 @@ pub trait Store: Send + Sync {
         skipped: &[(Event, SkipReason)],
         now: DateTime<Utc>,
     ) -> Result<Vec<RunId>, StoreError>;
-    /// Cancels a run only if no worker has started it (it is queued, or waiting for a
-    /// retry); `None` when it has started or ended, which is left alone.
+    /// Cancels a run only if no worker has started it (it is queued, waiting for a
+    /// retry, or awaiting approval); `None` when it has started or ended, which is left
+    /// alone.
     fn cancel_unstarted(&self, run: RunId, reason: &str, now: DateTime<Utc>) -> Result<Option<Run>, StoreError>;
     /// Lets a run waiting for approval continue.
     fn approve(&self, run: RunId, now: DateTime<Utc>) -> Result<Run, StoreError>;

@@ -127,13 +127,24 @@ pub fn split_per_alert(payload: &Value) -> Vec<Value> {
 }
 
 /// Group key + status + sorted alert fingerprints: one id per distinct notification.
+/// Each fingerprint goes with its alert's `startsAt`, so an alert that fires again
+/// after resolving (same labels, same fingerprint) is a new delivery, while
+/// Alertmanager's repeats of one notification are not.
 fn group_delivery_id(payload: &Value) -> Option<String> {
     let group_key = str_at(payload, "/groupKey")?;
     let status = str_at(payload, "/status").unwrap_or_default();
-    let mut fingerprints: Vec<&str> = payload
+    let mut fingerprints: Vec<String> = payload
         .get("alerts")
         .and_then(Value::as_array)
-        .map(|alerts| alerts.iter().filter_map(|a| str_at(a, "/fingerprint")).collect())
+        .map(|alerts| {
+            alerts
+                .iter()
+                .filter_map(|a| {
+                    let fingerprint = str_at(a, "/fingerprint")?;
+                    Some(format!("{fingerprint}@{}", str_at(a, "/startsAt").unwrap_or_default()))
+                })
+                .collect()
+        })
         .unwrap_or_default();
     fingerprints.sort_unstable();
     Some(crate::event::short_hash(&[group_key, status, &fingerprints.join(",")]))

@@ -319,6 +319,9 @@ fn standard_webhooks_bearer_and_basic() {
         401
     );
     assert_eq!(server.post("/hooks/ops-bearer", &[json_type], r#"{"n": 3}"#).status, 401);
+    // The scheme is case-insensitive: Alertmanager sends `type: bearer` as written.
+    let lowercase = server.post("/hooks/ops-bearer", &[json_type, ("Authorization", "bearer t0ken")], r#"{"n": 6}"#);
+    assert_eq!(lowercase.status, 202);
     let basic = |user: &str, password: &str| {
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
     };
@@ -330,7 +333,7 @@ fn standard_webhooks_bearer_and_basic() {
         server.post("/hooks/basic-hook", &[json_type, ("Authorization", &basic("ops", "wrong"))], r#"{"n": 5}"#).status,
         401
     );
-    assert_eq!(server.runs().len(), 3);
+    assert_eq!(server.runs().len(), 4);
 }
 
 #[test]
@@ -424,13 +427,14 @@ fn the_command_line_reaches_the_store_through_a_running_server() {
 
 #[test]
 fn a_hook_without_its_secret_answers_503_until_a_restart_provides_it() {
-    let server = Serving::start(&[("bearer.yaml", BEARER)], &[]);
+    // Set but empty counts as missing: an empty key is one anyone can sign with.
+    let server = Serving::start(&[("bearer.yaml", BEARER)], &[("BEARER_TOKEN", "")]);
     let request = [("Content-Type", "application/json"), ("Authorization", "Bearer t0ken")];
     let refused = server.post("/hooks/ops-bearer", &request, r#"{"n": 1}"#);
     assert_eq!(refused.status, 503, "{:?}", refused.body);
     assert!(refused.retry_after.is_some());
-    assert!(refused.body["error"].as_str().unwrap().contains("BEARER_TOKEN is not set"));
-    assert!(server.log().contains("BEARER_TOKEN is not set"), "the problem is logged at start");
+    assert!(refused.body["error"].as_str().unwrap().contains("env:BEARER_TOKEN is empty"));
+    assert!(server.log().contains("env:BEARER_TOKEN is empty"), "the problem is logged at start");
 
     let server = server.restart(&[("BEARER_TOKEN", "t0ken")]);
     assert_eq!(server.post("/hooks/ops-bearer", &request, r#"{"n": 1}"#).status, 202);

@@ -61,6 +61,11 @@ fn only_the_store_imports_sled() {
 }
 
 #[test]
+fn only_the_command_line_uses_anyhow() {
+    only_under("src/cli/", &["anyhow"]);
+}
+
+#[test]
 fn only_http_imports_axum() {
     only_under("src/http/", &["axum::", "use axum"]);
 }

@@ -916,7 +916,8 @@ impl Store for SledStore {
 
     fn cancel_unstarted(&self, id: RunId, reason: &str, now: DateTime<Utc>) -> Result<Option<Run>, StoreError> {
         let mut live = self.lock();
-        if live.get(id).is_none_or(|pending| pending.run.state != RunState::Queued) {
+        let unstarted = |state| matches!(state, RunState::Queued | RunState::AwaitingApproval);
+        if live.get(id).is_none_or(|pending| !unstarted(pending.run.state)) {
             return Ok(None);
         }
         let mut changes = Changes::default();
