@@ -147,7 +147,18 @@ pub fn load_generation(
 fn generation(catalog: Catalog, store: &Arc<dyn Store>) -> (Generation, Vec<String>) {
     let (hooks, problems) = HookTable::build(&catalog);
     let pipeline = Arc::new(Pipeline::new(Arc::new(catalog), Arc::clone(store)));
+    release_freed_memory();
     (Generation { pipeline, hooks }, problems)
+}
+
+/// Loading thousands of files frees about as much as the catalog keeps (parse trees,
+/// schema checks); mimalloc holds freed pages for reuse, which measured 230 MB resident
+/// instead of 135 MB with 10,000 automations. Handing them back once per load costs a
+/// few milliseconds and nothing on the request path.
+fn release_freed_memory() {
+    // SAFETY: mi_collect takes no pointers; with another global allocator it only
+    // tidies mimalloc's own (empty) heaps.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 impl Server {
