@@ -34,17 +34,22 @@ pub async fn deliver(
     match server.deliver(&name, delivery).await {
         Ok(DeliveryAnswer::Reply(reply)) => (StatusCode::OK, axum::Json(reply)).into_response(),
         Ok(DeliveryAnswer::Stored { run_ids, events, cancelled_by_resolution }) => {
-            let body = serde_json::json!({
-                "run_ids": run_ids,
-                "events": events,
-                "cancelled": cancelled_by_resolution,
-            });
+            let body = Stored { run_ids: &run_ids, events: &events, cancelled: &cancelled_by_resolution };
             (StatusCode::ACCEPTED, axum::Json(body)).into_response()
         }
         Err(DeliveryError::Intake(refused)) => intake_error(&refused),
         Err(DeliveryError::Busy) => unavailable(DeliveryError::Busy.to_string(), 1),
         Err(DeliveryError::Store(failed)) => store_error(&failed),
     }
+}
+
+/// The 202 body.
+#[derive(serde::Serialize)]
+struct Stored<'a> {
+    run_ids: &'a [crate::runs::RunId],
+    events: &'a [crate::pipeline::IngestReport],
+    /// Runs an Alertmanager resolution cancelled.
+    cancelled: &'a [crate::runs::RunId],
 }
 
 fn intake_error(refused: &IntakeError) -> Response {
