@@ -24,11 +24,18 @@ pub async fn deliver(
     let limit = server.options().max_body;
     let too_large =
         || error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {limit} bytes; nothing was stored"));
+    // A body a little over the limit is read to its end before the 413, so the sender,
+    // still writing, gets the answer rather than a reset connection; one far over it is
+    // refused at once.
+    let readable = limit.saturating_mul(2);
     let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
+    if declared.is_some_and(|length| length > readable as u64) {
         return too_large();
     }
-    let Ok(body) = axum::body::to_bytes(body, limit).await else { return too_large() };
+    let body = match axum::body::to_bytes(body, readable).await {
+        Ok(body) if body.len() <= limit => body,
+        _ => return too_large(),
+    };
     let headers = lowercase_headers(&headers);
     let delivery = Delivery { headers: &headers, body: &body };
     match server.deliver(&name, delivery).await {

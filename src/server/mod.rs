@@ -314,8 +314,6 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     let listener =
         tokio::net::TcpListener::bind(address).await.map_err(|cause| ServeError::Listen { address, cause })?;
     let address = listener.local_addr()?;
-    let discovery = discovery::ServeFile::new(address, &server.api_token);
-    discovery.write(&server.options.data)?;
 
     let (stop, stopped) = watch::channel(false);
     let clock: Arc<dyn crate::scheduler::Clock> = Arc::new(crate::scheduler::SystemClock);
@@ -323,6 +321,8 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     let reloader = reload::watch(Arc::clone(&server), stopped.clone())?;
     let mut maintenance = maintenance::start(Arc::clone(&server)).await?;
 
+    // Last: the file tells the other commands (and tests) the server is ready.
+    discovery::ServeFile::new(address, &server.api_token).write(&server.options.data)?;
     let generation = server.current();
     tracing::info!(
         address = %address,

@@ -149,3 +149,48 @@ fn group_delivery_id(payload: &Value) -> Option<String> {
     fingerprints.sort_unstable();
     Some(crate::event::short_hash(&[group_key, status, &fingerprints.join(",")]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification(status: &str, alerts: &[(&str, &str, &str)]) -> Value {
+        let alerts: Vec<Value> = alerts
+            .iter()
+            .map(|(fingerprint, alert_status, starts)| {
+                serde_json::json!({"status": alert_status, "fingerprint": fingerprint, "startsAt": starts,
+                    "labels": {"alertname": "DiskFull", "instance": fingerprint}})
+            })
+            .collect();
+        serde_json::json!({"version": "4", "status": status, "groupKey": "{}:{alertname=\"DiskFull\"}",
+            "groupLabels": {"alertname": "DiskFull"}, "alerts": alerts})
+    }
+
+    #[test]
+    fn per_alert_splits_into_one_delivery_per_alert_with_its_own_status() {
+        let group = notification(
+            "firing",
+            &[("a1", "firing", "2026-11-22T10:00:00Z"), ("b2", "resolved", "2026-11-22T09:00:00Z")],
+        );
+        let split = split_per_alert(&group);
+        assert_eq!(split.len(), 2);
+        let normalized: Vec<Normalized> = split.iter().map(normalize).collect();
+        assert_eq!(normalized[0].kind, "alert.firing");
+        assert_eq!(normalized[1].kind, "alert.resolved");
+        assert_eq!(normalized[1].fields["alert"]["fingerprint"], "b2");
+        assert_ne!(normalized[0].delivery_id, normalized[1].delivery_id);
+        assert_ne!(normalized[0].delivery_id, normalize(&group).delivery_id);
+    }
+
+    #[test]
+    fn repeats_share_a_delivery_id_and_a_new_firing_does_not() {
+        let first = notification("firing", &[("a1", "firing", "2026-11-22T10:00:00Z")]);
+        let repeat = notification("firing", &[("a1", "firing", "2026-11-22T10:00:00Z")]);
+        let resolved = notification("resolved", &[("a1", "resolved", "2026-11-22T10:00:00Z")]);
+        let fired_again = notification("firing", &[("a1", "firing", "2026-11-23T08:00:00Z")]);
+        let id = |payload: &Value| normalize(payload).delivery_id.unwrap();
+        assert_eq!(id(&first), id(&repeat));
+        assert_ne!(id(&first), id(&resolved));
+        assert_ne!(id(&first), id(&fired_again), "the same alert firing again is a new delivery");
+    }
+}

@@ -102,6 +102,7 @@ fn start() -> Serving {
             ("slack.yaml", SLACK),
             ("pagerduty.yaml", PAGERDUTY),
             ("standard.yaml", STANDARD),
+            ("mirror.yaml", &STANDARD.replace("name: deploys", "name: deploys-mirror")),
             ("bearer.yaml", BEARER),
             ("basic.yaml", BASIC),
         ],
@@ -304,6 +305,18 @@ fn standard_webhooks_bearer_and_basic() {
     let rotated = format!("v1,b2xkc2lnbmF0dXJl {}", sign("msg_1", now, body));
     assert_eq!(post("msg_1", now, &rotated, body).status, 202);
     assert_eq!(post("msg_1", now, &rotated, body).body["events"][0]["duplicate_delivery"], true, "replayed id");
+    // One message sent to two endpoints is a delivery to each.
+    let mirrored = server.post(
+        "/hooks/deploys-mirror",
+        &[
+            ("Content-Type", "application/json"),
+            ("webhook-id", "msg_1"),
+            ("webhook-timestamp", &now.to_string()),
+            ("webhook-signature", &rotated),
+        ],
+        body.to_string(),
+    );
+    assert_eq!((mirrored.status, mirrored.body["events"][0]["duplicate_delivery"].clone()), (202, json!(false)));
     let stale = now - 301;
     assert_eq!(post("msg_2", stale, &sign("msg_2", stale, body), body).status, 401);
     let future = now + 301;
@@ -333,7 +346,7 @@ fn standard_webhooks_bearer_and_basic() {
         server.post("/hooks/basic-hook", &[json_type, ("Authorization", &basic("ops", "wrong"))], r#"{"n": 5}"#).status,
         401
     );
-    assert_eq!(server.runs().len(), 4);
+    assert_eq!(server.runs().len(), 5);
 }
 
 #[test]
