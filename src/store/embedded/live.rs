@@ -1,7 +1,7 @@
 //! The in-memory index of unfinished runs that flow control and claims consult: rebuilt
 //! from disk at open, changed only together with the batch that persists the change.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,9 @@ pub struct Live {
     pub dedupe: HashMap<(String, String), DedupeMark>,
     pub last_created: HashMap<String, LastCreated>,
     pub next_run: u64,
+    /// Automations that have had memory entries since the store opened: reading the
+    /// memory of any other is an empty answer without a scan (every ingest asks).
+    pub with_memory: HashSet<String>,
     /// Every epoch handed out from now on is above this (it grows with each open).
     pub epoch_floor: u64,
 }

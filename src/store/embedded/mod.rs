@@ -467,6 +467,12 @@ impl Inner {
             let Some((automation, dedupe_key)) = rest.split_once('\0') else { continue };
             live.dedupe.insert((automation.to_string(), dedupe_key.to_string()), mark);
         }
+        for entry in self.db.scan_prefix(keys::MEMORY) {
+            let (key, _) = entry.map_err(io)?;
+            if let Some((automation, _)) = keys::suffix(&key, keys::MEMORY).and_then(|rest| rest.split_once('\0')) {
+                live.with_memory.insert(automation.to_string());
+            }
+        }
         for entry in self.db.scan_prefix(keys::LAST_CREATED) {
             let (key, value) = entry.map_err(io)?;
             let last: LastCreated = decode(&key, &value)?;
@@ -817,7 +823,7 @@ impl Store for SledStore {
         memory: Vec<MemoryWrite>,
         now: DateTime<Utc>,
     ) -> Result<Run, StoreError> {
-        let live = self.lock();
+        let mut live = self.lock();
         let mut held = self.held_run(&live, id, epoch, "completed")?;
         let mut changes = Changes::default();
         let retries = completion.retries(&held.run);
@@ -860,6 +866,9 @@ impl Store for SledStore {
             }
         };
         changes.activity(&mut held, kind, text, now);
+        if !memory.is_empty() {
+            live.with_memory.insert(held.run.automation.clone());
+        }
         for write in memory {
             Inner::put_memory(&mut changes, &held.run.automation, write, Some(&held.run), now);
         }
@@ -1062,6 +1071,9 @@ impl Store for SledStore {
         // Under the lock, with queued changes over sled: a completion's memory writes
         // reach sled one insert at a time, and a reader must see all of them or none.
         let state = self.lock();
+        if !state.with_memory.contains(automation) {
+            return Ok(BTreeMap::new());
+        }
         let mut records: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for entry in self.db.scan_prefix(&prefix) {
             let (key, value) = entry.map_err(io)?;
@@ -1088,7 +1100,8 @@ impl Store for SledStore {
     }
 
     fn write_memory(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let live = self.lock();
+        let mut live = self.lock();
+        live.with_memory.insert(automation.to_string());
         let mut changes = Changes::default();
         Inner::put_memory(&mut changes, automation, write, None, now);
         self.apply(live, changes, true)
