@@ -126,7 +126,7 @@ pub async fn run(
         let mut schedule = Schedule::start(&pipeline, &progress, clock.now());
         tracing::info!(triggers = schedule.jobs.len(), "cron schedule loaded");
         loop {
-            let next = schedule.heap.peek().map(|Reverse((at, _))| *at);
+            let next = schedule.heap.peek().map(|Reverse((at, _, _))| *at);
             let sleep = async {
                 match next {
                     Some(at) => clock.sleep_until(at).await,
@@ -145,10 +145,17 @@ pub async fn run(
     }
 }
 
-/// The jobs of one catalog and the heap of their next slots.
+/// A slot whose event could not be stored is tried again this much later.
+const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(5);
+
+/// A queued firing: (when, the job's index, the slot). When differs from the slot only
+/// for a retry.
+type Firing = (DateTime<Utc>, usize, DateTime<Utc>);
+
+/// The jobs of one catalog and the heap of their next firings.
 struct Schedule {
     jobs: Vec<CronJob>,
-    heap: BinaryHeap<Reverse<(DateTime<Utc>, usize)>>,
+    heap: BinaryHeap<Reverse<Firing>>,
     progress: Arc<Progress>,
 }
 
@@ -206,12 +213,15 @@ impl Schedule {
                 }
             };
             match plan {
-                Ok(plan) => handle_plan(pipeline, &progress, job, plan, now),
+                Ok(plan) => {
+                    for failed in handle_plan(pipeline, &progress, job, plan, now) {
+                        heap.push(Reverse((now + RETRY_AFTER, index, failed)));
+                    }
+                }
                 Err(error) => tracing::error!(automation = %job.automation, %error, "cannot plan cron slots"),
             }
-            let after = job.state.last_slot.max(now);
-            if let Some(next) = plan::next_slot(&job.trigger, after) {
-                heap.push(Reverse((next, index)));
+            if let Some(next) = plan::next_slot(&job.trigger, now) {
+                heap.push(Reverse((next, index, next)));
             }
         }
         let starts: Vec<(&str, &str, &ScheduleState)> = new_triggers
@@ -229,8 +239,8 @@ impl Schedule {
 
     /// Fires every slot whose time has come and queues each job's next one.
     fn fire_due(&mut self, pipeline: &Arc<Pipeline>, now: DateTime<Utc>) {
-        while let Some(Reverse((at, index))) = self.heap.peek().copied() {
-            if at > now {
+        while let Some(Reverse((due, index, at))) = self.heap.peek().copied() {
+            if due > now {
                 break;
             }
             self.heap.pop();
@@ -245,25 +255,44 @@ impl Schedule {
             } else {
                 plan::SlotPlan { fire: vec![at], newest: Some(at), ..plan::SlotPlan::default() }
             };
-            handle_plan(pipeline, &self.progress, job, plan, now);
+            let retrying = due != at;
+            for failed in handle_plan(pipeline, &self.progress, job, plan, now) {
+                self.heap.push(Reverse((now + RETRY_AFTER, index, failed)));
+            }
+            // A retry's job already has its next slot queued.
+            if retrying {
+                continue;
+            }
             let after = if late { job.state.last_slot.max(now) } else { at };
             if let Some(next) = plan::next_slot(&job.trigger, after) {
-                self.heap.push(Reverse((next, index)));
+                self.heap.push(Reverse((next, index, next)));
             }
         }
     }
 }
 
 /// Fires the plan's slots, records its skipped ones, and stores the job's progress once
-/// the fired slots' events are durable.
+/// the fired slots' events are durable. Returns the slots whose events could not be
+/// stored, to be tried again; the progress then stays where it was.
 fn handle_plan(
     pipeline: &Arc<Pipeline>,
     progress: &Arc<Progress>,
     job: &mut CronJob,
     plan: plan::SlotPlan,
     now: DateTime<Utc>,
-) {
-    let Some(newest) = plan.newest else { return };
+) -> Vec<DateTime<Utc>> {
+    let Some(newest) = plan.newest else { return Vec::new() };
+    let mut pending = Vec::with_capacity(plan.fire.len());
+    let mut failed = Vec::new();
+    for slot in &plan.fire {
+        match fire(pipeline, job, *slot, now) {
+            Some(durability) => pending.push(durability),
+            None => failed.push(*slot),
+        }
+    }
+    if !failed.is_empty() {
+        return failed;
+    }
     if !plan.skipped.is_empty() || plan.skipped_unlisted > 0 {
         let count = plan.skipped.len() as u64 + plan.skipped_unlisted;
         tracing::warn!(
@@ -278,13 +307,7 @@ fn handle_plan(
         let excess = job.state.skipped.len().saturating_sub(ScheduleState::RECENT_SKIPS);
         job.state.skipped.drain(..excess);
     }
-    let mut pending = Vec::with_capacity(plan.fire.len());
-    for slot in &plan.fire {
-        if let Some(durability) = fire(pipeline, job, *slot, now) {
-            pending.push(durability);
-        }
-        job.state.last_fired = Some(*slot);
-    }
+    job.state.last_fired = plan.fire.last().copied().or(job.state.last_fired);
     job.state.last_slot = newest;
     job.state.updated_at = now;
     let (store, state, progress) = (Arc::clone(pipeline.store()), job.state.clone(), Arc::clone(progress));
@@ -292,7 +315,7 @@ fn handle_plan(
     let record = move |store: &dyn Store| progress.record(store, &automation, &trigger_id, &state);
     if pending.is_empty() {
         record(store.as_ref());
-        return;
+        return failed;
     }
     tokio::spawn(async move {
         for durability in pending {
@@ -304,6 +327,7 @@ fn handle_plan(
         }
         record(store.as_ref());
     });
+    failed
 }
 
 /// Records the newest skipped slots (at most `ScheduleState::RECENT_SKIPS`) as skipped
