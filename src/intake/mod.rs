@@ -79,7 +79,7 @@ pub enum IntakeError {
     UnknownHook(String),
     #[error("authentication failed: {0}")]
     Unauthorized(AuthError),
-    #[error("hook `{hook}` cannot authenticate requests: {why}; set it and reload the server")]
+    #[error("hook `{hook}` cannot authenticate requests: {why}; provide it and restart the server")]
     NotConfigured { hook: String, why: String },
     #[error("unsupported content type `{0}`: send the body as application/json")]
     UnsupportedMediaType(String),
