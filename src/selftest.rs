@@ -58,8 +58,7 @@ pub fn fixture_event(
 
 fn run_case(engine: &RuleEngine, loaded: &LoadedAutomation, case: &TestCase) -> Vec<String> {
     let automation = &loaded.compiled.definition;
-    let Some(source) = case.source.or_else(|| automation.all_triggers().find_map(|t| t.source()).map(|t| t.kind()))
-    else {
+    let Some(source) = case.source.or_else(|| automation.first_source()) else {
         return vec!["the automation has no trigger".into()];
     };
     let now = case

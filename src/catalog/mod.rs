@@ -12,7 +12,6 @@ use crate::config::profiles::builtin_profiles;
 use crate::config::schema::Format;
 use crate::config::{AgentProfile, Automation, Code, Diagnostic, FieldPath, Finding, Retention};
 use crate::rules::{CompiledAutomation, RuleEngine};
-use crate::triggers::Trigger;
 
 /// The project settings file looked for in the working directory.
 pub const PROJECT_FILE: &str = "nightshift.yaml";
@@ -118,11 +117,7 @@ fn duplicate_hook_names(results: &[(SourceFile, FileResult)]) -> (Vec<Diagnostic
         );
         for (at, spec) in triggers {
             let Some(source) = spec.source() else { continue };
-            let hook = match source {
-                Trigger::Cron(_) | Trigger::Manual(_) => continue,
-                Trigger::Webhook(webhook) => webhook.path.clone().unwrap_or_else(|| automation.name.clone()),
-                _ => automation.name.clone(),
-            };
+            let Some(hook) = source.hook_name(&automation.name) else { continue };
             let at = at.key(source.kind().as_str());
             if let Some(first) = taken.get(&hook) {
                 let message = format!("hook name `{hook}` is already served for {}", first.display());

@@ -34,14 +34,10 @@ impl FixtureArgs {
     /// of the fixture, received at `now`.
     pub fn event_for(&self, loaded: &LoadedAutomation, now: DateTime<Utc>) -> anyhow::Result<Event> {
         let automation = &loaded.compiled.definition;
-        let source = match self.source {
-            Some(source) => source,
-            None => automation
-                .all_triggers()
-                .find_map(|t| t.source())
-                .map(|t| t.kind())
-                .ok_or_else(|| anyhow!("automation `{}` has no trigger; give --source", automation.name))?,
-        };
+        let source = self
+            .source
+            .or_else(|| automation.first_source())
+            .ok_or_else(|| anyhow!("automation `{}` has no trigger; give --source", automation.name))?;
         let headers: BTreeMap<String, String> = self.headers.iter().cloned().collect();
         fixture_event(&self.event, source, &headers, now).map_err(|why| anyhow!(why))
     }

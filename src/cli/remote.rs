@@ -36,17 +36,13 @@ impl RemoteLedger {
             return Ok(response);
         }
         let status = response.status();
-        let body: serde_json::Value = response.json().unwrap_or_default();
-        let message = body.get("error").and_then(|e| e.as_str()).unwrap_or("no details").to_string();
-        Err(anyhow!("nightshift serve answered {status}: {message}"))
+        Err(anyhow!("nightshift serve answered {status}: {}", error_text(response, "no details")))
     }
 
     fn json<T: serde::de::DeserializeOwned>(&self, request: RequestBuilder) -> anyhow::Result<T> {
         let response = self.send(request)?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
-            let body: serde_json::Value = response.json().unwrap_or_default();
-            let message = body.get("error").and_then(|e| e.as_str()).unwrap_or("not found").to_string();
-            return Err(anyhow!("{message}"));
+            return Err(anyhow!("{}", error_text(response, "not found")));
         }
         Ok(response.json()?)
     }
@@ -109,6 +105,12 @@ impl Ledger for RemoteLedger {
     fn prune(&self, _now: DateTime<Utc>) -> anyhow::Result<RetentionReport> {
         self.json(self.client.post(self.url("/api/prune")))
     }
+}
+
+/// The `error` of a JSON error answer, or `fallback`.
+fn error_text(response: Response, fallback: &str) -> String {
+    let body: serde_json::Value = response.json().unwrap_or_default();
+    body.get("error").and_then(|e| e.as_str()).unwrap_or(fallback).to_string()
 }
 
 /// A memory key as one URL path segment.

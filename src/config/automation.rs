@@ -405,4 +405,10 @@ impl Automation {
     pub fn all_triggers(&self) -> impl Iterator<Item = &TriggerSpec> {
         self.trigger.iter().chain(self.triggers.iter())
     }
+
+    /// The source of its first trigger: what a fixture or a manual run is taken to have
+    /// come from when nobody says.
+    pub fn first_source(&self) -> Option<crate::triggers::TriggerKind> {
+        self.all_triggers().find_map(|t| t.source()).map(|t| t.kind())
+    }
 }

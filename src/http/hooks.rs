@@ -73,10 +73,8 @@ fn intake_error(refused: &IntakeError) -> Response {
     error(status, format!("{refused}; nothing was stored"))
 }
 
-/// Header names lowercased, values that are not text left out.
+/// The headers by name (the `http` crate keeps names lowercase), values that are not
+/// text left out.
 fn lowercase_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
-    headers
-        .iter()
-        .filter_map(|(name, value)| Some((name.as_str().to_ascii_lowercase(), value.to_str().ok()?.to_string())))
-        .collect()
+    headers.iter().filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string()))).collect()
 }

@@ -102,11 +102,7 @@ impl HookTable {
         for loaded in &catalog.automations {
             let definition = &loaded.compiled.definition;
             for trigger in definition.all_triggers().filter_map(|t| t.source()) {
-                let name = match trigger {
-                    Trigger::Cron(_) | Trigger::Manual(_) => continue,
-                    Trigger::Webhook(webhook) => webhook.path.clone().unwrap_or_else(|| definition.name.clone()),
-                    _ => definition.name.clone(),
-                };
+                let Some(name) = trigger.hook_name(&definition.name) else { continue };
                 let credential = Credential::for_trigger(trigger);
                 if let Err(why) = &credential {
                     problems.push(format!("hook `{name}` ({}): {why}", loaded.file.display()));

@@ -128,22 +128,10 @@ impl Pipeline {
         Ok((IngestReport { outcome, not_matched }, durability))
     }
 
-    /// Whether the automation `name` is enabled and a trigger of its accepts `event`;
-    /// `Err` says why not.
+    /// Whether the automation `name` is loaded and accepts `event`; `Err` says why not.
     fn subscriber_accepts(&self, name: &str, event: &Event) -> Result<(), String> {
         let loaded = self.catalog.get(name).ok_or_else(|| format!("no automation named `{name}` is loaded"))?;
-        let definition = &loaded.compiled.definition;
-        if !definition.enabled {
-            return Err("the automation is disabled (`enabled: false`)".into());
-        }
-        let mut why = format!("no trigger of `{name}` takes {} events", event.source);
-        for trigger in definition.all_triggers().filter_map(|t| t.source()) {
-            match trigger.accepts(event) {
-                Ok(()) => return Ok(()),
-                Err(reason) => why = reason,
-            }
-        }
-        Err(why)
+        loaded.compiled.check_accepts(event)
     }
 
     /// What rules of `automation` read from earlier runs.

@@ -298,6 +298,22 @@ impl CompiledAutomation {
             && self.definition.all_triggers().filter_map(|t| t.source()).any(|t| t.accepts(event).is_ok())
     }
 
+    /// `accepts`, saying why not: for one automation's own hook, where the reason is
+    /// the answer.
+    pub fn check_accepts(&self, event: &Event) -> Result<(), String> {
+        if !self.definition.enabled {
+            return Err("the automation is disabled (`enabled: false`)".into());
+        }
+        let mut why = format!("no trigger of `{}` takes {} events", self.name(), event.source);
+        for trigger in self.definition.all_triggers().filter_map(|t| t.source()) {
+            match trigger.accepts(event) {
+                Ok(()) => return Ok(()),
+                Err(reason) => why = reason,
+            }
+        }
+        Err(why)
+    }
+
     /// Runs `memory.after_run` for a finished run: `run` is the run as rules see it,
     /// `memory` is writable. Returns the script's edits (none without a script).
     pub fn after_run(

@@ -120,10 +120,10 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     // Shared across reloads: a firing of the old catalog may still be recording.
-    let progress = Arc::new(Progress::default());
-    loop {
+    let mut recorder = Recorder::default();
+    'catalogs: loop {
         let pipeline = pipelines.borrow_and_update().clone();
-        let mut schedule = Schedule::start(&pipeline, &progress, clock.now());
+        let mut schedule = Schedule::start(&pipeline, &mut recorder, clock.now());
         tracing::info!(triggers = schedule.jobs.len(), "cron schedule loaded");
         loop {
             let next = schedule.heap.peek().map(|Reverse((at, _, _))| *at);
@@ -133,16 +133,19 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             };
+            recorder.reap();
             tokio::select! {
-                () = sleep => schedule.fire_due(&pipeline, clock.now()),
-                changed = pipelines.changed() => {
-                    if changed.is_err() { return; }
-                    break;
-                }
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                () = sleep => schedule.fire_due(&pipeline, &mut recorder, clock.now()),
+                changed = pipelines.changed() => match changed {
+                    Ok(()) => continue 'catalogs,
+                    Err(_) => break 'catalogs,
+                },
+                _ = shutdown.wait_for(|stop| *stop) => break 'catalogs,
             }
         }
     }
+    // Progress that is on its way is stored before the store closes.
+    while recorder.writes.join_next().await.is_some() {}
 }
 
 /// A slot whose event could not be stored is tried again this much later.
@@ -156,7 +159,21 @@ type Firing = (DateTime<Utc>, usize, DateTime<Utc>);
 struct Schedule {
     jobs: Vec<CronJob>,
     heap: BinaryHeap<Reverse<Firing>>,
+}
+
+/// Where fired slots' progress goes: the ordered writer, and the tasks waiting for the
+/// slots' events to be durable before writing it.
+#[derive(Default)]
+struct Recorder {
     progress: Arc<Progress>,
+    writes: tokio::task::JoinSet<()>,
+}
+
+impl Recorder {
+    /// Forgets the writes that are done.
+    fn reap(&mut self) {
+        while self.writes.try_join_next().is_some() {}
+    }
 }
 
 /// Stores progress in order: each firing records it once its events are durable, and
@@ -186,11 +203,10 @@ impl Progress {
 impl Schedule {
     /// Reads each job's progress, handles slots due since (misfires included), and
     /// queues each job's next slot.
-    fn start(pipeline: &Arc<Pipeline>, progress: &Arc<Progress>, now: DateTime<Utc>) -> Schedule {
+    fn start(pipeline: &Arc<Pipeline>, recorder: &mut Recorder, now: DateTime<Utc>) -> Schedule {
         let store = pipeline.store();
         let mut jobs = cron_jobs(pipeline);
         let mut heap = BinaryHeap::with_capacity(jobs.len());
-        let progress = Arc::clone(progress);
         let mut new_triggers = Vec::new();
         for (index, job) in jobs.iter_mut().enumerate() {
             let stored = store.schedule(&job.automation, &job.trigger_id);
@@ -214,7 +230,7 @@ impl Schedule {
             };
             match plan {
                 Ok(plan) => {
-                    for failed in handle_plan(pipeline, &progress, job, plan, now) {
+                    for failed in handle_plan(pipeline, recorder, job, plan, now) {
                         heap.push(Reverse((now + RETRY_AFTER, index, failed)));
                     }
                 }
@@ -234,29 +250,27 @@ impl Schedule {
         if let Err(error) = store.set_schedules(&starts) {
             tracing::error!(%error, "cannot store where new cron triggers start");
         }
-        Schedule { jobs, heap, progress }
+        Schedule { jobs, heap }
     }
 
     /// Fires every slot whose time has come and queues each job's next one.
-    fn fire_due(&mut self, pipeline: &Arc<Pipeline>, now: DateTime<Utc>) {
+    fn fire_due(&mut self, pipeline: &Arc<Pipeline>, recorder: &mut Recorder, now: DateTime<Utc>) {
         while let Some(Reverse((due, index, at))) = self.heap.peek().copied() {
             if due > now {
                 break;
             }
             self.heap.pop();
             let job = &mut self.jobs[index];
-            let grace =
-                chrono::Duration::from_std(job.trigger.misfire_grace.as_duration()).unwrap_or(chrono::Duration::MAX);
             // Woken long after the slot (the machine slept, the clock jumped): the slots
             // since are missed ones, and the misfire policy decides, as after a restart.
-            let late = now.signed_duration_since(at) > grace;
+            let late = !plan::is_on_time(&job.trigger, at, now);
             let plan = if late {
                 plan::plan(&job.trigger, job.state.last_slot, now).unwrap_or_default()
             } else {
                 plan::SlotPlan { fire: vec![at], newest: Some(at), ..plan::SlotPlan::default() }
             };
             let retrying = due != at;
-            for failed in handle_plan(pipeline, &self.progress, job, plan, now) {
+            for failed in handle_plan(pipeline, recorder, job, plan, now) {
                 self.heap.push(Reverse((now + RETRY_AFTER, index, failed)));
             }
             // A retry's job already has its next slot queued.
@@ -276,7 +290,7 @@ impl Schedule {
 /// stored, to be tried again; the progress then stays where it was.
 fn handle_plan(
     pipeline: &Arc<Pipeline>,
-    progress: &Arc<Progress>,
+    recorder: &mut Recorder,
     job: &mut CronJob,
     plan: plan::SlotPlan,
     now: DateTime<Utc>,
@@ -310,14 +324,14 @@ fn handle_plan(
     job.state.last_fired = plan.fire.last().copied().or(job.state.last_fired);
     job.state.last_slot = newest;
     job.state.updated_at = now;
-    let (store, state, progress) = (Arc::clone(pipeline.store()), job.state.clone(), Arc::clone(progress));
+    let (store, state, progress) = (Arc::clone(pipeline.store()), job.state.clone(), Arc::clone(&recorder.progress));
     let (automation, trigger_id) = (job.automation.clone(), job.trigger_id.clone());
     let record = move |store: &dyn Store| progress.record(store, &automation, &trigger_id, &state);
     if pending.is_empty() {
         record(store.as_ref());
         return failed;
     }
-    tokio::spawn(async move {
+    recorder.writes.spawn(async move {
         for durability in pending {
             if let Err(error) = durability.await {
                 // Without a durable event the progress must not move past the slot.
@@ -334,14 +348,13 @@ fn handle_plan(
 /// runs, so `nightshift runs` shows them with the reason; older ones are only counted.
 fn record_skips(pipeline: &Pipeline, job: &CronJob, skipped: &[DateTime<Utc>], now: DateTime<Utc>) {
     let Some(loaded) = pipeline.catalog().get(&job.automation) else { return };
-    let policy = serde_json::to_value(job.trigger.misfire).ok().and_then(|v| v.as_str().map(str::to_string));
     let newest = &skipped[skipped.len().saturating_sub(ScheduleState::RECENT_SKIPS)..];
     let records: Vec<(Event, SkipReason)> = newest
         .iter()
         .map(|slot| {
             let payload = slot_payload(&job.automation, *slot, &job.trigger.timezone);
             let event = Event::from_delivery(TriggerKind::Cron, payload, Default::default(), now);
-            (event, SkipReason::Misfire { slot: *slot, policy: policy.clone().unwrap_or_default() })
+            (event, SkipReason::Misfire { slot: *slot, policy: job.trigger.misfire.as_str().to_string() })
         })
         .collect();
     let hash = &loaded.compiled.definition_hash;

@@ -33,8 +33,7 @@ pub fn plan(trigger: &CronTrigger, last: DateTime<Utc>, now: DateTime<Utc>) -> R
     let unlisted = due.unlisted;
     let due: Vec<DateTime<Utc>> = due.slots.into_iter().rev().collect();
     let newest = due.first().copied();
-    let grace = trigger.misfire_grace.as_duration();
-    let on_time_count = due.iter().take_while(|slot| now.signed_duration_since(**slot) <= grace_delta(grace)).count();
+    let on_time_count = due.iter().take_while(|slot| is_on_time(trigger, **slot, now)).count();
     let (on_time, missed) = due.split_at(on_time_count);
     let catch_up = match trigger.misfire {
         MisfirePolicy::Skip => 0,
@@ -99,8 +98,10 @@ fn due_slots(trigger: &CronTrigger, last: DateTime<Utc>, now: DateTime<Utc>) -> 
     Ok(due)
 }
 
-fn grace_delta(grace: std::time::Duration) -> Duration {
-    Duration::from_std(grace).unwrap_or(Duration::MAX)
+/// Whether `slot`, firing at `now`, is no later than the trigger's `misfire_grace`.
+pub fn is_on_time(trigger: &CronTrigger, slot: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    let grace = Duration::from_std(trigger.misfire_grace.as_duration()).unwrap_or(Duration::MAX);
+    now.signed_duration_since(slot) <= grace
 }
 
 /// The first slot of `trigger` strictly after `after`.

@@ -14,11 +14,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 
 use crate::catalog::{self, Catalog};
@@ -96,7 +94,7 @@ pub enum DeliveryError {
 }
 
 /// What a hook's delivery came to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub enum DeliveryAnswer {
     /// A handshake (GitHub `ping`, Slack `url_verification`): answered, nothing stored.
     Reply(serde_json::Value),
@@ -105,17 +103,14 @@ pub enum DeliveryAnswer {
 }
 
 /// A manual run request (`POST /api/automations/{name}/run`): the body is the payload.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct ManualRun {
     /// The source that would have delivered the payload. Default: the automation's first
     /// trigger.
-    #[serde(default)]
     pub source: Option<TriggerKind>,
     /// Request headers of the delivery, e.g. `X-GitHub-Event`.
-    #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// When the event is received; flow control counts from it. Default: now.
-    #[serde(default)]
     pub now: Option<DateTime<Utc>>,
 }
 
@@ -266,15 +261,8 @@ impl Server {
         let generation = self.current();
         let catalog = generation.pipeline.catalog();
         let loaded = catalog.get(name).ok_or_else(|| ApiError::NoSuchAutomation(name.to_string()))?;
-        let source = match request.source {
-            Some(source) => source,
-            None => loaded
-                .compiled
-                .definition
-                .all_triggers()
-                .find_map(|t| t.source())
-                .map_or(TriggerKind::Manual, |t| t.kind()),
-        };
+        let source =
+            request.source.or_else(|| loaded.compiled.definition.first_source()).unwrap_or(TriggerKind::Manual);
         let now = request.now.unwrap_or_else(Utc::now);
         let event = Event::from_delivery(source, payload, request.headers, now);
         let (report, durability) = generation.pipeline.ingest_queued(event, Audience::Named(name), now)?;
@@ -345,8 +333,6 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
         tracing::warn!(%error, "stopping the maintenance jobs");
     }
     discovery::ServeFile::remove(&server.options.data);
-    // Give spawned cron progress writes a moment to land before the store closes.
-    tokio::time::sleep(Duration::from_millis(10)).await;
     served
 }
 

@@ -59,6 +59,16 @@ pub enum MisfirePolicy {
     RunAll,
 }
 
+impl MisfirePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MisfirePolicy::Skip => "skip",
+            MisfirePolicy::RunOnce => "run_once",
+            MisfirePolicy::RunAll => "run_all",
+        }
+    }
+}
+
 impl CronTrigger {
     pub fn parsed_schedule(&self) -> Result<croner::Cron, String> {
         croner::Cron::from_str(&self.schedule).map_err(|e| e.to_string())

@@ -192,6 +192,16 @@ impl Trigger<'_> {
         }
     }
 
+    /// The `{name}` in `/hooks/{name}` this trigger is served at: a webhook's `path`,
+    /// else the automation's name. Cron and manual triggers have none.
+    pub fn hook_name(&self, automation: &str) -> Option<String> {
+        match self {
+            Trigger::Cron(_) | Trigger::Manual(_) => None,
+            Trigger::Webhook(webhook) => Some(webhook.path.clone().unwrap_or_else(|| automation.to_string())),
+            _ => Some(automation.to_string()),
+        }
+    }
+
     /// Whether this trigger's filters let the event through; `Err` says why not.
     pub fn accepts(&self, event: &Event) -> Result<(), String> {
         if event.source != self.kind() {

@@ -707,10 +707,8 @@ impl Store for SledStore {
                 }
                 Decision::Skip(reason) => {
                     let id = live.allocate_id();
-                    let mut run = fresh_run(id, automation.clone(), new.definition_hash, Some(task), flow, event, now);
-                    Inner::finish(&mut run, RunState::Skipped, None, now);
-                    run.skip = Some(reason.clone());
-                    changes.new_run(&run);
+                    let run = fresh_run(id, automation.clone(), new.definition_hash, Some(task), flow, event, now);
+                    changes.new_run(&as_skipped(run, reason.clone(), now));
                     (id, Disposition::Skipped { reason })
                 }
                 Decision::Create { cancel } => {
@@ -901,11 +899,9 @@ impl Store for SledStore {
                 continue;
             }
             let id = live.allocate_id();
-            let mut run =
+            let run =
                 fresh_run(id, automation.to_string(), definition_hash.to_string(), None, Flow::default(), event, now);
-            Inner::finish(&mut run, RunState::Skipped, None, now);
-            run.skip = Some(reason.clone());
-            changes.new_run(&run);
+            changes.new_run(&as_skipped(run, reason.clone(), now));
             let outcomes = [RunOutcome {
                 automation: automation.to_string(),
                 run: id,
@@ -1127,6 +1123,13 @@ impl Store for SledStore {
     fn apply_retention(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError> {
         self.retain(retention, now)
     }
+}
+
+/// `run` recorded as skipped, saying why.
+fn as_skipped(mut run: Run, reason: SkipReason, now: DateTime<Utc>) -> Run {
+    Inner::finish(&mut run, RunState::Skipped, None, now);
+    run.skip = Some(reason);
+    run
 }
 
 /// A new queued run record, created by `event`.
