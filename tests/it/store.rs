@@ -90,6 +90,34 @@ fn a_delivery_seen_before_creates_nothing_and_returns_the_first_runs() {
 }
 
 #[test]
+fn a_delivery_seen_before_a_restart_is_a_duplicate_before_and_after_the_event_filter_is_built() {
+    let data = tempfile::tempdir().unwrap();
+    let first = {
+        let pipeline = pipeline("", data.path());
+        let runs = (0..50).map(|n| ingest(&pipeline, &format!("d{n}"), json!({"title": "a"}), n).0);
+        runs.collect::<Vec<_>>()
+    };
+    // Straight after the restart the filter is still being built: a duplicate is found
+    // by reading sled. Once it is built, the filter sends old ids to sled too.
+    let store = Arc::new(SledStore::open(data.path()).expect("store reopens"));
+    let pipeline = pipeline_over("{{ event.title }}", "", store.clone());
+    let early = pipeline.ingest(event("d0", json!({"title": "a"}), 100), Audience::Everyone, at(100)).unwrap();
+    assert!(early.outcome.duplicate_delivery);
+    assert!(store.wait_for_event_filter(Duration::from_secs(10)), "the event filter is built");
+    for (n, run) in first.iter().enumerate() {
+        let again =
+            pipeline.ingest(event(&format!("d{n}"), json!({"title": "a"}), 200), Audience::Everyone, at(200)).unwrap();
+        assert!(again.outcome.duplicate_delivery, "d{n} delivered again");
+        assert_eq!(again.outcome.runs[0].run, *run);
+    }
+    let fresh = pipeline.ingest(event("new", json!({"title": "a"}), 300), Audience::Everyone, at(300)).unwrap();
+    assert!(!fresh.outcome.duplicate_delivery);
+    let again = pipeline.ingest(event("new", json!({"title": "a"}), 301), Audience::Everyone, at(301)).unwrap();
+    assert!(again.outcome.duplicate_delivery, "an id stored after the build is in the filter");
+    assert_eq!(store.runs(&RunFilter::default()).unwrap().len(), 51);
+}
+
+#[test]
 fn repeat_events_coalesce_into_the_pending_run_and_are_skipped_once_it_started() {
     let data = tempfile::tempdir().unwrap();
     let pipeline = pipeline("dedupe: { key: \"{{ event.incident }}\", window: 1h }", data.path());

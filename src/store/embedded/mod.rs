@@ -3,10 +3,11 @@
 //! atomic as one write-ahead log frame, with one sync per batch of concurrent callers,
 //! and sled is flushed only when a log segment is checkpointed.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ mod group_commit;
 mod keys;
 mod live;
 mod retention;
+mod seen;
 mod wal;
 mod watermark;
 
@@ -36,6 +38,7 @@ use crate::task::{Flow, Task};
 use codec::{decode, encode};
 use group_commit::{GroupCommit, Sink, Stage};
 use live::{DedupeMark, LastCreated, Live, LiveRun};
+use seen::SeenEvents;
 use wal::Wal;
 use watermark::Watermark;
 
@@ -44,11 +47,18 @@ use watermark::Watermark;
 /// pages while the cache grew, and ingest was slower.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How often the filter builder looks whether the filter of stored events is full.
+const SEEN_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// After a failed build, how long deliveries read sled before the next try.
+const SEEN_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// The store. Its committer threads log and apply queued changes (group commit);
 /// dropping the store commits what is left, checkpoints and stops them.
 pub struct SledStore {
     inner: Arc<Inner>,
     committer: Option<std::thread::JoinHandle<()>>,
+    /// Builds the filter of stored event ids (`seen.rs`) at open and when it fills up.
+    seen_builder: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::ops::Deref for SledStore {
@@ -66,6 +76,9 @@ pub struct Inner {
     commit: GroupCommit,
     /// Only the logger thread appends; the lock is never contended.
     wal: Mutex<Wal>,
+    /// Wakes the filter builder when the store stops.
+    seen_builder_wake: Condvar,
+    builder_stop: AtomicBool,
 }
 
 /// What the store's lock guards: the index of unfinished runs, and changes queued for
@@ -74,6 +87,7 @@ pub struct Inner {
 struct State {
     live: Live,
     queued: Queued,
+    seen: SeenEvents,
     /// Set once `open` has checked and loaded everything: only then may dropping the
     /// store record a watermark (a failed open must not overwrite the good one).
     opened: bool,
@@ -181,6 +195,51 @@ fn write_all(db: &sled::Db, writes: Vec<(sled::IVec, Option<sled::IVec>)>) -> sl
     Ok(())
 }
 
+/// Directories this process has opened a store in. Sled lets go of its file lock on a
+/// background thread a moment after the store is dropped, so reopening one of these
+/// waits briefly for it; any other lock belongs to another process and is reported at
+/// once.
+static OPENED_HERE: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+/// How long a reopen in this process waits for sled to let go of the lock.
+const OWN_LOCK_RELEASE: Duration = Duration::from_secs(2);
+
+fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + OWN_LOCK_RELEASE;
+    let opened_here = || OPENED_HERE.lock().unwrap_or_else(PoisonError::into_inner).contains(dir);
+    loop {
+        match try_open_sled(dir) {
+            Err(StoreError::Locked { .. }) if opened_here() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(db) => {
+                OPENED_HERE.lock().unwrap_or_else(PoisonError::into_inner).insert(dir.to_path_buf());
+                return Ok(db);
+            }
+            failed => return failed,
+        }
+    }
+}
+
+fn try_open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    let open_error = |cause: String| StoreError::Open { dir: dir.to_path_buf(), cause };
+    let config = sled::Config::new().path(dir.join("db")).cache_capacity(CACHE_BYTES).flush_every_ms(None);
+    let opened = std::panic::catch_unwind(AssertUnwindSafe(|| config.open())).map_err(|panic| {
+        let what =
+            panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        StoreError::Corrupt { what: format!("the files in {}", dir.display()), cause: what.unwrap_or_default() }
+    })?;
+    opened.map_err(|error| match error {
+        sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {
+            StoreError::Locked { dir: dir.to_path_buf() }
+        }
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Corrupt {
+            what: format!("the files in {}", dir.display()),
+            cause: format!("{error}; move the directory away to start afresh"),
+        },
+        other => open_error(other.to_string()),
+    })
+}
+
 fn wal_dir(store: &Path) -> PathBuf {
     store.join("wal")
 }
@@ -232,6 +291,14 @@ impl Drop for SledStore {
     /// Commits what is queued and records how far the store got, so a damaged log is
     /// noticed at the next open.
     fn drop(&mut self) {
+        // Set under the lock: the builder looks at the flag under it before it waits.
+        let state = self.lock();
+        self.builder_stop.store(true, Ordering::Relaxed);
+        drop(state);
+        self.seen_builder_wake.notify_all();
+        if let Some(builder) = self.seen_builder.take() {
+            let _stopped = builder.join();
+        }
         let state = self.lock();
         if !state.opened {
             drop(state);
@@ -344,22 +411,7 @@ impl SledStore {
     pub fn open_with_log_segment(dir: &Path, segment_bytes: u64) -> Result<SledStore, StoreError> {
         let open_error = |cause: String| StoreError::Open { dir: dir.to_path_buf(), cause };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
-        let config = sled::Config::new().path(dir.join("db")).cache_capacity(CACHE_BYTES).flush_every_ms(None);
-        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| config.open())).map_err(|panic| {
-            let what =
-                panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
-            StoreError::Corrupt { what: format!("the files in {}", dir.display()), cause: what.unwrap_or_default() }
-        })?;
-        let db = opened.map_err(|error| match error {
-            sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {
-                StoreError::Locked { dir: dir.to_path_buf() }
-            }
-            sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Corrupt {
-                what: format!("the files in {}", dir.display()),
-                cause: format!("{error}; move the directory away to start afresh"),
-            },
-            other => open_error(other.to_string()),
-        })?;
+        let db = open_sled(dir)?;
         let newest_segment = recover(&db, dir)?;
         let wal = Wal::create(&wal_dir(dir), newest_segment, segment_bytes)
             .map_err(|e| open_error(format!("cannot start a write-ahead log segment: {e}")))?;
@@ -369,6 +421,8 @@ impl SledStore {
             state: Mutex::new(State::default()),
             commit: GroupCommit::default(),
             wal: Mutex::new(wal),
+            seen_builder_wake: Condvar::new(),
+            builder_stop: AtomicBool::new(false),
         });
         let committer = {
             let inner = inner.clone();
@@ -377,7 +431,7 @@ impl SledStore {
                 .spawn(move || inner.commit.run(inner.as_ref()))
                 .map_err(|e| open_error(format!("cannot start the committer thread: {e}")))?
         };
-        let store = SledStore { inner, committer: Some(committer) };
+        let mut store = SledStore { inner, committer: Some(committer), seen_builder: None };
         store.check_format()?;
         let live = store.load_live()?;
         let generation = live.epoch_floor >> 32;
@@ -391,7 +445,27 @@ impl SledStore {
         state.live = live;
         state.opened = true;
         drop(state);
+        let inner = store.inner.clone();
+        store.seen_builder = std::thread::Builder::new()
+            .name("nightshift-seen".into())
+            .spawn(move || inner.run_seen_builder())
+            .map_err(|e| tracing::warn!("cannot start the event filter's builder, every delivery reads sled: {e}"))
+            .ok();
         Ok(store)
+    }
+
+    /// Waits up to `timeout` for the filter of stored event ids to be in use; true once
+    /// it is. Until then every delivery reads sled to rule out a duplicate.
+    #[doc(hidden)]
+    pub fn wait_for_event_filter(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.lock().seen.is_ready() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     pub fn dir(&self) -> &Path {
@@ -407,6 +481,47 @@ impl SledStore {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The filter builder's thread: builds at open, then whenever the filter fills up,
+    /// until the store stops.
+    fn run_seen_builder(&self) {
+        let mut state = self.lock();
+        loop {
+            if self.builder_stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if !state.seen.build_due() {
+                state = self
+                    .seen_builder_wake
+                    .wait_timeout(state, SEEN_CHECK_EVERY)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
+            }
+            state.seen.build_started();
+            drop(state);
+            // Ids queued before the build started reach sled before the scan reads it;
+            // later ones are kept for the filter by `queue`.
+            let built = self
+                .settle()
+                .map_err(|e| e.to_string())
+                .and_then(|()| seen::build(&self.db, &self.builder_stop).map_err(|e| e.to_string()));
+            let built = built.unwrap_or_else(|error| {
+                tracing::warn!(dir = %self.dir.display(), "cannot build the filter of stored events, deliveries read sled: {error}");
+                None
+            });
+            let failed = built.is_none();
+            state = self.lock();
+            state.seen.build_finished(built);
+            if failed && !self.builder_stop.load(Ordering::Relaxed) {
+                state = self
+                    .seen_builder_wake
+                    .wait_timeout(state, SEEN_RETRY_AFTER)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
     }
 
     fn check_format(&self) -> Result<(), StoreError> {
@@ -509,6 +624,12 @@ impl Inner {
         queued.durable |= durable;
         let ticket = queued.issued;
         for (key, value) in changes.writes {
+            if value.is_some()
+                && let Some(id) = key.strip_prefix(keys::EVENT)
+            {
+                guard.seen.add(id);
+            }
+            let queued = &mut guard.queued;
             // Shared buffers: the batch and the overlay hold one copy.
             let (key, value) = (sled::IVec::from(key), value.map(sled::IVec::from));
             queued.batch.push((key.clone(), value.clone()));
@@ -653,7 +774,9 @@ impl Store for SledStore {
     ) -> Result<(IngestOutcome, Durability), StoreError> {
         let event_key = keys::event(&event.id);
         let mut live = self.lock();
-        if let Some(bytes) = self.get(&live, &event_key)? {
+        if live.seen.may_hold(event.id.as_bytes())
+            && let Some(bytes) = self.get(&live, &event_key)?
+        {
             let stored: StoredEvent = decode(&event_key, &bytes)?;
             // The first delivery may not be on disk yet: answer only once it is.
             let ticket = live.queued.issued;
@@ -895,7 +1018,7 @@ impl Store for SledStore {
         let mut ids = Vec::new();
         for (event, reason) in skipped {
             let event_key = keys::event(&event.id);
-            if self.get(&live, &event_key)?.is_some() {
+            if live.seen.may_hold(event.id.as_bytes()) && self.get(&live, &event_key)?.is_some() {
                 continue;
             }
             let id = live.allocate_id();
