@@ -3,8 +3,9 @@
 //! Reading order: `config` (the automation file format and its diagnostics), `triggers`
 //! (each source's config, payload normalization and filters), `event` (what a source
 //! received), `netpolicy` (egress rules), `rules` (the rhai engine, templates, rendering),
-//! `task` (the rendered result), `catalog` (loading a directory of automations),
-//! `selftest` (the `tests:` blocks), and `cli` (the `nightshift` command).
+//! `task` (the rendered result), `worker` (where a run does its work: repository mirrors
+//! and per-run workspaces), `catalog` (loading a directory of automations), `selftest`
+//! (the `tests:` blocks), and `cli` (the `nightshift` command).
 
 pub mod auth;
 pub mod catalog;
@@ -23,3 +24,4 @@ pub mod server;
 pub mod store;
 pub mod task;
 pub mod triggers;
+pub mod worker;

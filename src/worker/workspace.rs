@@ -1,0 +1,602 @@
+//! Repository mirrors and per-run workspaces: one bare mirror per repository location in
+//! a cache directory, refreshed by fetching, and one `git worktree` of it per run, on a
+//! new branch at the run's base, whose `origin` is the real repository.
+//!
+//! Layout: `{cache_root}/mirrors/{slug}-{hash}.git` (its lock file beside it, as `.lock`)
+//! and `{workspaces_root}/r{id}`. A mirror keeps the repository's branches under
+//! `refs/remotes/origin/*` and its tags under `refs/tags/*`; its `refs/heads/*` holds
+//! only the workspaces' branches, so a refresh never moves or deletes a run's work.
+//! Worktrees share the mirror's config, which is how a workspace's `origin` is the real
+//! repository: the mirror's `origin` is.
+//!
+//! Git runs as a child process that never prompts, never finds its repository from the
+//! environment or the working directory, and runs with the settings in `CONFIG` whatever
+//! the operator's own git config says.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use sha2::{Digest, Sha256};
+
+use crate::rules::{check_branch_name, check_repo_location};
+use crate::runs::RunId;
+
+/// Where a mirror keeps the repository's branches, and its tags. Workspace branches live
+/// in `refs/heads/*`, which no refspec here writes.
+const BRANCHES_REFSPEC: &str = "+refs/heads/*:refs/remotes/origin/*";
+const TAGS_REFSPEC: &str = "+refs/tags/*:refs/tags/*";
+
+/// Settings for every git command here, over the operator's global and system config.
+const CONFIG: &[&str] = &[
+    // A configured fsmonitor or hook is a program git would start on our behalf.
+    "core.fsmonitor=false",
+    "core.hooksPath=/dev/null",
+    // A workspace holds the files as committed.
+    "core.autocrlf=false",
+    // Auto gc after a fetch finishes inside the fetch's exclusive lock, not after it.
+    "gc.autoDetach=false",
+    // Defence in depth: `check_repo_location` already refuses transports that run commands.
+    "protocol.ext.allow=never",
+    "fetch.recurseSubmodules=false",
+    "submodule.recurse=false",
+    // Silences `git init`'s hint; a mirror's HEAD is never used.
+    "init.defaultBranch=main",
+];
+
+/// Environment variables that would point git at another repository or inject config.
+const REPOSITORY_ENV: &[&str] = &[
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+];
+
+/// Why a mirror or a workspace could not be made, refreshed or removed. Every message
+/// names the repository; git's own message comes last, trimmed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("{reason}")]
+    Location { location: String, reason: String },
+    #[error("{repo}: {reason}")]
+    BadRef { repo: String, reason: String },
+    #[error("{repo}: base `{base}` is not a branch, tag or commit of the repository (as of the last refresh): {git}")]
+    UnknownBase { repo: String, base: String, git: String },
+    #[error("{repo}: cannot create branch `{branch}`, it already exists: {detail}")]
+    BranchExists { repo: String, branch: String, detail: String },
+    #[error("{repo}: `git {command}` failed: {stderr}")]
+    Git { repo: String, command: String, stderr: String },
+    #[error("{repo}: cannot run `git {command}`: {cause}")]
+    Spawn { repo: String, command: String, cause: std::io::Error },
+    #[error("{repo}: {path}: {cause}")]
+    Io { repo: String, path: PathBuf, cause: std::io::Error },
+}
+
+/// The mirrors under `{cache_root}/mirrors`, one per repository location.
+#[derive(Debug, Clone)]
+pub struct MirrorCache {
+    dir: PathBuf,
+}
+
+impl MirrorCache {
+    pub fn new(cache_root: &Path) -> MirrorCache {
+        MirrorCache { dir: cache_root.join("mirrors") }
+    }
+
+    /// The mirror of `location` (a local path, a `file://` URL or a remote URL), cloned on
+    /// first use. An existing mirror is not fetched: `Mirror::refresh` does that.
+    pub fn mirror(&self, location: &str) -> Result<Mirror, WorkspaceError> {
+        let location = normalize_location(location)?;
+        let dir = create_absolute_dir(&self.dir).map_err(|cause| io_error(&location, &self.dir, cause))?;
+        let mirror = Mirror::new(location, &dir);
+        if !mirror.path.exists() {
+            let _lock = mirror.exclusive()?;
+            if !mirror.path.exists() {
+                mirror.create()?;
+            }
+        }
+        Ok(mirror)
+    }
+}
+
+/// A bare mirror of one repository. Clones share the mirror's lock.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    location: String,
+    path: PathBuf,
+    lock_file: PathBuf,
+    lock: Arc<RwLock<()>>,
+}
+
+/// A mirror's lock, held: the in-process lock, then the lock file for other processes
+/// (released in the opposite order, as fields drop in order). Refreshing takes it
+/// exclusively; preparing and cleaning up share it.
+struct Held<G> {
+    _file: File,
+    _in_process: G,
+}
+
+impl Mirror {
+    fn new(location: String, mirrors: &Path) -> Mirror {
+        let name = mirror_name(&location);
+        let path = mirrors.join(format!("{name}.git"));
+        Mirror { lock: in_process_lock(&path), lock_file: mirrors.join(format!("{name}.lock")), location, path }
+    }
+
+    /// The repository's location as the mirror's `origin` records it (a local path made
+    /// absolute).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The mirror's directory (a bare repository).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Fetches the repository's branches and tags, deleting those it no longer has.
+    pub fn refresh(&self) -> Result<(), WorkspaceError> {
+        let _lock = self.exclusive()?;
+        self.fetch(&self.path)?;
+        tracing::info!(repo = %self.location, "Refreshed the mirror");
+        Ok(())
+    }
+
+    /// Checks out a workspace for `run` at `{workspaces_root}/r{id}`, on a new branch
+    /// `branch` at `base` (a branch or tag of the repository, or a commit id). A leftover
+    /// workspace of an earlier attempt of the same run is removed first.
+    pub fn prepare(
+        &self,
+        workspaces_root: &Path,
+        run: RunId,
+        base: &str,
+        branch: &str,
+    ) -> Result<Workspace, WorkspaceError> {
+        for name in [base, branch] {
+            check_branch_name(name).map_err(|reason| WorkspaceError::BadRef { repo: self.location.clone(), reason })?;
+        }
+        let root = create_absolute_dir(workspaces_root).map_err(|cause| self.io_error(workspaces_root, cause))?;
+        let path = root.join(run.to_string());
+        let _lock = self.shared()?;
+        let base_commit = self.resolve_base(base)?;
+        self.refuse_branch_of_repository(branch)?;
+        if path.exists() {
+            self.discard_leftover(&path)?;
+        }
+        self.add_worktree(&path, branch, &base_commit)?;
+        tracing::info!(
+            run_id = %run, repo = %self.location, path = %path.display(), branch, base, base_commit,
+            "Prepared the workspace"
+        );
+        Ok(Workspace { mirror: self.clone(), run, path, branch: branch.to_string(), base_commit })
+    }
+
+    /// Why not `git clone --mirror` or `--bare`: a mirror clone sets `remote.origin.mirror`,
+    /// so a plain `git push origin` from a workspace (which shares the mirror's config)
+    /// would push every ref and delete the repository's others, and both kinds of clone
+    /// put the repository's branches in `refs/heads/*`, where workspace branches live and a
+    /// pruning fetch would delete them. So: an empty bare repository with an `origin` whose
+    /// branches go to `refs/remotes/origin/*`, fetched into a side directory and moved into
+    /// place once complete, so a clone cut short never looks like a mirror.
+    fn create(&self) -> Result<(), WorkspaceError> {
+        let partial = self.path.with_extension("partial");
+        if partial.exists() {
+            // A clone cut short earlier; the exclusive lock says nobody is still writing it.
+            std::fs::remove_dir_all(&partial).map_err(|cause| self.io_error(&partial, cause))?;
+        }
+        self.git_in(None).args(["init", "--bare", "--quiet", "--template="]).arg(&partial).run()?;
+        self.git_in(Some(&partial)).args(["remote", "add", "origin", &self.location]).run()?;
+        self.git_in(Some(&partial)).args(["config", "--add", "remote.origin.fetch", TAGS_REFSPEC]).run()?;
+        // Workspaces share this config: a bare `git push origin` pushes the current branch
+        // only, even where the operator's config says `matching`.
+        self.git_in(Some(&partial)).args(["config", "push.default", "current"]).run()?;
+        self.fetch(&partial)?;
+        std::fs::rename(&partial, &self.path).map_err(|cause| self.io_error(&self.path, cause))?;
+        tracing::info!(repo = %self.location, path = %self.path.display(), "Cloned the mirror");
+        Ok(())
+    }
+
+    /// The location and refspecs are named here, not read from the mirror's config, which
+    /// every workspace shares and can write.
+    fn fetch(&self, git_dir: &Path) -> Result<(), WorkspaceError> {
+        self.git_in(Some(git_dir))
+            .args(["fetch", "--quiet", "--prune", &self.location, BRANCHES_REFSPEC, TAGS_REFSPEC])
+            .run()
+            .map(drop)
+    }
+
+    /// The commit `base` names. Only the repository's branches and tags count, and commit
+    /// ids: the mirror's own `refs/heads/*` are other runs' branches.
+    fn resolve_base(&self, base: &str) -> Result<String, WorkspaceError> {
+        let mut refusal = String::new();
+        for candidate in base_candidates(base) {
+            let resolved = self
+                .git()
+                .args(["rev-parse", "--verify", "--end-of-options"])
+                .arg(format!("{candidate}^{{commit}}"))
+                .output()?;
+            if resolved.success {
+                return Ok(resolved.stdout);
+            }
+            refusal = resolved.stderr;
+        }
+        Err(WorkspaceError::UnknownBase { repo: self.location.clone(), base: base.to_string(), git: refusal })
+    }
+
+    /// A run's branch is new: one the repository already has (as of the last refresh) is
+    /// someone's work, which the run's push must not build on or overwrite.
+    fn refuse_branch_of_repository(&self, branch: &str) -> Result<(), WorkspaceError> {
+        match self.commit_of(&format!("refs/remotes/origin/{branch}"))? {
+            None => Ok(()),
+            Some(commit) => Err(WorkspaceError::BranchExists {
+                repo: self.location.clone(),
+                branch: branch.to_string(),
+                detail: format!("the repository has it, at {commit}"),
+            }),
+        }
+    }
+
+    fn add_worktree(&self, path: &Path, branch: &str, commit: &str) -> Result<(), WorkspaceError> {
+        let added = self
+            .git()
+            .args(["worktree", "add", "--quiet", "--no-track", "-b", branch])
+            .arg(path)
+            .arg(commit)
+            .output()?;
+        if added.success {
+            return Ok(());
+        }
+        if self.commit_of(&format!("refs/heads/{branch}"))?.is_some() {
+            return Err(WorkspaceError::BranchExists {
+                repo: self.location.clone(),
+                branch: branch.to_string(),
+                detail: added.stderr,
+            });
+        }
+        Err(added.into_error(&self.location))
+    }
+
+    /// Removes what an earlier attempt of the same run left at `path` (a worker that
+    /// crashed, a lease that expired), branch included: the retry starts again from base.
+    fn discard_leftover(&self, path: &Path) -> Result<(), WorkspaceError> {
+        let listing = self.git().args(["worktree", "list", "--porcelain"]).run()?;
+        let branch = branch_of_worktree(&listing, path);
+        self.remove_worktree(path)?;
+        if let Some(branch) = &branch {
+            self.delete_branch(branch)?;
+        }
+        tracing::warn!(repo = %self.location, path = %path.display(), branch, "Removed a leftover workspace");
+        Ok(())
+    }
+
+    fn remove_worktree(&self, path: &Path) -> Result<(), WorkspaceError> {
+        if path.exists() {
+            let removed = self.git().args(["worktree", "remove", "--force"]).arg(path).output()?;
+            // Git refuses a checkout it no longer recognises (an agent deleted `.git`, say);
+            // the directory is still ours to delete, and `prune` forgets the registration.
+            if !removed.success && path.exists() {
+                std::fs::remove_dir_all(path).map_err(|cause| self.io_error(path, cause))?;
+            }
+        }
+        self.git().args(["worktree", "prune"]).run().map(drop)
+    }
+
+    fn delete_branch(&self, branch: &str) -> Result<(), WorkspaceError> {
+        if self.commit_of(&format!("refs/heads/{branch}"))?.is_some() {
+            self.git().args(["branch", "--quiet", "-D", branch]).run()?;
+        }
+        Ok(())
+    }
+
+    /// The commit `reference` points at, if it exists.
+    fn commit_of(&self, reference: &str) -> Result<Option<String>, WorkspaceError> {
+        let resolved = self
+            .git()
+            .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
+            .arg(format!("{reference}^{{commit}}"))
+            .output()?;
+        Ok(resolved.success.then_some(resolved.stdout))
+    }
+
+    fn shared(&self) -> Result<Held<RwLockReadGuard<'_, ()>>, WorkspaceError> {
+        let in_process = self.lock.read().unwrap_or_else(PoisonError::into_inner);
+        let file = self.open_lock_file()?;
+        fs2::FileExt::lock_shared(&file).map_err(|cause| self.io_error(&self.lock_file, cause))?;
+        Ok(Held { _in_process: in_process, _file: file })
+    }
+
+    fn exclusive(&self) -> Result<Held<RwLockWriteGuard<'_, ()>>, WorkspaceError> {
+        let in_process = self.lock.write().unwrap_or_else(PoisonError::into_inner);
+        let file = self.open_lock_file()?;
+        fs2::FileExt::lock_exclusive(&file).map_err(|cause| self.io_error(&self.lock_file, cause))?;
+        Ok(Held { _in_process: in_process, _file: file })
+    }
+
+    fn open_lock_file(&self) -> Result<File, WorkspaceError> {
+        OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&self.lock_file)
+            .map_err(|cause| self.io_error(&self.lock_file, cause))
+    }
+
+    /// A git command on the mirror.
+    fn git(&self) -> Git<'_> {
+        self.git_in(Some(&self.path))
+    }
+
+    /// A git command on the repository at `git_dir`, or on none. It runs in the mirrors'
+    /// directory, so it never depends on the process's own.
+    fn git_in(&self, git_dir: Option<&Path>) -> Git<'_> {
+        let mirrors = self.path.parent().unwrap_or(&self.path);
+        Git::new(&self.location, mirrors, git_dir)
+    }
+
+    fn io_error(&self, path: &Path, cause: std::io::Error) -> WorkspaceError {
+        io_error(&self.location, path, cause)
+    }
+}
+
+/// One run's checkout: a worktree of the mirror on the run's own branch.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    mirror: Mirror,
+    run: RunId,
+    path: PathBuf,
+    branch: String,
+    base_commit: String,
+}
+
+/// What `Workspace::cleanup` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Removes the directory, its worktree registration and its branch in the mirror.
+    Remove,
+    /// Leaves everything for someone to look at (a failed run, when so configured) and
+    /// logs where it is.
+    Keep,
+}
+
+impl Workspace {
+    pub fn run(&self) -> RunId {
+        self.run
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    /// The commit the branch started at.
+    pub fn base_commit(&self) -> &str {
+        &self.base_commit
+    }
+
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
+    /// Removes or keeps the workspace; removing one already removed does nothing.
+    pub fn cleanup(&self, how: Cleanup) -> Result<(), WorkspaceError> {
+        let (repo, path) = (&self.mirror.location, self.path.display());
+        if how == Cleanup::Keep {
+            tracing::info!(run_id = %self.run, repo, path = %path, "Kept the workspace");
+            return Ok(());
+        }
+        let _lock = self.mirror.shared()?;
+        self.mirror.remove_worktree(&self.path)?;
+        self.mirror.delete_branch(&self.branch)?;
+        tracing::info!(run_id = %self.run, repo, path = %path, "Removed the workspace");
+        Ok(())
+    }
+}
+
+/// One git command, built up; `repo` names the repository in its errors.
+struct Git<'a> {
+    repo: &'a str,
+    command: Command,
+    /// The arguments after the global options, for messages.
+    shown: Vec<String>,
+}
+
+/// What a git command printed, trimmed.
+struct GitOutput {
+    command: String,
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl<'a> Git<'a> {
+    fn new(repo: &'a str, working_dir: &Path, git_dir: Option<&Path>) -> Git<'a> {
+        let mut command = Command::new("git");
+        command.current_dir(working_dir).stdin(Stdio::null()).env("GIT_TERMINAL_PROMPT", "0");
+        for name in REPOSITORY_ENV {
+            command.env_remove(name);
+        }
+        for setting in CONFIG {
+            command.arg("-c").arg(setting);
+        }
+        if let Some(git_dir) = git_dir {
+            command.arg("--git-dir").arg(git_dir);
+        }
+        Git { repo, command, shown: Vec::new() }
+    }
+
+    fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.shown.push(arg.as_ref().to_string_lossy().into_owned());
+        self.command.arg(arg);
+        self
+    }
+
+    fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(self, args: I) -> Self {
+        args.into_iter().fold(self, |git, arg| git.arg(arg))
+    }
+
+    /// Runs the command; a failure is in the output, not an error.
+    fn output(mut self) -> Result<GitOutput, WorkspaceError> {
+        let command = self.shown.join(" ");
+        let output = self.command.output().map_err(|cause| WorkspaceError::Spawn {
+            repo: self.repo.to_string(),
+            command: command.clone(),
+            cause,
+        })?;
+        let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        if stderr.is_empty() && !output.status.success() {
+            stderr = output.status.to_string();
+        }
+        Ok(GitOutput {
+            command,
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).trim().to_string(),
+            stderr,
+        })
+    }
+
+    /// Runs the command and returns what it printed; a failure is an error.
+    fn run(self) -> Result<String, WorkspaceError> {
+        let repo = self.repo;
+        let output = self.output()?;
+        if output.success { Ok(output.stdout) } else { Err(output.into_error(repo)) }
+    }
+}
+
+impl GitOutput {
+    fn into_error(self, repo: &str) -> WorkspaceError {
+        WorkspaceError::Git { repo: repo.to_string(), command: self.command, stderr: self.stderr }
+    }
+}
+
+/// The in-process lock of the mirror at `path`, the same for every `Mirror` value of it.
+fn in_process_lock(path: &Path) -> Arc<RwLock<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<RwLock<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    locks.entry(path.to_path_buf()).or_default().clone()
+}
+
+/// The location as the mirror records it: a local path made absolute (git resolves a
+/// relative one from whichever directory it runs in), anything else as given.
+fn normalize_location(location: &str) -> Result<String, WorkspaceError> {
+    let refuse = |reason: String| WorkspaceError::Location { location: location.to_string(), reason };
+    check_repo_location(location).map_err(refuse)?;
+    if !is_local_path(location) {
+        return Ok(location.to_string());
+    }
+    let path =
+        std::fs::canonicalize(location).map_err(|cause| refuse(format!("`{location}` cannot be read: {cause}")))?;
+    path.into_os_string().into_string().map_err(|_| refuse(format!("`{location}` is not a UTF-8 path")))
+}
+
+/// Git's rule: a URL has `://`, and `host:path` is ssh when the colon comes before any
+/// slash; anything else is a path.
+fn is_local_path(location: &str) -> bool {
+    let before_slash = location.split('/').next().unwrap_or_default();
+    !location.contains("://") && !before_slash.contains(':')
+}
+
+/// `{slug}-{hash}`: readable, and distinct for distinct locations.
+fn mirror_name(location: &str) -> String {
+    let hash: String = Sha256::digest(location.as_bytes()).iter().take(6).map(|byte| format!("{byte:02x}")).collect();
+    format!("{}-{hash}", slug(location))
+}
+
+/// The repository's name in its location, e.g. `api` for `git@host:acme/api.git`.
+fn slug(location: &str) -> String {
+    let trimmed = location.trim_end_matches('/').trim_end_matches("/.git");
+    let name = trimmed.rsplit(['/', ':']).next().unwrap_or_default();
+    let name = name.strip_suffix(".git").unwrap_or(name);
+    let slug: String = name
+        .chars()
+        .take(40)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    if slug.is_empty() { "repo".to_string() } else { slug }
+}
+
+/// What `base` may name, in order: a branch of the repository, a tag, a commit id.
+fn base_candidates(base: &str) -> Vec<String> {
+    let mut candidates = vec![format!("refs/remotes/origin/{base}"), format!("refs/tags/{base}")];
+    if (4..=64).contains(&base.len()) && base.chars().all(|c| c.is_ascii_hexdigit()) {
+        candidates.push(base.to_string());
+    }
+    candidates
+}
+
+/// The branch checked out in the worktree at `path`, from `git worktree list --porcelain`.
+fn branch_of_worktree(listing: &str, path: &Path) -> Option<String> {
+    let header = format!("worktree {}", path.display());
+    let block = listing.split("\n\n").find(|block| block.lines().next() == Some(header.as_str()))?;
+    block.lines().find_map(|line| line.strip_prefix("branch refs/heads/")).map(str::to_string)
+}
+
+/// Creates `dir` if needed and returns its canonical path: worktrees record the paths
+/// they are given, and a workspace's path is compared with what git lists.
+fn create_absolute_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::canonicalize(dir)
+}
+
+fn io_error(repo: &str, path: &Path, cause: std::io::Error) -> WorkspaceError {
+    WorkspaceError::Io { repo: repo.to_string(), path: path.to_path_buf(), cause }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_names_are_readable_and_stable() {
+        for (location, slug) in [
+            ("https://example.com/acme/api.git", "api"),
+            ("git@github.com:acme/Web-App.git", "web-app"),
+            ("ssh://git@host/x/", "x"),
+            ("/srv/git/tools/.git", "tools"),
+            ("/srv/git/a.b", "a-b"),
+            ("file:///", "repo"),
+        ] {
+            let name = mirror_name(location);
+            assert_eq!(name, mirror_name(location));
+            assert_eq!(name.rsplit_once('-').map(|(s, hash)| (s, hash.len())), Some((slug, 12)), "{location}");
+        }
+        assert_ne!(mirror_name("/srv/api"), mirror_name("file:///srv/api"));
+    }
+
+    #[test]
+    fn local_paths_and_urls() {
+        for local in ["/srv/api", "../api", "api", "./a:b"] {
+            assert!(is_local_path(local), "{local}");
+        }
+        for remote in ["https://host/api", "file:///srv/api", "git@host:api", "host:a/b"] {
+            assert!(!is_local_path(remote), "{remote}");
+        }
+    }
+
+    #[test]
+    fn a_base_is_a_branch_or_tag_of_the_repository_or_a_commit() {
+        assert_eq!(base_candidates("main"), ["refs/remotes/origin/main", "refs/tags/main"]);
+        assert_eq!(base_candidates("abc123"), ["refs/remotes/origin/abc123", "refs/tags/abc123", "abc123"]);
+    }
+
+    #[test]
+    fn finds_the_branch_of_a_listed_worktree() {
+        let listing = "worktree /m.git\nbare\n\nworktree /w/r1\nHEAD 1234\nbranch refs/heads/agent/a\n\n\
+                       worktree /w/r2\nHEAD 5678\ndetached";
+        assert_eq!(branch_of_worktree(listing, Path::new("/w/r1")).as_deref(), Some("agent/a"));
+        assert_eq!(branch_of_worktree(listing, Path::new("/w/r2")), None);
+        assert_eq!(branch_of_worktree(listing, Path::new("/w/r3")), None);
+    }
+}
