@@ -3,9 +3,10 @@
 //! Reading order: `config` (the automation file format and its diagnostics), `triggers`
 //! (each source's config, payload normalization and filters), `event` (what a source
 //! received), `netpolicy` (egress rules), `rules` (the rhai engine, templates, rendering),
-//! `task` (the rendered result), `worker` (where a run does its work: repository mirrors
-//! and per-run workspaces), `catalog` (loading a directory of automations), `selftest`
-//! (the `tests:` blocks), and `cli` (the `nightshift` command).
+//! `task` (the rendered result), `worker` (where a run does its work: repository mirrors,
+//! per-run workspaces and phases run as child processes), `catalog` (loading a directory
+//! of automations), `selftest` (the `tests:` blocks), and `cli` (the `nightshift`
+//! command).
 
 pub mod auth;
 pub mod catalog;

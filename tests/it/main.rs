@@ -13,6 +13,7 @@ mod signatures;
 mod store;
 mod tidy;
 mod validate;
+mod worker_phase;
 mod workspace;
 
 use std::path::{Path, PathBuf};
