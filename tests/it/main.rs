@@ -13,6 +13,7 @@ mod signatures;
 mod store;
 mod tidy;
 mod validate;
+mod worker_output;
 mod worker_phase;
 mod workspace;
 
