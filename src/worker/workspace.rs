@@ -1,13 +1,22 @@
 //! Repository mirrors and per-run workspaces: one bare mirror per repository location in
-//! a cache directory, refreshed by fetching, and one `git worktree` of it per run, on a
-//! new branch at the run's base, whose `origin` is the real repository.
+//! a cache directory, refreshed by fetching, and one workspace per run, on a new branch at
+//! the run's base, whose `origin` is the real repository.
 //!
-//! Layout: `{cache_root}/mirrors/{slug}-{hash}.git` (its lock file beside it, as `.lock`)
-//! and `{workspaces_root}/r{id}`. A mirror keeps the repository's branches under
-//! `refs/remotes/origin/*` and its tags under `refs/tags/*`; its `refs/heads/*` holds
-//! only the workspaces' branches, so a refresh never moves or deletes a run's work.
+//! A workspace is an overlay mount where it can be (`overlay.rs`), else a `git worktree`
+//! of the mirror. An overlay's lower layer is the base checkout of its commit, made once
+//! and shared by every run from that commit; mounting one takes milliseconds where a
+//! worktree writes every file. Its branch lives in its own repository (the base
+//! checkout's, seen through the overlay), so runs never see each other's branches.
+//!
+//! Layout: `{cache_root}/mirrors/{slug}-{hash}.git` (its lock file beside it, as `.lock`),
+//! the base checkouts in `{slug}-{hash}.bases/{commit}` beside it, and
+//! `{workspaces_root}/r{id}` (an overlay's layers beside it, in `r{id}.layers`). A mirror
+//! keeps the repository's branches under `refs/remotes/origin/*` and its tags under
+//! `refs/tags/*`; its `refs/heads/*` holds only the workspaces' branches (an overlay's
+//! there only reserves its name), so a refresh never moves or deletes a run's work.
 //! Worktrees share the mirror's config, which is how a workspace's `origin` is the real
-//! repository: the mirror's `origin` is.
+//! repository: the mirror's `origin` is; a base checkout has the same `origin` and
+//! `push.default` in its own config.
 //!
 //! Git runs as a child process that never prompts, never finds its repository from the
 //! environment or the working directory, and runs with the settings in `CONFIG` whatever
@@ -22,6 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLo
 
 use sha2::{Digest, Sha256};
 
+use super::overlay;
 use crate::rules::{check_branch_name, check_repo_location};
 use crate::runs::RunId;
 
@@ -29,6 +39,12 @@ use crate::runs::RunId;
 /// in `refs/heads/*`, which no refspec here writes.
 const BRANCHES_REFSPEC: &str = "+refs/heads/*:refs/remotes/origin/*";
 const TAGS_REFSPEC: &str = "+refs/tags/*:refs/tags/*";
+
+/// What a base checkout takes from the mirror: the repository's branches and tags.
+const BASE_REFSPECS: &[&str] = &["+refs/remotes/origin/*:refs/remotes/origin/*", TAGS_REFSPEC];
+
+/// In an overlay's layers directory: the branch the workspace reserved in the mirror.
+const BRANCH_FILE: &str = "branch";
 
 /// Settings for every git command here, over the operator's global and system config.
 const CONFIG: &[&str] = &[
@@ -86,11 +102,18 @@ pub enum WorkspaceError {
 #[derive(Debug, Clone)]
 pub struct MirrorCache {
     dir: PathBuf,
+    overlays: bool,
 }
 
 impl MirrorCache {
+    /// Its mirrors prepare overlay workspaces where they can be mounted.
     pub fn new(cache_root: &Path) -> MirrorCache {
-        MirrorCache { dir: cache_root.join("mirrors") }
+        MirrorCache { dir: cache_root.join("mirrors"), overlays: true }
+    }
+
+    /// With `false`, every workspace is a `git worktree`, even where overlays work.
+    pub fn with_overlays(self, overlays: bool) -> MirrorCache {
+        MirrorCache { overlays, ..self }
     }
 
     /// The mirror of `location` (a local path, a `file://` URL or a remote URL), cloned on
@@ -98,7 +121,7 @@ impl MirrorCache {
     pub fn mirror(&self, location: &str) -> Result<Mirror, WorkspaceError> {
         let location = normalize_location(location)?;
         let dir = create_absolute_dir(&self.dir).map_err(|cause| io_error(&location, &self.dir, cause))?;
-        let mirror = Mirror::new(location, &dir);
+        let mirror = Mirror::new(location, &dir, self.overlays);
         if !mirror.path.exists() {
             let _lock = mirror.exclusive()?;
             if !mirror.path.exists() {
@@ -116,6 +139,7 @@ pub struct Mirror {
     path: PathBuf,
     lock_file: PathBuf,
     lock: Arc<RwLock<()>>,
+    overlays: bool,
 }
 
 /// A mirror's lock, held: the in-process lock, then the lock file for other processes
@@ -127,10 +151,11 @@ struct Held<G> {
 }
 
 impl Mirror {
-    fn new(location: String, mirrors: &Path) -> Mirror {
+    fn new(location: String, mirrors: &Path, overlays: bool) -> Mirror {
         let name = mirror_name(&location);
         let path = mirrors.join(format!("{name}.git"));
-        Mirror { lock: in_process_lock(&path), lock_file: mirrors.join(format!("{name}.lock")), location, path }
+        let lock_file = mirrors.join(format!("{name}.lock"));
+        Mirror { lock: in_process_lock(&path), lock_file, location, path, overlays }
     }
 
     /// The repository's location as the mirror's `origin` records it (a local path made
@@ -154,7 +179,9 @@ impl Mirror {
 
     /// Checks out a workspace for `run` at `{workspaces_root}/r{id}`, on a new branch
     /// `branch` at `base` (a branch or tag of the repository, or a commit id). A leftover
-    /// workspace of an earlier attempt of the same run is removed first.
+    /// workspace of an earlier attempt of the same run is removed first. The workspace is
+    /// an overlay when the cache allows them and they mount under `workspaces_root`, else
+    /// a worktree (why, logged once).
     pub fn prepare(
         &self,
         workspaces_root: &Path,
@@ -170,15 +197,144 @@ impl Mirror {
         let _lock = self.shared()?;
         let base_commit = self.resolve_base(base)?;
         self.refuse_branch_of_repository(branch)?;
-        if path.exists() {
+        if path.exists() || overlay::layers_of(&path).exists() {
             self.discard_leftover(&path)?;
         }
-        self.add_worktree(&path, branch, &base_commit)?;
+        let kind = self.check_out(&root, &path, branch, &base_commit)?;
         tracing::info!(
-            run_id = %run, repo = %self.location, path = %path.display(), branch, base, base_commit,
+            run_id = %run, repo = %self.location, path = %path.display(), branch, base, base_commit, ?kind,
             "Prepared the workspace"
         );
-        Ok(Workspace { mirror: self.clone(), run, path, branch: branch.to_string(), base_commit })
+        Ok(Workspace { mirror: self.clone(), run, path, branch: branch.to_string(), base_commit, kind })
+    }
+
+    /// Makes the workspace at `path`: an overlay if it can, else a worktree.
+    fn check_out(&self, root: &Path, path: &Path, branch: &str, commit: &str) -> Result<WorkspaceKind, WorkspaceError> {
+        if self.overlays && overlay::available(root).is_ok() {
+            self.reserve_branch(branch, commit)?;
+            match self.add_overlay(path, branch, commit) {
+                Ok(None) => return Ok(WorkspaceKind::Overlay),
+                Ok(Some(refusal)) => {
+                    self.remove_overlay(path, Some(branch))?;
+                    overlay::give_up(root, format!("cannot mount an overlay at {}: {refusal}", path.display()));
+                }
+                Err(error) => {
+                    if let Err(cleanup) = self.remove_overlay(path, Some(branch)) {
+                        tracing::warn!(repo = %self.location, path = %path.display(), %cleanup, "Left a half-made workspace");
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        self.add_worktree(path, branch, commit)?;
+        Ok(WorkspaceKind::Worktree)
+    }
+
+    /// An overlay workspace's branch lives in the workspace's own repository; the mirror's
+    /// `refs/heads/{branch}`, at the base, reserves the name until cleanup, so two live
+    /// workspaces never share one (as with worktrees), and keeps the base reachable.
+    fn reserve_branch(&self, branch: &str, commit: &str) -> Result<(), WorkspaceError> {
+        let reference = format!("refs/heads/{branch}");
+        // An empty old value: create the ref, refuse if it exists.
+        let created = self.git().args(["update-ref", "--no-deref", &reference, commit, ""]).output()?;
+        if created.success {
+            return Ok(());
+        }
+        if self.commit_of(&reference)?.is_some() {
+            return Err(WorkspaceError::BranchExists {
+                repo: self.location.clone(),
+                branch: branch.to_string(),
+                detail: created.stderr,
+            });
+        }
+        Err(created.into_error(&self.location))
+    }
+
+    /// Mounts an overlay of the base checkout of `commit` at `path` and puts its HEAD on a
+    /// new `branch` there. `Ok(Some(why))` when the mount is refused. `git update-ref` and
+    /// `git symbolic-ref` write two small files; `git checkout -b` would refresh the index.
+    fn add_overlay(&self, path: &Path, branch: &str, commit: &str) -> Result<Option<String>, WorkspaceError> {
+        let lower = self.base_checkout(commit)?;
+        let layers = overlay::layers_of(path);
+        std::fs::create_dir_all(&layers).map_err(|cause| self.io_error(&layers, cause))?;
+        let branch_file = layers.join(BRANCH_FILE);
+        std::fs::write(&branch_file, branch).map_err(|cause| self.io_error(&branch_file, cause))?;
+        if let Err(refusal) = overlay::mount(&lower, path) {
+            return Ok(Some(refusal.to_string()));
+        }
+        let git_dir = path.join(".git");
+        let reference = format!("refs/heads/{branch}");
+        self.git_in(Some(&git_dir)).args(["update-ref", &reference, commit]).run()?;
+        self.git_in(Some(&git_dir)).args(["symbolic-ref", "HEAD", &reference]).run()?;
+        Ok(None)
+    }
+
+    /// Unmounts an overlay workspace, removes it and its layers, and frees its branch's
+    /// name in the mirror. Parts already gone are skipped.
+    fn remove_overlay(&self, path: &Path, branch: Option<&str>) -> Result<(), WorkspaceError> {
+        overlay::unmount(path).map_err(|cause| self.io_error(path, cause))?;
+        for dir in [path.to_path_buf(), overlay::layers_of(path)] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|cause| self.io_error(&dir, cause))?;
+            }
+        }
+        match branch {
+            Some(branch) => self.delete_branch(branch),
+            None => Ok(()),
+        }
+    }
+
+    /// The checkout of `commit` that overlays use as their lower layer, made on first use
+    /// under the mirror's (shared) lock and its own exclusive one, so concurrent prepares
+    /// make it once. Nothing writes it afterwards, as overlayfs requires of a lower layer.
+    fn base_checkout(&self, commit: &str) -> Result<PathBuf, WorkspaceError> {
+        let bases = self.path.with_extension("bases");
+        let base = bases.join(commit);
+        if base.exists() {
+            return Ok(base);
+        }
+        std::fs::create_dir_all(&bases).map_err(|cause| self.io_error(&bases, cause))?;
+        let lock = in_process_lock(&base);
+        let _in_process = lock.write().unwrap_or_else(PoisonError::into_inner);
+        let lock_file = bases.join(format!("{commit}.lock"));
+        let file = self.open_lock(&lock_file)?;
+        fs2::FileExt::lock_exclusive(&file).map_err(|cause| self.io_error(&lock_file, cause))?;
+        if !base.exists() {
+            self.create_base(&base, commit)?;
+        }
+        Ok(base)
+    }
+
+    /// Why not `git clone --shared --no-checkout` of the mirror: the clone would file the
+    /// mirror's `refs/heads/*` (other runs' branches) as the repository's. So: what
+    /// `--shared` does (the mirror's objects as an alternate, nothing copied), the
+    /// mirror's `origin` and `push.default`, the repository's branches and tags copied
+    /// from the mirror (as of now; a base is not refreshed), then a detached checkout,
+    /// made in a side directory and moved into place once complete.
+    fn create_base(&self, base: &Path, commit: &str) -> Result<(), WorkspaceError> {
+        let partial = base.with_extension("partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|cause| self.io_error(&partial, cause))?;
+        }
+        self.git_in(None).args(["init", "--quiet", "--template="]).arg(&partial).run()?;
+        let git_dir = partial.join(".git");
+        let info = git_dir.join("objects").join("info");
+        std::fs::create_dir_all(&info).map_err(|cause| self.io_error(&info, cause))?;
+        let alternates = format!("{}\n", self.path.join("objects").display());
+        std::fs::write(info.join("alternates"), alternates).map_err(|cause| self.io_error(&info, cause))?;
+        let git = || self.git_in(Some(&git_dir));
+        git().args(["remote", "add", "origin", &self.location]).run()?;
+        git().args(["config", "--add", "remote.origin.fetch", TAGS_REFSPEC]).run()?;
+        git().args(["config", "push.default", "current"]).run()?;
+        git()
+            .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"])
+            .arg(&self.path)
+            .args(BASE_REFSPECS)
+            .run()?;
+        git().arg("--work-tree").arg(&partial).args(["checkout", "--quiet", "--detach", commit]).run()?;
+        std::fs::rename(&partial, base).map_err(|cause| self.io_error(base, cause))?;
+        tracing::info!(repo = %self.location, path = %base.display(), "Checked out a base for overlays");
+        Ok(())
     }
 
     /// Why not `git clone --mirror` or `--bare`: a mirror clone sets `remote.origin.mirror`,
@@ -269,6 +425,13 @@ impl Mirror {
     /// Removes what an earlier attempt of the same run left at `path` (a worker that
     /// crashed, a lease that expired), branch included: the retry starts again from base.
     fn discard_leftover(&self, path: &Path) -> Result<(), WorkspaceError> {
+        let layers = overlay::layers_of(path);
+        if layers.exists() {
+            let branch = std::fs::read_to_string(layers.join(BRANCH_FILE)).ok();
+            self.remove_overlay(path, branch.as_deref())?;
+            tracing::warn!(repo = %self.location, path = %path.display(), branch, "Removed a leftover overlay workspace");
+            return Ok(());
+        }
         let listing = self.git().args(["worktree", "list", "--porcelain"]).run()?;
         let branch = branch_of_worktree(&listing, path);
         self.remove_worktree(path)?;
@@ -323,12 +486,16 @@ impl Mirror {
     }
 
     fn open_lock_file(&self) -> Result<File, WorkspaceError> {
+        self.open_lock(&self.lock_file)
+    }
+
+    fn open_lock(&self, path: &Path) -> Result<File, WorkspaceError> {
         OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(false)
-            .open(&self.lock_file)
-            .map_err(|cause| self.io_error(&self.lock_file, cause))
+            .open(path)
+            .map_err(|cause| self.io_error(path, cause))
     }
 
     /// A git command on the mirror.
@@ -348,7 +515,7 @@ impl Mirror {
     }
 }
 
-/// One run's checkout: a worktree of the mirror on the run's own branch.
+/// One run's checkout on the run's own branch: an overlay or a worktree of the mirror.
 #[derive(Debug, Clone)]
 pub struct Workspace {
     mirror: Mirror,
@@ -356,16 +523,37 @@ pub struct Workspace {
     path: PathBuf,
     branch: String,
     base_commit: String,
+    kind: WorkspaceKind,
+}
+
+/// How a workspace was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkspaceKind {
+    /// An overlay mount over the shared base checkout of its commit, with its own
+    /// repository (the base's, copied on write): its branch and commits are its own.
+    Overlay,
+    /// A `git worktree` of the mirror, sharing the mirror's branches and config.
+    Worktree,
 }
 
 /// What `Workspace::cleanup` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cleanup {
-    /// Removes the directory, its worktree registration and its branch in the mirror.
+    /// Removes the directory, its worktree registration or its overlay mount and layers,
+    /// and its branch in the mirror. A busy overlay is detached lazily.
     Remove,
     /// Leaves everything for someone to look at (a failed run, when so configured) and
-    /// logs where it is.
+    /// logs where it is. An overlay stays mounted; its changes are also in
+    /// `r{id}.layers/upper`, which outlasts the mount (a reboot).
     Keep,
+}
+
+/// Whether overlay workspaces can be mounted under `workspaces_root` in this process, and
+/// if not, why (found out once per directory).
+pub fn overlay_support(workspaces_root: &Path) -> Result<(), String> {
+    let root =
+        create_absolute_dir(workspaces_root).map_err(|cause| format!("{}: {cause}", workspaces_root.display()))?;
+    overlay::available(&root)
 }
 
 impl Workspace {
@@ -390,6 +578,10 @@ impl Workspace {
         &self.mirror
     }
 
+    pub fn kind(&self) -> WorkspaceKind {
+        self.kind
+    }
+
     /// Removes or keeps the workspace; removing one already removed does nothing.
     pub fn cleanup(&self, how: Cleanup) -> Result<(), WorkspaceError> {
         let (repo, path) = (&self.mirror.location, self.path.display());
@@ -398,15 +590,20 @@ impl Workspace {
             return Ok(());
         }
         let _lock = self.mirror.shared()?;
-        self.mirror.remove_worktree(&self.path)?;
-        self.mirror.delete_branch(&self.branch)?;
+        match self.kind {
+            WorkspaceKind::Overlay => self.mirror.remove_overlay(&self.path, Some(&self.branch))?,
+            WorkspaceKind::Worktree => {
+                self.mirror.remove_worktree(&self.path)?;
+                self.mirror.delete_branch(&self.branch)?;
+            }
+        }
         tracing::info!(run_id = %self.run, repo, path = %path, "Removed the workspace");
         Ok(())
     }
 }
 
 /// One git command, built up; `repo` names the repository in its errors.
-struct Git<'a> {
+pub(super) struct Git<'a> {
     repo: &'a str,
     command: Command,
     /// The arguments after the global options, for messages.
@@ -422,7 +619,7 @@ struct GitOutput {
 }
 
 impl<'a> Git<'a> {
-    fn new(repo: &'a str, working_dir: &Path, git_dir: Option<&Path>) -> Git<'a> {
+    pub(super) fn new(repo: &'a str, working_dir: &Path, git_dir: Option<&Path>) -> Git<'a> {
         let mut command = Command::new("git");
         command.current_dir(working_dir).stdin(Stdio::null()).env("GIT_TERMINAL_PROMPT", "0");
         for name in REPOSITORY_ENV {
@@ -443,7 +640,7 @@ impl<'a> Git<'a> {
         self
     }
 
-    fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(self, args: I) -> Self {
+    pub(super) fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(self, args: I) -> Self {
         args.into_iter().fold(self, |git, arg| git.arg(arg))
     }
 
@@ -468,7 +665,7 @@ impl<'a> Git<'a> {
     }
 
     /// Runs the command and returns what it printed; a failure is an error.
-    fn run(self) -> Result<String, WorkspaceError> {
+    pub(super) fn run(self) -> Result<String, WorkspaceError> {
         let repo = self.repo;
         let output = self.output()?;
         if output.success { Ok(output.stdout) } else { Err(output.into_error(repo)) }

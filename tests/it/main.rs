@@ -15,6 +15,7 @@ mod tidy;
 mod validate;
 mod worker_output;
 mod worker_phase;
+mod worker_results;
 mod workspace;
 
 use std::path::{Path, PathBuf};

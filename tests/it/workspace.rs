@@ -1,14 +1,48 @@
 //! Mirrors and workspaces against real git repositories on local paths: preparing from a
 //! path and from a `file://` URL, concurrent runs, refreshes, refused refs, cleanup, and
-//! a push that reaches the repository and nothing else.
+//! a push that reaches the repository and nothing else. Every test runs twice, once per
+//! `WorkspaceKind`; the overlay runs are skipped, with the reason printed, only where
+//! overlays cannot be mounted (`.ci/run` makes that a failure where `mount` can).
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Barrier;
 
 use nightshift::runs::RunId;
-use nightshift::worker::workspace::{Cleanup, Mirror, MirrorCache, Workspace, WorkspaceError};
+use nightshift::worker::workspace::{
+    Cleanup, Mirror, MirrorCache, Workspace, WorkspaceError, WorkspaceKind, overlay_support,
+};
+
+/// `name(kind)` as two tests, `name::worktree` and `name::overlay`.
+macro_rules! for_each_kind {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn worktree() {
+                super::$name(nightshift::worker::workspace::WorkspaceKind::Worktree);
+            }
+
+            #[test]
+            fn overlay() {
+                super::$name(nightshift::worker::workspace::WorkspaceKind::Overlay);
+            }
+        }
+    )*};
+}
+
+for_each_kind!(
+    a_workspace_from_a_local_path_is_a_new_branch_at_its_base,
+    a_workspace_from_a_file_url,
+    runs_on_one_repository_prepare_their_workspaces_concurrently,
+    a_refresh_makes_new_commits_available_as_a_base,
+    a_refresh_forgets_deleted_branches_but_keeps_workspace_branches,
+    unknown_bases_and_existing_branches_are_refused_by_name,
+    cleanup_removes_the_workspace_once_and_keep_leaves_it,
+    a_retry_of_a_run_replaces_its_leftover_workspace,
+    a_workspace_push_reaches_the_repository_and_nothing_else,
+);
 
 /// A git command in `dir` that ignores the machine's config (`global` stands for the
 /// user's) and commits as a test identity.
@@ -52,7 +86,8 @@ fn refs(git_dir: &Path) -> BTreeMap<String, String> {
 }
 
 /// A repository `source` with `main` (two commits; tag `v1` on the first) and `feature`
-/// (one more), beside the directories for the cache and the workspaces.
+/// (one more), beside the directories for the cache and the workspaces, whose
+/// workspaces are all of one kind.
 struct Fixture {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -60,9 +95,28 @@ struct Fixture {
     first: String,
     main: String,
     feature: String,
+    kind: WorkspaceKind,
 }
 
-fn fixture() -> Fixture {
+/// The fixture, or `None` (the test is skipped) for overlays where they cannot be mounted.
+/// `.ci/run` sets `NIGHTSHIFT_REQUIRE_OVERLAY` when `mount -t overlay` works on the
+/// machine: then our own mounting must work too, and a skip would hide a bug.
+fn fixture(kind: WorkspaceKind) -> Option<Fixture> {
+    let f = repository(kind);
+    if kind == WorkspaceKind::Overlay
+        && let Err(reason) = overlay_support(&f.workspaces())
+    {
+        assert!(
+            std::env::var_os("NIGHTSHIFT_REQUIRE_OVERLAY").is_none(),
+            "this machine mounts overlays (NIGHTSHIFT_REQUIRE_OVERLAY is set), but ours failed: {reason}"
+        );
+        eprintln!("skipped: {reason}");
+        return None;
+    }
+    Some(f)
+}
+
+fn repository(kind: WorkspaceKind) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
     let source = root.join("source");
@@ -76,12 +130,12 @@ fn fixture() -> Fixture {
     git(&source, &["switch", "--quiet", "-c", "feature"]);
     let feature = commit(&source, "feature.txt", "feature\n", "feature");
     git(&source, &["switch", "--quiet", "main"]);
-    Fixture { _dir: dir, root, source, first, main, feature }
+    Fixture { _dir: dir, root, source, first, main, feature, kind }
 }
 
 impl Fixture {
     fn cache(&self) -> MirrorCache {
-        MirrorCache::new(&self.root.join("cache"))
+        MirrorCache::new(&self.root.join("cache")).with_overlays(self.kind == WorkspaceKind::Overlay)
     }
 
     fn workspaces(&self) -> PathBuf {
@@ -96,9 +150,40 @@ impl Fixture {
         self.mirror_of(self.source.to_str().unwrap())
     }
 
-    fn prepare(&self, mirror: &Mirror, run: u64, base: &str, branch: &str) -> Result<Workspace, WorkspaceError> {
-        mirror.prepare(&self.workspaces(), RunId(run), base, branch)
+    /// Prepares a workspace of whichever kind.
+    fn prepare_any(&self, mirror: &Mirror, run: u64, base: &str, branch: &str) -> Workspace {
+        mirror.prepare(&self.workspaces(), RunId(run), base, branch).unwrap()
     }
+
+    /// Prepares a workspace, which must be of the fixture's kind.
+    #[track_caller]
+    fn prepare(&self, mirror: &Mirror, run: u64, base: &str, branch: &str) -> Result<Workspace, WorkspaceError> {
+        let workspace = mirror.prepare(&self.workspaces(), RunId(run), base, branch)?;
+        assert_eq!(workspace.kind(), self.kind, "run {run}");
+        Ok(workspace)
+    }
+}
+
+impl Drop for Fixture {
+    /// Detaches the overlays a test left mounted (workspaces it did not clean up), so its
+    /// temporary directory can be removed and no mount outlives the test.
+    fn drop(&mut self) {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let inside = format!("{}/", self.root.display());
+        let mount_points = mountinfo.lines().filter_map(|line| line.split(' ').nth(4));
+        for mount_point in mount_points.filter(|point| point.starts_with(&inside)) {
+            let path = std::ffi::CString::new(mount_point).unwrap();
+            // SAFETY: `path` is a NUL-terminated string that outlives the call.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Whether something is mounted at `path`, from `/proc/self/mountinfo` (field 5).
+fn mounted(path: &Path) -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let path = path.to_str().unwrap();
+    mountinfo.lines().any(|line| line.split(' ').nth(4) == Some(path))
 }
 
 /// The workspace is a clean checkout of `commit` on its own branch, holding `files`,
@@ -120,9 +205,8 @@ fn check_workspace(workspace: &Workspace, commit: &str, files: &[&str], location
     assert_eq!(git(dir, &["remote", "get-url", "origin"]), location);
 }
 
-#[test]
-fn a_workspace_from_a_local_path_is_a_new_branch_at_its_base() {
-    let f = fixture();
+fn a_workspace_from_a_local_path_is_a_new_branch_at_its_base(kind: WorkspaceKind) {
+    let Some(f) = fixture(kind) else { return };
     let mirror = f.mirror();
     let location = f.source.to_str().unwrap();
     assert_eq!(mirror.location(), location);
@@ -144,9 +228,8 @@ fn a_workspace_from_a_local_path_is_a_new_branch_at_its_base() {
     assert!(!mirror_setting.unwrap().status.success());
 }
 
-#[test]
-fn a_workspace_from_a_file_url() {
-    let f = fixture();
+fn a_workspace_from_a_file_url(kind: WorkspaceKind) {
+    let Some(f) = fixture(kind) else { return };
     let url = format!("file://{}", f.source.display());
     let mirror = f.mirror_of(&url);
     assert_eq!(mirror.location(), url);
@@ -155,9 +238,8 @@ fn a_workspace_from_a_file_url() {
     assert_ne!(mirror.path(), f.mirror().path(), "a path and its URL are different locations");
 }
 
-#[test]
-fn runs_on_one_repository_prepare_their_workspaces_concurrently() {
-    let f = fixture();
+fn runs_on_one_repository_prepare_their_workspaces_concurrently(kind: WorkspaceKind) {
+    let Some(f) = fixture(kind) else { return };
     let mirror = f.mirror();
     let runs = 4;
     let start = Barrier::new(runs);
@@ -176,11 +258,19 @@ fn runs_on_one_repository_prepare_their_workspaces_concurrently() {
     for workspace in &workspaces {
         check_workspace(workspace, &f.main, &["README.md", "main.txt"], f.source.to_str().unwrap());
     }
+    if kind == WorkspaceKind::Overlay {
+        let bases: Vec<String> = std::fs::read_dir(mirror.path().with_extension("bases"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut bases = bases;
+        bases.sort();
+        assert_eq!(bases, [f.main.clone(), format!("{}.lock", f.main)], "one base checkout, made once");
+    }
 }
 
-#[test]
-fn a_refresh_makes_new_commits_available_as_a_base() {
-    let f = fixture();
+fn a_refresh_makes_new_commits_available_as_a_base(kind: WorkspaceKind) {
+    let Some(f) = fixture(kind) else { return };
     let mirror = f.mirror();
     let newer = commit(&f.source, "later.txt", "later\n", "third");
     let before = f.prepare(&mirror, 1, &newer, "agent/too-early").unwrap_err();
@@ -193,9 +283,8 @@ fn a_refresh_makes_new_commits_available_as_a_base() {
     assert_eq!(f.prepare(&mirror, 4, &newer, "agent/by-commit").unwrap().base_commit(), newer);
 }
 
-#[test]
-fn a_refresh_forgets_deleted_branches_but_keeps_workspace_branches() {
-    let f = fixture();
+fn a_refresh_forgets_deleted_branches_but_keeps_workspace_branches(kind: WorkspaceKind) {
+    let Some(f) = fixture(kind) else { return };
     let mirror = f.mirror();
     let workspace = f.prepare(&mirror, 1, "feature", "agent/kept").unwrap();
     git(&f.source, &["branch", "--quiet", "-D", "feature"]);
@@ -206,9 +295,8 @@ fn a_refresh_forgets_deleted_branches_but_keeps_workspace_branches() {
     assert_eq!(git(workspace.path(), &["rev-parse", "HEAD"]), f.feature);
 }
 
-#[test]
-fn unknown_bases_and_existing_branches_are_refused_by_name() {
-    let f = fixture();
+fn unknown_bases_and_existing_branches_are_refused_by_name(kind: WorkspaceKind) {
+    let Some(f) = fixture(kind) else { return };
     let mirror = f.mirror();
     let location = f.source.to_str().unwrap();
     let check = |run: u64, base: &str, branch: &str, named: &str| {
@@ -236,17 +324,23 @@ fn unknown_bases_and_existing_branches_are_refused_by_name() {
     assert!(matches!(unsafe_ref, WorkspaceError::BadRef { .. }), "{unsafe_ref}");
 }
 
-#[test]
-fn cleanup_removes_the_workspace_once_and_keep_leaves_it() {
-    let f = fixture();
+fn cleanup_removes_the_workspace_once_and_keep_leaves_it(kind: WorkspaceKind) {
+    let Some(f) = fixture(kind) else { return };
     let mirror = f.mirror();
-    let listed =
-        |path: &Path| git(mirror.path(), &["worktree", "list", "--porcelain"]).contains(path.to_str().unwrap());
+    // A worktree is registered in the mirror; an overlay is mounted.
+    let listed = |path: &Path| match kind {
+        WorkspaceKind::Worktree => {
+            git(mirror.path(), &["worktree", "list", "--porcelain"]).contains(path.to_str().unwrap())
+        }
+        WorkspaceKind::Overlay => mounted(path),
+    };
+    let layers = |path: &Path| path.with_extension("layers");
 
     let removed = f.prepare(&mirror, 1, "main", "agent/removed").unwrap();
     assert!(listed(removed.path()));
     removed.cleanup(Cleanup::Remove).unwrap();
     assert!(!removed.path().exists());
+    assert!(!layers(removed.path()).exists());
     assert!(!listed(removed.path()));
     assert!(!refs(mirror.path()).contains_key("refs/heads/agent/removed"));
     removed.cleanup(Cleanup::Remove).expect("a second cleanup is fine");
@@ -255,15 +349,27 @@ fn cleanup_removes_the_workspace_once_and_keep_leaves_it() {
     std::fs::write(kept.path().join("notes.txt"), "what the agent left\n").unwrap();
     kept.cleanup(Cleanup::Keep).unwrap();
     assert!(kept.path().join("notes.txt").exists());
+    assert!(listed(kept.path()), "a kept overlay stays mounted");
+    if kind == WorkspaceKind::Overlay {
+        assert!(layers(kept.path()).join("upper/notes.txt").exists(), "its changes are in its upper layer");
+    }
     assert_eq!(git(kept.path(), &["symbolic-ref", "--short", "HEAD"]), "agent/kept");
     kept.cleanup(Cleanup::Remove).expect("a kept workspace can still be removed, changes and all");
     assert!(!kept.path().exists());
+    assert!(!layers(kept.path()).exists());
     assert!(!listed(kept.path()));
+
+    // A process still inside an overlay: it is detached lazily, and removed all the same.
+    let busy = f.prepare(&mirror, 3, "main", "agent/busy").unwrap();
+    let inside = File::open(busy.path().join("README.md")).unwrap();
+    busy.cleanup(Cleanup::Remove).unwrap();
+    assert!(!busy.path().exists() && !listed(busy.path()));
+    drop(inside);
+    assert!(!refs(mirror.path()).keys().any(|name| name.starts_with("refs/heads/")), "every branch is freed");
 }
 
-#[test]
-fn a_retry_of_a_run_replaces_its_leftover_workspace() {
-    let f = fixture();
+fn a_retry_of_a_run_replaces_its_leftover_workspace(kind: WorkspaceKind) {
+    let Some(f) = fixture(kind) else { return };
     let mirror = f.mirror();
     let crashed = f.prepare(&mirror, 7, "main", "agent/retried").unwrap();
     commit(crashed.path(), "half.txt", "half done\n", "unfinished");
@@ -271,14 +377,14 @@ fn a_retry_of_a_run_replaces_its_leftover_workspace() {
     check_workspace(&retry, &f.first, &["README.md"], f.source.to_str().unwrap());
 
     // A leftover that git no longer recognises is removed too.
-    std::fs::remove_file(retry.path().join(".git")).unwrap();
+    let dot_git = retry.path().join(".git");
+    if dot_git.is_dir() { std::fs::remove_dir_all(dot_git) } else { std::fs::remove_file(dot_git) }.unwrap();
     let again = f.prepare(&mirror, 7, "main", "agent/retried").expect("the second retry prepares");
     check_workspace(&again, &f.main, &["README.md", "main.txt"], f.source.to_str().unwrap());
 }
 
-#[test]
-fn a_workspace_push_reaches_the_repository_and_nothing_else() {
-    let f = fixture();
+fn a_workspace_push_reaches_the_repository_and_nothing_else(kind: WorkspaceKind) {
+    let Some(f) = fixture(kind) else { return };
     let origin = f.root.join("origin.git");
     git(&f.root, &["clone", "--quiet", "--bare", f.source.to_str().unwrap(), origin.to_str().unwrap()]);
     let mirror = f.mirror_of(origin.to_str().unwrap());
@@ -295,8 +401,17 @@ fn a_workspace_push_reaches_the_repository_and_nothing_else() {
     origin_expected.insert("refs/heads/agent/fix".into(), fix.clone());
     assert_eq!(refs(&origin), origin_expected);
     let mut mirror_expected = mirror_before;
-    mirror_expected.insert("refs/remotes/origin/agent/fix".into(), fix.clone());
-    assert_eq!(refs(mirror.path()), mirror_expected, "only the pushed branch's tracking ref is new");
+    match kind {
+        // A worktree shares the mirror's refs; an overlay has its own.
+        WorkspaceKind::Worktree => {
+            mirror_expected.insert("refs/remotes/origin/agent/fix".into(), fix.clone());
+            assert_eq!(refs(mirror.path()), mirror_expected, "only the pushed branch's tracking ref is new");
+        }
+        WorkspaceKind::Overlay => {
+            assert_eq!(refs(mirror.path()), mirror_expected, "the mirror's refs are untouched");
+            assert_eq!(git(workspace.path(), &["rev-parse", "refs/remotes/origin/agent/fix"]), fix);
+        }
+    }
 
     // A bare `git push origin` pushes the current branch only, even where the user's
     // config says `matching` (which would push `agent/fix`'s unpushed commit too).
@@ -308,4 +423,71 @@ fn a_workspace_push_reaches_the_repository_and_nothing_else() {
     git_with_global(other.path(), &matching, &["push", "--quiet", "origin"]);
     origin_expected.insert("refs/heads/agent/other".into(), other_commit);
     assert_eq!(refs(&origin), origin_expected);
+}
+
+#[test]
+fn overlay_workspaces_from_one_base_have_their_own_files_and_branches() {
+    let Some(f) = fixture(WorkspaceKind::Overlay) else { return };
+    let mirror = f.mirror();
+    let one = f.prepare(&mirror, 1, "main", "agent/one").unwrap();
+    let two = f.prepare(&mirror, 2, "main", "agent/two").unwrap();
+    assert!(mounted(one.path()) && mounted(two.path()));
+
+    std::fs::write(one.path().join("README.md"), "edited in one\n").unwrap();
+    std::fs::write(one.path().join("new.txt"), "new in one\n").unwrap();
+    std::fs::remove_file(one.path().join("main.txt")).unwrap();
+    assert_eq!(std::fs::read_to_string(two.path().join("README.md")).unwrap(), "hello\n");
+    assert!(!two.path().join("new.txt").exists());
+    assert!(two.path().join("main.txt").exists());
+    assert_eq!(git(two.path(), &["status", "--porcelain"]), "");
+
+    git(one.path(), &["add", "-A"]);
+    git(one.path(), &["commit", "--quiet", "-m", "one's work"]);
+    let branches =
+        |workspace: &Workspace| git(workspace.path(), &["for-each-ref", "--format=%(refname)", "refs/heads"]);
+    assert_eq!(branches(&one), "refs/heads/agent/one");
+    assert_eq!(branches(&two), "refs/heads/agent/two");
+    assert_eq!(git(two.path(), &["rev-parse", "HEAD"]), f.main);
+    assert_ne!(git(one.path(), &["rev-parse", "HEAD"]), f.main);
+
+    // The base checkout under both is untouched.
+    let base = mirror.path().with_extension("bases").join(&f.main);
+    assert_eq!(std::fs::read_to_string(base.join("README.md")).unwrap(), "hello\n");
+    assert!(!base.join("new.txt").exists() && base.join("main.txt").exists());
+
+    one.cleanup(Cleanup::Remove).unwrap();
+    assert!(!mounted(one.path()) && mounted(two.path()));
+    assert_eq!(git(two.path(), &["status", "--porcelain"]), "");
+    two.cleanup(Cleanup::Remove).unwrap();
+    assert!(!mounted(two.path()) && !two.path().exists());
+}
+
+#[test]
+fn where_overlays_cannot_mount_workspaces_are_worktrees() {
+    let f = repository(WorkspaceKind::Overlay);
+    let location = f.source.to_str().unwrap();
+    // Overlayfs cannot take a layer whose path has a comma: the probe under this root fails.
+    let workspaces = f.root.join("work,spaces");
+    let mirror = f.mirror();
+    let refused = mirror.prepare(&workspaces, RunId(1), "main", "agent/probe-refused").unwrap();
+    assert_eq!(refused.kind(), WorkspaceKind::Worktree);
+    assert!(overlay_support(&workspaces).unwrap_err().contains("work,spaces"));
+    check_workspace(&refused, &f.main, &["README.md", "main.txt"], location);
+
+    // Here the probe passes but the lower layer, in a cache whose path has a comma, is
+    // refused at mount time: the half-made overlay is removed and a worktree made instead.
+    let probed = overlay_support(&f.workspaces());
+    let mirror = MirrorCache::new(&f.root.join("ca,che")).mirror(location).unwrap();
+    let fallen_back = f.prepare_any(&mirror, 2, "main", "agent/mount-refused");
+    assert_eq!(fallen_back.kind(), WorkspaceKind::Worktree);
+    check_workspace(&fallen_back, &f.main, &["README.md", "main.txt"], location);
+    assert!(!fallen_back.path().with_extension("layers").exists());
+    if probed.is_ok() {
+        assert!(
+            overlay_support(&f.workspaces()).unwrap_err().contains("ca,che"),
+            "later runs go straight to worktrees"
+        );
+    }
+    fallen_back.cleanup(Cleanup::Remove).unwrap();
+    assert!(!refs(mirror.path()).contains_key("refs/heads/agent/mount-refused"));
 }
