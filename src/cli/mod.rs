@@ -131,9 +131,14 @@ pub fn run() -> ExitCode {
 }
 
 /// Logs to stderr, as text or JSON lines, at the level NIGHTSHIFT_LOG sets (else `default`).
+/// Colours only on a terminal: a log file or a journal gets plain text.
 fn init_logging(json: bool, default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("NIGHTSHIFT_LOG").unwrap_or_else(|_| default.into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {
