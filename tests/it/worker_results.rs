@@ -2,32 +2,14 @@
 //! edits, scope) and the push of its branch to a bare repository: refused out of scope,
 //! never forced, and nothing but the branch lands.
 
-use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use nightshift::runs::{RunId, RunResult};
 use nightshift::worker::results::{self, ChangedFile, Commit, DiffStat, FileStatus, PushOutcome, ResultsError};
 use nightshift::worker::workspace::{Cleanup, MirrorCache, Workspace};
 
-/// Runs git in `dir`, ignoring the machine's config, as a test identity; panics if it fails.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .args(["-c", "user.name=Nightshift Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"])
-        .args(["-c", "init.defaultBranch=main", "-c", "tag.gpgsign=false"])
-        .args(args)
-        .output()
-        .expect("git runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "git {args:?} in {}: {stderr}", dir.display());
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
+use crate::git::{git, refs};
 
 fn write(dir: &Path, file: &str, contents: impl AsRef<[u8]>) {
     let path = dir.join(file);
@@ -40,12 +22,6 @@ fn commit_all(dir: &Path, message: &str) -> String {
     git(dir, &["add", "--all"]);
     git(dir, &["commit", "--quiet", "-m", message]);
     git(dir, &["rev-parse", "HEAD"])
-}
-
-/// Every ref of the repository at `git_dir` and its object.
-fn refs(git_dir: &Path) -> BTreeMap<String, String> {
-    let listing = git(git_dir, &["for-each-ref", "--format=%(refname) %(objectname)"]);
-    listing.lines().filter_map(|line| line.split_once(' ')).map(|(r, o)| (r.to_string(), o.to_string())).collect()
 }
 
 /// A bare repository `source.git` (so it accepts pushes) whose `main` holds the files

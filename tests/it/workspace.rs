@@ -4,11 +4,11 @@
 //! `WorkspaceKind`; the overlay runs are skipped, with the reason printed, only where
 //! overlays cannot be mounted (`.ci/run` makes that a failure where `mount` can).
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Barrier;
+
+use crate::git::{git, git_command, git_with_global, refs};
 
 use nightshift::runs::RunId;
 use nightshift::worker::workspace::{
@@ -44,45 +44,11 @@ for_each_kind!(
     a_workspace_push_reaches_the_repository_and_nothing_else,
 );
 
-/// A git command in `dir` that ignores the machine's config (`global` stands for the
-/// user's) and commits as a test identity.
-fn git_command(dir: &Path, global: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new("git");
-    command
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", global)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .args(["-c", "user.name=Nightshift Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args);
-    command
-}
-
-/// Runs git in `dir` and returns what it printed; panics if it fails.
-fn git(dir: &Path, args: &[&str]) -> String {
-    git_with_global(dir, Path::new("/dev/null"), args)
-}
-
-fn git_with_global(dir: &Path, global: &Path, args: &[&str]) -> String {
-    let output = git_command(dir, global, args).output().expect("git runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "git {args:?} in {}: {stderr}", dir.display());
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
 fn commit(dir: &Path, file: &str, text: &str, message: &str) -> String {
     std::fs::write(dir.join(file), text).unwrap();
     git(dir, &["add", file]);
     git(dir, &["commit", "--quiet", "-m", message]);
     git(dir, &["rev-parse", "HEAD"])
-}
-
-/// Every ref of the repository at `git_dir` and its object.
-fn refs(git_dir: &Path) -> BTreeMap<String, String> {
-    let listing = git(git_dir, &["for-each-ref", "--format=%(refname) %(objectname)"]);
-    listing.lines().filter_map(|line| line.split_once(' ')).map(|(r, o)| (r.to_string(), o.to_string())).collect()
 }
 
 /// A repository `source` with `main` (two commits; tag `v1` on the first) and `feature`

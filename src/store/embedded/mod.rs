@@ -660,6 +660,15 @@ impl Inner {
         Ok(self.db.get(key).map_err(io)?.map(|bytes| bytes.to_vec()))
     }
 
+    /// The stored record of event `id`, if any. The filter of stored ids rules out
+    /// nearly every new id without reading sled.
+    fn stored_event(&self, state: &State, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if !state.seen.may_hold(id.as_bytes()) {
+            return Ok(None);
+        }
+        self.get(state, &keys::event(id))
+    }
+
     /// A run record from sled, finished or not (callers holding the lock use
     /// `read_run_locked`).
     fn read_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
@@ -774,9 +783,7 @@ impl Store for SledStore {
     ) -> Result<(IngestOutcome, Durability), StoreError> {
         let event_key = keys::event(&event.id);
         let mut live = self.lock();
-        if live.seen.may_hold(event.id.as_bytes())
-            && let Some(bytes) = self.get(&live, &event_key)?
-        {
+        if let Some(bytes) = self.stored_event(&live, &event.id)? {
             let stored: StoredEvent = decode(&event_key, &bytes)?;
             // The first delivery may not be on disk yet: answer only once it is.
             let ticket = live.queued.issued;
@@ -1017,10 +1024,10 @@ impl Store for SledStore {
         let mut changes = Changes::default();
         let mut ids = Vec::new();
         for (event, reason) in skipped {
-            let event_key = keys::event(&event.id);
-            if live.seen.may_hold(event.id.as_bytes()) && self.get(&live, &event_key)?.is_some() {
+            if self.stored_event(&live, &event.id)?.is_some() {
                 continue;
             }
+            let event_key = keys::event(&event.id);
             let id = live.allocate_id();
             let run =
                 fresh_run(id, automation.to_string(), definition_hash.to_string(), None, Flow::default(), event, now);
