@@ -31,7 +31,8 @@ when: event.service != ""
 concurrency: { limit: 10000, key: "{{ event.service }}" }
 task:
   agent: codex
-  repo: /srv/git/api
+  # A repository per service, so concurrent claims are not held back by overlapping paths.
+  repo: "/srv/git/{{ event.service }}"
   branch: "agent/load-{{ slug(event.id) }}"
   prompt: |
     Investigate {{ untrusted(event.title) }} on {{ event.service }}.

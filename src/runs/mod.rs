@@ -1,5 +1,6 @@
 //! Runs: the record, its state machine, activities, memory entries, and the pure rules
-//! of flow control and retries that every store backend applies the same way.
+//! of flow control, retries and path scopes that every store backend applies the same
+//! way.
 
 mod activity;
 pub mod clock;
@@ -7,6 +8,7 @@ pub mod flow;
 mod memory;
 pub mod retry;
 mod run;
+pub mod scope;
 
 pub use activity::{Activity, ActivityKind, NewActivity};
 pub use memory::{MemoryChange, MemoryEntry, MemoryWrite};

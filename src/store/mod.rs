@@ -1,5 +1,6 @@
-//! The store: events, runs, activity timelines, memory and schedule state, behind the
-//! `Store` trait. `SledStore` is the embedded default; only this module knows sled.
+//! The store: events, runs, activity timelines, run logs, memory and schedule state,
+//! behind the `Store` trait. `SledStore` is the embedded default; only this module
+//! knows sled.
 
 mod embedded;
 
@@ -110,8 +111,17 @@ impl RunRecord {
     }
 }
 
+/// A piece of a run's log, numbered from 0 in the order it was appended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    /// Masked output of the run's phases, as the worker sent it.
+    pub text: String,
+}
+
 /// A granted claim.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Claim {
     pub run: Run,
     pub lease: Lease,
@@ -154,6 +164,10 @@ pub struct RetentionReport {
     pub runs: usize,
     pub events: usize,
     pub activities: usize,
+    /// The deleted runs' log chunks (0 when absent, in answers from servers that
+    /// predate run logs).
+    #[serde(default)]
+    pub log_chunks: usize,
     pub memory_entries: usize,
     pub dedupe_marks: usize,
 }
@@ -224,7 +238,8 @@ impl std::fmt::Debug for Durability {
 
 /// Everything nightshift keeps. Every method is atomic; every method that changes state
 /// returns only once the change is on disk, except `claim` and `heartbeat`, whose loss
-/// in a crash only re-queues the run (epochs stay unique across restarts).
+/// in a crash only re-queues the run (epochs stay unique across restarts), and
+/// `append_log`, whose loss only shortens the log of a run that did not complete.
 pub trait Store: Send + Sync {
     /// Stores `event` and the runs the rules rendered for it, applying dedupe,
     /// coalescing, cooldown and overlap, and returns once they are on disk. A delivery
@@ -244,7 +259,9 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<(IngestOutcome, Durability), StoreError>;
 
-    /// Leases the oldest queued run whose group has room and whose retry wait is over.
+    /// Leases the oldest queued run whose group has room, whose retry wait is over, and
+    /// whose `paths` overlap those of no leased or running run of its repository
+    /// (`runs::scope`).
     fn claim(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>) -> Result<Option<Claim>, StoreError>;
     /// The leased run's workspace is ready and its agent is starting.
     fn mark_running(&self, run: RunId, epoch: Epoch, now: DateTime<Utc>) -> Result<Run, StoreError>;
@@ -264,6 +281,11 @@ pub trait Store: Send + Sync {
         activity: NewActivity,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+    /// Appends to the log of a run the caller holds (same lease/epoch check as
+    /// `append_activity`: `StaleLease`, `WrongState`, `NoSuchRun`). Like a heartbeat, it
+    /// is queued, not waited for on disk: the run's completion, which is durable, comes
+    /// after it. Returns the chunk's sequence number.
+    fn append_log(&self, run: RunId, epoch: Epoch, text: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Ends an attempt. Memory writes are stored in the same atomic step, with the run
     /// as their provenance. A retryable failure re-queues with backoff while attempts
     /// remain.
@@ -300,6 +322,9 @@ pub trait Store: Send + Sync {
     /// Runs, newest first.
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
     fn activities(&self, run: RunId) -> Result<Vec<Activity>, StoreError>;
+    /// The run's log chunks with `seq >= from`, in order (empty for a run with no log;
+    /// `NoSuchRun` if the run does not exist).
+    fn log(&self, run: RunId, from: u64) -> Result<Vec<LogChunk>, StoreError>;
     fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError>;
     /// The last `limit` finished runs of an automation (not skipped ones), newest first.
     fn history(&self, automation: &str, limit: usize) -> Result<Vec<Run>, StoreError>;
@@ -320,7 +345,7 @@ pub trait Store: Send + Sync {
     /// thousands of new triggers).
     fn set_schedules(&self, states: &[(&str, &str, &ScheduleState)]) -> Result<(), StoreError>;
 
-    /// Deletes finished runs beyond `retention` with their activities and events, and
-    /// expired memory and dedupe marks.
+    /// Deletes finished runs beyond `retention` with their activities, logs and events,
+    /// and expired memory and dedupe marks.
     fn apply_retention(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError>;
 }

@@ -1,5 +1,6 @@
-//! The store and the pipeline: flow control, claims and leases, retries, memory,
-//! retention, and damaged files. Crash safety is in `crash.rs`.
+//! The store and the pipeline: flow control, claims and leases (and the repository
+//! paths that keep runs apart), retries, run logs, memory, retention, and damaged
+//! files. Crash safety is in `crash.rs`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use nightshift::event::Event;
 use nightshift::pipeline::{Audience, Pipeline};
 use nightshift::runs::{ActivityKind, Completion, MemoryChange, MemoryWrite, NewActivity, RunId, RunResult, RunState};
 use nightshift::store::{Disposition, NewRun, RunFilter, SledStore, Store, StoreError};
+use nightshift::task::{Flow, Task};
 use nightshift::triggers::TriggerKind;
 use serde_json::json;
 
@@ -28,6 +30,8 @@ pub fn event(id: &str, payload: serde_json::Value, secs: i64) -> Event {
 }
 
 /// A pipeline over the store in `data` and one manual automation `probe` with `extra` YAML.
+/// Its runs work on repository `/srv/git/{event.repo}`, `/srv/git/api` when the event
+/// names none: runs of one repository are claimed one at a time (their `paths` are `**`).
 pub fn pipeline(extra: &str, data: &Path) -> Pipeline {
     pipeline_with("{{ event.title }}", extra, data)
 }
@@ -40,7 +44,7 @@ pub fn pipeline_with(prompt: &str, extra: &str, data: &Path) -> Pipeline {
 /// `pipeline_with` over a store already open.
 pub fn pipeline_over(prompt: &str, extra: &str, store: Arc<dyn Store>) -> Pipeline {
     let yaml = format!(
-        "name: probe\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: codex\n  repo: /srv/git/api\n  prompt: '{prompt}'\n{extra}"
+        "name: probe\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: codex\n  repo: '/srv/git/{{{{ event.get(\"repo\") ?? \"api\" }}}}'\n  prompt: '{prompt}'\n{extra}"
     );
     let dir = temp_dir_with(&[("probe.yaml", &yaml)]);
     let (catalog, diagnostics) = load(dir.path());
@@ -61,11 +65,13 @@ fn state(store: &dyn Store, id: RunId) -> RunState {
 const LEASE: Duration = Duration::from_secs(30);
 
 /// A run like `like`'s, but one that read outside text, writes `value` to memory key `k`
-/// at `secs` (ingest), `secs + 1` (claim) and `secs + 2` (completion).
+/// at `secs` (ingest), `secs + 1` (claim) and `secs + 2` (completion). It works on
+/// another repository, so it may run while `like` does.
 fn untrusted_run_writes(store: &dyn Store, like: RunId, value: &str, secs: i64) {
     let template = store.run(like).unwrap().unwrap();
     let mut task = template.task.unwrap();
     task.untrusted_input = true;
+    task.repo = "/srv/git/outside".into();
     let new = NewRun { automation: "probe".into(), definition_hash: "h".into(), rendered: Ok((task, template.flow)) };
     let outside = store.ingest(&event("outside", json!({}), secs), vec![new], at(secs)).unwrap().runs[0].run;
     let claim = store.claim("w", LEASE, at(secs + 1)).unwrap().unwrap();
@@ -197,9 +203,10 @@ fn overlap_queue_holds_runs_until_the_group_has_room() {
     let data = tempfile::tempdir().unwrap();
     let pipeline = pipeline("concurrency: { limit: 1, key: \"{{ event.service }}\" }", data.path());
     let store = pipeline.store();
-    let (a1, _) = ingest(&pipeline, "a1", json!({"title": "t", "service": "a"}), 0);
-    let (a2, _) = ingest(&pipeline, "a2", json!({"title": "t", "service": "a"}), 1);
-    let (b1, _) = ingest(&pipeline, "b1", json!({"title": "t", "service": "b"}), 2);
+    // Each service in its own repository: only the groups hold runs back here.
+    let (a1, _) = ingest(&pipeline, "a1", json!({"title": "t", "service": "a", "repo": "a"}), 0);
+    let (a2, _) = ingest(&pipeline, "a2", json!({"title": "t", "service": "a", "repo": "a"}), 1);
+    let (b1, _) = ingest(&pipeline, "b1", json!({"title": "t", "service": "b", "repo": "b"}), 2);
     let first = store.claim("w", LEASE, at(3)).unwrap().unwrap();
     assert_eq!(first.run.id, a1);
     // a2 waits for a1; b1 is in another group.
@@ -482,16 +489,20 @@ fn racing_workers_never_lease_one_run_twice() {
     let store = pipeline.store().clone();
     let (first, _) = ingest(&pipeline, "template", json!({"title": "t"}), 0);
     let template = store.run(first).unwrap().unwrap();
-    let new = NewRun {
-        automation: "probe".into(),
-        definition_hash: template.definition_hash.clone(),
-        rendered: Ok((template.task.clone().unwrap(), template.flow.clone())),
+    // Every run in a repository of its own, so none waits for another's paths.
+    let new = |n: usize| {
+        let mut task = template.task.clone().unwrap();
+        task.repo = format!("/srv/git/r{n}");
+        NewRun {
+            automation: "probe".into(),
+            definition_hash: template.definition_hash.clone(),
+            rendered: Ok((task, template.flow.clone())),
+        }
     };
     for batch in 0..(RUNS - 1) / 100 + 1 {
         let count = (RUNS - 1 - batch * 100).min(100);
-        store
-            .ingest(&event(&format!("batch{batch}"), json!({"title": "t"}), 1), vec![new.clone(); count], at(1))
-            .unwrap();
+        let runs = (0..count).map(|n| new(batch * 100 + n)).collect();
+        store.ingest(&event(&format!("batch{batch}"), json!({"title": "t"}), 1), runs, at(1)).unwrap();
     }
     let workers: Vec<_> = (0..4)
         .map(|worker| {
@@ -634,7 +645,9 @@ fn a_writer_reads_its_own_writes_as_soon_as_they_return() {
                 let store = pipeline.store();
                 for n in 0..40 {
                     let id = format!("w{writer}-{n}");
-                    pipeline.ingest(event(&id, json!({"title": "t"}), n), Audience::Everyone, at(n)).unwrap();
+                    // A repository per run: the writers' runs never wait for each other.
+                    let payload = json!({"title": "t", "repo": id});
+                    pipeline.ingest(event(&id, payload, n), Audience::Everyone, at(n)).unwrap();
                     assert!(store.event(&format!("manual:{id}")).unwrap().is_some(), "event {id} not readable");
                     let activity = NewActivity { kind: ActivityKind::Progress, text: id.clone(), data: json!(null) };
                     let claim = store.claim(&id, Duration::from_secs(60), at(n)).unwrap().expect("a queued run");
@@ -657,4 +670,207 @@ fn a_writer_reads_its_own_writes_as_soon_as_they_return() {
     for writer in writers {
         writer.join().unwrap();
     }
+}
+
+/// The task and flow `probe` renders, taken from a run that is then cancelled so no
+/// claim gets it.
+fn probe_task(pipeline: &Pipeline) -> (Task, Flow) {
+    let (id, _) = ingest(pipeline, "template", json!({"title": "t"}), 0);
+    let run = pipeline.store().cancel(id, "only a template", at(0)).unwrap();
+    (run.task.unwrap(), run.flow)
+}
+
+/// Queues, at `secs`, a run of `automation` (a group of its own) on repository `repo`
+/// that may change `paths`; the rest of its task is `like`.
+fn queue_scoped(
+    store: &dyn Store,
+    like: &(Task, Flow),
+    automation: &str,
+    repo: &str,
+    paths: &[&str],
+    secs: i64,
+) -> RunId {
+    let (mut task, flow) = like.clone();
+    task.automation = automation.into();
+    task.repo = repo.into();
+    task.paths = paths.iter().map(|p| p.to_string()).collect();
+    let new = NewRun { automation: automation.into(), definition_hash: "h".into(), rendered: Ok((task, flow)) };
+    let event = event(&format!("{automation}-{secs}"), json!({}), secs);
+    store.ingest(&event, vec![new], at(secs)).unwrap().runs[0].run
+}
+
+fn claimed(store: &dyn Store, secs: i64) -> Option<RunId> {
+    store.claim("w", LEASE, at(secs)).unwrap().map(|claim| claim.run.id)
+}
+
+#[test]
+fn runs_of_one_repository_whose_paths_overlap_are_claimed_one_at_a_time() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("", data.path());
+    let store = pipeline.store().as_ref();
+    let like = probe_task(&pipeline);
+    let first = queue_scoped(store, &like, "alpha", "/srv/git/x", &["src/**"], 1);
+    let second = queue_scoped(store, &like, "beta", "/srv/git/x", &["src/lib.rs"], 2);
+    let claim = store.claim("w", LEASE, at(3)).unwrap().unwrap();
+    assert_eq!(claim.run.id, first);
+    assert_eq!(claimed(store, 4), None, "src/lib.rs is in src/** while the first run is leased");
+    store.mark_running(first, claim.lease.epoch, at(5)).unwrap();
+    assert_eq!(claimed(store, 6), None, "and while it runs");
+    assert_eq!(state(store, second), RunState::Queued, "the held back run stays queued");
+    store.complete(first, claim.lease.epoch, succeeded("done"), Vec::new(), at(7)).unwrap();
+    assert_eq!(claimed(store, 8), Some(second));
+}
+
+#[test]
+fn a_run_over_the_whole_repository_holds_it_and_a_run_that_changes_nothing_holds_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("", data.path());
+    let store = pipeline.store().as_ref();
+    let like = probe_task(&pipeline);
+    let everything = queue_scoped(store, &like, "alpha", "/srv/git/x", &["**"], 1);
+    let docs = queue_scoped(store, &like, "beta", "/srv/git/x", &["docs/**"], 2);
+    let review = queue_scoped(store, &like, "gamma", "/srv/git/x", &[], 3);
+    let held = store.claim("w", LEASE, at(3)).unwrap().unwrap();
+    assert_eq!(held.run.id, everything);
+    assert_eq!(claimed(store, 4), Some(review), "a run that may change no file waits for none");
+    assert_eq!(claimed(store, 5), None);
+    // A cancelled run frees its paths as a finished one does.
+    store.cancel(everything, "not needed", at(5)).unwrap();
+    assert_eq!(claimed(store, 6), Some(docs));
+}
+
+#[test]
+fn runs_with_disjoint_paths_or_in_other_repositories_are_claimed_together() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("", data.path());
+    let store = pipeline.store().as_ref();
+    let like = probe_task(&pipeline);
+    let a = queue_scoped(store, &like, "alpha", "/srv/git/x", &["src/a/**"], 1);
+    let b = queue_scoped(store, &like, "beta", "/srv/git/x", &["src/b/**", "docs/*.md"], 2);
+    let other_repo = queue_scoped(store, &like, "gamma", "/srv/git/y", &["src/a/**"], 3);
+    let everything_elsewhere = queue_scoped(store, &like, "delta", "/srv/git/z", &[], 4);
+    let claims: Vec<Option<RunId>> = (0..5).map(|n| claimed(store, 10 + n)).collect();
+    assert_eq!(claims, [Some(a), Some(b), Some(other_repo), Some(everything_elsewhere), None]);
+}
+
+#[test]
+fn a_run_held_back_by_paths_keeps_its_place_and_holds_back_no_other_run() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("", data.path());
+    let store = pipeline.store().as_ref();
+    let like = probe_task(&pipeline);
+    let src = queue_scoped(store, &like, "alpha", "/srv/git/x", &["src/**"], 1);
+    let lib = queue_scoped(store, &like, "beta", "/srv/git/x", &["src/lib.rs"], 2);
+    let docs = queue_scoped(store, &like, "gamma", "/srv/git/x", &["docs/**"], 3);
+    let main = queue_scoped(store, &like, "delta", "/srv/git/x", &["src/main.rs"], 4);
+    let held = store.claim("w", LEASE, at(5)).unwrap().unwrap();
+    assert_eq!(held.run.id, src);
+    assert_eq!(claimed(store, 6), Some(docs), "the runs in src/ wait, the one in docs/ does not");
+    assert_eq!(claimed(store, 7), None);
+    store.complete(src, held.lease.epoch, succeeded("done"), Vec::new(), at(8)).unwrap();
+    // The oldest first: src/lib.rs and src/main.rs are disjoint, so both go.
+    assert_eq!(claimed(store, 9), Some(lib));
+    assert_eq!(claimed(store, 10), Some(main));
+}
+
+fn log_texts(store: &dyn Store, id: RunId, from: u64) -> Vec<(u64, String)> {
+    store.log(id, from).unwrap().into_iter().map(|chunk| (chunk.seq, chunk.text)).collect()
+}
+
+fn numbered(texts: &[(u64, &str)]) -> Vec<(u64, String)> {
+    texts.iter().map(|(seq, text)| (*seq, text.to_string())).collect()
+}
+
+#[test]
+fn a_run_log_reads_back_in_order_from_any_sequence_number() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("", data.path());
+    let store = pipeline.store().as_ref();
+    let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
+    assert_eq!(store.log(id, 0).unwrap(), [], "a run that has not started has no log");
+    let claim = store.claim("w", LEASE, at(1)).unwrap().unwrap();
+    for (n, text) in ["cloning\n", "setup: ok\n", "agent: token=***\n"].into_iter().enumerate() {
+        assert_eq!(store.append_log(id, claim.lease.epoch, text, at(2 + n as i64)).unwrap(), n as u64);
+    }
+    let all = numbered(&[(0, "cloning\n"), (1, "setup: ok\n"), (2, "agent: token=***\n")]);
+    assert_eq!(log_texts(store, id, 0), all);
+    assert_eq!(log_texts(store, id, 1), all[1..]);
+    assert_eq!(log_texts(store, id, 2), all[2..]);
+    assert_eq!(log_texts(store, id, 3), []);
+    assert_eq!(log_texts(store, id, u64::MAX), []);
+    assert_eq!(store.log(id, 1).unwrap()[0].at, at(3));
+
+    // A finished run keeps its log and takes no more.
+    store.complete(id, claim.lease.epoch, succeeded("s"), Vec::new(), at(10)).unwrap();
+    assert_eq!(log_texts(store, id, 0), all);
+    let late = store.append_log(id, claim.lease.epoch, "late\n", at(11));
+    assert!(matches!(late, Err(StoreError::WrongState { state: RunState::Succeeded, .. })), "{late:?}");
+
+    let missing = RunId(999);
+    assert_eq!(store.log(missing, 0), Err(StoreError::NoSuchRun(missing)));
+    assert_eq!(store.append_log(missing, claim.lease.epoch, "x", at(12)), Err(StoreError::NoSuchRun(missing)));
+}
+
+#[test]
+fn a_worker_that_lost_its_lease_cannot_append_to_the_log() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("", data.path());
+    let store = pipeline.store().as_ref();
+    let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
+    let lost = store.claim("w1", LEASE, at(1)).unwrap().unwrap();
+    store.append_log(id, lost.lease.epoch, "first attempt\n", at(2)).unwrap();
+    assert_eq!(store.sweep_expired_leases(at(100)).unwrap(), [id]);
+    let taken = store.claim("w2", LEASE, at(101)).unwrap().unwrap();
+    let stale = store.append_log(id, lost.lease.epoch, "still here\n", at(102));
+    assert_eq!(stale, Err(StoreError::StaleLease { run: id, presented: lost.lease.epoch, current: taken.lease.epoch }));
+    // The log goes on across attempts.
+    assert_eq!(store.append_log(id, taken.lease.epoch, "second attempt\n", at(103)).unwrap(), 1);
+    assert_eq!(log_texts(store, id, 0), numbered(&[(0, "first attempt\n"), (1, "second attempt\n")]));
+}
+
+#[test]
+fn a_run_log_is_read_after_a_reopen_and_its_numbering_goes_on() {
+    let data = tempfile::tempdir().unwrap();
+    let id = {
+        let pipeline = pipeline("", data.path());
+        let store = pipeline.store().as_ref();
+        let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
+        let claim = store.claim("w", LEASE, at(1)).unwrap().unwrap();
+        store.append_log(id, claim.lease.epoch, "one\n", at(2)).unwrap();
+        store.append_log(id, claim.lease.epoch, "two\n", at(3)).unwrap();
+        id
+    };
+    {
+        let store = SledStore::open(data.path()).unwrap();
+        assert_eq!(log_texts(&store, id, 0), numbered(&[(0, "one\n"), (1, "two\n")]));
+        assert_eq!(store.sweep_expired_leases(at(100)).unwrap(), [id]);
+        let claim = store.claim("w", LEASE, at(101)).unwrap().unwrap();
+        assert_eq!(store.append_log(id, claim.lease.epoch, "three\n", at(102)).unwrap(), 2);
+        store.complete(id, claim.lease.epoch, succeeded("s"), Vec::new(), at(103)).unwrap();
+    }
+    let store = SledStore::open(data.path()).unwrap();
+    assert_eq!(log_texts(&store, id, 1), numbered(&[(1, "two\n"), (2, "three\n")]));
+}
+
+#[test]
+fn retention_deletes_a_deleted_runs_log_with_it() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("concurrency: { limit: 100 }", data.path());
+    let store = pipeline.store().as_ref();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (id, _) = ingest(&pipeline, &format!("e{n}"), json!({"title": "t"}), n);
+        let claim = store.claim("w", LEASE, at(n)).unwrap().unwrap();
+        for line in 0..=n {
+            store.append_log(id, claim.lease.epoch, &format!("line {line}\n"), at(n)).unwrap();
+        }
+        store.complete(id, claim.lease.epoch, succeeded("s"), Vec::new(), at(n)).unwrap();
+        ids.push(id);
+    }
+    let retention = nightshift::config::Retention { runs: 1, days: 30 };
+    let report = store.apply_retention(&retention, at(20)).unwrap();
+    assert_eq!((report.runs, report.log_chunks), (2, 1 + 2));
+    assert_eq!(store.log(ids[0], 0), Err(StoreError::NoSuchRun(ids[0])));
+    assert_eq!(log_texts(store, ids[2], 0).len(), 3, "the kept run keeps its log");
+    assert_eq!(store.apply_retention(&retention, at(21)).unwrap().log_chunks, 0);
 }

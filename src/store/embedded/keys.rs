@@ -17,6 +17,8 @@ pub const LIVE: &[u8] = b"live/";
 pub const EVENT: &[u8] = b"ev/";
 pub const EVENT_AGE: &[u8] = b"eage/";
 pub const ACTIVITY: &[u8] = b"act/";
+/// A run's log, in chunks numbered per run like activities.
+pub const LOG: &[u8] = b"log/";
 /// Finished runs of an automation (skipped ones included), for listing and retention.
 pub const RUNS_OF: &[u8] = b"ra/";
 pub const FINISHED_RUNS_OF: &[u8] = b"rf/";
@@ -38,7 +40,7 @@ pub fn live(id: RunId) -> Vec<u8> {
 }
 
 /// The number that ends a key: the run id of `run/`, `live/` and `ra/` keys, the
-/// sequence number of `act/` keys.
+/// sequence number of `act/` and `log/` keys.
 pub fn number_at_end(key: &[u8]) -> Option<u64> {
     let bytes: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(bytes))
@@ -63,6 +65,14 @@ pub fn activities_of(run: RunId) -> Vec<u8> {
 
 pub fn activity(run: RunId, seq: u64) -> Vec<u8> {
     join(&[ACTIVITY, &run.0.to_be_bytes(), &seq.to_be_bytes()])
+}
+
+pub fn log_of(run: RunId) -> Vec<u8> {
+    join(&[LOG, &run.0.to_be_bytes()])
+}
+
+pub fn log_chunk(run: RunId, seq: u64) -> Vec<u8> {
+    join(&[LOG, &run.0.to_be_bytes(), &seq.to_be_bytes()])
 }
 
 pub fn runs_of(automation: &str) -> Vec<u8> {

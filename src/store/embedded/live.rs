@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::runs::flow::{FlowFacts, needed_busy};
+use crate::runs::scope::paths_overlap;
 use crate::runs::{Run, RunId, RunState};
 use crate::task::Flow;
 
@@ -29,7 +30,16 @@ pub struct LastCreated {
 #[derive(Debug, Clone)]
 pub struct LiveRun {
     pub run: Run,
+    /// The sequence numbers the run's next activity and next log chunk get.
     pub next_activity: u64,
+    pub next_log: u64,
+}
+
+impl LiveRun {
+    /// A run with no activities and no log yet.
+    pub fn new(run: Run) -> LiveRun {
+        LiveRun { run, next_activity: 0, next_log: 0 }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +51,8 @@ pub struct Live {
     groups: HashMap<String, BTreeSet<RunId>>,
     /// Leased or running runs per group.
     active: HashMap<String, u32>,
+    /// Leased or running runs per repository, whose `paths` a claim checks.
+    active_in_repo: HashMap<String, BTreeSet<RunId>>,
     pub dedupe: HashMap<(String, String), DedupeMark>,
     pub last_created: HashMap<String, LastCreated>,
     pub next_run: u64,
@@ -66,7 +78,8 @@ impl Live {
     }
 
     /// Puts an unfinished run in (or replaces it); a finished one is taken out.
-    pub fn put(&mut self, run: Run, next_activity: u64) {
+    pub fn put(&mut self, entry: LiveRun) {
+        let run = &entry.run;
         let id = run.id;
         self.remove(id);
         if run.state.is_finished() {
@@ -78,9 +91,12 @@ impl Live {
         }
         if run.state.is_active() {
             *self.active.entry(group.clone()).or_default() += 1;
+            if let Some(task) = &run.task {
+                self.active_in_repo.entry(task.repo.clone()).or_default().insert(id);
+            }
         }
         self.groups.entry(group).or_default().insert(id);
-        self.runs.insert(id, Box::new(LiveRun { run, next_activity }));
+        self.runs.insert(id, Box::new(entry));
     }
 
     pub fn remove(&mut self, id: RunId) -> Option<LiveRun> {
@@ -91,6 +107,15 @@ impl Live {
             && let Some(count) = self.active.get_mut(&group)
         {
             *count = count.saturating_sub(1);
+        }
+        if old.run.state.is_active()
+            && let Some(task) = &old.run.task
+            && let Some(members) = self.active_in_repo.get_mut(&task.repo)
+        {
+            members.remove(&id);
+            if members.is_empty() {
+                self.active_in_repo.remove(&task.repo);
+            }
         }
         if let Some(members) = self.groups.get_mut(&group) {
             members.remove(&id);
@@ -128,10 +153,13 @@ impl Live {
         FlowFacts { dedupe_holder, last_created, busy_count, oldest_busy }
     }
 
-    /// The oldest queued run that may start now: its retry wait is over and its group
-    /// is below its concurrency limit.
+    /// The oldest queued run that may start now: its retry wait is over, its group is
+    /// below its concurrency limit, and no leased or running run of its repository has
+    /// `paths` that overlap its own. The runs passed over stay queued, in their place.
     pub fn next_claimable(&self, now: DateTime<Utc>) -> Option<RunId> {
         let mut full_groups: Vec<String> = Vec::new();
+        // Scopes found blocked: queued runs of one automation usually share theirs.
+        let mut blocked_scopes: Vec<(&str, &[String])> = Vec::new();
         for id in &self.queued {
             let run = &self.runs[id].run;
             if run.not_before.is_some_and(|at| at > now) {
@@ -145,9 +173,28 @@ impl Live {
                 full_groups.push(group);
                 continue;
             }
+            if let Some(task) = &run.task {
+                let scope = (task.repo.as_str(), task.paths.as_slice());
+                if blocked_scopes.contains(&scope) {
+                    continue;
+                }
+                if self.scope_is_busy(scope.0, scope.1) {
+                    blocked_scopes.push(scope);
+                    continue;
+                }
+            }
             return Some(*id);
         }
         None
+    }
+
+    /// Whether a leased or running run of `repo` may change a file in `paths`.
+    fn scope_is_busy(&self, repo: &str, paths: &[String]) -> bool {
+        let Some(active) = self.active_in_repo.get(repo) else { return false };
+        active
+            .iter()
+            .filter_map(|id| self.runs.get(id)?.run.task.as_ref())
+            .any(|task| paths_overlap(paths, &task.paths))
     }
 
     /// Leased or running runs whose lease ended at or before `now`.

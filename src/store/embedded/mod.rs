@@ -22,8 +22,8 @@ mod wal;
 mod watermark;
 
 use super::{
-    Claim, Disposition, Durability, IngestOutcome, NewRun, PendingWrite, RetentionReport, RunFilter, RunOutcome,
-    ScheduleState, Store, StoreError, StoredEvent, StoredEventRef,
+    Claim, Disposition, Durability, IngestOutcome, LogChunk, NewRun, PendingWrite, RetentionReport, RunFilter,
+    RunOutcome, ScheduleState, Store, StoreError, StoredEvent, StoredEventRef,
 };
 use crate::config::Retention;
 use crate::event::Event;
@@ -386,7 +386,7 @@ impl Changes {
     /// Writes a changed live run and puts it back into the index.
     fn keep(&mut self, live: &mut Live, updated: LiveRun) {
         self.put_run(&updated.run);
-        live.put(updated.run, updated.next_activity);
+        live.put(updated);
     }
 
     /// Appends an activity the engine itself records (lease expiry, retries, cancels).
@@ -572,8 +572,9 @@ impl Inner {
         for entry in self.db.scan_prefix(keys::LIVE) {
             let (key, value) = entry.map_err(io)?;
             let run: Run = decode(&key, &value)?;
-            let next_activity = self.next_activity_seq(run.id)?;
-            live.put(run, next_activity);
+            let next_activity = self.next_seq(&keys::activities_of(run.id))?;
+            let next_log = self.next_seq(&keys::log_of(run.id))?;
+            live.put(LiveRun { run, next_activity, next_log });
         }
         for entry in self.db.scan_prefix(keys::DEDUPE) {
             let (key, value) = entry.map_err(io)?;
@@ -598,8 +599,9 @@ impl Inner {
         Ok(live)
     }
 
-    fn next_activity_seq(&self, run: RunId) -> Result<u64, StoreError> {
-        match self.db.scan_prefix(keys::activities_of(run)).next_back() {
+    /// The sequence number after the last one under `prefix` (a run's `act/` or `log/`).
+    fn next_seq(&self, prefix: &[u8]) -> Result<u64, StoreError> {
+        match self.db.scan_prefix(prefix).next_back() {
             Some(entry) => {
                 let (key, _) = entry.map_err(io)?;
                 Ok(keys::number_at_end(&key).map_or(0, |seq| seq + 1))
@@ -863,7 +865,7 @@ impl Store for SledStore {
                         live.last_created.insert(group, last);
                     }
                     changes.new_run(&run);
-                    live.put(run, 0);
+                    live.put(LiveRun::new(run));
                     (id, Disposition::Created)
                 }
             };
@@ -933,13 +935,28 @@ impl Store for SledStore {
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let mut live = self.lock();
-        let held = self.held_run(&live, id, epoch, "given activities")?;
+        let mut held = self.held_run(&live, id, epoch, "given activities")?;
         let seq = held.next_activity;
         let stored = Activity { seq, at: now, kind: activity.kind, text: activity.text, data: activity.data };
         let mut changes = Changes::default();
         changes.put(keys::activity(id, seq), encode(&stored));
-        live.put(held.run, seq + 1);
+        held.next_activity = seq + 1;
+        live.put(held);
         self.apply(live, changes, true)?;
+        Ok(seq)
+    }
+
+    fn append_log(&self, id: RunId, epoch: Epoch, text: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut live = self.lock();
+        let mut held = self.held_run(&live, id, epoch, "given log output")?;
+        let seq = held.next_log;
+        let chunk = LogChunk { seq, at: now, text: text.to_string() };
+        let mut changes = Changes::default();
+        changes.put(keys::log_chunk(id, seq), encode(&chunk));
+        held.next_log = seq + 1;
+        live.put(held);
+        // Not waited for on disk, like a heartbeat: the durable completion comes after.
+        self.apply(live, changes, false)?;
         Ok(seq)
     }
 
@@ -1166,6 +1183,23 @@ impl Store for SledStore {
                 decode(&key, &value)
             })
             .collect()
+    }
+
+    fn log(&self, run: RunId, from: u64) -> Result<Vec<LogChunk>, StoreError> {
+        if self.run(run)?.is_none() {
+            return Err(StoreError::NoSuchRun(run));
+        }
+        self.settle()?;
+        let prefix = keys::log_of(run);
+        let mut chunks = Vec::new();
+        for entry in self.db.range(keys::log_chunk(run, from)..) {
+            let (key, value) = entry.map_err(io)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            chunks.push(decode(&key, &value)?);
+        }
+        Ok(chunks)
     }
 
     fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {

@@ -1,5 +1,5 @@
 //! Retention: deletes finished runs beyond the configured count and age per automation,
-//! with their activities and events, and expired memory, dedupe marks and cooldowns.
+//! with their activities, logs and events, and expired memory, dedupe marks and cooldowns.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -71,6 +71,10 @@ impl Inner {
             for activity in self.db.scan_prefix(keys::activities_of(id)) {
                 changes.delete(activity.map_err(io)?.0.to_vec());
                 report.activities += 1;
+            }
+            for chunk in self.db.scan_prefix(keys::log_of(id)) {
+                changes.delete(chunk.map_err(io)?.0.to_vec());
+                report.log_chunks += 1;
             }
             for event in run.event_ids {
                 if !events.contains_key(&event) {
@@ -153,5 +157,79 @@ impl Inner {
         }
         live.last_created.retain(|_, last| last.until > now);
         self.apply(live, changes, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::config::{Approval, DurationSpec, OutputFormat};
+    use crate::event::Event;
+    use crate::netpolicy::NetworkPolicy;
+    use crate::runs::Completion;
+    use crate::store::embedded::SledStore;
+    use crate::store::{NewRun, Store};
+    use crate::task::{AgentCommand, Flow, PhasePolicies, Task};
+    use crate::triggers::TriggerKind;
+
+    fn task() -> Task {
+        Task {
+            automation: "probe".into(),
+            agent: AgentCommand {
+                profile: "codex".into(),
+                argv: vec!["codex".into(), "{prompt}".into()],
+                plan_argv: None,
+                env: BTreeMap::new(),
+                output: OutputFormat::default(),
+            },
+            repo: "/srv/git/api".into(),
+            base: "main".into(),
+            branch: "nightshift/probe".into(),
+            prompt: "p".into(),
+            setup: Vec::new(),
+            secrets: BTreeMap::new(),
+            network: PhasePolicies { setup: NetworkPolicy::default(), agent: NetworkPolicy::default() },
+            paths: Vec::new(),
+            timeout: DurationSpec::from_secs(60),
+            setup_timeout: DurationSpec::from_secs(60),
+            approval: Approval::default(),
+            push: false,
+            untrusted_input: false,
+        }
+    }
+
+    /// A finished run with `lines` log chunks, created and finished at `now`.
+    fn run_with_log(store: &SledStore, name: &str, lines: u64, now: DateTime<Utc>) -> RunId {
+        let mut event = Event::from_delivery(TriggerKind::Manual, serde_json::json!({}), BTreeMap::new(), now);
+        event.id = format!("manual:{name}");
+        let new =
+            NewRun { automation: "probe".into(), definition_hash: "h".into(), rendered: Ok((task(), Flow::default())) };
+        store.ingest(&event, vec![new], now).expect("ingest");
+        let claim = store.claim("w", Duration::from_secs(60), now).expect("claim").expect("a queued run");
+        for line in 0..lines {
+            store.append_log(claim.run.id, claim.lease.epoch, &format!("line {line}\n"), now).expect("append");
+        }
+        let done = Completion::Succeeded { result: Default::default() };
+        store.complete(claim.run.id, claim.lease.epoch, done, Vec::new(), now).expect("complete");
+        claim.run.id
+    }
+
+    #[test]
+    fn a_deleted_runs_log_chunks_leave_the_tree() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SledStore::open(dir.path()).expect("store opens");
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).single().expect("a time");
+        let old = run_with_log(&store, "old", 2, now);
+        let kept = run_with_log(&store, "kept", 1, now + chrono::Duration::seconds(1));
+        let report = store.apply_retention(&Retention { runs: 1, days: 30 }, now).expect("retention");
+        assert_eq!((report.runs, report.log_chunks), (1, 2));
+        store.settle().expect("settle");
+        let left = |run| store.db.scan_prefix(keys::log_of(run)).count();
+        assert_eq!((left(old), left(kept)), (0, 1));
     }
 }
