@@ -462,7 +462,8 @@ async fn serve(workspace: &Workspace, run: u64) -> anyhow::Result<(Serve, Starte
     let deadline = spawned + START_TIMEOUT;
     let child = Command::new(&workspace.binary)
         .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--dir"])
+        // Ingest alone: no local workers picking up the runs it creates.
+        .args(["--workers", "0", "--listen", "127.0.0.1:0", "--dir"])
         .arg(workspace.automations())
         .arg("--data")
         .arg(&data)

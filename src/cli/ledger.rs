@@ -20,7 +20,7 @@ use super::{Sources, load_catalog};
 use crate::pipeline::{Audience, IngestReport, Pipeline};
 use crate::runs::{MemoryEntry, MemoryWrite, Run, RunId};
 use crate::server::discovery::ServeFile;
-use crate::store::{RetentionReport, RunFilter, RunRecord, SledStore, Store, StoreError, default_data_dir};
+use crate::store::{LogChunk, RetentionReport, RunFilter, RunRecord, SledStore, Store, StoreError, default_data_dir};
 
 /// Where the automations and the store are.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,6 +69,12 @@ pub trait Ledger {
     fn write_memory(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> anyhow::Result<()>;
     /// Deletes what the project's `retention` no longer keeps.
     fn prune(&self, now: DateTime<Utc>) -> anyhow::Result<RetentionReport>;
+    /// Lets a run that waits for approval of its plan continue.
+    fn approve(&self, id: RunId) -> anyhow::Result<Run>;
+    /// Cancels a run in any unfinished state.
+    fn cancel(&self, id: RunId, reason: &str) -> anyhow::Result<Run>;
+    /// The run's log pieces from `from` on.
+    fn log(&self, id: RunId, from: u64) -> anyhow::Result<Vec<LogChunk>>;
 }
 
 /// Reaches the store at `location`. `sources` says where `trigger` finds the project
@@ -129,5 +135,17 @@ impl Ledger for LocalLedger {
             anyhow!("the project settings have problems:\n{}", text.join("\n"))
         })?;
         Ok(self.store.apply_retention(&settings.retention, now)?)
+    }
+
+    fn approve(&self, id: RunId) -> anyhow::Result<Run> {
+        Ok(self.store.approve(id, Utc::now())?)
+    }
+
+    fn cancel(&self, id: RunId, reason: &str) -> anyhow::Result<Run> {
+        Ok(self.store.cancel(id, reason, Utc::now())?)
+    }
+
+    fn log(&self, id: RunId, from: u64) -> anyhow::Result<Vec<LogChunk>> {
+        Ok(self.store.log(id, from)?)
     }
 }

@@ -1,7 +1,9 @@
 //! The `nightshift` command line: argument parsing and one module per subcommand.
 
+mod approve;
 mod fixture;
 mod ledger;
+mod logs;
 mod memory;
 mod output;
 mod prune;
@@ -15,6 +17,7 @@ mod show;
 mod test;
 mod trigger;
 mod validate;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,6 +102,22 @@ enum Command {
     /// automation) go with their activities and events, as do expired memory entries.
     /// Unfinished runs are never deleted.
     Prune(prune::Args),
+    /// Print a run's log: the setup and agent phases' output, secrets masked.
+    ///
+    /// The log is bounded (4 MiB by default): a longer one keeps its start and end,
+    /// with `[… N bytes cut …]` between. `--follow` prints as it grows.
+    Logs(logs::Args),
+    /// Let a run that waits with a plan (`approval: plan`) go on to carry it out.
+    Approve(approve::ApproveArgs),
+    /// Cancel a run in any unfinished state; an agent that is running is stopped.
+    Cancel(approve::CancelArgs),
+    /// Run agents for a `nightshift serve` on another machine.
+    ///
+    /// Claims runs over the server's worker API with a worker token (`serve
+    /// --worker-token`), runs them here (workspaces from cached mirrors, setup and
+    /// agent phases) and reports activities, logs and results back. A worker that dies
+    /// loses its runs when their leases expire; they are queued again.
+    Worker(worker::Args),
 }
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
@@ -106,6 +125,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Command::Serve(args) => init_logging(args.log_json, "nightshift=info,warn"),
+        Command::Worker(_) => init_logging(false, "nightshift=info,warn"),
         _ => init_logging(false, "warn"),
     }
     let result = match cli.command {
@@ -120,6 +140,10 @@ pub fn run() -> ExitCode {
         Command::Show(args) => show::run(args),
         Command::Memory(args) => memory::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::Logs(args) => logs::run(args),
+        Command::Approve(args) => approve::approve(args),
+        Command::Cancel(args) => approve::cancel(args),
+        Command::Worker(args) => worker::run(args),
     };
     match result {
         Ok(code) => code,

@@ -11,7 +11,7 @@ use super::ledger::{Ledger, TriggerRequest};
 use crate::pipeline::IngestReport;
 use crate::runs::{MemoryChange, MemoryEntry, MemoryWrite, Run, RunId};
 use crate::server::discovery::ServeFile;
-use crate::store::{RetentionReport, RunFilter, RunRecord};
+use crate::store::{LogChunk, RetentionReport, RunFilter, RunRecord};
 
 pub struct RemoteLedger {
     client: Client,
@@ -104,6 +104,19 @@ impl Ledger for RemoteLedger {
 
     fn prune(&self, _now: DateTime<Utc>) -> anyhow::Result<RetentionReport> {
         self.json(self.client.post(self.url("/api/prune")))
+    }
+
+    fn approve(&self, id: RunId) -> anyhow::Result<Run> {
+        self.json(self.client.post(self.url(&format!("/api/runs/{id}/approve"))))
+    }
+
+    fn cancel(&self, id: RunId, reason: &str) -> anyhow::Result<Run> {
+        let url = self.url(&format!("/api/runs/{id}/cancel"));
+        self.json(self.client.post(url).json(&serde_json::json!({ "reason": reason })))
+    }
+
+    fn log(&self, id: RunId, from: u64) -> anyhow::Result<Vec<LogChunk>> {
+        self.json(self.client.get(self.url(&format!("/api/runs/{id}/log"))).query(&[("from", from)]))
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use super::Sources;
 use super::ledger::Location;
+use super::worker::WorkerArgs;
 use crate::server::{ServeOptions, Server};
 
 #[derive(Debug, clap::Args)]
@@ -20,6 +21,17 @@ pub struct Args {
     /// NIGHTSHIFT_LOG (default `nightshift=info,warn`), e.g. NIGHTSHIFT_LOG=nightshift=debug.
     #[arg(long)]
     pub log_json: bool,
+    /// Runs the local workers take on at once. 0 leaves every run to remote workers
+    /// (`nightshift worker`).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    workers: usize,
+    /// A token remote workers may present (repeat for several). Also read from
+    /// NIGHTSHIFT_WORKER_TOKEN (comma-separated). Without any, the worker API refuses
+    /// every request.
+    #[arg(long, value_name = "TOKEN")]
+    worker_token: Vec<String>,
+    #[command(flatten)]
+    worker: WorkerArgs,
     #[command(flatten)]
     location: Location,
     #[command(flatten)]
@@ -35,10 +47,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = ServeOptions {
         automations,
         project,
-        data,
+        data: data.clone(),
         listen: args.listen,
         max_body: args.max_body,
         api_token: std::env::var("NIGHTSHIFT_API_TOKEN").ok().filter(|t| !t.is_empty()),
+        workers: args.workers,
+        worker: args.worker.settings(data.join("work")),
+        worker_tokens: worker_tokens(args.worker_token),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -47,4 +62,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The tokens given on the command line and in NIGHTSHIFT_WORKER_TOKEN.
+fn worker_tokens(given: Vec<String>) -> Vec<String> {
+    let from_env = std::env::var("NIGHTSHIFT_WORKER_TOKEN").unwrap_or_default();
+    let from_env = from_env.split(',').map(str::trim).map(str::to_string);
+    given.into_iter().chain(from_env).filter(|token| !token.is_empty()).collect()
 }

@@ -71,7 +71,7 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskTemplate {
-    /// Agent profile: `codex`, `claude`, or one defined in `nightshift.yaml`.
+    /// Agent profile: `codex`, `claude`, `local-audit`, or one defined in `nightshift.yaml`.
     pub agent: String,
     /// The repository: a URL (`https://...`, `ssh://...`, `git@host:path`) or a local
     /// path. A `{{ expr }}` template, e.g. `{{ event.repository.clone_url }}`.

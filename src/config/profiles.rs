@@ -86,7 +86,12 @@ fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|p| (*p).to_string()).collect()
 }
 
-/// The profiles every installation has.
+/// The `local-audit` profile's script (`sh -c`): git and grep, no LLM.
+const LOCAL_AUDIT: &str = include_str!("local_audit.sh");
+
+/// The profiles every installation has: `codex` and `claude`, and `local-audit`, a
+/// deterministic audit with git and grep that runs anywhere (the example automations
+/// use it, so they run end to end without an LLM tool).
 pub fn builtin_profiles() -> BTreeMap<String, AgentProfile> {
     let codex = AgentProfile {
         // `--` ends the options: a prompt that starts with `-` stays a prompt.
@@ -121,7 +126,20 @@ pub fn builtin_profiles() -> BTreeMap<String, AgentProfile> {
         env: BTreeMap::new(),
         output: OutputFormat::ClaudeStreamJson,
     };
-    BTreeMap::from([("codex".to_string(), codex), ("claude".to_string(), claude)])
+    // The script comes through the environment: its braces are shell and JSON, not
+    // placeholders.
+    let local_audit = AgentProfile {
+        command: argv(&["sh", "-c", "eval \"$NIGHTSHIFT_LOCAL_AUDIT\"", "local-audit", "{prompt_file}"]),
+        // Planning runs the audit itself: what it reports is the plan.
+        plan_command: None,
+        env: BTreeMap::from([("NIGHTSHIFT_LOCAL_AUDIT".to_string(), LOCAL_AUDIT.to_string())]),
+        output: OutputFormat::Generic,
+    };
+    BTreeMap::from([
+        ("codex".to_string(), codex),
+        ("claude".to_string(), claude),
+        ("local-audit".to_string(), local_audit),
+    ])
 }
 
 impl AgentProfile {

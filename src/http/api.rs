@@ -4,6 +4,8 @@
 //! - `POST /api/automations/{name}/run?source=KIND&now=TIME` with the payload as the
 //!   body and `X-Nightshift-Header-{Name}` for delivery headers: a manual run, 202.
 //! - `GET /api/runs?automation=&state=&limit=`, `GET /api/runs/{id}`.
+//! - `GET /api/runs/{id}/log?from=N`: the log pieces numbered N and on.
+//! - `POST /api/runs/{id}/approve`; `POST /api/runs/{id}/cancel` with `{"reason": ...}`.
 //! - `GET /api/automations/{name}/memory`, `PUT` / `DELETE .../memory/{key}`.
 //! - `POST /api/prune`.
 
@@ -34,6 +36,9 @@ pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
         .route("/api/automations/{name}/run", post(run_manually))
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(show_run))
+        .route("/api/runs/{id}/log", get(run_log))
+        .route("/api/runs/{id}/approve", post(approve_run))
+        .route("/api/runs/{id}/cancel", post(cancel_run))
         .route("/api/automations/{name}/memory", get(read_memory))
         .route("/api/automations/{name}/memory/{key}", put(set_memory).delete(remove_memory))
         .route("/api/prune", post(prune))
@@ -131,6 +136,55 @@ async fn show_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> 
         None => Ok(error(StatusCode::NOT_FOUND, format!("no run {id}"))),
     })
     .await
+}
+
+fn run_id(text: &str) -> Result<RunId, Box<Response>> {
+    text.parse::<RunId>()
+        .map_err(|_| Box::new(error(StatusCode::BAD_REQUEST, format!("`{text}` is not a run id (they look like r12)"))))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    from: u64,
+}
+
+async fn run_log(State(server): State<Arc<Server>>, Path(id): Path<String>, Query(query): Query<LogQuery>) -> Response {
+    let id = match run_id(&id) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
+    blocking(move || server.log(id, query.from).map(|chunks| axum::Json(chunks).into_response())).await
+}
+
+async fn approve_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
+    let id = match run_id(&id) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
+    blocking(move || server.approve(id).map(|run| axum::Json(run).into_response())).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CancelRequest {
+    reason: Option<String>,
+}
+
+async fn cancel_run(State(server): State<Arc<Server>>, Path(id): Path<String>, body: Bytes) -> Response {
+    let id = match run_id(&id) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
+    let request: CancelRequest = if body.is_empty() {
+        CancelRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(why) => return error(StatusCode::BAD_REQUEST, format!("the body is not a cancel request: {why}")),
+        }
+    };
+    let reason = request.reason.unwrap_or_else(|| "cancelled through the API".to_string());
+    blocking(move || server.cancel(id, &reason).map(|run| axum::Json(run).into_response())).await
 }
 
 async fn read_memory(State(server): State<Arc<Server>>, Path(name): Path<String>) -> Response {

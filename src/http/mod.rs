@@ -1,11 +1,12 @@
 //! The HTTP surface of `serve` (axum; the only module that imports it): `/hooks/{name}`
 //! for trigger sources (`hooks.rs`), `/api` for the command line and tools (`api.rs`),
-//! and `/healthz`. Every error is JSON, `{"error": ...}`, with a status that tells the
+//! `/api/worker` for remote workers (`worker.rs`), and `/healthz`. Every error is JSON, `{"error": ...}`, with a status that tells the
 //! caller what to do: 401 only when authentication failed, 413 for an oversize body,
 //! 503 with Retry-After when the store cannot keep up.
 
 mod api;
 mod hooks;
+mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/hooks/{name}", post(hooks::deliver))
         .route("/healthz", get(health))
         .merge(api::routes(Arc::clone(&server)))
+        .merge(worker::routes(Arc::clone(&server)))
         .fallback(not_found)
         .with_state(server)
 }

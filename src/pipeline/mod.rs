@@ -156,17 +156,42 @@ impl Pipeline {
         completion: Completion,
         now: DateTime<Utc>,
     ) -> Result<Run, StoreError> {
+        self.finish_with_memory(id, epoch, completion, None, now)
+    }
+
+    /// `finish` with what the agent wrote to `$NIGHTSHIFT_MEMORY_OUT` (keys to values,
+    /// null removes): stored with the run as provenance when the attempt is the run's
+    /// last, before `after_run`'s writes (which see it as `run.memory_out` and win).
+    pub fn finish_with_memory(
+        &self,
+        id: RunId,
+        epoch: Epoch,
+        completion: Completion,
+        agent_memory: Option<Map<String, Value>>,
+        now: DateTime<Utc>,
+    ) -> Result<Run, StoreError> {
         let run = self.store.run(id)?.ok_or(StoreError::NoSuchRun(id))?;
         let mut writes = Vec::new();
-        if completion.ends_run(&run)
-            && run.epoch == epoch
-            && let Some(loaded) = self.catalog.get(&run.automation)
-        {
-            match self.after_run(&loaded.compiled, &run, &completion, now) {
-                Ok((edits, read_untrusted)) => writes = memory_writes(edits, read_untrusted, &loaded.compiled, now),
-                Err(why) => {
-                    let text = format!("memory.after_run failed, memory is unchanged: {why}");
-                    self.store.append_activity(id, epoch, NewActivity::new(ActivityKind::Failure, text), now)?;
+        if completion.ends_run(&run) && run.epoch == epoch {
+            let loaded = self.catalog.get(&run.automation);
+            if let Some(entries) = &agent_memory {
+                let edits: MemoryEdits = entries
+                    .iter()
+                    .map(|(key, value)| (key.clone(), (!value.is_null()).then(|| value.clone())))
+                    .collect();
+                let ttl = loaded.and_then(|loaded| loaded.compiled.definition.memory.ttl);
+                writes.extend(memory_writes(edits, run.untrusted_input(), ttl, now));
+            }
+            if let Some(loaded) = loaded {
+                match self.after_run(&loaded.compiled, &run, &completion, agent_memory.as_ref(), now) {
+                    Ok((edits, read_untrusted)) => {
+                        let ttl = loaded.compiled.definition.memory.ttl;
+                        writes.extend(memory_writes(edits, read_untrusted, ttl, now));
+                    }
+                    Err(why) => {
+                        let text = format!("memory.after_run failed, its writes are dropped: {why}");
+                        self.store.append_activity(id, epoch, NewActivity::new(ActivityKind::Failure, text), now)?;
+                    }
                 }
             }
         }
@@ -178,6 +203,7 @@ impl Pipeline {
         automation: &CompiledAutomation,
         run: &Run,
         completion: &Completion,
+        agent_memory: Option<&Map<String, Value>>,
         now: DateTime<Utc>,
     ) -> Result<(MemoryEdits, bool), String> {
         if automation.definition.memory.after_run.is_none() {
@@ -187,7 +213,9 @@ impl Pipeline {
         let stored = self.store.event(first_event).map_err(|e| e.to_string())?;
         let event = stored.ok_or_else(|| format!("event {first_event} is no longer stored"))?.event;
         let recall = self.recall(automation, now).map_err(|e| e.to_string())?;
-        let run_value = crate::rules::value::to_dynamic(&finished_view(run, completion));
+        let mut view = finished_view(run, completion);
+        view["memory_out"] = agent_memory.map_or(Value::Null, |entries| Value::Object(entries.clone()));
+        let run_value = crate::rules::value::to_dynamic(&view);
         let edits = automation
             .after_run(self.engine, &PreparedEvent::new(event), &recall.view, recall.values, run_value, now)
             .map_err(|e| e.0)?;
@@ -201,15 +229,15 @@ struct Recall {
     untrusted: bool,
 }
 
-/// The script's edits as store writes; `untrusted` when the script read untrusted memory.
+/// Edits as store writes, expiring after the automation's memory `ttl`; `untrusted` when
+/// the writer read untrusted input.
 fn memory_writes(
     edits: MemoryEdits,
     untrusted: bool,
-    automation: &CompiledAutomation,
+    ttl: Option<crate::config::DurationSpec>,
     now: DateTime<Utc>,
 ) -> Vec<MemoryWrite> {
-    let expires_at =
-        automation.definition.memory.ttl.and_then(|ttl| crate::runs::clock::checked_later(now, ttl.as_duration()));
+    let expires_at = ttl.and_then(|ttl| crate::runs::clock::checked_later(now, ttl.as_duration()));
     edits
         .into_iter()
         .map(|(key, value)| MemoryWrite {

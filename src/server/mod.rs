@@ -9,6 +9,7 @@ mod alerts;
 pub mod discovery;
 mod maintenance;
 mod reload;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,8 +27,9 @@ use crate::intake::{Accepted, Delivery, HookTable, IntakeError};
 use crate::pipeline::{Audience, IngestReport, Pipeline};
 use crate::rules::RuleEngine;
 use crate::runs::{MemoryEntry, MemoryWrite, Run, RunId};
-use crate::store::{RetentionReport, RunFilter, RunRecord, SledStore, Store, StoreError};
+use crate::store::{LogChunk, RetentionReport, RunFilter, RunRecord, SledStore, Store, StoreError};
 use crate::triggers::TriggerKind;
+use crate::worker::{Pool, Runner, Wakeup, WorkerSettings};
 
 /// Deliveries waiting for the disk at once, beyond which hooks answer 503 with
 /// Retry-After instead of queueing without bound.
@@ -46,6 +48,13 @@ pub struct ServeOptions {
     pub max_body: usize,
     /// The API's bearer token; a random one is made when none is given.
     pub api_token: Option<String>,
+    /// Runs the local worker pool takes on at once; 0 leaves every run to remote workers.
+    pub workers: usize,
+    /// How the local workers run runs (their directory, lease, log bound, ...).
+    pub worker: WorkerSettings,
+    /// Tokens that remote workers (`nightshift worker`) present; with none, the worker
+    /// API refuses every request.
+    pub worker_tokens: Vec<String>,
 }
 
 /// One load of the automations: the pipeline over its catalog and the hooks it serves.
@@ -63,6 +72,9 @@ pub struct Server {
     admission: Semaphore,
     options: ServeOptions,
     api_token: String,
+    /// Rings when runs may be ready to claim: idle local workers and waiting remote
+    /// claims wake up.
+    wakeup: Arc<Wakeup>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -184,6 +196,7 @@ impl Server {
             admission: Semaphore::new(MAX_IN_FLIGHT),
             options,
             api_token,
+            wakeup: Arc::new(Wakeup::new()),
         }))
     }
 
@@ -246,7 +259,10 @@ impl Server {
         for event in &resolutions {
             cancelled.extend(alerts::cancel_unstarted_runs(self.store.as_ref(), hook, event, now)?);
         }
-        let run_ids = reports.iter().flat_map(|r| r.outcome.runs.iter().map(|o| o.run)).collect();
+        let run_ids: Vec<RunId> = reports.iter().flat_map(|r| r.outcome.runs.iter().map(|o| o.run)).collect();
+        if !run_ids.is_empty() {
+            self.wakeup.notify();
+        }
         Ok(DeliveryAnswer::Stored { run_ids, events: reports, cancelled_by_resolution: cancelled })
     }
 
@@ -267,7 +283,31 @@ impl Server {
         let event = Event::from_delivery(source, payload, request.headers, now);
         let (report, durability) = generation.pipeline.ingest_queued(event, Audience::Named(name), now)?;
         durability.await?;
+        self.wakeup.notify();
         Ok(report)
+    }
+
+    /// Lets a run that waits for approval continue.
+    pub fn approve(&self, id: RunId) -> Result<Run, ApiError> {
+        let run = self.store.approve(id, Utc::now())?;
+        self.wakeup.notify();
+        Ok(run)
+    }
+
+    /// Cancels a run in any unfinished state; a worker running it stops at its next
+    /// heartbeat.
+    pub fn cancel(&self, id: RunId, reason: &str) -> Result<Run, ApiError> {
+        Ok(self.store.cancel(id, reason, Utc::now())?)
+    }
+
+    /// The run's log pieces from `from` on.
+    pub fn log(&self, id: RunId, from: u64) -> Result<Vec<LogChunk>, ApiError> {
+        Ok(self.store.log(id, from)?)
+    }
+
+    /// A waiter that a newly queued run wakes (for the worker API's long poll).
+    pub fn wakeup(&self) -> &Arc<Wakeup> {
+        &self.wakeup
     }
 
     pub fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, ApiError> {
@@ -308,6 +348,7 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     let scheduler = tokio::spawn(crate::scheduler::run(clock, server.pipelines(), stopped.clone()));
     let reloader = reload::watch(Arc::clone(&server), stopped.clone())?;
     let mut maintenance = maintenance::start(Arc::clone(&server)).await?;
+    let pool = start_local_workers(&server)?;
 
     // Last: the file tells the other commands (and tests) the server is ready.
     discovery::ServeFile::new(address, &server.api_token).write(&server.options.data)?;
@@ -327,6 +368,11 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     };
     let served = crate::http::serve(listener, Arc::clone(&server), shutdown).await.map_err(ServeError::from);
     let _ = stop.send(true);
+    server.wakeup.close();
+    if let Some(pool) = pool {
+        tracing::info!("stopping the local workers; runs in progress are queued again once their leases expire");
+        let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
+    }
     let _ = scheduler.await;
     drop(reloader);
     if let Err(error) = maintenance.shutdown().await {
@@ -334,6 +380,18 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     }
     discovery::ServeFile::remove(&server.options.data);
     served
+}
+
+/// The local worker pool, unless `workers` is 0.
+fn start_local_workers(server: &Arc<Server>) -> Result<Option<Pool>, ServeError> {
+    let options = &server.options;
+    if options.workers == 0 {
+        return Ok(None);
+    }
+    let control = workers::LocalControl::new(Arc::clone(server), options.worker.lease_for);
+    let runner = Arc::new(Runner::new(Arc::new(control), options.worker.clone()));
+    let wakeup = Arc::clone(&server.wakeup);
+    Ok(Some(Pool::start(runner, "local", options.workers, wakeup, std::time::Duration::from_secs(1))?))
 }
 
 async fn shutdown_signal() {

@@ -1,10 +1,20 @@
-//! The worker side of a run: where it does its work and how. For now, the repository
-//! mirrors, the per-run workspaces checked out from them (overlay mounts or worktrees),
-//! the phases run in them as child processes, the adapters that read an agent's output,
-//! and what a run changed and its push.
+//! The worker side of a run: claiming runs (`pool.rs`, through a `RunControl`: the store
+//! in process, or `serve`'s worker API over HTTP in `remote.rs`), one attempt of a run
+//! start to end (`runner.rs`), the repository mirrors and per-run workspaces (overlay
+//! mounts or worktrees), the phases run in them as child processes, the adapters that
+//! read an agent's output, the streamed log, and what a run changed and its push.
 
+pub mod control;
 pub mod output;
 mod overlay;
 pub mod phase;
+pub mod pool;
+pub mod remote;
 pub mod results;
+pub mod runlog;
+pub mod runner;
 pub mod workspace;
+
+pub use control::{ControlError, RunControl};
+pub use pool::{Pool, Wakeup};
+pub use runner::{Runner, WorkerSettings};

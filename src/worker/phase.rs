@@ -10,7 +10,7 @@
 //! process that moves itself to another group or session (`setsid`) escapes this.
 //!
 //! Secret values are replaced by `***` in every line before the line is stored or handed
-//! to the stdout callback. Lines longer than `MAX_LINE` bytes are split, so a secret that
+//! to the line callback. Lines longer than `MAX_LINE` bytes are split, so a secret that
 //! straddles a line boundary, real or split, is not masked.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -273,13 +273,13 @@ impl Masker {
     }
 }
 
-/// Runs `command` to its end, its timeout or its cancellation, and passes each stdout line
-/// to `on_stdout` as it arrives, masked.
+/// Runs `command` to its end, its timeout or its cancellation, and passes each line of
+/// either stream to `on_line` as it arrives, masked.
 pub fn run_phase(
     command: &PhaseCommand,
     options: &PhaseOptions,
     cancel: &CancelToken,
-    mut on_stdout: impl FnMut(&str),
+    mut on_line: impl FnMut(Stream, &str),
 ) -> Result<PhaseOutcome, PhaseError> {
     let program = command.argv.first().ok_or(PhaseError::EmptyCommand)?.clone();
     let started = Instant::now();
@@ -290,9 +290,7 @@ pub fn run_phase(
     let mut log = PhaseLog::new(options.log_limit);
     let mut record = |stream: Stream, text: String| {
         let text = masker.mask(&text);
-        if stream == Stream::Stdout {
-            on_stdout(&text);
-        }
+        on_line(stream, &text);
         log.push(stream, text);
     };
 
@@ -394,6 +392,17 @@ impl Group {
             }
         }
         process.envs(&command.env);
+        // If the worker dies (SIGKILL, a crash), the child is killed rather than left to
+        // run unwatched; only the child, not what it started, so its group may outlive it.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            process.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = process.spawn().map_err(|cause| PhaseError::Spawn {
             program: program.to_string(),
             dir: command.dir.clone(),

@@ -66,8 +66,9 @@ fn render_prints_the_task_as_json() {
     let rendered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rendered["matched"], true);
     assert_eq!(rendered["task"]["branch"], "review/pr-1347");
-    assert_eq!(rendered["task"]["repo"], "https://github.com/acme/shop.git");
-    assert_eq!(rendered["task"]["agent"]["argv"][0], "claude");
+    assert_eq!(rendered["task"]["repo"], ".");
+    assert_eq!(rendered["task"]["agent"]["profile"], "local-audit");
+    assert_eq!(rendered["task"]["agent"]["argv"][0], "sh");
     assert_eq!(rendered["task"]["network"]["agent"]["default"], "deny");
     assert!(rendered["flow"]["concurrency_key"].as_str().unwrap().starts_with("acme/shop#1347"));
 }

@@ -128,8 +128,8 @@ fn show_prints_the_run_its_prompt_and_events() {
     let out = ok(data.path(), &["show", "r1"]);
     assert!(out.starts_with("r1  pr-security-review  queued\n"), "{out}");
     assert!(out.contains("  branch      review/pr-1347"), "{out}");
-    assert!(out.contains("  agent       claude -p"), "{out}");
-    assert!(out.contains("{prompt}"), "the argv shows where the prompt goes: {out}");
+    assert!(out.contains("  agent       sh -c"), "{out}");
+    assert!(out.contains("{prompt_file}"), "the argv shows where the prompt goes: {out}");
     assert!(out.contains("    Review pull request #1347 in acme/shop for security"), "{out}");
     assert!(
         out.contains("events\n  github:d-1  pull_request.opened  received 2026-11-22T09:00:00Z\n  github:d-2"),

@@ -17,6 +17,7 @@ mod validate;
 mod worker_output;
 mod worker_phase;
 mod worker_results;
+mod workers;
 mod workspace;
 
 use std::path::{Path, PathBuf};

@@ -28,8 +28,14 @@ pub struct Answer {
 }
 
 impl Serving {
-    /// Starts `nightshift serve` on `files` (name → YAML, in `automations/`), with `env`.
+    /// Starts `nightshift serve` on `files` (name → YAML, in `automations/`), with `env`,
+    /// and no local workers: runs stay queued.
     pub fn start(files: &[(&str, &str)], env: &[(&str, &str)]) -> Serving {
+        Self::start_with_args(files, env, &["--workers", "0"])
+    }
+
+    /// `start` with more arguments for `serve` (e.g. `--workers 4`).
+    pub fn start_with_args(files: &[(&str, &str)], env: &[(&str, &str)], args: &[&str]) -> Serving {
         let dirs = tempfile::tempdir().expect("temp dir");
         let automations = dirs.path().join("automations");
         std::fs::create_dir_all(&automations).unwrap();
@@ -37,11 +43,17 @@ impl Serving {
             std::fs::write(automations.join(name), text).unwrap();
         }
         let data = dirs.path().join("data");
-        Self::start_in(dirs, automations, data, env)
+        Self::start_in(dirs, automations, data, env, args)
     }
 
     /// Starts a server over existing directories (e.g. again, after a stop).
-    fn start_in(dirs: tempfile::TempDir, automations: PathBuf, data: PathBuf, env: &[(&str, &str)]) -> Serving {
+    fn start_in(
+        dirs: tempfile::TempDir,
+        automations: PathBuf,
+        data: PathBuf,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Serving {
         let _ = std::fs::remove_file(data.join("serve.json"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_nightshift"));
         command
@@ -49,6 +61,7 @@ impl Serving {
             .arg(&automations)
             .arg("--data")
             .arg(&data)
+            .args(args)
             .current_dir(dirs.path())
             .env("NIGHTSHIFT_LOG", "nightshift=debug,warn")
             .stdout(Stdio::null())
@@ -109,6 +122,18 @@ impl Serving {
         answer.body
     }
 
+    /// POSTs JSON to an `/api` path with the token.
+    pub fn api_post(&self, path: &str, body: &Value) -> Answer {
+        let request = self.client.post(format!("{}{path}", self.url)).bearer_auth(&self.token).json(body);
+        answer(request.send().expect("request"))
+    }
+
+    /// POSTs JSON to a worker API path with a worker token.
+    pub fn worker_post(&self, token: &str, path: &str, body: &Value) -> Answer {
+        let request = self.client.post(format!("{}{path}", self.url)).bearer_auth(token).json(body);
+        answer(request.send().expect("request"))
+    }
+
     /// Every run, newest first, through the API.
     pub fn runs(&self) -> Vec<Value> {
         self.api_get("/api/runs").as_array().unwrap().clone()
@@ -136,7 +161,7 @@ impl Serving {
     pub fn restart(mut self, env: &[(&str, &str)]) -> Serving {
         assert!(self.stop(), "the server did not stop cleanly:\n{}", self.log());
         let dirs = std::mem::replace(&mut self._dirs, tempfile::tempdir().unwrap());
-        Self::start_in(dirs, self.automations.clone(), self.data.clone(), env)
+        Self::start_in(dirs, self.automations.clone(), self.data.clone(), env, &["--workers", "0"])
     }
 
     pub fn automations_dir(&self) -> &Path {

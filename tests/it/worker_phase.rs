@@ -31,7 +31,7 @@ fn options() -> PhaseOptions {
 }
 
 fn run(command: &PhaseCommand, options: &PhaseOptions) -> PhaseOutcome {
-    run_phase(command, options, &CancelToken::new(), |_| {}).expect("the phase runs")
+    run_phase(command, options, &CancelToken::new(), |_, _| {}).expect("the phase runs")
 }
 
 fn lines(outcome: &PhaseOutcome, stream: Stream) -> Vec<&str> {
@@ -93,7 +93,11 @@ fn runs_in_its_directory_and_passes_stdout_lines_to_the_callback() {
         &sh(dir.path(), "ls; echo '{\"kind\":\"note\"}'; echo hidden >&2; read x || echo no-stdin", PATIENCE),
         &options(),
         &CancelToken::new(),
-        |line| seen.push(line.to_string()),
+        |stream, line| {
+            if stream == Stream::Stdout {
+                seen.push(line.to_string())
+            }
+        },
     )
     .unwrap();
     assert_eq!(outcome.status, PhaseStatus::Exited(0));
@@ -133,7 +137,8 @@ fn secrets_are_masked_wherever_they_appear() {
         ..options()
     };
     let mut seen = Vec::new();
-    let outcome = run_phase(&phase, &options, &CancelToken::new(), |line| seen.push(line.to_string())).unwrap();
+    let outcome =
+        run_phase(&phase, &options, &CancelToken::new(), |stream, line| seen.push((stream, line.to_string()))).unwrap();
 
     assert_eq!(outcome.status, PhaseStatus::Exited(0));
     let text = outcome.log.text();
@@ -141,7 +146,9 @@ fn secrets_are_masked_wherever_they_appear() {
     assert!(!text.contains("and-more"), "{text}");
     assert_eq!(lines(&outcome, Stream::Stdout), ["token=*** again=***", "***", "plain"]);
     assert_eq!(lines(&outcome, Stream::Stderr), ["to stderr: ***"]);
-    assert_eq!(seen, ["token=*** again=***", "***", "plain"]);
+    let stdout: Vec<&str> = seen.iter().filter(|(s, _)| *s == Stream::Stdout).map(|(_, l)| l.as_str()).collect();
+    assert_eq!(stdout, ["token=*** again=***", "***", "plain"]);
+    assert!(seen.contains(&(Stream::Stderr, "to stderr: ***".to_string())), "{seen:?}");
 }
 
 #[test]
@@ -173,7 +180,8 @@ fn cancelling_from_another_thread_kills_the_whole_group() {
             cancel.cancel();
         })
     };
-    let outcome = run_phase(&sh(dir.path(), &background_sleep(""), PATIENCE * 3), &options(), &cancel, |_| {}).unwrap();
+    let outcome =
+        run_phase(&sh(dir.path(), &background_sleep(""), PATIENCE * 3), &options(), &cancel, |_, _| {}).unwrap();
     canceller.join().unwrap();
 
     assert_eq!(outcome.status, PhaseStatus::Cancelled);
@@ -225,12 +233,12 @@ fn the_log_keeps_both_ends_within_its_limit() {
 fn a_missing_program_is_an_error_that_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let phase = command(dir.path(), &["nightshift-no-such-program", "--flag"], PATIENCE);
-    let error = run_phase(&phase, &options(), &CancelToken::new(), |_| {}).unwrap_err();
+    let error = run_phase(&phase, &options(), &CancelToken::new(), |_, _| {}).unwrap_err();
     assert!(matches!(error, PhaseError::Spawn { .. }), "{error:?}");
     let message = error.to_string();
     assert!(message.contains("`nightshift-no-such-program`"), "{message}");
     assert!(message.contains("No such file or directory"), "{message}");
 
     let empty = command(dir.path(), &[], PATIENCE);
-    assert!(matches!(run_phase(&empty, &options(), &CancelToken::new(), |_| {}), Err(PhaseError::EmptyCommand)));
+    assert!(matches!(run_phase(&empty, &options(), &CancelToken::new(), |_, _| {}), Err(PhaseError::EmptyCommand)));
 }

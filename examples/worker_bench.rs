@@ -1,0 +1,270 @@
+//! Load tool for workers, over the real store, pipeline and runner with a real git
+//! repository of 10,000 files and a shell agent:
+//!
+//! ```text
+//! cargo build --release --example worker_bench
+//! target/release/examples/worker_bench start [RUNS=20] [CLONES=5]
+//! target/release/examples/worker_bench concurrent [RUNS=32]
+//! ```
+//! - `start`: from a claim granted to the agent process started (it writes the time first
+//!   thing), one run at a time with a warm mirror that is fetched again for every run,
+//!   interleaved with fresh `git clone file://` of the same repository; prints both and
+//!   the ratio of the medians.
+//! - `concurrent`: RUNS runs at once (RUNS automations with disjoint `paths`, a pool of
+//!   RUNS threads), each agent a short shell command. The engine's overhead per run is
+//!   the time from claim to completion recorded, minus the agent's own time (from its
+//!   first to its last instruction).
+//!
+//! Everything lives in a temporary directory. Overlay workspaces need root; without, the
+//! workspaces are worktrees and the tool says so.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chrono::Utc;
+use serde_json::{Map, Value, json};
+
+use nightshift::event::Event;
+use nightshift::pipeline::{Audience, Pipeline};
+use nightshift::rules::RuleEngine;
+use nightshift::runs::{Completion, Epoch, NewActivity, RunId};
+use nightshift::store::{Claim, SledStore, Store};
+use nightshift::triggers::TriggerKind;
+use nightshift::worker::workspace::overlay_support;
+use nightshift::worker::{ControlError, Pool, RunControl, Runner, Wakeup, WorkerSettings};
+use support::{git, make_repository, median, report};
+
+#[path = "support/mod.rs"]
+mod support;
+
+/// The longest the tool waits for the concurrent runs.
+const CONCURRENT_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_default();
+    let mut number = |default: usize, limit: usize| -> usize {
+        let n = args.next().map_or(default, |n| n.parse().expect("a number"));
+        assert!((1..=limit).contains(&n), "at most {limit}");
+        n
+    };
+    match mode.as_str() {
+        "start" => {
+            let runs = number(20, 500);
+            let clones = number(5, 100);
+            start(runs, clones);
+        }
+        "concurrent" => concurrent(number(32, 100)),
+        _ => panic!("usage: worker_bench start [RUNS] [CLONES] | concurrent [RUNS]"),
+    }
+}
+
+/// A temporary world: the repository, the automations, the store and the agent's clock.
+struct Bench {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    pipeline: Arc<Pipeline>,
+    control: Arc<BenchControl>,
+}
+
+impl Bench {
+    /// `automations` automations `a0`, `a1`, ... on the repository, each changing only
+    /// its own module, and a `bench` agent that records when it starts and ends.
+    fn new(automations: usize) -> Bench {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let root = dir.path().canonicalize().expect("its path");
+        let source = root.join("source");
+        let started = Instant::now();
+        make_repository(&source);
+        println!("repository: 10,000 files in {} ms", started.elapsed().as_millis());
+        let clock = root.join("clock");
+        std::fs::create_dir_all(&clock).expect("the clock directory");
+        let agent = r#"date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.start"; echo '{"type":"summary","text":"ok"}'; date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.end""#;
+        let project = json!({"profiles": {"bench": {
+            "command": ["sh", "-c", agent],
+            "env": {"CLOCK": clock},
+            "output": "generic",
+        }}});
+        std::fs::write(root.join("nightshift.yaml"), serde_yaml::to_string(&project).expect("YAML")).expect("write");
+        let automations_dir = root.join("automations");
+        std::fs::create_dir_all(&automations_dir).expect("the automations directory");
+        for n in 0..automations {
+            let yaml = format!(
+                "name: a{n}\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: bench\n  repo: {}\n  base: main\n  \
+                 branch: \"bench/{{{{ event.n }}}}\"\n  paths: [\"module_{n:03}/**\"]\n  prompt: bench\n",
+                source.display()
+            );
+            std::fs::write(automations_dir.join(format!("a{n}.yaml")), yaml).expect("write");
+        }
+        let (catalog, problems) =
+            nightshift::catalog::load(RuleEngine::shared(), &[automations_dir], Some(&root.join("nightshift.yaml")));
+        assert!(problems.is_empty(), "{problems:?}");
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&root.join("data")).expect("the store opens"));
+        let pipeline = Arc::new(Pipeline::new(Arc::new(catalog), store));
+        let control = Arc::new(BenchControl { pipeline: Arc::clone(&pipeline), times: Mutex::default() });
+        if let Err(reason) = overlay_support(&root.join("work/workspaces")) {
+            println!("WARNING: overlays unavailable, workspaces are worktrees: {reason}");
+        }
+        Bench { _dir: dir, root, pipeline, control }
+    }
+
+    fn queue(&self, automation: &str, n: usize) -> RunId {
+        let now = Utc::now();
+        let event = Event::from_delivery(TriggerKind::Manual, json!({ "n": n }), Default::default(), now);
+        let report = self.pipeline.ingest(event, Audience::Named(automation), now).expect("the run is stored");
+        report.outcome.runs[0].run
+    }
+
+    fn runner(&self, refresh_every: Duration) -> Arc<Runner> {
+        let mut settings = WorkerSettings::new(self.root.join("work"));
+        settings.refresh_every = refresh_every;
+        Arc::new(Runner::new(Arc::clone(&self.control) as Arc<dyn RunControl>, settings))
+    }
+
+    /// The agent's start and end, as recorded by the agent.
+    fn agent_clock(&self, run: RunId) -> (SystemTime, SystemTime) {
+        let read = |end: &str| {
+            let path = self.root.join("clock").join(format!("{run}.{end}"));
+            let nanos: u64 =
+                std::fs::read_to_string(&path).expect("the agent ran").trim().parse().expect("nanoseconds");
+            UNIX_EPOCH + Duration::from_nanos(nanos)
+        };
+        (read("start"), read("end"))
+    }
+}
+
+/// Claim → agent started, one run at a time, against fresh clones.
+fn start(runs: usize, clones: usize) {
+    let bench = Bench::new(1);
+    // A mirror fetched for every run: no credit for a fetch skipped.
+    let runner = bench.runner(Duration::ZERO);
+    let one = |n: usize| -> Duration {
+        let id = bench.queue("a0", n);
+        let claim = bench.control.claim("bench").expect("claim").expect("a queued run");
+        assert_eq!(claim.run.id, id);
+        runner.execute(claim);
+        let claimed = bench.control.time(id, "claimed");
+        bench.agent_clock(id).0.duration_since(claimed).expect("the agent starts after the claim")
+    };
+    println!("first run (clones the mirror, makes the base checkout): {} ms", one(0).as_millis());
+    let (mut starts, mut fresh) = (Vec::new(), Vec::new());
+    let source = bench.root.join("source");
+    for i in 0..runs.max(clones) {
+        if i < runs {
+            starts.push(one(i + 1));
+        }
+        if i < clones {
+            let target = bench.root.join(format!("clone-{i}"));
+            let started = Instant::now();
+            let url = format!("file://{}", source.display());
+            git(&bench.root, &["clone", "--quiet", &url, target.to_str().expect("UTF-8")]);
+            fresh.push(started.elapsed());
+            std::fs::remove_dir_all(&target).expect("the clone is removed");
+        }
+    }
+    report("claim→agent", &mut starts);
+    report("fresh clone", &mut fresh);
+    let ratio = median(&fresh).as_secs_f64() / median(&starts).as_secs_f64();
+    println!("fresh-clone median / claim→agent median: {ratio:.1}x");
+}
+
+/// RUNS runs at once on a pool of RUNS threads.
+fn concurrent(runs: usize) {
+    let bench = Bench::new(runs);
+    let runner = bench.runner(Duration::from_secs(5));
+    // Warm the mirror and the base checkout, as a running worker has them.
+    let warm = bench.queue("a0", 0);
+    runner.execute(bench.control.claim("warm").expect("claim").expect("a queued run"));
+    assert!(bench.control.completed(warm));
+    let ids: Vec<RunId> = (0..runs).map(|n| bench.queue(&format!("a{n}"), 1)).collect();
+    let started = Instant::now();
+    let pool = Pool::start(Arc::clone(&runner), "bench", runs, Arc::new(Wakeup::new()), Duration::from_millis(50))
+        .expect("the pool starts");
+    while !ids.iter().all(|id| bench.control.completed(*id)) {
+        assert!(started.elapsed() < CONCURRENT_TIMEOUT, "the runs did not finish in time");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wall = started.elapsed();
+    pool.stop();
+    let mut overheads = Vec::new();
+    let mut totals = Vec::new();
+    for id in &ids {
+        let total =
+            bench.control.time(*id, "completed").duration_since(bench.control.time(*id, "claimed")).expect("order");
+        let (agent_start, agent_end) = bench.agent_clock(*id);
+        let agent = agent_end.duration_since(agent_start).unwrap_or_default();
+        totals.push(total);
+        overheads.push(total.saturating_sub(agent));
+    }
+    println!("{runs} runs at once: all done in {} ms", wall.as_millis());
+    report("claim→complete", &mut totals);
+    report("engine overhead", &mut overheads);
+}
+
+/// The store and pipeline in process, recording when each run was claimed and completed.
+struct BenchControl {
+    pipeline: Arc<Pipeline>,
+    times: Mutex<HashMap<(RunId, &'static str), SystemTime>>,
+}
+
+impl BenchControl {
+    fn mark(&self, run: RunId, what: &'static str) {
+        self.times.lock().expect("lock").insert((run, what), SystemTime::now());
+    }
+
+    fn time(&self, run: RunId, what: &'static str) -> SystemTime {
+        self.times.lock().expect("lock")[&(run, what)]
+    }
+
+    fn completed(&self, run: RunId) -> bool {
+        self.times.lock().expect("lock").contains_key(&(run, "completed"))
+    }
+}
+
+fn lost(error: nightshift::store::StoreError) -> ControlError {
+    ControlError::Lost(error.to_string())
+}
+
+impl RunControl for BenchControl {
+    fn claim(&self, worker: &str) -> Result<Option<Claim>, ControlError> {
+        let claim = self.pipeline.store().claim(worker, Duration::from_secs(60), Utc::now()).map_err(lost)?;
+        if let Some(claim) = &claim {
+            self.mark(claim.run.id, "claimed");
+        }
+        Ok(claim)
+    }
+
+    fn started(&self, run: RunId, epoch: Epoch) -> Result<(), ControlError> {
+        self.pipeline.store().mark_running(run, epoch, Utc::now()).map(drop).map_err(lost)
+    }
+
+    fn heartbeat(&self, run: RunId, epoch: Epoch) -> Result<(), ControlError> {
+        self.pipeline.store().heartbeat(run, epoch, Duration::from_secs(60), Utc::now()).map(drop).map_err(lost)
+    }
+
+    fn activities(&self, run: RunId, epoch: Epoch, activities: Vec<NewActivity>) -> Result<(), ControlError> {
+        for activity in activities {
+            self.pipeline.store().append_activity(run, epoch, activity, Utc::now()).map_err(lost)?;
+        }
+        Ok(())
+    }
+
+    fn log(&self, run: RunId, epoch: Epoch, text: String) -> Result<(), ControlError> {
+        self.pipeline.store().append_log(run, epoch, &text, Utc::now()).map(drop).map_err(lost)
+    }
+
+    fn complete(
+        &self,
+        run: RunId,
+        epoch: Epoch,
+        completion: Completion,
+        memory: Option<Map<String, Value>>,
+    ) -> Result<(), ControlError> {
+        assert!(matches!(completion, Completion::Succeeded { .. }), "{run}: {completion:?}");
+        self.pipeline.finish_with_memory(run, epoch, completion, memory, Utc::now()).map_err(lost)?;
+        self.mark(run, "completed");
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! `/api/worker`: the worker API that `nightshift worker` calls, behind a worker token
+//! (not the API token). Every call but the claim names a run and carries its lease
+//! epoch; a run whose lease another token holds answers 404, as if it did not exist.
+//!
+//! - `POST /api/worker/claim` `{worker, lease_seconds, wait_seconds}`: 200 with the
+//!   claim (run, task and lease), or 204 when no run was queued within `wait_seconds`
+//!   (at most 30).
+//! - `POST /api/worker/runs/{id}/started|heartbeat|activities|log|complete`: 204; 409
+//!   when the epoch is stale or the run was cancelled, so the worker stops it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use super::{error, store_error};
+use crate::runs::RunId;
+use crate::server::Server;
+use crate::server::workers::WorkerId;
+use crate::store::StoreError;
+use crate::worker::remote::wire;
+
+/// The longest a claim waits for a run.
+const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
+
+/// The token that authenticated the request, for `WorkerId`.
+#[derive(Clone)]
+struct WorkerToken(String);
+
+pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
+    Router::new()
+        .route("/api/worker/claim", post(claim))
+        .route("/api/worker/runs/{id}/{action}", post(run_action))
+        .route_layer(middleware::from_fn_with_state(server, require_worker_token))
+}
+
+/// Checks the bearer token against the server's worker tokens, in constant time each.
+async fn require_worker_token(State(server): State<Arc<Server>>, mut request: Request, next: Next) -> Response {
+    let tokens = &server.options().worker_tokens;
+    if tokens.is_empty() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "this server takes no remote workers: start `nightshift serve` with --worker-token TOKEN",
+        );
+    }
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(token) = tokens.iter().find(|token| crate::auth::verify_bearer(token, given).is_ok()) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "/api/worker needs `Authorization: Bearer <worker token>`, one given to serve with --worker-token",
+        );
+    };
+    let token = WorkerToken(token.clone());
+    request.extensions_mut().insert(token);
+    next.run(request).await
+}
+
+async fn claim(
+    State(server): State<Arc<Server>>,
+    axum::Extension(WorkerToken(token)): axum::Extension<WorkerToken>,
+    body: axum::body::Bytes,
+) -> Response {
+    let request: wire::ClaimRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, format!("not a claim request: {why}")),
+    };
+    if request.worker.is_empty() || request.worker.contains('@') {
+        return error(StatusCode::BAD_REQUEST, "`worker` must be a non-empty name without `@`");
+    }
+    let worker = WorkerId::remote(&request.worker, &token);
+    let lease_for = Duration::from_secs(request.lease_seconds);
+    let until = Instant::now() + Duration::from_secs(request.wait_seconds).min(MAX_CLAIM_WAIT);
+    let answer = tokio::task::spawn_blocking(move || {
+        loop {
+            let seen = server.wakeup().generation();
+            match server.claim_run(&worker, lease_for) {
+                Ok(Some(claim)) => return Ok(Some(claim)),
+                Ok(None) if Instant::now() < until && !server.wakeup().is_closed() => {
+                    server.wakeup().wait(seen, until.saturating_duration_since(Instant::now()));
+                }
+                other => return other,
+            }
+        }
+    })
+    .await;
+    match answer {
+        Ok(Ok(Some(claim))) => (StatusCode::OK, Json(claim)).into_response(),
+        Ok(Ok(None)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(failed)) => store_error(&failed),
+        Err(panicked) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the claim failed: {panicked}")),
+    }
+}
+
+async fn run_action(
+    State(server): State<Arc<Server>>,
+    axum::Extension(WorkerToken(token)): axum::Extension<WorkerToken>,
+    Path((id, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(id) = id.parse::<RunId>() else {
+        return error(StatusCode::BAD_REQUEST, format!("`{id}` is not a run id (they look like r12)"));
+    };
+    // The name part does not matter here: a lease is checked by its token id.
+    let worker = WorkerId::remote("_", &token);
+    let done = tokio::task::spawn_blocking(move || act(&server, &worker, id, &action, &body)).await;
+    match done {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(Refusal::Store(failed))) => store_error(&failed),
+        Ok(Err(Refusal::BadRequest(why))) => error(StatusCode::BAD_REQUEST, why),
+        Ok(Err(Refusal::NoSuchAction(action))) => error(
+            StatusCode::NOT_FOUND,
+            format!("no worker action `{action}`; one of started, heartbeat, activities, log, complete"),
+        ),
+        Err(panicked) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed: {panicked}")),
+    }
+}
+
+enum Refusal {
+    Store(StoreError),
+    BadRequest(String),
+    NoSuchAction(String),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(error: StoreError) -> Refusal {
+        Refusal::Store(error)
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|why| Refusal::BadRequest(format!("the body does not fit: {why}")))
+}
+
+fn act(server: &Server, worker: &WorkerId, id: RunId, action: &str, body: &[u8]) -> Result<(), Refusal> {
+    match action {
+        "started" => {
+            let held: wire::Held = parse(body)?;
+            server.run_started(worker, id, held.epoch)?;
+        }
+        "heartbeat" => {
+            let beat: wire::Heartbeat = parse(body)?;
+            server.run_heartbeat(worker, id, beat.epoch, Duration::from_secs(beat.lease_seconds))?;
+        }
+        "activities" => {
+            let given: wire::Activities = parse(body)?;
+            server.run_activities(worker, id, given.epoch, given.activities)?;
+        }
+        "log" => {
+            let given: wire::Log = parse(body)?;
+            server.run_log(worker, id, given.epoch, &given.text)?;
+        }
+        "complete" => {
+            let given: wire::Complete = parse(body)?;
+            server.run_complete(worker, id, given.epoch, given.completion, given.memory)?;
+        }
+        other => return Err(Refusal::NoSuchAction(other.to_string())),
+    }
+    Ok(())
+}

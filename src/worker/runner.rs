@@ -1,0 +1,618 @@
+//! One attempt of one claimed run, start to end: the workspace from the repository's
+//! mirror, the setup phase (with the automation's secrets), the agent phase (without
+//! them, with the network policy handed over), the results read from git, the push, the
+//! agent's memory, and the completion. A monitor thread renews the lease and streams the
+//! log; when the lease is lost (the run was cancelled, or another worker took it over)
+//! it stops the phase and the attempt ends without reporting.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+use super::control::{ControlError, RunControl};
+use super::output::OutputAdapter;
+use super::phase::{CancelToken, PhaseCommand, PhaseOptions, PhaseStatus, Stream, run_phase};
+use super::results::{self, PushOutcome};
+use super::runlog::RunLog;
+use super::workspace::{Cleanup, MirrorCache, Workspace, WorkspaceError};
+use crate::config::{AgentProfile, Approval};
+use crate::runs::{ActivityKind, Completion, Epoch, NewActivity, Run, RunId, RunResult};
+use crate::store::Claim;
+use crate::task::Task;
+
+/// The most bytes of `$NIGHTSHIFT_MEMORY_OUT` read.
+pub const MAX_MEMORY_OUT: u64 = 256 * 1024;
+
+/// Pending log text is sent once it reaches this, without waiting for the next tick.
+const LOG_SEND_AT: usize = 64 * 1024;
+
+/// How one worker runs runs.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Mirrors, workspaces and per-run files live under it.
+    pub work_dir: PathBuf,
+    /// How long a claim or a heartbeat holds the run.
+    pub lease_for: Duration,
+    /// How often the lease is renewed and the log sent.
+    pub heartbeat_every: Duration,
+    /// The most bytes of log kept per run, start and end.
+    pub log_limit: usize,
+    /// Keep the workspace of a run that did not succeed, for a look.
+    pub keep_failed: bool,
+    /// Overlay workspaces where they can be mounted.
+    pub overlays: bool,
+    /// A mirror fetched this recently is used as it is.
+    pub refresh_every: Duration,
+    /// Given to the agent as `HTTP_PROXY` and `HTTPS_PROXY`, when set.
+    pub egress_proxy: Option<String>,
+    /// How long a stopped phase has between SIGTERM and SIGKILL.
+    pub grace: Duration,
+}
+
+impl WorkerSettings {
+    pub fn new(work_dir: PathBuf) -> WorkerSettings {
+        WorkerSettings {
+            work_dir,
+            lease_for: Duration::from_secs(60),
+            heartbeat_every: Duration::from_secs(1),
+            log_limit: 4 * 1024 * 1024,
+            keep_failed: false,
+            overlays: true,
+            refresh_every: Duration::from_secs(5),
+            egress_proxy: None,
+            grace: Duration::from_secs(5),
+        }
+    }
+
+    fn workspaces(&self) -> PathBuf {
+        self.work_dir.join("workspaces")
+    }
+
+    /// Files the worker gives one run (prompt, policy, memory output), outside its
+    /// workspace so they never show up as changes.
+    fn run_files(&self, run: RunId) -> PathBuf {
+        self.work_dir.join("runs").join(run.to_string())
+    }
+}
+
+/// Runs claimed runs; shared by a pool's threads.
+pub struct Runner {
+    control: Arc<dyn RunControl>,
+    settings: WorkerSettings,
+    mirrors: MirrorCache,
+    refreshed: Mutex<HashMap<String, Instant>>,
+    /// Attempts in progress, so a shutdown can stop them.
+    in_flight: Mutex<HashMap<RunId, CancelToken>>,
+}
+
+/// How an attempt ended, for the engine.
+enum Ending {
+    Report {
+        completion: Completion,
+        memory: Option<Map<String, Value>>,
+    },
+    /// The lease is gone or the worker is stopping: nothing is reported.
+    Stopped(String),
+}
+
+impl Ending {
+    fn failed(reason: impl Into<String>, retryable: bool, result: Option<RunResult>) -> Ending {
+        Ending::Report { completion: Completion::Failed { reason: reason.into(), retryable, result }, memory: None }
+    }
+}
+
+impl Runner {
+    pub fn new(control: Arc<dyn RunControl>, settings: WorkerSettings) -> Runner {
+        let mirrors = MirrorCache::new(&settings.work_dir).with_overlays(settings.overlays);
+        Runner {
+            control,
+            settings,
+            mirrors,
+            refreshed: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn control(&self) -> &Arc<dyn RunControl> {
+        &self.control
+    }
+
+    /// Stops every attempt in progress; they end without reporting, and their leases
+    /// expire so the runs are queued again.
+    pub fn shutdown(&self) {
+        for cancel in lock(&self.in_flight).values() {
+            cancel.cancel();
+        }
+    }
+
+    /// Runs one attempt of the claimed run and reports how it ended.
+    pub fn execute(&self, claim: Claim) {
+        let run = claim.run;
+        let epoch = claim.lease.epoch;
+        let attempt = Attempt::new(Arc::clone(&self.control), run.id, epoch, self.settings.log_limit);
+        lock(&self.in_flight).insert(run.id, attempt.cancel.clone());
+        let monitor = attempt.monitor(&self.settings);
+        tracing::info!(run_id = %run.id, automation = %run.automation, attempt = run.attempt, "Run started");
+        let ending = self.attempt(&run, &attempt);
+        drop(monitor);
+        lock(&self.in_flight).remove(&run.id);
+        attempt.flush_log(true);
+        match ending {
+            Ending::Stopped(why) => tracing::warn!(run_id = %run.id, "Run stopped: {why}"),
+            Ending::Report { completion, memory } => {
+                if let Some(why) = attempt.lost() {
+                    tracing::warn!(run_id = %run.id, "Run stopped: {why}");
+                    return;
+                }
+                self.report(run.id, epoch, completion, memory);
+            }
+        }
+    }
+
+    /// Reports a completion, retrying while the engine is unreachable for up to a lease.
+    fn report(&self, run: RunId, epoch: Epoch, completion: Completion, memory: Option<Map<String, Value>>) {
+        let give_up = Instant::now() + self.settings.lease_for;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.control.complete(run, epoch, completion.clone(), memory.clone()) {
+                Ok(()) => {
+                    tracing::info!(run_id = %run, outcome = completion_name(&completion), "Run reported");
+                    return;
+                }
+                Err(ControlError::Unavailable(why)) if Instant::now() + wait < give_up => {
+                    tracing::warn!(run_id = %run, "Cannot report the run yet, retrying: {why}");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    tracing::error!(run_id = %run, %error, "Cannot report the run; its lease will expire");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn attempt(&self, run: &Run, attempt: &Attempt) -> Ending {
+        let Some(task) = run.task.as_ref() else {
+            return Ending::failed("the run has no task (its rendering failed)", false, None);
+        };
+        let secrets = match resolve_secrets(task) {
+            Ok(secrets) => secrets,
+            Err(why) => return Ending::failed(why, false, None),
+        };
+        let workspace = match self.workspace(task, run.id) {
+            Ok(workspace) => workspace,
+            Err(error) => return Ending::failed(error.to_string(), is_transient(&error), None),
+        };
+        let ending = self.in_workspace(run, task, &workspace, attempt, &secrets);
+        let succeeded = matches!(
+            ending,
+            Ending::Report { completion: Completion::Succeeded { .. } | Completion::PlanReady { .. }, .. }
+        );
+        let how = if self.settings.keep_failed && !succeeded { Cleanup::Keep } else { Cleanup::Remove };
+        if let Err(error) = workspace.cleanup(how) {
+            tracing::warn!(run_id = %run.id, %error, "Cannot remove the workspace");
+        }
+        let _ = std::fs::remove_dir_all(self.settings.run_files(run.id));
+        ending
+    }
+
+    /// The run's workspace, from a mirror fetched at most `refresh_every` ago.
+    fn workspace(&self, task: &Task, run: RunId) -> Result<Workspace, WorkspaceError> {
+        let mirror = self.mirrors.mirror(&task.repo)?;
+        let fresh =
+            lock(&self.refreshed).get(mirror.location()).is_some_and(|at| at.elapsed() < self.settings.refresh_every);
+        if !fresh {
+            mirror.refresh()?;
+            lock(&self.refreshed).insert(mirror.location().to_string(), Instant::now());
+        }
+        mirror.prepare(&self.settings.workspaces(), run, &task.base, &task.branch)
+    }
+
+    fn in_workspace(
+        &self,
+        run: &Run,
+        task: &Task,
+        workspace: &Workspace,
+        attempt: &Attempt,
+        secrets: &BTreeMap<String, String>,
+    ) -> Ending {
+        match self.control.started(run.id, attempt.epoch) {
+            Ok(()) => {}
+            Err(ControlError::Lost(why)) => return Ending::Stopped(why),
+            Err(error) => return Ending::failed(format!("cannot start the run: {error}"), true, None),
+        }
+        let files = match RunFiles::write(&self.settings.run_files(run.id), task) {
+            Ok(files) => files,
+            Err(why) => return Ending::failed(why, true, None),
+        };
+        let mut env = BTreeMap::from([
+            ("NIGHTSHIFT_RUN_ID".to_string(), run.id.to_string()),
+            ("NIGHTSHIFT_AUTOMATION".to_string(), run.automation.clone()),
+            ("NIGHTSHIFT_BRANCH".to_string(), task.branch.clone()),
+            ("NIGHTSHIFT_WORKSPACE".to_string(), workspace.path().display().to_string()),
+        ]);
+        let options = PhaseOptions {
+            secrets: secrets.values().cloned().collect(),
+            log_limit: 64 * 1024,
+            grace: self.settings.grace,
+        };
+
+        let setup_started = Instant::now();
+        for command in &task.setup {
+            let mut setup_env = env.clone();
+            setup_env.extend(secrets.clone());
+            let timeout = task.setup_timeout.as_duration().saturating_sub(setup_started.elapsed());
+            let phase = PhaseCommand {
+                argv: vec!["sh".into(), "-c".into(), command.clone()],
+                dir: workspace.path().to_path_buf(),
+                env: setup_env,
+                timeout,
+            };
+            attempt.log_line(&format!("== setup: {command}"));
+            let outcome = match run_phase(&phase, &options, &attempt.cancel, |_, line| attempt.log_line(line)) {
+                Ok(outcome) => outcome,
+                Err(error) => return Ending::failed(format!("setup: {error}"), false, None),
+            };
+            match outcome.status {
+                PhaseStatus::Exited(0) => {}
+                PhaseStatus::Exited(code) => {
+                    let result = RunResult { exit_code: Some(code), ..RunResult::default() };
+                    return Ending::failed(format!("setup command `{command}` exited with {code}"), true, Some(result));
+                }
+                PhaseStatus::Signalled(signal) => {
+                    return Ending::failed(
+                        format!("setup command `{command}` was killed by signal {signal}"),
+                        true,
+                        None,
+                    );
+                }
+                PhaseStatus::TimedOut => {
+                    let reason = format!("the setup phase ran longer than its {}", task.setup_timeout);
+                    return Ending::Report { completion: Completion::TimedOut { reason }, memory: None };
+                }
+                PhaseStatus::Cancelled => return Ending::Stopped(attempt.stop_reason()),
+            }
+        }
+
+        let planning = task.approval == Approval::Plan && !run.approved;
+        env.extend(task.agent.env.clone());
+        env.insert("NIGHTSHIFT_MEMORY_OUT".into(), files.memory_out.display().to_string());
+        env.insert("NIGHTSHIFT_POLICY_FILE".into(), files.policy.display().to_string());
+        if let Some(proxy) = &self.settings.egress_proxy {
+            for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                env.insert(name.into(), proxy.clone());
+            }
+        }
+        let phase = PhaseCommand {
+            argv: agent_argv(run.id, task, workspace, &files, planning),
+            dir: workspace.path().to_path_buf(),
+            env,
+            timeout: task.timeout.as_duration(),
+        };
+        attempt.log_line(&format!("== agent: {}", phase.argv.first().map_or("", String::as_str)));
+        let mut adapter = OutputAdapter::new(task.agent.output);
+        let outcome = run_phase(&phase, &options, &attempt.cancel, |stream, line| {
+            attempt.log_line(line);
+            if stream == Stream::Stdout {
+                attempt.activities(adapter.line(line));
+            }
+        });
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => return Ending::failed(format!("agent: {error}"), false, None),
+        };
+        let exit_code = match outcome.status {
+            PhaseStatus::Exited(code) => Some(code),
+            PhaseStatus::Signalled(_) => None,
+            PhaseStatus::TimedOut => {
+                let reason = format!("the agent ran longer than its {}", task.timeout);
+                return Ending::Report { completion: Completion::TimedOut { reason }, memory: None };
+            }
+            PhaseStatus::Cancelled => return Ending::Stopped(attempt.stop_reason()),
+        };
+        let report = adapter.finish();
+        let summary = report.summary.unwrap_or_default();
+        let agent_failed = match outcome.status {
+            PhaseStatus::Exited(0) if !report.failed => None,
+            PhaseStatus::Exited(0) => Some("the agent reported a failure".to_string()),
+            PhaseStatus::Exited(code) => Some(format!("the agent exited with {code}")),
+            PhaseStatus::Signalled(signal) => Some(format!("the agent was killed by signal {signal}")),
+            PhaseStatus::TimedOut | PhaseStatus::Cancelled => None,
+        };
+        if planning {
+            return match agent_failed {
+                Some(why) => Ending::failed(format!("planning: {why}"), false, None),
+                None if summary.trim().is_empty() => Ending::failed("planning: the agent gave no plan", false, None),
+                None => Ending::Report { completion: Completion::PlanReady { plan: summary }, memory: None },
+            };
+        }
+
+        let mut result = RunResult { summary, exit_code, details: Map::new() };
+        let memory = match read_memory_out(&files.memory_out) {
+            Ok(memory) => memory,
+            Err(why) => {
+                attempt.activities(vec![NewActivity::new(ActivityKind::Failure, why)]);
+                None
+            }
+        };
+        let changes = match results::collect(workspace, &task.paths) {
+            Ok(changes) => changes,
+            Err(error) => return Ending::failed(format!("reading the run's changes: {error}"), true, Some(result)),
+        };
+        changes.record(&mut result);
+        let failure = if let Some(why) = agent_failed {
+            Some(why)
+        } else if !changes.out_of_scope.is_empty() {
+            Some(format!(
+                "out of scope: the run changed files outside its `paths` ({}), so nothing was pushed",
+                changes.out_of_scope.join(", ")
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = failure {
+            let completion = Completion::Failed { reason, retryable: false, result: Some(result) };
+            return Ending::Report { completion, memory };
+        }
+        if task.push {
+            match results::push(workspace, &changes) {
+                Ok(PushOutcome::Pushed { branch, commit }) => {
+                    result.details.insert("pushed".into(), json!({"branch": branch, "commit": commit}));
+                    attempt.activities(vec![NewActivity::new(
+                        ActivityKind::Progress,
+                        format!("pushed {branch} at {commit}"),
+                    )]);
+                }
+                Ok(PushOutcome::NoCommits) => {}
+                Err(error) => {
+                    let completion =
+                        Completion::Failed { reason: format!("push: {error}"), retryable: true, result: Some(result) };
+                    return Ending::Report { completion, memory };
+                }
+            }
+        }
+        Ending::Report { completion: Completion::Succeeded { result }, memory }
+    }
+}
+
+/// The agent's argv: the profile's command (its plan command when planning) with every
+/// placeholder filled in one pass.
+fn agent_argv(run: RunId, task: &Task, workspace: &Workspace, files: &RunFiles, planning: bool) -> Vec<String> {
+    let plan_prompt;
+    let (template, prompt) = match (&task.agent.plan_argv, planning) {
+        (Some(plan_argv), true) => (plan_argv, task.prompt.as_str()),
+        (None, true) => {
+            plan_prompt = format!("Propose a plan only; change nothing.\n\n{}", task.prompt);
+            (&task.agent.argv, plan_prompt.as_str())
+        }
+        (_, false) => (&task.agent.argv, task.prompt.as_str()),
+    };
+    let run_id = run.to_string();
+    let workspace = workspace.path().display().to_string();
+    let prompt_file = files.prompt.display().to_string();
+    AgentProfile::fill(
+        template,
+        &[
+            ("prompt", prompt),
+            ("prompt_file", &prompt_file),
+            ("workspace", &workspace),
+            ("run_id", &run_id),
+            ("branch", &task.branch),
+            ("base", &task.base),
+        ],
+    )
+}
+
+/// The automation's secrets, read now for the setup phase.
+fn resolve_secrets(task: &Task) -> Result<BTreeMap<String, String>, String> {
+    task.secrets
+        .iter()
+        .map(|(name, reference)| {
+            reference.resolve().map(|value| (name.clone(), value)).map_err(|why| format!("secret {name}: {why}"))
+        })
+        .collect()
+}
+
+/// Whether trying again later may help: a fetch or a file system hiccup, not a wrong ref.
+fn is_transient(error: &WorkspaceError) -> bool {
+    !matches!(
+        error,
+        WorkspaceError::Location { .. }
+            | WorkspaceError::BadRef { .. }
+            | WorkspaceError::UnknownBase { .. }
+            | WorkspaceError::BranchExists { .. }
+    )
+}
+
+/// What the agent wrote to `$NIGHTSHIFT_MEMORY_OUT`: a JSON object, keys to values (null
+/// removes a key). No file is no memory.
+fn read_memory_out(path: &Path) -> Result<Option<Map<String, Value>>, String> {
+    let why = |what: String| format!("$NIGHTSHIFT_MEMORY_OUT is ignored: {what}");
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(why(error.to_string())),
+    };
+    let size = file.metadata().map_err(|e| why(e.to_string()))?.len();
+    if size > MAX_MEMORY_OUT {
+        return Err(why(format!("it holds {size} bytes, more than the {MAX_MEMORY_OUT} allowed")));
+    }
+    match serde_json::from_reader(std::io::BufReader::new(file)) {
+        Ok(Value::Object(entries)) => Ok(Some(entries)),
+        Ok(other) => Err(why(format!("it must hold a JSON object of keys to values, not {}", json_kind(&other)))),
+        Err(error) => Err(why(format!("it is not JSON: {error}"))),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn completion_name(completion: &Completion) -> &'static str {
+    match completion {
+        Completion::Succeeded { .. } => "succeeded",
+        Completion::Failed { .. } => "failed",
+        Completion::TimedOut { .. } => "timed_out",
+        Completion::PlanReady { .. } => "awaiting_approval",
+    }
+}
+
+/// The files a run's agent is given, outside its workspace.
+struct RunFiles {
+    prompt: PathBuf,
+    policy: PathBuf,
+    memory_out: PathBuf,
+}
+
+impl RunFiles {
+    fn write(dir: &Path, task: &Task) -> Result<RunFiles, String> {
+        let _ = std::fs::remove_dir_all(dir);
+        let failed = |what: &Path, error: std::io::Error| format!("cannot write {}: {error}", what.display());
+        std::fs::create_dir_all(dir).map_err(|e| failed(dir, e))?;
+        let files = RunFiles {
+            prompt: dir.join("prompt.txt"),
+            policy: dir.join("policy.json"),
+            memory_out: dir.join("memory.json"),
+        };
+        std::fs::write(&files.prompt, &task.prompt).map_err(|e| failed(&files.prompt, e))?;
+        let policy = serde_json::to_vec_pretty(&task.network.agent).map_err(|e| e.to_string())?;
+        std::fs::write(&files.policy, policy).map_err(|e| failed(&files.policy, e))?;
+        Ok(files)
+    }
+}
+
+/// One attempt's link to the engine: its cancel token, the log being streamed, and
+/// whether the lease was lost.
+struct Attempt {
+    control: Arc<dyn RunControl>,
+    run: RunId,
+    epoch: Epoch,
+    cancel: CancelToken,
+    log: Mutex<RunLog>,
+    lost: Mutex<Option<String>>,
+}
+
+/// The monitor thread; dropping it stops the thread and waits for it.
+struct Monitor {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Attempt {
+    fn new(control: Arc<dyn RunControl>, run: RunId, epoch: Epoch, log_limit: usize) -> Arc<Attempt> {
+        Arc::new(Attempt {
+            control,
+            run,
+            epoch,
+            cancel: CancelToken::new(),
+            log: Mutex::new(RunLog::new(log_limit)),
+            lost: Mutex::new(None),
+        })
+    }
+
+    /// Starts the thread that renews the lease and sends the log every `heartbeat_every`.
+    /// A lease the engine says is gone, or one not renewed for a whole lease, stops the
+    /// attempt.
+    fn monitor(self: &Arc<Attempt>, settings: &WorkerSettings) -> Monitor {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let attempt = Arc::clone(self);
+        let (every, lease_for) = (settings.heartbeat_every, settings.lease_for);
+        let thread = std::thread::Builder::new().name(format!("nightshift-{}", self.run)).spawn(move || {
+            let mut renewed = Instant::now();
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                attempt.flush_log(false);
+                match attempt.control.heartbeat(attempt.run, attempt.epoch) {
+                    Ok(()) => renewed = Instant::now(),
+                    Err(ControlError::Lost(why)) => return attempt.lose(why),
+                    Err(error) if renewed.elapsed() >= lease_for => {
+                        return attempt.lose(format!("the lease was not renewed for {lease_for:?}: {error}"));
+                    }
+                    Err(error) => tracing::warn!(run_id = %attempt.run, %error, "Heartbeat failed"),
+                }
+            }
+        });
+        match thread {
+            Ok(thread) => Monitor { stop: Some(stop), thread: Some(thread) },
+            Err(error) => {
+                self.lose(format!("cannot start the heartbeat thread: {error}"));
+                Monitor { stop: None, thread: None }
+            }
+        }
+    }
+
+    fn lose(&self, why: String) {
+        lock(&self.lost).get_or_insert(why);
+        self.cancel.cancel();
+    }
+
+    fn lost(&self) -> Option<String> {
+        lock(&self.lost).clone()
+    }
+
+    fn stop_reason(&self) -> String {
+        self.lost().unwrap_or_else(|| "the worker is stopping".to_string())
+    }
+
+    fn log_line(&self, line: &str) {
+        let mut log = lock(&self.log);
+        log.push(line);
+        if log.pending_bytes() >= LOG_SEND_AT {
+            self.send_log(log, false);
+        }
+    }
+
+    /// Sends the pending log; at the end (`last`), the cut marker and the tail too.
+    fn flush_log(&self, last: bool) {
+        self.send_log(lock(&self.log), last);
+    }
+
+    /// Sends under the log's lock, so pieces arrive in order.
+    fn send_log(&self, mut log: MutexGuard<'_, RunLog>, last: bool) {
+        let text = if last { log.finish() } else { log.take_pending() };
+        let Some(text) = text else { return };
+        match self.control.log(self.run, self.epoch, text) {
+            Ok(()) => {}
+            Err(ControlError::Lost(why)) => {
+                drop(log);
+                self.lose(why);
+            }
+            Err(error) => tracing::warn!(run_id = %self.run, %error, "Cannot send the log; a piece of it is lost"),
+        }
+    }
+
+    fn activities(&self, activities: Vec<NewActivity>) {
+        if activities.is_empty() {
+            return;
+        }
+        match self.control.activities(self.run, self.epoch, activities) {
+            Ok(()) => {}
+            Err(ControlError::Lost(why)) => self.lose(why),
+            Err(error) => tracing::warn!(run_id = %self.run, %error, "Cannot record activities"),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

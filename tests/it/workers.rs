@@ -1,0 +1,417 @@
+//! Runs end to end: a real `nightshift serve` with its local workers (or a remote
+//! `nightshift worker` process on loopback), a real git repository made here, and a
+//! fixture agent (a shell script) that edits, commits, prints activities and writes memory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::git::git;
+use super::serving::Serving;
+
+/// How long a test waits for a run to get somewhere before it fails.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The fixture agent. It appends the prompt to `$TARGET` (a path in the repository;
+/// default `{automation}/file.txt`), commits, reports a plan and a summary, writes memory, and, when `$HOLD` names a file,
+/// first waits for that file to exist (so a test can catch it mid-run). Its first
+/// argument is the prompt file; the setup phase's secret must not reach it.
+const AGENT: &str = r#"#!/bin/sh
+set -e
+echo '{"type":"plan","text":"append the prompt to '"${TARGET:-a file}"'"}'
+echo "agent sees token: ${FIXTURE_TOKEN:-none}" >&2
+if [ -n "$HOLD" ]; then
+  sleep 300 &
+  echo $! > "$HOLD.child"
+  while [ ! -e "$HOLD" ]; do sleep 0.1; done
+fi
+target="${TARGET:-$NIGHTSHIFT_AUTOMATION/file.txt}"
+mkdir -p "$(dirname "$target")"
+cat "$1" >> "$target"
+git add -A
+git -c user.name=Agent -c user.email=agent@example.com commit -qm "agent: $NIGHTSHIFT_RUN_ID"
+printf '{"last":"done by %s","note":"from the agent"}' "$NIGHTSHIFT_RUN_ID" > "$NIGHTSHIFT_MEMORY_OUT"
+echo '{"type":"summary","text":"appended the prompt"}'
+"#;
+
+/// The fixture agent's plan command: it proposes and changes nothing.
+const PLANNER: &str = r#"#!/bin/sh
+echo '{"type":"summary","text":"plan: append the prompt"}'
+"#;
+
+/// A test's world: the upstream repository, the agent, the project file.
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = dir.path().join("upstream");
+        std::fs::create_dir_all(upstream.join("src/a")).unwrap();
+        std::fs::write(upstream.join("README.md"), "fixture\n").unwrap();
+        std::fs::write(upstream.join("src/a/notes.txt"), "notes\n").unwrap();
+        git(&upstream, &["init", "-q"]);
+        git(&upstream, &["add", "-A"]);
+        git(&upstream, &["commit", "-qm", "initial"]);
+        std::fs::write(dir.path().join("agent.sh"), AGENT).unwrap();
+        std::fs::write(dir.path().join("plan.sh"), PLANNER).unwrap();
+        World { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn upstream(&self) -> PathBuf {
+        self.path("upstream")
+    }
+
+    /// `nightshift.yaml` with the `fixture` profile; `env` goes to the agent.
+    fn project(&self, env: &[(&str, &str)]) -> PathBuf {
+        let env: serde_json::Map<String, Value> = env.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let project = json!({
+            "profiles": {
+                "fixture": {
+                    "command": ["sh", self.path("agent.sh"), "{prompt_file}"],
+                    "plan_command": ["sh", self.path("plan.sh")],
+                    "env": env,
+                    "output": "generic",
+                }
+            }
+        });
+        let path = self.path("nightshift.yaml");
+        std::fs::write(&path, serde_yaml::to_string(&project).unwrap()).unwrap();
+        path
+    }
+
+    /// An automation run by hand on the fixture agent, changing `paths`.
+    fn automation(&self, name: &str, paths: &str, extra: &str) -> String {
+        format!(
+            r#"name: {name}
+trigger:
+  manual: {{}}
+task:
+  agent: fixture
+  repo: {repo}
+  base: main
+  branch: "nightshift/{name}/{{{{ event.n }}}}"
+  push: true
+  paths: {paths}
+  setup: ['echo "setup sees $FIXTURE_TOKEN"']
+  secrets:
+    FIXTURE_TOKEN: env:FIXTURE_SECRET
+  prompt: |
+    Request {{{{ event.n }}}}. Before: {{{{ memory.get("last") ?? "nothing" }}}}
+memory:
+  after_run: |
+    memory.set("seen_note", run.memory_out.note);
+{extra}"#,
+            repo = self.upstream().display(),
+        )
+    }
+
+    fn branch_exists(&self, branch: &str) -> bool {
+        git(&self.upstream(), &["branch", "--list", branch]).contains(branch)
+    }
+}
+
+fn serve(world: &World, files: &[(&str, &str)], agent_env: &[(&str, &str)], args: &[&str]) -> Serving {
+    let project = world.project(agent_env);
+    let work = world.path("work");
+    let mut all = vec!["--config", project.to_str().unwrap(), "--work-dir", work.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Serving::start_with_args(files, &[("FIXTURE_SECRET", "s3cr3t-value")], &all)
+}
+
+/// Starts a manual run of `automation` with `{"n": n}`; returns its id.
+fn trigger(server: &Serving, automation: &str, n: u32) -> String {
+    let answer = server.api_post(&format!("/api/automations/{automation}/run"), &json!({ "n": n }));
+    assert_eq!(answer.status, 202, "{:?}", answer.body);
+    answer.body["runs"][0]["run"].as_u64().map(|id| format!("r{id}")).expect("a run was created")
+}
+
+fn record(server: &Serving, run: &str) -> Value {
+    server.api_get(&format!("/api/runs/{run}"))
+}
+
+/// Waits until the run is in one of `states`; returns its record.
+fn wait_for(server: &Serving, run: &str, states: &[&str]) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let record = record(server, run);
+        if states.contains(&record["run"]["state"].as_str().unwrap()) {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "{run} never reached {states:?}: {record:#}\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log_text(server: &Serving, run: &str) -> String {
+    let chunks = server.api_get(&format!("/api/runs/{run}/log"));
+    chunks.as_array().unwrap().iter().map(|chunk| chunk["text"].as_str().unwrap()).collect()
+}
+
+fn activity_texts(record: &Value, kind: &str) -> Vec<String> {
+    record["activities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == kind)
+        .map(|a| a["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::read_to_string(path).unwrap()
+}
+
+fn process_alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{}", pid.trim())).exists()
+        && !std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default().contains(") Z ")
+}
+
+fn wait_until_gone(pid: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while process_alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} outlived its run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_event_becomes_a_pushed_commit_with_activities_a_masked_log_and_memory() {
+    let world = World::new();
+    let automation = world.automation("fix", r#"["src/**"]"#, "");
+    let server = serve(&world, &[("fix.yaml", &automation)], &[("TARGET", "src/a/notes.txt")], &["--workers", "2"]);
+
+    let first = trigger(&server, "fix", 1);
+    let done = wait_for(&server, &first, &["succeeded", "failed", "timed_out"]);
+    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{}", log_text(&server, &first));
+    let result = &done["run"]["result"];
+    assert_eq!(result["summary"], "appended the prompt");
+    assert_eq!(result["exit_code"], 0);
+    assert_eq!(result["details"]["diff_stat"]["files_changed"], 1);
+    assert_eq!(result["details"]["commits"][0]["subject"], format!("agent: {first}"));
+    assert_eq!(result["details"]["pushed"]["branch"], "nightshift/fix/1");
+
+    // The branch reached the real repository with the agent's commit.
+    let pushed = git(&world.upstream(), &["log", "-1", "--format=%s", "nightshift/fix/1"]);
+    assert_eq!(pushed, format!("agent: {first}"));
+    let file = git(&world.upstream(), &["show", "nightshift/fix/1:src/a/notes.txt"]);
+    assert!(file.contains("Request 1. Before: nothing"), "{file}");
+
+    assert_eq!(activity_texts(&done, "plan"), ["append the prompt to src/a/notes.txt"]);
+    let log = log_text(&server, &first);
+    assert!(log.contains("setup sees ***"), "the setup phase sees the secret, masked in the log:\n{log}");
+    assert!(log.contains("agent sees token: none"), "the agent phase has no secrets:\n{log}");
+    assert!(!log.contains("s3cr3t-value"), "{log}");
+
+    let memory = server.api_get("/api/automations/fix/memory");
+    assert_eq!(memory["last"]["value"], format!("done by {first}"));
+    assert_eq!(memory["last"]["written_by"], first.trim_start_matches('r').parse::<u64>().unwrap());
+    assert_eq!(memory["seen_note"]["value"], "from the agent", "after_run sees what the agent wrote");
+
+    let second = trigger(&server, "fix", 2);
+    let prompt = record(&server, &second)["run"]["task"]["prompt"].as_str().unwrap().to_string();
+    assert!(prompt.contains(&format!("Before: done by {first}")), "{prompt}");
+    assert_eq!(wait_for(&server, &second, &["succeeded", "failed"])["run"]["state"], "succeeded");
+}
+
+#[test]
+fn runs_with_disjoint_paths_run_together_and_overlapping_ones_one_after_the_other() {
+    let world = World::new();
+    let mut files = Vec::new();
+    for part in 0..8 {
+        files.push((
+            format!("part{part}.yaml"),
+            world.automation(&format!("part{part}"), &format!("[\"part{part}/**\"]"), ""),
+        ));
+    }
+    for name in ["shared-a", "shared-b"] {
+        files.push((format!("{name}.yaml"), world.automation(name, r#"["shared-a/**", "shared-b/**"]"#, "")));
+    }
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    // Each agent holds until the test lets them all go, so the test sees which started.
+    let hold = world.path("hold");
+    let agent_env = [("HOLD", hold.to_str().unwrap())];
+    let server = serve(&world, &files, &agent_env, &["--workers", "10"]);
+
+    let parts: Vec<String> = (0..8).map(|part| trigger(&server, &format!("part{part}"), 1)).collect();
+    let first_shared = trigger(&server, "shared-a", 1);
+    let second_shared = trigger(&server, "shared-b", 1);
+    for run in parts.iter().chain([&first_shared]) {
+        wait_for(&server, run, &["running"]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        record(&server, &second_shared)["run"]["state"],
+        "queued",
+        "a run whose paths overlap a running one of the same repository waits"
+    );
+    std::fs::write(&hold, "").unwrap();
+    for run in parts.iter().chain([&first_shared, &second_shared]) {
+        let done = wait_for(&server, run, &["succeeded", "failed"]);
+        assert_eq!(done["run"]["state"], "succeeded", "{done:#}");
+    }
+    let first = record(&server, &first_shared)["run"]["finished_at"].as_str().unwrap().to_string();
+    let second = record(&server, &second_shared)["run"]["started_at"].as_str().unwrap().to_string();
+    let (first, second) = (parse_time(&first), parse_time(&second));
+    assert!(second >= first, "the second shared run started at {second} before the first ended at {first}");
+}
+
+fn parse_time(text: &str) -> chrono::DateTime<chrono::Utc> {
+    text.parse().unwrap()
+}
+
+#[test]
+fn a_run_that_changes_files_outside_its_paths_is_out_of_scope_and_not_pushed() {
+    let world = World::new();
+    let automation = world.automation("narrow", r#"["src/a/**"]"#, "");
+    let server = serve(&world, &[("narrow.yaml", &automation)], &[("TARGET", "README.md")], &["--workers", "1"]);
+    let run = trigger(&server, "narrow", 1);
+    let done = wait_for(&server, &run, &["succeeded", "failed"]);
+    assert_eq!(done["run"]["state"], "failed");
+    assert!(done["run"]["reason"].as_str().unwrap().starts_with("out of scope"), "{done:#}");
+    assert_eq!(done["run"]["result"]["details"]["out_of_scope"], json!(["README.md"]));
+    assert!(!world.branch_exists("nightshift/narrow/1"), "an out-of-scope run is not pushed");
+}
+
+#[test]
+fn cancel_and_timeout_stop_the_agent_and_everything_it_started() {
+    let world = World::new();
+    let hold = world.path("hold");
+    let cancelled = world.automation("cancelled", r#"["src/**"]"#, "");
+    let slow = world.automation("slow", r#"["src/**"]"#, "").replace("  push: true\n", "  push: true\n  timeout: 2s\n");
+    let files = [("cancelled.yaml", cancelled.as_str()), ("slow.yaml", slow.as_str())];
+    let agent_env = [("TARGET", "src/a/notes.txt"), ("HOLD", hold.to_str().unwrap())];
+    let server = serve(&world, &files, &agent_env, &["--workers", "2"]);
+
+    let run = trigger(&server, "cancelled", 1);
+    wait_for(&server, &run, &["running"]);
+    let child = wait_for_file(&world.path("hold.child"));
+    assert!(process_alive(&child));
+    let answer = server.api_post(&format!("/api/runs/{run}/cancel"), &json!({"reason": "not needed"}));
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    wait_until_gone(&child);
+    assert_eq!(record(&server, &run)["run"]["state"], "cancelled");
+    std::fs::remove_file(world.path("hold.child")).unwrap();
+
+    let run = trigger(&server, "slow", 1);
+    let done = wait_for(&server, &run, &["timed_out", "failed", "succeeded"]);
+    assert_eq!(done["run"]["state"], "timed_out", "{done:#}");
+    let child = wait_for_file(&world.path("hold.child"));
+    wait_until_gone(&child);
+}
+
+#[test]
+fn a_plan_waits_for_approval_then_the_agent_carries_it_out() {
+    let world = World::new();
+    let automation =
+        world.automation("planned", r#"["src/**"]"#, "").replace("  push: true\n", "  push: true\n  approval: plan\n");
+    let server = serve(&world, &[("planned.yaml", &automation)], &[("TARGET", "src/a/notes.txt")], &["--workers", "1"]);
+    let run = trigger(&server, "planned", 1);
+    let waiting = wait_for(&server, &run, &["awaiting_approval", "failed", "succeeded"]);
+    assert_eq!(waiting["run"]["state"], "awaiting_approval", "{waiting:#}");
+    assert!(activity_texts(&waiting, "plan").contains(&"plan: append the prompt".to_string()), "{waiting:#}");
+    assert!(!world.branch_exists("nightshift/planned/1"), "planning changes nothing");
+
+    let answer = server.api_post(&format!("/api/runs/{run}/approve"), &json!({}));
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let done = wait_for(&server, &run, &["succeeded", "failed"]);
+    assert_eq!(done["run"]["state"], "succeeded", "{done:#}");
+    assert!(world.branch_exists("nightshift/planned/1"));
+}
+
+/// A `nightshift worker` process; killed when dropped.
+struct RemoteWorker(Child);
+
+impl RemoteWorker {
+    fn start(server: &Serving, token: &str, work: &Path, log: &Path) -> RemoteWorker {
+        let child = Command::new(env!("CARGO_BIN_EXE_nightshift"))
+            .args(["worker", "--server", &server.url, "--token", token, "--concurrency", "1", "--lease", "3s"])
+            .arg("--work-dir")
+            .arg(work)
+            .env("NIGHTSHIFT_LOG", "nightshift=debug,warn")
+            .env("FIXTURE_SECRET", "s3cr3t-value")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+            .spawn()
+            .expect("start nightshift worker");
+        RemoteWorker(child)
+    }
+}
+
+impl Drop for RemoteWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_remote_worker_runs_over_http_and_a_dead_ones_run_is_finished_by_another() {
+    let world = World::new();
+    let hold = world.path("hold");
+    let automation = world.automation("remote", r#"["src/**"]"#, "");
+    let agent_env = [("TARGET", "src/a/notes.txt"), ("HOLD", hold.to_str().unwrap())];
+    let server = serve(
+        &world,
+        &[("remote.yaml", &automation)],
+        &agent_env,
+        &["--workers", "0", "--worker-token", "token-one", "--worker-token", "token-two"],
+    );
+    let run = trigger(&server, "remote", 1);
+
+    let mut first = RemoteWorker::start(&server, "token-one", &world.path("work-1"), &world.path("worker-1.log"));
+    let running = wait_for(&server, &run, &["running"]);
+    let epoch = running["run"]["epoch"].as_u64().unwrap();
+    let holder = running["run"]["lease"]["worker"].as_str().unwrap().to_string();
+
+    // Another token's holder learns nothing of the run and cannot touch it.
+    let other = server.worker_post(
+        "token-two",
+        &format!("/api/worker/runs/{run}/heartbeat"),
+        &json!({"epoch": epoch, "lease_seconds": 3}),
+    );
+    assert_eq!(other.status, 404, "{:?}", other.body);
+    let none = server.worker_post("wrong", "/api/worker/claim", &json!({"worker": "x", "lease_seconds": 3}));
+    assert_eq!(none.status, 401);
+
+    // The worker dies mid-run: its lease expires and the run is queued again.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    wait_for(&server, &run, &["queued"]);
+    std::fs::write(&hold, "").unwrap();
+
+    let _second = RemoteWorker::start(&server, "token-two", &world.path("work-2"), &world.path("worker-2.log"));
+    let done = wait_for(&server, &run, &["succeeded", "failed"]);
+    assert_eq!(
+        done["run"]["state"],
+        "succeeded",
+        "{done:#}\n{}",
+        std::fs::read_to_string(world.path("worker-2.log")).unwrap()
+    );
+    assert_eq!(done["run"]["attempt"], 2);
+    assert_ne!(done["run"]["lease"]["worker"].as_str().unwrap_or_default(), holder);
+    assert!(
+        activity_texts(&done, "failure").iter().any(|text| text.contains("expired")),
+        "the timeline says the first lease expired: {done:#}"
+    );
+    assert_eq!(done["run"]["result"]["summary"], "appended the prompt");
+    assert!(world.branch_exists("nightshift/remote/1"));
+    let log = log_text(&server, &run);
+    assert!(log.contains("setup sees ***") && !log.contains("s3cr3t-value"), "{log}");
+    assert_eq!(server.api_get("/api/automations/remote/memory")["seen_note"]["value"], "from the agent");
+    // The dead worker's agent shell died with it; what the shell had started did not.
+    let _ = Command::new("kill").arg(std::fs::read_to_string(world.path("hold.child")).unwrap().trim()).status();
+}
