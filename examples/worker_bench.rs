@@ -1,5 +1,5 @@
 //! Load tool for workers, over the real store, pipeline and runner with a real git
-//! repository of 10,000 files and a shell agent:
+//! repository and a shell agent:
 //!
 //! ```text
 //! cargo build --release --example worker_bench
@@ -7,13 +7,14 @@
 //! target/release/examples/worker_bench concurrent [RUNS=32]
 //! ```
 //! - `start`: from a claim granted to the agent process started (it writes the time first
-//!   thing), one run at a time with a warm mirror that is fetched again for every run,
+//!   thing), on a repository of 10,000 files, one run at a time with a warm mirror that is fetched again for every run,
 //!   interleaved with fresh `git clone file://` of the same repository; prints both and
 //!   the ratio of the medians.
 //! - `concurrent`: RUNS runs at once (RUNS automations with disjoint `paths`, a pool of
-//!   RUNS threads), each agent a short shell command. The engine's overhead per run is
-//!   the time from claim to completion recorded, minus the agent's own time (from its
-//!   first to its last instruction).
+//!   RUNS threads) on a small repository (3 files per run's directory), each agent a
+//!   short shell command. The engine's overhead per run is the time from claim to
+//!   completion recorded, minus the agent's own time (from its first to its last
+//!   instruction); also the whole batch's time divided by RUNS.
 //!
 //! Everything lives in a temporary directory. Overlay workspaces need root; without, the
 //! workspaces are worktrees and the tool says so.
@@ -34,7 +35,7 @@ use nightshift::store::{Claim, SledStore, Store};
 use nightshift::triggers::TriggerKind;
 use nightshift::worker::workspace::overlay_support;
 use nightshift::worker::{ControlError, Pool, RunControl, Runner, Wakeup, WorkerSettings};
-use support::{git, make_repository, median, report};
+use support::{git, make_repository_of, median, report};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -43,6 +44,10 @@ mod support;
 const CONCURRENT_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn main() {
+    // NIGHTSHIFT_LOG=nightshift=debug shows where a run's time goes.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("NIGHTSHIFT_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_default();
     let mut number = |default: usize, limit: usize| -> usize {
@@ -70,20 +75,23 @@ struct Bench {
 }
 
 impl Bench {
-    /// `automations` automations `a0`, `a1`, ... on the repository, each changing only
-    /// its own module, and a `bench` agent that records when it starts and ends.
-    fn new(automations: usize) -> Bench {
+    /// A repository of `modules` directories of `files` files; `modules` automations `a0`,
+    /// `a1`, ... on it, each changing only its own module; and a `bench` agent that
+    /// records when it starts and ends.
+    fn new(modules: usize, files: usize) -> Bench {
+        let automations = modules;
         let dir = tempfile::tempdir().expect("a temporary directory");
         let root = dir.path().canonicalize().expect("its path");
         let source = root.join("source");
         let started = Instant::now();
-        make_repository(&source);
-        println!("repository: 10,000 files in {} ms", started.elapsed().as_millis());
+        make_repository_of(&source, modules, files);
+        println!("repository: {} files in {} ms", modules * files, started.elapsed().as_millis());
         let clock = root.join("clock");
         std::fs::create_dir_all(&clock).expect("the clock directory");
         let agent = r#"date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.start"; echo '{"type":"summary","text":"ok"}'; date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.end""#;
+        std::fs::write(root.join("agent.sh"), agent).expect("write the agent");
         let project = json!({"profiles": {"bench": {
-            "command": ["sh", "-c", agent],
+            "command": ["sh", root.join("agent.sh")],
             "env": {"CLOCK": clock},
             "output": "generic",
         }}});
@@ -93,7 +101,7 @@ impl Bench {
         for n in 0..automations {
             let yaml = format!(
                 "name: a{n}\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: bench\n  repo: {}\n  base: main\n  \
-                 branch: \"bench/{{{{ event.n }}}}\"\n  paths: [\"module_{n:03}/**\"]\n  prompt: bench\n",
+                 branch: \"bench/{{{{ automation.name }}}}/{{{{ event.n }}}}\"\n  paths: [\"module_{n:03}/**\"]\n  prompt: bench\n",
                 source.display()
             );
             std::fs::write(automations_dir.join(format!("a{n}.yaml")), yaml).expect("write");
@@ -137,7 +145,7 @@ impl Bench {
 
 /// Claim → agent started, one run at a time, against fresh clones.
 fn start(runs: usize, clones: usize) {
-    let bench = Bench::new(1);
+    let bench = Bench::new(100, 100);
     // A mirror fetched for every run: no credit for a fetch skipped.
     let runner = bench.runner(Duration::ZERO);
     let one = |n: usize| -> Duration {
@@ -172,7 +180,7 @@ fn start(runs: usize, clones: usize) {
 
 /// RUNS runs at once on a pool of RUNS threads.
 fn concurrent(runs: usize) {
-    let bench = Bench::new(runs);
+    let bench = Bench::new(runs, 3);
     let runner = bench.runner(Duration::from_secs(5));
     // Warm the mirror and the base checkout, as a running worker has them.
     let warm = bench.queue("a0", 0);
@@ -198,7 +206,11 @@ fn concurrent(runs: usize) {
         totals.push(total);
         overheads.push(total.saturating_sub(agent));
     }
-    println!("{runs} runs at once: all done in {} ms", wall.as_millis());
+    println!(
+        "{runs} runs at once: all done in {} ms, {:.1} ms per run",
+        wall.as_millis(),
+        wall.as_secs_f64() * 1000.0 / runs as f64
+    );
     report("claim→complete", &mut totals);
     report("engine overhead", &mut overheads);
 }

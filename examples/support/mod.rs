@@ -13,17 +13,22 @@ pub const FILES_PER_DIR: usize = 100;
 /// `DIRS` directories of `FILES_PER_DIR` files of a few hundred bytes, in one commit on
 /// `main`.
 pub fn make_repository(source: &Path) {
-    for d in 0..DIRS {
+    make_repository_of(source, DIRS, FILES_PER_DIR);
+}
+
+/// `dirs` directories of `files_per_dir` files, in one commit on `main`.
+pub fn make_repository_of(source: &Path, dirs: usize, files_per_dir: usize) {
+    for d in 0..dirs {
         let dir = source.join(format!("module_{d:03}"));
         std::fs::create_dir_all(&dir).expect("a directory");
-        for f in 0..FILES_PER_DIR {
+        for f in 0..files_per_dir {
             let text = format!("// module {d}, file {f}\n{}", "pub fn value() -> u64 { 42 }\n".repeat(10));
             std::fs::write(dir.join(format!("file_{f:03}.rs")), text).expect("a file");
         }
     }
     git(source, &["init", "--quiet", "--initial-branch=main"]);
     git(source, &["add", "--all"]);
-    git(source, &["commit", "--quiet", "-m", "10,000 files"]);
+    git(source, &["commit", "--quiet", "-m", &format!("{} files", dirs * files_per_dir)]);
 }
 
 /// Runs git in `dir`, ignoring the machine's config; panics if it fails.

@@ -132,18 +132,8 @@ pub fn collect(workspace: &Workspace, paths: &[String]) -> Result<RunChanges, Re
         .args([format!("refs/heads/{}^{{commit}}", workspace.branch())])
         .run()?;
 
-    let log = workspace_git(workspace)
-        .args(["log", "-z", "--topo-order", "--reverse", "--no-color", "--no-show-signature", "--encoding=UTF-8"])
-        .args(["--format=%H %s", &format!("{base}..{head}"), "--"])
-        .run()?;
-    let commits = parse_log(&log).map_err(|detail| output_error(repo, "log", detail))?;
-
-    let diff = ["diff", "-z", "-M", "--no-color", "--no-ext-diff", "--no-textconv"];
-    let names = workspace_git(workspace).args(diff).args(["--name-status", &base, &head, "--"]).run()?;
-    let numstat = workspace_git(workspace).args(diff).args(["--numstat", &base, &head, "--"]).run()?;
-    let files = parse_name_status(&names)
-        .and_then(|files| add_line_counts(files, &numstat))
-        .map_err(|detail| output_error(repo, "diff", detail))?;
+    // A run that committed nothing (an audit, a review) has no log or diff to read.
+    let (commits, files) = if head == base { (Vec::new(), Vec::new()) } else { committed(workspace, &base, &head)? };
 
     let status = workspace_git(workspace).args(["status", "--porcelain=v2", "-z", "--untracked-files=all"]).run()?;
     let uncommitted = parse_status(&status).map_err(|detail| output_error(repo, "status", detail))?;
@@ -165,6 +155,24 @@ pub fn collect(workspace: &Workspace, paths: &[String]) -> Result<RunChanges, Re
         out_of_scope = changes.out_of_scope.len(), "Collected the run's changes"
     );
     Ok(changes)
+}
+
+/// The commits in `base..head` and the files they change.
+fn committed(workspace: &Workspace, base: &str, head: &str) -> Result<(Vec<Commit>, Vec<ChangedFile>), ResultsError> {
+    let repo = workspace.mirror().location();
+    let log = workspace_git(workspace)
+        .args(["log", "-z", "--topo-order", "--reverse", "--no-color", "--no-show-signature", "--encoding=UTF-8"])
+        .args(["--format=%H %s", &format!("{base}..{head}"), "--"])
+        .run()?;
+    let commits = parse_log(&log).map_err(|detail| output_error(repo, "log", detail))?;
+
+    let diff = ["diff", "-z", "-M", "--no-color", "--no-ext-diff", "--no-textconv"];
+    let names = workspace_git(workspace).args(diff).args(["--name-status", base, head, "--"]).run()?;
+    let numstat = workspace_git(workspace).args(diff).args(["--numstat", base, head, "--"]).run()?;
+    let files = parse_name_status(&names)
+        .and_then(|files| add_line_counts(files, &numstat))
+        .map_err(|detail| output_error(repo, "diff", detail))?;
+    Ok((commits, files))
 }
 
 /// Pushes `changes.head` to the repository's `refs/heads/{branch}`, never forced: the

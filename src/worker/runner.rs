@@ -84,7 +84,8 @@ pub struct Runner {
     control: Arc<dyn RunControl>,
     settings: WorkerSettings,
     mirrors: MirrorCache,
-    refreshed: Mutex<HashMap<String, Instant>>,
+    /// When each mirror was last fetched; its lock is held while fetching.
+    refreshed: Mutex<HashMap<String, Arc<Mutex<Option<Instant>>>>>,
     /// Attempts in progress, so a shutdown can stop them.
     in_flight: Mutex<HashMap<RunId, CancelToken>>,
 }
@@ -137,20 +138,21 @@ impl Runner {
         lock(&self.in_flight).insert(run.id, attempt.cancel.clone());
         let monitor = attempt.monitor(&self.settings);
         tracing::info!(run_id = %run.id, automation = %run.automation, attempt = run.attempt, "Run started");
-        let ending = self.attempt(&run, &attempt);
+        let (ending, workspace) = self.attempt(&run, &attempt);
         drop(monitor);
         lock(&self.in_flight).remove(&run.id);
         attempt.flush_log(true);
-        match ending {
-            Ending::Stopped(why) => tracing::warn!(run_id = %run.id, "Run stopped: {why}"),
-            Ending::Report { completion, memory } => {
-                if let Some(why) = attempt.lost() {
-                    tracing::warn!(run_id = %run.id, "Run stopped: {why}");
-                    return;
-                }
-                self.report(run.id, epoch, completion, memory);
+        let succeeded = matches!(
+            ending,
+            Ending::Report { completion: Completion::Succeeded { .. } | Completion::PlanReady { .. }, .. }
+        );
+        match (ending, attempt.lost()) {
+            (Ending::Stopped(why), _) | (Ending::Report { .. }, Some(why)) => {
+                tracing::warn!(run_id = %run.id, "Run stopped: {why}");
             }
+            (Ending::Report { completion, memory }, None) => self.report(run.id, epoch, completion, memory),
         }
+        self.clean_up(run.id, workspace, succeeded);
     }
 
     /// Reports a completion, retrying while the engine is unreachable for up to a lease.
@@ -176,39 +178,46 @@ impl Runner {
         }
     }
 
-    fn attempt(&self, run: &Run, attempt: &Attempt) -> Ending {
+    /// The attempt's ending, and its workspace to clean up once the ending is reported.
+    fn attempt(&self, run: &Run, attempt: &Attempt) -> (Ending, Option<Workspace>) {
         let Some(task) = run.task.as_ref() else {
-            return Ending::failed("the run has no task (its rendering failed)", false, None);
+            return (Ending::failed("the run has no task (its rendering failed)", false, None), None);
         };
         let secrets = match resolve_secrets(task) {
             Ok(secrets) => secrets,
-            Err(why) => return Ending::failed(why, false, None),
+            Err(why) => return (Ending::failed(why, false, None), None),
         };
         let workspace = match self.workspace(task, run.id) {
             Ok(workspace) => workspace,
-            Err(error) => return Ending::failed(error.to_string(), is_transient(&error), None),
+            Err(error) => return (Ending::failed(error.to_string(), is_transient(&error), None), None),
         };
         let ending = self.in_workspace(run, task, &workspace, attempt, &secrets);
-        let succeeded = matches!(
-            ending,
-            Ending::Report { completion: Completion::Succeeded { .. } | Completion::PlanReady { .. }, .. }
-        );
-        let how = if self.settings.keep_failed && !succeeded { Cleanup::Keep } else { Cleanup::Remove };
-        if let Err(error) = workspace.cleanup(how) {
-            tracing::warn!(run_id = %run.id, %error, "Cannot remove the workspace");
-        }
-        let _ = std::fs::remove_dir_all(self.settings.run_files(run.id));
-        ending
+        (ending, Some(workspace))
     }
 
-    /// The run's workspace, from a mirror fetched at most `refresh_every` ago.
+    /// Removes the attempt's workspace (kept after a failure when so configured) and its
+    /// files. It runs after the completion is reported: the run's result does not wait.
+    fn clean_up(&self, run: RunId, workspace: Option<Workspace>, succeeded: bool) {
+        if let Some(workspace) = workspace {
+            let how = if self.settings.keep_failed && !succeeded { Cleanup::Keep } else { Cleanup::Remove };
+            if let Err(error) = workspace.cleanup(how) {
+                tracing::warn!(run_id = %run, %error, "Cannot remove the workspace");
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.settings.run_files(run));
+    }
+
+    /// The run's workspace, from a mirror fetched at most `refresh_every` ago. Runs that
+    /// start together wait for one fetch rather than each making its own.
     fn workspace(&self, task: &Task, run: RunId) -> Result<Workspace, WorkspaceError> {
         let mirror = self.mirrors.mirror(&task.repo)?;
-        let fresh =
-            lock(&self.refreshed).get(mirror.location()).is_some_and(|at| at.elapsed() < self.settings.refresh_every);
-        if !fresh {
-            mirror.refresh()?;
-            lock(&self.refreshed).insert(mirror.location().to_string(), Instant::now());
+        let last_fetch = Arc::clone(lock(&self.refreshed).entry(mirror.location().to_string()).or_default());
+        {
+            let mut last_fetch = lock(&last_fetch);
+            if last_fetch.is_none_or(|at| at.elapsed() >= self.settings.refresh_every) {
+                mirror.refresh()?;
+                *last_fetch = Some(Instant::now());
+            }
         }
         mirror.prepare(&self.settings.workspaces(), run, &task.base, &task.branch)
     }

@@ -412,6 +412,8 @@ fn a_remote_worker_runs_over_http_and_a_dead_ones_run_is_finished_by_another() {
     let log = log_text(&server, &run);
     assert!(log.contains("setup sees ***") && !log.contains("s3cr3t-value"), "{log}");
     assert_eq!(server.api_get("/api/automations/remote/memory")["seen_note"]["value"], "from the agent");
-    // The dead worker's agent shell died with it; what the shell had started did not.
+    // The dead worker's agent shell died with it; what the shell had started did not, and
+    // its workspace is still mounted.
     let _ = Command::new("kill").arg(std::fs::read_to_string(world.path("hold.child")).unwrap().trim()).status();
+    let _ = Command::new("umount").arg("--lazy").arg(world.path("work-1/workspaces").join(&run)).status();
 }
