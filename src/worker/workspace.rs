@@ -251,8 +251,9 @@ impl Mirror {
     }
 
     /// Mounts an overlay of the base checkout of `commit` at `path` and puts its HEAD on a
-    /// new `branch` there. `Ok(Some(why))` when the mount is refused. `git update-ref` and
-    /// `git symbolic-ref` write two small files; `git checkout -b` would refresh the index.
+    /// new `branch` there. `Ok(Some(why))` when the mount is refused. The branch is two
+    /// small files (as `git update-ref` and `git symbolic-ref` write them); `git checkout
+    /// -b` would refresh the index.
     fn add_overlay(&self, path: &Path, branch: &str, commit: &str) -> Result<Option<String>, WorkspaceError> {
         let lower = self.base_checkout(commit)?;
         let layers = overlay::layers_of(path);
@@ -264,8 +265,20 @@ impl Mirror {
         }
         let git_dir = path.join(".git");
         let reference = format!("refs/heads/{branch}");
-        self.git_in(Some(&git_dir)).args(["update-ref", &reference, commit]).run()?;
-        self.git_in(Some(&git_dir)).args(["symbolic-ref", "HEAD", &reference]).run()?;
+        if git_dir.join("reftable").exists() {
+            self.git_in(Some(&git_dir)).args(["update-ref", &reference, commit]).run()?;
+            self.git_in(Some(&git_dir)).args(["symbolic-ref", "HEAD", &reference]).run()?;
+        } else {
+            // What those two commands write in the files ref format, without two git
+            // processes (a third of the time a prepare takes): the branch's loose ref, then
+            // HEAD pointing at it.
+            let loose = git_dir.join(&reference);
+            let parent = loose.parent().unwrap_or(&git_dir);
+            std::fs::create_dir_all(parent).map_err(|cause| self.io_error(parent, cause))?;
+            std::fs::write(&loose, format!("{commit}\n")).map_err(|cause| self.io_error(&loose, cause))?;
+            let head = git_dir.join("HEAD");
+            std::fs::write(&head, format!("ref: {reference}\n")).map_err(|cause| self.io_error(&head, cause))?;
+        }
         Ok(None)
     }
 
