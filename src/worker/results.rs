@@ -160,15 +160,15 @@ pub fn collect(workspace: &Workspace, paths: &[String]) -> Result<RunChanges, Re
 /// The commits in `base..head` and the files they change.
 fn committed(workspace: &Workspace, base: &str, head: &str) -> Result<(Vec<Commit>, Vec<ChangedFile>), ResultsError> {
     let repo = workspace.mirror().location();
-    let log = workspace_git(workspace)
+    let log = mirror_git(workspace)
         .args(["log", "-z", "--topo-order", "--reverse", "--no-color", "--no-show-signature", "--encoding=UTF-8"])
         .args(["--format=%H %s", &format!("{base}..{head}"), "--"])
         .run()?;
     let commits = parse_log(&log).map_err(|detail| output_error(repo, "log", detail))?;
 
     let diff = ["diff", "-z", "-M", "--no-color", "--no-ext-diff", "--no-textconv"];
-    let names = workspace_git(workspace).args(diff).args(["--name-status", base, head, "--"]).run()?;
-    let numstat = workspace_git(workspace).args(diff).args(["--numstat", base, head, "--"]).run()?;
+    let names = mirror_git(workspace).args(diff).args(["--name-status", base, head, "--"]).run()?;
+    let numstat = mirror_git(workspace).args(diff).args(["--numstat", base, head, "--"]).run()?;
     let files = parse_name_status(&names)
         .and_then(|files| add_line_counts(files, &numstat))
         .map_err(|detail| output_error(repo, "diff", detail))?;
@@ -179,10 +179,11 @@ fn committed(workspace: &Workspace, base: &str, head: &str) -> Result<(Vec<Commi
 /// branch is new there or moves forward. Refuses when anything is out of scope, and does
 /// nothing when there are no commits; whether the task pushes at all is the caller's call.
 ///
-/// It pushes to the mirror's location rather than to the remote named `origin` (the same
-/// repository): the workspace's config, which the agent can write, could give `origin`
-/// another push URL or a `receivepack` program. The commit collected is pushed,
-/// not the branch as it is now, so what was checked is what lands.
+/// It pushes from the mirror (reading the workspace's objects) to the mirror's location,
+/// not from the workspace to the remote named `origin`: the workspace's config, which the
+/// agent can write, could give `origin` another push URL, rewrite URLs or run programs.
+/// The commit collected is pushed, not the branch as it is now, so what was checked is
+/// what lands.
 pub fn push(workspace: &Workspace, changes: &RunChanges) -> Result<PushOutcome, ResultsError> {
     let repo = workspace.mirror().location();
     let branch = workspace.branch();
@@ -197,12 +198,23 @@ pub fn push(workspace: &Workspace, changes: &RunChanges) -> Result<PushOutcome, 
         tracing::info!(run_id = %workspace.run(), repo, branch, "No commits to push");
         return Ok(PushOutcome::NoCommits);
     }
-    workspace_git(workspace)
+    mirror_git(workspace)
         .args(["push", "--quiet", "--no-verify", "--no-follow-tags", "--no-signed"])
         .args(["--recurse-submodules=no", repo, &format!("{}:refs/heads/{branch}", changes.head)])
         .run()?;
     tracing::info!(run_id = %workspace.run(), repo, branch, commit = changes.head, "Pushed the branch");
     Ok(PushOutcome::Pushed { branch: branch.to_string(), commit: changes.head.clone() })
+}
+
+/// A git command on the mirror that also reads the workspace's objects (where an overlay
+/// workspace's new commits are). Its config is the mirror's, which the agent never had
+/// in reach, so a `.git/config` the agent wrote (an `insteadOf` that redirects the push,
+/// an `sshCommand`, a credential helper) has no say in reading history or pushing.
+fn mirror_git(workspace: &Workspace) -> Git<'_> {
+    let mirror = workspace.mirror();
+    let git = Git::new(mirror.location(), workspace.path(), Some(mirror.path()));
+    let objects = workspace.path().join(".git").join("objects");
+    if objects.is_dir() { git.with_objects_of(&objects) } else { git }
 }
 
 /// A git command on the workspace's repository, with the workspace as its working tree.

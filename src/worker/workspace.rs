@@ -647,6 +647,13 @@ impl<'a> Git<'a> {
         Git { repo, command, shown: Vec::new() }
     }
 
+    /// Lets the command read the objects in `objects` too (another repository's object
+    /// store, by path: its data, never its config).
+    pub(super) fn with_objects_of(mut self, objects: &Path) -> Self {
+        self.command.env("GIT_ALTERNATE_OBJECT_DIRECTORIES", objects);
+        self
+    }
+
     fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.shown.push(arg.as_ref().to_string_lossy().into_owned());
         self.command.arg(arg);

@@ -245,6 +245,31 @@ fn an_in_scope_push_lands_the_branch_and_nothing_else() {
 }
 
 #[test]
+fn config_an_agent_writes_in_its_overlay_cannot_redirect_the_push() {
+    let f = fixture(true);
+    let workspace = f.workspace(1, "agent/fix");
+    if workspace.kind() != nightshift::worker::workspace::WorkspaceKind::Overlay {
+        assert!(std::env::var_os("NIGHTSHIFT_REQUIRE_OVERLAY").is_none(), "overlays must mount here");
+        eprintln!("skipped: overlays cannot be mounted here");
+        return;
+    }
+    let dir = workspace.path();
+    write(dir, "src/lib.rs", "pub fn fixed() {}\n");
+    let head = commit_all(dir, "Fix");
+    // Where an agent's config would send the push, were it read.
+    let elsewhere = f.root.join("elsewhere.git");
+    git(&f.root, &["init", "--quiet", "--bare", "elsewhere.git"]);
+    let rewrite = format!("url.{}.insteadOf", elsewhere.display());
+    git(dir, &["config", &rewrite, f.source.to_str().unwrap()]);
+
+    let changes = results::collect(&workspace, &globs(&["src/**"])).unwrap();
+    assert_eq!(changes.commits.len(), 1);
+    results::push(&workspace, &changes).unwrap();
+    assert_eq!(refs(&f.source).get("refs/heads/agent/fix"), Some(&head));
+    assert!(refs(&elsewhere).is_empty(), "nothing went where the agent's config pointed");
+}
+
+#[test]
 fn a_push_is_never_forced_and_reports_why_git_refused() {
     for f in fixtures() {
         let workspace = f.workspace(1, "agent/raced");
