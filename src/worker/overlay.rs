@@ -22,6 +22,18 @@ pub(super) fn layers_of(merged: &Path) -> PathBuf {
     merged.with_file_name(name)
 }
 
+/// Whether a mounted overlay (of any process in this mount namespace) has `lower` as its
+/// lower layer. Unknown (no `/proc`) counts as in use.
+pub(super) fn in_use_as_lower(lower: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return true };
+    let Ok(lower) = option(lower) else { return true };
+    let wanted = format!("lowerdir={lower}");
+    mounts
+        .lines()
+        .filter(|line| line.contains(" - overlay "))
+        .any(|line| line.split([' ', ',']).any(|option| option == wanted))
+}
+
 /// Mounts an overlay of `lower` at `merged` (created if missing), with new upper and work
 /// directories in `layers_of(merged)`. Files are not setuid and devices are not devices.
 pub(super) fn mount(lower: &Path, merged: &Path) -> io::Result<()> {

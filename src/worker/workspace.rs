@@ -169,11 +169,35 @@ impl Mirror {
         &self.path
     }
 
-    /// Fetches the repository's branches and tags, deleting those it no longer has.
+    /// Fetches the repository's branches and tags, deleting those it no longer has, then
+    /// removes the base checkouts nothing needs any more.
     pub fn refresh(&self) -> Result<(), WorkspaceError> {
         let _lock = self.exclusive()?;
         self.fetch(&self.path)?;
         tracing::info!(repo = %self.location, "Refreshed the mirror");
+        self.prune_bases()
+    }
+
+    /// Removes each base checkout whose commit no branch or tag of the repository points
+    /// at any more and that no mounted overlay uses, so a repository whose main branch
+    /// moves all day keeps a checkout per tip, not per commit ever used. It runs under the
+    /// mirror's exclusive lock: no prepare is choosing or mounting a base meanwhile.
+    fn prune_bases(&self) -> Result<(), WorkspaceError> {
+        let bases = self.path.with_extension("bases");
+        let Ok(entries) = std::fs::read_dir(&bases) else { return Ok(()) };
+        let listing = self.git().args(["for-each-ref", "--format=%(objectname) %(*objectname)"]).run()?;
+        let tips: std::collections::HashSet<&str> = listing.split_whitespace().collect();
+        for entry in entries.flatten() {
+            let base = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_commit = name.len() >= 40 && name.chars().all(|c| c.is_ascii_hexdigit());
+            if !is_commit || !base.is_dir() || tips.contains(name.as_str()) || overlay::in_use_as_lower(&base) {
+                continue;
+            }
+            std::fs::remove_dir_all(&base).map_err(|cause| self.io_error(&base, cause))?;
+            let _ = std::fs::remove_file(bases.join(format!("{name}.lock")));
+            tracing::info!(repo = %self.location, commit = name, "Removed a base checkout no branch uses");
+        }
         Ok(())
     }
 

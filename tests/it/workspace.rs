@@ -457,3 +457,23 @@ fn where_overlays_cannot_mount_workspaces_are_worktrees() {
     fallen_back.cleanup(Cleanup::Remove).unwrap();
     assert!(!refs(mirror.path()).contains_key("refs/heads/agent/mount-refused"));
 }
+
+#[test]
+fn a_refresh_removes_base_checkouts_no_branch_or_workspace_uses() {
+    let Some(f) = fixture(WorkspaceKind::Overlay) else { return };
+    let mirror = f.mirror();
+    let bases = mirror.path().with_extension("bases");
+    let old = f.prepare(&mirror, 1, "main", "agent/old").unwrap();
+    let newer = commit(&f.source, "later.txt", "later\n", "newer");
+    mirror.refresh().unwrap();
+    assert!(bases.join(&f.main).is_dir(), "a base that a mounted workspace uses is kept");
+
+    old.cleanup(Cleanup::Remove).unwrap();
+    let fresh = f.prepare(&mirror, 2, "main", "agent/new").unwrap();
+    assert_eq!(fresh.base_commit(), newer);
+    mirror.refresh().unwrap();
+    assert!(!bases.join(&f.main).exists(), "the old base goes once no branch or workspace uses it");
+    assert!(bases.join(&newer).is_dir(), "the branch tip's base stays");
+    assert_eq!(std::fs::read_to_string(fresh.path().join("later.txt")).unwrap(), "later\n");
+    fresh.cleanup(Cleanup::Remove).unwrap();
+}
