@@ -59,6 +59,10 @@ const CONFIG: &[&str] = &[
     "protocol.ext.allow=never",
     "fetch.recurseSubmodules=false",
     "submodule.recurse=false",
+    // An HTTP transfer slower than 1 KB/s for a minute is given up: a stalled fetch would
+    // hold the mirror's lock, and every run of the repository, while heartbeats go on.
+    "http.lowSpeedLimit=1000",
+    "http.lowSpeedTime=60",
     // Silences `git init`'s hint; a mirror's HEAD is never used.
     "init.defaultBranch=main",
 ];
