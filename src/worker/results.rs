@@ -127,16 +127,21 @@ pub fn collect(workspace: &Workspace, paths: &[String]) -> Result<RunChanges, Re
     let scope = scope(paths)?;
     let repo = workspace.mirror().location();
     let base = workspace.base_commit().to_string();
-    let head = workspace_git(workspace)
-        .args(["rev-parse", "--verify", "--end-of-options"])
-        .args([format!("refs/heads/{}^{{commit}}", workspace.branch())])
-        .run()?;
+    let status =
+        workspace_git(workspace).args(["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all"]).run()?;
+    let uncommitted = parse_status(&status).map_err(|detail| output_error(repo, "status", detail))?;
+    // The branch's tip, from the status when the workspace is on it (one git process
+    // fewer), else asked for.
+    let head = match status_head(&status) {
+        Some((branch, commit)) if branch == workspace.branch() => commit.to_string(),
+        _ => workspace_git(workspace)
+            .args(["rev-parse", "--verify", "--end-of-options"])
+            .args([format!("refs/heads/{}^{{commit}}", workspace.branch())])
+            .run()?,
+    };
 
     // A run that committed nothing (an audit, a review) has no log or diff to read.
     let (commits, files) = if head == base { (Vec::new(), Vec::new()) } else { committed(workspace, &base, &head)? };
-
-    let status = workspace_git(workspace).args(["status", "--porcelain=v2", "-z", "--untracked-files=all"]).run()?;
-    let uncommitted = parse_status(&status).map_err(|detail| output_error(repo, "status", detail))?;
 
     let touched = files.iter().flat_map(|file| [Some(&file.path), file.old_path.as_ref()]).flatten();
     let out_of_scope: BTreeSet<&String> = touched.chain(&uncommitted).filter(|path| !scope.is_match(path)).collect();
@@ -315,6 +320,14 @@ fn diff_stat(files: &[ChangedFile]) -> DiffStat {
 
 /// The paths `git status --porcelain=v2 -z` lists: changed (`1`), renamed in the index
 /// (`2`, then the old path), unmerged (`u`) and untracked (`?`) entries, sorted.
+/// The checked-out branch and its commit from `git status --porcelain=v2 --branch -z`
+/// headers; `None` when HEAD is detached or has no commit.
+fn status_head(output: &str) -> Option<(&str, &str)> {
+    let header = |name: &str| fields(output).find_map(|record| record.strip_prefix(name));
+    let commit = header("# branch.oid ").filter(|id| id.len() >= 40 && id.chars().all(|c| c.is_ascii_hexdigit()))?;
+    Some((header("# branch.head ")?, commit))
+}
+
 fn parse_status(output: &str) -> Result<Vec<String>, String> {
     let mut fields = fields(output);
     let mut paths = BTreeSet::new();
@@ -415,5 +428,16 @@ mod tests {
         assert!(check(&["**/*.md"], "docs/x.md"));
         assert!(!check(&[], "README.md"));
         assert!(matches!(scope(&["a/[".to_string()]), Err(ResultsError::Glob { .. })));
+    }
+
+    #[test]
+    fn the_head_comes_from_the_status_headers_only_when_on_a_branch_with_a_commit() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let on_branch = format!("# branch.oid {commit}\0# branch.head agent/x\0? new.txt\0");
+        assert_eq!(status_head(&on_branch), Some(("agent/x", commit)));
+        assert_eq!(parse_status(&on_branch).unwrap(), ["new.txt"]);
+        let detached = format!("# branch.oid {commit}\0# branch.head (detached)\0");
+        assert_eq!(status_head(&detached), Some(("(detached)", commit)));
+        assert_eq!(status_head("# branch.oid (initial)\0# branch.head main\0"), None);
     }
 }

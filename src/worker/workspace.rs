@@ -223,8 +223,7 @@ impl Mirror {
         let root = create_absolute_dir(workspaces_root).map_err(|cause| self.io_error(workspaces_root, cause))?;
         let path = root.join(run.to_string());
         let _lock = self.shared()?;
-        let base_commit = self.resolve_base(base)?;
-        self.refuse_branch_of_repository(branch)?;
+        let base_commit = self.base_and_new_branch(base, branch)?;
         if path.exists() || overlay::layers_of(&path).exists() {
             self.discard_leftover(&path)?;
         }
@@ -410,6 +409,43 @@ impl Mirror {
             .args(["fetch", "--quiet", "--prune", &self.location, BRANCHES_REFSPEC, TAGS_REFSPEC])
             .run()
             .map(drop)
+    }
+
+    /// The commit `base` names, after checking that the repository has no branch
+    /// `branch`. One `for-each-ref` answers both when `base` is a branch or a tag (most
+    /// runs); a commit id, or a base not found, takes the slower path that says why.
+    fn base_and_new_branch(&self, base: &str, branch: &str) -> Result<String, WorkspaceError> {
+        let upstream_branch = format!("refs/remotes/origin/{branch}");
+        let candidates = [format!("refs/remotes/origin/{base}"), format!("refs/tags/{base}")];
+        let listing = self
+            .git()
+            .args(["for-each-ref", "--format=%(refname) %(objecttype) %(objectname) %(*objecttype) %(*objectname)"])
+            .args(candidates.iter().chain([&upstream_branch]))
+            .run()?;
+        // Patterns also match refs below them (`main/x` for `main`): only exact names count.
+        let mut commits: HashMap<&str, &str> = HashMap::new();
+        for line in listing.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let commit = match fields.as_slice() {
+                [name, "commit", id, ..] => Some((*name, *id)),
+                [name, "tag", _, "commit", peeled] => Some((*name, *peeled)),
+                _ => None,
+            };
+            commits.extend(commit);
+        }
+        if let Some(commit) = commits.get(upstream_branch.as_str()) {
+            return Err(WorkspaceError::BranchExists {
+                repo: self.location.clone(),
+                branch: branch.to_string(),
+                detail: format!("the repository has it, at {commit}"),
+            });
+        }
+        if let Some(commit) = candidates.iter().find_map(|candidate| commits.get(candidate.as_str())) {
+            return Ok((*commit).to_string());
+        }
+        let commit = self.resolve_base(base)?;
+        self.refuse_branch_of_repository(branch)?;
+        Ok(commit)
     }
 
     /// The commit `base` names. Only the repository's branches and tags count, and commit
