@@ -107,7 +107,11 @@ impl Ending {
 }
 
 impl Runner {
-    pub fn new(control: Arc<dyn RunControl>, settings: WorkerSettings) -> Runner {
+    pub fn new(control: Arc<dyn RunControl>, mut settings: WorkerSettings) -> Runner {
+        // The agent runs in its workspace: paths handed to it must not be relative.
+        if let Ok(absolute) = std::path::absolute(&settings.work_dir) {
+            settings.work_dir = absolute;
+        }
         let mirrors = MirrorCache::new(&settings.work_dir).with_overlays(settings.overlays);
         Runner {
             control,

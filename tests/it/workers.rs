@@ -120,8 +120,8 @@ memory:
 
 fn serve(world: &World, files: &[(&str, &str)], agent_env: &[(&str, &str)], args: &[&str]) -> Serving {
     let project = world.project(agent_env);
-    let work = world.path("work");
-    let mut all = vec!["--config", project.to_str().unwrap(), "--work-dir", work.to_str().unwrap()];
+    // Relative, as a person would type it: the server's directory is its own.
+    let mut all = vec!["--config", project.to_str().unwrap(), "--work-dir", "work"];
     all.extend_from_slice(args);
     Serving::start_with_args(files, &[("FIXTURE_SECRET", "s3cr3t-value")], &all)
 }
