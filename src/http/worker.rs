@@ -9,7 +9,7 @@
 //!   when the epoch is stale or the run was cancelled, so the worker stops it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -75,20 +75,19 @@ async fn claim(
     }
     let worker = WorkerId::remote(&request.worker, &token);
     let lease_for = Duration::from_secs(request.lease_seconds);
-    let until = Instant::now() + Duration::from_secs(request.wait_seconds).min(MAX_CLAIM_WAIT);
-    let answer = tokio::task::spawn_blocking(move || {
-        loop {
-            let seen = server.wakeup().generation();
-            match server.claim_run(&worker, lease_for) {
-                Ok(Some(claim)) => return Ok(Some(claim)),
-                Ok(None) if Instant::now() < until && !server.wakeup().is_closed() => {
-                    server.wakeup().wait(seen, until.saturating_duration_since(Instant::now()));
-                }
-                other => return other,
+    let until = tokio::time::Instant::now() + Duration::from_secs(request.wait_seconds).min(MAX_CLAIM_WAIT);
+    // The wait is async: a worker that hangs up ends it, and so does the server's shutdown.
+    let mut notified = server.wakeup().subscribe();
+    let answer = loop {
+        notified.mark_unchanged();
+        let (claimer, worker) = (Arc::clone(&server), worker.clone());
+        match tokio::task::spawn_blocking(move || claimer.claim_run(&worker, lease_for)).await {
+            Ok(Ok(None)) if tokio::time::Instant::now() < until && !server.wakeup().is_closed() => {
+                let _ = tokio::time::timeout_at(until, notified.changed()).await;
             }
+            other => break other,
         }
-    })
-    .await;
+    };
     match answer {
         Ok(Ok(Some(claim))) => (StatusCode::OK, Json(claim)).into_response(),
         Ok(Ok(None)) => StatusCode::NO_CONTENT.into_response(),

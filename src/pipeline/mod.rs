@@ -175,12 +175,15 @@ impl Pipeline {
         if completion.ends_run(&run) && run.epoch == epoch {
             let loaded = self.catalog.get(&run.automation);
             if let Some(entries) = &agent_memory {
-                let edits: MemoryEdits = entries
-                    .iter()
-                    .map(|(key, value)| (key.clone(), (!value.is_null()).then(|| value.clone())))
-                    .collect();
+                let (edits, refused) = agent_edits(entries);
+                for why in refused {
+                    let text = format!("the agent's memory was not all stored: {why}");
+                    self.store.append_activity(id, epoch, NewActivity::new(ActivityKind::Failure, text), now)?;
+                }
                 let ttl = loaded.and_then(|loaded| loaded.compiled.definition.memory.ttl);
-                writes.extend(memory_writes(edits, run.untrusted_input(), ttl, now));
+                // The agent read the repository, and maybe the network: what it writes is
+                // untrusted, whatever its event was.
+                writes.extend(memory_writes(edits, true, ttl, now));
             }
             if let Some(loaded) = loaded {
                 match self.after_run(&loaded.compiled, &run, &completion, agent_memory.as_ref(), now) {
@@ -221,6 +224,29 @@ impl Pipeline {
             .map_err(|e| e.0)?;
         Ok((edits, recall.untrusted))
     }
+}
+
+/// The most bytes of memory an agent may write in one run (as JSON).
+pub const MAX_AGENT_MEMORY: usize = 256 * 1024;
+
+/// What the agent wrote, as edits (null removes), and why any of it was refused: keys
+/// `after_run` could not use either, or the whole of it when it is too large.
+fn agent_edits(entries: &Map<String, Value>) -> (MemoryEdits, Vec<String>) {
+    let size = serde_json::to_vec(entries).map_or(usize::MAX, |json| json.len());
+    if size > MAX_AGENT_MEMORY {
+        return (MemoryEdits::new(), vec![format!("{size} bytes, more than the {MAX_AGENT_MEMORY} allowed")]);
+    }
+    let mut refused = Vec::new();
+    let mut edits = MemoryEdits::new();
+    for (key, value) in entries {
+        match crate::rules::key_problem(key) {
+            Some(why) => refused.push(why),
+            None => {
+                edits.insert(key.clone(), (!value.is_null()).then(|| value.clone()));
+            }
+        }
+    }
+    (edits, refused)
 }
 
 struct Recall {

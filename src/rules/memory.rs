@@ -96,10 +96,13 @@ fn script_error(message: String) -> Box<EvalAltResult> {
 }
 
 fn check_key(key: &str) -> Result<(), Box<EvalAltResult>> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN || key.contains('\0') {
-        return Err(script_error(format!("memory keys are 1 to {MAX_KEY_LEN} bytes without NUL; got `{key}`")));
-    }
-    Ok(())
+    key_problem(key).map_or(Ok(()), |why| Err(script_error(why)))
+}
+
+/// Why `key` cannot be a memory key, if it cannot.
+pub fn key_problem(key: &str) -> Option<String> {
+    (key.is_empty() || key.len() > MAX_KEY_LEN || key.contains('\0'))
+        .then(|| format!("memory keys are 1 to {MAX_KEY_LEN} bytes without NUL; got `{}`", key.escape_debug()))
 }
 
 /// Registers the `memory` object's methods; the rule engine calls this when it is built.

@@ -15,5 +15,5 @@ pub use compiled::{
 };
 pub use engine::{EvalError, Limits, RuleEngine};
 pub use git_ref::{check_branch_name, check_repo_location};
-pub use memory::{MAX_KEY_LEN, MemoryEdits, MemoryView, MemoryWriter, memory_value};
+pub use memory::{MAX_KEY_LEN, MemoryEdits, MemoryView, MemoryWriter, key_problem, memory_value};
 pub use template::{Template, TemplateError};

@@ -247,6 +247,10 @@ pub struct Run {
     /// Set once a plan has been approved: the next attempt runs the agent.
     #[serde(default)]
     pub approved: bool,
+    /// The plan the agent proposed (`approval: plan`); once approved, the agent is given
+    /// it to carry out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<RunResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,10 +22,16 @@ enum Pattern<'p> {
     Glob(std::borrow::Cow<'p, str>),
 }
 
+/// A `paths` entry as a glob: `dir/` means everything under `dir`, `dir/**`. The worker's
+/// scope check reads entries through this too, so both agree.
+pub fn normalized(pattern: &str) -> std::borrow::Cow<'_, str> {
+    if pattern.ends_with('/') { format!("{pattern}**").into() } else { pattern.into() }
+}
+
 impl<'p> Pattern<'p> {
     fn parse(text: &'p str) -> Pattern<'p> {
         if text.ends_with('/') {
-            Pattern::Glob(format!("{text}**").into())
+            Pattern::Glob(normalized(text))
         } else if has_meta(text) {
             Pattern::Glob(text.into())
         } else {

@@ -22,11 +22,13 @@ pub async fn start(server: Arc<Server>) -> Result<JobScheduler, tokio_cron_sched
     let sweeper = Arc::clone(&server);
     jobs.add(Job::new_repeated_async(LEASE_SWEEP_EVERY, move |_, _| {
         let server = Arc::clone(&sweeper);
+        let wakeup = Arc::clone(server.wakeup());
         Box::pin(async move {
             let swept = tokio::task::spawn_blocking(move || server.store().sweep_expired_leases(Utc::now())).await;
             match swept {
                 Ok(Ok(runs)) if !runs.is_empty() => {
-                    tracing::warn!(runs = ?runs, "leases expired; runs queued again or failed")
+                    tracing::warn!(runs = ?runs, "leases expired; runs queued again or failed");
+                    wakeup.notify();
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => tracing::error!(%error, "sweeping expired leases"),

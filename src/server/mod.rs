@@ -297,7 +297,10 @@ impl Server {
     /// Cancels a run in any unfinished state; a worker running it stops at its next
     /// heartbeat.
     pub fn cancel(&self, id: RunId, reason: &str) -> Result<Run, ApiError> {
-        Ok(self.store.cancel(id, reason, Utc::now())?)
+        let run = self.store.cancel(id, reason, Utc::now())?;
+        // Its group's slot and its paths are free for the next run.
+        self.wakeup.notify();
+        Ok(run)
     }
 
     /// The run's log pieces from `from` on.
@@ -362,13 +365,15 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     );
     println!("nightshift serving on http://{address}");
 
+    let wakeup = Arc::clone(&server.wakeup);
     let shutdown = async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
+        // Remote workers' waiting claims end now, rather than holding up the drain.
+        wakeup.close();
     };
     let served = crate::http::serve(listener, Arc::clone(&server), shutdown).await.map_err(ServeError::from);
     let _ = stop.send(true);
-    server.wakeup.close();
     if let Some(pool) = pool {
         tracing::info!("stopping the local workers; runs in progress are queued again once their leases expire");
         let _ = tokio::task::spawn_blocking(move || pool.stop()).await;

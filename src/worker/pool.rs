@@ -10,11 +10,19 @@ use std::time::Duration;
 use super::control::ControlError;
 use super::runner::Runner;
 
-/// Tells idle workers that there may be runs to claim.
-#[derive(Debug, Default)]
+/// Tells idle workers that there may be runs to claim: threads wait on it with `wait`,
+/// async tasks (the worker API's claims) with `changed`.
+#[derive(Debug)]
 pub struct Wakeup {
     state: Mutex<WakeupState>,
     changed: Condvar,
+    generations: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Wakeup {
+    fn default() -> Wakeup {
+        Wakeup { state: Mutex::default(), changed: Condvar::new(), generations: tokio::sync::watch::Sender::new(0) }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -34,8 +42,18 @@ impl Wakeup {
 
     /// Wakes every idle worker.
     pub fn notify(&self) {
-        self.state().generation += 1;
+        let generation = {
+            let mut state = self.state();
+            state.generation += 1;
+            state.generation
+        };
         self.changed.notify_all();
+        self.generations.send_replace(generation);
+    }
+
+    /// A receiver whose `changed()` resolves at the next notify (or close).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generations.subscribe()
     }
 
     /// Wakes every waiter now and from now on: the server is stopping.

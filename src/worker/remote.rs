@@ -93,7 +93,7 @@ impl RemoteControl {
             .bearer_auth(&self.token)
             .json(body)
             .send()
-            .map_err(|e| ControlError::Unavailable(format!("POST {url}: {e}")))?;
+            .map_err(|error| ControlError::Unavailable(format!("POST {url}: {}", causes(&error))))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -112,6 +112,14 @@ impl RemoteControl {
         })
     }
 
+    /// Why a claim came back 404: the URL is not a nightshift server's.
+    fn not_a_server(&self, why: String) -> ControlError {
+        ControlError::Refused(format!(
+            "{why}; is --server ({}) the base URL of `nightshift serve`, e.g. http://host:8080?",
+            self.server
+        ))
+    }
+
     fn run_call(&self, run: RunId, action: &str, body: &impl Serialize) -> Result<(), ControlError> {
         self.post(&format!("runs/{run}/{action}"), body).map(drop)
     }
@@ -124,8 +132,17 @@ impl RunControl for RemoteControl {
             lease_seconds: self.lease_for.as_secs().max(1),
             wait_seconds: self.claim_wait.as_secs(),
         };
-        let response = self.post("claim", &request)?;
+        let asked = std::time::Instant::now();
+        let response = match self.post("claim", &request) {
+            Err(ControlError::Lost(why)) => return Err(self.not_a_server(why)),
+            other => other?,
+        };
         if response.status() == StatusCode::NO_CONTENT {
+            // An answer long before the wait asked for (a server stopping): pause rather
+            // than ask again at once.
+            if asked.elapsed() < Duration::from_secs(1) && !self.claim_wait.is_zero() {
+                std::thread::sleep(Duration::from_secs(1));
+            }
             return Ok(None);
         }
         response.json().map(Some).map_err(|e| ControlError::Unavailable(format!("a claim that is not JSON: {e}")))
@@ -156,4 +173,18 @@ impl RunControl for RemoteControl {
     ) -> Result<(), ControlError> {
         self.run_call(run, "complete", &wire::Complete { epoch, completion, memory })
     }
+}
+
+/// An HTTP error with its causes ("connection refused"), which its own text leaves out.
+fn causes(error: &reqwest::Error) -> String {
+    let mut text = String::new();
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(error);
+    while let Some(next) = cause {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    if text.is_empty() { error.to_string() } else { text }
 }

@@ -122,7 +122,8 @@ impl RunChanges {
 }
 
 /// Reads what the run in `workspace` changed. `paths` are the task's globs: `*` and `?`
-/// stay within one path component, `**` crosses them, and no globs match nothing.
+/// stay within one path component, `**` crosses them, `dir/` is everything under `dir`,
+/// and no globs match nothing.
 pub fn collect(workspace: &Workspace, paths: &[String]) -> Result<RunChanges, ResultsError> {
     let scope = scope(paths)?;
     let repo = workspace.mirror().location();
@@ -230,7 +231,7 @@ fn workspace_git(workspace: &Workspace) -> Git<'_> {
 fn scope(paths: &[String]) -> Result<GlobSet, ResultsError> {
     let mut set = GlobSetBuilder::new();
     for pattern in paths {
-        let glob = GlobBuilder::new(pattern)
+        let glob = GlobBuilder::new(&crate::runs::scope::normalized(pattern))
             .literal_separator(true)
             .build()
             .map_err(|error| ResultsError::Glob { pattern: pattern.clone(), reason: error.kind().to_string() })?;
@@ -439,5 +440,12 @@ mod tests {
         let detached = format!("# branch.oid {commit}\0# branch.head (detached)\0");
         assert_eq!(status_head(&detached), Some(("(detached)", commit)));
         assert_eq!(status_head("# branch.oid (initial)\0# branch.head main\0"), None);
+    }
+
+    #[test]
+    fn a_path_ending_in_a_slash_is_everything_under_it_as_the_scheduler_reads_it() {
+        let scope = scope(&["src/".to_string()]).unwrap();
+        assert!(scope.is_match("src/lib.rs") && scope.is_match("src/a/b.rs"));
+        assert!(!scope.is_match("srcs/x.rs") && !scope.is_match("README.md"));
     }
 }

@@ -25,7 +25,7 @@ use crate::store::Claim;
 use crate::task::Task;
 
 /// The most bytes of `$NIGHTSHIFT_MEMORY_OUT` read.
-pub const MAX_MEMORY_OUT: u64 = 256 * 1024;
+pub const MAX_MEMORY_OUT: u64 = crate::pipeline::MAX_AGENT_MEMORY as u64;
 
 /// Pending log text is sent once it reaches this, without waiting for the next tick.
 const LOG_SEND_AT: usize = 64 * 1024;
@@ -86,8 +86,9 @@ pub struct Runner {
     mirrors: MirrorCache,
     /// When each mirror was last fetched; its lock is held while fetching.
     refreshed: Mutex<HashMap<String, Arc<Mutex<Option<Instant>>>>>,
-    /// Attempts in progress, so a shutdown can stop them.
-    in_flight: Mutex<HashMap<RunId, CancelToken>>,
+    /// Attempts in progress, so a shutdown can stop them; `None` once stopping, so an
+    /// attempt that starts after `shutdown` is stopped at once.
+    in_flight: Mutex<Option<HashMap<RunId, CancelToken>>>,
 }
 
 /// How an attempt ended, for the engine.
@@ -118,7 +119,7 @@ impl Runner {
             settings,
             mirrors,
             refreshed: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(Some(HashMap::new())),
         }
     }
 
@@ -129,7 +130,7 @@ impl Runner {
     /// Stops every attempt in progress; they end without reporting, and their leases
     /// expire so the runs are queued again.
     pub fn shutdown(&self) {
-        for cancel in lock(&self.in_flight).values() {
+        for cancel in lock(&self.in_flight).take().into_iter().flat_map(HashMap::into_values) {
             cancel.cancel();
         }
     }
@@ -139,13 +140,21 @@ impl Runner {
         let run = claim.run;
         let epoch = claim.lease.epoch;
         let attempt = Attempt::new(Arc::clone(&self.control), run.id, epoch, self.settings.log_limit);
-        lock(&self.in_flight).insert(run.id, attempt.cancel.clone());
+        match lock(&self.in_flight).as_mut() {
+            Some(in_flight) => {
+                in_flight.insert(run.id, attempt.cancel.clone());
+            }
+            None => attempt.lose("the worker is stopping".to_string()),
+        }
+        attempt.log_line(&format!("== attempt {} of {} on {}", run.attempt, run.id, claim.lease.worker));
         let monitor = attempt.monitor(&self.settings);
         tracing::info!(run_id = %run.id, automation = %run.automation, attempt = run.attempt, "Run started");
         let (ending, workspace) = self.attempt(&run, &attempt);
         drop(monitor);
-        lock(&self.in_flight).remove(&run.id);
-        attempt.flush_log(true);
+        if let Some(in_flight) = lock(&self.in_flight).as_mut() {
+            in_flight.remove(&run.id);
+        }
+        attempt.send(true);
         let succeeded = matches!(
             ending,
             Ending::Report { completion: Completion::Succeeded { .. } | Completion::PlanReady { .. }, .. }
@@ -174,8 +183,15 @@ impl Runner {
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
+                Err(ControlError::Lost(why)) => {
+                    tracing::warn!(run_id = %run, "The run is no longer this worker's, its result is dropped: {why}");
+                    return;
+                }
                 Err(error) => {
-                    tracing::error!(run_id = %run, %error, "Cannot report the run; its lease will expire");
+                    tracing::error!(
+                        run_id = %run, %error,
+                        "Cannot report the run; when its lease expires it is queued again (or failed, with no attempts left)"
+                    );
                     return;
                 }
             }
@@ -239,7 +255,7 @@ impl Runner {
             Err(ControlError::Lost(why)) => return Ending::Stopped(why),
             Err(error) => return Ending::failed(format!("cannot start the run: {error}"), true, None),
         }
-        let files = match RunFiles::write(&self.settings.run_files(run.id), task) {
+        let files = match RunFiles::write(&self.settings.run_files(run.id), task, run) {
             Ok(files) => files,
             Err(why) => return Ending::failed(why, true, None),
         };
@@ -302,7 +318,7 @@ impl Runner {
             }
         }
         let phase = PhaseCommand {
-            argv: agent_argv(run.id, task, workspace, &files, planning),
+            argv: agent_argv(run, task, workspace, &files, planning),
             dir: workspace.path().to_path_buf(),
             env,
             timeout: task.timeout.as_duration(),
@@ -373,6 +389,19 @@ impl Runner {
             return Ending::Report { completion, memory };
         }
         if task.push {
+            // A worker that lost its lease must not push: the run may be another's by now.
+            match self.control.heartbeat(run.id, attempt.epoch) {
+                Ok(()) if attempt.lost().is_none() => {}
+                Ok(()) => return Ending::Stopped(attempt.stop_reason()),
+                Err(ControlError::Lost(why)) => return Ending::Stopped(why),
+                Err(error) => {
+                    let reason = format!("cannot confirm the lease before pushing: {error}");
+                    return Ending::Report {
+                        completion: Completion::Failed { reason, retryable: true, result: Some(result) },
+                        memory,
+                    };
+                }
+            }
             match results::push(workspace, &changes) {
                 Ok(PushOutcome::Pushed { branch, commit }) => {
                     result.details.insert("pushed".into(), json!({"branch": branch, "commit": commit}));
@@ -395,17 +424,15 @@ impl Runner {
 
 /// The agent's argv: the profile's command (its plan command when planning) with every
 /// placeholder filled in one pass.
-fn agent_argv(run: RunId, task: &Task, workspace: &Workspace, files: &RunFiles, planning: bool) -> Vec<String> {
-    let plan_prompt;
+fn agent_argv(run: &Run, task: &Task, workspace: &Workspace, files: &RunFiles, planning: bool) -> Vec<String> {
+    let prompt = agent_prompt(task, run);
     let (template, prompt) = match (&task.agent.plan_argv, planning) {
-        (Some(plan_argv), true) => (plan_argv, task.prompt.as_str()),
-        (None, true) => {
-            plan_prompt = format!("Propose a plan only; change nothing.\n\n{}", task.prompt);
-            (&task.agent.argv, plan_prompt.as_str())
-        }
-        (_, false) => (&task.agent.argv, task.prompt.as_str()),
+        (Some(plan_argv), true) => (plan_argv, prompt),
+        (None, true) => (&task.agent.argv, format!("Propose a plan only; change nothing.\n\n{prompt}")),
+        (_, false) => (&task.agent.argv, prompt),
     };
-    let run_id = run.to_string();
+    let prompt = prompt.as_str();
+    let run_id = run.id.to_string();
     let workspace = workspace.path().display().to_string();
     let prompt_file = files.prompt.display().to_string();
     AgentProfile::fill(
@@ -419,6 +446,14 @@ fn agent_argv(run: RunId, task: &Task, workspace: &Workspace, files: &RunFiles, 
             ("base", &task.base),
         ],
     )
+}
+
+/// What the agent is asked: the task's prompt, and once a plan was approved, the plan.
+fn agent_prompt(task: &Task, run: &Run) -> String {
+    match (&run.plan, run.approved) {
+        (Some(plan), true) => format!("{}\n\nCarry out this plan, which a person approved:\n{plan}\n", task.prompt),
+        _ => task.prompt.clone(),
+    }
 }
 
 /// The automation's secrets, read now for the setup phase.
@@ -490,7 +525,9 @@ struct RunFiles {
 }
 
 impl RunFiles {
-    fn write(dir: &Path, task: &Task) -> Result<RunFiles, String> {
+    /// The prompt file holds the task's prompt, followed by the approved plan when there
+    /// is one.
+    fn write(dir: &Path, task: &Task, run: &Run) -> Result<RunFiles, String> {
         let _ = std::fs::remove_dir_all(dir);
         let failed = |what: &Path, error: std::io::Error| format!("cannot write {}: {error}", what.display());
         std::fs::create_dir_all(dir).map_err(|e| failed(dir, e))?;
@@ -499,33 +536,42 @@ impl RunFiles {
             policy: dir.join("policy.json"),
             memory_out: dir.join("memory.json"),
         };
-        std::fs::write(&files.prompt, &task.prompt).map_err(|e| failed(&files.prompt, e))?;
+        std::fs::write(&files.prompt, agent_prompt(task, run)).map_err(|e| failed(&files.prompt, e))?;
         let policy = serde_json::to_vec_pretty(&task.network.agent).map_err(|e| e.to_string())?;
         std::fs::write(&files.policy, policy).map_err(|e| failed(&files.policy, e))?;
         Ok(files)
     }
 }
 
-/// One attempt's link to the engine: its cancel token, the log being streamed, and
-/// whether the lease was lost.
+/// One attempt's link to the engine: its cancel token, what it has to send (log and
+/// activities, sent in order by one thread at a time: the monitor while it runs, then the
+/// runner), and whether the lease was lost. The phase's own thread only queues, so a slow
+/// engine never stalls the agent or its timeout.
 struct Attempt {
     control: Arc<dyn RunControl>,
     run: RunId,
     epoch: Epoch,
     cancel: CancelToken,
-    log: Mutex<RunLog>,
+    outbox: Mutex<Outbox>,
+    /// Wakes the monitor to send now; `None` once it has stopped.
+    nudge: Mutex<Option<mpsc::Sender<()>>>,
     lost: Mutex<Option<String>>,
+}
+
+struct Outbox {
+    log: RunLog,
+    activities: Vec<NewActivity>,
 }
 
 /// The monitor thread; dropping it stops the thread and waits for it.
 struct Monitor {
-    stop: Option<mpsc::Sender<()>>,
+    attempt: Arc<Attempt>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        self.stop.take();
+        lock(&self.attempt.nudge).take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -539,26 +585,37 @@ impl Attempt {
             run,
             epoch,
             cancel: CancelToken::new(),
-            log: Mutex::new(RunLog::new(log_limit)),
+            outbox: Mutex::new(Outbox { log: RunLog::new(log_limit), activities: Vec::new() }),
+            nudge: Mutex::new(None),
             lost: Mutex::new(None),
         })
     }
 
-    /// Starts the thread that renews the lease and sends the log every `heartbeat_every`.
-    /// A lease the engine says is gone, or one not renewed for a whole lease, stops the
-    /// attempt.
+    /// Starts the thread that sends what the phases produce (when nudged, else every
+    /// `heartbeat_every`) and renews the lease every `heartbeat_every`. A lease the engine
+    /// says is gone, or one it could not renew for nearly a whole lease, stops the attempt.
     fn monitor(self: &Arc<Attempt>, settings: &WorkerSettings) -> Monitor {
-        let (stop, stopped) = mpsc::channel::<()>();
+        let (nudge, nudged) = mpsc::channel::<()>();
+        *lock(&self.nudge) = Some(nudge);
         let attempt = Arc::clone(self);
         let (every, lease_for) = (settings.heartbeat_every, settings.lease_for);
         let thread = std::thread::Builder::new().name(format!("nightshift-{}", self.run)).spawn(move || {
-            let mut renewed = Instant::now();
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                attempt.flush_log(false);
+            let (mut renewed, mut beat) = (Instant::now(), Instant::now());
+            loop {
+                if let Err(RecvTimeoutError::Disconnected) = nudged.recv_timeout(every.saturating_sub(beat.elapsed())) {
+                    return;
+                }
+                attempt.send(false);
+                if beat.elapsed() < every {
+                    continue;
+                }
+                beat = Instant::now();
                 match attempt.control.heartbeat(attempt.run, attempt.epoch) {
                     Ok(()) => renewed = Instant::now(),
                     Err(ControlError::Lost(why)) => return attempt.lose(why),
-                    Err(error) if renewed.elapsed() >= lease_for => {
+                    // Given up a little before the engine would, so the run is stopped
+                    // before another worker can claim it.
+                    Err(error) if renewed.elapsed() >= lease_for.saturating_sub(every * 2) => {
                         return attempt.lose(format!("the lease was not renewed for {lease_for:?}: {error}"));
                     }
                     Err(error) => tracing::warn!(run_id = %attempt.run, %error, "Heartbeat failed"),
@@ -566,10 +623,11 @@ impl Attempt {
             }
         });
         match thread {
-            Ok(thread) => Monitor { stop: Some(stop), thread: Some(thread) },
+            Ok(thread) => Monitor { attempt: Arc::clone(self), thread: Some(thread) },
             Err(error) => {
+                lock(&self.nudge).take();
                 self.lose(format!("cannot start the heartbeat thread: {error}"));
-                Monitor { stop: None, thread: None }
+                Monitor { attempt: Arc::clone(self), thread: None }
             }
         }
     }
@@ -587,41 +645,50 @@ impl Attempt {
         self.lost().unwrap_or_else(|| "the worker is stopping".to_string())
     }
 
-    fn log_line(&self, line: &str) {
-        let mut log = lock(&self.log);
-        log.push(line);
-        if log.pending_bytes() >= LOG_SEND_AT {
-            self.send_log(log, false);
+    fn nudge(&self) {
+        if let Some(nudge) = lock(&self.nudge).as_ref() {
+            let _ = nudge.send(());
         }
     }
 
-    /// Sends the pending log; at the end (`last`), the cut marker and the tail too.
-    fn flush_log(&self, last: bool) {
-        self.send_log(lock(&self.log), last);
-    }
-
-    /// Sends under the log's lock, so pieces arrive in order.
-    fn send_log(&self, mut log: MutexGuard<'_, RunLog>, last: bool) {
-        let text = if last { log.finish() } else { log.take_pending() };
-        let Some(text) = text else { return };
-        match self.control.log(self.run, self.epoch, text) {
-            Ok(()) => {}
-            Err(ControlError::Lost(why)) => {
-                drop(log);
-                self.lose(why);
-            }
-            Err(error) => tracing::warn!(run_id = %self.run, %error, "Cannot send the log; a piece of it is lost"),
+    fn log_line(&self, line: &str) {
+        let full = {
+            let mut outbox = lock(&self.outbox);
+            outbox.log.push(line);
+            outbox.log.pending_bytes() >= LOG_SEND_AT
+        };
+        if full {
+            self.nudge();
         }
     }
 
     fn activities(&self, activities: Vec<NewActivity>) {
-        if activities.is_empty() {
-            return;
+        if !activities.is_empty() {
+            lock(&self.outbox).activities.extend(activities);
+            self.nudge();
         }
-        match self.control.activities(self.run, self.epoch, activities) {
+    }
+
+    /// Sends what is queued: the activities, then the log; at the end (`last`), the log's
+    /// cut marker and tail too. Only the monitor calls it while it runs, then the runner.
+    fn send(&self, last: bool) {
+        let (activities, text) = {
+            let mut outbox = lock(&self.outbox);
+            let text = if last { outbox.log.finish() } else { outbox.log.take_pending() };
+            (std::mem::take(&mut outbox.activities), text)
+        };
+        if !activities.is_empty() {
+            match self.control.activities(self.run, self.epoch, activities) {
+                Ok(()) => {}
+                Err(ControlError::Lost(why)) => return self.lose(why),
+                Err(error) => tracing::warn!(run_id = %self.run, %error, "Cannot record activities"),
+            }
+        }
+        let Some(text) = text else { return };
+        match self.control.log(self.run, self.epoch, text) {
             Ok(()) => {}
             Err(ControlError::Lost(why)) => self.lose(why),
-            Err(error) => tracing::warn!(run_id = %self.run, %error, "Cannot record activities"),
+            Err(error) => tracing::warn!(run_id = %self.run, %error, "Cannot send the log; a piece of it is lost"),
         }
     }
 }

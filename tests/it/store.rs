@@ -773,6 +773,25 @@ fn a_run_held_back_by_paths_keeps_its_place_and_holds_back_no_other_run() {
     assert_eq!(claimed(store, 10), Some(main));
 }
 
+#[test]
+fn a_newer_run_waits_behind_an_older_waiting_run_it_conflicts_with() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("", data.path());
+    let store = pipeline.store().as_ref();
+    let like = probe_task(&pipeline);
+    let a = queue_scoped(store, &like, "alpha", "/srv/git/x", &["src/a/**"], 1);
+    let everything = queue_scoped(store, &like, "beta", "/srv/git/x", &["**"], 2);
+    let b = queue_scoped(store, &like, "gamma", "/srv/git/x", &["src/b/**"], 3);
+    let held = store.claim("w", LEASE, at(4)).unwrap().unwrap();
+    assert_eq!(held.run.id, a);
+    // src/b/** is free of the running src/a/**, but the older `**` run waits for it first.
+    assert_eq!(claimed(store, 5), None);
+    store.complete(a, held.lease.epoch, succeeded("done"), Vec::new(), at(6)).unwrap();
+    assert_eq!(claimed(store, 7), Some(everything));
+    assert_eq!(claimed(store, 8), None);
+    assert_eq!(store.run(b).unwrap().unwrap().state, RunState::Queued);
+}
+
 fn log_texts(store: &dyn Store, id: RunId, from: u64) -> Vec<(u64, String)> {
     store.log(id, from).unwrap().into_iter().map(|chunk| (chunk.seq, chunk.text)).collect()
 }

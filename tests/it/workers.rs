@@ -329,7 +329,9 @@ fn a_plan_waits_for_approval_then_the_agent_carries_it_out() {
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     let done = wait_for(&server, &run, &["succeeded", "failed"]);
     assert_eq!(done["run"]["state"], "succeeded", "{done:#}");
-    assert!(world.branch_exists("nightshift/planned/1"));
+    // The agent got the approved plan with its prompt (and wrote its prompt to the file).
+    let file = git(&world.upstream(), &["show", "nightshift/planned/1:src/a/notes.txt"]);
+    assert!(file.contains("Carry out this plan, which a person approved:\nplan: append the prompt"), "{file}");
 }
 
 /// A `nightshift worker` process; killed when dropped.
@@ -402,18 +404,34 @@ fn a_remote_worker_runs_over_http_and_a_dead_ones_run_is_finished_by_another() {
         std::fs::read_to_string(world.path("worker-2.log")).unwrap()
     );
     assert_eq!(done["run"]["attempt"], 2);
-    assert_ne!(done["run"]["lease"]["worker"].as_str().unwrap_or_default(), holder);
     assert!(
-        activity_texts(&done, "failure").iter().any(|text| text.contains("expired")),
-        "the timeline says the first lease expired: {done:#}"
+        activity_texts(&done, "failure").iter().any(|text| text.contains(&holder) && text.contains("expired")),
+        "the timeline says the first worker's lease expired: {done:#}"
     );
+    let log = log_text(&server, &run);
+    assert!(log.contains("== attempt 2 of"), "each attempt's log starts with a header: {log}");
     assert_eq!(done["run"]["result"]["summary"], "appended the prompt");
     assert!(world.branch_exists("nightshift/remote/1"));
-    let log = log_text(&server, &run);
     assert!(log.contains("setup sees ***") && !log.contains("s3cr3t-value"), "{log}");
     assert_eq!(server.api_get("/api/automations/remote/memory")["seen_note"]["value"], "from the agent");
     // The dead worker's agent shell died with it; what the shell had started did not, and
     // its workspace is still mounted.
     let _ = Command::new("kill").arg(std::fs::read_to_string(world.path("hold.child")).unwrap().trim()).status();
     let _ = Command::new("umount").arg("--lazy").arg(world.path("work-1/workspaces").join(&run)).status();
+}
+
+#[test]
+fn a_waiting_remote_claim_does_not_hold_up_the_servers_stop() {
+    let world = World::new();
+    let automation = world.automation("idle", r#"["src/**"]"#, "");
+    let mut server = serve(&world, &[("idle.yaml", &automation)], &[], &["--workers", "0", "--worker-token", "t"]);
+    let (url, client) = (server.url.clone(), reqwest::blocking::Client::new());
+    let waiting = std::thread::spawn(move || {
+        let claim = json!({"worker": "idle", "lease_seconds": 5, "wait_seconds": 30});
+        client.post(format!("{url}/api/worker/claim")).bearer_auth("t").json(&claim).send().map(|r| r.status().as_u16())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // `stop` gives serve 20 s; a claim that held up the drain would take its full 30.
+    assert!(server.stop(), "serve stops cleanly while a claim waits:\n{}", server.log());
+    assert_eq!(waiting.join().unwrap().ok(), Some(204), "the waiting claim is answered: no run");
 }

@@ -158,7 +158,7 @@ impl Live {
     /// `paths` that overlap its own. The runs passed over stay queued, in their place.
     pub fn next_claimable(&self, now: DateTime<Utc>) -> Option<RunId> {
         let mut full_groups: Vec<String> = Vec::new();
-        // Scopes found blocked: queued runs of one automation usually share theirs.
+        // Scopes of queued runs found blocked (runs of one automation usually share one).
         let mut blocked_scopes: Vec<(&str, &[String])> = Vec::new();
         for id in &self.queued {
             let run = &self.runs[id].run;
@@ -175,7 +175,11 @@ impl Live {
             }
             if let Some(task) = &run.task {
                 let scope = (task.repo.as_str(), task.paths.as_slice());
-                if blocked_scopes.contains(&scope) {
+                // Behind an older run it conflicts with, which is waiting: it waits too, so
+                // a stream of newer runs cannot starve the older one.
+                let behind_older =
+                    |(repo, paths): &(&str, &[String])| *repo == scope.0 && paths_overlap(paths, scope.1);
+                if blocked_scopes.contains(&scope) || blocked_scopes.iter().any(behind_older) {
                     continue;
                 }
                 if self.scope_is_busy(scope.0, scope.1) {

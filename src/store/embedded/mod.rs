@@ -1004,6 +1004,7 @@ impl Store for SledStore {
                 (ActivityKind::Failure, text)
             }
             Completion::PlanReady { plan } => {
+                run.plan = Some(plan.clone());
                 run.state = RunState::AwaitingApproval;
                 run.lease = None;
                 run.updated_at = now;
@@ -1323,6 +1324,7 @@ fn fresh_run(
         finished_at: None,
         not_before: None,
         approved: false,
+        plan: None,
         result: None,
         skip: None,
         reason: None,
