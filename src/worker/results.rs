@@ -319,16 +319,17 @@ fn diff_stat(files: &[ChangedFile]) -> DiffStat {
     }
 }
 
-/// The paths `git status --porcelain=v2 -z` lists: changed (`1`), renamed in the index
-/// (`2`, then the old path), unmerged (`u`) and untracked (`?`) entries, sorted.
 /// The checked-out branch and its commit from `git status --porcelain=v2 --branch -z`
-/// headers; `None` when HEAD is detached or has no commit.
+/// headers; `None` when HEAD has no commit. A detached HEAD is `(detached)`, which is no
+/// branch name.
 fn status_head(output: &str) -> Option<(&str, &str)> {
     let header = |name: &str| fields(output).find_map(|record| record.strip_prefix(name));
     let commit = header("# branch.oid ").filter(|id| id.len() >= 40 && id.chars().all(|c| c.is_ascii_hexdigit()))?;
     Some((header("# branch.head ")?, commit))
 }
 
+/// The paths `git status --porcelain=v2 -z` lists: changed (`1`), renamed in the index
+/// (`2`, then the old path), unmerged (`u`) and untracked (`?`) entries, sorted.
 fn parse_status(output: &str) -> Result<Vec<String>, String> {
     let mut fields = fields(output);
     let mut paths = BTreeSet::new();
