@@ -86,7 +86,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("nightshift worker {name} taking up to {} runs from {}", args.concurrency, args.server);
     // The claim itself waits on the server (a long poll): no sleeping between claims.
     let pool = Pool::start(runner, &name, args.concurrency, Arc::new(Wakeup::new()), Duration::ZERO)?;
+    let stopper = pool.stopper();
+    let on_signal = stopper.clone();
+    std::thread::Builder::new().name("nightshift-signals".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        if let Ok(runtime) = runtime {
+            runtime.block_on(crate::server::shutdown_signal());
+            tracing::info!("stopping: runs in progress are stopped and queued again once their leases expire");
+            on_signal.stop();
+            // Threads waiting on the server for a claim may take up to its wait to return;
+            // only the runs in progress are worth waiting for.
+            on_signal.wait_for_runs(Duration::from_secs(30));
+            std::process::exit(0);
+        }
+    })?;
     pool.join();
+    if stopper.stopped() {
+        return Ok(ExitCode::SUCCESS);
+    }
     Err(anyhow!("every worker thread stopped: the server refuses this worker (see the log above)"))
 }
 

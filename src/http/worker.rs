@@ -26,6 +26,9 @@ use crate::server::workers::WorkerId;
 use crate::store::StoreError;
 use crate::worker::remote::wire;
 
+/// The largest request a worker may send.
+const WORKER_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
 /// The longest a claim waits for a run.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
 
@@ -38,6 +41,9 @@ pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
         .route("/api/worker/claim", post(claim))
         .route("/api/worker/runs/{id}/{action}", post(run_action))
         .route_layer(middleware::from_fn_with_state(server, require_worker_token))
+        // A completion carries the result (lists bounded by `MAX_LISTED`) and up to
+        // 256 KiB of memory; a log piece is at most about 64 KiB.
+        .layer(axum::extract::DefaultBodyLimit::max(WORKER_BODY_LIMIT))
 }
 
 /// Checks the bearer token against the server's worker tokens, in constant time each.

@@ -399,7 +399,8 @@ fn start_local_workers(server: &Arc<Server>) -> Result<Option<Pool>, ServeError>
     Ok(Some(Pool::start(runner, "local", options.workers, wakeup, std::time::Duration::from_secs(1))?))
 }
 
-async fn shutdown_signal() {
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

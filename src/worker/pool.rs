@@ -112,11 +112,16 @@ impl Pool {
     /// Stops claiming, stops the runs in progress (their leases expire, so they are
     /// queued again) and waits for the threads.
     pub fn stop(self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.runner.shutdown();
-        self.wakeup.notify();
-        for thread in self.threads {
-            let _ = thread.join();
+        self.stopper().stop();
+        self.join();
+    }
+
+    /// A way to stop the pool from another thread while this one `join`s.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            runner: Arc::clone(&self.runner),
+            wakeup: Arc::clone(&self.wakeup),
+            stopping: Arc::clone(&self.stopping),
         }
     }
 
@@ -125,6 +130,35 @@ impl Pool {
     pub fn join(self) {
         for thread in self.threads {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Stops a pool's threads: no more claims, runs in progress stopped.
+#[derive(Clone)]
+pub struct Stopper {
+    runner: Arc<Runner>,
+    wakeup: Arc<Wakeup>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.runner.shutdown();
+        self.wakeup.notify();
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no attempt is under way (their phases stopped, their workspaces
+    /// cleaned up), or `limit`. Threads waiting for a claim are not waited for.
+    pub fn wait_for_runs(&self, limit: Duration) {
+        let until = std::time::Instant::now() + limit;
+        while self.runner.busy() > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -20,6 +20,9 @@ use serde::Serialize;
 use super::workspace::{Git, Workspace, WorkspaceError};
 use crate::runs::RunResult;
 
+/// The most entries of each list `RunChanges::record` keeps.
+pub const MAX_LISTED: usize = 1000;
+
 /// Why a run's changes could not be read or its branch was not pushed.
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
@@ -113,11 +116,21 @@ impl RunChanges {
     /// Records the changes in `result.details` (`base`, `head`, `commits`, `files`,
     /// `diff_stat`, `uncommitted`, `out_of_scope`), which is where `RunResult` keeps what
     /// the worker reports besides the summary and exit code.
+    /// Each list keeps its first `MAX_LISTED` entries; a longer one's full length is
+    /// in `{name}_total` (a run that rewrote a whole tree must still be reportable).
     pub fn record(&self, result: &mut RunResult) {
         // Serializing plain strings and numbers cannot fail.
-        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) {
-            result.details.extend(fields);
+        let Ok(serde_json::Value::Object(mut fields)) = serde_json::to_value(self) else { return };
+        for name in ["commits", "files", "uncommitted", "out_of_scope"] {
+            if let Some(serde_json::Value::Array(items)) = fields.get_mut(name)
+                && items.len() > MAX_LISTED
+            {
+                let total = items.len();
+                items.truncate(MAX_LISTED);
+                fields.insert(format!("{name}_total"), total.into());
+            }
         }
+        result.details.extend(fields);
     }
 }
 
@@ -448,5 +461,24 @@ mod tests {
         let scope = scope(&["src/".to_string()]).unwrap();
         assert!(scope.is_match("src/lib.rs") && scope.is_match("src/a/b.rs"));
         assert!(!scope.is_match("srcs/x.rs") && !scope.is_match("README.md"));
+    }
+
+    #[test]
+    fn a_long_list_is_recorded_cut_with_its_total() {
+        let changes = RunChanges {
+            base: "a".into(),
+            head: "a".into(),
+            commits: Vec::new(),
+            files: Vec::new(),
+            diff_stat: DiffStat::default(),
+            uncommitted: (0..MAX_LISTED + 5).map(|n| format!("f{n}")).collect(),
+            out_of_scope: vec!["x".into()],
+        };
+        let mut result = RunResult::default();
+        changes.record(&mut result);
+        assert_eq!(result.details["uncommitted"].as_array().unwrap().len(), MAX_LISTED);
+        assert_eq!(result.details["uncommitted_total"], MAX_LISTED + 5);
+        assert_eq!(result.details["out_of_scope"], serde_json::json!(["x"]));
+        assert!(!result.details.contains_key("out_of_scope_total"));
     }
 }

@@ -89,6 +89,8 @@ pub struct Runner {
     /// Attempts in progress, so a shutdown can stop them; `None` once stopping, so an
     /// attempt that starts after `shutdown` is stopped at once.
     in_flight: Mutex<Option<HashMap<RunId, CancelToken>>>,
+    /// Attempts between their claim and their workspace's cleanup.
+    busy: std::sync::atomic::AtomicUsize,
 }
 
 /// How an attempt ended, for the engine.
@@ -120,6 +122,7 @@ impl Runner {
             mirrors,
             refreshed: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(Some(HashMap::new())),
+            busy: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -135,8 +138,19 @@ impl Runner {
         }
     }
 
+    /// How many attempts are under way (claimed and not yet cleaned up).
+    pub fn busy(&self) -> usize {
+        self.busy.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Runs one attempt of the claimed run and reports how it ended.
     pub fn execute(&self, claim: Claim) {
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.attempt_claimed(claim);
+        self.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn attempt_claimed(&self, claim: Claim) {
         let run = claim.run;
         let epoch = claim.lease.epoch;
         let attempt = Attempt::new(Arc::clone(&self.control), run.id, epoch, self.settings.log_limit);

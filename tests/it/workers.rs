@@ -435,3 +435,36 @@ fn a_waiting_remote_claim_does_not_hold_up_the_servers_stop() {
     assert!(server.stop(), "serve stops cleanly while a claim waits:\n{}", server.log());
     assert_eq!(waiting.join().unwrap().ok(), Some(204), "the waiting claim is answered: no run");
 }
+
+#[test]
+fn a_remote_worker_stopped_with_sigterm_stops_its_agent_and_removes_the_workspace() {
+    let world = World::new();
+    let hold = world.path("hold");
+    let automation = world.automation("stopped", r#"["src/**"]"#, "");
+    let agent_env = [("TARGET", "src/a/notes.txt"), ("HOLD", hold.to_str().unwrap())];
+    let server =
+        serve(&world, &[("stopped.yaml", &automation)], &agent_env, &["--workers", "0", "--worker-token", "t"]);
+    let run = trigger(&server, "stopped", 1);
+    let work = world.path("work-1");
+    let mut worker = RemoteWorker::start(&server, "t", &work, &world.path("worker-1.log"));
+    wait_for(&server, &run, &["running"]);
+    let child = wait_for_file(&world.path("hold.child"));
+
+    let _ = Command::new("kill").args(["-TERM", &worker.0.id().to_string()]).status();
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = worker.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(world.path("worker-1.log")).unwrap();
+    assert!(status.success(), "{status}: {log}");
+    wait_until_gone(&child);
+    let workspace = work.join("workspaces").join(&run);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(workspace.to_str().unwrap()), "the workspace is unmounted");
+    assert!(!workspace.exists(), "and removed: {log}");
+    assert_eq!(record(&server, &run)["run"]["state"], "running", "not reported: its lease runs out");
+}
