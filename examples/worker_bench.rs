@@ -235,13 +235,10 @@ impl BenchControl {
     }
 }
 
-fn lost(error: nightshift::store::StoreError) -> ControlError {
-    ControlError::Lost(error.to_string())
-}
-
 impl RunControl for BenchControl {
     fn claim(&self, worker: &str) -> Result<Option<Claim>, ControlError> {
-        let claim = self.pipeline.store().claim(worker, Duration::from_secs(60), Utc::now()).map_err(lost)?;
+        let claim =
+            self.pipeline.store().claim(worker, Duration::from_secs(60), Utc::now()).map_err(ControlError::from)?;
         if let Some(claim) = &claim {
             self.mark(claim.run.id, "claimed");
         }
@@ -249,22 +246,26 @@ impl RunControl for BenchControl {
     }
 
     fn started(&self, run: RunId, epoch: Epoch) -> Result<(), ControlError> {
-        self.pipeline.store().mark_running(run, epoch, Utc::now()).map(drop).map_err(lost)
+        self.pipeline.store().mark_running(run, epoch, Utc::now()).map(drop).map_err(ControlError::from)
     }
 
     fn heartbeat(&self, run: RunId, epoch: Epoch) -> Result<(), ControlError> {
-        self.pipeline.store().heartbeat(run, epoch, Duration::from_secs(60), Utc::now()).map(drop).map_err(lost)
+        self.pipeline
+            .store()
+            .heartbeat(run, epoch, Duration::from_secs(60), Utc::now())
+            .map(drop)
+            .map_err(ControlError::from)
     }
 
     fn activities(&self, run: RunId, epoch: Epoch, activities: Vec<NewActivity>) -> Result<(), ControlError> {
         for activity in activities {
-            self.pipeline.store().append_activity(run, epoch, activity, Utc::now()).map_err(lost)?;
+            self.pipeline.store().append_activity(run, epoch, activity, Utc::now()).map_err(ControlError::from)?;
         }
         Ok(())
     }
 
     fn log(&self, run: RunId, epoch: Epoch, text: String) -> Result<(), ControlError> {
-        self.pipeline.store().append_log(run, epoch, &text, Utc::now()).map(drop).map_err(lost)
+        self.pipeline.store().append_log(run, epoch, &text, Utc::now()).map(drop).map_err(ControlError::from)
     }
 
     fn complete(
@@ -275,7 +276,7 @@ impl RunControl for BenchControl {
         memory: Option<Map<String, Value>>,
     ) -> Result<(), ControlError> {
         assert!(matches!(completion, Completion::Succeeded { .. }), "{run}: {completion:?}");
-        self.pipeline.finish_with_memory(run, epoch, completion, memory, Utc::now()).map_err(lost)?;
+        self.pipeline.finish_with_memory(run, epoch, completion, memory, Utc::now()).map_err(ControlError::from)?;
         self.mark(run, "completed");
         Ok(())
     }

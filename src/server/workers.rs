@@ -132,40 +132,28 @@ impl LocalControl {
     }
 }
 
-/// How a store error reads to a worker: a run it no longer holds, or trouble to wait out.
-pub fn control_error(error: StoreError) -> ControlError {
-    match error {
-        StoreError::StaleLease { .. } | StoreError::WrongState { .. } | StoreError::NoSuchRun(_) => {
-            ControlError::Lost(error.to_string())
-        }
-        StoreError::Io(_) | StoreError::Locked { .. } | StoreError::Open { .. } | StoreError::Corrupt { .. } => {
-            ControlError::Unavailable(error.to_string())
-        }
-    }
-}
-
 impl RunControl for LocalControl {
     fn claim(&self, worker: &str) -> Result<Option<Claim>, ControlError> {
-        self.server.claim_run(&WorkerId::local(worker), self.lease_for).map_err(control_error)
+        self.server.claim_run(&WorkerId::local(worker), self.lease_for).map_err(ControlError::from)
     }
 
     fn started(&self, run: RunId, epoch: Epoch) -> Result<(), ControlError> {
-        self.server.store.mark_running(run, epoch, Utc::now()).map(drop).map_err(control_error)
+        self.server.store.mark_running(run, epoch, Utc::now()).map(drop).map_err(ControlError::from)
     }
 
     fn heartbeat(&self, run: RunId, epoch: Epoch) -> Result<(), ControlError> {
-        self.server.store.heartbeat(run, epoch, self.lease_for, Utc::now()).map(drop).map_err(control_error)
+        self.server.store.heartbeat(run, epoch, self.lease_for, Utc::now()).map(drop).map_err(ControlError::from)
     }
 
     fn activities(&self, run: RunId, epoch: Epoch, activities: Vec<NewActivity>) -> Result<(), ControlError> {
         for activity in activities {
-            self.server.store.append_activity(run, epoch, activity, Utc::now()).map_err(control_error)?;
+            self.server.store.append_activity(run, epoch, activity, Utc::now()).map_err(ControlError::from)?;
         }
         Ok(())
     }
 
     fn log(&self, run: RunId, epoch: Epoch, text: String) -> Result<(), ControlError> {
-        self.server.store.append_log(run, epoch, &text, Utc::now()).map(drop).map_err(control_error)
+        self.server.store.append_log(run, epoch, &text, Utc::now()).map(drop).map_err(ControlError::from)
     }
 
     fn complete(
@@ -176,7 +164,10 @@ impl RunControl for LocalControl {
         memory: Option<Map<String, Value>>,
     ) -> Result<(), ControlError> {
         let pipeline = self.server.current().pipeline.clone();
-        pipeline.finish_with_memory(run, epoch, completion, memory, Utc::now()).map(drop).map_err(control_error)?;
+        pipeline
+            .finish_with_memory(run, epoch, completion, memory, Utc::now())
+            .map(drop)
+            .map_err(ControlError::from)?;
         self.server.wakeup.notify();
         Ok(())
     }

@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 
 use crate::runs::{Completion, Epoch, NewActivity, RunId};
-use crate::store::Claim;
+use crate::store::{Claim, StoreError};
 
 /// Why a call to the engine did not go through.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +21,20 @@ pub enum ControlError {
     /// The engine refused the request as malformed or unauthorized: retrying will not help.
     #[error("the engine refused the request: {0}")]
     Refused(String),
+}
+
+/// How a store error reads to a worker: a run it no longer holds, or trouble to wait out.
+impl From<StoreError> for ControlError {
+    fn from(error: StoreError) -> ControlError {
+        match error {
+            StoreError::StaleLease { .. } | StoreError::WrongState { .. } | StoreError::NoSuchRun(_) => {
+                ControlError::Lost(error.to_string())
+            }
+            StoreError::Io(_) | StoreError::Locked { .. } | StoreError::Open { .. } | StoreError::Corrupt { .. } => {
+                ControlError::Unavailable(error.to_string())
+            }
+        }
+    }
 }
 
 /// The engine as one worker sees it. Implementations are shared by a pool's threads.

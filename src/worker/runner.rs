@@ -154,6 +154,7 @@ impl Runner {
         let run = claim.run;
         let epoch = claim.lease.epoch;
         let attempt = Attempt::new(Arc::clone(&self.control), run.id, epoch, self.settings.log_limit);
+        self.wait_out_earlier_attempt(run.id);
         match lock(&self.in_flight).as_mut() {
             Some(in_flight) => {
                 in_flight.insert(run.id, attempt.cancel.clone());
@@ -165,9 +166,6 @@ impl Runner {
         tracing::info!(run_id = %run.id, automation = %run.automation, attempt = run.attempt, "Run started");
         let (ending, workspace) = self.attempt(&run, &attempt);
         drop(monitor);
-        if let Some(in_flight) = lock(&self.in_flight).as_mut() {
-            in_flight.remove(&run.id);
-        }
         attempt.send(true);
         let succeeded = matches!(
             ending,
@@ -180,6 +178,27 @@ impl Runner {
             (Ending::Report { completion, memory }, None) => self.report(run.id, epoch, completion, memory),
         }
         self.clean_up(run.id, workspace, succeeded);
+        if let Some(in_flight) = lock(&self.in_flight).as_mut() {
+            in_flight.remove(&run.id);
+        }
+    }
+
+    /// An earlier attempt of the same run may still be here, if it lost its lease and the
+    /// run came back to this process: it is stopped, and its workspace (the same path) is
+    /// removed, before this one starts.
+    fn wait_out_earlier_attempt(&self, run: RunId) {
+        let give_up = Instant::now() + self.settings.grace + Duration::from_secs(30);
+        loop {
+            match lock(&self.in_flight).as_ref().and_then(|in_flight| in_flight.get(&run)) {
+                Some(earlier) => earlier.cancel(),
+                None => return,
+            }
+            if Instant::now() > give_up {
+                tracing::warn!(run_id = %run, "An earlier attempt of the run is still here; going ahead");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Reports a completion, retrying while the engine is unreachable for up to a lease.
