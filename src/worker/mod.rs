@@ -1,9 +1,11 @@
 //! The worker side of a run: claiming runs (`pool.rs`, through a `RunControl`: the store
 //! in process, or `serve`'s worker API over HTTP in `remote.rs`), one attempt of a run
-//! start to end (`runner.rs`), the repository mirrors and per-run workspaces (overlay
+//! start to end (`runner.rs`, with `attempt.rs` renewing its lease and sending its
+//! output), the repository mirrors and per-run workspaces (overlay
 //! mounts or worktrees), the phases run in them as child processes, the adapters that
 //! read an agent's output, the streamed log, and what a run changed and its push.
 
+mod attempt;
 pub mod control;
 pub mod output;
 mod overlay;

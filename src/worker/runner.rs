@@ -7,17 +7,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
+use super::attempt::Attempt;
 use super::control::{ControlError, RunControl};
 use super::output::OutputAdapter;
 use super::phase::{CancelToken, PhaseCommand, PhaseOptions, PhaseStatus, Stream, run_phase};
 use super::results::{self, PushOutcome};
-use super::runlog::RunLog;
 use super::workspace::{Cleanup, MirrorCache, Workspace, WorkspaceError};
 use crate::config::{AgentProfile, Approval};
 use crate::runs::{ActivityKind, Completion, Epoch, NewActivity, Run, RunId, RunResult};
@@ -26,9 +25,6 @@ use crate::task::Task;
 
 /// The most bytes of `$NIGHTSHIFT_MEMORY_OUT` read.
 pub const MAX_MEMORY_OUT: u64 = crate::pipeline::MAX_AGENT_MEMORY as u64;
-
-/// Pending log text is sent once it reaches this, without waiting for the next tick.
-const LOG_SEND_AT: usize = 64 * 1024;
 
 /// How one worker runs runs.
 #[derive(Debug, Clone)]
@@ -304,41 +300,8 @@ impl Runner {
             grace: self.settings.grace,
         };
 
-        let setup_started = Instant::now();
-        for command in &task.setup {
-            let mut setup_env = env.clone();
-            setup_env.extend(secrets.clone());
-            let timeout = task.setup_timeout.as_duration().saturating_sub(setup_started.elapsed());
-            let phase = PhaseCommand {
-                argv: vec!["sh".into(), "-c".into(), command.clone()],
-                dir: workspace.path().to_path_buf(),
-                env: setup_env,
-                timeout,
-            };
-            attempt.log_line(&format!("== setup: {command}"));
-            let outcome = match run_phase(&phase, &options, &attempt.cancel, |_, line| attempt.log_line(line)) {
-                Ok(outcome) => outcome,
-                Err(error) => return Ending::failed(format!("setup: {error}"), false, None),
-            };
-            match outcome.status {
-                PhaseStatus::Exited(0) => {}
-                PhaseStatus::Exited(code) => {
-                    let result = RunResult { exit_code: Some(code), ..RunResult::default() };
-                    return Ending::failed(format!("setup command `{command}` exited with {code}"), true, Some(result));
-                }
-                PhaseStatus::Signalled(signal) => {
-                    return Ending::failed(
-                        format!("setup command `{command}` was killed by signal {signal}"),
-                        true,
-                        None,
-                    );
-                }
-                PhaseStatus::TimedOut => {
-                    let reason = format!("the setup phase ran longer than its {}", task.setup_timeout);
-                    return Ending::Report { completion: Completion::TimedOut { reason }, memory: None };
-                }
-                PhaseStatus::Cancelled => return Ending::Stopped(attempt.stop_reason()),
-            }
+        if let Some(ending) = setup(task, workspace, attempt, &env, secrets, &options) {
+            return ending;
         }
 
         let planning = task.approval == Approval::Plan && !run.approved;
@@ -453,6 +416,59 @@ impl Runner {
         }
         Ending::Report { completion: Completion::Succeeded { result }, memory }
     }
+}
+
+/// The setup phase: each command with `sh -c`, the secrets in its environment, all within
+/// `setup_timeout`. `None` when every command succeeded; else how the attempt ends.
+fn setup(
+    task: &Task,
+    workspace: &Workspace,
+    attempt: &Attempt,
+    env: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
+    options: &PhaseOptions,
+) -> Option<Ending> {
+    let setup_started = Instant::now();
+    for command in &task.setup {
+        let mut setup_env = env.clone();
+        setup_env.extend(secrets.clone());
+        let timeout = task.setup_timeout.as_duration().saturating_sub(setup_started.elapsed());
+        let phase = PhaseCommand {
+            argv: vec!["sh".into(), "-c".into(), command.clone()],
+            dir: workspace.path().to_path_buf(),
+            env: setup_env,
+            timeout,
+        };
+        attempt.log_line(&format!("== setup: {command}"));
+        let outcome = match run_phase(&phase, options, &attempt.cancel, |_, line| attempt.log_line(line)) {
+            Ok(outcome) => outcome,
+            Err(error) => return Some(Ending::failed(format!("setup: {error}"), false, None)),
+        };
+        match outcome.status {
+            PhaseStatus::Exited(0) => {}
+            PhaseStatus::Exited(code) => {
+                let result = RunResult { exit_code: Some(code), ..RunResult::default() };
+                return Some(Ending::failed(
+                    format!("setup command `{command}` exited with {code}"),
+                    true,
+                    Some(result),
+                ));
+            }
+            PhaseStatus::Signalled(signal) => {
+                return Some(Ending::failed(
+                    format!("setup command `{command}` was killed by signal {signal}"),
+                    true,
+                    None,
+                ));
+            }
+            PhaseStatus::TimedOut => {
+                let reason = format!("the setup phase ran longer than its {}", task.setup_timeout);
+                return Some(Ending::Report { completion: Completion::TimedOut { reason }, memory: None });
+            }
+            PhaseStatus::Cancelled => return Some(Ending::Stopped(attempt.stop_reason())),
+        }
+    }
+    None
 }
 
 /// The agent's argv: the profile's command (its plan command when planning) with every
@@ -576,156 +592,6 @@ impl RunFiles {
     }
 }
 
-/// One attempt's link to the engine: its cancel token, what it has to send (log and
-/// activities, sent in order by one thread at a time: the monitor while it runs, then the
-/// runner), and whether the lease was lost. The phase's own thread only queues, so a slow
-/// engine never stalls the agent or its timeout.
-struct Attempt {
-    control: Arc<dyn RunControl>,
-    run: RunId,
-    epoch: Epoch,
-    cancel: CancelToken,
-    outbox: Mutex<Outbox>,
-    /// Wakes the monitor to send now; `None` once it has stopped.
-    nudge: Mutex<Option<mpsc::Sender<()>>>,
-    lost: Mutex<Option<String>>,
-}
-
-struct Outbox {
-    log: RunLog,
-    activities: Vec<NewActivity>,
-}
-
-/// The monitor thread; dropping it stops the thread and waits for it.
-struct Monitor {
-    attempt: Arc<Attempt>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        lock(&self.attempt.nudge).take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Attempt {
-    fn new(control: Arc<dyn RunControl>, run: RunId, epoch: Epoch, log_limit: usize) -> Arc<Attempt> {
-        Arc::new(Attempt {
-            control,
-            run,
-            epoch,
-            cancel: CancelToken::new(),
-            outbox: Mutex::new(Outbox { log: RunLog::new(log_limit), activities: Vec::new() }),
-            nudge: Mutex::new(None),
-            lost: Mutex::new(None),
-        })
-    }
-
-    /// Starts the thread that sends what the phases produce (when nudged, else every
-    /// `heartbeat_every`) and renews the lease every `heartbeat_every`. A lease the engine
-    /// says is gone, or one it could not renew for nearly a whole lease, stops the attempt.
-    fn monitor(self: &Arc<Attempt>, settings: &WorkerSettings) -> Monitor {
-        let (nudge, nudged) = mpsc::channel::<()>();
-        *lock(&self.nudge) = Some(nudge);
-        let attempt = Arc::clone(self);
-        let (every, lease_for) = (settings.heartbeat_every, settings.lease_for);
-        let thread = std::thread::Builder::new().name(format!("nightshift-{}", self.run)).spawn(move || {
-            let (mut renewed, mut beat) = (Instant::now(), Instant::now());
-            loop {
-                if let Err(RecvTimeoutError::Disconnected) = nudged.recv_timeout(every.saturating_sub(beat.elapsed())) {
-                    return;
-                }
-                attempt.send(false);
-                if beat.elapsed() < every {
-                    continue;
-                }
-                beat = Instant::now();
-                match attempt.control.heartbeat(attempt.run, attempt.epoch) {
-                    Ok(()) => renewed = Instant::now(),
-                    Err(ControlError::Lost(why)) => return attempt.lose(why),
-                    // Given up a little before the engine would, so the run is stopped
-                    // before another worker can claim it.
-                    Err(error) if renewed.elapsed() >= lease_for.saturating_sub(every * 2) => {
-                        return attempt.lose(format!("the lease was not renewed for {lease_for:?}: {error}"));
-                    }
-                    Err(error) => tracing::warn!(run_id = %attempt.run, %error, "Heartbeat failed"),
-                }
-            }
-        });
-        match thread {
-            Ok(thread) => Monitor { attempt: Arc::clone(self), thread: Some(thread) },
-            Err(error) => {
-                lock(&self.nudge).take();
-                self.lose(format!("cannot start the heartbeat thread: {error}"));
-                Monitor { attempt: Arc::clone(self), thread: None }
-            }
-        }
-    }
-
-    fn lose(&self, why: String) {
-        lock(&self.lost).get_or_insert(why);
-        self.cancel.cancel();
-    }
-
-    fn lost(&self) -> Option<String> {
-        lock(&self.lost).clone()
-    }
-
-    fn stop_reason(&self) -> String {
-        self.lost().unwrap_or_else(|| "the worker is stopping".to_string())
-    }
-
-    fn nudge(&self) {
-        if let Some(nudge) = lock(&self.nudge).as_ref() {
-            let _ = nudge.send(());
-        }
-    }
-
-    fn log_line(&self, line: &str) {
-        let full = {
-            let mut outbox = lock(&self.outbox);
-            outbox.log.push(line);
-            outbox.log.pending_bytes() >= LOG_SEND_AT
-        };
-        if full {
-            self.nudge();
-        }
-    }
-
-    fn activities(&self, activities: Vec<NewActivity>) {
-        if !activities.is_empty() {
-            lock(&self.outbox).activities.extend(activities);
-            self.nudge();
-        }
-    }
-
-    /// Sends what is queued: the activities, then the log; at the end (`last`), the log's
-    /// cut marker and tail too. Only the monitor calls it while it runs, then the runner.
-    fn send(&self, last: bool) {
-        let (activities, text) = {
-            let mut outbox = lock(&self.outbox);
-            let text = if last { outbox.log.finish() } else { outbox.log.take_pending() };
-            (std::mem::take(&mut outbox.activities), text)
-        };
-        if !activities.is_empty() {
-            match self.control.activities(self.run, self.epoch, activities) {
-                Ok(()) => {}
-                Err(ControlError::Lost(why)) => return self.lose(why),
-                Err(error) => tracing::warn!(run_id = %self.run, %error, "Cannot record activities"),
-            }
-        }
-        let Some(text) = text else { return };
-        match self.control.log(self.run, self.epoch, text) {
-            Ok(()) => {}
-            Err(ControlError::Lost(why)) => self.lose(why),
-            Err(error) => tracing::warn!(run_id = %self.run, %error, "Cannot send the log; a piece of it is lost"),
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
