@@ -115,8 +115,10 @@ enum Command {
     ///
     /// Claims runs over the server's worker API with a worker token (`serve
     /// --worker-token`), runs them here (workspaces from cached mirrors, setup and
-    /// agent phases) and reports activities, logs and results back. A worker that dies
-    /// loses its runs when their leases expire; they are queued again.
+    /// agent phases) and reports activities, logs and results back. Automations' secrets
+    /// (`env:`, `file:`) are read here. Ctrl-C or SIGTERM stops it: the agents in progress
+    /// are stopped and their runs are queued again once their leases expire, as they are
+    /// when a worker dies.
     Worker(worker::Args),
 }
 
