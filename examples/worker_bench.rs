@@ -268,6 +268,10 @@ impl RunControl for BenchControl {
         self.pipeline.store().append_log(run, epoch, &text, Utc::now()).map(drop).map_err(ControlError::from)
     }
 
+    fn release(&self, run: RunId, epoch: Epoch, reason: &str) -> Result<(), ControlError> {
+        self.pipeline.store().release(run, epoch, reason, Utc::now()).map(drop).map_err(ControlError::from)
+    }
+
     fn complete(
         &self,
         run: RunId,

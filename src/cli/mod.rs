@@ -117,8 +117,8 @@ enum Command {
     /// --worker-token`), runs them here (workspaces from cached mirrors, setup and
     /// agent phases) and reports activities, logs and results back. Automations' secrets
     /// (`env:`, `file:`) are read here. Ctrl-C or SIGTERM stops it: the agents in progress
-    /// are stopped and their runs are queued again once their leases expire, as they are
-    /// when a worker dies.
+    /// are stopped and their runs given back, queued again at once with the attempt not
+    /// counted (a worker that dies loses them when their leases expire).
     Worker(worker::Args),
 }
 

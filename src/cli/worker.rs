@@ -92,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
         if let Ok(runtime) = runtime {
             runtime.block_on(crate::server::shutdown_signal());
-            tracing::info!("stopping: runs in progress are stopped and queued again once their leases expire");
+            tracing::info!("stopping: runs in progress are stopped and given back");
             on_signal.stop();
             // Threads waiting on the server for a claim may take up to its wait to return;
             // only the runs in progress are worth waiting for.

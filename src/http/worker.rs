@@ -5,7 +5,7 @@
 //! - `POST /api/worker/claim` `{worker, lease_seconds, wait_seconds}`: 200 with the
 //!   claim (run, task and lease), or 204 when no run was queued within `wait_seconds`
 //!   (at most 30).
-//! - `POST /api/worker/runs/{id}/started|heartbeat|activities|log|complete`: 204; 409
+//! - `POST /api/worker/runs/{id}/started|heartbeat|activities|log|release|complete`: 204; 409
 //!   when the epoch is stale or the run was cancelled, so the worker stops it.
 
 use std::sync::Arc;
@@ -120,7 +120,7 @@ async fn run_action(
         Ok(Err(Refusal::BadRequest(why))) => error(StatusCode::BAD_REQUEST, why),
         Ok(Err(Refusal::NoSuchAction(action))) => error(
             StatusCode::NOT_FOUND,
-            format!("no worker action `{action}`; one of started, heartbeat, activities, log, complete"),
+            format!("no worker action `{action}`; one of started, heartbeat, activities, log, release, complete"),
         ),
         Err(panicked) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed: {panicked}")),
     }
@@ -159,6 +159,10 @@ fn act(server: &Server, worker: &WorkerId, id: RunId, action: &str, body: &[u8])
         "log" => {
             let given: wire::Log = parse(body)?;
             server.run_log(worker, id, given.epoch, &given.text)?;
+        }
+        "release" => {
+            let given: wire::Release = parse(body)?;
+            server.run_release(worker, id, given.epoch, &given.reason)?;
         }
         "complete" => {
             let given: wire::Complete = parse(body)?;

@@ -375,7 +375,7 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     let served = crate::http::serve(listener, Arc::clone(&server), shutdown).await.map_err(ServeError::from);
     let _ = stop.send(true);
     if let Some(pool) = pool {
-        tracing::info!("stopping the local workers; runs in progress are queued again once their leases expire");
+        tracing::info!("stopping the local workers; runs in progress are stopped and given back");
         let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
     }
     let _ = scheduler.await;

@@ -104,6 +104,13 @@ impl Server {
         self.store.append_log(id, epoch, text, Utc::now()).map(drop)
     }
 
+    pub fn run_release(&self, worker: &WorkerId, id: RunId, epoch: Epoch, reason: &str) -> Result<(), StoreError> {
+        self.check_holder(worker, id)?;
+        self.store.release(id, epoch, reason, Utc::now())?;
+        self.wakeup.notify();
+        Ok(())
+    }
+
     /// Ends the attempt through the current automations' `after_run`.
     pub fn run_complete(
         &self,
@@ -154,6 +161,12 @@ impl RunControl for LocalControl {
 
     fn log(&self, run: RunId, epoch: Epoch, text: String) -> Result<(), ControlError> {
         self.server.store.append_log(run, epoch, &text, Utc::now()).map(drop).map_err(ControlError::from)
+    }
+
+    fn release(&self, run: RunId, epoch: Epoch, reason: &str) -> Result<(), ControlError> {
+        self.server.store.release(run, epoch, reason, Utc::now())?;
+        self.server.wakeup.notify();
+        Ok(())
     }
 
     fn complete(

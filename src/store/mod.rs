@@ -308,6 +308,9 @@ pub trait Store: Send + Sync {
         skipped: &[(Event, SkipReason)],
         now: DateTime<Utc>,
     ) -> Result<Vec<RunId>, StoreError>;
+    /// Gives back a run its worker holds but will not finish (the worker is stopping): it
+    /// is queued again at once, and the attempt does not count against `retry.attempts`.
+    fn release(&self, run: RunId, epoch: Epoch, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError>;
     /// Cancels a run only if no worker has started it (it is queued, waiting for a
     /// retry, or awaiting approval); `None` when it has started or ended, which is left
     /// alone.

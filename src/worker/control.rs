@@ -49,6 +49,9 @@ pub trait RunControl: Send + Sync {
     fn activities(&self, run: RunId, epoch: Epoch, activities: Vec<NewActivity>) -> Result<(), ControlError>;
     /// Appends masked text to the run's log.
     fn log(&self, run: RunId, epoch: Epoch, text: String) -> Result<(), ControlError>;
+    /// Gives the run back unfinished (the worker is stopping): it is queued again at once,
+    /// and the attempt does not count.
+    fn release(&self, run: RunId, epoch: Epoch, reason: &str) -> Result<(), ControlError>;
     /// Ends the attempt. `memory` is what the agent wrote to `$NIGHTSHIFT_MEMORY_OUT`.
     fn complete(
         &self,

@@ -109,7 +109,7 @@ impl Pool {
         Ok(Pool { runner, wakeup, stopping, threads })
     }
 
-    /// Stops claiming, stops the runs in progress (their leases expire, so they are
+    /// Stops claiming, stops the runs in progress (given back to the engine, so they are
     /// queued again) and waits for the threads.
     pub fn stop(self) {
         self.stopper().stop();

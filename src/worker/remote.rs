@@ -53,6 +53,12 @@ pub mod wire {
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Release {
+        pub epoch: Epoch,
+        pub reason: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct Complete {
         pub epoch: Epoch,
         pub completion: Completion,
@@ -162,6 +168,10 @@ impl RunControl for RemoteControl {
 
     fn log(&self, run: RunId, epoch: Epoch, text: String) -> Result<(), ControlError> {
         self.run_call(run, "log", &wire::Log { epoch, text })
+    }
+
+    fn release(&self, run: RunId, epoch: Epoch, reason: &str) -> Result<(), ControlError> {
+        self.run_call(run, "release", &wire::Release { epoch, reason: reason.to_string() })
     }
 
     fn complete(

@@ -126,8 +126,8 @@ impl Runner {
         &self.control
     }
 
-    /// Stops every attempt in progress; they end without reporting, and their leases
-    /// expire so the runs are queued again.
+    /// Stops every attempt in progress; each run is given back (queued again, its attempt
+    /// not counted), or if that fails its lease runs out.
     pub fn shutdown(&self) {
         for cancel in lock(&self.in_flight).take().into_iter().flat_map(HashMap::into_values) {
             cancel.cancel();
@@ -170,6 +170,9 @@ impl Runner {
         match (ending, attempt.lost()) {
             (Ending::Stopped(why), _) | (Ending::Report { .. }, Some(why)) => {
                 tracing::warn!(run_id = %run.id, "Run stopped: {why}");
+                if self.is_stopping() {
+                    self.give_back(run.id, epoch);
+                }
             }
             (Ending::Report { completion, memory }, None) => self.report(run.id, epoch, completion, memory),
         }
@@ -194,6 +197,20 @@ impl Runner {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether `shutdown` was called.
+    fn is_stopping(&self) -> bool {
+        lock(&self.in_flight).is_none()
+    }
+
+    /// Gives a run stopped by a shutdown back to the engine, so it is queued again at once
+    /// with its attempt not counted. If that fails, its lease runs out instead.
+    fn give_back(&self, run: RunId, epoch: Epoch) {
+        match self.control.release(run, epoch, "the worker is stopping") {
+            Ok(()) => tracing::info!(run_id = %run, "Gave the run back; it is queued again"),
+            Err(error) => tracing::warn!(run_id = %run, %error, "Cannot give the run back; its lease will run out"),
         }
     }
 

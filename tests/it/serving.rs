@@ -17,6 +17,8 @@ pub struct Serving {
     pub data: PathBuf,
     _dirs: tempfile::TempDir,
     client: reqwest::blocking::Client,
+    /// The arguments `serve` was started with beyond the directories, for `restart`.
+    args: Vec<String>,
 }
 
 /// A response: status and JSON body (`Null` when the body is not JSON).
@@ -78,6 +80,7 @@ impl Serving {
             data,
             _dirs: dirs,
             client: reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            args: args.iter().map(|arg| arg.to_string()).collect(),
         };
         serving.wait_until_ready();
         serving
@@ -157,11 +160,12 @@ impl Serving {
         }
     }
 
-    /// Stops the server and starts it again on the same directories.
+    /// Stops the server and starts it again on the same directories, with the same arguments.
     pub fn restart(mut self, env: &[(&str, &str)]) -> Serving {
         assert!(self.stop(), "the server did not stop cleanly:\n{}", self.log());
         let dirs = std::mem::replace(&mut self._dirs, tempfile::tempdir().unwrap());
-        Self::start_in(dirs, self.automations.clone(), self.data.clone(), env, &["--workers", "0"])
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Self::start_in(dirs, self.automations.clone(), self.data.clone(), env, &args)
     }
 
     pub fn automations_dir(&self) -> &Path {

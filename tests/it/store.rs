@@ -893,3 +893,22 @@ fn retention_deletes_a_deleted_runs_log_with_it() {
     assert_eq!(log_texts(store, ids[2], 0).len(), 3, "the kept run keeps its log");
     assert_eq!(store.apply_retention(&retention, at(21)).unwrap().log_chunks, 0);
 }
+
+#[test]
+fn a_released_run_is_queued_again_without_using_an_attempt() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("", data.path());
+    let store = pipeline.store().as_ref();
+    let like = probe_task(&pipeline);
+    let id = queue_scoped(store, &like, "alpha", "/srv/git/x", &["**"], 1);
+    let held = store.claim("w", LEASE, at(2)).unwrap().unwrap();
+    let stale = nightshift::runs::Epoch(held.lease.epoch.0 - 1);
+    assert!(matches!(store.release(id, stale, "stopping", at(3)), Err(StoreError::StaleLease { .. })));
+
+    let run = store.release(id, held.lease.epoch, "stopping", at(3)).unwrap();
+    assert_eq!((run.state, run.attempt, run.lease), (RunState::Queued, 0, None));
+    let again = store.claim("w2", LEASE, at(4)).unwrap().unwrap();
+    assert_eq!(again.run.id, id);
+    assert_eq!(again.run.attempt, 1);
+    assert!(again.lease.epoch > held.lease.epoch);
+}

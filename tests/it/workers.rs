@@ -437,7 +437,7 @@ fn a_waiting_remote_claim_does_not_hold_up_the_servers_stop() {
 }
 
 #[test]
-fn a_remote_worker_stopped_with_sigterm_stops_its_agent_and_removes_the_workspace() {
+fn a_remote_worker_stopped_with_sigterm_stops_its_agent_and_gives_the_run_back() {
     let world = World::new();
     let hold = world.path("hold");
     let automation = world.automation("stopped", r#"["src/**"]"#, "");
@@ -466,5 +466,30 @@ fn a_remote_worker_stopped_with_sigterm_stops_its_agent_and_removes_the_workspac
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(workspace.to_str().unwrap()), "the workspace is unmounted");
     assert!(!workspace.exists(), "and removed: {log}");
-    assert_eq!(record(&server, &run)["run"]["state"], "running", "not reported: its lease runs out");
+    let given_back = record(&server, &run);
+    assert_eq!(given_back["run"]["state"], "queued", "given back: {given_back:#}");
+    assert_eq!(given_back["run"]["attempt"], 0, "the stopped attempt does not count");
+    assert!(activity_texts(&given_back, "progress").iter().any(|text| text.contains("given back by its worker")));
+}
+
+#[test]
+fn stopping_serve_gives_its_local_runs_back_without_using_an_attempt() {
+    let world = World::new();
+    let hold = world.path("hold");
+    let automation = world.automation("restarted", r#"["src/**"]"#, "");
+    let agent_env = [("TARGET", "src/a/notes.txt"), ("HOLD", hold.to_str().unwrap())];
+    let server = serve(&world, &[("restarted.yaml", &automation)], &agent_env, &["--workers", "1"]);
+    let run = trigger(&server, "restarted", 1);
+    wait_for(&server, &run, &["running"]);
+    let child = wait_for_file(&world.path("hold.child"));
+    std::fs::remove_file(world.path("hold.child")).unwrap();
+
+    let server = server.restart(&[("FIXTURE_SECRET", "s3cr3t-value")]);
+    wait_until_gone(&child);
+    // The restarted server's worker takes the run again at once: no lease had to run out.
+    let again = wait_for(&server, &run, &["running"]);
+    assert_eq!(again["run"]["attempt"], 1, "the stopped attempt was not counted: {again:#}");
+    assert!(activity_texts(&again, "progress").iter().any(|text| text.contains("given back by its worker")));
+    std::fs::write(&hold, "").unwrap();
+    assert_eq!(wait_for(&server, &run, &["succeeded", "failed"])["run"]["state"], "succeeded");
 }

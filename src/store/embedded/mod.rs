@@ -1079,6 +1079,20 @@ impl Store for SledStore {
         Ok(run)
     }
 
+    fn release(&self, id: RunId, epoch: Epoch, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError> {
+        let live = self.lock();
+        let mut held = self.held_run(&live, id, epoch, "released")?;
+        let run = &mut held.run;
+        run.state = RunState::Queued;
+        run.lease = None;
+        run.attempt = run.attempt.saturating_sub(1);
+        run.updated_at = now;
+        let text = format!("given back by its worker ({reason}); queued again, the attempt not counted");
+        let mut changes = Changes::default();
+        changes.activity(&mut held, ActivityKind::Progress, text, now);
+        self.save(live, changes, held, true)
+    }
+
     fn approve(&self, id: RunId, now: DateTime<Utc>) -> Result<Run, StoreError> {
         let live = self.lock();
         let mut pending = self.live_run(&live, id, "approved")?;
