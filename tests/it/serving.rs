@@ -103,6 +103,12 @@ impl Serving {
         }
     }
 
+    /// The server's own directory (its working directory), which holds `automations/`
+    /// and `data/`.
+    pub fn root(&self) -> &Path {
+        self._dirs.path()
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dirs.path().join("serve.log")).unwrap_or_default()

@@ -493,3 +493,48 @@ fn stopping_serve_gives_its_local_runs_back_without_using_an_attempt() {
     std::fs::write(&hold, "").unwrap();
     assert_eq!(wait_for(&server, &run, &["succeeded", "failed"])["run"]["state"], "succeeded");
 }
+
+#[test]
+fn the_example_review_runs_end_to_end_on_the_local_audit_agent() {
+    let examples = super::repo_root();
+    let review = std::fs::read_to_string(examples.join("automations/pr-security-review.yaml"))
+        .unwrap()
+        .replace("../tests/data/", &format!("{}/tests/data/", examples.display()));
+    let server = Serving::start_with_args(
+        &[("pr-security-review.yaml", &review)],
+        &[("GITHUB_WEBHOOK_SECRET", "unused")],
+        &["--workers", "1"],
+    );
+    // The example's `repo: .` is serve's directory: make it a repository (.gitignore,
+    // notes.txt with one marker, and automations/) of three files.
+    let root = server.root();
+    std::fs::write(root.join(".gitignore"), "data/\n*.log\n").unwrap();
+    std::fs::write(root.join("notes.txt"), "TODO: one thing\n").unwrap();
+    git(root, &["init", "-q", "-b", "main"]);
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-qm", "initial"]);
+
+    let client = reqwest::blocking::Client::new();
+    let fixture = std::fs::read(examples.join("tests/data/github/pull_request_opened.json")).unwrap();
+    let answer: Value = client
+        .post(format!("{}/api/automations/pr-security-review/run?source=github", server.url))
+        .bearer_auth(&server.token)
+        .header("X-Nightshift-Header-X-GitHub-Event", "pull_request")
+        .header("Content-Type", "application/json")
+        .body(fixture)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let run = format!("r{}", answer["runs"][0]["run"].as_u64().expect("a run"));
+    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
+    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{}", log_text(&server, &run));
+    let summary = done["run"]["result"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("local audit of 3 tracked files: 1 TODO/FIXME/XXX markers (most in: notes.txt:1"),
+        "{summary}"
+    );
+    assert!(activity_texts(&done, "plan")[0].starts_with("audit the repository for: Review pull request #1347"));
+    let memory = server.api_get("/api/automations/pr-security-review/memory");
+    assert_eq!(memory["markers"]["value"], 1, "{memory:#}");
+}
