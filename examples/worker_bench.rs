@@ -28,10 +28,11 @@ use chrono::Utc;
 use serde_json::{Map, Value, json};
 
 use nightshift::event::Event;
-use nightshift::pipeline::{Audience, Pipeline};
-use nightshift::rules::RuleEngine;
+use nightshift::pipeline::Audience;
 use nightshift::runs::{Completion, Epoch, NewActivity, RunId};
-use nightshift::store::{Claim, SledStore, Store};
+use nightshift::server::workers::LocalControl;
+use nightshift::server::{ServeOptions, Server};
+use nightshift::store::Claim;
 use nightshift::triggers::TriggerKind;
 use nightshift::worker::workspace::overlay_support;
 use nightshift::worker::{ControlError, Pool, RunControl, Runner, Wakeup, WorkerSettings};
@@ -70,7 +71,7 @@ fn main() {
 struct Bench {
     _dir: tempfile::TempDir,
     root: PathBuf,
-    pipeline: Arc<Pipeline>,
+    server: Arc<Server>,
     control: Arc<BenchControl>,
 }
 
@@ -106,22 +107,33 @@ impl Bench {
             );
             std::fs::write(automations_dir.join(format!("a{n}.yaml")), yaml).expect("write");
         }
-        let (catalog, problems) =
-            nightshift::catalog::load(RuleEngine::shared(), &[automations_dir], Some(&root.join("nightshift.yaml")));
-        assert!(problems.is_empty(), "{problems:?}");
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&root.join("data")).expect("the store opens"));
-        let pipeline = Arc::new(Pipeline::new(Arc::new(catalog), store));
-        let control = Arc::new(BenchControl { pipeline: Arc::clone(&pipeline), times: Mutex::default() });
+        // The server as `serve` opens it (store, automations, project), without HTTP or a
+        // pool of its own: its workers' way in is `LocalControl`, as serve's pool's is.
+        let options = ServeOptions {
+            automations: automations_dir,
+            project: Some(root.join("nightshift.yaml")),
+            data: root.join("data"),
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            max_body: 1 << 20,
+            api_token: Some("bench".into()),
+            workers: 0,
+            worker: WorkerSettings::new(root.join("work")),
+            worker_tokens: Vec::new(),
+        };
+        let server = Server::open(options).expect("the automations load and the store opens");
+        let inner = LocalControl::new(Arc::clone(&server), Duration::from_secs(60));
+        let control = Arc::new(BenchControl { inner, times: Mutex::default() });
         if let Err(reason) = overlay_support(&root.join("work/workspaces")) {
             println!("WARNING: overlays unavailable, workspaces are worktrees: {reason}");
         }
-        Bench { _dir: dir, root, pipeline, control }
+        Bench { _dir: dir, root, server, control }
     }
 
     fn queue(&self, automation: &str, n: usize) -> RunId {
         let now = Utc::now();
         let event = Event::from_delivery(TriggerKind::Manual, json!({ "n": n }), Default::default(), now);
-        let report = self.pipeline.ingest(event, Audience::Named(automation), now).expect("the run is stored");
+        let pipeline = self.server.current().pipeline.clone();
+        let report = pipeline.ingest(event, Audience::Named(automation), now).expect("the run is stored");
         report.outcome.runs[0].run
     }
 
@@ -215,9 +227,9 @@ fn concurrent(runs: usize) {
     report("engine overhead", &mut overheads);
 }
 
-/// The store and pipeline in process, recording when each run was claimed and completed.
+/// Serve's own `LocalControl`, recording when each run was claimed and completed.
 struct BenchControl {
-    pipeline: Arc<Pipeline>,
+    inner: LocalControl,
     times: Mutex<HashMap<(RunId, &'static str), SystemTime>>,
 }
 
@@ -237,8 +249,7 @@ impl BenchControl {
 
 impl RunControl for BenchControl {
     fn claim(&self, worker: &str) -> Result<Option<Claim>, ControlError> {
-        let claim =
-            self.pipeline.store().claim(worker, Duration::from_secs(60), Utc::now()).map_err(ControlError::from)?;
+        let claim = self.inner.claim(worker)?;
         if let Some(claim) = &claim {
             self.mark(claim.run.id, "claimed");
         }
@@ -246,30 +257,23 @@ impl RunControl for BenchControl {
     }
 
     fn started(&self, run: RunId, epoch: Epoch) -> Result<(), ControlError> {
-        self.pipeline.store().mark_running(run, epoch, Utc::now()).map(drop).map_err(ControlError::from)
+        self.inner.started(run, epoch)
     }
 
     fn heartbeat(&self, run: RunId, epoch: Epoch) -> Result<(), ControlError> {
-        self.pipeline
-            .store()
-            .heartbeat(run, epoch, Duration::from_secs(60), Utc::now())
-            .map(drop)
-            .map_err(ControlError::from)
+        self.inner.heartbeat(run, epoch)
     }
 
     fn activities(&self, run: RunId, epoch: Epoch, activities: Vec<NewActivity>) -> Result<(), ControlError> {
-        for activity in activities {
-            self.pipeline.store().append_activity(run, epoch, activity, Utc::now()).map_err(ControlError::from)?;
-        }
-        Ok(())
+        self.inner.activities(run, epoch, activities)
     }
 
     fn log(&self, run: RunId, epoch: Epoch, text: String) -> Result<(), ControlError> {
-        self.pipeline.store().append_log(run, epoch, &text, Utc::now()).map(drop).map_err(ControlError::from)
+        self.inner.log(run, epoch, text)
     }
 
     fn release(&self, run: RunId, epoch: Epoch, reason: &str) -> Result<(), ControlError> {
-        self.pipeline.store().release(run, epoch, reason, Utc::now()).map(drop).map_err(ControlError::from)
+        self.inner.release(run, epoch, reason)
     }
 
     fn complete(
@@ -280,7 +284,7 @@ impl RunControl for BenchControl {
         memory: Option<Map<String, Value>>,
     ) -> Result<(), ControlError> {
         assert!(matches!(completion, Completion::Succeeded { .. }), "{run}: {completion:?}");
-        self.pipeline.finish_with_memory(run, epoch, completion, memory, Utc::now()).map_err(ControlError::from)?;
+        self.inner.complete(run, epoch, completion, memory)?;
         self.mark(run, "completed");
         Ok(())
     }

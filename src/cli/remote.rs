@@ -122,8 +122,7 @@ impl Ledger for RemoteLedger {
 
 /// The `error` of a JSON error answer, or `fallback`.
 fn error_text(response: Response, fallback: &str) -> String {
-    let body: serde_json::Value = response.json().unwrap_or_default();
-    body.get("error").and_then(|e| e.as_str()).unwrap_or(fallback).to_string()
+    crate::worker::remote::error_message(response).unwrap_or_else(|| fallback.to_string())
 }
 
 /// A memory key as one URL path segment.

@@ -22,7 +22,7 @@ use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{error, store_error};
+use super::{error, not_a_run_id, store_error};
 use crate::runs::{MemoryChange, MemoryWrite, RunId, RunState};
 use crate::server::{ApiError, ManualRun, Server};
 use crate::store::RunFilter;
@@ -128,19 +128,12 @@ async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQu
 }
 
 async fn show_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
-    let Ok(id) = id.parse::<RunId>() else {
-        return error(StatusCode::BAD_REQUEST, format!("`{id}` is not a run id (they look like r12)"));
-    };
+    let Ok(id) = id.parse::<RunId>() else { return not_a_run_id(&id) };
     blocking(move || match server.record(id)? {
         Some(record) => Ok(axum::Json(record).into_response()),
         None => Ok(error(StatusCode::NOT_FOUND, format!("no run {id}"))),
     })
     .await
-}
-
-fn run_id(text: &str) -> Result<RunId, Box<Response>> {
-    text.parse::<RunId>()
-        .map_err(|_| Box::new(error(StatusCode::BAD_REQUEST, format!("`{text}` is not a run id (they look like r12)"))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,18 +143,12 @@ struct LogQuery {
 }
 
 async fn run_log(State(server): State<Arc<Server>>, Path(id): Path<String>, Query(query): Query<LogQuery>) -> Response {
-    let id = match run_id(&id) {
-        Ok(id) => id,
-        Err(response) => return *response,
-    };
+    let Ok(id) = id.parse::<RunId>() else { return not_a_run_id(&id) };
     blocking(move || server.log(id, query.from).map(|chunks| axum::Json(chunks).into_response())).await
 }
 
 async fn approve_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
-    let id = match run_id(&id) {
-        Ok(id) => id,
-        Err(response) => return *response,
-    };
+    let Ok(id) = id.parse::<RunId>() else { return not_a_run_id(&id) };
     blocking(move || server.approve(id).map(|run| axum::Json(run).into_response())).await
 }
 
@@ -171,10 +158,7 @@ struct CancelRequest {
 }
 
 async fn cancel_run(State(server): State<Arc<Server>>, Path(id): Path<String>, body: Bytes) -> Response {
-    let id = match run_id(&id) {
-        Ok(id) => id,
-        Err(response) => return *response,
-    };
+    let Ok(id) = id.parse::<RunId>() else { return not_a_run_id(&id) };
     let request: CancelRequest = if body.is_empty() {
         CancelRequest::default()
     } else {

@@ -60,6 +60,11 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()
 }
 
+/// 400 for a path's run id that is not one.
+fn not_a_run_id(text: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("`{text}` is not a run id (they look like r12)"))
+}
+
 /// 503 with a Retry-After in seconds.
 fn unavailable(message: impl Into<String>, retry_after_seconds: u32) -> Response {
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);

@@ -19,7 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
-use super::{error, store_error};
+use super::{error, not_a_run_id, store_error};
 use crate::runs::RunId;
 use crate::server::Server;
 use crate::server::workers::WorkerId;
@@ -28,6 +28,9 @@ use crate::worker::remote::wire;
 
 /// The largest request a worker may send.
 const WORKER_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// What a worker may do to a run it holds.
+const ACTIONS: [&str; 6] = ["started", "heartbeat", "activities", "log", "release", "complete"];
 
 /// The longest a claim waits for a run.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
@@ -87,7 +90,7 @@ async fn claim(
     let answer = loop {
         notified.mark_unchanged();
         let (claimer, worker) = (Arc::clone(&server), worker.clone());
-        match tokio::task::spawn_blocking(move || claimer.claim_run(&worker, lease_for)).await {
+        match tokio::task::spawn_blocking(move || claimer.claim_run(&worker.holder, lease_for)).await {
             Ok(Ok(None)) if tokio::time::Instant::now() < until && !server.wakeup().is_closed() => {
                 let _ = tokio::time::timeout_at(until, notified.changed()).await;
             }
@@ -108,9 +111,7 @@ async fn run_action(
     Path((id, action)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let Ok(id) = id.parse::<RunId>() else {
-        return error(StatusCode::BAD_REQUEST, format!("`{id}` is not a run id (they look like r12)"));
-    };
+    let Ok(id) = id.parse::<RunId>() else { return not_a_run_id(&id) };
     // The name part does not matter here: a lease is checked by its token id.
     let worker = WorkerId::remote("_", &token);
     let done = tokio::task::spawn_blocking(move || act(&server, &worker, id, &action, &body)).await;
@@ -118,10 +119,9 @@ async fn run_action(
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(Refusal::Store(failed))) => store_error(&failed),
         Ok(Err(Refusal::BadRequest(why))) => error(StatusCode::BAD_REQUEST, why),
-        Ok(Err(Refusal::NoSuchAction(action))) => error(
-            StatusCode::NOT_FOUND,
-            format!("no worker action `{action}`; one of started, heartbeat, activities, log, release, complete"),
-        ),
+        Ok(Err(Refusal::NoSuchAction(action))) => {
+            error(StatusCode::NOT_FOUND, format!("no worker action `{action}`; one of {}", ACTIONS.join(", ")))
+        }
         Err(panicked) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed: {panicked}")),
     }
 }
@@ -143,30 +143,34 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
 }
 
 fn act(server: &Server, worker: &WorkerId, id: RunId, action: &str, body: &[u8]) -> Result<(), Refusal> {
+    if !ACTIONS.contains(&action) {
+        return Err(Refusal::NoSuchAction(action.to_string()));
+    }
+    server.check_holder(worker, id)?;
     match action {
         "started" => {
             let held: wire::Held = parse(body)?;
-            server.run_started(worker, id, held.epoch)?;
+            server.run_started(id, held.epoch)?;
         }
         "heartbeat" => {
             let beat: wire::Heartbeat = parse(body)?;
-            server.run_heartbeat(worker, id, beat.epoch, Duration::from_secs(beat.lease_seconds))?;
+            server.run_heartbeat(id, beat.epoch, Duration::from_secs(beat.lease_seconds))?;
         }
         "activities" => {
             let given: wire::Activities = parse(body)?;
-            server.run_activities(worker, id, given.epoch, given.activities)?;
+            server.run_activities(id, given.epoch, given.activities)?;
         }
         "log" => {
             let given: wire::Log = parse(body)?;
-            server.run_log(worker, id, given.epoch, &given.text)?;
+            server.run_log(id, given.epoch, &given.text)?;
         }
         "release" => {
             let given: wire::Release = parse(body)?;
-            server.run_release(worker, id, given.epoch, &given.reason)?;
+            server.run_release(id, given.epoch, &given.reason)?;
         }
         "complete" => {
             let given: wire::Complete = parse(body)?;
-            server.run_complete(worker, id, given.epoch, given.completion, given.memory)?;
+            server.run_complete(id, given.epoch, given.completion, given.memory)?;
         }
         other => return Err(Refusal::NoSuchAction(other.to_string())),
     }

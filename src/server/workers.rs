@@ -21,18 +21,13 @@ pub const MAX_LEASE: Duration = Duration::from_secs(3600);
 /// The shortest.
 pub const MIN_LEASE: Duration = Duration::from_secs(2);
 
-/// Who is asking: the lease name it claims as, and the token it presented.
+/// A remote worker: the lease name it claims as, `{name}@{token id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerId {
     pub holder: String,
 }
 
 impl WorkerId {
-    /// The local pool's worker `name`.
-    pub fn local(name: &str) -> WorkerId {
-        WorkerId { holder: name.to_string() }
-    }
-
     /// A remote worker calling itself `name` with `token`: `name@` the token's id (the
     /// start of its SHA-256, so the token itself is never stored).
     pub fn remote(name: &str, token: &str) -> WorkerId {
@@ -42,10 +37,8 @@ impl WorkerId {
     /// Whether this worker (or another process with the same token) holds `run`.
     fn holds(&self, run: &Run) -> bool {
         let Some(lease) = &run.lease else { return false };
-        match self.holder.split_once('@') {
-            Some((_, token)) => lease.worker.rsplit_once('@').is_some_and(|(_, held)| held == token),
-            None => lease.worker == self.holder,
-        }
+        let token = |holder: &str| holder.rsplit_once('@').map(|(_, token)| token.to_string());
+        token(&lease.worker).is_some_and(|held| Some(held) == token(&self.holder))
     }
 }
 
@@ -54,58 +47,43 @@ pub fn token_id(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().take(6).map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// What a worker may do to a run it holds, for the local pool and the worker API alike;
+/// the lease epoch fences each call. The worker API checks `check_holder` first.
 impl Server {
-    /// Leases the oldest run that may start.
-    pub fn claim_run(&self, worker: &WorkerId, lease_for: Duration) -> Result<Option<Claim>, StoreError> {
-        self.store.claim(&worker.holder, lease_for.clamp(MIN_LEASE, MAX_LEASE), Utc::now())
+    /// Leases the oldest run that may start, naming the lease `holder`.
+    pub fn claim_run(&self, holder: &str, lease_for: Duration) -> Result<Option<Claim>, StoreError> {
+        self.store.claim(holder, lease_for.clamp(MIN_LEASE, MAX_LEASE), Utc::now())
     }
 
-    /// Refuses a run whose lease `worker` does not hold, as if it were gone, so a worker
-    /// learns nothing of other workers' runs.
-    fn check_holder(&self, worker: &WorkerId, id: RunId) -> Result<(), StoreError> {
+    /// Refuses a run whose lease `worker` does not hold, as if it were gone, so a remote
+    /// worker learns nothing of other workers' runs.
+    pub fn check_holder(&self, worker: &WorkerId, id: RunId) -> Result<(), StoreError> {
         match self.store.run(id)? {
             Some(run) if worker.holds(&run) => Ok(()),
             _ => Err(StoreError::NoSuchRun(id)),
         }
     }
 
-    pub fn run_started(&self, worker: &WorkerId, id: RunId, epoch: Epoch) -> Result<(), StoreError> {
-        self.check_holder(worker, id)?;
+    pub fn run_started(&self, id: RunId, epoch: Epoch) -> Result<(), StoreError> {
         self.store.mark_running(id, epoch, Utc::now()).map(drop)
     }
 
-    pub fn run_heartbeat(
-        &self,
-        worker: &WorkerId,
-        id: RunId,
-        epoch: Epoch,
-        lease_for: Duration,
-    ) -> Result<(), StoreError> {
-        self.check_holder(worker, id)?;
+    pub fn run_heartbeat(&self, id: RunId, epoch: Epoch, lease_for: Duration) -> Result<(), StoreError> {
         self.store.heartbeat(id, epoch, lease_for.clamp(MIN_LEASE, MAX_LEASE), Utc::now()).map(drop)
     }
 
-    pub fn run_activities(
-        &self,
-        worker: &WorkerId,
-        id: RunId,
-        epoch: Epoch,
-        activities: Vec<NewActivity>,
-    ) -> Result<(), StoreError> {
-        self.check_holder(worker, id)?;
+    pub fn run_activities(&self, id: RunId, epoch: Epoch, activities: Vec<NewActivity>) -> Result<(), StoreError> {
         for activity in activities {
             self.store.append_activity(id, epoch, activity, Utc::now())?;
         }
         Ok(())
     }
 
-    pub fn run_log(&self, worker: &WorkerId, id: RunId, epoch: Epoch, text: &str) -> Result<(), StoreError> {
-        self.check_holder(worker, id)?;
+    pub fn run_log(&self, id: RunId, epoch: Epoch, text: &str) -> Result<(), StoreError> {
         self.store.append_log(id, epoch, text, Utc::now()).map(drop)
     }
 
-    pub fn run_release(&self, worker: &WorkerId, id: RunId, epoch: Epoch, reason: &str) -> Result<(), StoreError> {
-        self.check_holder(worker, id)?;
+    pub fn run_release(&self, id: RunId, epoch: Epoch, reason: &str) -> Result<(), StoreError> {
         self.store.release(id, epoch, reason, Utc::now())?;
         self.wakeup.notify();
         Ok(())
@@ -114,13 +92,11 @@ impl Server {
     /// Ends the attempt through the current automations' `after_run`.
     pub fn run_complete(
         &self,
-        worker: &WorkerId,
         id: RunId,
         epoch: Epoch,
         completion: Completion,
         memory: Option<Map<String, Value>>,
     ) -> Result<Run, StoreError> {
-        self.check_holder(worker, id)?;
         let run = self.current().pipeline.finish_with_memory(id, epoch, completion, memory, Utc::now())?;
         self.wakeup.notify();
         Ok(run)
@@ -141,32 +117,27 @@ impl LocalControl {
 
 impl RunControl for LocalControl {
     fn claim(&self, worker: &str) -> Result<Option<Claim>, ControlError> {
-        self.server.claim_run(&WorkerId::local(worker), self.lease_for).map_err(ControlError::from)
+        Ok(self.server.claim_run(worker, self.lease_for)?)
     }
 
     fn started(&self, run: RunId, epoch: Epoch) -> Result<(), ControlError> {
-        self.server.store.mark_running(run, epoch, Utc::now()).map(drop).map_err(ControlError::from)
+        Ok(self.server.run_started(run, epoch)?)
     }
 
     fn heartbeat(&self, run: RunId, epoch: Epoch) -> Result<(), ControlError> {
-        self.server.store.heartbeat(run, epoch, self.lease_for, Utc::now()).map(drop).map_err(ControlError::from)
+        Ok(self.server.run_heartbeat(run, epoch, self.lease_for)?)
     }
 
     fn activities(&self, run: RunId, epoch: Epoch, activities: Vec<NewActivity>) -> Result<(), ControlError> {
-        for activity in activities {
-            self.server.store.append_activity(run, epoch, activity, Utc::now()).map_err(ControlError::from)?;
-        }
-        Ok(())
+        Ok(self.server.run_activities(run, epoch, activities)?)
     }
 
     fn log(&self, run: RunId, epoch: Epoch, text: String) -> Result<(), ControlError> {
-        self.server.store.append_log(run, epoch, &text, Utc::now()).map(drop).map_err(ControlError::from)
+        Ok(self.server.run_log(run, epoch, &text)?)
     }
 
     fn release(&self, run: RunId, epoch: Epoch, reason: &str) -> Result<(), ControlError> {
-        self.server.store.release(run, epoch, reason, Utc::now())?;
-        self.server.wakeup.notify();
-        Ok(())
+        Ok(self.server.run_release(run, epoch, reason)?)
     }
 
     fn complete(
@@ -176,12 +147,7 @@ impl RunControl for LocalControl {
         completion: Completion,
         memory: Option<Map<String, Value>>,
     ) -> Result<(), ControlError> {
-        let pipeline = self.server.current().pipeline.clone();
-        pipeline
-            .finish_with_memory(run, epoch, completion, memory, Utc::now())
-            .map(drop)
-            .map_err(ControlError::from)?;
-        self.server.wakeup.notify();
+        self.server.run_complete(run, epoch, completion, memory)?;
         Ok(())
     }
 }

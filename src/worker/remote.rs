@@ -104,11 +104,7 @@ impl RemoteControl {
         if status.is_success() {
             return Ok(response);
         }
-        let message = response
-            .json::<Value>()
-            .ok()
-            .and_then(|body| body.get("error").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| status.to_string());
+        let message = error_message(response).unwrap_or_else(|| status.to_string());
         Err(match status {
             StatusCode::CONFLICT | StatusCode::NOT_FOUND | StatusCode::GONE => ControlError::Lost(message),
             status if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
@@ -183,6 +179,12 @@ impl RunControl for RemoteControl {
     ) -> Result<(), ControlError> {
         self.run_call(run, "complete", &wire::Complete { epoch, completion, memory })
     }
+}
+
+/// The `error` of one of serve's JSON error answers (`{"error": ...}`), if it is one.
+pub fn error_message(response: Response) -> Option<String> {
+    let body: Value = response.json().ok()?;
+    body.get("error").and_then(Value::as_str).map(str::to_string)
 }
 
 /// An HTTP error with its causes ("connection refused"), which its own text leaves out.

@@ -82,11 +82,15 @@ pub struct Runner {
     mirrors: MirrorCache,
     /// When each mirror was last fetched; its lock is held while fetching.
     refreshed: Mutex<HashMap<String, Arc<Mutex<Option<Instant>>>>>,
-    /// Attempts in progress, so a shutdown can stop them; `None` once stopping, so an
-    /// attempt that starts after `shutdown` is stopped at once.
-    in_flight: Mutex<Option<HashMap<RunId, CancelToken>>>,
-    /// Attempts between their claim and their workspace's cleanup.
-    busy: std::sync::atomic::AtomicUsize,
+    in_flight: Mutex<InFlight>,
+}
+
+/// The attempts under way (from their claim to their workspace's cleanup), so a shutdown
+/// can stop them; once `stopping`, an attempt that starts is stopped at once.
+#[derive(Default)]
+struct InFlight {
+    attempts: HashMap<RunId, CancelToken>,
+    stopping: bool,
 }
 
 /// How an attempt ended, for the engine.
@@ -112,14 +116,7 @@ impl Runner {
             settings.work_dir = absolute;
         }
         let mirrors = MirrorCache::new(&settings.work_dir).with_overlays(settings.overlays);
-        Runner {
-            control,
-            settings,
-            mirrors,
-            refreshed: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(Some(HashMap::new())),
-            busy: std::sync::atomic::AtomicUsize::new(0),
-        }
+        Runner { control, settings, mirrors, refreshed: Mutex::new(HashMap::new()), in_flight: Mutex::default() }
     }
 
     pub fn control(&self) -> &Arc<dyn RunControl> {
@@ -129,33 +126,31 @@ impl Runner {
     /// Stops every attempt in progress; each run is given back (queued again, its attempt
     /// not counted), or if that fails its lease runs out.
     pub fn shutdown(&self) {
-        for cancel in lock(&self.in_flight).take().into_iter().flat_map(HashMap::into_values) {
+        let mut in_flight = lock(&self.in_flight);
+        in_flight.stopping = true;
+        for cancel in in_flight.attempts.values() {
             cancel.cancel();
         }
     }
 
     /// How many attempts are under way (claimed and not yet cleaned up).
     pub fn busy(&self) -> usize {
-        self.busy.load(std::sync::atomic::Ordering::SeqCst)
+        lock(&self.in_flight).attempts.len()
     }
 
     /// Runs one attempt of the claimed run and reports how it ended.
     pub fn execute(&self, claim: Claim) {
-        self.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.attempt_claimed(claim);
-        self.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn attempt_claimed(&self, claim: Claim) {
         let run = claim.run;
         let epoch = claim.lease.epoch;
         let attempt = Attempt::new(Arc::clone(&self.control), run.id, epoch, self.settings.log_limit);
         self.wait_out_earlier_attempt(run.id);
-        match lock(&self.in_flight).as_mut() {
-            Some(in_flight) => {
-                in_flight.insert(run.id, attempt.cancel.clone());
-            }
-            None => attempt.lose("the worker is stopping".to_string()),
+        let stopping = {
+            let mut in_flight = lock(&self.in_flight);
+            in_flight.attempts.insert(run.id, attempt.cancel.clone());
+            in_flight.stopping
+        };
+        if stopping {
+            attempt.lose("the worker is stopping".to_string());
         }
         attempt.log_line(&format!("== attempt {} of {} on {}", run.attempt, run.id, claim.lease.worker));
         let monitor = attempt.monitor(&self.settings);
@@ -177,9 +172,7 @@ impl Runner {
             (Ending::Report { completion, memory }, None) => self.report(run.id, epoch, completion, memory),
         }
         self.clean_up(run.id, workspace, succeeded);
-        if let Some(in_flight) = lock(&self.in_flight).as_mut() {
-            in_flight.remove(&run.id);
-        }
+        lock(&self.in_flight).attempts.remove(&run.id);
     }
 
     /// An earlier attempt of the same run may still be here, if it lost its lease and the
@@ -188,7 +181,7 @@ impl Runner {
     fn wait_out_earlier_attempt(&self, run: RunId) {
         let give_up = Instant::now() + self.settings.grace + Duration::from_secs(30);
         loop {
-            match lock(&self.in_flight).as_ref().and_then(|in_flight| in_flight.get(&run)) {
+            match lock(&self.in_flight).attempts.get(&run) {
                 Some(earlier) => earlier.cancel(),
                 None => return,
             }
@@ -202,7 +195,7 @@ impl Runner {
 
     /// Whether `shutdown` was called.
     fn is_stopping(&self) -> bool {
-        lock(&self.in_flight).is_none()
+        lock(&self.in_flight).stopping
     }
 
     /// Gives a run stopped by a shutdown back to the engine, so it is queued again at once
@@ -313,7 +306,8 @@ impl Runner {
         ]);
         let options = PhaseOptions {
             secrets: secrets.values().cloned().collect(),
-            log_limit: 64 * 1024,
+            // The run's log is the attempt's `RunLog`: the phase need keep no copy.
+            log_limit: 0,
             grace: self.settings.grace,
         };
 

@@ -34,6 +34,13 @@ pub fn git_with_global(dir: &Path, global: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// Commits everything in `dir` and returns the commit.
+pub fn commit_all(dir: &Path, message: &str) -> String {
+    git(dir, &["add", "--all"]);
+    git(dir, &["commit", "--quiet", "-m", message]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
 /// Every ref of the repository at `git_dir` and its object.
 pub fn refs(git_dir: &Path) -> BTreeMap<String, String> {
     let listing = git(git_dir, &["for-each-ref", "--format=%(refname) %(objectname)"]);

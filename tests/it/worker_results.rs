@@ -9,19 +9,12 @@ use nightshift::runs::{RunId, RunResult};
 use nightshift::worker::results::{self, ChangedFile, Commit, DiffStat, FileStatus, PushOutcome, ResultsError};
 use nightshift::worker::workspace::{Cleanup, MirrorCache, Workspace};
 
-use crate::git::{git, refs};
+use crate::git::{commit_all, git, refs};
 
 fn write(dir: &Path, file: &str, contents: impl AsRef<[u8]>) {
     let path = dir.join(file);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, contents).unwrap();
-}
-
-/// Commits everything in `dir` and returns the commit.
-fn commit_all(dir: &Path, message: &str) -> String {
-    git(dir, &["add", "--all"]);
-    git(dir, &["commit", "--quiet", "-m", message]);
-    git(dir, &["rev-parse", "HEAD"])
 }
 
 /// A bare repository `source.git` (so it accepts pushes) whose `main` holds the files

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::git::git;
+use super::git::{commit_all, git};
 use super::serving::Serving;
 
 /// How long a test waits for a run to get somewhere before it fails.
@@ -54,8 +54,7 @@ impl World {
         std::fs::write(upstream.join("README.md"), "fixture\n").unwrap();
         std::fs::write(upstream.join("src/a/notes.txt"), "notes\n").unwrap();
         git(&upstream, &["init", "-q"]);
-        git(&upstream, &["add", "-A"]);
-        git(&upstream, &["commit", "-qm", "initial"]);
+        commit_all(&upstream, "initial");
         std::fs::write(dir.path().join("agent.sh"), AGENT).unwrap();
         std::fs::write(dir.path().join("plan.sh"), PLANNER).unwrap();
         World { dir }
@@ -511,8 +510,7 @@ fn the_example_review_runs_end_to_end_on_the_local_audit_agent() {
     std::fs::write(root.join(".gitignore"), "data/\n*.log\n").unwrap();
     std::fs::write(root.join("notes.txt"), "TODO: one thing\n").unwrap();
     git(root, &["init", "-q", "-b", "main"]);
-    git(root, &["add", "-A"]);
-    git(root, &["commit", "-qm", "initial"]);
+    commit_all(root, "initial");
 
     let client = reqwest::blocking::Client::new();
     let fixture = std::fs::read(examples.join("tests/data/github/pull_request_opened.json")).unwrap();

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 
-use crate::git::{git, git_command, git_with_global, refs};
+use crate::git::{commit_all, git, git_command, git_with_global, refs};
 
 use nightshift::runs::RunId;
 use nightshift::worker::workspace::{
@@ -46,9 +46,7 @@ for_each_kind!(
 
 fn commit(dir: &Path, file: &str, text: &str, message: &str) -> String {
     std::fs::write(dir.join(file), text).unwrap();
-    git(dir, &["add", file]);
-    git(dir, &["commit", "--quiet", "-m", message]);
-    git(dir, &["rev-parse", "HEAD"])
+    commit_all(dir, message)
 }
 
 /// A repository `source` with `main` (two commits; tag `v1` on the first) and `feature`
