@@ -143,6 +143,11 @@ pub struct Mirror {
     path: PathBuf,
     lock_file: PathBuf,
     lock: Arc<RwLock<()>>,
+    /// Serializes `git worktree` add, remove and prune on this mirror: git reads every
+    /// registered worktree's admin files while adding one, and fails on one half-made by
+    /// a concurrent add ("failed to read worktrees/r4/commondir").
+    worktrees_lock_file: PathBuf,
+    worktrees_lock: Arc<RwLock<()>>,
     overlays: bool,
 }
 
@@ -159,7 +164,16 @@ impl Mirror {
         let name = mirror_name(&location);
         let path = mirrors.join(format!("{name}.git"));
         let lock_file = mirrors.join(format!("{name}.lock"));
-        Mirror { lock: in_process_lock(&path), lock_file, location, path, overlays }
+        let worktrees_lock_file = mirrors.join(format!("{name}.worktrees.lock"));
+        Mirror {
+            lock: in_process_lock(&path),
+            lock_file,
+            worktrees_lock: in_process_lock(&worktrees_lock_file),
+            worktrees_lock_file,
+            location,
+            path,
+            overlays,
+        }
     }
 
     /// The repository's location as the mirror's `origin` records it (a local path made
@@ -479,7 +493,18 @@ impl Mirror {
         }
     }
 
+    /// Adds a worktree on the new branch `branch`. Only a branch that existed before the
+    /// attempt is "branch exists" (permanent); any other failure is git's own error, which
+    /// a retry may get past, and the branch a failed `worktree add -b` left is deleted.
     fn add_worktree(&self, path: &Path, branch: &str, commit: &str) -> Result<(), WorkspaceError> {
+        let _admin = self.worktree_admin()?;
+        if let Some(existing) = self.commit_of(&format!("refs/heads/{branch}"))? {
+            return Err(WorkspaceError::BranchExists {
+                repo: self.location.clone(),
+                branch: branch.to_string(),
+                detail: format!("another workspace of this mirror has it, at {existing}"),
+            });
+        }
         let added = self
             .git()
             .args(["worktree", "add", "--quiet", "--no-track", "-b", branch])
@@ -489,14 +514,20 @@ impl Mirror {
         if added.success {
             return Ok(());
         }
-        if self.commit_of(&format!("refs/heads/{branch}"))?.is_some() {
-            return Err(WorkspaceError::BranchExists {
-                repo: self.location.clone(),
-                branch: branch.to_string(),
-                detail: added.stderr,
-            });
+        let error = added.into_error(&self.location);
+        if let Err(cleanup) = self.undo_failed_worktree(path, branch) {
+            tracing::warn!(repo = %self.location, path = %path.display(), %cleanup, "Left a half-made worktree");
         }
-        Err(added.into_error(&self.location))
+        Err(error)
+    }
+
+    /// Removes what a failed `worktree add` made: its registration and its branch.
+    fn undo_failed_worktree(&self, path: &Path, branch: &str) -> Result<(), WorkspaceError> {
+        if path.exists() {
+            std::fs::remove_dir_all(path).map_err(|cause| self.io_error(path, cause))?;
+        }
+        self.git().args(["worktree", "prune"]).run()?;
+        self.delete_branch(branch)
     }
 
     /// Removes what an earlier attempt of the same run left at `path` (a worker that
@@ -509,6 +540,7 @@ impl Mirror {
             tracing::warn!(repo = %self.location, path = %path.display(), branch, "Removed a leftover overlay workspace");
             return Ok(());
         }
+        let _admin = self.worktree_admin()?;
         let listing = self.git().args(["worktree", "list", "--porcelain"]).run()?;
         let branch = branch_of_worktree(&listing, path);
         self.remove_worktree(path)?;
@@ -519,6 +551,7 @@ impl Mirror {
         Ok(())
     }
 
+    /// Removes the worktree at `path`; the caller holds `worktree_admin`.
     fn remove_worktree(&self, path: &Path) -> Result<(), WorkspaceError> {
         if path.exists() {
             let removed = self.git().args(["worktree", "remove", "--force"]).arg(path).output()?;
@@ -559,6 +592,14 @@ impl Mirror {
         let in_process = self.lock.write().unwrap_or_else(PoisonError::into_inner);
         let file = self.open_lock_file()?;
         fs2::FileExt::lock_exclusive(&file).map_err(|cause| self.io_error(&self.lock_file, cause))?;
+        Ok(Held { _in_process: in_process, _file: file })
+    }
+
+    /// The lock on the mirror's worktree registrations, for this process and others.
+    fn worktree_admin(&self) -> Result<Held<RwLockWriteGuard<'_, ()>>, WorkspaceError> {
+        let in_process = self.worktrees_lock.write().unwrap_or_else(PoisonError::into_inner);
+        let file = self.open_lock(&self.worktrees_lock_file)?;
+        fs2::FileExt::lock_exclusive(&file).map_err(|cause| self.io_error(&self.worktrees_lock_file, cause))?;
         Ok(Held { _in_process: in_process, _file: file })
     }
 
@@ -670,6 +711,7 @@ impl Workspace {
         match self.kind {
             WorkspaceKind::Overlay => self.mirror.remove_overlay(&self.path, Some(&self.branch))?,
             WorkspaceKind::Worktree => {
+                let _admin = self.mirror.worktree_admin()?;
                 self.mirror.remove_worktree(&self.path)?;
                 self.mirror.delete_branch(&self.branch)?;
             }

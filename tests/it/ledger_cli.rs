@@ -93,6 +93,10 @@ fn repeats_are_reported_as_duplicate_deliveries_or_coalesced() {
             "--header",
             "X-GitHub-Delivery: d-3",
             "--json",
+            // Within the automation's 1d dedupe window of the pending run: without a fixed
+            // clock this test would change its answer as the calendar moves on.
+            "--now",
+            "2026-11-22T09:05:00Z",
         ],
     );
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
