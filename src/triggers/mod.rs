@@ -279,6 +279,13 @@ impl TextPattern {
 
 /// Reports an event name that is not among `known`, with a suggestion.
 fn check_event_names(names: &[String], known: &[&str], path: &FieldPath, findings: &mut Vec<Finding>) {
+    if names.is_empty() {
+        findings.push(
+            Finding::new(path.clone(), Code::InvalidValue, "`events` is empty, so nothing would ever match").hint(
+                format!("list the event types to accept, e.g. `[{}]`", known.first().copied().unwrap_or_default()),
+            ),
+        );
+    }
     for (index, name) in names.iter().enumerate() {
         if !known.contains(&name.as_str()) {
             let mut finding =
