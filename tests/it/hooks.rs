@@ -245,6 +245,24 @@ fn slack_handshake_signatures_retries_and_bots() {
     assert_eq!(server.runs().len(), 1);
 }
 
+#[test]
+fn a_slack_mention_delivered_as_message_and_as_app_mention_starts_one_run() {
+    let server = start();
+    let inner = |kind: &str| {
+        json!({"type": kind, "channel": "C1", "user": "U1", "ts": "1763852999.000100",
+        "text": "<@U0NIGHTBOT> bug: the cart forgets gift cards"})
+    };
+    let envelope = |kind: &str, event_id: &str| {
+        json!({"type": "event_callback", "event_id": event_id, "team_id": "T1", "event": inner(kind)}).to_string()
+    };
+    let as_message = slack_post(&server, now_secs(), &envelope("message", "EvM1"), &[]);
+    assert_eq!((as_message.status, run_ids(&as_message).len()), (202, 1), "{:?}", as_message.body);
+    let as_mention = slack_post(&server, now_secs(), &envelope("app_mention", "EvA1"), &[]);
+    assert_eq!(as_mention.status, 202);
+    assert_eq!(as_mention.body["events"][0]["duplicate_delivery"], json!(true), "{:?}", as_mention.body);
+    assert_eq!(server.runs().len(), 1);
+}
+
 fn incident(number: u64) -> String {
     json!({"event": {"id": format!("E{number}"), "event_type": "incident.triggered", "resource_type": "incident",
         "occurred_at": "2026-11-22T10:00:00Z", "data": {"id": format!("Q{number}"), "number": number}}})
