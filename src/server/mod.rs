@@ -240,24 +240,21 @@ impl Server {
         let Ok(_permit) = self.admission.try_acquire() else { return Err(DeliveryError::Busy) };
         let mut reports = Vec::with_capacity(events.len());
         let mut pending = Vec::with_capacity(events.len());
-        let mut resolutions = Vec::new();
+        let mut cancelled = Vec::new();
         for event in events {
-            let resolution = alerts::is_resolution(hook, &event).then(|| event.clone());
+            // A resolution cancels the firing runs before it is ingested, so it never joins
+            // one of them through dedupe and is cancelled with it; a repeated resolution
+            // changes nothing, like any repeated delivery.
+            if alerts::is_resolution(hook, &event) && self.store.event(&event.id)?.is_none() {
+                cancelled.extend(alerts::cancel_unstarted_runs(self.store.as_ref(), hook, &event, now)?);
+            }
             let (report, durability) =
                 generation.pipeline.ingest_queued(event, Audience::Subscriber(&hook.automation), now)?;
-            // A repeated resolution changes nothing, like any repeated delivery.
-            if !report.outcome.duplicate_delivery {
-                resolutions.extend(resolution);
-            }
             reports.push(report);
             pending.push(durability);
         }
         for durability in pending {
             durability.await?;
-        }
-        let mut cancelled = Vec::new();
-        for event in &resolutions {
-            cancelled.extend(alerts::cancel_unstarted_runs(self.store.as_ref(), hook, event, now)?);
         }
         let run_ids: Vec<RunId> = reports.iter().flat_map(|r| r.outcome.runs.iter().map(|o| o.run)).collect();
         if !run_ids.is_empty() {

@@ -101,6 +101,7 @@ pub(super) fn normalize(payload: &Value) -> Normalized {
     // A notification split per alert carries one: name it for rules and flow control.
     if let Some([alert]) = payload.get("alerts").and_then(Value::as_array).map(Vec::as_slice) {
         fields.insert("alert".into(), alert.clone());
+        fields.insert("fingerprint".into(), Value::String(fingerprint(alert)));
     }
     let status = str_at(payload, "/status").unwrap_or("unknown");
     Normalized { kind: format!("alert.{status}"), delivery_id: group_delivery_id(payload), fields }
@@ -126,6 +127,20 @@ pub fn split_per_alert(payload: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// What names an alert: its `fingerprint`, or for a sender that leaves it out, a hash of
+/// its labels (the same labels, the same alert, as Alertmanager's own fingerprint).
+pub fn fingerprint(alert: &Value) -> String {
+    if let Some(fingerprint) = str_at(alert, "/fingerprint").filter(|f| !f.is_empty()) {
+        return fingerprint.to_string();
+    }
+    let mut labels: Vec<(&String, &Value)> =
+        alert.get("labels").and_then(Value::as_object).map(|l| l.iter().collect()).unwrap_or_default();
+    labels.sort_unstable_by_key(|(name, _)| *name);
+    let pairs: Vec<String> = labels.iter().map(|(name, value)| format!("{name}={value}")).collect();
+    let parts: Vec<&str> = pairs.iter().map(String::as_str).collect();
+    format!("labels:{}", crate::event::short_hash(&parts))
+}
+
 /// Group key + status + sorted alert fingerprints: one id per distinct notification.
 /// Each fingerprint goes with its alert's `startsAt`, so an alert that fires again
 /// after resolving (same labels, same fingerprint) is a new delivery, while
@@ -139,10 +154,7 @@ fn group_delivery_id(payload: &Value) -> Option<String> {
         .map(|alerts| {
             alerts
                 .iter()
-                .filter_map(|a| {
-                    let fingerprint = str_at(a, "/fingerprint")?;
-                    Some(format!("{fingerprint}@{}", str_at(a, "/startsAt").unwrap_or_default()))
-                })
+                .map(|a| format!("{}@{}", fingerprint(a), str_at(a, "/startsAt").unwrap_or_default()))
                 .collect()
         })
         .unwrap_or_default();
@@ -180,6 +192,22 @@ mod tests {
         assert_eq!(normalized[1].fields["alert"]["fingerprint"], "b2");
         assert_ne!(normalized[0].delivery_id, normalized[1].delivery_id);
         assert_ne!(normalized[0].delivery_id, normalize(&group).delivery_id);
+    }
+
+    #[test]
+    fn alerts_without_a_fingerprint_are_told_apart_by_their_labels() {
+        let mut group = notification(
+            "firing",
+            &[("a1", "firing", "2026-11-22T10:00:00Z"), ("b2", "firing", "2026-11-22T10:00:00Z")],
+        );
+        for alert in group["alerts"].as_array_mut().unwrap() {
+            alert.as_object_mut().unwrap().remove("fingerprint");
+        }
+        let ids: Vec<Option<String>> = split_per_alert(&group).iter().map(|one| normalize(one).delivery_id).collect();
+        assert_ne!(ids[0], ids[1], "each alert is its own delivery");
+        let reordered = serde_json::json!({"labels": {"instance": "a1", "alertname": "DiskFull"}});
+        assert_eq!(fingerprint(&group["alerts"][0]), fingerprint(&reordered));
+        assert_eq!(fingerprint(&serde_json::json!({"fingerprint": "f00d", "labels": {}})), "f00d");
     }
 
     #[test]

@@ -472,3 +472,86 @@ fn a_hook_without_its_secret_answers_503_until_a_restart_provides_it() {
     let server = server.restart(&[("BEARER_TOKEN", "t0ken")]);
     assert_eq!(server.runs().len(), 1, "runs outlive a restart");
 }
+
+const ALERTS_BOTH_WAYS: &str = r#"
+name: alert-both-ways
+trigger:
+  alertmanager:
+    auth: { bearer: { token: env:AM_TOKEN } }
+    statuses: [firing, resolved]
+dedupe:
+  key: "{{ event.group_key }}"
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "agent/alert-{{ event.status }}"
+  prompt: "Alert {{ event.status }}"
+"#;
+
+const ALERTS_PER_ALERT: &str = r#"
+name: alert-each
+trigger:
+  alertmanager:
+    auth: { bearer: { token: env:AM_TOKEN } }
+    per: alert
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "agent/alert-{{ slug(event.alert.labels.instance) }}"
+  prompt: "Alert on {{ event.alert.labels.instance }}"
+"#;
+
+fn alert_notification(status: &str, instances: &[&str], fingerprints: bool) -> String {
+    let alerts: Vec<Value> = instances
+        .iter()
+        .map(|instance| {
+            let mut alert = json!({"status": status, "labels": {"alertname": "DiskFull", "instance": instance},
+                "annotations": {}, "startsAt": "2026-11-22T10:00:00Z"});
+            if fingerprints {
+                alert["fingerprint"] = json!(format!("fp-{instance}"));
+            }
+            alert
+        })
+        .collect();
+    json!({"version": "4", "groupKey": "{}:{alertname=\"DiskFull\"}", "status": status, "receiver": "nightshift",
+        "groupLabels": {"alertname": "DiskFull"}, "commonLabels": {"alertname": "DiskFull"}, "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093", "truncatedAlerts": 0, "alerts": alerts})
+    .to_string()
+}
+
+#[test]
+fn a_resolution_deduped_with_its_firing_run_cancels_that_run_and_gets_its_own() {
+    let server = Serving::start(
+        &[("both.yaml", ALERTS_BOTH_WAYS), ("each.yaml", ALERTS_PER_ALERT)],
+        &[("AM_TOKEN", "am-token")],
+    );
+    let headers = [("Content-Type", "application/json"), ("Authorization", "Bearer am-token")];
+    let firing = server.post("/hooks/alert-both-ways", &headers, alert_notification("firing", &["db-1"], true));
+    let firing_run = run_ids(&firing);
+    assert_eq!(firing_run.len(), 1, "{:?}", firing.body);
+    let resolved = server.post("/hooks/alert-both-ways", &headers, alert_notification("resolved", &["db-1"], true));
+    assert_eq!(resolved.status, 202, "{:?}", resolved.body);
+    assert_eq!(resolved.body["cancelled"], json!(firing_run), "{:?}", resolved.body);
+    let resolution_run = run_ids(&resolved);
+    assert_eq!(resolution_run.len(), 1, "the resolution has a run of its own: {:?}", resolved.body);
+    assert_ne!(resolution_run, firing_run);
+    let runs = server.runs();
+    let state = |id: &Value| runs.iter().find(|run| run["id"] == *id).map(|run| run["state"].clone());
+    assert_eq!(state(&firing_run[0]), Some(json!("cancelled")));
+    assert_eq!(state(&resolution_run[0]), Some(json!("queued")));
+}
+
+#[test]
+fn alerts_without_fingerprints_each_start_a_run_per_alert() {
+    let server = Serving::start(&[("each.yaml", ALERTS_PER_ALERT)], &[("AM_TOKEN", "am-token")]);
+    let headers = [("Content-Type", "application/json"), ("Authorization", "Bearer am-token")];
+    let body = alert_notification("firing", &["db-1", "db-2", "db-3"], false);
+    let answer = server.post("/hooks/alert-each", &headers, body.clone());
+    assert_eq!(run_ids(&answer).len(), 3, "{:?}", answer.body);
+    let repeat = server.post("/hooks/alert-each", &headers, body);
+    let duplicates = repeat.body["events"].as_array().unwrap().iter().filter(|e| e["duplicate_delivery"] == true);
+    assert_eq!(duplicates.count(), 3, "a repeated notification is a duplicate: {:?}", repeat.body);
+    assert_eq!(server.runs().len(), 3);
+}
