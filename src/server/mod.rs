@@ -44,8 +44,10 @@ pub struct ServeOptions {
     pub project: Option<PathBuf>,
     pub data: PathBuf,
     pub listen: SocketAddr,
-    /// The largest request body accepted, in bytes.
-    pub max_body: usize,
+    /// The largest request body accepted, in bytes, for triggers that set no `max_body`
+    /// of their own; `None` leaves each source's default (see
+    /// `TriggerKind::default_max_body`).
+    pub max_body: Option<usize>,
     /// The API's bearer token; a random one is made when none is given.
     pub api_token: Option<String>,
     /// Runs the local worker pool takes on at once; 0 leaves every run to remote workers.
@@ -198,6 +200,15 @@ impl Server {
             api_token,
             wakeup: Arc::new(Wakeup::new()),
         }))
+    }
+
+    /// The largest body a delivery to hook `name` may have: its trigger's limit, or for a
+    /// name no hook serves (answered 404), the server's.
+    pub fn body_limit(&self, name: &str) -> usize {
+        match self.current().hooks.get(name) {
+            Some(hook) => hook.max_body(self.options.max_body),
+            None => self.options.max_body.unwrap_or(crate::triggers::webhook::DEFAULT_MAX_BODY),
+        }
     }
 
     pub fn options(&self) -> &ServeOptions {

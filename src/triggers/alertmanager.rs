@@ -25,7 +25,14 @@ pub struct AlertmanagerTrigger {
     /// A `resolved` notification cancels the group's run if it has not started. Default true.
     #[serde(default = "yes")]
     pub cancel_on_resolved: bool,
+    /// The largest notification accepted, in bytes; larger ones get 413. Default 4 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_body: Option<usize>,
 }
+
+/// The largest notification an Alertmanager hook accepts unless told otherwise.
+pub const DEFAULT_MAX_BODY: usize = 4 << 20;
 
 fn yes() -> bool {
     true

@@ -325,11 +325,6 @@ impl GithubTrigger {
         }
     }
 
-    /// The body limit of this trigger's hook.
-    pub fn max_body(&self) -> usize {
-        self.max_body.unwrap_or(DEFAULT_MAX_BODY)
-    }
-
     pub(super) fn accepts(&self, event: &Event) -> Result<(), String> {
         let event_name = event.kind.split('.').next().unwrap_or_default();
         if !self.events.iter().any(|e| *e == event.kind || e == event_name) {

@@ -88,6 +88,19 @@ impl TriggerKind {
         TriggerKind::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 
+    /// The largest delivery a hook of this source accepts unless told otherwise: what the
+    /// provider may send. GitHub caps a payload at 25 MB; an Alertmanager notification
+    /// carries every alert of its group; 1 MiB for the rest.
+    pub fn default_max_body(self) -> usize {
+        match self {
+            TriggerKind::Github => github::DEFAULT_MAX_BODY,
+            TriggerKind::Alertmanager => alertmanager::DEFAULT_MAX_BODY,
+            TriggerKind::Slack => slack::DEFAULT_MAX_BODY,
+            TriggerKind::Pagerduty => pagerduty::DEFAULT_MAX_BODY,
+            TriggerKind::Cron | TriggerKind::Webhook | TriggerKind::Manual => webhook::DEFAULT_MAX_BODY,
+        }
+    }
+
     /// Whether events of this source carry text from outside the organisation.
     pub fn is_untrusted(self) -> bool {
         !matches!(self, TriggerKind::Cron | TriggerKind::Manual)
@@ -199,6 +212,18 @@ impl Trigger<'_> {
             Trigger::Cron(_) | Trigger::Manual(_) => None,
             Trigger::Webhook(webhook) => Some(webhook.path.clone().unwrap_or_else(|| automation.to_string())),
             _ => Some(automation.to_string()),
+        }
+    }
+
+    /// The body limit the trigger sets itself (`max_body`), if any.
+    pub fn max_body(&self) -> Option<usize> {
+        match self {
+            Trigger::Cron(_) | Trigger::Manual(_) => None,
+            Trigger::Webhook(c) => c.max_body,
+            Trigger::Slack(c) => c.max_body,
+            Trigger::Pagerduty(c) => c.max_body,
+            Trigger::Alertmanager(c) => c.max_body,
+            Trigger::Github(c) => c.max_body,
         }
     }
 

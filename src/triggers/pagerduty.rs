@@ -105,11 +105,6 @@ impl PagerDutyTrigger {
         }
     }
 
-    /// The body limit of this trigger's hook.
-    pub fn max_body(&self) -> usize {
-        self.max_body.unwrap_or(DEFAULT_MAX_BODY)
-    }
-
     pub(super) fn accepts(&self, event: &Event) -> Result<(), String> {
         if !self.events.contains(&event.kind) {
             return Err(format!("PagerDuty event type `{}` is not in `events`", event.kind));

@@ -65,11 +65,6 @@ impl SlackTrigger {
         }
     }
 
-    /// The body limit of this trigger's hook.
-    pub fn max_body(&self) -> usize {
-        self.max_body.unwrap_or(DEFAULT_MAX_BODY)
-    }
-
     pub(super) fn accepts(&self, event: &Event) -> Result<(), String> {
         if !self.events.iter().any(|t| t.as_str() == event.kind) {
             return Err(format!("slack event type `{}` is not in `events`", event.kind));

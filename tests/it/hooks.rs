@@ -555,3 +555,30 @@ fn alerts_without_fingerprints_each_start_a_run_per_alert() {
     assert_eq!(duplicates.count(), 3, "a repeated notification is a duplicate: {:?}", repeat.body);
     assert_eq!(server.runs().len(), 3);
 }
+
+#[test]
+fn each_trigger_has_its_own_body_limit_and_github_takes_big_pushes() {
+    let small = BEARER.replace("name: bearer-hook", "name: small-hook").replace(
+        "auth: { bearer: { token: env:BEARER_TOKEN } }",
+        "auth: { bearer: { token: env:BEARER_TOKEN } }\n    max_body: 1000",
+    );
+    let small = small.replace("path: ops-bearer", "path: small");
+    let server = Serving::start(
+        &[("github.yaml", GITHUB), ("small.yaml", &small)],
+        &[("GH_SECRET", "gh-secret"), ("BEARER_TOKEN", "t0ken")],
+    );
+    // 1.2 MB: over the old server-wide 1 MiB, well under GitHub's 25 MB.
+    let padding = "x".repeat(1_200_000);
+    let big = json!({"action": "opened", "number": 7, "pull_request": {"draft": false, "body": padding}}).to_string();
+    let answer = github_post(&server, "gh-secret", "pull_request", "big-1", &big);
+    assert_eq!(answer.status, 202, "{:?}", answer.body["error"]);
+    assert_eq!(run_ids(&answer).len(), 1);
+
+    let headers = [("Content-Type", "application/json"), ("Authorization", "Bearer t0ken")];
+    let over = server.post("/hooks/small", &headers, format!(r#"{{"n": "{}"}}"#, "y".repeat(1000)));
+    assert_eq!(over.status, 413, "{:?}", over.body);
+    assert!(over.body["error"].as_str().unwrap().contains("larger than 1000 bytes"), "{:?}", over.body);
+    let fits = server.post("/hooks/small", &headers, r#"{"n": 1}"#);
+    assert_eq!(fits.status, 202, "{:?}", fits.body);
+    assert_eq!(server.runs().len(), 2);
+}
