@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn patterns_read_a_mention_without_the_leading_mention() {
-        let anchored = trigger("^is it everything");
+        let anchored = trigger("^bug: the cart");
         assert_eq!(anchored.accepts(&fixture("app_mention.json")), Ok(()));
         assert_eq!(anchored.accepts(&fixture("app_mention_as_message.json")), Ok(()));
         assert_eq!(without_leading_mention("  <@U0BOT|nightshift>  bug: x"), "bug: x");
