@@ -68,6 +68,16 @@ impl AlertStatus {
 
 impl AlertmanagerTrigger {
     pub(super) fn check(&self, path: &FieldPath, findings: &mut Vec<Finding>) {
+        if self.statuses.is_empty() {
+            findings.push(
+                Finding::new(
+                    path.key("statuses"),
+                    Code::InvalidValue,
+                    "`statuses` is empty, so nothing would ever match",
+                )
+                .hint("list `firing`, `resolved` or both, or leave `statuses` out for `[firing]`"),
+            );
+        }
         self.auth.check(&path.key("auth"), findings);
         if self.auth.hmac.is_some() || self.auth.standard.is_some() {
             findings.push(
@@ -199,6 +209,15 @@ mod tests {
         assert_eq!(normalized[1].fields["alert"]["fingerprint"], "b2");
         assert_ne!(normalized[0].delivery_id, normalized[1].delivery_id);
         assert_ne!(normalized[0].delivery_id, normalize(&group).delivery_id);
+    }
+
+    #[test]
+    fn an_empty_status_list_is_refused_at_load() {
+        let empty: AlertmanagerTrigger =
+            serde_json::from_value(serde_json::json!({"auth": {"none": true}, "statuses": []})).unwrap();
+        let mut findings = Vec::new();
+        empty.check(&FieldPath::root(), &mut findings);
+        assert!(findings.iter().any(|f| f.message.contains("`statuses` is empty")), "{findings:?}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Normalized, TextPattern, str_at};
-use crate::config::{FieldPath, Finding, SecretRef};
+use crate::config::{Code, FieldPath, Finding, SecretRef};
 use crate::event::Event;
 
 /// Slack messages.
@@ -60,6 +60,12 @@ fn default_events() -> Vec<SlackEventType> {
 
 impl SlackTrigger {
     pub(super) fn check(&self, path: &FieldPath, findings: &mut Vec<Finding>) {
+        if self.events.is_empty() {
+            findings.push(
+                Finding::new(path.key("events"), Code::InvalidValue, "`events` is empty, so nothing would ever match")
+                    .hint("list `message`, `app_mention` or both, or leave `events` out for both"),
+            );
+        }
         if let Some(pattern) = &self.pattern {
             pattern.check(&path.key("pattern"), findings);
         }
@@ -199,6 +205,16 @@ mod tests {
         assert_eq!(without_leading_mention("  <@U0BOT|nightshift>  bug: x"), "bug: x");
         assert_eq!(without_leading_mention("bug: <@U0BOT>"), "bug: <@U0BOT>");
         assert_eq!(without_leading_mention("<@ not a mention"), "<@ not a mention");
+    }
+
+    #[test]
+    fn an_empty_event_list_is_refused_at_load() {
+        let empty: SlackTrigger =
+            serde_json::from_value(serde_json::json!({"signing_secret": "env:S", "events": []})).unwrap();
+        let mut findings = Vec::new();
+        empty.check(&FieldPath::root(), &mut findings);
+        assert_eq!(findings.len(), 1);
+        assert!(findings[0].message.contains("`events` is empty"));
     }
 
     #[test]
