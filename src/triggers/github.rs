@@ -305,7 +305,7 @@ impl GithubTrigger {
             }
             for (index, name) in self.events.iter().enumerate() {
                 let event_name = name.split('.').next().unwrap_or_default();
-                if text_holder(event_name).is_none() && actions_of(event_name).is_some() {
+                if text_holder(event_name).is_none() && unknown_event(name).is_none() {
                     findings.push(
                         Finding::new(
                             events.index(index),
