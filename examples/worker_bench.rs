@@ -114,7 +114,7 @@ impl Bench {
             project: Some(root.join("nightshift.yaml")),
             data: root.join("data"),
             listen: "127.0.0.1:0".parse().expect("an address"),
-            max_body: 1 << 20,
+            max_body: None,
             api_token: Some("bench".into()),
             workers: 0,
             worker: WorkerSettings::new(root.join("work")),

@@ -6,12 +6,13 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 
 use crate::catalog::{Catalog, LoadedAutomation};
-use crate::config::{RequestSpec, TestCase};
+use crate::config::{Automation, RequestSpec, TestCase};
 use crate::event::Event;
 use crate::netpolicy::NetworkPolicy;
 use crate::rules::{PreparedEvent, RuleEngine, memory_value};
 use crate::task::Rendered;
-use crate::triggers::TriggerKind;
+use crate::triggers::alertmanager::{AlertGrouping, split_per_alert};
+use crate::triggers::{Trigger, TriggerKind};
 
 /// The result of one test case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,28 @@ pub fn fixture_event(
     Ok(Event::from_delivery(source, payload, headers.clone(), received_at))
 }
 
+/// The events the automation's hook would make of a fixture from `source`: one, or for an
+/// Alertmanager trigger with `per: alert`, one per alert (as `serve` splits a
+/// notification).
+pub fn fixture_events(
+    automation: &Automation,
+    path: &Path,
+    source: TriggerKind,
+    headers: &std::collections::BTreeMap<String, String>,
+    received_at: DateTime<Utc>,
+) -> Result<Vec<Event>, String> {
+    let event = fixture_event(path, source, headers, received_at)?;
+    let per_alert = automation
+        .all_triggers()
+        .filter_map(|t| t.source())
+        .any(|t| matches!(t, Trigger::Alertmanager(options) if options.per == AlertGrouping::Alert));
+    if source != TriggerKind::Alertmanager || !per_alert {
+        return Ok(vec![event]);
+    }
+    let split = split_per_alert(&event.payload);
+    Ok(split.into_iter().map(|one| Event::from_delivery(source, one, headers.clone(), received_at)).collect())
+}
+
 fn run_case(engine: &RuleEngine, loaded: &LoadedAutomation, case: &TestCase) -> Vec<String> {
     let automation = &loaded.compiled.definition;
     let Some(source) = case.source.or_else(|| automation.first_source()) else {
@@ -67,10 +90,31 @@ fn run_case(engine: &RuleEngine, loaded: &LoadedAutomation, case: &TestCase) -> 
         .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
         .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
     let fixture = loaded.file.parent().unwrap_or(Path::new(".")).join(&case.event);
-    let event = match fixture_event(&fixture, source, &case.headers, now) {
-        Ok(event) => event,
+    let events = match fixture_events(automation, &fixture, source, &case.headers, now) {
+        Ok(events) => events,
         Err(why) => return vec![why],
     };
+    // With `per: alert` every alert's render is held to the expectations.
+    let split = events.len() > 1;
+    let mut failures = Vec::new();
+    for (index, event) in events.into_iter().enumerate() {
+        let which = match event.fields.get("fingerprint").and_then(serde_json::Value::as_str) {
+            Some(fingerprint) if split => format!("alert {} ({fingerprint}): ", index + 1),
+            _ => String::new(),
+        };
+        let found = check_event(engine, loaded, case, event, now);
+        failures.extend(found.into_iter().map(|failure| format!("{which}{failure}")));
+    }
+    failures
+}
+
+fn check_event(
+    engine: &RuleEngine,
+    loaded: &LoadedAutomation,
+    case: &TestCase,
+    event: Event,
+    now: DateTime<Utc>,
+) -> Vec<String> {
     let rendered =
         loaded.compiled.render_even_if_disabled(engine, &PreparedEvent::new(event), &memory_value(&case.memory), now);
     let expect = &case.expect;

@@ -12,7 +12,7 @@ use super::print_diagnostics;
 use crate::catalog::{Catalog, LoadedAutomation};
 use crate::config::Diagnostic;
 use crate::event::Event;
-use crate::selftest::fixture_event;
+use crate::selftest::{fixture_event, fixture_events};
 use crate::triggers::TriggerKind;
 
 /// A payload file and how it was delivered.
@@ -33,13 +33,23 @@ impl FixtureArgs {
     /// The event the source (by default the automation's first trigger) would have made
     /// of the fixture, received at `now`.
     pub fn event_for(&self, loaded: &LoadedAutomation, now: DateTime<Utc>) -> anyhow::Result<Event> {
-        let automation = &loaded.compiled.definition;
-        let source = self
-            .source
-            .or_else(|| automation.first_source())
-            .ok_or_else(|| anyhow!("automation `{}` has no trigger; give --source", automation.name))?;
         let headers: BTreeMap<String, String> = self.headers.iter().cloned().collect();
-        fixture_event(&self.event, source, &headers, now).map_err(|why| anyhow!(why))
+        fixture_event(&self.event, self.source_for(loaded)?, &headers, now).map_err(|why| anyhow!(why))
+    }
+
+    /// The events the automation's hook would make of the fixture: one, or one per alert
+    /// for an Alertmanager trigger with `per: alert`.
+    pub fn events_for(&self, loaded: &LoadedAutomation, now: DateTime<Utc>) -> anyhow::Result<Vec<Event>> {
+        let headers: BTreeMap<String, String> = self.headers.iter().cloned().collect();
+        let automation = &loaded.compiled.definition;
+        fixture_events(automation, &self.event, self.source_for(loaded)?, &headers, now).map_err(|why| anyhow!(why))
+    }
+
+    fn source_for(&self, loaded: &LoadedAutomation) -> anyhow::Result<TriggerKind> {
+        let automation = &loaded.compiled.definition;
+        self.source
+            .or_else(|| automation.first_source())
+            .ok_or_else(|| anyhow!("automation `{}` has no trigger; give --source", automation.name))
     }
 }
 

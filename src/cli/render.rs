@@ -1,4 +1,5 @@
-//! `nightshift render`: apply one automation to an event fixture and print the result.
+//! `nightshift render`: apply one automation to an event fixture and print the result
+//! (one per alert for an Alertmanager trigger with `per: alert`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,9 +42,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => serde_json::Map::new(),
     };
     let now = args.now.unwrap_or_else(Utc::now);
-    let event = args.fixture.event_for(loaded, now)?;
-    let prepared = PreparedEvent::new(event);
-    let rendered = loaded.compiled.render(RuleEngine::shared(), &prepared, &memory_value(&memory), now)?;
-    println!("{}", serde_json::to_string_pretty(&rendered)?);
+    let mut renders = Vec::new();
+    for event in args.fixture.events_for(loaded, now)? {
+        let prepared = PreparedEvent::new(event);
+        renders.push(loaded.compiled.render(RuleEngine::shared(), &prepared, &memory_value(&memory), now)?);
+    }
+    // One event renders as one object; a notification split per alert as a list.
+    match renders.as_slice() {
+        [one] => println!("{}", serde_json::to_string_pretty(one)?),
+        all => println!("{}", serde_json::to_string_pretty(all)?),
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,9 +14,11 @@ pub struct Args {
     /// Address to listen on. Use 0.0.0.0:PORT to accept from other machines.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// The largest request body accepted, in bytes; larger ones get 413.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
-    max_body: usize,
+    /// The largest request body accepted, in bytes, by triggers that set no `max_body`
+    /// of their own; larger ones get 413. Default: each source's own (GitHub 25 MiB,
+    /// Alertmanager 4 MiB, others 1 MiB).
+    #[arg(long, value_name = "BYTES")]
+    max_body: Option<usize>,
     /// Log as JSON lines (for log collectors) instead of text. The level comes from
     /// NIGHTSHIFT_LOG (default `nightshift=info,warn`), e.g. NIGHTSHIFT_LOG=nightshift=debug.
     #[arg(long)]

@@ -21,7 +21,7 @@ pub async fn deliver(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let limit = server.options().max_body;
+    let limit = server.body_limit(&name);
     let too_large =
         || error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {limit} bytes; nothing was stored"));
     // A body a little over the limit is read to its end before the 413, so the sender,

@@ -42,6 +42,8 @@ pub struct Hook {
     /// missing, and every request is refused until it is set and the server reloads.
     credential: Result<Credential, String>,
     alertmanager: Option<AlertmanagerTrigger>,
+    /// The trigger's own `max_body`, if it sets one.
+    max_body: Option<usize>,
 }
 
 impl Hook {
@@ -55,6 +57,12 @@ impl Hook {
             event.id = format!("{}:{}:{delivery}", self.kind, self.name);
         }
         event
+    }
+
+    /// The largest body this hook accepts: the trigger's `max_body`, else `fallback` (the
+    /// server's `--max-body`), else the source's default.
+    pub fn max_body(&self, fallback: Option<usize>) -> usize {
+        self.max_body.or(fallback).unwrap_or_else(|| self.kind.default_max_body())
     }
 
     /// Alertmanager options, for an Alertmanager hook.
@@ -117,6 +125,7 @@ impl HookTable {
                     kind: trigger.kind(),
                     credential,
                     alertmanager,
+                    max_body: trigger.max_body(),
                 };
                 hooks.insert(name, hook);
             }

@@ -8,7 +8,7 @@ use crate::event::Event;
 use crate::intake::Hook;
 use crate::runs::{RunId, RunState};
 use crate::store::{RunFilter, Store, StoreError};
-use crate::triggers::alertmanager::AlertGrouping;
+use crate::triggers::alertmanager::{self, AlertGrouping};
 
 /// Whether `event` is a resolution that may cancel runs of the hook's automation.
 pub fn is_resolution(hook: &Hook, event: &Event) -> bool {
@@ -17,14 +17,12 @@ pub fn is_resolution(hook: &Hook, event: &Event) -> bool {
 }
 
 /// What ties a run to the alerts it was queued for: the group key, and with `per:
-/// alert` the alert's fingerprint too.
+/// alert` the alert's fingerprint (or its labels' hash) too.
 fn identity(event: &Event, per: AlertGrouping) -> (Option<String>, Option<String>) {
     let group = event.fields.get("group_key").and_then(Value::as_str).map(str::to_string);
     let fingerprint = match per {
         AlertGrouping::Group => None,
-        AlertGrouping::Alert => {
-            event.fields.get("alert").and_then(|a| a.get("fingerprint")).and_then(Value::as_str).map(str::to_string)
-        }
+        AlertGrouping::Alert => event.fields.get("alert").map(alertmanager::fingerprint),
     };
     (group, fingerprint)
 }

@@ -44,8 +44,10 @@ pub struct ServeOptions {
     pub project: Option<PathBuf>,
     pub data: PathBuf,
     pub listen: SocketAddr,
-    /// The largest request body accepted, in bytes.
-    pub max_body: usize,
+    /// The largest request body accepted, in bytes, for triggers that set no `max_body`
+    /// of their own; `None` leaves each source's default (see
+    /// `TriggerKind::default_max_body`).
+    pub max_body: Option<usize>,
     /// The API's bearer token; a random one is made when none is given.
     pub api_token: Option<String>,
     /// Runs the local worker pool takes on at once; 0 leaves every run to remote workers.
@@ -200,6 +202,15 @@ impl Server {
         }))
     }
 
+    /// The largest body a delivery to hook `name` may have: its trigger's limit, or for a
+    /// name no hook serves (answered 404), the server's.
+    pub fn body_limit(&self, name: &str) -> usize {
+        match self.current().hooks.get(name) {
+            Some(hook) => hook.max_body(self.options.max_body),
+            None => self.options.max_body.unwrap_or(crate::triggers::webhook::DEFAULT_MAX_BODY),
+        }
+    }
+
     pub fn options(&self) -> &ServeOptions {
         &self.options
     }
@@ -240,24 +251,21 @@ impl Server {
         let Ok(_permit) = self.admission.try_acquire() else { return Err(DeliveryError::Busy) };
         let mut reports = Vec::with_capacity(events.len());
         let mut pending = Vec::with_capacity(events.len());
-        let mut resolutions = Vec::new();
+        let mut cancelled = Vec::new();
         for event in events {
-            let resolution = alerts::is_resolution(hook, &event).then(|| event.clone());
+            // A resolution cancels the firing runs before it is ingested, so it never joins
+            // one of them through dedupe and is cancelled with it; a repeated resolution
+            // changes nothing, like any repeated delivery.
+            if alerts::is_resolution(hook, &event) && self.store.event(&event.id)?.is_none() {
+                cancelled.extend(alerts::cancel_unstarted_runs(self.store.as_ref(), hook, &event, now)?);
+            }
             let (report, durability) =
                 generation.pipeline.ingest_queued(event, Audience::Subscriber(&hook.automation), now)?;
-            // A repeated resolution changes nothing, like any repeated delivery.
-            if !report.outcome.duplicate_delivery {
-                resolutions.extend(resolution);
-            }
             reports.push(report);
             pending.push(durability);
         }
         for durability in pending {
             durability.await?;
-        }
-        let mut cancelled = Vec::new();
-        for event in &resolutions {
-            cancelled.extend(alerts::cancel_unstarted_runs(self.store.as_ref(), hook, event, now)?);
         }
         let run_ids: Vec<RunId> = reports.iter().flat_map(|r| r.outcome.runs.iter().map(|o| o.run)).collect();
         if !run_ids.is_empty() {

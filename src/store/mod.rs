@@ -313,7 +313,8 @@ pub trait Store: Send + Sync {
     fn release(&self, run: RunId, epoch: Epoch, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError>;
     /// Cancels a run only if no worker has started it (it is queued, waiting for a
     /// retry, or awaiting approval); `None` when it has started or ended, which is left
-    /// alone.
+    /// alone. A run cancelled this way never did its work, so it gives up the dedupe key
+    /// it holds: the next event with that key makes a run of its own.
     fn cancel_unstarted(&self, run: RunId, reason: &str, now: DateTime<Utc>) -> Result<Option<Run>, StoreError>;
     /// Lets a run waiting for approval continue.
     fn approve(&self, run: RunId, now: DateTime<Utc>) -> Result<Run, StoreError>;

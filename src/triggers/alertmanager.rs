@@ -25,7 +25,14 @@ pub struct AlertmanagerTrigger {
     /// A `resolved` notification cancels the group's run if it has not started. Default true.
     #[serde(default = "yes")]
     pub cancel_on_resolved: bool,
+    /// The largest notification accepted, in bytes; larger ones get 413. Default 4 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_body: Option<usize>,
 }
+
+/// The largest notification an Alertmanager hook accepts unless told otherwise.
+pub const DEFAULT_MAX_BODY: usize = 4 << 20;
 
 fn yes() -> bool {
     true
@@ -61,6 +68,16 @@ impl AlertStatus {
 
 impl AlertmanagerTrigger {
     pub(super) fn check(&self, path: &FieldPath, findings: &mut Vec<Finding>) {
+        if self.statuses.is_empty() {
+            findings.push(
+                Finding::new(
+                    path.key("statuses"),
+                    Code::InvalidValue,
+                    "`statuses` is empty, so nothing would ever match",
+                )
+                .hint("list `firing`, `resolved` or both, or leave `statuses` out for `[firing]`"),
+            );
+        }
         self.auth.check(&path.key("auth"), findings);
         if self.auth.hmac.is_some() || self.auth.standard.is_some() {
             findings.push(
@@ -101,6 +118,7 @@ pub(super) fn normalize(payload: &Value) -> Normalized {
     // A notification split per alert carries one: name it for rules and flow control.
     if let Some([alert]) = payload.get("alerts").and_then(Value::as_array).map(Vec::as_slice) {
         fields.insert("alert".into(), alert.clone());
+        fields.insert("fingerprint".into(), Value::String(fingerprint(alert)));
     }
     let status = str_at(payload, "/status").unwrap_or("unknown");
     Normalized { kind: format!("alert.{status}"), delivery_id: group_delivery_id(payload), fields }
@@ -126,6 +144,20 @@ pub fn split_per_alert(payload: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// What names an alert: its `fingerprint`, or for a sender that leaves it out, a hash of
+/// its labels (the same labels, the same alert, as Alertmanager's own fingerprint).
+pub fn fingerprint(alert: &Value) -> String {
+    if let Some(fingerprint) = str_at(alert, "/fingerprint").filter(|f| !f.is_empty()) {
+        return fingerprint.to_string();
+    }
+    let mut labels: Vec<(&String, &Value)> =
+        alert.get("labels").and_then(Value::as_object).map(|l| l.iter().collect()).unwrap_or_default();
+    labels.sort_unstable_by_key(|(name, _)| *name);
+    let pairs: Vec<String> = labels.iter().map(|(name, value)| format!("{name}={value}")).collect();
+    let parts: Vec<&str> = pairs.iter().map(String::as_str).collect();
+    format!("labels:{}", crate::event::short_hash(&parts))
+}
+
 /// Group key + status + sorted alert fingerprints: one id per distinct notification.
 /// Each fingerprint goes with its alert's `startsAt`, so an alert that fires again
 /// after resolving (same labels, same fingerprint) is a new delivery, while
@@ -139,10 +171,7 @@ fn group_delivery_id(payload: &Value) -> Option<String> {
         .map(|alerts| {
             alerts
                 .iter()
-                .filter_map(|a| {
-                    let fingerprint = str_at(a, "/fingerprint")?;
-                    Some(format!("{fingerprint}@{}", str_at(a, "/startsAt").unwrap_or_default()))
-                })
+                .map(|a| format!("{}@{}", fingerprint(a), str_at(a, "/startsAt").unwrap_or_default()))
                 .collect()
         })
         .unwrap_or_default();
@@ -180,6 +209,31 @@ mod tests {
         assert_eq!(normalized[1].fields["alert"]["fingerprint"], "b2");
         assert_ne!(normalized[0].delivery_id, normalized[1].delivery_id);
         assert_ne!(normalized[0].delivery_id, normalize(&group).delivery_id);
+    }
+
+    #[test]
+    fn an_empty_status_list_is_refused_at_load() {
+        let empty: AlertmanagerTrigger =
+            serde_json::from_value(serde_json::json!({"auth": {"none": true}, "statuses": []})).unwrap();
+        let mut findings = Vec::new();
+        empty.check(&FieldPath::root(), &mut findings);
+        assert!(findings.iter().any(|f| f.message.contains("`statuses` is empty")), "{findings:?}");
+    }
+
+    #[test]
+    fn alerts_without_a_fingerprint_are_told_apart_by_their_labels() {
+        let mut group = notification(
+            "firing",
+            &[("a1", "firing", "2026-11-22T10:00:00Z"), ("b2", "firing", "2026-11-22T10:00:00Z")],
+        );
+        for alert in group["alerts"].as_array_mut().unwrap() {
+            alert.as_object_mut().unwrap().remove("fingerprint");
+        }
+        let ids: Vec<Option<String>> = split_per_alert(&group).iter().map(|one| normalize(one).delivery_id).collect();
+        assert_ne!(ids[0], ids[1], "each alert is its own delivery");
+        let reordered = serde_json::json!({"labels": {"instance": "a1", "alertname": "DiskFull"}});
+        assert_eq!(fingerprint(&group["alerts"][0]), fingerprint(&reordered));
+        assert_eq!(fingerprint(&serde_json::json!({"fingerprint": "f00d", "labels": {}})), "f00d");
     }
 
     #[test]

@@ -88,6 +88,19 @@ impl TriggerKind {
         TriggerKind::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 
+    /// The largest delivery a hook of this source accepts unless told otherwise: what the
+    /// provider may send. GitHub caps a payload at 25 MB; an Alertmanager notification
+    /// carries every alert of its group; 1 MiB for the rest.
+    pub fn default_max_body(self) -> usize {
+        match self {
+            TriggerKind::Github => github::DEFAULT_MAX_BODY,
+            TriggerKind::Alertmanager => alertmanager::DEFAULT_MAX_BODY,
+            TriggerKind::Slack => slack::DEFAULT_MAX_BODY,
+            TriggerKind::Pagerduty => pagerduty::DEFAULT_MAX_BODY,
+            TriggerKind::Cron | TriggerKind::Webhook | TriggerKind::Manual => webhook::DEFAULT_MAX_BODY,
+        }
+    }
+
     /// Whether events of this source carry text from outside the organisation.
     pub fn is_untrusted(self) -> bool {
         !matches!(self, TriggerKind::Cron | TriggerKind::Manual)
@@ -202,6 +215,18 @@ impl Trigger<'_> {
         }
     }
 
+    /// The body limit the trigger sets itself (`max_body`), if any.
+    pub fn max_body(&self) -> Option<usize> {
+        match self {
+            Trigger::Cron(_) | Trigger::Manual(_) => None,
+            Trigger::Webhook(c) => c.max_body,
+            Trigger::Slack(c) => c.max_body,
+            Trigger::Pagerduty(c) => c.max_body,
+            Trigger::Alertmanager(c) => c.max_body,
+            Trigger::Github(c) => c.max_body,
+        }
+    }
+
     /// Whether this trigger's filters let the event through; `Err` says why not.
     pub fn accepts(&self, event: &Event) -> Result<(), String> {
         if event.source != self.kind() {
@@ -279,6 +304,13 @@ impl TextPattern {
 
 /// Reports an event name that is not among `known`, with a suggestion.
 fn check_event_names(names: &[String], known: &[&str], path: &FieldPath, findings: &mut Vec<Finding>) {
+    if names.is_empty() {
+        findings.push(
+            Finding::new(path.clone(), Code::InvalidValue, "`events` is empty, so nothing would ever match").hint(
+                format!("list the event types to accept, e.g. `[{}]`", known.first().copied().unwrap_or_default()),
+            ),
+        );
+    }
     for (index, name) in names.iter().enumerate() {
         if !known.contains(&name.as_str()) {
             let mut finding =

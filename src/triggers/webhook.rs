@@ -18,7 +18,14 @@ pub struct WebhookTrigger {
     pub path: Option<String>,
     /// How callers prove who they are. Exactly one method.
     pub auth: WebhookAuth,
+    /// The largest delivery accepted, in bytes; larger ones get 413. Default 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_body: Option<usize>,
 }
+
+/// The largest delivery a webhook hook accepts unless told otherwise.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
 /// Authentication of a webhook: set exactly one field.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

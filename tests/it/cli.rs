@@ -120,3 +120,32 @@ fn schedule_prints_fire_times_in_the_trigger_timezone_and_refuses_other_triggers
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("triggered by `pagerduty`, not by a cron schedule"), "{}", text(&out.stderr));
 }
+
+const PER_ALERT: &str = "name: each-alert\ntrigger:\n  alertmanager: { auth: { none: true }, per: alert }\ntask: { agent: codex, repo: /r, prompt: \"disk on {{ event.alert.labels.instance }}\" }\ntests:\n  - event: two.json\n    expect: { matched: true, prompt_contains: [\"disk on db-\"] }\n  - name: every alert is checked\n    event: two.json\n    expect: { prompt_contains: [\"disk on db-1\"] }\n";
+
+const TWO_ALERTS: &str = r#"{"version": "4", "groupKey": "{}:{alertname=\"DiskFull\"}", "status": "firing", "receiver": "nightshift",
+  "groupLabels": {"alertname": "DiskFull"}, "commonLabels": {"alertname": "DiskFull"}, "commonAnnotations": {},
+  "externalURL": "http://127.0.0.1:9093", "truncatedAlerts": 0, "alerts": [
+  {"status": "firing", "labels": {"alertname": "DiskFull", "instance": "db-1"}, "annotations": {}, "startsAt": "2026-11-22T10:00:00Z", "fingerprint": "aaaa000000000001"},
+  {"status": "firing", "labels": {"alertname": "DiskFull", "instance": "db-2"}, "annotations": {}, "startsAt": "2026-11-22T10:00:00Z", "fingerprint": "aaaa000000000002"}]}"#;
+
+#[test]
+fn render_and_test_show_one_task_per_alert_with_per_alert() {
+    let dir = temp_dir_with(&[("a/each.yaml", PER_ALERT), ("a/two.json", TWO_ALERTS)]);
+    let automations = dir.path().join("a");
+    let fixture = automations.join("two.json");
+    let args = ["render", "each-alert", "--dir", automations.to_str().unwrap(), "--event", fixture.to_str().unwrap()];
+    let out = nightshift(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rendered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prompts: Vec<&str> =
+        rendered.as_array().unwrap().iter().map(|r| r["task"]["prompt"].as_str().unwrap()).collect();
+    assert_eq!(prompts, ["disk on db-1", "disk on db-2"]);
+
+    let out = nightshift(&["test", automations.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("ok   each-alert › two.json"), "{stdout}");
+    assert!(stdout.contains("FAIL each-alert › every alert is checked"), "{stdout}");
+    assert!(stdout.contains("alert 2 (aaaa000000000002): prompt does not contain \"disk on db-1\""), "{stdout}");
+    assert!(stdout.trim_end().ends_with("1 passed, 1 failed"), "{stdout}");
+}

@@ -245,6 +245,24 @@ fn slack_handshake_signatures_retries_and_bots() {
     assert_eq!(server.runs().len(), 1);
 }
 
+#[test]
+fn a_slack_mention_delivered_as_message_and_as_app_mention_starts_one_run() {
+    let server = start();
+    let inner = |kind: &str| {
+        json!({"type": kind, "channel": "C1", "user": "U1", "ts": "1763852999.000100",
+        "text": "<@U0NIGHTBOT> bug: the cart forgets gift cards"})
+    };
+    let envelope = |kind: &str, event_id: &str| {
+        json!({"type": "event_callback", "event_id": event_id, "team_id": "T1", "event": inner(kind)}).to_string()
+    };
+    let as_message = slack_post(&server, now_secs(), &envelope("message", "EvM1"), &[]);
+    assert_eq!((as_message.status, run_ids(&as_message).len()), (202, 1), "{:?}", as_message.body);
+    let as_mention = slack_post(&server, now_secs(), &envelope("app_mention", "EvA1"), &[]);
+    assert_eq!(as_mention.status, 202);
+    assert_eq!(as_mention.body["events"][0]["duplicate_delivery"], json!(true), "{:?}", as_mention.body);
+    assert_eq!(server.runs().len(), 1);
+}
+
 fn incident(number: u64) -> String {
     json!({"event": {"id": format!("E{number}"), "event_type": "incident.triggered", "resource_type": "incident",
         "occurred_at": "2026-11-22T10:00:00Z", "data": {"id": format!("Q{number}"), "number": number}}})
@@ -453,4 +471,114 @@ fn a_hook_without_its_secret_answers_503_until_a_restart_provides_it() {
     assert_eq!(server.post("/hooks/ops-bearer", &request, r#"{"n": 1}"#).status, 202);
     let server = server.restart(&[("BEARER_TOKEN", "t0ken")]);
     assert_eq!(server.runs().len(), 1, "runs outlive a restart");
+}
+
+const ALERTS_BOTH_WAYS: &str = r#"
+name: alert-both-ways
+trigger:
+  alertmanager:
+    auth: { bearer: { token: env:AM_TOKEN } }
+    statuses: [firing, resolved]
+dedupe:
+  key: "{{ event.group_key }}"
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "agent/alert-{{ event.status }}"
+  prompt: "Alert {{ event.status }}"
+"#;
+
+const ALERTS_PER_ALERT: &str = r#"
+name: alert-each
+trigger:
+  alertmanager:
+    auth: { bearer: { token: env:AM_TOKEN } }
+    per: alert
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "agent/alert-{{ slug(event.alert.labels.instance) }}"
+  prompt: "Alert on {{ event.alert.labels.instance }}"
+"#;
+
+fn alert_notification(status: &str, instances: &[&str], fingerprints: bool) -> String {
+    let alerts: Vec<Value> = instances
+        .iter()
+        .map(|instance| {
+            let mut alert = json!({"status": status, "labels": {"alertname": "DiskFull", "instance": instance},
+                "annotations": {}, "startsAt": "2026-11-22T10:00:00Z"});
+            if fingerprints {
+                alert["fingerprint"] = json!(format!("fp-{instance}"));
+            }
+            alert
+        })
+        .collect();
+    json!({"version": "4", "groupKey": "{}:{alertname=\"DiskFull\"}", "status": status, "receiver": "nightshift",
+        "groupLabels": {"alertname": "DiskFull"}, "commonLabels": {"alertname": "DiskFull"}, "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093", "truncatedAlerts": 0, "alerts": alerts})
+    .to_string()
+}
+
+#[test]
+fn a_resolution_deduped_with_its_firing_run_cancels_that_run_and_gets_its_own() {
+    let server = Serving::start(
+        &[("both.yaml", ALERTS_BOTH_WAYS), ("each.yaml", ALERTS_PER_ALERT)],
+        &[("AM_TOKEN", "am-token")],
+    );
+    let headers = [("Content-Type", "application/json"), ("Authorization", "Bearer am-token")];
+    let firing = server.post("/hooks/alert-both-ways", &headers, alert_notification("firing", &["db-1"], true));
+    let firing_run = run_ids(&firing);
+    assert_eq!(firing_run.len(), 1, "{:?}", firing.body);
+    let resolved = server.post("/hooks/alert-both-ways", &headers, alert_notification("resolved", &["db-1"], true));
+    assert_eq!(resolved.status, 202, "{:?}", resolved.body);
+    assert_eq!(resolved.body["cancelled"], json!(firing_run), "{:?}", resolved.body);
+    let resolution_run = run_ids(&resolved);
+    assert_eq!(resolution_run.len(), 1, "the resolution has a run of its own: {:?}", resolved.body);
+    assert_ne!(resolution_run, firing_run);
+    let runs = server.runs();
+    let state = |id: &Value| runs.iter().find(|run| run["id"] == *id).map(|run| run["state"].clone());
+    assert_eq!(state(&firing_run[0]), Some(json!("cancelled")));
+    assert_eq!(state(&resolution_run[0]), Some(json!("queued")));
+}
+
+#[test]
+fn alerts_without_fingerprints_each_start_a_run_per_alert() {
+    let server = Serving::start(&[("each.yaml", ALERTS_PER_ALERT)], &[("AM_TOKEN", "am-token")]);
+    let headers = [("Content-Type", "application/json"), ("Authorization", "Bearer am-token")];
+    let body = alert_notification("firing", &["db-1", "db-2", "db-3"], false);
+    let answer = server.post("/hooks/alert-each", &headers, body.clone());
+    assert_eq!(run_ids(&answer).len(), 3, "{:?}", answer.body);
+    let repeat = server.post("/hooks/alert-each", &headers, body);
+    let duplicates = repeat.body["events"].as_array().unwrap().iter().filter(|e| e["duplicate_delivery"] == true);
+    assert_eq!(duplicates.count(), 3, "a repeated notification is a duplicate: {:?}", repeat.body);
+    assert_eq!(server.runs().len(), 3);
+}
+
+#[test]
+fn each_trigger_has_its_own_body_limit_and_github_takes_big_pushes() {
+    let small = BEARER.replace("name: bearer-hook", "name: small-hook").replace(
+        "auth: { bearer: { token: env:BEARER_TOKEN } }",
+        "auth: { bearer: { token: env:BEARER_TOKEN } }\n    max_body: 1000",
+    );
+    let small = small.replace("path: ops-bearer", "path: small");
+    let server = Serving::start(
+        &[("github.yaml", GITHUB), ("small.yaml", &small)],
+        &[("GH_SECRET", "gh-secret"), ("BEARER_TOKEN", "t0ken")],
+    );
+    // 1.2 MB: over the old server-wide 1 MiB, well under GitHub's 25 MB.
+    let padding = "x".repeat(1_200_000);
+    let big = json!({"action": "opened", "number": 7, "pull_request": {"draft": false, "body": padding}}).to_string();
+    let answer = github_post(&server, "gh-secret", "pull_request", "big-1", &big);
+    assert_eq!(answer.status, 202, "{:?}", answer.body["error"]);
+    assert_eq!(run_ids(&answer).len(), 1);
+
+    let headers = [("Content-Type", "application/json"), ("Authorization", "Bearer t0ken")];
+    let over = server.post("/hooks/small", &headers, format!(r#"{{"n": "{}"}}"#, "y".repeat(1000)));
+    assert_eq!(over.status, 413, "{:?}", over.body);
+    assert!(over.body["error"].as_str().unwrap().contains("larger than 1000 bytes"), "{:?}", over.body);
+    let fits = server.post("/hooks/small", &headers, r#"{"n": 1}"#);
+    assert_eq!(fits.status, 202, "{:?}", fits.body);
+    assert_eq!(server.runs().len(), 2);
 }

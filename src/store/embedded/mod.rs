@@ -1075,6 +1075,15 @@ impl Store for SledStore {
         }
         let mut changes = Changes::default();
         let run = Inner::cancel_live(&mut live, &mut changes, id, reason.to_string(), now);
+        if let Some(run) = &run
+            && let Some(key) = &run.flow.dedupe_key
+        {
+            let mark = (run.automation.clone(), key.clone());
+            if live.dedupe.get(&mark).is_some_and(|held| held.run == id) {
+                live.dedupe.remove(&mark);
+                changes.delete(keys::dedupe(&run.automation, key));
+            }
+        }
         self.apply(live, changes, true)?;
         Ok(run)
     }
