@@ -495,7 +495,7 @@ fn agent_argv(run: &Run, task: &Task, workspace: &Workspace, files: &RunFiles, p
     let run_id = run.id.to_string();
     let workspace = workspace.path().display().to_string();
     let prompt_file = files.prompt.display().to_string();
-    AgentProfile::fill(
+    AgentProfile::finish(
         template,
         &[
             ("prompt", prompt),
