@@ -237,7 +237,11 @@ fn explain(
             let finding = Finding::new(path, Code::InvalidValue, message);
             findings.push(if hint.is_empty() { finding } else { finding.hint(hint) });
         }
-        _ => findings.push(Finding::new(path.clone(), Code::InvalidValue, format!("{}: {error}", describe(format, &path)))),
+        _ => findings.push(Finding::new(
+            path.clone(),
+            Code::InvalidValue,
+            format!("{}: {error}", describe(format, &path)),
+        )),
     }
 }
 

@@ -61,6 +61,9 @@ pub struct ServeOptions {
 pub struct Generation {
     pub pipeline: Arc<Pipeline>,
     pub hooks: HookTable,
+    /// Every secret value the automations name (their tasks' and their hooks'), read at
+    /// load: the local workers mask them all in every run's output.
+    pub secrets: Arc<Vec<String>>,
 }
 
 /// The running server's state, shared by every request.
@@ -153,9 +156,23 @@ pub fn load_generation(
 
 fn generation(catalog: Catalog, store: &Arc<dyn Store>) -> (Generation, Vec<String>) {
     let (hooks, problems) = HookTable::build(&catalog);
+    let secrets = Arc::new(known_secrets(&catalog, &hooks));
     let pipeline = Arc::new(Pipeline::new(Arc::new(catalog), Arc::clone(store)));
     release_freed_memory();
-    (Generation { pipeline, hooks }, problems)
+    (Generation { pipeline, hooks, secrets }, problems)
+}
+
+/// The values of every task secret that can be read now and of every hook's credential,
+/// without duplicates. A task secret that cannot be read is left out: its run fails
+/// before any output, and the value may not exist yet.
+fn known_secrets(catalog: &Catalog, hooks: &HookTable) -> Vec<String> {
+    let references: std::collections::HashSet<&crate::config::SecretRef> =
+        catalog.automations.iter().flat_map(|loaded| loaded.compiled.definition.task.secrets.values()).collect();
+    let mut values: Vec<String> =
+        references.into_iter().filter_map(|reference| reference.resolve().ok()).chain(hooks.secret_values()).collect();
+    values.sort();
+    values.dedup();
+    values
 }
 
 /// Loading thousands of files frees about as much as the catalog keeps (parse trees,

@@ -305,7 +305,9 @@ impl Runner {
             ("NIGHTSHIFT_WORKSPACE".to_string(), workspace.path().display().to_string()),
         ]);
         let options = PhaseOptions {
-            secrets: secrets.values().cloned().collect(),
+            // Every secret the engine knows is masked, not only this run's: a setup can
+            // read another automation's from a file.
+            secrets: secrets.values().chain(self.control.known_secrets().iter()).cloned().collect(),
             // The run's log is the attempt's `RunLog`: the phase need keep no copy.
             log_limit: 0,
             grace: self.settings.grace,

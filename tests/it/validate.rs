@@ -143,11 +143,8 @@ fn a_profile_writes_literal_braces_doubled() {
     let project = "profiles:\n  json:\n    command: [\"agent\", '--settings={{\"model\": \"x\"}}', \"{prompt}\"]\n";
     let dir = temp_dir_with(&[("automations/json.yaml", automation), ("nightshift.yaml", project)]);
     let engine = nightshift::rules::RuleEngine::shared();
-    let (catalog, diagnostics) = nightshift::catalog::load(
-        engine,
-        &[dir.path().join("automations")],
-        Some(&dir.path().join("nightshift.yaml")),
-    );
+    let (catalog, diagnostics) =
+        nightshift::catalog::load(engine, &[dir.path().join("automations")], Some(&dir.path().join("nightshift.yaml")));
     assert!(diagnostics.is_empty(), "{diagnostics:#?}");
     assert!(catalog.get("json").is_some());
 }

@@ -227,6 +227,44 @@ fn an_event_becomes_a_pushed_commit_with_activities_a_masked_log_and_memory() {
 }
 
 #[test]
+fn every_secret_the_engine_knows_is_masked_in_every_form_and_in_pieces() {
+    let world = World::new();
+    let other_secret = world.path("other-secret");
+    std::fs::write(&other_secret, "0ther-automation-key\n").unwrap();
+    let setup = [
+        r#"printf '%s' "$FIXTURE_TOKEN" | base64"#,
+        r#"printf 'user:%s' "$FIXTURE_TOKEN" | base64 -w0; echo"#,
+        r#"printf '%s' "$FIXTURE_TOKEN" | od -An -tx1 | tr -d ' \n'; echo"#,
+        r#"printf 'q=%s&x=1\n' "$(printf '%s' "$FIXTURE_TOKEN" | sed 's/-/%2D/')""#,
+        r#"printf 'split: %.4s' "$FIXTURE_TOKEN"; sleep 0.2; printf '%s done\n' "${FIXTURE_TOKEN#????}""#,
+        "cat OTHER",
+    ]
+    .map(|command| command.replace("OTHER", other_secret.to_str().unwrap()));
+    let setup = serde_json::to_string(&setup).unwrap();
+    let leaky = world
+        .automation("leaky", r#"["leaky/**"]"#, "")
+        .replace(r#"setup: ['echo "setup sees $FIXTURE_TOKEN"']"#, &format!("setup: {setup}"));
+    let other = format!(
+        "name: other\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: fixture\n  repo: {}\n  prompt: hi\n  secrets:\n    OTHER: file:{}\n",
+        world.upstream().display(),
+        other_secret.display()
+    );
+    let server = serve(&world, &[("leaky.yaml", &leaky), ("other.yaml", &other)], &[], &["--workers", "1"]);
+
+    let run = trigger(&server, "leaky", 1);
+    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
+    let log = log_text(&server, &run);
+    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
+    for line in ["***", "q=***&x=1", "split: *** done"] {
+        assert!(log.lines().any(|l| l == line), "no line `{line}` in:\n{log}");
+    }
+    let leaks = ["s3cr3t", "czNjcjN0LXZhbHVl", "7333637233742d76616c7565", "0ther-automation-key", "%2Dvalue"];
+    for leak in leaks {
+        assert!(!log.contains(leak), "`{leak}` is in the log:\n{log}");
+    }
+}
+
+#[test]
 fn runs_with_disjoint_paths_run_together_and_overlapping_ones_one_after_the_other() {
     let world = World::new();
     let mut files = Vec::new();
