@@ -129,7 +129,7 @@ fn serve(world: &World, files: &[(&str, &str)], agent_env: &[(&str, &str)], args
 fn trigger(server: &Serving, automation: &str, n: u32) -> String {
     let answer = server.api_post(&format!("/api/automations/{automation}/run"), &json!({ "n": n }));
     assert_eq!(answer.status, 202, "{:?}", answer.body);
-    answer.body["runs"][0]["run"].as_u64().map(|id| format!("r{id}")).expect("a run was created")
+    answer.body["runs"][0]["run"].as_str().map(str::to_string).expect("a run was created")
 }
 
 fn record(server: &Serving, run: &str) -> Value {
@@ -217,7 +217,7 @@ fn an_event_becomes_a_pushed_commit_with_activities_a_masked_log_and_memory() {
 
     let memory = server.api_get("/api/automations/fix/memory");
     assert_eq!(memory["last"]["value"], format!("done by {first}"));
-    assert_eq!(memory["last"]["written_by"], first.trim_start_matches('r').parse::<u64>().unwrap());
+    assert_eq!(memory["last"]["written_by"], first.as_str(), "run ids are `r1` in JSON too");
     assert_eq!(memory["seen_note"]["value"], "from the agent", "after_run sees what the agent wrote");
 
     let second = trigger(&server, "fix", 2);
@@ -562,7 +562,7 @@ fn the_example_review_runs_end_to_end_on_the_local_audit_agent() {
         .unwrap()
         .json()
         .unwrap();
-    let run = format!("r{}", answer["runs"][0]["run"].as_u64().expect("a run"));
+    let run = answer["runs"][0]["run"].as_str().expect("a run").to_string();
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
     assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{}", log_text(&server, &run));
     let summary = done["run"]["result"]["summary"].as_str().unwrap();
