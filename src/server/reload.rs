@@ -74,6 +74,7 @@ pub fn watch(
     let filter = relevant.clone();
     let mut ignored = HashSet::new();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
         Ok(event) if !filter.matters(&event) => {
             // Once per file (the server's own log is one of them: a line per change would
             // be a change of its own).

@@ -268,9 +268,9 @@ pub fn run_phase(
         }
     };
     if !readers_done {
-        receive_until(&lines, Instant::now() + DRAIN, &mut record);
+        readers_done = receive_until(&lines, Instant::now() + DRAIN, &mut record);
     }
-    finish_readers(readers, &program);
+    finish_readers(readers, readers_done, &program);
 
     let status = stopping.map_or_else(|| exit_status(exit), |(why, _)| why);
     let duration = started.elapsed();
@@ -300,15 +300,21 @@ fn receive_until(lines: &Receiver<(Stream, String)>, until: Instant, record: &mu
     }
 }
 
-/// Joins the readers that finished; one still blocked on a pipe that a process outside
-/// the group holds open is left to end on its own.
-fn finish_readers(readers: [JoinHandle<()>; 2], program: &str) {
-    for reader in readers {
-        if reader.is_finished() {
+/// Joins the readers, or, when one is still blocked on a pipe that a process outside the
+/// group holds open, leaves it to end on its own. `done` is whether the lines channel
+/// said both readers let go of it: they are past their last read and end at once. (Not
+/// `is_finished`: a reader drops its sender a moment before its thread is finished, and
+/// asking then would blame a process that does not exist.)
+fn finish_readers(readers: [JoinHandle<()>; 2], done: bool, program: &str) {
+    if done {
+        for reader in readers {
             let _ = reader.join();
-        } else {
-            tracing::warn!(program, "A process outside the phase's group still holds its output open");
         }
+        return;
+    }
+    tracing::warn!(program, "A process outside the phase's group still holds its output open");
+    for reader in readers.into_iter().filter(JoinHandle::is_finished) {
+        let _ = reader.join();
     }
 }
 

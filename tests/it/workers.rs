@@ -573,4 +573,47 @@ fn the_example_review_runs_end_to_end_on_the_local_audit_agent() {
     assert!(activity_texts(&done, "plan")[0].starts_with("audit the repository for: Review pull request #1347"));
     let memory = server.api_get("/api/automations/pr-security-review/memory");
     assert_eq!(memory["markers"]["value"], 1, "{memory:#}");
+    let log = server.log();
+    assert!(!log.contains("holds its output open"), "a phase's output was left open:\n{log}");
+}
+
+#[test]
+fn the_example_incident_investigation_runs_end_to_end_with_no_network() {
+    let examples = super::repo_root();
+    let incident = std::fs::read_to_string(examples.join("automations/p1-incident-investigation.yaml"))
+        .unwrap()
+        .replace("../tests/data/", &format!("{}/tests/data/", examples.display()));
+    let server = Serving::start_with_args(
+        &[("p1-incident-investigation.yaml", &incident)],
+        &[("PAGERDUTY_WEBHOOK_SECRET", "unused")],
+        &["--workers", "1"],
+    );
+    // `repo: .` is serve's directory, made a repository with no Cargo.toml and no remote:
+    // nothing the setup could fetch.
+    let root = server.root();
+    std::fs::write(root.join(".gitignore"), "data/\n*.log\n").unwrap();
+    std::fs::create_dir_all(root.join("services")).unwrap();
+    std::fs::write(root.join("services/pool.txt"), "FIXME: pool size\n").unwrap();
+    git(root, &["init", "-q", "-b", "main"]);
+    commit_all(root, "initial");
+
+    let fixture = std::fs::read(examples.join("tests/data/pagerduty/incident_triggered_p1.json")).unwrap();
+    let answer: Value = reqwest::blocking::Client::new()
+        .post(format!("{}/api/automations/p1-incident-investigation/run?source=pagerduty", server.url))
+        .bearer_auth(&server.token)
+        .header("Content-Type", "application/json")
+        .body(fixture)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let run = answer["runs"][0]["run"].as_str().unwrap_or_else(|| panic!("a run: {answer:#}")).to_string();
+    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
+    let log = log_text(&server, &run);
+    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
+    assert!(log.contains("== setup: "), "{log}");
+    let summary = done["run"]["result"]["summary"].as_str().unwrap();
+    assert!(summary.contains("1 TODO/FIXME/XXX markers"), "{summary}");
+    let server_log = server.log();
+    assert!(!server_log.contains("holds its output open"), "a phase's output was left open:\n{server_log}");
 }
