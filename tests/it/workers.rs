@@ -226,8 +226,9 @@ fn an_event_becomes_a_pushed_commit_with_activities_a_masked_log_and_memory() {
     assert_eq!(wait_for(&server, &second, &["succeeded", "failed"])["run"]["state"], "succeeded");
 }
 
-#[test]
-fn every_secret_the_engine_knows_is_masked_in_every_form_and_in_pieces() {
+/// An automation whose setup prints its secret in many forms and another automation's
+/// secret; run by the server's own worker or by a remote one, the log shows none of them.
+fn check_every_secret_is_masked(remote: bool) {
     let world = World::new();
     let other_secret = world.path("other-secret");
     std::fs::write(&other_secret, "0ther-automation-key\n").unwrap();
@@ -249,7 +250,9 @@ fn every_secret_the_engine_knows_is_masked_in_every_form_and_in_pieces() {
         world.upstream().display(),
         other_secret.display()
     );
-    let server = serve(&world, &[("leaky.yaml", &leaky), ("other.yaml", &other)], &[], &["--workers", "1"]);
+    let workers: &[&str] = if remote { &["--workers", "0", "--worker-token", "t"] } else { &["--workers", "1"] };
+    let server = serve(&world, &[("leaky.yaml", &leaky), ("other.yaml", &other)], &[], workers);
+    let _worker = remote.then(|| RemoteWorker::start(&server, "t", &world.path("work"), &world.path("worker.log")));
 
     let run = trigger(&server, "leaky", 1);
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
@@ -262,6 +265,16 @@ fn every_secret_the_engine_knows_is_masked_in_every_form_and_in_pieces() {
     for leak in leaks {
         assert!(!log.contains(leak), "`{leak}` is in the log:\n{log}");
     }
+}
+
+#[test]
+fn every_secret_the_engine_knows_is_masked_in_every_form_and_in_pieces() {
+    check_every_secret_is_masked(false);
+}
+
+#[test]
+fn a_remote_worker_masks_every_secret_it_can_read_too() {
+    check_every_secret_is_masked(true);
 }
 
 #[test]
