@@ -65,6 +65,9 @@ pub fn find_automation<'c>(
         if !diagnostics.is_empty() {
             bail!("automation `{name}` did not load; see the problems above");
         }
+        if let Some(close) = crate::config::did_you_mean(name, catalog.names()) {
+            bail!("no automation named `{name}`; did you mean `{close}`?");
+        }
         let known: Vec<&str> = catalog.names().collect();
         bail!("no automation named `{name}`; known: {}", known.join(", "));
     };

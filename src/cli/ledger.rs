@@ -43,6 +43,23 @@ impl Location {
     pub fn data_dir(&self) -> PathBuf {
         self.data.clone().unwrap_or_else(|| default_data_dir(&self.automations()))
     }
+
+    /// Refuses to make a new store outside a project: without `--data`, the store is
+    /// made only beside an automations directory that exists, so a command run in the
+    /// wrong directory says so instead of leaving a `.nightshift/` there.
+    fn check_project(&self, data: &std::path::Path) -> anyhow::Result<()> {
+        let automations = self.automations();
+        if self.data.is_some() || data.exists() || automations.exists() {
+            return Ok(());
+        }
+        let flag = if self.dir.is_some() { "--dir" } else { "the default --dir" };
+        Err(anyhow!(
+            "no automations at {} ({flag}) and no store at {}: this is not a nightshift project; \
+             run the command in the project's directory, or pass --dir DIR (the automations) or --data DIR (the store)",
+            automations.display(),
+            data.display()
+        ))
+    }
 }
 
 /// An event fixture to ingest for one automation, as if its source had delivered it.
@@ -81,6 +98,7 @@ pub trait Ledger {
 /// settings. This is the only place that picks a `Ledger` implementation.
 pub fn connect(location: &Location, sources: &Sources) -> anyhow::Result<Box<dyn Ledger>> {
     let data = location.data_dir();
+    location.check_project(&data)?;
     match SledStore::open(&data) {
         Ok(store) => Ok(Box::new(LocalLedger {
             store: Arc::new(store),

@@ -6,9 +6,10 @@ use anyhow::bail;
 use chrono::Utc;
 use serde_json::Value;
 
-use super::Sources;
+use super::fixture::find_automation;
 use super::ledger::{Location, connect};
 use super::output::{printable, table, time};
+use super::{Sources, load_catalog};
 use crate::runs::{MemoryChange, MemoryEntry, MemoryWrite};
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +78,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Some(Action::Set { key, value }) => {
+            // Memory is kept by name: a typo would start a memory no automation reads.
+            let (catalog, diagnostics) = load_catalog(&[args.location.automations()], &Sources::default());
+            find_automation(&catalog, &diagnostics, automation)?;
             let value = serde_json::from_str(&value).unwrap_or(Value::String(value));
             let write = MemoryWrite { key, change: MemoryChange::Set { value, expires_at: None }, untrusted: false };
             ledger.write_memory(automation, write.clone(), now)?;

@@ -274,11 +274,20 @@ pub fn check_test(case: &TestCase, file: &Path, path: &FieldPath, findings: &mut
     }
 }
 
-/// Loads `nightshift.yaml`, or the defaults when `path` is `None`.
+/// Loads `nightshift.yaml`, or the defaults when `path` is `None`. A file that is empty
+/// (or only comments) means the defaults too.
 pub fn load_project(path: Option<&Path>) -> Result<ProjectConfig, Vec<Diagnostic>> {
     let Some(path) = path else { return Ok(ProjectConfig::default()) };
     let file = SourceFile::read(path).map_err(|d| vec![d])?;
-    let config: ProjectConfig = file.parse(Format::Project)?;
+    let value = match file.parse_value()? {
+        Value::Null => Value::Object(serde_json::Map::new()),
+        value => value,
+    };
+    let findings = Format::Project.check(&value);
+    if !findings.is_empty() {
+        return Err(file.locate(findings));
+    }
+    let config: ProjectConfig = file.typed(value)?;
     let mut findings = Vec::new();
     for (name, profile) in &config.profiles {
         let at = FieldPath::root().key("profiles").key(name);

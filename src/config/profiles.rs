@@ -54,7 +54,8 @@ impl Default for Retention {
 #[serde(deny_unknown_fields)]
 pub struct AgentProfile {
     /// The argv (not a shell string). Placeholders: `{prompt}`, `{prompt_file}`,
-    /// `{workspace}`, `{branch}`, `{base}`, `{run_id}`.
+    /// `{workspace}`, `{branch}`, `{base}`, `{run_id}`; write `{{` and `}}` for literal
+    /// braces (JSON in an argument: `{{"key": 1}}`).
     pub command: Vec<String>,
     /// The argv that asks for a plan only, used by `approval: plan`. Same placeholders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,40 +171,115 @@ impl AgentProfile {
         }
     }
 
-    /// The argv with the placeholders that `values` names filled in; others stay as they
-    /// are. One pass: text that is filled in (a prompt quoting `{base}`) is never re-read.
+    /// The argv with the placeholders that `values` names filled in, still a template:
+    /// other placeholders and the escapes `{{` and `}}` stay, and the braces of a value
+    /// are escaped, so a later `fill` or `finish` never reads them as placeholders.
     pub fn fill(argv: &[String], values: &[(&str, &str)]) -> Vec<String> {
         argv.iter()
             .map(|arg| {
                 let mut filled = String::with_capacity(arg.len());
-                let mut rest = arg.as_str();
-                while let Some(open) = rest.find('{') {
-                    filled.push_str(&rest[..open]);
-                    let after = &rest[open + 1..];
-                    let value = after
-                        .split_once('}')
-                        .and_then(|(name, tail)| values.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v, tail)));
-                    match value {
-                        Some((value, tail)) => {
-                            filled.push_str(value);
-                            rest = tail;
-                        }
-                        None => {
-                            filled.push('{');
-                            rest = after;
-                        }
+                for piece in pieces(arg) {
+                    match piece {
+                        Piece::Placeholder(name) => match lookup(values, name) {
+                            Some(value) => filled.push_str(&escape(value)),
+                            None => {
+                                filled.push('{');
+                                filled.push_str(name);
+                                filled.push('}');
+                            }
+                        },
+                        Piece::Text(text) => filled.push_str(&escape(text)),
                     }
                 }
-                filled.push_str(rest);
+                filled
+            })
+            .collect()
+    }
+
+    /// The argv as the agent gets it: the placeholders that `values` names filled in, the
+    /// escapes `{{` and `}}` turned into `{` and `}`, and other placeholders left as
+    /// written. One pass: text that is filled in (a prompt quoting `{base}`) is never
+    /// re-read.
+    pub fn finish(argv: &[String], values: &[(&str, &str)]) -> Vec<String> {
+        argv.iter()
+            .map(|arg| {
+                let mut filled = String::with_capacity(arg.len());
+                for piece in pieces(arg) {
+                    match piece {
+                        Piece::Placeholder(name) => match lookup(values, name) {
+                            Some(value) => filled.push_str(value),
+                            None => {
+                                filled.push('{');
+                                filled.push_str(name);
+                                filled.push('}');
+                            }
+                        },
+                        Piece::Text(text) => filled.push_str(text),
+                    }
+                }
                 filled
             })
             .collect()
     }
 }
 
-/// Names inside `{...}` in an argv element.
+/// A part of an argv element: text as the agent sees it (an escape already read), or a
+/// placeholder's name.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece<'a> {
+    Text(&'a str),
+    Placeholder(&'a str),
+}
+
+/// The pieces of an argv element. `{{` is a literal `{` and `}}` a literal `}` (so JSON
+/// in an argument is written `{{"key": 1}}`); `{name}` is a placeholder; a `{` without
+/// a closing `}` and a lone `}` are literal.
+fn pieces(arg: &str) -> Vec<Piece<'_>> {
+    let mut pieces = Vec::new();
+    let mut rest = arg;
+    while let Some(at) = rest.find(['{', '}']) {
+        if at > 0 {
+            pieces.push(Piece::Text(&rest[..at]));
+        }
+        let after = &rest[at + 1..];
+        if rest[at..].starts_with("{{") {
+            pieces.push(Piece::Text("{"));
+            rest = &rest[at + 2..];
+        } else if rest[at..].starts_with("}}") {
+            pieces.push(Piece::Text("}"));
+            rest = &rest[at + 2..];
+        } else if rest[at..].starts_with('}') {
+            pieces.push(Piece::Text("}"));
+            rest = after;
+        } else if let Some(close) = after.find('}') {
+            pieces.push(Piece::Placeholder(&after[..close]));
+            rest = &after[close + 1..];
+        } else {
+            pieces.push(Piece::Text("{"));
+            rest = after;
+        }
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest));
+    }
+    pieces
+}
+
+fn lookup<'a>(values: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
+    values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
+
+/// `text` with its braces written as escapes.
+fn escape(text: &str) -> String {
+    text.replace('{', "{{").replace('}', "}}")
+}
+
+/// Names inside `{...}` in an argv element (escapes are not placeholders).
 fn placeholders_in(arg: &str) -> impl Iterator<Item = &str> {
-    arg.split('{').skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+    pieces(arg).into_iter().filter_map(|piece| match piece {
+        Piece::Placeholder(name) => Some(name),
+        Piece::Text(_) => None,
+    })
 }
 
 #[cfg(test)]
@@ -242,7 +318,43 @@ mod tests {
     #[test]
     fn filled_text_is_never_read_as_placeholders() {
         let argv = vec!["{prompt} on {base}".to_string()];
-        let filled = AgentProfile::fill(&argv, &[("prompt", "title {base} {x"), ("base", "main")]);
+        let filled = AgentProfile::finish(&argv, &[("prompt", "title {base} {x"), ("base", "main")]);
         assert_eq!(filled, ["title {base} {x on main"]);
+        // Filled in two steps (at render, then by the worker), a value is still never re-read.
+        let rendered = AgentProfile::fill(&argv, &[("base", "{prompt}}")]);
+        assert_eq!(AgentProfile::finish(&rendered, &[("prompt", "hi")]), ["hi on {prompt}}"]);
+    }
+
+    #[track_caller]
+    fn check_fill(arg: &str, placeholders: &[&str], finished: &str) {
+        let argv = vec![arg.to_string()];
+        assert_eq!(placeholders_in(arg).collect::<Vec<_>>(), placeholders, "{arg}");
+        let values = [("prompt", "P"), ("branch", "{b}")];
+        assert_eq!(AgentProfile::finish(&argv, &values), [finished], "{arg}");
+        // Filling some values first (as rendering does) changes nothing in the end.
+        let rendered = AgentProfile::fill(&argv, &values[1..]);
+        assert_eq!(AgentProfile::finish(&rendered, &values[..1]), [finished], "{arg}");
+    }
+
+    #[test]
+    fn doubled_braces_are_literal_braces() {
+        check_fill(r#"{{"prompt": {prompt}}}"#, &["prompt"], r#"{"prompt": P}"#);
+        check_fill(r#"--json={{"a":{{"b":1}}}}"#, &[], r#"--json={"a":{"b":1}}"#);
+        check_fill("{{prompt}} {branch}", &["branch"], "{prompt} {b}");
+        check_fill("a } b { c", &[], "a } b { c");
+        check_fill("{unknown} {prompt}", &["unknown", "prompt"], "{unknown} P");
+    }
+
+    #[test]
+    fn json_written_with_escapes_loads() {
+        let profile = AgentProfile {
+            command: vec!["agent".into(), r#"--config={{"model": "x"}}"#.into(), "{prompt}".into()],
+            plan_command: None,
+            env: BTreeMap::new(),
+            output: OutputFormat::Generic,
+        };
+        let mut findings = Vec::new();
+        profile.check(&FieldPath::root(), &mut findings);
+        assert!(findings.is_empty(), "{findings:?}");
     }
 }

@@ -64,7 +64,7 @@ impl Format {
         }
         let mut findings = Vec::new();
         for error in validator.iter_errors(instance) {
-            explain(&error, instance, root, &mut findings);
+            explain(self, &error, instance, root, &mut findings);
         }
         findings.sort_by(|a, b| a.path.cmp(&b.path));
         findings.dedup();
@@ -115,8 +115,13 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-fn describe(path: &FieldPath) -> String {
-    if path.0.is_empty() { "the automation".to_string() } else { format!("`{path}`") }
+/// What a finding at `path` is about: a field, or the file as a whole.
+fn describe(format: Format, path: &FieldPath) -> String {
+    match format {
+        _ if !path.0.is_empty() => format!("`{path}`"),
+        Format::Automation => "the automation".to_string(),
+        Format::Project => "the project settings (nightshift.yaml)".to_string(),
+    }
 }
 
 /// The schema object at a canonical keyword location such as `/$defs/Task/properties/x/type`.
@@ -125,7 +130,13 @@ fn schema_at<'a>(root: &'a Value, keyword_location: &str) -> Option<&'a Value> {
     root.pointer(parent)
 }
 
-fn explain(error: &jsonschema::ValidationError<'_>, instance: &Value, root: &Value, findings: &mut Vec<Finding>) {
+fn explain(
+    format: Format,
+    error: &jsonschema::ValidationError<'_>,
+    instance: &Value,
+    root: &Value,
+    findings: &mut Vec<Finding>,
+) {
     use jsonschema::error::ValidationErrorKind as Kind;
     let path = FieldPath::from_json_pointer(error.instance_path().as_str(), instance);
     let value = instance.pointer(error.instance_path().as_str()).unwrap_or(&Value::Null);
@@ -146,7 +157,7 @@ fn explain(error: &jsonschema::ValidationError<'_>, instance: &Value, root: &Val
                     Finding::new(
                         path.key(field),
                         Code::UnknownField,
-                        format!("unknown field `{field}` in {}", describe(&path)),
+                        format!("unknown field `{field}` in {}", describe(format, &path)),
                     )
                     .hint(hint)
                     .at_key(),
@@ -159,7 +170,7 @@ fn explain(error: &jsonschema::ValidationError<'_>, instance: &Value, root: &Val
                 Finding::new(
                     path.clone(),
                     Code::MissingField,
-                    format!("missing required field `{name}` in {}", describe(&path)),
+                    format!("missing required field `{name}` in {}", describe(format, &path)),
                 )
                 .hint(field_description(schema, name).unwrap_or_else(|| format!("add `{name}:`"))),
             );
@@ -175,14 +186,18 @@ fn explain(error: &jsonschema::ValidationError<'_>, instance: &Value, root: &Val
                 other => other.to_string(),
             };
             let message = if path.0.is_empty() {
-                format!("an automation file must be a mapping of fields, found {}", json_type(value))
+                let file = match format {
+                    Format::Automation => "an automation file",
+                    Format::Project => "nightshift.yaml",
+                };
+                format!("{file} must be a mapping of fields, found {}", json_type(value))
             } else {
-                format!("{} must be {expected}, found {}", describe(&path), json_type(value))
+                format!("{} must be {expected}, found {}", describe(format, &path), json_type(value))
             };
             findings.push(Finding::new(path, Code::WrongType, message));
         }
         Kind::Enum { options } => {
-            push_not_one_of(path, value, options.as_array().map(Vec::as_slice).unwrap_or_default(), findings);
+            push_not_one_of(format, path, value, options.as_array().map(Vec::as_slice).unwrap_or_default(), findings);
         }
         Kind::OneOfNotValid { context } | Kind::AnyOf { context } => {
             let constants: Option<Vec<Value>> = context
@@ -194,10 +209,10 @@ fn explain(error: &jsonschema::ValidationError<'_>, instance: &Value, root: &Val
                 })
                 .collect();
             match constants {
-                Some(options) if !options.is_empty() => push_not_one_of(path, value, &options, findings),
+                Some(options) if !options.is_empty() => push_not_one_of(format, path, value, &options, findings),
                 // The branch with the fewest problems is the one the author meant.
                 _ => match context.iter().filter(|branch| !branch.is_empty()).min_by_key(|branch| branch.len()) {
-                    Some(branch) => branch.iter().for_each(|e| explain(e, instance, root, findings)),
+                    Some(branch) => branch.iter().for_each(|e| explain(format, e, instance, root, findings)),
                     None => findings.push(Finding::new(path, Code::InvalidValue, error.to_string())),
                 },
             }
@@ -222,11 +237,15 @@ fn explain(error: &jsonschema::ValidationError<'_>, instance: &Value, root: &Val
             let finding = Finding::new(path, Code::InvalidValue, message);
             findings.push(if hint.is_empty() { finding } else { finding.hint(hint) });
         }
-        _ => findings.push(Finding::new(path.clone(), Code::InvalidValue, format!("{}: {error}", describe(&path)))),
+        _ => findings.push(Finding::new(
+            path.clone(),
+            Code::InvalidValue,
+            format!("{}: {error}", describe(format, &path)),
+        )),
     }
 }
 
-fn push_not_one_of(path: FieldPath, value: &Value, options: &[Value], findings: &mut Vec<Finding>) {
+fn push_not_one_of(format: Format, path: FieldPath, value: &Value, options: &[Value], findings: &mut Vec<Finding>) {
     let names: Vec<String> = options.iter().map(|o| o.as_str().map_or_else(|| o.to_string(), str::to_string)).collect();
     let shown = value.as_str().map_or_else(|| value.to_string(), str::to_string);
     let hint = match did_you_mean(&shown, names.iter().map(String::as_str)) {
@@ -237,7 +256,7 @@ fn push_not_one_of(path: FieldPath, value: &Value, options: &[Value], findings: 
         Finding::new(
             path.clone(),
             Code::InvalidValue,
-            format!("`{shown}` is not a valid value for {}", describe(&path)),
+            format!("`{shown}` is not a valid value for {}", describe(format, &path)),
         )
         .hint(hint),
     );

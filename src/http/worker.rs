@@ -7,6 +7,8 @@
 //!   (at most 30).
 //! - `POST /api/worker/runs/{id}/started|heartbeat|activities|log|release|complete`: 204; 409
 //!   when the epoch is stale or the run was cancelled, so the worker stops it.
+//! - `GET /api/worker/secrets`: where every automation's task secrets live (`env:NAME`,
+//!   `file:PATH`; never a value), so a worker masks those it can read in every run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 
 use super::{error, not_a_run_id, store_error};
 use crate::runs::RunId;
@@ -43,6 +45,7 @@ pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
     Router::new()
         .route("/api/worker/claim", post(claim))
         .route("/api/worker/runs/{id}/{action}", post(run_action))
+        .route("/api/worker/secrets", get(secret_refs))
         .route_layer(middleware::from_fn_with_state(server, require_worker_token))
         // A completion carries the result (lists bounded by `MAX_LISTED`) and up to
         // 256 KiB of memory; a log piece is at most about 64 KiB.
@@ -103,6 +106,11 @@ async fn claim(
         Ok(Err(failed)) => store_error(&failed),
         Err(panicked) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the claim failed: {panicked}")),
     }
+}
+
+/// The secret references of the automations loaded now.
+async fn secret_refs(State(server): State<Arc<Server>>) -> Response {
+    Json(server.current().secret_refs.as_ref().clone()).into_response()
 }
 
 async fn run_action(

@@ -54,6 +54,20 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
+    /// The secret values this credential holds (a Standard Webhooks key as the base64 it
+    /// is written in), for masking.
+    pub fn secret_values(&self) -> Vec<String> {
+        use base64::Engine as _;
+        match self {
+            Credential::Hmac { secret, .. } | Credential::PagerDuty { secret } => vec![secret.clone()],
+            Credential::StandardWebhooks { key } => vec![base64::engine::general_purpose::STANDARD.encode(key)],
+            Credential::Bearer { token } => vec![token.clone()],
+            Credential::Basic { password, .. } => vec![password.clone()],
+            Credential::Slack { signing_secret } => vec![signing_secret.clone()],
+            Credential::Open => Vec::new(),
+        }
+    }
+
     /// The credential of a hook trigger, its secret read now.
     pub fn for_trigger(trigger: Trigger<'_>) -> Result<Credential, String> {
         match trigger {

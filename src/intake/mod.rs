@@ -137,6 +137,11 @@ impl HookTable {
         self.hooks.get(name)
     }
 
+    /// Every hook's secret values that could be read, for masking.
+    pub fn secret_values(&self) -> impl Iterator<Item = String> + '_ {
+        self.hooks.values().filter_map(|hook| hook.credential.as_ref().ok()).flat_map(Credential::secret_values)
+    }
+
     pub fn len(&self) -> usize {
         self.hooks.len()
     }

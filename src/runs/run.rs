@@ -9,10 +9,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::task::{Flow, Task};
 
-/// A run's number: unique in one store, increasing in creation order. Shown as `r42`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+/// A run's number: unique in one store, increasing in creation order. Written `r42`
+/// everywhere, JSON included; `42` and the JSON number `42` are read as well (records
+/// stored before run ids were strings in JSON, and people who drop the `r`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RunId(pub u64);
+
+impl Serialize for RunId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RunId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RunId, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Number(number) => Ok(RunId(number)),
+            Written::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
 
 impl fmt::Display for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -277,5 +299,20 @@ pub fn group_key(automation: &str, concurrency_key: Option<&str>) -> String {
     match concurrency_key {
         Some(key) => format!("{automation}/{key}"),
         None => automation.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_id_is_written_one_way_and_read_either_way() {
+        assert_eq!(serde_json::to_string(&RunId(42)).unwrap(), r#""r42""#);
+        for written in [r#""r42""#, r#""42""#, "42"] {
+            assert_eq!(serde_json::from_str::<RunId>(written).unwrap(), RunId(42), "{written}");
+        }
+        assert!(serde_json::from_str::<RunId>(r#""run 42""#).is_err());
+        assert_eq!("r42".parse::<RunId>(), Ok(RunId(42)));
     }
 }

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, watch};
 
 use crate::catalog::{self, Catalog};
-use crate::config::Diagnostic;
+use crate::config::{Diagnostic, SecretRef};
 use crate::event::Event;
 use crate::intake::{Accepted, Delivery, HookTable, IntakeError};
 use crate::pipeline::{Audience, IngestReport, Pipeline};
@@ -63,6 +63,12 @@ pub struct ServeOptions {
 pub struct Generation {
     pub pipeline: Arc<Pipeline>,
     pub hooks: HookTable,
+    /// Every secret value the automations name (their tasks' and their hooks'), read at
+    /// load: the local workers mask them all in every run's output.
+    pub secrets: Arc<Vec<String>>,
+    /// Where every task secret lives (never a value), for remote workers to read what
+    /// they can and mask it.
+    pub secret_refs: Arc<Vec<SecretRef>>,
 }
 
 /// The running server's state, shared by every request.
@@ -155,9 +161,34 @@ pub fn load_generation(
 
 fn generation(catalog: Catalog, store: &Arc<dyn Store>) -> (Generation, Vec<String>) {
     let (hooks, problems) = HookTable::build(&catalog);
+    let secret_refs = Arc::new(task_secret_refs(&catalog));
+    let secrets = Arc::new(known_secrets(&secret_refs, &hooks));
     let pipeline = Arc::new(Pipeline::new(Arc::new(catalog), Arc::clone(store)));
     release_freed_memory();
-    (Generation { pipeline, hooks }, problems)
+    (Generation { pipeline, hooks, secrets, secret_refs }, problems)
+}
+
+/// Every automation's task secret references, once each.
+fn task_secret_refs(catalog: &Catalog) -> Vec<SecretRef> {
+    let mut references: Vec<SecretRef> = catalog
+        .automations
+        .iter()
+        .flat_map(|loaded| loaded.compiled.definition.task.secrets.values().cloned())
+        .collect();
+    references.sort_by_cached_key(ToString::to_string);
+    references.dedup();
+    references
+}
+
+/// The values of every task secret that can be read now and of every hook's credential,
+/// without duplicates. A task secret that cannot be read is left out: its run fails
+/// before any output, and the value may not exist yet.
+fn known_secrets(references: &[SecretRef], hooks: &HookTable) -> Vec<String> {
+    let mut values: Vec<String> =
+        references.iter().filter_map(|reference| reference.resolve().ok()).chain(hooks.secret_values()).collect();
+    values.sort();
+    values.dedup();
+    values
 }
 
 /// Loading thousands of files frees about as much as the catalog keeps (parse trees,

@@ -116,6 +116,10 @@ impl LocalControl {
 }
 
 impl RunControl for LocalControl {
+    fn known_secrets(&self) -> Arc<Vec<String>> {
+        Arc::clone(&self.server.current().secrets)
+    }
+
     fn claim(&self, worker: &str) -> Result<Option<Claim>, ControlError> {
         Ok(self.server.claim_run(worker, self.lease_for)?)
     }

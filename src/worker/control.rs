@@ -39,6 +39,13 @@ impl From<StoreError> for ControlError {
 
 /// The engine as one worker sees it. Implementations are shared by a pool's threads.
 pub trait RunControl: Send + Sync {
+    /// Secret values besides the run's own that the engine knows (other automations',
+    /// hooks'), masked in the run's output too. None by default: a remote worker knows
+    /// only the secrets of the runs it is given.
+    fn known_secrets(&self) -> std::sync::Arc<Vec<String>> {
+        std::sync::Arc::default()
+    }
+
     /// Leases the oldest run that may start, as `worker`; `None` when there is none.
     fn claim(&self, worker: &str) -> Result<Option<Claim>, ControlError>;
     /// The workspace is ready and the run is starting.

@@ -7,6 +7,7 @@
 
 mod attempt;
 pub mod control;
+pub mod mask;
 pub mod output;
 mod overlay;
 pub mod phase;

@@ -9,12 +9,12 @@
 //! whatever it left running in its group is killed: a phase leaves nothing behind. A
 //! process that moves itself to another group or session (`setsid`) escapes this.
 //!
-//! Secret values are replaced by `***` in every line before the line is stored or handed
-//! to the line callback. Lines longer than `MAX_LINE` bytes are split, so a secret that
-//! straddles a line boundary, real or split, is not masked.
+//! Secret values, plain or encoded (see `mask.rs`), are replaced by `***` in the output
+//! as it is read, before it is split into lines, so a secret written in pieces or across
+//! lines is masked too. Lines longer than `MAX_LINE` bytes are split.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use super::mask::Masker;
 
 /// The engine's environment variables a phase inherits, when set.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"];
@@ -37,11 +39,11 @@ const POLL: Duration = Duration::from_millis(20);
 /// the group can hold a pipe open that long.
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// The most bytes read from a pipe at once.
+const READ_SIZE: usize = 64 * 1024;
+
 /// Lines waiting between the readers and the log; a full channel slows the child down.
 const CHANNEL_LINES: usize = 1024;
-
-/// What replaces a secret.
-const MASK: &str = "***";
 
 /// Why a phase could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -227,52 +229,6 @@ impl PhaseLog {
     }
 }
 
-/// Replaces secret values by `***`.
-#[derive(Debug, Clone, Default)]
-pub struct Masker {
-    secrets: Vec<String>,
-}
-
-impl Masker {
-    pub fn new<S: AsRef<str>>(secrets: &[S]) -> Masker {
-        let mut secrets: Vec<String> =
-            secrets.iter().map(|s| s.as_ref().to_string()).filter(|s| !s.is_empty()).collect();
-        secrets.sort();
-        secrets.dedup();
-        Masker { secrets }
-    }
-
-    /// `line` with every byte that is part of an occurrence of a secret, overlapping ones
-    /// included, covered by a mask: one secret inside another, or two that overlap, leave
-    /// no part of either showing.
-    pub fn mask(&self, line: &str) -> String {
-        let mut ranges: Vec<(usize, usize)> = Vec::new();
-        for secret in &self.secrets {
-            let mut from = 0;
-            while let Some(at) = line[from..].find(secret.as_str()) {
-                let start = from + at;
-                ranges.push((start, start + secret.len()));
-                from = start + line[start..].chars().next().map_or(1, char::len_utf8);
-            }
-        }
-        if ranges.is_empty() {
-            return line.to_string();
-        }
-        ranges.sort_unstable();
-        let mut masked = String::with_capacity(line.len());
-        let mut shown = 0;
-        for (start, end) in ranges {
-            if start >= shown {
-                masked.push_str(&line[shown..start]);
-                masked.push_str(MASK);
-            }
-            shown = shown.max(end);
-        }
-        masked.push_str(&line[shown..]);
-        masked
-    }
-}
-
 /// Runs `command` to its end, its timeout or its cancellation, and passes each line of
 /// either stream to `on_line` as it arrives, masked.
 pub fn run_phase(
@@ -285,11 +241,10 @@ pub fn run_phase(
     let started = Instant::now();
     let mut group = Group::spawn(command, &program)?;
     let (sender, lines) = std::sync::mpsc::sync_channel(CHANNEL_LINES);
-    let readers = group.start_readers(sender)?;
-    let masker = Masker::new(&options.secrets);
+    let masker = Arc::new(Masker::new(&options.secrets));
+    let readers = group.start_readers(sender, &masker)?;
     let mut log = PhaseLog::new(options.log_limit);
     let mut record = |stream: Stream, text: String| {
-        let text = masker.mask(&text);
         on_line(stream, &text);
         log.push(stream, text);
     };
@@ -313,9 +268,9 @@ pub fn run_phase(
         }
     };
     if !readers_done {
-        receive_until(&lines, Instant::now() + DRAIN, &mut record);
+        readers_done = receive_until(&lines, Instant::now() + DRAIN, &mut record);
     }
-    finish_readers(readers, &program);
+    finish_readers(readers, readers_done, &program);
 
     let status = stopping.map_or_else(|| exit_status(exit), |(why, _)| why);
     let duration = started.elapsed();
@@ -345,15 +300,21 @@ fn receive_until(lines: &Receiver<(Stream, String)>, until: Instant, record: &mu
     }
 }
 
-/// Joins the readers that finished; one still blocked on a pipe that a process outside
-/// the group holds open is left to end on its own.
-fn finish_readers(readers: [JoinHandle<()>; 2], program: &str) {
-    for reader in readers {
-        if reader.is_finished() {
+/// Joins the readers, or, when one is still blocked on a pipe that a process outside the
+/// group holds open, leaves it to end on its own. `done` is whether the lines channel
+/// said both readers let go of it: they are past their last read and end at once. (Not
+/// `is_finished`: a reader drops its sender a moment before its thread is finished, and
+/// asking then would blame a process that does not exist.)
+fn finish_readers(readers: [JoinHandle<()>; 2], done: bool, program: &str) {
+    if done {
+        for reader in readers {
             let _ = reader.join();
-        } else {
-            tracing::warn!(program, "A process outside the phase's group still holds its output open");
         }
+        return;
+    }
+    tracing::warn!(program, "A process outside the phase's group still holds its output open");
+    for reader in readers.into_iter().filter(JoinHandle::is_finished) {
+        let _ = reader.join();
     }
 }
 
@@ -413,13 +374,17 @@ impl Group {
         Ok(Group { child, pgid, program: program.to_string(), reaped: false })
     }
 
-    fn start_readers(&mut self, sender: SyncSender<(Stream, String)>) -> Result<[JoinHandle<()>; 2], PhaseError> {
+    fn start_readers(
+        &mut self,
+        sender: SyncSender<(Stream, String)>,
+        masker: &Arc<Masker>,
+    ) -> Result<[JoinHandle<()>; 2], PhaseError> {
         let error = |cause| PhaseError::Output { program: self.program.clone(), cause };
         let missing = || error(io::Error::other("the pipe was not set up"));
         let stdout: ChildStdout = self.child.stdout.take().ok_or_else(missing)?;
         let stderr: ChildStderr = self.child.stderr.take().ok_or_else(missing)?;
-        let out = spawn_reader(stdout, Stream::Stdout, sender.clone()).map_err(error)?;
-        let err = spawn_reader(stderr, Stream::Stderr, sender).map_err(error)?;
+        let out = spawn_reader(stdout, Stream::Stdout, sender.clone(), Arc::clone(masker)).map_err(error)?;
+        let err = spawn_reader(stderr, Stream::Stderr, sender, Arc::clone(masker)).map_err(error)?;
         Ok([out, err])
     }
 
@@ -477,22 +442,50 @@ impl Drop for Group {
     }
 }
 
-/// Reads `pipe` line by line (a line longer than `MAX_LINE` in pieces) into `sender`.
+/// Reads `pipe`, masks what it read and sends it line by line (a line longer than
+/// `MAX_LINE` in pieces) to `sender`.
 fn spawn_reader(
-    pipe: impl Read + Send + 'static,
+    mut pipe: impl Read + Send + 'static,
     stream: Stream,
     sender: SyncSender<(Stream, String)>,
+    masker: Arc<Masker>,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("phase-{stream:?}").to_lowercase()).spawn(move || {
-        let mut pipe = BufReader::new(pipe);
+        let mut masking = masker.stream();
+        let mut read = vec![0; READ_SIZE];
+        let mut masked = Vec::with_capacity(READ_SIZE);
         let mut line = Vec::new();
         loop {
-            line.clear();
-            match (&mut pipe).take(MAX_LINE as u64).read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            masked.clear();
+            let ended = match pipe.read(&mut read) {
+                Ok(0) => true,
+                Ok(n) => {
+                    masking.push(&read[..n], &mut masked);
+                    false
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => true,
+            };
+            if ended {
+                masking.finish(&mut masked);
             }
-            if sender.send((stream, line_text(&line))).is_err() {
+            for piece in masked.split_inclusive(|&b| b == b'\n') {
+                line.extend_from_slice(piece);
+                while line.len() > MAX_LINE {
+                    let rest = line.split_off(MAX_LINE);
+                    if sender.send((stream, line_text(&line))).is_err() {
+                        return;
+                    }
+                    line = rest;
+                }
+                if line.ends_with(b"\n") && sender.send((stream, line_text(&std::mem::take(&mut line)))).is_err() {
+                    return;
+                }
+            }
+            if ended {
+                if !line.is_empty() {
+                    let _ = sender.send((stream, line_text(&line)));
+                }
                 return;
             }
         }
@@ -509,21 +502,6 @@ fn line_text(line: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[track_caller]
-    fn check_mask(secrets: &[&str], line: &str, expected: &str) {
-        assert_eq!(Masker::new(secrets).mask(line), expected);
-    }
-
-    #[test]
-    fn masks_every_occurrence_of_every_secret() {
-        check_mask(&["abc"], "abc abc-abc", "*** ***-***");
-        check_mask(&["abc", "abcdef"], "x abcdef abc", "x *** ***");
-        check_mask(&["abcd", "cdef"], "abcdef!", "***!");
-        check_mask(&["aa"], "aaa", "***");
-        check_mask(&[""], "nothing here", "nothing here");
-        check_mask(&["é"], "café é", "caf*** ***");
-    }
 
     #[test]
     fn a_long_log_keeps_both_ends_and_counts_the_cut() {

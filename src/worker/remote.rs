@@ -2,6 +2,7 @@
 //! (`/api/worker/...`, behind a worker token), so agent work scales across machines. The
 //! request bodies are `wire` types, which the server's handlers read.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -10,6 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::control::{ControlError, RunControl};
+use crate::config::SecretRef;
 use crate::runs::{Completion, Epoch, NewActivity, RunId};
 use crate::store::Claim;
 
@@ -128,6 +130,27 @@ impl RemoteControl {
 }
 
 impl RunControl for RemoteControl {
+    /// The server's secret references, read here: a value this machine cannot read is
+    /// one its runs cannot print either.
+    fn known_secrets(&self) -> Arc<Vec<String>> {
+        let url = format!("{}/api/worker/secrets", self.server);
+        let references: Result<Vec<SecretRef>, String> = self
+            .client
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .and_then(Response::error_for_status)
+            .and_then(Response::json)
+            .map_err(|error| causes(&error));
+        match references {
+            Ok(references) => Arc::new(references.iter().filter_map(|reference| reference.resolve().ok()).collect()),
+            Err(why) => {
+                tracing::warn!("Cannot read the server's secret references; only the run's own are masked: {why}");
+                Arc::default()
+            }
+        }
+    }
+
     fn claim(&self, worker: &str) -> Result<Option<Claim>, ControlError> {
         let request = wire::ClaimRequest {
             worker: worker.to_string(),

@@ -305,7 +305,9 @@ impl Runner {
             ("NIGHTSHIFT_WORKSPACE".to_string(), workspace.path().display().to_string()),
         ]);
         let options = PhaseOptions {
-            secrets: secrets.values().cloned().collect(),
+            // Every secret the engine knows is masked, not only this run's: a setup can
+            // read another automation's from a file.
+            secrets: secrets.values().chain(self.control.known_secrets().iter()).cloned().collect(),
             // The run's log is the attempt's `RunLog`: the phase need keep no copy.
             log_limit: 0,
             grace: self.settings.grace,
@@ -495,7 +497,7 @@ fn agent_argv(run: &Run, task: &Task, workspace: &Workspace, files: &RunFiles, p
     let run_id = run.id.to_string();
     let workspace = workspace.path().display().to_string();
     let prompt_file = files.prompt.display().to_string();
-    AgentProfile::fill(
+    AgentProfile::finish(
         template,
         &[
             ("prompt", prompt),

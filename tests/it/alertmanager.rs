@@ -75,8 +75,8 @@ fn an_alert_posted_to_alertmanager_queues_a_run_and_its_resolution_cancels_it() 
         serving.runs().into_iter().find(|run| run["automation"] == "alert-investigation")
     });
     assert_eq!(run["state"], "queued", "{}", context(&format!("{run:#}")));
-    let id = run["id"].as_u64().unwrap_or_else(|| panic!("a run id: {run:#}"));
-    let record = serving.api_get(&format!("/api/runs/r{id}"));
+    let id = run["id"].as_str().unwrap_or_else(|| panic!("a run id: {run:#}")).to_string();
+    let record = serving.api_get(&format!("/api/runs/{id}"));
     let event = &record["events"][0]["event"];
     assert_eq!(event["source"], "alertmanager", "{record:#}");
     assert_eq!(event["type"], "alert.firing", "{record:#}");
@@ -93,9 +93,9 @@ fn an_alert_posted_to_alertmanager_queues_a_run_and_its_resolution_cancels_it() 
     alertmanager.post_alerts(&alert(Some(Utc::now())));
     let cancelled = wait_for(&context, "the queued run cancelled by the resolved notification", || {
         let runs = serving.runs();
-        runs.iter().find(|run| run["id"] == id && run["state"] == "cancelled").cloned()
+        runs.iter().find(|run| run["id"] == id.as_str() && run["state"] == "cancelled").cloned()
     });
-    let record = serving.api_get(&format!("/api/runs/r{id}"));
+    let record = serving.api_get(&format!("/api/runs/{id}"));
     let reason = record["run"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("resolved"), "{cancelled:#}\n{record:#}");
     // `statuses: [firing]`: the resolved notification starts no run of its own.

@@ -423,6 +423,56 @@ fn hot_reload_applies_good_edits_and_keeps_the_last_good_version_on_a_broken_one
     assert!(server.stop(), "SIGTERM ends serve with exit 0:\n{}", server.log());
 }
 
+/// A manual automation named `name`.
+fn manual(name: &str) -> String {
+    format!("name: {name}\ntrigger: {{ manual: {{}} }}\ntask: {{ agent: codex, repo: /srv/x, prompt: hi }}\n")
+}
+
+/// The reloads the server has logged, with how many automations each loaded.
+fn reloads(server: &Serving) -> Vec<String> {
+    server.log().lines().filter(|line| line.contains("automations reloaded")).map(str::to_string).collect()
+}
+
+#[test]
+fn hot_reload_ignores_other_files_and_coalesces_a_burst() {
+    let project_dir = tempfile::tempdir().unwrap();
+    let project = project_dir.path().join("nightshift.yaml");
+    std::fs::write(&project, "").unwrap();
+    let server = Serving::start_with_args(
+        &[("one.yaml", &manual("one"))],
+        &[],
+        &["--workers", "0", "--config", project.to_str().unwrap()],
+    );
+    let automations = server.automations_dir().to_path_buf();
+
+    // Files beside the automations and the project file that are neither.
+    for i in 0..20 {
+        std::fs::write(project_dir.path().join("agent.log"), format!("line {i}\n")).unwrap();
+        std::fs::write(project_dir.path().join(".nightshift.yaml.swp"), format!("{i}")).unwrap();
+        std::fs::write(automations.join("notes.txt"), format!("{i}")).unwrap();
+        std::fs::write(automations.join(".two.yaml.swp"), format!("{i}")).unwrap();
+    }
+    for name in ["agent.log", ".nightshift.yaml.swp", "notes.txt", ".two.yaml.swp"] {
+        wait_for("the watcher to see the other files", &server, || {
+            server.log().lines().any(|line| line.contains("its changes are ignored") && line.contains(name))
+        });
+    }
+    assert_eq!(reloads(&server), Vec::<String>::new(), "nothing reloaded");
+    // Then one automation file, moved into place: exactly one change that matters.
+    std::fs::write(automations.join(".two.tmp"), manual("two")).unwrap();
+    std::fs::rename(automations.join(".two.tmp"), automations.join("two.yaml")).unwrap();
+    wait_for("the new automation to load", &server, || reloads(&server).iter().any(|l| l.contains("automations=2")));
+    assert_eq!(reloads(&server).len(), 1, "only the automation file reloads:\n{}", server.log());
+
+    // A burst of writes to automation files loads a bounded number of times.
+    for i in 0..30 {
+        std::fs::write(automations.join(format!("burst-{i}.yaml")), manual(&format!("burst-{i}"))).unwrap();
+    }
+    wait_for("the burst to load", &server, || reloads(&server).iter().any(|l| l.contains("automations=32")));
+    let count = reloads(&server).len();
+    assert!(count <= 6, "{count} reloads for one burst:\n{}", server.log());
+}
+
 #[test]
 fn the_command_line_reaches_the_store_through_a_running_server() {
     let server = start();

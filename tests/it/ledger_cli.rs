@@ -92,6 +92,8 @@ fn repeats_are_reported_as_duplicate_deliveries_or_coalesced() {
             "X-GitHub-Event: pull_request",
             "--header",
             "X-GitHub-Delivery: d-3",
+            "--now",
+            "2026-11-22T09:00:00Z",
             "--json",
             // Within the automation's 1d dedupe window of the pending run: without a fixed
             // clock this test would change its answer as the calendar moves on.
@@ -102,7 +104,7 @@ fn repeats_are_reported_as_duplicate_deliveries_or_coalesced() {
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(report["event_id"], "github:d-3");
     assert_eq!(report["duplicate_delivery"], false);
-    assert_eq!(report["runs"][0]["run"], 2);
+    assert_eq!(report["runs"][0]["run"], "r2", "the run id as the table shows it");
     assert_eq!(report["runs"][0]["disposition"], "coalesced");
 }
 
@@ -270,4 +272,35 @@ fn prune_deletes_finished_runs_beyond_retention_and_keeps_unfinished_ones() {
     assert!(runs.contains("r1") && !runs.contains("r2"), "{runs}");
     // The deleted run's id is not handed out again.
     assert!(trigger("2026-01-05T09:02:00Z").contains("r3 skipped"));
+}
+
+#[test]
+fn memory_of_an_automation_that_does_not_exist_is_refused_with_a_suggestion() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let out = nightshift(data.path(), &["memory", "weekly-dependency-audt", "set", "note", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("no automation named `weekly-dependency-audt`"), "{stderr}");
+    assert!(stderr.contains("did you mean `weekly-dependency-audit`?"), "{stderr}");
+    assert_eq!(ok(data.path(), &["memory", "weekly-dependency-audt", "--json"]), "{}\n", "nothing was written");
+}
+
+#[test]
+fn store_commands_outside_a_project_say_so_and_create_nothing() {
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    for args in [&["runs"][..], &["memory", "x", "set", "k", "1"], &["show", "r1"], &["prune"]] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_nightshift")).args(args).current_dir(elsewhere.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("not a nightshift project"), "{args:?}: {stderr}");
+        assert!(stderr.contains("--dir DIR") && stderr.contains("--data DIR"), "{args:?}: {stderr}");
+        assert!(!elsewhere.path().join(".nightshift").exists(), "{args:?} made a store");
+    }
+    // With an automations directory, the store is made beside it as before.
+    std::fs::create_dir(elsewhere.path().join("automations")).unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_nightshift")).arg("runs").current_dir(elsewhere.path()).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(elsewhere.path().join(".nightshift").exists());
 }

@@ -112,3 +112,16 @@ fn the_architecture_map_names_every_module() {
         );
     }
 }
+
+#[test]
+fn the_readme_says_how_to_get_nightshift_before_using_it() {
+    let readme = std::fs::read_to_string(crate::repo_root().join("README.md")).unwrap();
+    let first_use =
+        readme.lines().position(|line| line.starts_with("nightshift ")).expect("the README runs nightshift commands");
+    let before: Vec<&str> = readme.lines().take(first_use).collect();
+    assert!(
+        before.iter().any(|line| line.contains("cargo install --path .")) && before.iter().any(|l| l.contains("PATH")),
+        "README.md line {}: `nightshift` is used before saying how to put it on PATH",
+        first_use + 1
+    );
+}

@@ -112,3 +112,39 @@ fn profiles_come_from_nightshift_yaml() {
     let (_, bad) = nightshift::catalog::load(engine, &automations, Some(&dir.path().join("bad.yaml")));
     assert!(bad.iter().any(|d| d.code == Code::UnknownField && d.line == 4), "{bad:#?}");
 }
+
+#[test]
+fn an_empty_nightshift_yaml_means_the_defaults_and_its_problems_name_it() {
+    let automation = "name: plain\ntrigger: { manual: {} }\ntask: { agent: codex, repo: /srv/x, prompt: hi }\n";
+    let dir = temp_dir_with(&[
+        ("automations/plain.yaml", automation),
+        ("empty.yaml", ""),
+        ("comments.yaml", "# nothing set yet\n"),
+        ("unknown.yaml", "retension: { days: 3 }\n"),
+        ("list.yaml", "- profiles\n"),
+    ]);
+    let engine = nightshift::rules::RuleEngine::shared();
+    let automations = [dir.path().join("automations")];
+    let load = |name: &str| nightshift::catalog::load(engine, &automations, Some(&dir.path().join(name))).1;
+    for empty in ["empty.yaml", "comments.yaml"] {
+        assert!(load(empty).is_empty(), "{empty}: {:#?}", load(empty));
+    }
+    let unknown = load("unknown.yaml");
+    assert_eq!(unknown.len(), 1, "{unknown:#?}");
+    assert_eq!(unknown[0].message, "unknown field `retension` in the project settings (nightshift.yaml)");
+    assert_eq!(unknown[0].hint.as_deref(), Some("did you mean `retention`?"));
+    let list = load("list.yaml");
+    assert_eq!(list[0].message, "nightshift.yaml must be a mapping of fields, found a list", "{list:#?}");
+}
+
+#[test]
+fn a_profile_writes_literal_braces_doubled() {
+    let automation = "name: json\ntrigger: { manual: {} }\ntask: { agent: json, repo: /srv/x, prompt: hi }\n";
+    let project = "profiles:\n  json:\n    command: [\"agent\", '--settings={{\"model\": \"x\"}}', \"{prompt}\"]\n";
+    let dir = temp_dir_with(&[("automations/json.yaml", automation), ("nightshift.yaml", project)]);
+    let engine = nightshift::rules::RuleEngine::shared();
+    let (catalog, diagnostics) =
+        nightshift::catalog::load(engine, &[dir.path().join("automations")], Some(&dir.path().join("nightshift.yaml")));
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    assert!(catalog.get("json").is_some());
+}

@@ -129,7 +129,7 @@ fn serve(world: &World, files: &[(&str, &str)], agent_env: &[(&str, &str)], args
 fn trigger(server: &Serving, automation: &str, n: u32) -> String {
     let answer = server.api_post(&format!("/api/automations/{automation}/run"), &json!({ "n": n }));
     assert_eq!(answer.status, 202, "{:?}", answer.body);
-    answer.body["runs"][0]["run"].as_u64().map(|id| format!("r{id}")).expect("a run was created")
+    answer.body["runs"][0]["run"].as_str().map(str::to_string).expect("a run was created")
 }
 
 fn record(server: &Serving, run: &str) -> Value {
@@ -217,13 +217,64 @@ fn an_event_becomes_a_pushed_commit_with_activities_a_masked_log_and_memory() {
 
     let memory = server.api_get("/api/automations/fix/memory");
     assert_eq!(memory["last"]["value"], format!("done by {first}"));
-    assert_eq!(memory["last"]["written_by"], first.trim_start_matches('r').parse::<u64>().unwrap());
+    assert_eq!(memory["last"]["written_by"], first.as_str(), "run ids are `r1` in JSON too");
     assert_eq!(memory["seen_note"]["value"], "from the agent", "after_run sees what the agent wrote");
 
     let second = trigger(&server, "fix", 2);
     let prompt = record(&server, &second)["run"]["task"]["prompt"].as_str().unwrap().to_string();
     assert!(prompt.contains(&format!("Before: done by {first}")), "{prompt}");
     assert_eq!(wait_for(&server, &second, &["succeeded", "failed"])["run"]["state"], "succeeded");
+}
+
+/// An automation whose setup prints its secret in many forms and another automation's
+/// secret; run by the server's own worker or by a remote one, the log shows none of them.
+fn check_every_secret_is_masked(remote: bool) {
+    let world = World::new();
+    let other_secret = world.path("other-secret");
+    std::fs::write(&other_secret, "0ther-automation-key\n").unwrap();
+    let setup = [
+        r#"printf '%s' "$FIXTURE_TOKEN" | base64"#,
+        r#"printf 'user:%s' "$FIXTURE_TOKEN" | base64 -w0; echo"#,
+        r#"printf '%s' "$FIXTURE_TOKEN" | od -An -tx1 | tr -d ' \n'; echo"#,
+        r#"printf 'q=%s&x=1\n' "$(printf '%s' "$FIXTURE_TOKEN" | sed 's/-/%2D/')""#,
+        r#"printf 'split: %.4s' "$FIXTURE_TOKEN"; sleep 0.2; printf '%s done\n' "${FIXTURE_TOKEN#????}""#,
+        "cat OTHER",
+    ]
+    .map(|command| command.replace("OTHER", other_secret.to_str().unwrap()));
+    let setup = serde_json::to_string(&setup).unwrap();
+    let leaky = world
+        .automation("leaky", r#"["leaky/**"]"#, "")
+        .replace(r#"setup: ['echo "setup sees $FIXTURE_TOKEN"']"#, &format!("setup: {setup}"));
+    let other = format!(
+        "name: other\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: fixture\n  repo: {}\n  prompt: hi\n  secrets:\n    OTHER: file:{}\n",
+        world.upstream().display(),
+        other_secret.display()
+    );
+    let workers: &[&str] = if remote { &["--workers", "0", "--worker-token", "t"] } else { &["--workers", "1"] };
+    let server = serve(&world, &[("leaky.yaml", &leaky), ("other.yaml", &other)], &[], workers);
+    let _worker = remote.then(|| RemoteWorker::start(&server, "t", &world.path("work"), &world.path("worker.log")));
+
+    let run = trigger(&server, "leaky", 1);
+    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
+    let log = log_text(&server, &run);
+    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
+    for line in ["***", "q=***&x=1", "split: *** done"] {
+        assert!(log.lines().any(|l| l == line), "no line `{line}` in:\n{log}");
+    }
+    let leaks = ["s3cr3t", "czNjcjN0LXZhbHVl", "7333637233742d76616c7565", "0ther-automation-key", "%2Dvalue"];
+    for leak in leaks {
+        assert!(!log.contains(leak), "`{leak}` is in the log:\n{log}");
+    }
+}
+
+#[test]
+fn every_secret_the_engine_knows_is_masked_in_every_form_and_in_pieces() {
+    check_every_secret_is_masked(false);
+}
+
+#[test]
+fn a_remote_worker_masks_every_secret_it_can_read_too() {
+    check_every_secret_is_masked(true);
 }
 
 #[test]
@@ -524,7 +575,7 @@ fn the_example_review_runs_end_to_end_on_the_local_audit_agent() {
         .unwrap()
         .json()
         .unwrap();
-    let run = format!("r{}", answer["runs"][0]["run"].as_u64().expect("a run"));
+    let run = answer["runs"][0]["run"].as_str().expect("a run").to_string();
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
     assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{}", log_text(&server, &run));
     let summary = done["run"]["result"]["summary"].as_str().unwrap();
@@ -535,4 +586,47 @@ fn the_example_review_runs_end_to_end_on_the_local_audit_agent() {
     assert!(activity_texts(&done, "plan")[0].starts_with("audit the repository for: Review pull request #1347"));
     let memory = server.api_get("/api/automations/pr-security-review/memory");
     assert_eq!(memory["markers"]["value"], 1, "{memory:#}");
+    let log = server.log();
+    assert!(!log.contains("holds its output open"), "a phase's output was left open:\n{log}");
+}
+
+#[test]
+fn the_example_incident_investigation_runs_end_to_end_with_no_network() {
+    let examples = super::repo_root();
+    let incident = std::fs::read_to_string(examples.join("automations/p1-incident-investigation.yaml"))
+        .unwrap()
+        .replace("../tests/data/", &format!("{}/tests/data/", examples.display()));
+    let server = Serving::start_with_args(
+        &[("p1-incident-investigation.yaml", &incident)],
+        &[("PAGERDUTY_WEBHOOK_SECRET", "unused")],
+        &["--workers", "1"],
+    );
+    // `repo: .` is serve's directory, made a repository with no Cargo.toml and no remote:
+    // nothing the setup could fetch.
+    let root = server.root();
+    std::fs::write(root.join(".gitignore"), "data/\n*.log\n").unwrap();
+    std::fs::create_dir_all(root.join("services")).unwrap();
+    std::fs::write(root.join("services/pool.txt"), "FIXME: pool size\n").unwrap();
+    git(root, &["init", "-q", "-b", "main"]);
+    commit_all(root, "initial");
+
+    let fixture = std::fs::read(examples.join("tests/data/pagerduty/incident_triggered_p1.json")).unwrap();
+    let answer: Value = reqwest::blocking::Client::new()
+        .post(format!("{}/api/automations/p1-incident-investigation/run?source=pagerduty", server.url))
+        .bearer_auth(&server.token)
+        .header("Content-Type", "application/json")
+        .body(fixture)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let run = answer["runs"][0]["run"].as_str().unwrap_or_else(|| panic!("a run: {answer:#}")).to_string();
+    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
+    let log = log_text(&server, &run);
+    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
+    assert!(log.contains("== setup: "), "{log}");
+    let summary = done["run"]["result"]["summary"].as_str().unwrap();
+    assert!(summary.contains("1 TODO/FIXME/XXX markers"), "{summary}");
+    let server_log = server.log();
+    assert!(!server_log.contains("holds its output open"), "a phase's output was left open:\n{server_log}");
 }
