@@ -59,18 +59,15 @@ struct DueSlots {
     unlisted: u64,
 }
 
-/// The slots in (last, now]. Croner walks forward correctly across daylight saving
-/// changes (walking back, it misses slots), so the walk goes forward from `last`.
+/// The slots in (last, now], walked forward from `last` by the trigger's `Slots` (the
+/// walk `nightshift schedule` prints), so both agree at daylight saving changes.
 fn due_slots(trigger: &CronTrigger, last: DateTime<Utc>, now: DateTime<Utc>) -> Result<DueSlots, String> {
-    let cron = trigger.parsed_schedule()?;
-    let timezone = trigger.parsed_timezone()?;
     let mut due = DueSlots { slots: VecDeque::new(), unlisted: 0 };
     let mut from = last;
     let mut steps = 0u64;
     let mut jumped = false;
     'walk: loop {
-        for slot in cron.iter_after(from.with_timezone(&timezone)) {
-            let slot = slot.with_timezone(&Utc);
+        for slot in trigger.slots_after(from)? {
             if slot > now {
                 break 'walk;
             }
@@ -106,7 +103,7 @@ pub fn is_on_time(trigger: &CronTrigger, slot: DateTime<Utc>, now: DateTime<Utc>
 
 /// The first slot of `trigger` strictly after `after`.
 pub fn next_slot(trigger: &CronTrigger, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    trigger.next_slots(after, 1).ok()?.first().map(|slot| slot.with_timezone(&Utc))
+    trigger.slots_after(after).ok()?.next()
 }
 
 #[cfg(test)]
