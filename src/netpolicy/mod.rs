@@ -528,4 +528,24 @@ mod tests {
         let zero = AllowRuleConfig { domain: Some("a.example.com".into()), ports: vec![0], ..Default::default() };
         assert_eq!(zero.expand(RuleOrigin::Static), Err(RuleError::PortZero));
     }
+
+    #[test]
+    fn presets_expand_to_their_hosts_ports_and_methods() {
+        let hosts =
+            |preset: Preset| -> Vec<String> { preset.rules().iter().map(|rule| rule.host.to_string()).collect() };
+        assert_eq!(hosts(Preset::Npm), ["registry.npmjs.org", "registry.yarnpkg.com"]);
+        let registries: Vec<String> =
+            [Preset::Rust, Preset::Npm, Preset::Pypi, Preset::Go, Preset::Debian].into_iter().flat_map(hosts).collect();
+        assert_eq!(hosts(Preset::PackageRegistries), registries);
+        assert_eq!(registries.len(), 12);
+        for rule in Preset::PackageRegistries.rules() {
+            assert_eq!(rule.methods, [Method::Get, Method::Head], "{rule:?}");
+            let ports: &[u16] = if rule.host.to_string().ends_with("debian.org") { &[80, 443] } else { &[443] };
+            assert_eq!(rule.ports, ports, "{rule:?}");
+        }
+        let github = Preset::Github.rules();
+        assert_eq!(github.len(), 5);
+        assert!(github.iter().all(|rule| rule.methods.is_empty() && rule.ports == [443]), "{github:?}");
+        assert!(github.iter().all(|rule| rule.origin == RuleOrigin::Preset(Preset::Github)));
+    }
 }
