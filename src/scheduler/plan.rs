@@ -212,6 +212,17 @@ mod tests {
     }
 
     #[test]
+    fn the_next_slot_is_the_one_schedule_prints() {
+        // `0 2,14 * * *` in New York: 02:00 on the spring-forward day runs at 03:00 EDT.
+        let twice = trigger("0 2,14 * * *", "skip", serde_json::json!({"timezone": "America/New_York"}));
+        assert_eq!(next_slot(&twice, at("2026-03-07T19:00:00Z")), Some(at("2026-03-08T07:00:00Z")));
+        let printed = twice.next_slots(at("2026-03-07T19:00:00Z"), 1).unwrap()[0].with_timezone(&Utc);
+        assert_eq!(printed, at("2026-03-08T07:00:00Z"));
+        let never = trigger("0 0 30 2 *", "skip", serde_json::json!({}));
+        assert_eq!(next_slot(&never, at("2026-03-07T19:00:00Z")), None, "February 30th never comes");
+    }
+
+    #[test]
     fn timezones_and_daylight_saving() {
         // 02:30 Berlin does not exist on 2026-03-29 (clocks jump 02:00 -> 03:00): that
         // day's slot is the first moment after the gap, 03:00 CEST.
