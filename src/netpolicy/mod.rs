@@ -413,6 +413,26 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_domain_is_told_what_is_wrong() {
+        let why = |text: &str| match HostPattern::parse(text) {
+            Err(RuleError::Domain { why, .. }) => why,
+            other => panic!("{text}: {other:?}"),
+        };
+        for (text, start) in [
+            ("github.com/x", "write the host name only"),
+            ("https://github.com", "write the host name only"),
+            ("github.com:443", "write the port in `ports:`"),
+            ("10.0.0.1", "IP addresses are not allowed"),
+            ("[::1]", "IP addresses are not allowed"),
+            ("a.*.com", "`*` is only allowed"),
+            ("*.com", "a wildcard must keep at least two labels"),
+            ("a_b.com", "each dot-separated label"),
+        ] {
+            assert!(why(text).starts_with(start), "{text}: {}", why(text));
+        }
+    }
+
+    #[test]
     fn a_wildcard_covers_only_wildcards_under_its_own_suffix() {
         let wild = |domain: &str| domain_rule(domain, vec![], vec![]);
         // (ceiling, rule, covered)
