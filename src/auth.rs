@@ -174,3 +174,21 @@ pub fn verify_basic(username: &str, password: &str, authorization: Option<&str>)
     let expected = [username.as_bytes(), b":", password.as_bytes()].concat();
     if equal(&decoded, &expected) { Ok(()) } else { Err(AuthError::BadCredentials) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_timestamp_may_be_five_minutes_away_either_way_and_no_more() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let check = |offset: i64| check_skew(&(1_700_000_000 - offset).to_string(), "X-Time", now);
+        for offset in [0, 299, 300, -299, -300] {
+            assert_eq!(check(offset), Ok(()), "{offset}");
+        }
+        for offset in [301, -301, 100_000] {
+            assert_eq!(check(offset), Err(AuthError::Stale { skew: offset }), "{offset}");
+        }
+        assert!(matches!(check_skew("soon", "X-Time", now), Err(AuthError::Malformed { .. })));
+    }
+}

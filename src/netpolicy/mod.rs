@@ -406,4 +406,166 @@ mod tests {
         let preset_ports = AllowRuleConfig { preset: Some(Preset::Npm), ports: vec![80], ..Default::default() };
         assert_eq!(preset_ports.expand(RuleOrigin::Static), Err(RuleError::PresetWithOptions));
     }
+
+    fn domain_rule(domain: &str, ports: Vec<u16>, methods: Vec<Method>) -> AllowRule {
+        let config = AllowRuleConfig { domain: Some(domain.into()), ports, methods, ..Default::default() };
+        config.expand(RuleOrigin::Static).unwrap().remove(0)
+    }
+
+    #[test]
+    fn a_bad_domain_is_told_what_is_wrong() {
+        let why = |text: &str| match HostPattern::parse(text) {
+            Err(RuleError::Domain { why, .. }) => why,
+            other => panic!("{text}: {other:?}"),
+        };
+        for (text, start) in [
+            ("github.com/x", "write the host name only"),
+            ("https://github.com", "write the host name only"),
+            ("github.com:443", "write the port in `ports:`"),
+            ("10.0.0.1", "IP addresses are not allowed"),
+            ("[::1]", "IP addresses are not allowed"),
+            ("a.*.com", "`*` is only allowed"),
+            ("*.com", "a wildcard must keep at least two labels"),
+            ("a_b.com", "each dot-separated label"),
+        ] {
+            assert!(why(text).starts_with(start), "{text}: {}", why(text));
+        }
+    }
+
+    #[test]
+    fn a_wildcard_covers_only_wildcards_under_its_own_suffix() {
+        let wild = |domain: &str| domain_rule(domain, vec![], vec![]);
+        // (ceiling, rule, covered)
+        let cases = [
+            ("*.example.com", "*.example.com", true),
+            ("*.example.com", "*.a.example.com", true),
+            ("*.example.com", "*.evil.net", false),
+            ("*.example.com", "*.badexample.com", false),
+            ("*.a.example.com", "*.example.com", false),
+            ("api.example.com", "api.example.com", true),
+            ("api.example.com", "www.example.com", false),
+            ("*.example.com", "www.example.com", true),
+            ("*.example.com", "example.com", false),
+        ];
+        for (ceiling, rule, covered) in cases {
+            assert_eq!(wild(ceiling).covers(&wild(rule)), covered, "{ceiling} covers {rule}");
+        }
+        // Every method covers a list of methods; a list never covers every method.
+        let all = domain_rule("a.example.com", vec![443], vec![]);
+        let get = domain_rule("a.example.com", vec![443], vec![Method::Get]);
+        assert!(all.covers(&get));
+        assert!(!get.covers(&all));
+        assert!(get.covers(&get));
+        // Ports: each of the rule's ports must be among the ceiling's.
+        let both = domain_rule("a.example.com", vec![80, 443], vec![]);
+        assert!(both.covers(&domain_rule("a.example.com", vec![80], vec![])));
+        assert!(!all.covers(&both));
+    }
+
+    #[test]
+    fn host_names_have_at_most_253_characters_and_labels_63() {
+        let host =
+            |last: usize| format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(last));
+        assert_eq!(host(61).len(), 253);
+        check_domain(&host(61), true);
+        check_domain(&format!("*.{}", host(61)), true);
+        check_domain(&host(62), false);
+        check_domain(&format!("*.{}", host(62)), false);
+        check_domain(&format!("{}.com", "a".repeat(64)), false);
+        check_domain("a.b", true);
+        check_domain("*.a.b", true);
+        check_domain("a-b.com", true);
+        check_domain("a-.com", false);
+        check_domain("123.example", true);
+    }
+
+    #[test]
+    fn host_patterns_match_whole_labels_in_any_case() {
+        let exact = HostPattern::parse("API.GitHub.com").unwrap();
+        assert!(exact.matches("api.github.com"));
+        assert!(exact.matches("api.GITHUB.com."), "a trailing dot is the same host");
+        assert!(!exact.matches("xapi.github.com"));
+        let wild = HostPattern::parse("*.example.com").unwrap();
+        assert!(wild.matches("A.EXAMPLE.COM."));
+        assert!(!wild.matches(".example.com"), "an empty label is no subdomain");
+        assert!(!wild.matches("aexample.com"));
+    }
+
+    #[test]
+    fn host_patterns_serialize_as_written_lowercase() {
+        for (text, written) in [("*.Example.COM", "*.example.com"), ("API.github.com", "api.github.com")] {
+            let pattern = HostPattern::parse(text).unwrap();
+            let json = serde_json::to_value(&pattern).unwrap();
+            assert_eq!(json, serde_json::json!(written));
+            assert_eq!(serde_json::from_value::<HostPattern>(json).unwrap(), pattern);
+        }
+        assert!(serde_json::from_value::<HostPattern>(serde_json::json!("*.com")).is_err());
+        let rule = domain_rule("*.example.com", vec![], vec![]);
+        let json = serde_json::to_value(&rule).unwrap();
+        assert_eq!(json, serde_json::json!({"host": "*.example.com", "ports": [443], "origin": "static"}));
+        assert_eq!(serde_json::from_value::<AllowRule>(json).unwrap(), rule);
+    }
+
+    #[test]
+    fn rules_remember_where_they_came_from() {
+        let preset = AllowRuleConfig { preset: Some(Preset::Rust), ..Default::default() };
+        let rules = preset.expand(RuleOrigin::Static).unwrap();
+        assert_eq!(rules.len(), 4);
+        assert!(rules.iter().all(|rule| rule.origin == RuleOrigin::Preset(Preset::Rust)), "{rules:?}");
+        let chosen = preset.expand(RuleOrigin::Script).unwrap();
+        assert!(chosen.iter().all(|rule| rule.origin == RuleOrigin::Script), "{chosen:?}");
+        let domain = AllowRuleConfig { domain: Some("a.example.com".into()), ..Default::default() };
+        assert_eq!(domain.expand(RuleOrigin::Script).unwrap()[0].origin, RuleOrigin::Script);
+        // The decision names the rule that allowed it.
+        let policy = NetworkPolicy { default: DefaultAction::Deny, allow: rules };
+        assert_eq!(
+            policy.decide("static.crates.io", 443, Some(Method::Head)).rule.as_deref(),
+            Some("static.crates.io")
+        );
+        assert_eq!(policy.decide("static.crates.io", 443, Some(Method::Post)), Decision { allowed: false, rule: None });
+    }
+
+    #[test]
+    fn methods_are_named_in_uppercase() {
+        for method in Method::ALL {
+            assert_eq!(Method::parse(method.as_str()), Some(method));
+            assert_eq!(method.to_string(), method.as_str());
+            assert_eq!(serde_json::to_value(method).unwrap(), serde_json::json!(method.as_str()));
+        }
+        assert_eq!(Method::parse("get"), None);
+    }
+
+    #[test]
+    fn ports_and_methods_of_a_domain_rule() {
+        let config = AllowRuleConfig {
+            domain: Some("a.example.com".into()),
+            ports: vec![8443],
+            methods: vec![Method::Post, Method::Get, Method::Post],
+            ..Default::default()
+        };
+        let rule = config.expand(RuleOrigin::Static).unwrap().remove(0);
+        assert_eq!((rule.ports, rule.methods), (vec![8443], vec![Method::Get, Method::Post]));
+        let zero = AllowRuleConfig { domain: Some("a.example.com".into()), ports: vec![0], ..Default::default() };
+        assert_eq!(zero.expand(RuleOrigin::Static), Err(RuleError::PortZero));
+    }
+
+    #[test]
+    fn presets_expand_to_their_hosts_ports_and_methods() {
+        let hosts =
+            |preset: Preset| -> Vec<String> { preset.rules().iter().map(|rule| rule.host.to_string()).collect() };
+        assert_eq!(hosts(Preset::Npm), ["registry.npmjs.org", "registry.yarnpkg.com"]);
+        let registries: Vec<String> =
+            [Preset::Rust, Preset::Npm, Preset::Pypi, Preset::Go, Preset::Debian].into_iter().flat_map(hosts).collect();
+        assert_eq!(hosts(Preset::PackageRegistries), registries);
+        assert_eq!(registries.len(), 12);
+        for rule in Preset::PackageRegistries.rules() {
+            assert_eq!(rule.methods, [Method::Get, Method::Head], "{rule:?}");
+            let ports: &[u16] = if rule.host.to_string().ends_with("debian.org") { &[80, 443] } else { &[443] };
+            assert_eq!(rule.ports, ports, "{rule:?}");
+        }
+        let github = Preset::Github.rules();
+        assert_eq!(github.len(), 5);
+        assert!(github.iter().all(|rule| rule.methods.is_empty() && rule.ports == [443]), "{github:?}");
+        assert!(github.iter().all(|rule| rule.origin == RuleOrigin::Preset(Preset::Github)));
+    }
 }

@@ -74,6 +74,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_branch_name_has_at_most_200_bytes() {
+        let name = |bytes: usize| format!("agent/{}", "x".repeat(bytes - "agent/".len()));
+        assert_eq!(check_branch_name(&name(200)), Ok(()));
+        let long = check_branch_name(&name(201)).unwrap_err();
+        assert!(long.ends_with("longer than 200 bytes"), "{long}");
+    }
+
+    #[test]
     fn accepts_ordinary_branches() {
         for ok in ["agent/incident-42", "nightshift/audit/2026-11-22", "fix_x.y", "a+b"] {
             assert_eq!(check_branch_name(ok), Ok(()), "{ok}");

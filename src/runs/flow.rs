@@ -126,4 +126,47 @@ mod tests {
             Decision::Create { cancel: vec![RunId(1), RunId(2)] }
         );
     }
+
+    #[test]
+    fn needed_busy_counts_what_each_policy_looks_at() {
+        // (policy, limit, busy runs, how many of the oldest `decide` needs)
+        let cases = [
+            (Overlap::Queue, 2, 5, 0),
+            (Overlap::Skip, 2, 5, 2),
+            (Overlap::Skip, 3, 1, 1),
+            (Overlap::Skip, 2, 0, 0),
+            (Overlap::CancelPrevious, 2, 3, 2),
+            (Overlap::CancelPrevious, 2, 2, 1),
+            (Overlap::CancelPrevious, 3, 1, 0),
+            (Overlap::CancelPrevious, 0, 2, 2),
+        ];
+        for (overlap, limit, busy, needed) in cases {
+            assert_eq!(needed_busy(&flow(overlap, limit), busy), needed, "{overlap:?} limit {limit}, {busy} busy");
+        }
+    }
+
+    /// The facts a store gathers for a group whose busy runs are `busy`, oldest first.
+    fn gathered(flow: &Flow, busy: &[RunId]) -> FlowFacts {
+        let oldest = busy[..needed_busy(flow, busy.len())].to_vec();
+        FlowFacts { busy_count: busy.len(), oldest_busy: oldest, ..FlowFacts::default() }
+    }
+
+    #[test]
+    fn with_a_limit_above_one_a_skip_names_the_busy_runs_and_a_cancel_keeps_the_limit() {
+        let busy: Vec<RunId> = (1..=4).map(RunId).collect();
+        let now = Utc::now();
+        for limit in [2u32, 3] {
+            let skip = flow(Overlap::Skip, limit);
+            let expected = busy[..limit as usize].to_vec();
+            let decision = decide(&skip, &gathered(&skip, &busy), now);
+            assert_eq!(decision, Decision::Skip(SkipReason::Overlap { limit, busy: expected }), "limit {limit}");
+            let cancel = flow(Overlap::CancelPrevious, limit);
+            let Decision::Create { cancel: cancelled } = decide(&cancel, &gathered(&cancel, &busy), now) else {
+                panic!("cancel_previous always creates");
+            };
+            // The oldest go, and the new run makes the group exactly full.
+            assert_eq!(cancelled, busy[..busy.len() + 1 - limit as usize], "limit {limit}");
+            assert_eq!(busy.len() - cancelled.len() + 1, limit as usize);
+        }
+    }
 }

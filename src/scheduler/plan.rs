@@ -55,22 +55,21 @@ const MAX_STEPS: u64 = 200_000;
 struct DueSlots {
     /// Oldest first, at most `SCAN_LIMIT`, the newest ones.
     slots: VecDeque<DateTime<Utc>>,
-    /// Due slots older than those, counted (or at least one, after a jump).
+    /// Due slots older than those, counted (after a jump, those jumped over are
+    /// estimated from the slots' spacing).
     unlisted: u64,
+    /// How many slots the walk went through: the work one plan did.
+    walked: u64,
 }
 
-/// The slots in (last, now]. Croner walks forward correctly across daylight saving
-/// changes (walking back, it misses slots), so the walk goes forward from `last`.
+/// The slots in (last, now], walked forward from `last` by the trigger's `Slots` (the
+/// walk `nightshift schedule` prints), so both agree at daylight saving changes.
 fn due_slots(trigger: &CronTrigger, last: DateTime<Utc>, now: DateTime<Utc>) -> Result<DueSlots, String> {
-    let cron = trigger.parsed_schedule()?;
-    let timezone = trigger.parsed_timezone()?;
-    let mut due = DueSlots { slots: VecDeque::new(), unlisted: 0 };
+    let mut due = DueSlots { slots: VecDeque::new(), unlisted: 0, walked: 0 };
     let mut from = last;
-    let mut steps = 0u64;
     let mut jumped = false;
     'walk: loop {
-        for slot in cron.iter_after(from.with_timezone(&timezone)) {
-            let slot = slot.with_timezone(&Utc);
+        for slot in trigger.slots_after(from)? {
             if slot > now {
                 break 'walk;
             }
@@ -79,14 +78,15 @@ fn due_slots(trigger: &CronTrigger, last: DateTime<Utc>, now: DateTime<Utc>) -> 
                 due.slots.pop_front();
                 due.unlisted += 1;
             }
-            steps += 1;
-            if steps == MAX_STEPS && !jumped {
+            due.walked += 1;
+            if due.walked == MAX_STEPS && !jumped {
                 // Far behind: skip to about SCAN_LIMIT slots before now.
-                let spacing = slot.signed_duration_since(last) / i32::try_from(steps).unwrap_or(i32::MAX);
+                let spacing = slot.signed_duration_since(last) / i32::try_from(MAX_STEPS).unwrap_or(i32::MAX);
                 let ahead = now - spacing * i32::try_from(SCAN_LIMIT).unwrap_or(i32::MAX);
                 if ahead > slot {
                     jumped = true;
-                    due.unlisted += due.slots.len() as u64;
+                    let jumped_over = (ahead - slot).num_milliseconds() / spacing.num_milliseconds().max(1);
+                    due.unlisted += due.slots.len() as u64 + u64::try_from(jumped_over).unwrap_or(0);
                     due.slots.clear();
                     from = ahead;
                     continue 'walk;
@@ -106,7 +106,7 @@ pub fn is_on_time(trigger: &CronTrigger, slot: DateTime<Utc>, now: DateTime<Utc>
 
 /// The first slot of `trigger` strictly after `after`.
 pub fn next_slot(trigger: &CronTrigger, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    trigger.next_slots(after, 1).ok()?.first().map(|slot| slot.with_timezone(&Utc))
+    trigger.slots_after(after).ok()?.next()
 }
 
 #[cfg(test)]
@@ -174,11 +174,52 @@ mod tests {
     #[test]
     fn a_long_outage_of_a_frequent_schedule_is_bounded() {
         let trigger = trigger("* * * * * *", "skip", serde_json::json!({}));
-        let plan = plan(&trigger, at("2026-11-01T00:00:00Z"), at("2026-11-22T00:00:00Z")).unwrap();
-        // 300 on-time seconds fire (the grace is 5 minutes), the rest are skipped.
+        let (last, now) = (at("2026-11-01T00:00:00Z"), at("2026-11-22T00:00:00Z"));
+        let plan = plan(&trigger, last, now).unwrap();
+        // 300 on-time seconds fire (the grace is 5 minutes), the rest are skipped: the
+        // newest listed, the older 21 days of seconds counted.
         assert_eq!(plan.fire.len(), 301);
         assert_eq!(plan.skipped.len(), SCAN_LIMIT - 301);
-        assert!(plan.skipped_unlisted > 0);
+        assert_eq!(plan.skipped_unlisted, 21 * 86_400 - SCAN_LIMIT as u64);
+        assert_eq!(plan.newest, Some(now));
+        // The walk jumped: it went through MAX_STEPS slots and then the last SCAN_LIMIT,
+        // not 1.8 million.
+        let due = due_slots(&trigger, last, now).unwrap();
+        assert_eq!(due.walked, MAX_STEPS + SCAN_LIMIT as u64);
+    }
+
+    #[test]
+    fn a_short_outage_lists_every_slot() {
+        // Two slots a minute apart, a day apart: an early jump (estimated from the first
+        // minute's spacing) would lose most of these 17 missed slots.
+        let trigger = trigger("0,1 9 * * *", "skip", serde_json::json!({}));
+        let plan = plan(&trigger, at("2026-11-01T09:00:00Z"), at("2026-11-09T12:00:00Z")).unwrap();
+        assert_eq!((plan.fire.len(), plan.skipped.len(), plan.skipped_unlisted), (0, 17, 0));
+        assert_eq!(plan.skipped[0], at("2026-11-01T09:01:00Z"));
+        assert_eq!(plan.skipped[16], at("2026-11-09T09:01:00Z"));
+    }
+
+    #[test]
+    fn the_oldest_slots_beyond_the_scan_limit_are_counted() {
+        // 10,060 minutes of a per-minute schedule: the newest SCAN_LIMIT are listed.
+        let trigger = trigger("* * * * *", "skip", serde_json::json!({}));
+        let last = at("2026-11-01T00:00:00Z");
+        let now = last + Duration::minutes(SCAN_LIMIT as i64 + 60);
+        let plan = plan(&trigger, last, now).unwrap();
+        assert_eq!(plan.skipped_unlisted, 60);
+        assert_eq!(plan.fire.len() + plan.skipped.len(), SCAN_LIMIT);
+        assert_eq!(plan.skipped[0], last + Duration::minutes(61));
+    }
+
+    #[test]
+    fn the_next_slot_is_the_one_schedule_prints() {
+        // `0 2,14 * * *` in New York: 02:00 on the spring-forward day runs at 03:00 EDT.
+        let twice = trigger("0 2,14 * * *", "skip", serde_json::json!({"timezone": "America/New_York"}));
+        assert_eq!(next_slot(&twice, at("2026-03-07T19:00:00Z")), Some(at("2026-03-08T07:00:00Z")));
+        let printed = twice.next_slots(at("2026-03-07T19:00:00Z"), 1).unwrap()[0].with_timezone(&Utc);
+        assert_eq!(printed, at("2026-03-08T07:00:00Z"));
+        let never = trigger("0 0 30 2 *", "skip", serde_json::json!({}));
+        assert_eq!(next_slot(&never, at("2026-03-07T19:00:00Z")), None, "February 30th never comes");
     }
 
     #[test]

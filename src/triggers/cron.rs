@@ -1,9 +1,13 @@
 //! Cron triggers: schedule, timezone and misfire policy, checked with croner (the parser
-//! tokio-cron-scheduler uses).
+//! tokio-cron-scheduler uses), and `Slots`, the walk of a schedule's instants that
+//! follows cron's rule at daylight saving changes.
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use std::collections::VecDeque;
+
+use chrono::offset::LocalResult;
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -78,13 +82,17 @@ impl CronTrigger {
         Tz::from_str(&self.timezone).map_err(|e| e.to_string())
     }
 
-    /// The next `count` slots strictly after `after`, in the trigger's timezone. Local
-    /// times a DST change skips or repeats follow croner: a skipped time fires at the
-    /// first moment after the gap, a repeated one fires once.
+    /// The next `count` slots strictly after `after`, in the trigger's timezone, by the
+    /// daylight saving rule of `Slots`.
     pub fn next_slots(&self, after: DateTime<Utc>, count: usize) -> Result<Vec<DateTime<Tz>>, String> {
-        let cron = self.parsed_schedule()?;
         let timezone = self.parsed_timezone()?;
-        cron.iter_after(after.with_timezone(&timezone)).take(count).map(Ok).collect()
+        Ok(self.slots_after(after)?.take(count).map(|slot| slot.with_timezone(&timezone)).collect())
+    }
+
+    /// The slots strictly after `after`, oldest first: the one walk `nightshift schedule`
+    /// and serve's scheduler both take.
+    pub fn slots_after(&self, after: DateTime<Utc>) -> Result<Slots, String> {
+        Ok(Slots::new(&self.parsed_schedule()?, self.parsed_timezone()?, DstRule::of(&self.schedule), after))
     }
 
     pub(super) fn check(&self, path: &FieldPath, findings: &mut Vec<Finding>) {
@@ -128,6 +136,144 @@ impl CronTrigger {
             );
         }
     }
+}
+
+/// How a schedule meets a daylight saving change, decided as cron (cronie) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DstRule {
+    /// Neither the minute nor the hour field (nor the seconds field, when there is one)
+    /// starts with `*`: the job runs at wall-clock times. A time the spring-forward gap
+    /// skips runs once, at the first instant after the gap; a time the fall-back repeats
+    /// runs once, in its first pass.
+    FixedTime,
+    /// `*/15 * * * *`, `0 * * * *`: the job runs on elapsed time. Times in a gap do not
+    /// happen; a repeated time runs in both passes.
+    Interval,
+}
+
+impl DstRule {
+    /// The rule of a schedule as written (cronie looks at whether the field starts with
+    /// `*`, not at how many values it lists: `15,45 2 * * *` is fixed-time).
+    pub fn of(schedule: &str) -> DstRule {
+        let schedule = schedule.trim();
+        if schedule.starts_with('@') {
+            return if schedule.eq_ignore_ascii_case("@hourly") { DstRule::Interval } else { DstRule::FixedTime };
+        }
+        let fields: Vec<&str> = schedule.split_whitespace().collect();
+        // Five fields are `min hour ...`; six (or seven, with a year) put seconds first.
+        let time_fields = if fields.len() >= 6 { &fields[..3] } else { &fields[..fields.len().min(2)] };
+        if time_fields.iter().any(|field| field.starts_with(['*', '?'])) {
+            DstRule::Interval
+        } else {
+            DstRule::FixedTime
+        }
+    }
+}
+
+/// A fall-back can repeat at most this long a stretch of wall-clock time, and a
+/// spring-forward skip one this long (Samoa skipped a whole day in 2011).
+const LONGEST_CHANGE_MINUTES: u32 = 26 * 60;
+
+/// The slots of a schedule in a timezone after an instant, oldest first, each once.
+///
+/// croner walks the schedule's wall-clock times with no timezone; this maps each to
+/// instants by the schedule's `DstRule`. A wall-clock time maps to one instant, none (a
+/// gap) or two (a repeated stretch); the first instants of the walk never go back in
+/// time, and the second passes of a repeated stretch wait in `repeated` until they are
+/// the oldest. Slots that meet at one instant (several skipped times moved to the end
+/// of a gap) are one slot.
+pub struct Slots {
+    walk: croner::CronIterator<NaiveDateTime>,
+    timezone: Tz,
+    rule: DstRule,
+    /// The next first-pass instant, already taken from the walk.
+    next: Option<DateTime<Utc>>,
+    /// Second passes of repeated wall-clock times (interval jobs), oldest first.
+    repeated: VecDeque<DateTime<Utc>>,
+    /// The newest slot given out (at first, the start): only later ones are given.
+    newest: DateTime<Utc>,
+}
+
+impl Slots {
+    fn new(cron: &croner::Cron, timezone: Tz, rule: DstRule, after: DateTime<Utc>) -> Slots {
+        let mut start = after.with_timezone(&timezone).naive_local();
+        // Started in a repeated stretch, the walk goes back to its beginning: the second
+        // passes of the times before `after` in the first pass are still to come.
+        let mut steps = 0;
+        while steps < LONGEST_CHANGE_MINUTES
+            && matches!(timezone.from_local_datetime(&start), LocalResult::Ambiguous(..))
+        {
+            start -= chrono::Duration::minutes(1);
+            steps += 1;
+        }
+        Slots { walk: cron.iter_after(start), timezone, rule, next: None, repeated: VecDeque::new(), newest: after }
+    }
+
+    /// Takes wall-clock times from the walk until one gives a first-pass instant.
+    fn pull(&mut self) -> Option<DateTime<Utc>> {
+        for wall in self.walk.by_ref() {
+            match self.timezone.from_local_datetime(&wall) {
+                LocalResult::Single(at) => return Some(at.with_timezone(&Utc)),
+                LocalResult::Ambiguous(one, other) => {
+                    let (first, second) = (one.min(other), one.max(other));
+                    if self.rule == DstRule::Interval {
+                        self.repeated.push_back(second.with_timezone(&Utc));
+                    }
+                    return Some(first.with_timezone(&Utc));
+                }
+                LocalResult::None if self.rule == DstRule::FixedTime => {
+                    if let Some(at) = gap_end(self.timezone, wall) {
+                        return Some(at);
+                    }
+                }
+                LocalResult::None => {}
+            }
+        }
+        None
+    }
+}
+
+impl Iterator for Slots {
+    type Item = DateTime<Utc>;
+
+    fn next(&mut self) -> Option<DateTime<Utc>> {
+        loop {
+            if self.next.is_none() {
+                self.next = self.pull();
+            }
+            let repeated = self.repeated.front().copied();
+            let slot = match (self.next, repeated) {
+                (Some(next), Some(second)) if second < next => self.repeated.pop_front(),
+                (Some(_), _) => self.next.take(),
+                (None, Some(_)) => self.repeated.pop_front(),
+                (None, None) => return None,
+            }?;
+            if slot > self.newest {
+                self.newest = slot;
+                return Some(slot);
+            }
+        }
+    }
+}
+
+/// The first instant after the daylight saving gap that skips the wall-clock time `wall`.
+fn gap_end(timezone: Tz, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
+    let minute = chrono::Duration::minutes(1);
+    let second = chrono::Duration::seconds(1);
+    let mut probe = wall;
+    for _ in 0..LONGEST_CHANGE_MINUTES {
+        probe += minute;
+        let Some(mut first) = timezone.from_local_datetime(&probe).earliest() else { continue };
+        // The gap ended within the last minute: find its second.
+        for _ in 0..59 {
+            match timezone.from_local_datetime(&(probe - second)).earliest() {
+                Some(earlier) => (probe, first) = (probe - second, earlier),
+                None => break,
+            }
+        }
+        return Some(first.with_timezone(&Utc));
+    }
+    None
 }
 
 /// A cron payload is `{"automation", "scheduled_at": RFC3339, "timezone": IANA name}`,
@@ -193,6 +339,157 @@ mod tests {
         );
         // Six fields: seconds first.
         assert_eq!(slots("30 0 12 * * MON", "UTC", "2026-11-22T00:00:00Z", 1), ["2026-11-23T12:00:30+00:00"]);
+    }
+
+    /// The next `count` slots of `schedule` in `timezone` after `after`, in UTC.
+    fn utc_slots(schedule: &str, timezone: &str, after: &str, count: usize) -> Vec<String> {
+        let trigger: CronTrigger =
+            serde_json::from_value(serde_json::json!({"schedule": schedule, "timezone": timezone})).unwrap();
+        let slots = trigger.slots_after(after.parse().unwrap()).unwrap().take(count);
+        slots.map(|slot| slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).collect()
+    }
+
+    #[test]
+    fn fixed_time_jobs_run_once_at_daylight_saving_changes_whatever_their_fields() {
+        // (schedule, timezone, after, the next slots in UTC)
+        let cases: &[(&str, &str, &str, &[&str])] = &[
+            // New York springs forward at 02:00 EST on 2026-03-08: 02:00 runs at 03:00 EDT.
+            (
+                "0 2,14 * * *",
+                "America/New_York",
+                "2026-03-07T00:00:00Z",
+                &[
+                    "2026-03-07T07:00:00Z",
+                    "2026-03-07T19:00:00Z",
+                    "2026-03-08T07:00:00Z",
+                    "2026-03-08T18:00:00Z",
+                    "2026-03-09T06:00:00Z",
+                ],
+            ),
+            // Both skipped times run once, at the end of the gap.
+            (
+                "15,45 2 * * *",
+                "America/New_York",
+                "2026-03-08T00:00:00Z",
+                &["2026-03-08T07:00:00Z", "2026-03-09T06:15:00Z"],
+            ),
+            (
+                "0,30 2 * * *",
+                "Europe/Berlin",
+                "2026-03-28T00:00:00Z",
+                &[
+                    "2026-03-28T01:00:00Z",
+                    "2026-03-28T01:30:00Z",
+                    "2026-03-29T01:00:00Z",
+                    "2026-03-30T00:00:00Z",
+                    "2026-03-30T00:30:00Z",
+                ],
+            ),
+            // A skipped time and the time the gap ends at are one slot.
+            ("0 2,3 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", &["2026-03-29T01:00:00Z", "2026-03-30T00:00:00Z"]),
+            (
+                "23 0-20/2 * * *",
+                "Europe/Berlin",
+                "2026-03-28T22:00:00Z",
+                &["2026-03-28T23:23:00Z", "2026-03-29T01:00:00Z", "2026-03-29T02:23:00Z", "2026-03-29T04:23:00Z"],
+            ),
+            // Berlin falls back at 03:00 CEST on 2026-10-25: 02:23 runs in the first pass only.
+            (
+                "23 0-20/2 * * *",
+                "Europe/Berlin",
+                "2026-10-24T21:00:00Z",
+                &["2026-10-24T22:23:00Z", "2026-10-25T00:23:00Z", "2026-10-25T03:23:00Z", "2026-10-25T05:23:00Z"],
+            ),
+            // New York falls back at 02:00 EDT on 2026-11-01: 01:30 runs at 01:30 EDT only.
+            (
+                "30 1,13 * * *",
+                "America/New_York",
+                "2026-11-01T04:00:00Z",
+                &["2026-11-01T05:30:00Z", "2026-11-01T18:30:00Z", "2026-11-02T06:30:00Z"],
+            ),
+            // Started in either pass, the second pass still does not run.
+            ("30 1,13 * * *", "America/New_York", "2026-11-01T05:40:00Z", &["2026-11-01T18:30:00Z"]),
+            ("30 1,13 * * *", "America/New_York", "2026-11-01T06:10:00Z", &["2026-11-01T18:30:00Z"]),
+            (
+                "0-59/20 1 * * *",
+                "America/New_York",
+                "2026-11-01T04:00:00Z",
+                &["2026-11-01T05:00:00Z", "2026-11-01T05:20:00Z", "2026-11-01T05:40:00Z", "2026-11-02T06:00:00Z"],
+            ),
+            // Seconds first, and nicknames.
+            ("0 30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", &["2026-03-29T01:00:00Z"]),
+            ("@daily", "Pacific/Apia", "2011-12-29T09:00:00Z", &["2011-12-29T10:00:00Z", "2011-12-30T10:00:00Z"]),
+        ];
+        for (schedule, timezone, after, expected) in cases {
+            assert_eq!(
+                utc_slots(schedule, timezone, after, expected.len()),
+                *expected,
+                "{schedule} in {timezone} after {after}"
+            );
+        }
+    }
+
+    #[test]
+    fn interval_jobs_keep_real_time_at_daylight_saving_changes() {
+        let cases: &[(&str, &str, &str, &[&str])] = &[
+            // The gap: no slot inside it, the interval goes on after it.
+            (
+                "*/15 * * * *",
+                "America/New_York",
+                "2026-03-08T06:40:00Z",
+                &["2026-03-08T06:45:00Z", "2026-03-08T07:00:00Z", "2026-03-08T07:15:00Z"],
+            ),
+            (
+                "0 * * * *",
+                "America/New_York",
+                "2026-03-08T05:30:00Z",
+                &["2026-03-08T06:00:00Z", "2026-03-08T07:00:00Z", "2026-03-08T08:00:00Z"],
+            ),
+            ("@hourly", "Europe/Berlin", "2026-03-29T00:30:00Z", &["2026-03-29T01:00:00Z", "2026-03-29T02:00:00Z"]),
+            ("*/20 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", &["2026-03-30T00:00:00Z"]),
+            // The repeated hour runs twice, also when the walk starts in its first pass.
+            (
+                "*/15 * * * *",
+                "America/New_York",
+                "2026-11-01T05:40:00Z",
+                &[
+                    "2026-11-01T05:45:00Z",
+                    "2026-11-01T06:00:00Z",
+                    "2026-11-01T06:15:00Z",
+                    "2026-11-01T06:30:00Z",
+                    "2026-11-01T06:45:00Z",
+                    "2026-11-01T07:00:00Z",
+                ],
+            ),
+            (
+                "0 * * * *",
+                "America/New_York",
+                "2026-11-01T04:30:00Z",
+                &["2026-11-01T05:00:00Z", "2026-11-01T06:00:00Z", "2026-11-01T07:00:00Z"],
+            ),
+            ("0 * * * *", "America/New_York", "2026-11-01T06:10:00Z", &["2026-11-01T07:00:00Z"]),
+        ];
+        for (schedule, timezone, after, expected) in cases {
+            assert_eq!(
+                utc_slots(schedule, timezone, after, expected.len()),
+                *expected,
+                "{schedule} in {timezone} after {after}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_daylight_saving_rule_is_read_from_the_fields_as_cron_does() {
+        for fixed in
+            ["0 2 * * *", "15,45 2 * * *", "23 0-20/2 * * *", "0-59/20 1 * * *", "0 30 2 * * *", "@daily", "@weekly"]
+        {
+            assert_eq!(DstRule::of(fixed), DstRule::FixedTime, "{fixed}");
+        }
+        for interval in
+            ["*/15 * * * *", "0 * * * *", "* 2 * * *", "*/5 30 2 * * *", "0 */2 * * * *", "@hourly", "? 2 * * *"]
+        {
+            assert_eq!(DstRule::of(interval), DstRule::Interval, "{interval}");
+        }
     }
 
     fn findings_for(schedule: &str, timezone: &str) -> Vec<Code> {

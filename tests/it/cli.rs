@@ -149,3 +149,17 @@ fn render_and_test_show_one_task_per_alert_with_per_alert() {
     assert!(stdout.contains("alert 2 (aaaa000000000002): prompt does not contain \"disk on db-1\""), "{stdout}");
     assert!(stdout.trim_end().ends_with("1 passed, 1 failed"), "{stdout}");
 }
+
+#[test]
+fn schedule_runs_a_listed_hour_skipped_by_daylight_saving_once_after_the_gap() {
+    let automation = "name: twice-daily\ntrigger:\n  cron: { schedule: \"0 2,14 * * *\", timezone: America/New_York }\ntask:\n  agent: codex\n  repo: https://github.com/acme/shop.git\n  base: main\n  branch: agent/twice-daily\n  prompt: Audit\n";
+    let dir = temp_dir_with(&[("twice-daily.yaml", automation)]);
+    let dir = dir.path().to_str().unwrap();
+    let out = nightshift(&["schedule", "twice-daily", "-n", "3", "--from", "2026-03-07T12:00:00Z", "--dir", dir]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // New York springs forward at 02:00 on 2026-03-08: that day's 02:00 runs at 03:00 EDT.
+    assert_eq!(
+        text(&out.stdout),
+        "2026-03-07T14:00:00-05:00  (2026-03-07T19:00:00Z)\n2026-03-08T03:00:00-04:00  (2026-03-08T07:00:00Z)\n2026-03-08T14:00:00-04:00  (2026-03-08T18:00:00Z)\n"
+    );
+}

@@ -287,6 +287,74 @@ async fn a_local_time_repeated_at_the_fall_back_fires_once() {
     engine.stop().await;
 }
 
+/// Walks the clock through `slots` (automation, slot in UTC, the slot in local time, in
+/// order) and checks that each fires at its instant, not a second before (slots of one
+/// instant are listed together), then moves
+/// the clock to `end` and checks that nothing else fired.
+async fn check_slots(automations: &[(String, String)], start: &str, slots: &[(&str, &str, &str)], end: &str) {
+    let data = tempfile::tempdir().unwrap();
+    let store = open_store(data.path()).await;
+    let clock = TestClock::new(start);
+    let engine = Engine::start(&clock, pipeline(&store, automations)).await;
+    for (automation, slot, local) in slots {
+        let slot = at(slot);
+        if clock.now() < slot {
+            engine.set(slot - chrono::Duration::seconds(1)).await;
+            assert_eq!(store.event(&slot_id(automation, slot)).unwrap(), None, "{automation} fired before {slot}");
+            engine.set(slot).await;
+        }
+        assert_slot_run(store.as_ref(), automation, slot, slot, local);
+        // See `progress_never_moves_back_when_several_slots_are_due_at_once`.
+        progress_reaches(store.as_ref(), automation, &slot.to_rfc3339()).await;
+    }
+    engine.set(at(end)).await;
+    for (name, _) in automations {
+        let name = name.trim_end_matches(".yaml");
+        let expected: Vec<&str> = slots.iter().filter(|(a, _, _)| *a == name).map(|(_, slot, _)| *slot).collect();
+        assert_eq!(fired(store.as_ref(), name), ids(name, &expected), "{name}");
+    }
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_times_in_the_spring_forward_gap_fire_once_after_it() {
+    // Berlin jumps from 02:00 to 03:00 on 2026-03-29: 02:00, 02:30 and 02:23 do not
+    // exist; each job runs once, at 03:00 CEST (01:00 UTC), as cron does.
+    let automations = [
+        automation("halves", r#"schedule: "0,30 2 * * *", timezone: Europe/Berlin"#),
+        automation("evens", r#"schedule: "23 0-20/2 * * *", timezone: Europe/Berlin"#),
+    ];
+    let slots = [
+        ("evens", "2026-03-28T23:23:00Z", "2026-03-29 00:23"),
+        ("halves", "2026-03-29T01:00:00Z", "2026-03-29 03:00"),
+        ("evens", "2026-03-29T01:00:00Z", "2026-03-29 03:00"),
+        ("evens", "2026-03-29T02:23:00Z", "2026-03-29 04:23"),
+    ];
+    check_slots(&automations, "2026-03-28T22:00:00Z", &slots, "2026-03-29T04:00:00Z").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_times_in_the_repeated_hour_fire_in_its_first_pass_only() {
+    // Berlin goes back from 03:00 to 02:00 on 2026-10-25: 02:23 is 00:23 UTC (CEST) and
+    // 01:23 UTC (CET); a fixed-time job runs at the first. `0 * * * *` runs on elapsed
+    // time: both 02:00s.
+    let automations = [
+        automation("evens", r#"schedule: "23 0-20/2 * * *", timezone: Europe/Berlin"#),
+        automation("hourly", r#"schedule: "0 * * * *", timezone: Europe/Berlin"#),
+    ];
+    let slots = [
+        ("evens", "2026-10-24T22:23:00Z", "2026-10-25 00:23"),
+        ("hourly", "2026-10-24T23:00:00Z", "2026-10-25 01:00"),
+        ("hourly", "2026-10-25T00:00:00Z", "2026-10-25 02:00"),
+        ("evens", "2026-10-25T00:23:00Z", "2026-10-25 02:23"),
+        ("hourly", "2026-10-25T01:00:00Z", "2026-10-25 02:00"),
+        ("hourly", "2026-10-25T02:00:00Z", "2026-10-25 03:00"),
+        ("hourly", "2026-10-25T03:00:00Z", "2026-10-25 04:00"),
+        ("evens", "2026-10-25T03:23:00Z", "2026-10-25 04:23"),
+    ];
+    check_slots(&automations, "2026-10-24T22:00:00Z", &slots, "2026-10-25T03:30:00Z").await;
+}
+
 /// One automation per misfire policy, daily at 09:00 Berlin (08:00 UTC in November).
 fn misfire_automations() -> Vec<(String, String)> {
     let daily = r#"schedule: "0 9 * * *", timezone: Europe/Berlin, misfire_grace: 5m"#;

@@ -68,6 +68,8 @@ fn slack_published_example_verifies_inside_five_minutes_only() {
     assert_eq!(verify(expected, 0), Ok(()));
     assert_eq!(verify(expected, 299), Ok(()));
     assert_eq!(verify(expected, -299), Ok(()), "a clock slightly behind the sender's");
+    assert_eq!(verify(expected, 300), Ok(()), "five minutes exactly is still in time");
+    assert_eq!(verify(expected, -300), Ok(()));
     assert_eq!(verify(expected, 301), Err(AuthError::Stale { skew: 301 }), "a replay after five minutes");
     assert_eq!(verify(expected, -301), Err(AuthError::Stale { skew: -301 }), "a timestamp from the future");
     let mut wrong = expected.to_string();
@@ -106,6 +108,8 @@ fn standard_webhooks_published_example_verifies_with_rotation_and_skew() {
     assert_eq!(verify(&key, &format!("v1,bm90IHRoaXMgb25l {expected}"), 0), Ok(()));
     assert_eq!(verify(&key, &format!("{expected} v1,bm90IHRoaXMgb25l"), 0), Ok(()));
     assert_eq!(verify(b"another key", expected, 0), Err(AuthError::Mismatch));
+    assert_eq!(verify(&key, expected, 300), Ok(()), "five minutes exactly is still in time");
+    assert_eq!(verify(&key, expected, -300), Ok(()));
     assert_eq!(verify(&key, expected, 301), Err(AuthError::Stale { skew: 301 }));
     assert_eq!(verify(&key, expected, -301), Err(AuthError::Stale { skew: -301 }));
     assert_eq!(verify(&key, "v2,abc", 0), Err(AuthError::Mismatch), "only v1 signatures count");
