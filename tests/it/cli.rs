@@ -120,3 +120,15 @@ fn schedule_prints_fire_times_in_the_trigger_timezone_and_refuses_other_triggers
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("triggered by `pagerduty`, not by a cron schedule"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn validate_refuses_a_rule_that_sleeps_naming_the_function_and_where() {
+    let dir = temp_dir_with(&[(
+        "sleepy.yaml",
+        "name: sleepy\ntrigger:\n  manual: {}\nwhen: |\n  true &&\n    sleep(100000)\ntask:\n  agent: codex\n  repo: https://github.com/acme/shop.git\n  base: main\n  branch: agent/sleepy\n  prompt: hello\n",
+    )]);
+    let out = nightshift(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("sleepy.yaml:6:5: error[rhai-syntax]: rhai: `sleep` is not available: rules cannot wait"), "{stderr}");
+}
