@@ -6,7 +6,10 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rhai::{AST, ASTNode, Dynamic, Engine, EvalAltResult, Expr, LexError, OptimizationLevel, ParseError, ParseErrorType, Position, Scope, Stmt};
+use rhai::{
+    AST, ASTNode, Dynamic, Engine, EvalAltResult, Expr, LexError, OptimizationLevel, ParseError, ParseErrorType,
+    Position, Scope, Stmt,
+};
 
 use super::helpers;
 
@@ -92,12 +95,10 @@ fn waiting_call(ast: &AST) -> Option<(String, Position)> {
             Some(
                 ASTNode::Expr(Expr::FnCall(call, position) | Expr::MethodCall(call, position))
                 | ASTNode::Stmt(Stmt::FnCall(call, position)),
-            ) => {
-                match call.args.as_slice() {
-                    [Expr::StringConstant(target, _)] if call.name == "Fn" => Some((target.to_string(), *position)),
-                    _ => Some((call.name.to_string(), *position)),
-                }
-            }
+            ) => match call.args.as_slice() {
+                [Expr::StringConstant(target, _)] if call.name == "Fn" => Some((target.to_string(), *position)),
+                _ => Some((call.name.to_string(), *position)),
+            },
             // The optimizer folds `Fn("name")` into a constant pointer.
             Some(ASTNode::Expr(Expr::DynamicConstant(value, position))) => {
                 value.read_lock::<rhai::FnPtr>().map(|pointer| (pointer.fn_name().to_string(), *position))
@@ -179,7 +180,8 @@ impl RuleEngine {
         // in rhai's core package), so these shadow the blocking ones for every argument
         // type, calls through computed function pointers included.
         for name in WAITING_FUNCTIONS {
-            let refuse = |name: &'static str| move || -> Result<(), Box<EvalAltResult>> { Err(cannot_wait(name).into()) };
+            let refuse =
+                |name: &'static str| move || -> Result<(), Box<EvalAltResult>> { Err(cannot_wait(name).into()) };
             engine.register_fn(*name, {
                 let refuse = refuse(name);
                 move |_: rhai::INT| refuse()

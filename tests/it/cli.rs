@@ -130,5 +130,8 @@ fn validate_refuses_a_rule_that_sleeps_naming_the_function_and_where() {
     let out = nightshift(&["validate", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("sleepy.yaml:6:5: error[rhai-syntax]: rhai: `sleep` is not available: rules cannot wait"), "{stderr}");
+    assert!(
+        stderr.contains("sleepy.yaml:6:5: error[rhai-syntax]: rhai: `sleep` is not available: rules cannot wait"),
+        "{stderr}"
+    );
 }
