@@ -56,8 +56,8 @@ struct LimitArgs {
     /// connection is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = ServeLimits::default().body_timeout.as_secs_f64())]
     body_timeout: f64,
-    /// Bytes of hook bodies held at once before their signature is checked; a hook
-    /// request whose body would not fit gets 503.
+    /// Bytes of hook bodies held at once before their signature is checked (each
+    /// body's first 64 KiB not counted); a hook request whose body would not fit gets 503.
     #[arg(long, value_name = "BYTES", default_value_t = ServeLimits::default().unauthenticated_bytes)]
     unauthenticated_bytes: usize,
     /// Rule evaluations at once, across every hook.

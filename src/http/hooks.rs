@@ -20,6 +20,9 @@ use super::{error, store_error, unavailable};
 use crate::intake::{Delivery, Headers, IntakeError, Precheck};
 use crate::server::{DeliveryAnswer, DeliveryError, Server};
 
+/// Bytes of an unauthenticated body the budget does not count.
+pub const SMALL_BODY: usize = 64 << 10;
+
 pub async fn deliver(
     State(server): State<Arc<Server>>,
     Path(name): Path<String>,
@@ -46,21 +49,23 @@ pub async fn deliver(
         return closing(too_large());
     }
     // A body whose signature is still to be checked is held within a budget shared by
-    // every request, so unauthenticated senders cannot fill the memory.
+    // every request, so unauthenticated senders cannot fill the memory. Its first
+    // `SMALL_BODY` bytes are not counted: small deliveries (most webhooks) always get
+    // through, and what they hold is bounded by the connection cap.
+    let room = declared.map_or(readable, |length| (length as usize).min(readable)).saturating_sub(SMALL_BODY);
     let _held = match precheck {
         Precheck::Authenticated => None,
-        Precheck::NeedsBody => {
-            let room = declared.map_or(readable, |length| (length as usize).min(readable));
-            match server.hold_unauthenticated(room) {
-                Some(held) => Some(held),
-                None => {
-                    let why = "the server holds as many unauthenticated bodies as it may; retry shortly";
-                    return closing(unavailable(why, 1));
-                }
+        Precheck::NeedsBody if room == 0 => None,
+        Precheck::NeedsBody => match server.hold_unauthenticated(room) {
+            Some(held) => Some(held),
+            None => {
+                let why = "the server holds as many unauthenticated bodies as it may; retry shortly";
+                return closing(unavailable(why, 1));
             }
-        }
+        },
     };
-    let body = match read_body(body, readable).await {
+    let expected = declared.map_or(0, |length| length as usize);
+    let body = match read_body(body, expected, readable).await {
         Ok(body) if body.len() <= limit => body,
         Ok(_) | Err(BodyFailure::TooLarge) => return too_large(),
         Err(BodyFailure::Late(late)) => {
@@ -96,9 +101,10 @@ enum BodyFailure {
     Unreadable(String),
 }
 
-/// Reads a body of at most `limit` bytes.
-async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, BodyFailure> {
-    let mut bytes = BytesMut::new();
+/// Reads a body of at most `limit` bytes, room for `expected` (its declared length, at
+/// most `limit`) made at once so a large body is not copied as it grows.
+async fn read_body(mut body: Body, expected: usize, limit: usize) -> Result<Bytes, BodyFailure> {
+    let mut bytes = BytesMut::with_capacity(expected.min(limit));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|failed| {
             let failed = failed.into_inner();

@@ -22,7 +22,7 @@ pub struct EvaluationLimits {
 
 impl Default for EvaluationLimits {
     fn default() -> Self {
-        EvaluationLimits { threads: 4, per_hook: 2, per_hook_waiting: 64 }
+        EvaluationLimits { threads: 4, per_hook: 1, per_hook_waiting: 64 }
     }
 }
 

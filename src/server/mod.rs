@@ -76,8 +76,9 @@ pub struct ServeLimits {
     pub header_timeout: Duration,
     /// How long a request may take to send its whole body, from its head.
     pub body_timeout: Duration,
-    /// Bytes of hook bodies the server holds at once before their signature is checked;
-    /// a hook request whose body would not fit gets 503.
+    /// Bytes of hook bodies the server holds at once before their signature is checked
+    /// (each body's first 64 KiB not counted); a hook request whose body would not fit
+    /// gets 503.
     pub unauthenticated_bytes: usize,
 }
 
@@ -88,7 +89,7 @@ impl Default for ServeLimits {
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
-            unauthenticated_bytes: 32 << 20,
+            unauthenticated_bytes: 16 << 20,
         }
     }
 }

@@ -262,6 +262,15 @@ fn unauthenticated_bodies_share_one_budget() {
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("unauthenticated bodies"), "{text}");
     assert!(text.to_ascii_lowercase().contains("retry-after: 1"), "{text}");
+    // A small signed delivery is not counted: it gets through.
+    let body = r#"{"n": 5}"#;
+    let signature = format!("sha256={}", hmac_hex("s3cret", &[body.as_bytes()]));
+    let small = server.post(
+        "/hooks/signed",
+        &[("Content-Type", "application/json"), ("X-Hub-Signature-256", &signature)],
+        body,
+    );
+    assert_eq!(small.status, 202, "{:?}", small.body);
     let mut fast = connect(&server);
     fast.write_all(&bearer_request(6)).unwrap();
     assert_eq!(read_answer(&mut fast).map(|(status, _)| status), Some(202));
