@@ -421,7 +421,7 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
 
     let (stop, stopped) = watch::channel(false);
     let clock: Arc<dyn crate::scheduler::Clock> = Arc::new(crate::scheduler::SystemClock);
-    let scheduler = tokio::spawn(crate::scheduler::run(clock, server.pipelines(), stopped.clone()));
+    let scheduler = start_scheduler(clock, server.pipelines(), stopped.clone())?;
     let reloader = reload::watch(Arc::clone(&server), stopped.clone())?;
     let mut maintenance = maintenance::start(Arc::clone(&server)).await?;
     let pool = start_local_workers(&server)?;
@@ -453,13 +453,27 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
         tracing::info!("stopping the local workers; runs in progress are stopped and given back");
         let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
     }
-    let _ = scheduler.await;
+    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
     drop(reloader);
     if let Err(error) = maintenance.shutdown().await {
         tracing::warn!(%error, "stopping the maintenance jobs");
     }
     discovery::ServeFile::remove(&server.options.data);
     served
+}
+
+/// The cron scheduler on a thread and runtime of its own: it renders each slot's rules
+/// where it fires, and a slow rule must not hold up the threads that serve requests.
+fn start_scheduler(
+    clock: Arc<dyn crate::scheduler::Clock>,
+    pipelines: watch::Receiver<Arc<Pipeline>>,
+    stopped: watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>, ServeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let thread = std::thread::Builder::new()
+        .name("cron".into())
+        .spawn(move || runtime.block_on(crate::scheduler::run(clock, pipelines, stopped)))?;
+    Ok(thread)
 }
 
 /// Raises the open-file limit to its hard limit where allowed, and returns the connection

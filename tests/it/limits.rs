@@ -3,7 +3,8 @@
 //! stalled body or head is cut off at its deadline, credentials in headers are refused
 //! before the body is sent, the connection cap holds new connections until a slot
 //! frees, the unauthenticated-bytes budget is shared, and malformed chunked encoding
-//! is a 400. Raw TCP where the test needs to stall or send only part of a request.
+//! is a 400; cron slots fire from the scheduler's own thread. Raw TCP where the test
+//! needs to stall or send only part of a request.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -286,4 +287,15 @@ fn malformed_chunked_encoding_is_a_bad_request() {
     let (status, text) = read_answer(&mut stream).expect("an answer");
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("the body cannot be read"), "{text}");
+}
+
+#[test]
+fn cron_slots_fire_from_the_scheduler_thread_of_a_serving_server() {
+    let every_second = "name: tick\ntrigger:\n  cron:\n    schedule: \"* * * * * *\"\ntask:\n  agent: codex\n  repo: https://github.com/acme/shop.git\n  base: main\n  branch: agent/tick\n  prompt: tick\n";
+    let server = Serving::start(&[("tick.yaml", every_second)], &[]);
+    let deadline = Instant::now() + PATIENCE;
+    while server.runs().is_empty() {
+        assert!(Instant::now() < deadline, "no cron run within {PATIENCE:?}:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
