@@ -11,6 +11,7 @@
 //! cargo run --release --example serve_load -- idle [AUTOMATIONS=10000] [SECONDS=30]
 //! cargo run --release --example serve_load -- slow [REQUESTS=2000]
 //! cargo run --release --example serve_load -- stall [UPLOADS=200] [BODY_TIMEOUT=10]
+//! cargo run --release --example serve_load -- flood [CONNECTIONS=20000] [SECONDS=15]
 //! ```
 //!
 //! - `hooks`: closed loop, the most throughput. Each connection sends its next request as
@@ -46,6 +47,11 @@
 //!   resident memory before, at its peak (sampled every 100 ms) and after; how the
 //!   uploads were answered and how long the server took to close them; and the signed
 //!   requests one keep-alive connection got answered meanwhile.
+//! - `flood`: opens CONNECTIONS idle connections (as many as this process's open-file
+//!   limit allows, raised to its hard limit) that send nothing, and holds them for
+//!   SECONDS. Meanwhile one keep-alive connection opened before sends signed requests,
+//!   and a fresh connection sends one every second. Prints how many connections
+//!   opened, the server's resident memory, and both clients' answers and latencies.
 //!
 //! The server is `NIGHTSHIFT_BIN`, else `target/release/nightshift`. Its automations,
 //! data directory and log (shown when it fails) live in a temporary directory under
@@ -84,6 +90,7 @@ const USAGE: &str = "usage: serve_load hooks [CONNECTIONS=64] [SECONDS=5]
        serve_load idle [AUTOMATIONS=10000] [SECONDS=30]
        serve_load slow [REQUESTS=2000]
        serve_load stall [UPLOADS=200] [BODY_TIMEOUT=10]
+       serve_load flood [CONNECTIONS=20000] [SECONDS=15]
 (build the server first: cargo build --release)";
 
 /// The webhook secret; the server reads it from `LOAD_SECRET`.
@@ -93,6 +100,8 @@ const MAX_REQUESTS: u64 = 20_000_000;
 /// The longest any test serves (SECONDS is capped to it).
 const MAX_SECONDS: u64 = 3600;
 const MAX_CONNECTIONS: u64 = 10_000;
+/// The most idle connections `flood` opens.
+const MAX_FLOOD: u64 = 100_000;
 const MAX_AUTOMATIONS: u64 = 1_000_000;
 const MAX_REPEATS: u64 = 100;
 /// How long one request may wait for its answer before its connection is given up.
@@ -159,6 +168,7 @@ fn main() -> ExitCode {
         "idle" => runtime.block_on(idle(arg(0, 10_000, MAX_AUTOMATIONS), arg(1, 30, MAX_SECONDS))),
         "slow" => runtime.block_on(slow(arg(0, 2000, MAX_REQUESTS))),
         "stall" => runtime.block_on(stall(arg(0, 200, MAX_CONNECTIONS), arg(1, 10, MAX_SECONDS))),
+        "flood" => runtime.block_on(flood(arg(0, 20_000, MAX_FLOOD), arg(1, 15, MAX_SECONDS))),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -443,6 +453,105 @@ async fn stall(uploads: u64, body_timeout: u64) -> anyhow::Result<()> {
         signed.errors
     );
     signed.show_errors();
+    Ok(())
+}
+
+async fn flood(connections: u64, seconds: u64) -> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let own_limit = getrlimit(Resource::RLIMIT_NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
+    // Descriptors for this tool's own files and clients.
+    let wanted = connections.min(own_limit.saturating_sub(200));
+    let workspace = Workspace::new()?;
+    workspace.write("load-hook", HOOK)?;
+    let (mut serve, _) = serve(&workspace, 0).await?;
+    let pid = serve.pid;
+    let rss = move || status_number(pid, "VmRSS:").unwrap_or(0);
+    let before = rss();
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signer = {
+        let (address, stop, counter) = (serve.address, Arc::clone(&stop), Arc::clone(&counter));
+        tokio::spawn(async move { sign_until(address, &stop, &counter).await })
+    };
+    let fresh = {
+        let (address, stop, counter) = (serve.address, Arc::clone(&stop), Arc::clone(&counter));
+        tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let host = address.to_string();
+            while !stop.load(Ordering::SeqCst) {
+                let sent = Instant::now();
+                let request = hook_request(&host, counter.fetch_add(1, Ordering::Relaxed));
+                match exchange_once(address, request, Duration::from_secs(60)).await {
+                    Ok((StatusCode::ACCEPTED, _)) => {
+                        tally.latencies.push(micros(sent.elapsed()));
+                        tally.accepted += 1;
+                    }
+                    Ok((status, body)) => tally.error(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                    Err(error) => tally.error(format!("{error:#}")),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tally.latencies.sort_unstable();
+            tally
+        })
+    };
+    let started = Instant::now();
+    let mut open = Vec::with_capacity(wanted as usize);
+    let mut failed = 0u64;
+    // In batches: beyond the server's cap and listen queue, a connect waits for a slot.
+    while (open.len() as u64) + failed < wanted && started.elapsed() < Duration::from_secs(seconds) {
+        let batch = (wanted - open.len() as u64 - failed).min(500);
+        let connects: Vec<_> = (0..batch)
+            .map(|_| {
+                let address = serve.address;
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address)).await
+                })
+            })
+            .collect();
+        for connect in connects {
+            match connect.await {
+                Ok(Ok(Ok(stream))) => open.push(stream),
+                _ => failed += 1,
+            }
+        }
+    }
+    let opened = open.len();
+    let mut peak = rss();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        peak = peak.max(rss());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(open);
+    stop.store(true, Ordering::SeqCst);
+    let signed = signer.await.context("the signing client failed")?;
+    let fresh = fresh.await.context("the fresh-connection client failed")?;
+    serve.check_running("during the test")?;
+    serve.stop().await?;
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+    println!(
+        "flood: {opened} of {wanted} idle connections opened ({failed} not within 2 s), held {seconds} s from the first"
+    );
+    println!("  server RSS: before {}, peak {} (+{})", mib(before), mib(peak), mib(peak.saturating_sub(before)));
+    println!(
+        "  signed requests on a keep-alive connection opened before: {} answered 202, {}, errors {}",
+        signed.accepted,
+        spread(&signed.latencies),
+        signed.errors
+    );
+    println!(
+        "  signed requests each on a fresh connection: {} answered 202, {}, errors {}",
+        fresh.accepted,
+        spread(&fresh.latencies),
+        fresh.errors
+    );
+    signed.show_errors();
+    fresh.show_errors();
     Ok(())
 }
 

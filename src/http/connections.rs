@@ -1,6 +1,7 @@
 //! The serve loop: accepts connections within a cap (beyond it they wait to be
 //! accepted), serves each with hyper's HTTP/1.1 under a header read timeout (which also
-//! closes idle kept-alive connections), gives every request's body a whole-body
+//! closes idle kept-alive connections, and ones that never send), building hyper's
+//! buffers only once a connection's first bytes arrive, gives every request's body a whole-body
 //! deadline, and on shutdown stops accepting and lets the connections finish.
 
 use std::future::Future;
@@ -72,10 +73,16 @@ pub async fn serve(
             let request = request.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_timeout)));
             router.clone().oneshot(request)
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let watcher = graceful.watcher();
+        let http = http.clone();
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            // A connection's errors (a reset, a timeout) are the client's business.
-            let _ = connection.await;
+            // Until its first bytes arrive a connection costs little: hyper's buffers are
+            // made only then. One that sends nothing within the header timeout is closed.
+            if let Ok(Ok(())) = tokio::time::timeout(header_timeout, stream.readable()).await {
+                // A connection's errors (a reset, a timeout) are the client's business.
+                let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await;
+            }
             drop(slot);
         });
     }

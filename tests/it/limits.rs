@@ -190,6 +190,9 @@ fn a_connection_that_sends_no_complete_head_is_closed_at_the_header_deadline() {
     let mut stream = connect(&server);
     stream.write_all(b"POST /hooks/fast HTTP/1.1\r\nHost: test\r\n").unwrap();
     wait_for_close(&mut stream);
+    // One that sends nothing at all: closed the same way.
+    let mut silent = connect(&server);
+    wait_for_close(&mut silent);
     // Kept alive and idle after an answer: closed the same way.
     let mut idle = connect(&server);
     idle.write_all(&bearer_request(3)).unwrap();
