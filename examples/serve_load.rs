@@ -509,9 +509,9 @@ async fn flood(connections: u64, seconds: u64) -> anyhow::Result<()> {
         let connects: Vec<_> = (0..batch)
             .map(|_| {
                 let address = serve.address;
-                tokio::spawn(async move {
-                    tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address)).await
-                })
+                tokio::spawn(
+                    async move { tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address)).await },
+                )
             })
             .collect();
         for connect in connects {

@@ -237,7 +237,7 @@ impl Server {
             current: ArcSwap::from_pointee(generation),
             pipelines,
             admission: Semaphore::new(MAX_IN_FLIGHT),
-            evaluator: Evaluator::new(options.limits.evaluation),
+            evaluator: Evaluator::new(options.limits.evaluation)?,
             unauthenticated: Semaphore::new(options.limits.unauthenticated_bytes / 1024),
             options,
             api_token,
