@@ -9,6 +9,9 @@
 //! cargo run --release --example serve_load -- ready [AUTOMATIONS=1000] [REPEATS=5]
 //! cargo run --release --example serve_load -- cron [AUTOMATIONS=10000] [SECONDS=65]
 //! cargo run --release --example serve_load -- idle [AUTOMATIONS=10000] [SECONDS=30]
+//! cargo run --release --example serve_load -- slow [REQUESTS=2000]
+//! cargo run --release --example serve_load -- stall [UPLOADS=200] [BODY_TIMEOUT=10]
+//! cargo run --release --example serve_load -- flood [CONNECTIONS=20000] [SECONDS=15]
 //! ```
 //!
 //! - `hooks`: closed loop, the most throughput. Each connection sends its next request as
@@ -33,6 +36,22 @@
 //! - `idle`: N cron automations that do not fire during the test (`0 0 1 1 *`). From 3 s
 //!   after ready, the server's CPU use over SECONDS (utime + stime from /proc, as a share
 //!   of one core) and its resident memory.
+//! - `slow`: the latency of `load-hook` (one connection, REQUESTS signed requests one
+//!   after another), first on an idle server, then while eight connections keep sending
+//!   to `slow-hook`, whose policy script runs to the rule deadline (250 ms) on every
+//!   delivery; side by side, with how `slow-hook` was answered (202 for the deliveries
+//!   its line took, 503 with Retry-After for the rest).
+//! - `stall`: UPLOADS connections each send a hook request with a well-formed (wrong)
+//!   signature and `Content-Length: 2 MiB`, then all of the body but its last byte, and
+//!   stall, on a server started with `--body-timeout BODY_TIMEOUT`. Prints the server's
+//!   resident memory before, at its peak (sampled every 100 ms) and after; how the
+//!   uploads were answered and how long the server took to close them; and the signed
+//!   requests one keep-alive connection got answered meanwhile.
+//! - `flood`: opens CONNECTIONS idle connections (as many as this process's open-file
+//!   limit allows, raised to its hard limit) that send nothing, and holds them for
+//!   SECONDS. Meanwhile one keep-alive connection opened before sends signed requests,
+//!   and a fresh connection sends one every second. Prints how many connections
+//!   opened, the server's resident memory, and both clients' answers and latencies.
 //!
 //! The server is `NIGHTSHIFT_BIN`, else `target/release/nightshift`. Its automations,
 //! data directory and log (shown when it fails) live in a temporary directory under
@@ -69,6 +88,9 @@ const USAGE: &str = "usage: serve_load hooks [CONNECTIONS=64] [SECONDS=5]
        serve_load ready [AUTOMATIONS=1000] [REPEATS=5]
        serve_load cron [AUTOMATIONS=10000] [SECONDS=65]
        serve_load idle [AUTOMATIONS=10000] [SECONDS=30]
+       serve_load slow [REQUESTS=2000]
+       serve_load stall [UPLOADS=200] [BODY_TIMEOUT=10]
+       serve_load flood [CONNECTIONS=20000] [SECONDS=15]
 (build the server first: cargo build --release)";
 
 /// The webhook secret; the server reads it from `LOAD_SECRET`.
@@ -78,6 +100,8 @@ const MAX_REQUESTS: u64 = 20_000_000;
 /// The longest any test serves (SECONDS is capped to it).
 const MAX_SECONDS: u64 = 3600;
 const MAX_CONNECTIONS: u64 = 10_000;
+/// The most idle connections `flood` opens.
+const MAX_FLOOD: u64 = 100_000;
 const MAX_AUTOMATIONS: u64 = 1_000_000;
 const MAX_REPEATS: u64 = 100;
 /// How long one request may wait for its answer before its connection is given up.
@@ -142,6 +166,9 @@ fn main() -> ExitCode {
         "ready" => runtime.block_on(ready(arg(0, 1000, MAX_AUTOMATIONS), arg(1, 5, MAX_REPEATS))),
         "cron" => runtime.block_on(cron(arg(0, 10_000, MAX_AUTOMATIONS), arg(1, 65, MAX_SECONDS))),
         "idle" => runtime.block_on(idle(arg(0, 10_000, MAX_AUTOMATIONS), arg(1, 30, MAX_SECONDS))),
+        "slow" => runtime.block_on(slow(arg(0, 2000, MAX_REQUESTS))),
+        "stall" => runtime.block_on(stall(arg(0, 200, MAX_CONNECTIONS), arg(1, 10, MAX_SECONDS))),
+        "flood" => runtime.block_on(flood(arg(0, 20_000, MAX_FLOOD), arg(1, 15, MAX_SECONDS))),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -220,6 +247,389 @@ async fn rate(per_second: u64, seconds: u64, connections: u64) -> anyhow::Result
     }
     tally.show_errors();
     Ok(())
+}
+
+/// A hook whose policy script runs to the rule deadline on every delivery; its bearer
+/// token is the load secret.
+const SLOW_HOOK: &str = r#"name: slow-hook
+trigger:
+  webhook:
+    auth: { bearer: { token: env:LOAD_SECRET } }
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "agent/slow-{{ event.n }}"
+  prompt: "Handle {{ event.n }}"
+  network:
+    agent:
+      script_may_allow: [{ domain: "*.example.com" }]
+      script: |
+        let a = [];
+        a.pad(5000, 1);
+        loop { a.reverse(); }
+"#;
+
+/// Connections that keep `slow-hook` busy in `slow`.
+const SLOW_SENDERS: usize = 8;
+
+async fn slow(requests: u64) -> anyhow::Result<()> {
+    let workspace = Workspace::new()?;
+    workspace.write("load-hook", HOOK)?;
+    workspace.write("slow-hook", SLOW_HOOK)?;
+    let (mut serve, _) = serve(&workspace, 0).await?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let idle = sequential(&serve, requests, &counter).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..SLOW_SENDERS)
+        .map(|_| tokio::spawn(keep_slow_busy(serve.address, Arc::clone(&stop), Arc::clone(&counter))))
+        .collect();
+    // Let the slow hook's line fill before measuring.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let loaded = sequential(&serve, requests, &counter).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut slow_tally = SlowTally::default();
+    for sender in senders {
+        let tally = sender.await.context("a slow sender failed")?;
+        slow_tally.accepted += tally.accepted;
+        slow_tally.refused += tally.refused;
+        slow_tally.other += tally.other;
+    }
+    let loaded = loaded?;
+    serve.check_running("during the test")?;
+    serve.stop().await?;
+    println!("slow: load-hook, {requests} signed requests one after another on one connection");
+    println!("  idle server:                         {} (errors {})", spread(&idle.latencies), idle.errors);
+    println!(
+        "  {SLOW_SENDERS} connections busy on slow-hook:    {} (errors {})",
+        spread(&loaded.latencies),
+        loaded.errors
+    );
+    println!(
+        "  slow-hook answered meanwhile: {} with 202, {} with 503 + Retry-After, {} otherwise",
+        slow_tally.accepted, slow_tally.refused, slow_tally.other
+    );
+    idle.show_errors();
+    loaded.show_errors();
+    Ok(())
+}
+
+/// `requests` signed requests to `load-hook`, one after another on one connection.
+async fn sequential(serve: &Serve, requests: u64, counter: &AtomicU64) -> anyhow::Result<Tally> {
+    let (mut sender, connection) = connect(serve.address).await?;
+    let driver = tokio::spawn(connection);
+    let host = serve.address.to_string();
+    let mut tally = Tally::default();
+    for _ in 0..requests {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, hook_request(&host, n))).await {
+            Ok(Ok((StatusCode::ACCEPTED, _))) => {
+                tally.latencies.push(micros(sent.elapsed()));
+                tally.accepted += 1;
+            }
+            Ok(Ok((status, body))) => tally.error(format!("{status}: {}", String::from_utf8_lossy(&body))),
+            Ok(Err(error)) => {
+                tally.error(format!("{error:#}"));
+                break;
+            }
+            Err(_) => {
+                tally.error(format!("no answer within {REQUEST_TIMEOUT:?}"));
+                break;
+            }
+        }
+    }
+    drop(sender);
+    driver.abort();
+    tally.latencies.sort_unstable();
+    Ok(tally)
+}
+
+#[derive(Default)]
+struct SlowTally {
+    accepted: u64,
+    refused: u64,
+    other: u64,
+}
+
+/// Sends to `slow-hook` until `stop`, each request as soon as the last is answered.
+async fn keep_slow_busy(
+    address: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    counter: Arc<AtomicU64>,
+) -> SlowTally {
+    let mut tally = SlowTally::default();
+    let host = address.to_string();
+    for _ in 0..MAX_CONNECTS {
+        let Ok((mut sender, connection)) = connect(address).await else { break };
+        let driver = tokio::spawn(connection);
+        while !stop.load(Ordering::SeqCst) {
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            let request = Request::post("/hooks/slow-hook")
+                .header(HOST, &host)
+                .header(CONTENT_TYPE, "application/json")
+                .header(AUTHORIZATION, format!("Bearer {SECRET}"))
+                .body(Full::new(Bytes::from(format!("{{\"n\":{n}}}"))))
+                .expect("the request is well formed");
+            match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, request)).await {
+                Ok(Ok((StatusCode::ACCEPTED, _))) => tally.accepted += 1,
+                Ok(Ok((StatusCode::SERVICE_UNAVAILABLE, _))) => tally.refused += 1,
+                Ok(Ok(_)) => tally.other += 1,
+                _ => {
+                    tally.other += 1;
+                    break;
+                }
+            }
+        }
+        driver.abort();
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    tally
+}
+
+/// The body `stall` declares for each upload.
+const STALLED_BODY: usize = 2 << 20;
+
+async fn stall(uploads: u64, body_timeout: u64) -> anyhow::Result<()> {
+    let workspace = Workspace::new()?;
+    workspace.write("load-hook", HOOK)?;
+    let timeout = body_timeout.to_string();
+    let (mut serve, _) = serve_with(&workspace, 0, &["--body-timeout", &timeout]).await?;
+    let pid = serve.pid;
+    let rss = move || status_number(pid, "VmRSS:").unwrap_or(0);
+    let before = rss();
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signer = {
+        let (address, stop, counter) = (serve.address, Arc::clone(&stop), Arc::clone(&counter));
+        tokio::spawn(async move { sign_until(address, &stop, &counter).await })
+    };
+    let patience = Duration::from_secs(body_timeout + 30);
+    let started = Instant::now();
+    let stalled: Vec<_> = (0..uploads).map(|_| tokio::spawn(stalled_upload(serve.address, patience))).collect();
+    let mut peak = before;
+    while !stalled.iter().all(|upload| upload.is_finished()) && started.elapsed() < patience {
+        peak = peak.max(rss());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut statuses = std::collections::BTreeMap::<String, u64>::new();
+    let mut closed_after = Vec::new();
+    for upload in stalled {
+        let (status, closed) = upload.await.context("an upload task failed")?;
+        *statuses.entry(status).or_default() += 1;
+        closed_after.extend(closed.map(micros));
+    }
+    closed_after.sort_unstable();
+    let after = rss();
+    stop.store(true, Ordering::SeqCst);
+    let signed = signer.await.context("the signing client failed")?;
+    serve.check_running("during the test")?;
+    serve.stop().await?;
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+    println!(
+        "stall: {uploads} uploads declaring {} MiB, all but the last byte sent, body timeout {body_timeout} s",
+        STALLED_BODY >> 20
+    );
+    println!(
+        "  server RSS: before {}, peak {} (+{}), after {}",
+        mib(before),
+        mib(peak),
+        mib(peak.saturating_sub(before)),
+        mib(after)
+    );
+    let statuses: Vec<String> = statuses.iter().map(|(status, count)| format!("{count} {status}")).collect();
+    println!("  uploads answered: {}", statuses.join(", "));
+    println!(
+        "  closed by the server: {} of {uploads}, from the first byte sent: {}",
+        closed_after.len(),
+        spread(&closed_after)
+    );
+    println!(
+        "  signed requests meanwhile on one keep-alive connection: {} answered 202, {}, errors {}",
+        signed.accepted,
+        spread(&signed.latencies),
+        signed.errors
+    );
+    signed.show_errors();
+    Ok(())
+}
+
+async fn flood(connections: u64, seconds: u64) -> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let own_limit = getrlimit(Resource::RLIMIT_NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
+    // Descriptors for this tool's own files and clients.
+    let wanted = connections.min(own_limit.saturating_sub(200));
+    let workspace = Workspace::new()?;
+    workspace.write("load-hook", HOOK)?;
+    let (mut serve, _) = serve(&workspace, 0).await?;
+    let pid = serve.pid;
+    let rss = move || status_number(pid, "VmRSS:").unwrap_or(0);
+    let before = rss();
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signer = {
+        let (address, stop, counter) = (serve.address, Arc::clone(&stop), Arc::clone(&counter));
+        tokio::spawn(async move { sign_until(address, &stop, &counter).await })
+    };
+    let fresh = {
+        let (address, stop, counter) = (serve.address, Arc::clone(&stop), Arc::clone(&counter));
+        tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let host = address.to_string();
+            while !stop.load(Ordering::SeqCst) {
+                let sent = Instant::now();
+                let request = hook_request(&host, counter.fetch_add(1, Ordering::Relaxed));
+                match exchange_once(address, request, Duration::from_secs(60)).await {
+                    Ok((StatusCode::ACCEPTED, _)) => {
+                        tally.latencies.push(micros(sent.elapsed()));
+                        tally.accepted += 1;
+                    }
+                    Ok((status, body)) => tally.error(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                    Err(error) => tally.error(format!("{error:#}")),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tally.latencies.sort_unstable();
+            tally
+        })
+    };
+    let started = Instant::now();
+    let mut open = Vec::with_capacity(wanted as usize);
+    let mut failed = 0u64;
+    // In batches: beyond the server's cap and listen queue, a connect waits for a slot.
+    while (open.len() as u64) + failed < wanted && started.elapsed() < Duration::from_secs(seconds) {
+        let batch = (wanted - open.len() as u64 - failed).min(500);
+        let connects: Vec<_> = (0..batch)
+            .map(|_| {
+                let address = serve.address;
+                tokio::spawn(
+                    async move { tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address)).await },
+                )
+            })
+            .collect();
+        for connect in connects {
+            match connect.await {
+                Ok(Ok(Ok(stream))) => open.push(stream),
+                _ => failed += 1,
+            }
+        }
+    }
+    let opened = open.len();
+    let mut peak = rss();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        peak = peak.max(rss());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(open);
+    stop.store(true, Ordering::SeqCst);
+    let signed = signer.await.context("the signing client failed")?;
+    let fresh = fresh.await.context("the fresh-connection client failed")?;
+    serve.check_running("during the test")?;
+    serve.stop().await?;
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+    println!(
+        "flood: {opened} of {wanted} idle connections opened ({failed} not within 2 s), held {seconds} s from the first"
+    );
+    println!("  server RSS: before {}, peak {} (+{})", mib(before), mib(peak), mib(peak.saturating_sub(before)));
+    println!(
+        "  signed requests on a keep-alive connection opened before: {} answered 202, {}, errors {}",
+        signed.accepted,
+        spread(&signed.latencies),
+        signed.errors
+    );
+    println!(
+        "  signed requests each on a fresh connection: {} answered 202, {}, errors {}",
+        fresh.accepted,
+        spread(&fresh.latencies),
+        fresh.errors
+    );
+    signed.show_errors();
+    fresh.show_errors();
+    Ok(())
+}
+
+/// Signed requests to `load-hook`, one after another, until `stop`.
+async fn sign_until(address: SocketAddr, stop: &std::sync::atomic::AtomicBool, counter: &AtomicU64) -> Tally {
+    let mut tally = Tally::default();
+    let host = address.to_string();
+    let Ok((mut sender, connection)) = connect(address).await else {
+        tally.error("cannot connect".into());
+        return tally;
+    };
+    let driver = tokio::spawn(connection);
+    while !stop.load(Ordering::SeqCst) && (tally.accepted + tally.errors) < MAX_REQUESTS {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, hook_request(&host, n))).await {
+            Ok(Ok((StatusCode::ACCEPTED, _))) => {
+                tally.latencies.push(micros(sent.elapsed()));
+                tally.accepted += 1;
+            }
+            Ok(Ok((status, body))) => tally.error(format!("{status}: {}", String::from_utf8_lossy(&body))),
+            Ok(Err(error)) => {
+                tally.error(format!("{error:#}"));
+                break;
+            }
+            Err(_) => {
+                tally.error(format!("no answer within {REQUEST_TIMEOUT:?}"));
+                break;
+            }
+        }
+        // A few hundred a second is enough to see whether they get through.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    driver.abort();
+    tally.latencies.sort_unstable();
+    tally
+}
+
+/// One stalled upload: the head, all of the body but its last byte, then nothing. The
+/// status line the server answered (or how the connection ended) and how long after the
+/// first byte the server closed the connection.
+async fn stalled_upload(address: SocketAddr, patience: Duration) -> (String, Option<Duration>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(stream) = TcpStream::connect(address).await else { return ("no connection".into(), None) };
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /hooks/load-hook HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nX-Hub-Signature-256: sha256={}\r\nContent-Length: {STALLED_BODY}\r\n\r\n",
+        "0".repeat(64)
+    );
+    let writing = tokio::spawn(async move {
+        if writer.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let body = vec![b' '; STALLED_BODY - 1];
+        let _ = writer.write_all(&body).await;
+        // Keep the writing half open: the stall.
+        std::future::pending::<()>().await;
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(patience, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    writing.abort();
+    let text = String::from_utf8_lossy(&answer);
+    let status = match text.split(' ').nth(1) {
+        Some(code) if !code.is_empty() => code.to_string(),
+        _ if answer.is_empty() => "closed without an answer".to_string(),
+        _ => "unreadable answer".to_string(),
+    };
+    (status, read.ok().map(|()| started.elapsed()))
 }
 
 async fn ready(automations: u64, repeats: u64) -> anyhow::Result<()> {
@@ -454,6 +864,11 @@ struct Started {
 /// Spawns `serve` on the fresh data directory `data-{run}` and waits until `/healthz`
 /// answers 200.
 async fn serve(workspace: &Workspace, run: u64) -> anyhow::Result<(Serve, Started)> {
+    serve_with(workspace, run, &[]).await
+}
+
+/// `serve` with more arguments for the server (its limits).
+async fn serve_with(workspace: &Workspace, run: u64, args: &[&str]) -> anyhow::Result<(Serve, Started)> {
     let data = workspace.data(run);
     let log = workspace.dir.path().join(format!("serve-{run}.log"));
     let stdout = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -467,6 +882,7 @@ async fn serve(workspace: &Workspace, run: u64) -> anyhow::Result<(Serve, Starte
         .arg(workspace.automations())
         .arg("--data")
         .arg(&data)
+        .args(args)
         .env("LOAD_SECRET", SECRET)
         .env_remove("NIGHTSHIFT_API_TOKEN")
         .current_dir(workspace.dir.path())

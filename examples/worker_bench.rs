@@ -119,6 +119,7 @@ impl Bench {
             workers: 0,
             worker: WorkerSettings::new(root.join("work")),
             worker_tokens: Vec::new(),
+            limits: Default::default(),
         };
         let server = Server::open(options).expect("the automations load and the store opens");
         let inner = LocalControl::new(Arc::clone(&server), Duration::from_secs(60));

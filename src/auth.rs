@@ -60,6 +60,16 @@ fn hex_after(prefix: &str, header: &str, signature: &str) -> Result<Vec<u8>, Aut
         .ok_or_else(|| AuthError::Malformed { header: header.to_string().into(), why: "not a hex digest".into() })
 }
 
+// The `precheck_*` functions check what a signed request's headers show before its body
+// arrives: the signature header is there and well-formed, a signed timestamp is fresh.
+// A request that fails one is refused without reading its body; `verify_*` make the
+// same checks again, with the body.
+
+/// The digest of a GitHub-style signature header, `{prefix}{hex}`.
+pub fn precheck_hmac(header: &str, prefix: &str, signature: Option<&str>) -> Result<Vec<u8>, AuthError> {
+    hex_after(prefix, header, signature.ok_or_else(|| AuthError::Missing(header.to_string().into()))?)
+}
+
 /// A GitHub-style signature: `{prefix}{hex HMAC-SHA256(secret, body)}` in `header`.
 pub fn verify_hmac(
     secret: &[u8],
@@ -68,8 +78,54 @@ pub fn verify_hmac(
     signature: Option<&str>,
     body: &[u8],
 ) -> Result<(), AuthError> {
-    let given = hex_after(prefix, header, signature.ok_or_else(|| AuthError::Missing(header.to_string().into()))?)?;
+    let given = precheck_hmac(header, prefix, signature)?;
     if equal(&given, &hmac_sha256(secret, &[body])) { Ok(()) } else { Err(AuthError::Mismatch) }
+}
+
+/// `X-PagerDuty-Signature` is there and lists at least one `v1=<hex>` signature.
+pub fn precheck_pagerduty(signatures: Option<&str>) -> Result<(), AuthError> {
+    const HEADER: &str = "X-PagerDuty-Signature";
+    let signatures = signatures.ok_or(AuthError::Missing(HEADER.into()))?;
+    let well_formed = signatures
+        .split(',')
+        .filter_map(|signature| signature.trim().strip_prefix("v1="))
+        .any(|hex| decode_hex(hex).is_some());
+    if well_formed {
+        Ok(())
+    } else {
+        Err(AuthError::Malformed { header: HEADER.into(), why: "no `v1=<hex>` signature".into() })
+    }
+}
+
+/// Slack's timestamp is there and fresh, its signature there and `v0=<hex>`.
+pub fn precheck_slack(timestamp: Option<&str>, signature: Option<&str>, now: DateTime<Utc>) -> Result<(), AuthError> {
+    let timestamp = timestamp.ok_or(AuthError::Missing(SLACK_TIMESTAMP.into()))?;
+    let signature = signature.ok_or(AuthError::Missing(SLACK_SIGNATURE.into()))?;
+    check_skew(timestamp, SLACK_TIMESTAMP, now)?;
+    hex_after("v0=", SLACK_SIGNATURE, signature).map(drop)
+}
+
+/// Standard Webhooks' id, timestamp (fresh) and signature headers are there, with at
+/// least one `v1,<base64>` signature.
+pub fn precheck_standard_webhooks(
+    id: Option<&str>,
+    timestamp: Option<&str>,
+    signatures: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    id.ok_or(AuthError::Missing("webhook-id".into()))?;
+    let timestamp = timestamp.ok_or(AuthError::Missing("webhook-timestamp".into()))?;
+    let signatures = signatures.ok_or(AuthError::Missing("webhook-signature".into()))?;
+    check_skew(timestamp, "webhook-timestamp", now)?;
+    let well_formed = signatures
+        .split(' ')
+        .filter_map(|entry| entry.strip_prefix("v1,"))
+        .any(|encoded| BASE64.decode(encoded).is_ok());
+    if well_formed {
+        Ok(())
+    } else {
+        Err(AuthError::Malformed { header: "webhook-signature".into(), why: "no `v1,<base64>` signature".into() })
+    }
 }
 
 /// PagerDuty v3: `X-PagerDuty-Signature` lists `v1=<hex>` signatures, one per active
@@ -97,6 +153,9 @@ fn check_skew(timestamp: &str, header: &'static str, now: DateTime<Utc>) -> Resu
     if skew.abs() > MAX_SKEW_SECONDS { Err(AuthError::Stale { skew }) } else { Ok(()) }
 }
 
+const SLACK_TIMESTAMP: &str = "X-Slack-Request-Timestamp";
+const SLACK_SIGNATURE: &str = "X-Slack-Signature";
+
 /// Slack: `X-Slack-Signature: v0=<hex HMAC-SHA256(secret, "v0:{timestamp}:{body}")>`,
 /// with `X-Slack-Request-Timestamp` within five minutes of now.
 pub fn verify_slack(
@@ -106,12 +165,10 @@ pub fn verify_slack(
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Result<(), AuthError> {
-    const TIMESTAMP: &str = "X-Slack-Request-Timestamp";
-    const SIGNATURE: &str = "X-Slack-Signature";
-    let timestamp = timestamp.ok_or(AuthError::Missing(TIMESTAMP.into()))?;
-    let signature = signature.ok_or(AuthError::Missing(SIGNATURE.into()))?;
-    check_skew(timestamp, TIMESTAMP, now)?;
-    let given = hex_after("v0=", SIGNATURE, signature)?;
+    let timestamp = timestamp.ok_or(AuthError::Missing(SLACK_TIMESTAMP.into()))?;
+    let signature = signature.ok_or(AuthError::Missing(SLACK_SIGNATURE.into()))?;
+    check_skew(timestamp, SLACK_TIMESTAMP, now)?;
+    let given = hex_after("v0=", SLACK_SIGNATURE, signature)?;
     let expected = hmac_sha256(signing_secret, &[b"v0:", timestamp.as_bytes(), b":", body]);
     if equal(&given, &expected) { Ok(()) } else { Err(AuthError::Mismatch) }
 }

@@ -3,11 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use super::Sources;
 use super::ledger::Location;
 use super::worker::WorkerArgs;
-use crate::server::{ServeOptions, Server};
+use crate::server::{EvaluationLimits, ServeLimits, ServeOptions, Server};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,6 +20,8 @@ pub struct Args {
     /// Alertmanager 4 MiB, others 1 MiB).
     #[arg(long, value_name = "BYTES")]
     max_body: Option<usize>,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Log as JSON lines (for log collectors) instead of text. The level comes from
     /// NIGHTSHIFT_LOG (default `nightshift=info,warn`), e.g. NIGHTSHIFT_LOG=nightshift=debug.
     #[arg(long)]
@@ -40,6 +43,58 @@ pub struct Args {
     sources: Sources,
 }
 
+/// What a client, connection or hook may take of the server (serving.md, "Limits").
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Connections open at once; more wait to be accepted until one closes. Lowered
+    /// to fit the open-file limit.
+    #[arg(long, value_name = "N", default_value_t = ServeLimits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a connection has to send a request's head, from when the server waits
+    /// for one (new, or kept alive after an answer: also the idle timeout).
+    #[arg(long, value_name = "SECONDS", default_value_t = ServeLimits::default().header_timeout.as_secs_f64())]
+    header_timeout: f64,
+    /// Seconds a request has to send its whole body, from its head; then 408 and the
+    /// connection is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = ServeLimits::default().body_timeout.as_secs_f64())]
+    body_timeout: f64,
+    /// Bytes of hook bodies held at once before their signature is checked (each
+    /// body's first 64 KiB not counted); a hook request whose body would not fit gets 503.
+    #[arg(long, value_name = "BYTES", default_value_t = ServeLimits::default().unauthenticated_bytes)]
+    unauthenticated_bytes: usize,
+    /// Rule evaluations at once, across every hook.
+    #[arg(long, value_name = "N", default_value_t = EvaluationLimits::default().threads)]
+    rule_threads: usize,
+    /// Rule evaluations of one hook's deliveries at once.
+    #[arg(long, value_name = "N", default_value_t = EvaluationLimits::default().per_hook)]
+    hook_concurrency: usize,
+    /// Deliveries of one hook that may wait for their rules; beyond, 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = EvaluationLimits::default().per_hook_waiting)]
+    hook_queue: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> anyhow::Result<ServeLimits> {
+        let seconds = |flag: &str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| anyhow::anyhow!("--{flag} {value}: give a positive number of seconds"))
+        };
+        Ok(ServeLimits {
+            evaluation: EvaluationLimits {
+                threads: self.rule_threads.max(1),
+                per_hook: self.hook_concurrency.max(1),
+                per_hook_waiting: self.hook_queue,
+            },
+            max_connections: self.max_connections.max(1),
+            header_timeout: seconds("header-timeout", self.header_timeout)?,
+            body_timeout: seconds("body-timeout", self.body_timeout)?,
+            unauthenticated_bytes: self.unauthenticated_bytes,
+        })
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let project = crate::catalog::project_file(args.sources.config.as_deref());
     let automations: PathBuf = args.location.automations();
@@ -56,6 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         workers: args.workers,
         worker: args.worker.settings(data.join("work")),
         worker_tokens: worker_tokens(args.worker_token),
+        limits: args.limits.limits()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

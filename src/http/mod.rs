@@ -2,9 +2,12 @@
 //! for trigger sources (`hooks.rs`), `/api` for the command line and tools (`api.rs`),
 //! `/api/worker` for remote workers (`worker.rs`), and `/healthz`. Every error is JSON, `{"error": ...}`, with a status that tells the
 //! caller what to do: 401 only when authentication failed, 413 for an oversize body,
-//! 503 with Retry-After when the store cannot keep up.
+//! 408 for a body that did not arrive in time, 503 with Retry-After when the store or a
+//! hook's rules cannot keep up. `connections.rs` is the serve loop: the connection cap
+//! and the header and body deadlines.
 
 mod api;
+mod connections;
 mod hooks;
 mod worker;
 
@@ -21,13 +24,21 @@ use crate::server::Server;
 
 pub use api::MANUAL_HEADER_PREFIX;
 
-/// Serves on `listener` until `shutdown` resolves, then lets requests in flight finish.
+/// Serves on `listener`, at most `max_connections` at once, until `shutdown` resolves,
+/// then lets requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<Server>,
+    max_connections: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(server)).with_graceful_shutdown(shutdown).await
+    let limits = &server.options().limits;
+    let limits = connections::ConnectionLimits {
+        max_connections,
+        header_timeout: limits.header_timeout,
+        body_timeout: limits.body_timeout,
+    };
+    connections::serve(listener, router(server), limits, shutdown).await
 }
 
 /// Every route.

@@ -3,10 +3,19 @@
 
 use chrono::{DateTime, Utc};
 
-use super::Delivery;
+use super::{Delivery, Headers};
 use crate::auth::{self, AuthError};
 use crate::triggers::Trigger;
 use crate::triggers::webhook::WebhookAuth;
+
+/// What a request's headers settled (`Credential::precheck`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precheck {
+    /// The credentials were in the headers and match.
+    Authenticated,
+    /// The signature covers the body: it is checked once the body is read.
+    NeedsBody,
+}
 
 /// How one hook authenticates, with the secret's value.
 #[derive(Clone)]
@@ -107,6 +116,36 @@ impl Credential {
             return Ok(Credential::Open);
         }
         Err("no authentication method is set".into())
+    }
+
+    /// What a request's headers settle before its body is read: credentials that sit in
+    /// headers (bearer, basic, none) are checked whole, so `Authenticated`; a signature
+    /// over the body is checked for presence and form (and its timestamp for freshness),
+    /// so `NeedsBody`. An error refuses the request without reading its body.
+    pub fn precheck(&self, headers: &Headers, now: DateTime<Utc>) -> Result<Precheck, AuthError> {
+        let header = |name: &str| headers.get(name).map(String::as_str);
+        match self {
+            Credential::Hmac { header: name, prefix, .. } => {
+                auth::precheck_hmac(name, prefix, header(name)).map(|_| Precheck::NeedsBody)
+            }
+            Credential::StandardWebhooks { .. } => auth::precheck_standard_webhooks(
+                header("webhook-id"),
+                header("webhook-timestamp"),
+                header("webhook-signature"),
+                now,
+            )
+            .map(|()| Precheck::NeedsBody),
+            Credential::Slack { .. } => {
+                auth::precheck_slack(header("x-slack-request-timestamp"), header("x-slack-signature"), now)
+                    .map(|()| Precheck::NeedsBody)
+            }
+            Credential::PagerDuty { .. } => {
+                auth::precheck_pagerduty(header("x-pagerduty-signature")).map(|()| Precheck::NeedsBody)
+            }
+            Credential::Bearer { .. } | Credential::Basic { .. } | Credential::Open => {
+                self.verify(&Delivery { headers, body: &[] }, now).map(|()| Precheck::Authenticated)
+            }
+        }
     }
 
     /// Checks a delivery's signature or credentials; `now` judges signed timestamps.

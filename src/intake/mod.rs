@@ -17,12 +17,15 @@ use crate::event::Event;
 use crate::triggers::alertmanager::{AlertGrouping, AlertmanagerTrigger, split_per_alert};
 use crate::triggers::{Trigger, TriggerKind};
 
-pub use credential::Credential;
+pub use credential::{Credential, Precheck};
+
+/// A request's headers by lowercase name.
+pub type Headers = BTreeMap<String, String>;
 
 /// One request to a hook: header names lowercased, the body exactly as received.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivery<'a> {
-    pub headers: &'a BTreeMap<String, String>,
+    pub headers: &'a Headers,
     pub body: &'a [u8],
 }
 
@@ -148,6 +151,17 @@ impl HookTable {
 
     pub fn is_empty(&self) -> bool {
         self.hooks.is_empty()
+    }
+
+    /// What the headers of a request to hook `name` settle before its body is read
+    /// (`Credential::precheck`); an error refuses it as `receive` would.
+    pub fn precheck(&self, name: &str, headers: &Headers, now: DateTime<Utc>) -> Result<Precheck, IntakeError> {
+        let hook = self.get(name).ok_or_else(|| IntakeError::UnknownHook(name.to_string()))?;
+        let credential = hook
+            .credential
+            .as_ref()
+            .map_err(|why| IntakeError::NotConfigured { hook: name.to_string(), why: why.clone() })?;
+        credential.precheck(headers, now).map_err(IntakeError::Unauthorized)
     }
 
     /// Authenticates a delivery to hook `name` and turns it into events (or a handshake

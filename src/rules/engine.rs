@@ -1,11 +1,15 @@
 //! The one place a rhai `Engine` is built: explicit limits, no `eval`, no modules, no I/O,
-//! a wall-clock deadline, and `print`/`debug` routed to tracing.
+//! nothing that waits (`sleep`), a wall-clock deadline, and `print`/`debug` routed to
+//! tracing.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rhai::{AST, Dynamic, Engine, EvalAltResult, OptimizationLevel, Scope};
+use rhai::{
+    AST, ASTNode, Dynamic, Engine, EvalAltResult, Expr, LexError, OptimizationLevel, ParseError, ParseErrorType,
+    Position, Scope, Stmt,
+};
 
 use super::helpers;
 
@@ -70,6 +74,59 @@ const CLOCK_CHECK_EVERY: u64 = 256;
 /// What `on_progress` returns to stop a script; recognized in error messages.
 const DEADLINE_TOKEN: &str = "deadline";
 
+/// Functions of rhai's standard library that block the thread they run on. A rule runs
+/// on a shared evaluation thread, where waiting would delay every other hook and a
+/// deadline checked between operations cannot stop it; so each is replaced by one that
+/// fails at once, and a script that calls one by name does not compile.
+pub const WAITING_FUNCTIONS: &[&str] = &["sleep"];
+
+/// What a script that names a function of `WAITING_FUNCTIONS` is told.
+fn cannot_wait(name: &str) -> String {
+    format!("`{name}` is not available: rules cannot wait")
+}
+
+/// The first call in `ast` of a function rules may not use, with its position: by name
+/// (`sleep(1)`, `1.sleep()`) or as a function pointer (`Fn("sleep")`). Calls made through
+/// a pointer built from computed text are caught when they run.
+fn waiting_call(ast: &AST) -> Option<(String, Position)> {
+    let mut found = None;
+    ast.walk(&mut |path: &[ASTNode]| {
+        let named = match path.last() {
+            Some(
+                ASTNode::Expr(Expr::FnCall(call, position) | Expr::MethodCall(call, position))
+                | ASTNode::Stmt(Stmt::FnCall(call, position)),
+            ) => match call.args.as_slice() {
+                [Expr::StringConstant(target, _)] if call.name == "Fn" => Some((target.to_string(), *position)),
+                _ => Some((call.name.to_string(), *position)),
+            },
+            // The optimizer folds `Fn("name")` into a constant pointer.
+            Some(ASTNode::Expr(Expr::DynamicConstant(value, position))) => {
+                value.read_lock::<rhai::FnPtr>().map(|pointer| (pointer.fn_name().to_string(), *position))
+            }
+            _ => None,
+        };
+        match named.filter(|(name, _)| WAITING_FUNCTIONS.contains(&name.as_str())) {
+            Some(call) => {
+                found = Some(call);
+                false
+            }
+            None => true,
+        }
+    });
+    found
+}
+
+/// Refuses an AST that calls a function of `WAITING_FUNCTIONS`, as a parse error at the call.
+fn refuse_waiting(ast: AST) -> Result<AST, ParseError> {
+    match waiting_call(&ast) {
+        None => Ok(ast),
+        Some((name, position)) => {
+            let message = cannot_wait(&name);
+            Err(ParseError(Box::new(ParseErrorType::BadInput(LexError::ImproperSymbol(name, message))), position))
+        }
+    }
+}
+
 /// A hardened rhai engine and its limits.
 pub struct RuleEngine {
     engine: Engine,
@@ -119,6 +176,21 @@ impl RuleEngine {
         });
         helpers::register(&mut engine);
         super::memory::register(&mut engine);
+        // Functions registered on the engine are found before its packages' (`sleep` is
+        // in rhai's core package), so these shadow the blocking ones for every argument
+        // type, calls through computed function pointers included.
+        for name in WAITING_FUNCTIONS {
+            let refuse =
+                |name: &'static str| move || -> Result<(), Box<EvalAltResult>> { Err(cannot_wait(name).into()) };
+            engine.register_fn(*name, {
+                let refuse = refuse(name);
+                move |_: rhai::INT| refuse()
+            });
+            engine.register_fn(*name, {
+                let refuse = refuse(name);
+                move |_: rhai::FLOAT| refuse()
+            });
+        }
         RuleEngine { engine, limits }
     }
 
@@ -135,12 +207,12 @@ impl RuleEngine {
     /// Compiles a single expression (`when`, a template's `{{ ... }}`) that may use
     /// `variables` and no others.
     pub fn compile_expression(&self, variables: &[&str], text: &str) -> Result<AST, rhai::ParseError> {
-        self.engine.compile_expression_with_scope(&declare(variables), text)
+        refuse_waiting(self.engine.compile_expression_with_scope(&declare(variables), text)?)
     }
 
     /// Compiles a script with statements (policy and memory scripts).
     pub fn compile_script(&self, variables: &[&str], text: &str) -> Result<AST, rhai::ParseError> {
-        self.engine.compile_with_scope(&declare(variables), text)
+        refuse_waiting(self.engine.compile_with_scope(&declare(variables), text)?)
     }
 
     /// Evaluates a compiled AST under the limits and the deadline.
@@ -176,5 +248,41 @@ impl RuleEngine {
             }
             other => other.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message an expression gets at compile time, or `None` if it compiles.
+    fn refused(text: &str) -> Option<(String, Option<usize>)> {
+        let engine = RuleEngine::new(Limits::default());
+        let error = engine.compile_script(&["event"], text).err()?;
+        Some((error.0.to_string(), error.1.position()))
+    }
+
+    #[test]
+    fn a_script_that_names_sleep_does_not_compile() {
+        let expected = "`sleep` is not available: rules cannot wait".to_string();
+        assert_eq!(refused("sleep(100000)"), Some((expected.clone(), Some(1))));
+        assert_eq!(refused("let x = 1;\n  x.sleep()"), Some((expected.clone(), Some(5))));
+        assert_eq!(refused("sleep(0.5)"), Some((expected.clone(), Some(1))));
+        assert_eq!(refused("fn wait() { sleep(1) }\n true"), Some((expected.clone(), Some(13))));
+        assert!(refused(r#"let f = Fn("sleep"); f.call(1)"#).is_some());
+        // A property named `sleep` is only a name.
+        assert_eq!(refused("event.sleep == 1"), None);
+    }
+
+    #[test]
+    fn sleep_through_a_computed_pointer_fails_at_once() {
+        let engine = RuleEngine::new(Limits::default());
+        let ast = engine.compile_script(&["event"], "let f = Fn(event); f.call(100000); true").unwrap();
+        let mut scope = Scope::new();
+        scope.push_constant("event", "sleep");
+        let started = Instant::now();
+        let error = engine.eval(&mut scope, &ast).unwrap_err();
+        assert!(error.0.contains("`sleep` is not available"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(50), "it waited");
     }
 }

@@ -7,6 +7,7 @@
 
 mod alerts;
 pub mod discovery;
+pub mod evaluation;
 mod maintenance;
 mod reload;
 pub mod workers;
@@ -15,6 +16,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
@@ -23,13 +25,14 @@ use tokio::sync::{Semaphore, watch};
 use crate::catalog::{self, Catalog};
 use crate::config::{Diagnostic, SecretRef};
 use crate::event::Event;
-use crate::intake::{Accepted, Delivery, HookTable, IntakeError};
+use crate::intake::{Accepted, Delivery, Headers, HookTable, IntakeError, Precheck};
 use crate::pipeline::{Audience, IngestReport, Pipeline};
 use crate::rules::RuleEngine;
 use crate::runs::{MemoryEntry, MemoryWrite, Run, RunId};
 use crate::store::{LogChunk, RetentionReport, RunFilter, RunRecord, SledStore, Store, StoreError};
 use crate::triggers::TriggerKind;
 use crate::worker::{Pool, Runner, Wakeup, WorkerSettings};
+pub use evaluation::{EvaluationLimits, Evaluator, HookBusy};
 
 /// Deliveries waiting for the disk at once, beyond which hooks answer 503 with
 /// Retry-After instead of queueing without bound.
@@ -57,6 +60,40 @@ pub struct ServeOptions {
     /// Tokens that remote workers (`nightshift worker`) present; with none, the worker
     /// API refuses every request.
     pub worker_tokens: Vec<String>,
+    /// What a client, a connection or a hook's rules may take of the server.
+    pub limits: ServeLimits,
+}
+
+/// What one client, connection or hook may take of the server, so none can stall the
+/// others (serving.md, "Limits").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Rule evaluation: threads, and each hook's share of them.
+    pub evaluation: EvaluationLimits,
+    /// Connections open at once; more wait to be accepted until one closes.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's head, counted from when the
+    /// server waits for one: a new connection, or a kept-alive one after its last answer
+    /// (so it is also the idle keep-alive timeout).
+    pub header_timeout: Duration,
+    /// How long a request may take to send its whole body, from its head.
+    pub body_timeout: Duration,
+    /// Bytes of hook bodies the server holds at once before their signature is checked
+    /// (each body's first 64 KiB not counted); a hook request whose body would not fit
+    /// gets 503.
+    pub unauthenticated_bytes: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            evaluation: EvaluationLimits::default(),
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            unauthenticated_bytes: 16 << 20,
+        }
+    }
 }
 
 /// One load of the automations: the pipeline over its catalog and the hooks it serves.
@@ -83,6 +120,10 @@ pub struct Server {
     /// Rings when runs may be ready to claim: idle local workers and waiting remote
     /// claims wake up.
     wakeup: Arc<Wakeup>,
+    /// Where rules are evaluated, away from the request threads.
+    evaluator: Evaluator,
+    /// Room, in KiB, for hook bodies held before their signature is checked.
+    unauthenticated: Semaphore,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -109,6 +150,8 @@ pub enum DeliveryError {
     Intake(#[from] IntakeError),
     #[error("the store is busy: {MAX_IN_FLIGHT} deliveries are waiting for the disk; retry shortly")]
     Busy,
+    #[error(transparent)]
+    HookBusy(#[from] HookBusy),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -227,6 +270,8 @@ impl Server {
             current: ArcSwap::from_pointee(generation),
             pipelines,
             admission: Semaphore::new(MAX_IN_FLIGHT),
+            evaluator: Evaluator::new(options.limits.evaluation)?,
+            unauthenticated: Semaphore::new(options.limits.unauthenticated_bytes / 1024),
             options,
             api_token,
             wakeup: Arc::new(Wakeup::new()),
@@ -270,8 +315,23 @@ impl Server {
         self.pipelines.send_replace(pipeline);
     }
 
+    /// What the headers of a request to hook `name` settle before its body is read:
+    /// `Err` refuses it (unknown hook, missing secret, credentials or a signature header
+    /// missing, malformed or stale) without reading the body.
+    pub fn precheck(&self, name: &str, headers: &Headers) -> Result<Precheck, IntakeError> {
+        self.current().hooks.precheck(name, headers, Utc::now())
+    }
+
+    /// Room for `bytes` of a body held before its signature is checked, if the budget
+    /// has it (`ServeLimits::unauthenticated_bytes`); the room is given back on drop.
+    pub fn hold_unauthenticated(&self, bytes: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        self.unauthenticated.try_acquire_many(kib).ok()
+    }
+
     /// Authenticates a delivery to hook `name`, ingests its events for the hook's
-    /// automation and returns once they are durable.
+    /// automation and returns once they are durable. The rules run on the evaluation
+    /// threads, within the hook's share of them (`HookBusy` when its line is full).
     pub async fn deliver(&self, name: &str, delivery: Delivery<'_>) -> Result<DeliveryAnswer, DeliveryError> {
         let now = Utc::now();
         let generation = self.current();
@@ -280,23 +340,34 @@ impl Server {
             (hook, Accepted::Events(events)) => (hook, events),
         };
         let Ok(_permit) = self.admission.try_acquire() else { return Err(DeliveryError::Busy) };
-        let mut reports = Vec::with_capacity(events.len());
-        let mut pending = Vec::with_capacity(events.len());
+        let admission = self.evaluator.admit(&hook.name)?;
+        // A resolution cancels the firing runs before it is ingested, so it never joins
+        // one of them through dedupe and is cancelled with it; a repeated resolution
+        // changes nothing, like any repeated delivery.
         let mut cancelled = Vec::new();
-        for event in events {
-            // A resolution cancels the firing runs before it is ingested, so it never joins
-            // one of them through dedupe and is cancelled with it; a repeated resolution
-            // changes nothing, like any repeated delivery.
-            if alerts::is_resolution(hook, &event) && self.store.event(&event.id)?.is_none() {
-                cancelled.extend(alerts::cancel_unstarted_runs(self.store.as_ref(), hook, &event, now)?);
+        for event in events.iter().filter(|event| alerts::is_resolution(hook, event)) {
+            if self.store.event(&event.id)?.is_none() {
+                cancelled.extend(alerts::cancel_unstarted_runs(self.store.as_ref(), hook, event, now)?);
             }
-            let (report, durability) =
-                generation.pipeline.ingest_queued(event, Audience::Subscriber(&hook.automation), now)?;
-            reports.push(report);
-            pending.push(durability);
         }
-        for durability in pending {
+        let automation = hook.automation.clone();
+        let rendering = Arc::clone(&generation);
+        let ingested = self
+            .evaluator
+            .run(&admission, move || {
+                let mut queued = Vec::with_capacity(events.len());
+                for event in events {
+                    queued.push(rendering.pipeline.ingest_queued(event, Audience::Subscriber(&automation), now)?);
+                }
+                Ok::<_, StoreError>(queued)
+            })
+            .await;
+        // The hook's place is given up before the wait for the disk: only rules count.
+        drop(admission);
+        let mut reports = Vec::new();
+        for (report, durability) in ingested? {
             durability.await?;
+            reports.push(report);
         }
         let run_ids: Vec<RunId> = reports.iter().flat_map(|r| r.outcome.runs.iter().map(|o| o.run)).collect();
         if !run_ids.is_empty() {
@@ -320,7 +391,11 @@ impl Server {
             request.source.or_else(|| loaded.compiled.definition.first_source()).unwrap_or(TriggerKind::Manual);
         let now = request.now.unwrap_or_else(Utc::now);
         let event = Event::from_delivery(source, payload, request.headers, now);
-        let (report, durability) = generation.pipeline.ingest_queued(event, Audience::Named(name), now)?;
+        let name = name.to_string();
+        let (report, durability) = self
+            .evaluator
+            .run_any(move || generation.pipeline.ingest_queued(event, Audience::Named(&name), now))
+            .await?;
         durability.await?;
         self.wakeup.notify();
         Ok(report)
@@ -387,7 +462,7 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
 
     let (stop, stopped) = watch::channel(false);
     let clock: Arc<dyn crate::scheduler::Clock> = Arc::new(crate::scheduler::SystemClock);
-    let scheduler = tokio::spawn(crate::scheduler::run(clock, server.pipelines(), stopped.clone()));
+    let scheduler = start_scheduler(clock, server.pipelines(), stopped.clone())?;
     let reloader = reload::watch(Arc::clone(&server), stopped.clone())?;
     let mut maintenance = maintenance::start(Arc::clone(&server)).await?;
     let pool = start_local_workers(&server)?;
@@ -411,19 +486,68 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
         // Remote workers' waiting claims end now, rather than holding up the drain.
         wakeup.close();
     };
-    let served = crate::http::serve(listener, Arc::clone(&server), shutdown).await.map_err(ServeError::from);
+    let max_connections = connection_cap(server.options.limits.max_connections);
+    let served =
+        crate::http::serve(listener, Arc::clone(&server), max_connections, shutdown).await.map_err(ServeError::from);
     let _ = stop.send(true);
     if let Some(pool) = pool {
         tracing::info!("stopping the local workers; runs in progress are stopped and given back");
         let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
     }
-    let _ = scheduler.await;
+    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
     drop(reloader);
     if let Err(error) = maintenance.shutdown().await {
         tracing::warn!(%error, "stopping the maintenance jobs");
     }
     discovery::ServeFile::remove(&server.options.data);
     served
+}
+
+/// The cron scheduler on a thread and runtime of its own: it renders each slot's rules
+/// where it fires, and a slow rule must not hold up the threads that serve requests.
+fn start_scheduler(
+    clock: Arc<dyn crate::scheduler::Clock>,
+    pipelines: watch::Receiver<Arc<Pipeline>>,
+    stopped: watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>, ServeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let thread = std::thread::Builder::new()
+        .name("cron".into())
+        .spawn(move || runtime.block_on(crate::scheduler::run(clock, pipelines, stopped)))?;
+    Ok(thread)
+}
+
+/// Raises the open-file limit to its hard limit where allowed, and returns the connection
+/// cap that fits under it, with descriptors left for the store, the log and the workers.
+fn connection_cap(wanted: usize) -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    /// Descriptors kept for everything but connections.
+    const RESERVED: u64 = 256;
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(error) => {
+                tracing::warn!(%error, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-file limit");
+            return wanted;
+        }
+    };
+    let fits = usize::try_from(soft.saturating_sub(RESERVED).max(16)).unwrap_or(usize::MAX);
+    if wanted > fits {
+        tracing::warn!(
+            wanted,
+            open_files = soft,
+            cap = fits,
+            "fewer connections at once than asked: the open-file limit"
+        );
+        return fits;
+    }
+    wanted
 }
 
 /// The local worker pool, unless `workers` is 0.

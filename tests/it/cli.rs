@@ -163,3 +163,18 @@ fn schedule_runs_a_listed_hour_skipped_by_daylight_saving_once_after_the_gap() {
         "2026-03-07T14:00:00-05:00  (2026-03-07T19:00:00Z)\n2026-03-08T03:00:00-04:00  (2026-03-08T07:00:00Z)\n2026-03-08T14:00:00-04:00  (2026-03-08T18:00:00Z)\n"
     );
 }
+
+#[test]
+fn validate_refuses_a_rule_that_sleeps_naming_the_function_and_where() {
+    let dir = temp_dir_with(&[(
+        "sleepy.yaml",
+        "name: sleepy\ntrigger:\n  manual: {}\nwhen: |\n  true &&\n    sleep(100000)\ntask:\n  agent: codex\n  repo: https://github.com/acme/shop.git\n  base: main\n  branch: agent/sleepy\n  prompt: hello\n",
+    )]);
+    let out = nightshift(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("sleepy.yaml:6:5: error[rhai-syntax]: rhai: `sleep` is not available: rules cannot wait"),
+        "{stderr}"
+    );
+}

@@ -7,6 +7,7 @@ mod cron_schedule;
 mod git;
 mod hooks;
 mod ledger_cli;
+mod limits;
 mod providers;
 mod requires;
 mod rules;

@@ -143,3 +143,35 @@ fn bearer_and_basic_credentials() {
     );
     assert!(matches!(verify_basic("a", "b", Some("Basic %%%")), Err(AuthError::Malformed { .. })));
 }
+
+#[test]
+fn headers_are_prechecked_before_the_body_arrives() {
+    use nightshift::auth::{precheck_hmac, precheck_pagerduty, precheck_slack, precheck_standard_webhooks};
+    let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+    let digest = "ab".repeat(32);
+    let good = format!("sha256={digest}");
+    assert!(precheck_hmac("x-hub-signature-256", "sha256=", Some(&good)).is_ok());
+    assert!(matches!(precheck_hmac("x-hub-signature-256", "sha256=", None), Err(AuthError::Missing(_))));
+    assert!(matches!(
+        precheck_hmac("x-hub-signature-256", "sha256=", Some("sha1=abcd")),
+        Err(AuthError::Malformed { .. })
+    ));
+    assert!(precheck_pagerduty(Some(&format!("v1=zz, v1={digest}"))).is_ok());
+    assert!(matches!(precheck_pagerduty(Some("v2=abcd")), Err(AuthError::Malformed { .. })));
+    assert!(matches!(precheck_pagerduty(None), Err(AuthError::Missing(_))));
+    let fresh = now.timestamp().to_string();
+    let stale = (now.timestamp() - 3600).to_string();
+    let slack = format!("v0={digest}");
+    assert!(precheck_slack(Some(&fresh), Some(&slack), now).is_ok());
+    assert!(matches!(precheck_slack(Some(&stale), Some(&slack), now), Err(AuthError::Stale { .. })));
+    assert!(matches!(precheck_slack(Some(&fresh), Some("v0=xyz"), now), Err(AuthError::Malformed { .. })));
+    assert!(precheck_standard_webhooks(Some("msg_1"), Some(&fresh), Some("v1,aGVsbG8="), now).is_ok());
+    assert!(matches!(
+        precheck_standard_webhooks(Some("msg_1"), Some(&fresh), Some("v1a,aGVsbG8="), now),
+        Err(AuthError::Malformed { .. })
+    ));
+    assert!(matches!(
+        precheck_standard_webhooks(None, Some(&fresh), Some("v1,aGVsbG8="), now),
+        Err(AuthError::Missing(_))
+    ));
+}
