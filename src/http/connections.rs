@@ -77,11 +77,13 @@ pub async fn serve(
         let http = http.clone();
         let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            // Until its first bytes arrive a connection costs little: hyper's buffers are
-            // made only then. One that sends nothing within the header timeout is closed.
+            // Until its first bytes arrive a connection costs little: hyper's connection
+            // (boxed, or its size would be reserved in every task from the start) and its
+            // buffers are made only then. One that sends nothing within the header timeout
+            // is closed.
             if let Ok(Ok(())) = tokio::time::timeout(header_timeout, stream.readable()).await {
                 // A connection's errors (a reset, a timeout) are the client's business.
-                let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await;
+                let _ = Box::pin(watcher.watch(http.serve_connection(TokioIo::new(stream), service))).await;
             }
             drop(slot);
         });

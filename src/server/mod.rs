@@ -88,7 +88,9 @@ impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
             evaluation: EvaluationLimits::default(),
-            max_connections: 4096,
+            // About 20 KB each while open, so an idle flood at the cap costs about 20 MB;
+            // a webhook server rarely needs more, and more wait in the listen queue.
+            max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             unauthenticated_bytes: 16 << 20,
