@@ -483,6 +483,16 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The lock, for an operation that changes something: refused while the log cannot
+    /// be written (a full disk), before anything is decided, so nothing queues up behind
+    /// the batch the logger is retrying and nothing half-decided stays in memory.
+    fn lock_for_change(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        match self.commit.trouble() {
+            Some(why) => Err(StoreError::Io(why)),
+            None => Ok(self.lock()),
+        }
+    }
+
     /// The filter builder's thread: builds at open, then whenever the filter fills up,
     /// until the store stops.
     fn run_seen_builder(&self) {
@@ -777,6 +787,10 @@ impl Inner {
 }
 
 impl Store for SledStore {
+    fn trouble(&self) -> Option<String> {
+        self.commit.trouble()
+    }
+
     fn ingest_queued(
         &self,
         event: &Event,
@@ -784,7 +798,7 @@ impl Store for SledStore {
         now: DateTime<Utc>,
     ) -> Result<(IngestOutcome, Durability), StoreError> {
         let event_key = keys::event(&event.id);
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         if let Some(bytes) = self.stored_event(&live, &event.id)? {
             let stored: StoredEvent = decode(&event_key, &bytes)?;
             // The first delivery may not be on disk yet: answer only once it is.
@@ -885,7 +899,7 @@ impl Store for SledStore {
     }
 
     fn claim(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>) -> Result<Option<Claim>, StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let Some(id) = live.next_claimable(now) else { return Ok(None) };
         let Some(mut claimed) = live.get(id).cloned() else { return Ok(None) };
         let run = &mut claimed.run;
@@ -902,7 +916,7 @@ impl Store for SledStore {
     }
 
     fn mark_running(&self, id: RunId, epoch: Epoch, now: DateTime<Utc>) -> Result<Run, StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "started")?;
         held.run.state = RunState::Running;
         held.run.started_at.get_or_insert(now);
@@ -917,7 +931,7 @@ impl Store for SledStore {
         lease_for: Duration,
         now: DateTime<Utc>,
     ) -> Result<DateTime<Utc>, StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "heartbeat")?;
         let expires_at = later(now, lease_for);
         if let Some(lease) = held.run.lease.as_mut() {
@@ -934,7 +948,7 @@ impl Store for SledStore {
         activity: NewActivity,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "given activities")?;
         let seq = held.next_activity;
         let stored = Activity { seq, at: now, kind: activity.kind, text: activity.text, data: activity.data };
@@ -947,7 +961,7 @@ impl Store for SledStore {
     }
 
     fn append_log(&self, id: RunId, epoch: Epoch, text: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "given log output")?;
         let seq = held.next_log;
         let chunk = LogChunk { seq, at: now, text: text.to_string() };
@@ -968,7 +982,7 @@ impl Store for SledStore {
         memory: Vec<MemoryWrite>,
         now: DateTime<Utc>,
     ) -> Result<Run, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "completed")?;
         let mut changes = Changes::default();
         let retries = completion.retries(&held.run);
@@ -1022,7 +1036,7 @@ impl Store for SledStore {
     }
 
     fn cancel(&self, id: RunId, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         self.live_run(&live, id, "cancelled")?;
         let mut changes = Changes::default();
         let run = Inner::cancel_live(&mut live, &mut changes, id, reason.to_string(), now)
@@ -1038,7 +1052,7 @@ impl Store for SledStore {
         skipped: &[(Event, SkipReason)],
         now: DateTime<Utc>,
     ) -> Result<Vec<RunId>, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let mut changes = Changes::default();
         let mut ids = Vec::new();
         for (event, reason) in skipped {
@@ -1068,7 +1082,7 @@ impl Store for SledStore {
     }
 
     fn cancel_unstarted(&self, id: RunId, reason: &str, now: DateTime<Utc>) -> Result<Option<Run>, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let unstarted = |state| matches!(state, RunState::Queued | RunState::AwaitingApproval);
         if live.get(id).is_none_or(|pending| !unstarted(pending.run.state)) {
             return Ok(None);
@@ -1080,7 +1094,7 @@ impl Store for SledStore {
     }
 
     fn release(&self, id: RunId, epoch: Epoch, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "released")?;
         let run = &mut held.run;
         run.state = RunState::Queued;
@@ -1094,7 +1108,7 @@ impl Store for SledStore {
     }
 
     fn approve(&self, id: RunId, now: DateTime<Utc>) -> Result<Run, StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let mut pending = self.live_run(&live, id, "approved")?;
         if pending.run.state != RunState::AwaitingApproval {
             return Err(StoreError::WrongState { run: id, state: pending.run.state, action: "approved" });
@@ -1108,7 +1122,7 @@ impl Store for SledStore {
     }
 
     fn sweep_expired_leases(&self, now: DateTime<Utc>) -> Result<Vec<RunId>, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let expired = live.expired_leases(now);
         if expired.is_empty() {
             return Ok(expired);
@@ -1275,7 +1289,7 @@ impl Store for SledStore {
     }
 
     fn write_memory(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         live.with_memory.insert(automation.to_string());
         let mut changes = Changes::default();
         Inner::put_memory(&mut changes, automation, write, None, now);
@@ -1289,7 +1303,7 @@ impl Store for SledStore {
     }
 
     fn set_schedules(&self, states: &[(&str, &str, &ScheduleState)]) -> Result<(), StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let mut changes = Changes::default();
         for (automation, trigger, state) in states {
             changes.put(keys::schedule(automation, trigger), encode(state));
