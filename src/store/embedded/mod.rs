@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -79,6 +79,9 @@ pub struct Inner {
     /// Wakes the filter builder when the store stops.
     seen_builder_wake: Condvar,
     builder_stop: AtomicBool,
+    /// Every agent command stored (`codec::encode_run`); taken after the state's lock,
+    /// never before it.
+    agents: RwLock<codec::Agents>,
 }
 
 /// What the store's lock guards: the index of unfinished runs, and changes queued for
@@ -222,7 +225,12 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
 
 fn try_open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
     let open_error = |cause: String| StoreError::Open { dir: dir.to_path_buf(), cause };
-    let config = sled::Config::new().path(dir.join("db")).cache_capacity(CACHE_BYTES).flush_every_ms(None);
+    let config = sled::Config::new()
+        .path(dir.join("db"))
+        .cache_capacity(CACHE_BYTES)
+        .flush_every_ms(None)
+        .use_compression(compresses(dir))
+        .compression_factor(COMPRESSION_LEVEL);
     let opened = std::panic::catch_unwind(AssertUnwindSafe(|| config.open())).map_err(|panic| {
         let what =
             panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
@@ -238,6 +246,21 @@ fn try_open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
         },
         other => open_error(other.to_string()),
     })
+}
+
+/// The zstd level sled compresses its pages with: JSON records shrink to about a
+/// quarter, at little CPU.
+const COMPRESSION_LEVEL: i32 = 3;
+
+/// Whether sled compresses this store's pages. New stores do; a store made before
+/// nightshift compressed them keeps its setting, which sled records in `db/conf` and
+/// will not change.
+fn compresses(dir: &Path) -> bool {
+    // Text lines, then a checksum that is not text.
+    match std::fs::read(dir.join("db").join("conf")) {
+        Ok(conf) => conf.split(|b| *b == b'\n').any(|line| line == b"use_compression: true"),
+        Err(_) => true,
+    }
 }
 
 fn wal_dir(store: &Path) -> PathBuf {
@@ -327,7 +350,10 @@ impl Drop for SledStore {
             return;
         }
         let current = self.wal.lock().unwrap_or_else(PoisonError::into_inner).current();
-        if let Err(error) = self.checkpoint(current) {
+        let checkpointed = self.checkpoint(current).and_then(|()| {
+            wal::remove_spares(&wal_dir(&self.dir)).map_err(|e| format!("removing spare log segments failed: {e}"))
+        });
+        if let Err(error) = checkpointed {
             tracing::warn!(dir = %self.dir.display(), "could not checkpoint the store: {error}");
         }
     }
@@ -347,6 +373,8 @@ fn io(error: sled::Error) -> StoreError {
 #[derive(Default)]
 struct Changes {
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Agent commands of the runs written, stored once each (`queue`).
+    agents: Vec<codec::StoredAgent>,
 }
 
 impl Changes {
@@ -366,12 +394,14 @@ impl Changes {
             self.put_finished(run);
             self.delete(keys::live(run.id));
         } else {
-            self.put(keys::live(run.id), encode(run));
+            let record = self.encode_run(run);
+            self.put(keys::live(run.id), record);
         }
     }
 
     fn put_finished(&mut self, run: &Run) {
-        self.put(keys::run(run.id), encode(run));
+        let record = self.encode_run(run);
+        self.put(keys::run(run.id), record);
         self.put(keys::run_of(&run.automation, run.id), Vec::new());
         if run.state != RunState::Skipped {
             self.put(keys::finished_run_of(&run.automation, run.id), Vec::new());
@@ -380,7 +410,19 @@ impl Changes {
 
     /// Writes a run created just now: one key for a queued run, so ingest stays cheap.
     fn new_run(&mut self, run: &Run) {
-        if run.state.is_finished() { self.put_finished(run) } else { self.put(keys::live(run.id), encode(run)) }
+        if run.state.is_finished() {
+            self.put_finished(run)
+        } else {
+            let record = self.encode_run(run);
+            self.put(keys::live(run.id), record)
+        }
+    }
+
+    /// A run's record; its agent command goes to `agents`.
+    fn encode_run(&mut self, run: &Run) -> Vec<u8> {
+        let (record, agent) = codec::encode_run(run);
+        self.agents.extend(agent);
+        record
     }
 
     /// Writes a changed live run and puts it back into the index.
@@ -423,6 +465,7 @@ impl SledStore {
             wal: Mutex::new(wal),
             seen_builder_wake: Condvar::new(),
             builder_stop: AtomicBool::new(false),
+            agents: RwLock::new(codec::Agents::new()),
         });
         let committer = {
             let inner = inner.clone();
@@ -433,6 +476,7 @@ impl SledStore {
         };
         let mut store = SledStore { inner, committer: Some(committer), seen_builder: None };
         store.check_format()?;
+        store.load_agents()?;
         let live = store.load_live()?;
         let generation = live.epoch_floor >> 32;
         if let Some(mark) = Watermark::read(dir)? {
@@ -537,6 +581,10 @@ impl Inner {
     fn check_format(&self) -> Result<(), StoreError> {
         match self.db.get(keys::FORMAT).map_err(io)? {
             Some(found) if found.as_ref() == keys::FORMAT_VERSION => Ok(()),
+            Some(found) if found.as_ref() == keys::OLDER_FORMAT => {
+                self.db.insert(keys::FORMAT, keys::FORMAT_VERSION).map_err(io)?;
+                Ok(())
+            }
             Some(found) => Err(StoreError::Corrupt {
                 what: format!("{}", self.dir.display()),
                 cause: format!(
@@ -581,7 +629,7 @@ impl Inner {
         }
         for entry in self.db.scan_prefix(keys::LIVE) {
             let (key, value) = entry.map_err(io)?;
-            let run: Run = decode(&key, &value)?;
+            let run = self.decode_run(&key, &value)?;
             let next_activity = self.next_seq(&keys::activities_of(run.id))?;
             let next_log = self.next_seq(&keys::log_of(run.id))?;
             live.put(LiveRun { run, next_activity, next_log });
@@ -609,6 +657,25 @@ impl Inner {
         Ok(live)
     }
 
+    /// A run record, with its agent command put back.
+    fn decode_run(&self, key: &[u8], bytes: &[u8]) -> Result<Run, StoreError> {
+        codec::decode_run(key, bytes, &self.agents.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Reads the agent commands runs refer to.
+    fn load_agents(&self) -> Result<(), StoreError> {
+        let mut agents = codec::Agents::new();
+        for entry in self.db.scan_prefix(keys::AGENT) {
+            let (key, value) = entry.map_err(io)?;
+            let Some((profile, hash)) = keys::suffix(&key, keys::AGENT).and_then(|rest| rest.split_once('\0')) else {
+                continue;
+            };
+            agents.insert((profile.to_string(), hash.to_string()), decode(&key, &value)?);
+        }
+        *self.agents.write().unwrap_or_else(PoisonError::into_inner) = agents;
+        Ok(())
+    }
+
     /// The sequence number after the last one under `prefix` (a run's `act/` or `log/`).
     fn next_seq(&self, prefix: &[u8]) -> Result<u64, StoreError> {
         match self.db.scan_prefix(prefix).next_back() {
@@ -624,17 +691,27 @@ impl Inner {
     /// the order their decisions were made), then, with the lock released, waits until
     /// a group commit has applied them, and flushed them when `durable`.
     fn apply(&self, guard: MutexGuard<'_, State>, changes: Changes, durable: bool) -> Result<(), StoreError> {
-        let ticket = Self::queue(guard, changes, durable);
+        let ticket = self.queue(guard, changes, durable);
         self.wait(ticket, if durable { Stage::Durable } else { Stage::Applied })
     }
 
     /// Queues the changes for the next group commit and releases the lock; returns the
     /// ticket to wait for.
-    fn queue(mut guard: MutexGuard<'_, State>, changes: Changes, durable: bool) -> u64 {
+    fn queue(&self, mut guard: MutexGuard<'_, State>, mut changes: Changes, durable: bool) -> u64 {
         let queued = &mut guard.queued;
         queued.issued += 1;
         queued.durable |= durable;
         let ticket = queued.issued;
+        if !changes.agents.is_empty() {
+            let mut known = self.agents.write().unwrap_or_else(PoisonError::into_inner);
+            for agent in std::mem::take(&mut changes.agents) {
+                let name = (agent.profile, agent.hash);
+                if !known.contains_key(&name) {
+                    known.insert(name.clone(), decode(keys::AGENT, &agent.bytes).unwrap_or_default());
+                    changes.put(keys::agent(&name.0, &name.1), agent.bytes);
+                }
+            }
+        }
         for (key, value) in changes.writes {
             if value.is_some()
                 && let Some(id) = key.strip_prefix(keys::EVENT)
@@ -686,7 +763,7 @@ impl Inner {
     fn read_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
         for key in [keys::run(id), keys::live(id)] {
             if let Some(bytes) = self.db.get(&key).map_err(io)? {
-                return decode(&key, &bytes).map(Some);
+                return self.decode_run(&key, &bytes).map(Some);
             }
         }
         Ok(None)
@@ -695,7 +772,7 @@ impl Inner {
     fn read_run_locked(&self, state: &State, id: RunId) -> Result<Option<Run>, StoreError> {
         for key in [keys::run(id), keys::live(id)] {
             if let Some(bytes) = self.get(state, &key)? {
-                return decode(&key, &bytes).map(Some);
+                return self.decode_run(&key, &bytes).map(Some);
             }
         }
         Ok(None)
@@ -892,7 +969,7 @@ impl Store for SledStore {
             // Events with runs go with their runs; the others by age, through this index.
             changes.put(keys::event_age(event.received_at.timestamp_millis(), &event.id), Vec::new());
         }
-        let ticket = Inner::queue(live, changes, true);
+        let ticket = self.queue(live, changes, true);
         let outcome =
             IngestOutcome { event_id: event.id.clone(), duplicate_delivery: false, runs: outcomes, cancelled };
         Ok((outcome, self.durability(ticket)))
@@ -1191,7 +1268,7 @@ impl Store for SledStore {
             while found.len() < limit && unfinished.peek().is_some_and(|run| run.id > id) {
                 found.extend(unfinished.next());
             }
-            let run = if index { self.read_run(id)? } else { Some(decode(&key, &value)?) };
+            let run = if index { self.read_run(id)? } else { Some(self.decode_run(&key, &value)?) };
             if found.len() < limit
                 && let Some(run) = run
                 && wanted(&run)
@@ -1356,5 +1433,33 @@ fn fresh_run(
         result: None,
         skip: None,
         reason: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_of_the_older_format_opens_reads_its_runs_and_keeps_its_sled_settings() {
+        let dir = tempfile::tempdir().expect("dir");
+        let run = codec::run_with_env(&[("SCRIPT", "echo audit")], "check the disk");
+        {
+            // What nightshift wrote before agent commands were kept apart: uncompressed
+            // pages, format 1, the command inside the run record.
+            let db = sled::Config::new().path(dir.path().join("db")).open().expect("sled");
+            db.insert(keys::FORMAT, keys::OLDER_FORMAT).expect("format");
+            db.insert(keys::live(run.id), encode(&run)).expect("run");
+            db.flush().expect("flush");
+        }
+        for _ in 0..2 {
+            let store = SledStore::open(dir.path()).expect("open");
+            assert_eq!(store.run(run.id).expect("read"), Some(run.clone()));
+            assert_eq!(store.db.get(keys::FORMAT).expect("get").as_deref(), Some(keys::FORMAT_VERSION));
+            assert!(!compresses(dir.path()));
+        }
+        let fresh = tempfile::tempdir().expect("dir");
+        drop(SledStore::open(fresh.path()).expect("open"));
+        assert!(compresses(fresh.path()));
     }
 }

@@ -221,6 +221,15 @@ pub fn retire_through(dir: &Path, through: u64) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
+/// Deletes the spare segments: a store that stops cleanly leaves no log behind (the
+/// next open starts its segments afresh).
+pub fn remove_spares(dir: &Path) -> std::io::Result<()> {
+    for spare in spares(dir)? {
+        std::fs::remove_file(spare)?;
+    }
+    sync_dir(dir)
+}
+
 /// Why replay stopped.
 #[derive(Debug)]
 pub enum ReplayError {
