@@ -8,7 +8,12 @@
 //! ```text
 //! cargo run --release --example store_load -- ingest [PRODUCERS=64] [SECONDS=5] [rules|store]
 //! cargo run --release --example store_load -- claims [WORKERS=4] [RUNS=50000]
+//! cargo run --release --example store_load -- bytes [EVENTS=20000] [PROFILE=local-audit]
 //! ```
+//! `bytes` ingests EVENTS small deliveries (about 90 bytes of payload, one run each on
+//! the agent profile PROFILE) through the rules and the store, in batches of 256 as
+//! concurrent requests would, stops the store cleanly, and prints what its directory
+//! holds on disk per event (`du`'s allocated blocks, and the files' apparent sizes).
 //! Every loop is bounded in time and count. The store lives in a temporary directory.
 
 use std::sync::Arc;
@@ -51,7 +56,10 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("ingest") => ingest(number(1, 64), number(2, 5), args.get(3).map(String::as_str) != Some("store")),
         Some("claims") => claims(number(1, 4), number(2, 50_000)),
-        _ => eprintln!("usage: store_load ingest [PRODUCERS] [SECONDS] [rules|store] | claims [WORKERS] [RUNS]"),
+        Some("bytes") => bytes(number(1, 20_000).min(MAX_EVENTS), args.get(2).map_or("local-audit", String::as_str)),
+        _ => eprintln!(
+            "usage: store_load ingest [PRODUCERS] [SECONDS] [rules|store] | claims [WORKERS] [RUNS] | bytes [EVENTS] [PROFILE]"
+        ),
     }
 }
 
@@ -204,4 +212,88 @@ fn claims(workers: u64, runs: u64) {
         latencies[(count * 99 / 100).min(count - 1)],
     );
     report_commits(&sled, count);
+}
+
+/// A small automation on `profile`, as most real ones are.
+const SMALL: &str = r#"
+name: small
+trigger: { manual: {} }
+task:
+  agent: PROFILE
+  repo: "/srv/git/shop"
+  branch: "agent/disk-{{ event.n }}"
+  prompt: "Check {{ untrusted(event.title) }} on {{ event.host }}."
+"#;
+
+fn bytes(events: u64, profile: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("automations")).expect("dir");
+    std::fs::write(dir.path().join("automations/small.yaml"), SMALL.replace("PROFILE", profile)).expect("write");
+    let (catalog, problems) = nightshift::catalog::load(RuleEngine::shared(), &[dir.path().join("automations")], None);
+    assert!(problems.is_empty(), "{problems:?}");
+    let data = dir.path().join("data");
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data).expect("store"));
+    let pipeline = Pipeline::new(Arc::new(catalog), store);
+    let started = Instant::now();
+    let mut payload_bytes = 0;
+    for batch in 0..events.div_ceil(256) {
+        let pending: Vec<_> = (batch * 256..((batch + 1) * 256).min(events))
+            .map(|n| {
+                let payload = json!({"title": "disk usage above 90% on /var/lib/postgresql", "host": format!("db-{}", n % 13), "n": n});
+                payload_bytes += payload.to_string().len();
+                let event = Event::from_delivery(TriggerKind::Manual, payload, Default::default(), Utc::now());
+                pipeline.ingest_queued(event, Audience::Everyone, Utc::now()).expect("ingest").1
+            })
+            .collect();
+        for durability in pending {
+            durability.wait().expect("durable");
+        }
+    }
+    let ingested = started.elapsed();
+    // A clean stop: the store checkpoints when its last handle goes.
+    drop(pipeline);
+    let (mut allocated, mut apparent) = (0u64, 0u64);
+    let mut by_part: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for entry in walk(&data) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = entry.1;
+        let part = entry
+            .0
+            .strip_prefix(&data)
+            .ok()
+            .and_then(|p| p.components().next())
+            .map_or_else(|| "?".to_string(), |c| c.as_os_str().to_string_lossy().into_owned());
+        let sizes = by_part.entry(part).or_default();
+        sizes.0 += meta.blocks() * 512;
+        sizes.1 += meta.len();
+        allocated += meta.blocks() * 512;
+        apparent += meta.len();
+    }
+    println!(
+        "bytes ({profile}): {events} events of {} payload bytes on average, ingested in {ingested:.1?}; \
+         on disk after a clean stop: {allocated} bytes allocated ({} per event), {apparent} apparent ({} per event)",
+        payload_bytes / events.max(1) as usize,
+        allocated / events.max(1),
+        apparent / events.max(1),
+    );
+    for (part, (allocated, apparent)) in by_part {
+        println!("  {part}: {allocated} allocated, {apparent} apparent");
+    }
+}
+
+/// Every file under `dir`, with its metadata.
+fn walk(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::fs::Metadata)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                found.push((entry.path(), meta));
+            }
+        }
+    }
+    found
 }

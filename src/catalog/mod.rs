@@ -56,10 +56,12 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
     let mut diagnostics = Vec::new();
     let mut profiles = builtin_profiles();
     let mut retention = Retention::default();
+    let mut max_prompt_bytes = crate::config::DEFAULT_MAX_PROMPT_BYTES;
     match load_project(project) {
         Ok(config) => {
             profiles.extend(config.profiles);
             retention = config.retention;
+            max_prompt_bytes = config.max_prompt_bytes;
         }
         Err(problems) => diagnostics.extend(problems),
     }
@@ -94,7 +96,8 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
     let mut automations = Vec::new();
     for (index, (file, (_, compiled, problems))) in results.into_iter().enumerate() {
         diagnostics.extend(problems);
-        let Some(compiled) = compiled else { continue };
+        let Some(mut compiled) = compiled else { continue };
+        compiled.set_max_prompt_bytes(max_prompt_bytes);
         if !duplicates.contains(&index) && !conflicting.contains(compiled.name()) {
             automations.push(LoadedAutomation { file: file.path, compiled });
         }

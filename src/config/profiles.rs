@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{Code, FieldPath, Finding};
 
 /// `nightshift.yaml`: settings shared by every automation in a project.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectConfig {
     /// Agent profiles by name; they add to and override the built-ins (`codex`, `claude`).
@@ -18,6 +18,28 @@ pub struct ProjectConfig {
     /// How much run history the store keeps.
     #[serde(default)]
     pub retention: Retention,
+    /// The largest rendered prompt, in bytes. A render that would make a bigger one
+    /// fails, and the run is recorded as failed with that reason. Default 262144 (256 KiB).
+    #[serde(default = "default_max_prompt_bytes")]
+    #[schemars(range(min = 1))]
+    pub max_prompt_bytes: usize,
+}
+
+impl Default for ProjectConfig {
+    fn default() -> Self {
+        ProjectConfig {
+            profiles: BTreeMap::new(),
+            retention: Retention::default(),
+            max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
+        }
+    }
+}
+
+/// The default `max_prompt_bytes`: 256 KiB.
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 256 * 1024;
+
+fn default_max_prompt_bytes() -> usize {
+    DEFAULT_MAX_PROMPT_BYTES
 }
 
 /// Run history kept per automation; older finished runs are deleted with their events

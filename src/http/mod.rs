@@ -52,14 +52,19 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
+/// 200 with `ok: true`, or 503 with `ok: false` and the `problem` (the store cannot
+/// write, say) while the server cannot take deliveries.
 async fn health(axum::extract::State(server): axum::extract::State<Arc<Server>>) -> Response {
     let generation = server.current();
+    let problem = server.store().trouble();
+    let status = if problem.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     let body = json!({
-        "ok": true,
+        "ok": problem.is_none(),
+        "problem": problem,
         "automations": generation.pipeline.catalog().automations.len(),
         "hooks": generation.hooks.len(),
     });
-    (StatusCode::OK, axum::Json(body)).into_response()
+    (status, axum::Json(body)).into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

@@ -74,6 +74,8 @@ pub struct CompiledAutomation {
     profile: AgentProfile,
     when: Option<AST>,
     prompt: Template,
+    /// The largest rendered prompt (`max_prompt_bytes` in nightshift.yaml).
+    max_prompt_bytes: usize,
     branch: Template,
     base: Template,
     repo: Template,
@@ -210,6 +212,11 @@ fn keep<T>(result: Result<T, Finding>, findings: &mut Vec<Finding>) -> Option<T>
 }
 
 impl CompiledAutomation {
+    /// Sets the largest prompt a render may produce (default 256 KiB).
+    pub fn set_max_prompt_bytes(&mut self, limit: usize) {
+        self.max_prompt_bytes = limit;
+    }
+
     /// Compiles everything in `automation`, reporting every problem found.
     pub fn compile(
         engine: &RuleEngine,
@@ -264,6 +271,7 @@ impl CompiledAutomation {
                 profile: profile?,
                 when: when?,
                 prompt: prompt?,
+                max_prompt_bytes: crate::config::DEFAULT_MAX_PROMPT_BYTES,
                 branch: branch?,
                 base: base?,
                 repo: repo?,
@@ -414,7 +422,10 @@ impl CompiledAutomation {
         }
 
         let task = &self.definition.task;
-        let prompt = self.prompt.render(engine, &mut scope).map_err(fail("task.prompt"))?;
+        let prompt = self
+            .prompt
+            .render_at_most(engine, &mut scope, self.max_prompt_bytes, "`max_prompt_bytes` in nightshift.yaml")
+            .map_err(fail("task.prompt"))?;
         let branch = self.branch.render(engine, &mut scope).map_err(fail("task.branch"))?;
         check_branch_name(&branch).map_err(EvalError).map_err(fail("task.branch"))?;
         let base = self.base.render(engine, &mut scope).map_err(fail("task.base"))?;

@@ -75,16 +75,36 @@ impl Template {
 
     /// Renders the template against `scope`.
     pub fn render(&self, engine: &RuleEngine, scope: &mut Scope<'_>) -> Result<String, EvalError> {
+        self.render_at_most(engine, scope, usize::MAX, "")
+    }
+
+    /// `render`, failing as soon as the text would be longer than `limit` bytes, so a
+    /// big value repeated many times costs no more than `limit`; `limit_name` says in
+    /// the error which setting sets it.
+    pub fn render_at_most(
+        &self,
+        engine: &RuleEngine,
+        scope: &mut Scope<'_>,
+        limit: usize,
+        limit_name: &str,
+    ) -> Result<String, EvalError> {
         let mut out = String::new();
         for part in &self.parts {
-            match part {
-                Part::Text(text) => out.push_str(text),
+            let piece = match part {
+                Part::Text(text) => std::borrow::Cow::Borrowed(text.as_str()),
                 Part::Expr { source, ast } => {
                     let value =
                         engine.eval(scope, ast).map_err(|e| EvalError(format!("in `{{{{ {source} }}}}`: {}", e.0)))?;
-                    out.push_str(&to_text(&value).map_err(|why| EvalError(format!("in `{{{{ {source} }}}}`: {why}")))?);
+                    let text = to_text(&value).map_err(|why| EvalError(format!("in `{{{{ {source} }}}}`: {why}")))?;
+                    std::borrow::Cow::Owned(text)
                 }
+            };
+            if out.len().saturating_add(piece.len()) > limit {
+                return Err(EvalError(format!(
+                    "the rendered text would be larger than {limit} bytes ({limit_name}); nothing was rendered past it"
+                )));
             }
+            out.push_str(&piece);
         }
         Ok(out)
     }
@@ -145,6 +165,15 @@ mod tests {
         assert!(error.starts_with("2:"), "{error}");
         assert!(render("{{ event.n").unwrap_err().contains("never closed"));
         assert!(render("{{ nope }}").unwrap_err().contains("nope"));
+    }
+
+    #[test]
+    fn a_render_stops_at_its_limit() {
+        let engine = RuleEngine::shared();
+        let template = Template::compile(engine, &["event"], "{{ event.title }}-{{ event.title }}").unwrap();
+        assert_eq!(template.render_at_most(engine, &mut scope(), 9, "limit").unwrap(), "boom-boom");
+        let error = template.render_at_most(engine, &mut scope(), 8, "`the_limit`").unwrap_err().0;
+        assert!(error.contains("larger than 8 bytes") && error.contains("`the_limit`"), "{error}");
     }
 
     #[test]

@@ -482,8 +482,10 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     println!("nightshift serving on http://{address}");
 
     let wakeup = Arc::clone(&server.wakeup);
+    let stop_within = STOP_WITHIN.max(server.options.worker.grace + std::time::Duration::from_secs(5));
     let shutdown = async move {
         shutdown_signal().await;
+        exit_if_stopping_takes(stop_within);
         tracing::info!("shutting down: finishing requests in flight");
         // Remote workers' waiting claims end now, rather than holding up the drain.
         wakeup.close();
@@ -550,6 +552,24 @@ fn connection_cap(wanted: usize) -> usize {
         return fits;
     }
     wanted
+}
+
+/// How long a stop may take once SIGINT or SIGTERM arrives, whatever the store is doing
+/// (longer when the workers' grace for an agent to exit needs it): then the process
+/// exits with status 1. Nothing acknowledged is lost: a 2xx was given only once the
+/// write-ahead log held the change, and the next start replays it.
+pub const STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Exits the process if it is still running `within` from now.
+fn exit_if_stopping_takes(within: std::time::Duration) {
+    let deadline = std::thread::Builder::new().name("nightshift-stop-deadline".into()).spawn(move || {
+        std::thread::sleep(within);
+        tracing::error!("stopping took longer than {within:?}; exiting now (the next start replays the store's log)");
+        std::process::exit(1);
+    });
+    if let Err(error) = deadline {
+        tracing::warn!(%error, "cannot bound how long stopping takes");
+    }
 }
 
 /// The local worker pool, unless `workers` is 0.

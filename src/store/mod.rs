@@ -241,6 +241,14 @@ impl std::fmt::Debug for Durability {
 /// in a crash only re-queues the run (epochs stay unique across restarts), and
 /// `append_log`, whose loss only shortens the log of a run that did not complete.
 pub trait Store: Send + Sync {
+    /// Why the store cannot take changes now (its disk is full, say), or `None`. Every
+    /// change is refused with `StoreError::Io` while this says why; a backend that
+    /// recovers by itself (the embedded one, once its log can be written again) clears
+    /// it.
+    fn trouble(&self) -> Option<String> {
+        None
+    }
+
     /// Stores `event` and the runs the rules rendered for it, applying dedupe,
     /// coalescing, cooldown and overlap, and returns once they are on disk. A delivery
     /// seen before stores nothing and returns the first outcome.

@@ -4,6 +4,7 @@ mod alertmanager;
 mod cli;
 mod crash;
 mod cron_schedule;
+mod full_disk;
 mod git;
 mod hooks;
 mod ledger_cli;

@@ -1,4 +1,4 @@
-//! What a test needs from the machine (a program, overlay mounts): found, or a loud skip
+//! What a test needs from the machine (a program, overlay or tmpfs mounts): found, or a loud skip
 //! that `.ci/run` turns into a failure by setting the requirement's variable.
 
 use std::io::Write;
@@ -8,6 +8,8 @@ use std::path::PathBuf;
 pub const REQUIRE_PROGRAMS: &str = "NIGHTSHIFT_REQUIRE_PROGRAMS";
 /// Set by `.ci/run` where `mount -t overlay` works: overlay tests must run.
 pub const REQUIRE_OVERLAY: &str = "NIGHTSHIFT_REQUIRE_OVERLAY";
+/// Set by `.ci/run` where `mount -t tmpfs` works: the full-disk test must run.
+pub const REQUIRE_MOUNTS: &str = "NIGHTSHIFT_REQUIRE_MOUNTS";
 
 /// The first of `names` on `PATH` (or in /usr/bin), which Debian's `package` provides.
 /// Without it the calling test is skipped, loudly, or fails where `REQUIRE_PROGRAMS` is set.

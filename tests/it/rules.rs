@@ -249,3 +249,33 @@ fn rendered_tasks_serialize_and_read_back() {
     assert_eq!(back, rendered);
     assert_eq!(back.flow.unwrap().dedupe_key.as_deref(), Some("t"));
 }
+
+/// A prompt that repeats `{{ event.big }}` 60 times, loaded with `project` as nightshift.yaml.
+fn repeating_prompt(project: Option<&str>) -> LoadedAutomation {
+    let prompt = "{{ event.big }}".repeat(60);
+    let yaml = format!(
+        "name: probe\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: codex\n  repo: /srv/git/api\n  prompt: \"{prompt}\"\n"
+    );
+    let dir = temp_dir_with(&[("automations/probe.yaml", &yaml), ("nightshift.yaml", project.unwrap_or(""))]);
+    let project = project.map(|_| dir.path().join("nightshift.yaml"));
+    let paths = [dir.path().join("automations")];
+    let (catalog, diagnostics) = nightshift::catalog::load(RuleEngine::shared(), &paths, project.as_deref());
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    catalog.automations.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_prompt_over_its_cap_fails_to_render_and_says_which_setting_caps_it() {
+    // The default cap, 256 KiB, against a 1 MiB value repeated 60 times.
+    let loaded = repeating_prompt(None);
+    let error = render(&loaded, json!({"big": "x".repeat(1 << 20)})).expect_err("over the cap");
+    assert_eq!(error.field, "task.prompt");
+    assert!(error.cause.contains("larger than 262144 bytes") && error.cause.contains("max_prompt_bytes"), "{error}");
+    let small = render(&loaded, json!({"big": "x".repeat(100)})).expect("6000 bytes is under the default cap");
+    assert_eq!(small.task.unwrap().prompt.len(), 6000);
+
+    // nightshift.yaml lowers it.
+    let loaded = repeating_prompt(Some("max_prompt_bytes: 5999\n"));
+    let error = render(&loaded, json!({"big": "x".repeat(100)})).expect_err("over the configured cap");
+    assert!(error.cause.contains("larger than 5999 bytes"), "{error}");
+}

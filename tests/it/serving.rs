@@ -48,6 +48,17 @@ impl Serving {
         Self::start_in(dirs, automations, data, env, args)
     }
 
+    /// `start_with_args` with the store in `data` (e.g. on a file system the test made).
+    pub fn start_with_data(files: &[(&str, &str)], env: &[(&str, &str)], args: &[&str], data: &Path) -> Serving {
+        let dirs = tempfile::tempdir().expect("temp dir");
+        let automations = dirs.path().join("automations");
+        std::fs::create_dir_all(&automations).unwrap();
+        for (name, text) in files {
+            std::fs::write(automations.join(name), text).unwrap();
+        }
+        Self::start_in(dirs, automations, data.to_path_buf(), env, args)
+    }
+
     /// Starts a server over existing directories (e.g. again, after a stop).
     fn start_in(
         dirs: tempfile::TempDir,
@@ -164,6 +175,30 @@ impl Serving {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the process to exit; returns its exit
+    /// status, or `None` if it was still running (it is then killed).
+    pub fn stop_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GETs a path without credentials (e.g. `/healthz`).
+    pub fn get(&self, path: &str) -> Answer {
+        answer(self.client.get(format!("{}{path}", self.url)).send().expect("request"))
     }
 
     /// Stops the server and starts it again on the same directories, with the same arguments.

@@ -5,6 +5,11 @@
 //! applier then applies it to sled and wakes the writers that needed it visible there.
 //! While one batch is applied, the next is logged and a third gathers; an applier that
 //! falls behind takes every batch waiting.
+//!
+//! A log append or sync that fails (a full disk, say) stalls the pipeline instead of
+//! breaking it: the logger keeps the batch, answers its writers with the error, tries
+//! again every `RETRY_EVERY`, and carries on once a try succeeds. While it is stalled
+//! the store refuses new changes (`stalled`), so nothing piles up behind the batch.
 
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -69,6 +74,8 @@ struct Progress {
     applies: u64,
     /// A failed commit may have lost queued changes: the store refuses further work.
     broken: Option<String>,
+    /// Why the logger cannot write now; it keeps the batch and tries again.
+    stalled: Option<String>,
     stopping: bool,
     /// The logger sleeps on `work`; only then does a new waiter need to signal it (a busy
     /// logger looks again before it sleeps), which saves a syscall per write.
@@ -83,12 +90,24 @@ impl Progress {
         }
     }
 
-    /// Wakes the waiters the progress so far satisfies.
+    /// Why `ticket` will not reach `stage` for now: the store is broken, or the logger is
+    /// stalled before it (a logged change still reaches sled).
+    fn refusal(&self, ticket: u64, stage: Stage) -> Option<&String> {
+        if self.broken.is_some() {
+            return self.broken.as_ref();
+        }
+        let stuck = match stage {
+            Stage::Applied => ticket > self.logged,
+            Stage::Durable => ticket > self.durable,
+        };
+        self.stalled.as_ref().filter(|_| stuck && !self.reached(ticket, stage))
+    }
+
+    /// Wakes the waiters the progress so far satisfies, or refuses.
     fn wake_satisfied(&mut self) {
-        let broken = self.broken.is_some();
         let mut waiting = std::mem::take(&mut self.waiting);
         waiting.retain(|(ticket, stage, wake)| {
-            let done = broken || self.reached(*ticket, *stage);
+            let done = self.refusal(*ticket, *stage).is_some() || self.reached(*ticket, *stage);
             if done {
                 wake.wake();
             }
@@ -132,6 +151,15 @@ impl Progress {
 const GATHER_WHEN_QUEUED: u64 = 8;
 const GATHER_FOR: std::time::Duration = std::time::Duration::from_micros(300);
 
+/// How often a stalled logger tries its batch again.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the logger does next: log a batch (synced when `sync`), or only sync.
+enum Step<B> {
+    Log { covers: u64, batch: B, sync: bool },
+    Sync,
+}
+
 /// How many logged batches may wait for the applier before the logger waits too.
 const LOGGED_NOT_APPLIED: usize = 256;
 
@@ -149,16 +177,16 @@ impl GroupCommit {
     /// Returns once `ticket` has reached `stage`.
     pub fn wait(&self, ticket: u64, stage: Stage) -> Result<(), String> {
         let mut progress = self.lock();
-        if !progress.reached(ticket, stage) && progress.broken.is_none() {
+        if !progress.reached(ticket, stage) && progress.refusal(ticket, stage).is_none() {
             progress.register(ticket, stage, Wake::Thread(std::thread::current()));
             self.signal(&progress);
         }
         loop {
-            if let Some(why) = &progress.broken {
-                return Err(why.clone());
-            }
-            if progress.reached(ticket, stage) {
+            if progress.broken.is_none() && progress.reached(ticket, stage) {
                 return Ok(());
+            }
+            if let Some(why) = progress.refusal(ticket, stage) {
+                return Err(why.clone());
             }
             drop(progress);
             std::thread::park();
@@ -175,11 +203,11 @@ impl GroupCommit {
     /// `wait` for async callers: ready once `ticket` has reached `stage`.
     pub fn poll(&self, ticket: u64, stage: Stage, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         let mut progress = self.lock();
-        if let Some(why) = &progress.broken {
-            return Poll::Ready(Err(why.clone()));
-        }
-        if progress.reached(ticket, stage) {
+        if progress.broken.is_none() && progress.reached(ticket, stage) {
             return Poll::Ready(Ok(()));
+        }
+        if let Some(why) = progress.refusal(ticket, stage) {
+            return Poll::Ready(Err(why.clone()));
         }
         progress.register(ticket, stage, Wake::Task(cx.waker().clone()));
         self.signal(&progress);
@@ -201,49 +229,102 @@ impl GroupCommit {
     }
 
     fn run_logger<S: Sink>(&self, sink: &S, to_apply: mpsc::SyncSender<(u64, S::Batch)>) {
+        // A step that failed with the log unwritable, to try again.
+        let mut retained: Option<Step<S::Batch>> = None;
         let mut progress = self.lock();
         loop {
             if progress.broken.is_some() {
                 progress.give_up();
+                retained = None;
             }
-            let take = progress.take_pending();
-            if !take && !progress.sync_pending() {
-                if progress.stopping {
-                    // Dropping the sender lets the applier finish what is left, then stop.
-                    return;
+            let step = match retained.take() {
+                Some(step) => {
+                    if progress.stopping {
+                        // Its writers were answered with the error: nothing acknowledged
+                        // is dropped here.
+                        return;
+                    }
+                    progress = self.work.wait_timeout(progress, RETRY_EVERY).unwrap_or_else(PoisonError::into_inner).0;
+                    if progress.stopping {
+                        return;
+                    }
+                    step
                 }
-                progress.logger_idle = true;
-                progress = self.work.wait(progress).unwrap_or_else(PoisonError::into_inner);
-                progress.logger_idle = false;
-                continue;
-            }
-            if take && progress.wanted - progress.logged >= GATHER_WHEN_QUEUED && !progress.stopping {
-                // Busy: give more writers a moment to join this sync. A sync costs the
-                // kernel CPU of its own, and fewer, fuller ones leave more for requests.
-                drop(progress);
-                std::thread::sleep(GATHER_FOR);
-                progress = self.lock();
-            }
-            let someone_needs_sync = progress.wanted_durable > progress.durable;
+                None => {
+                    let take = progress.take_pending();
+                    if !take && !progress.sync_pending() {
+                        if progress.stopping {
+                            // Dropping the sender lets the applier finish what is left, then stop.
+                            return;
+                        }
+                        progress.logger_idle = true;
+                        progress = self.work.wait(progress).unwrap_or_else(PoisonError::into_inner);
+                        progress.logger_idle = false;
+                        continue;
+                    }
+                    if take && progress.wanted - progress.logged >= GATHER_WHEN_QUEUED && !progress.stopping {
+                        // Busy: give more writers a moment to join this sync. A sync costs the
+                        // kernel CPU of its own, and fewer, fuller ones leave more for requests.
+                        drop(progress);
+                        std::thread::sleep(GATHER_FOR);
+                        progress = self.lock();
+                    }
+                    let someone_needs_sync = progress.wanted_durable > progress.durable;
+                    drop(progress);
+                    let taken = guarded(|| {
+                        Ok(if take {
+                            let (covers, batch, durable) = sink.take();
+                            Step::Log { covers, batch, sync: durable || someone_needs_sync }
+                        } else {
+                            Step::Sync
+                        })
+                    });
+                    progress = self.lock();
+                    match taken {
+                        Ok(step) => step,
+                        Err(why) => {
+                            progress.broken.get_or_insert(why);
+                            continue;
+                        }
+                    }
+                }
+            };
             drop(progress);
+            let mut step = step;
             let result = guarded(|| {
-                if !take {
-                    sink.sync().map_err(|e| format!("syncing the log failed, restart nightshift: {e}"))?;
-                    return Ok(None);
-                }
-                let (covers, mut batch, durable) = sink.take();
-                let sync = durable || someone_needs_sync;
-                sink.log(&mut batch, sync).map_err(|e| format!("writing the log failed, restart nightshift: {e}"))?;
-                Ok(Some((covers, batch, sync)))
+                Ok(match &mut step {
+                    Step::Sync => sink.sync(),
+                    Step::Log { batch, sync, .. } => sink.log(batch, *sync),
+                })
             });
             progress = self.lock();
-            match result {
-                Ok(None) => {
+            let written = match result {
+                Ok(written) => written,
+                Err(why) => {
+                    progress.broken.get_or_insert(why);
+                    continue;
+                }
+            };
+            if let Err(why) = written {
+                let why = format!("the store cannot write its log ({why}); it tries again every second");
+                if progress.stalled.is_none() {
+                    tracing::error!("{why}");
+                }
+                progress.stalled = Some(why);
+                progress.wake_satisfied();
+                retained = Some(step);
+                continue;
+            }
+            if progress.stalled.take().is_some() {
+                tracing::info!("the store can write its log again");
+            }
+            match step {
+                Step::Sync => {
                     progress.durable = progress.logged;
                     progress.syncs += 1;
                     progress.wake_satisfied();
                 }
-                Ok(Some((covers, batch, sync))) => {
+                Step::Log { covers, batch, sync } => {
                     progress.logged = covers;
                     progress.logs += 1;
                     if sync {
@@ -258,9 +339,6 @@ impl GroupCommit {
                     if !sent {
                         progress.broken.get_or_insert("the applier thread stopped; restart nightshift".into());
                     }
-                }
-                Err(why) => {
-                    progress.broken.get_or_insert(why);
                 }
             }
         }
@@ -301,6 +379,13 @@ impl GroupCommit {
     pub fn is_clean(&self) -> bool {
         let progress = self.lock();
         progress.broken.is_none() && progress.applied >= progress.logged
+    }
+
+    /// Why the store cannot take changes now: it is broken, or its log cannot be
+    /// written (it keeps trying). `None` when all is well.
+    pub fn trouble(&self) -> Option<String> {
+        let progress = self.lock();
+        progress.broken.clone().or_else(|| progress.stalled.clone())
     }
 
     /// Asks `run` to return once nothing is waiting.
@@ -410,6 +495,28 @@ mod tests {
         let ticket = sink.queue();
         let error = commit.wait(ticket, Stage::Durable).unwrap_err();
         assert!(error.contains("disk full"), "{error}");
+        commit.stop();
+        committer.join().expect("committer");
+    }
+
+    #[test]
+    fn a_stalled_log_refuses_while_it_fails_and_carries_on_once_it_can_write() {
+        let sink = Arc::new(Counter::default());
+        sink.fail_flush.store(true, Ordering::Relaxed);
+        let (commit, committer) = start(sink.clone());
+        let first = sink.queue();
+        assert!(commit.wait(first, Stage::Durable).is_err());
+        assert!(commit.trouble().is_some_and(|why| why.contains("disk full")));
+        sink.fail_flush.store(false, Ordering::Relaxed);
+        // The kept batch goes through on a later try; so does what follows it.
+        let second = sink.queue();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while commit.wait(second, Stage::Applied).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the log never recovered");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(commit.trouble(), None);
+        assert_eq!(sink.applied.load(Ordering::Relaxed), 2, "the batch that failed was kept and applied once");
         commit.stop();
         committer.join().expect("committer");
     }

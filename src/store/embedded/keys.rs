@@ -5,7 +5,11 @@
 use crate::runs::RunId;
 
 pub const FORMAT: &[u8] = b"meta/format";
-pub const FORMAT_VERSION: &[u8] = b"nightshift-store/1";
+pub const FORMAT_VERSION: &[u8] = b"nightshift-store/2";
+/// Stores of this format are read too (their run records carry their agent
+/// command), and marked with `FORMAT_VERSION` at open: an older nightshift would not
+/// know to look for the commands kept apart.
+pub const OLDER_FORMAT: &[u8] = b"nightshift-store/1";
 pub const GENERATION: &[u8] = b"meta/generation";
 /// The newest run id handed out, written when retention may delete the newest run, so
 /// ids are never reused.
@@ -26,6 +30,8 @@ pub const MEMORY: &[u8] = b"mem/";
 pub const DEDUPE: &[u8] = b"dk/";
 pub const LAST_CREATED: &[u8] = b"lc/";
 pub const SCHEDULE: &[u8] = b"sched/";
+/// Agent commands of runs, once per profile name and hash (`codec::encode_run`).
+pub const AGENT: &[u8] = b"agent/";
 
 fn join(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
@@ -122,4 +128,8 @@ pub fn schedule(automation: &str, trigger: &str) -> Vec<u8> {
 /// The text after a prefix (e.g. the memory key after `mem/{automation}\0`).
 pub fn suffix<'k>(key: &'k [u8], prefix: &[u8]) -> Option<&'k str> {
     std::str::from_utf8(key.strip_prefix(prefix)?).ok()
+}
+
+pub fn agent(profile: &str, hash: &str) -> Vec<u8> {
+    join(&[AGENT, profile.as_bytes(), b"\0", hash.as_bytes()])
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -79,6 +79,9 @@ pub struct Inner {
     /// Wakes the filter builder when the store stops.
     seen_builder_wake: Condvar,
     builder_stop: AtomicBool,
+    /// Every agent command stored (`codec::encode_run`); taken after the state's lock,
+    /// never before it.
+    agents: RwLock<codec::Agents>,
 }
 
 /// What the store's lock guards: the index of unfinished runs, and changes queued for
@@ -222,7 +225,12 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
 
 fn try_open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
     let open_error = |cause: String| StoreError::Open { dir: dir.to_path_buf(), cause };
-    let config = sled::Config::new().path(dir.join("db")).cache_capacity(CACHE_BYTES).flush_every_ms(None);
+    let config = sled::Config::new()
+        .path(dir.join("db"))
+        .cache_capacity(CACHE_BYTES)
+        .flush_every_ms(None)
+        .use_compression(compresses(dir))
+        .compression_factor(COMPRESSION_LEVEL);
     let opened = std::panic::catch_unwind(AssertUnwindSafe(|| config.open())).map_err(|panic| {
         let what =
             panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
@@ -238,6 +246,21 @@ fn try_open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
         },
         other => open_error(other.to_string()),
     })
+}
+
+/// The zstd level sled compresses its pages with: JSON records shrink to about a
+/// quarter, at little CPU.
+const COMPRESSION_LEVEL: i32 = 3;
+
+/// Whether sled compresses this store's pages. New stores do; a store made before
+/// nightshift compressed them keeps its setting, which sled records in `db/conf` and
+/// will not change.
+fn compresses(dir: &Path) -> bool {
+    // Text lines, then a checksum that is not text.
+    match std::fs::read(dir.join("db").join("conf")) {
+        Ok(conf) => conf.split(|b| *b == b'\n').any(|line| line == b"use_compression: true"),
+        Err(_) => true,
+    }
 }
 
 fn wal_dir(store: &Path) -> PathBuf {
@@ -327,7 +350,10 @@ impl Drop for SledStore {
             return;
         }
         let current = self.wal.lock().unwrap_or_else(PoisonError::into_inner).current();
-        if let Err(error) = self.checkpoint(current) {
+        let checkpointed = self.checkpoint(current).and_then(|()| {
+            wal::remove_spares(&wal_dir(&self.dir)).map_err(|e| format!("removing spare log segments failed: {e}"))
+        });
+        if let Err(error) = checkpointed {
             tracing::warn!(dir = %self.dir.display(), "could not checkpoint the store: {error}");
         }
     }
@@ -347,6 +373,8 @@ fn io(error: sled::Error) -> StoreError {
 #[derive(Default)]
 struct Changes {
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Agent commands of the runs written, stored once each (`queue`).
+    agents: Vec<codec::StoredAgent>,
 }
 
 impl Changes {
@@ -366,12 +394,14 @@ impl Changes {
             self.put_finished(run);
             self.delete(keys::live(run.id));
         } else {
-            self.put(keys::live(run.id), encode(run));
+            let record = self.encode_run(run);
+            self.put(keys::live(run.id), record);
         }
     }
 
     fn put_finished(&mut self, run: &Run) {
-        self.put(keys::run(run.id), encode(run));
+        let record = self.encode_run(run);
+        self.put(keys::run(run.id), record);
         self.put(keys::run_of(&run.automation, run.id), Vec::new());
         if run.state != RunState::Skipped {
             self.put(keys::finished_run_of(&run.automation, run.id), Vec::new());
@@ -380,7 +410,19 @@ impl Changes {
 
     /// Writes a run created just now: one key for a queued run, so ingest stays cheap.
     fn new_run(&mut self, run: &Run) {
-        if run.state.is_finished() { self.put_finished(run) } else { self.put(keys::live(run.id), encode(run)) }
+        if run.state.is_finished() {
+            self.put_finished(run)
+        } else {
+            let record = self.encode_run(run);
+            self.put(keys::live(run.id), record)
+        }
+    }
+
+    /// A run's record; its agent command goes to `agents`.
+    fn encode_run(&mut self, run: &Run) -> Vec<u8> {
+        let (record, agent) = codec::encode_run(run);
+        self.agents.extend(agent);
+        record
     }
 
     /// Writes a changed live run and puts it back into the index.
@@ -423,6 +465,7 @@ impl SledStore {
             wal: Mutex::new(wal),
             seen_builder_wake: Condvar::new(),
             builder_stop: AtomicBool::new(false),
+            agents: RwLock::new(codec::Agents::new()),
         });
         let committer = {
             let inner = inner.clone();
@@ -433,6 +476,7 @@ impl SledStore {
         };
         let mut store = SledStore { inner, committer: Some(committer), seen_builder: None };
         store.check_format()?;
+        store.load_agents()?;
         let live = store.load_live()?;
         let generation = live.epoch_floor >> 32;
         if let Some(mark) = Watermark::read(dir)? {
@@ -483,6 +527,16 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The lock, for an operation that changes something: refused while the log cannot
+    /// be written (a full disk), before anything is decided, so nothing queues up behind
+    /// the batch the logger is retrying and nothing half-decided stays in memory.
+    fn lock_for_change(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        match self.commit.trouble() {
+            Some(why) => Err(StoreError::Io(why)),
+            None => Ok(self.lock()),
+        }
+    }
+
     /// The filter builder's thread: builds at open, then whenever the filter fills up,
     /// until the store stops.
     fn run_seen_builder(&self) {
@@ -527,6 +581,10 @@ impl Inner {
     fn check_format(&self) -> Result<(), StoreError> {
         match self.db.get(keys::FORMAT).map_err(io)? {
             Some(found) if found.as_ref() == keys::FORMAT_VERSION => Ok(()),
+            Some(found) if found.as_ref() == keys::OLDER_FORMAT => {
+                self.db.insert(keys::FORMAT, keys::FORMAT_VERSION).map_err(io)?;
+                Ok(())
+            }
             Some(found) => Err(StoreError::Corrupt {
                 what: format!("{}", self.dir.display()),
                 cause: format!(
@@ -571,7 +629,7 @@ impl Inner {
         }
         for entry in self.db.scan_prefix(keys::LIVE) {
             let (key, value) = entry.map_err(io)?;
-            let run: Run = decode(&key, &value)?;
+            let run = self.decode_run(&key, &value)?;
             let next_activity = self.next_seq(&keys::activities_of(run.id))?;
             let next_log = self.next_seq(&keys::log_of(run.id))?;
             live.put(LiveRun { run, next_activity, next_log });
@@ -599,6 +657,25 @@ impl Inner {
         Ok(live)
     }
 
+    /// A run record, with its agent command put back.
+    fn decode_run(&self, key: &[u8], bytes: &[u8]) -> Result<Run, StoreError> {
+        codec::decode_run(key, bytes, &self.agents.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Reads the agent commands runs refer to.
+    fn load_agents(&self) -> Result<(), StoreError> {
+        let mut agents = codec::Agents::new();
+        for entry in self.db.scan_prefix(keys::AGENT) {
+            let (key, value) = entry.map_err(io)?;
+            let Some((profile, hash)) = keys::suffix(&key, keys::AGENT).and_then(|rest| rest.split_once('\0')) else {
+                continue;
+            };
+            agents.insert((profile.to_string(), hash.to_string()), decode(&key, &value)?);
+        }
+        *self.agents.write().unwrap_or_else(PoisonError::into_inner) = agents;
+        Ok(())
+    }
+
     /// The sequence number after the last one under `prefix` (a run's `act/` or `log/`).
     fn next_seq(&self, prefix: &[u8]) -> Result<u64, StoreError> {
         match self.db.scan_prefix(prefix).next_back() {
@@ -614,17 +691,27 @@ impl Inner {
     /// the order their decisions were made), then, with the lock released, waits until
     /// a group commit has applied them, and flushed them when `durable`.
     fn apply(&self, guard: MutexGuard<'_, State>, changes: Changes, durable: bool) -> Result<(), StoreError> {
-        let ticket = Self::queue(guard, changes, durable);
+        let ticket = self.queue(guard, changes, durable);
         self.wait(ticket, if durable { Stage::Durable } else { Stage::Applied })
     }
 
     /// Queues the changes for the next group commit and releases the lock; returns the
     /// ticket to wait for.
-    fn queue(mut guard: MutexGuard<'_, State>, changes: Changes, durable: bool) -> u64 {
+    fn queue(&self, mut guard: MutexGuard<'_, State>, mut changes: Changes, durable: bool) -> u64 {
         let queued = &mut guard.queued;
         queued.issued += 1;
         queued.durable |= durable;
         let ticket = queued.issued;
+        if !changes.agents.is_empty() {
+            let mut known = self.agents.write().unwrap_or_else(PoisonError::into_inner);
+            for agent in std::mem::take(&mut changes.agents) {
+                let name = (agent.profile, agent.hash);
+                if !known.contains_key(&name) {
+                    known.insert(name.clone(), decode(keys::AGENT, &agent.bytes).unwrap_or_default());
+                    changes.put(keys::agent(&name.0, &name.1), agent.bytes);
+                }
+            }
+        }
         for (key, value) in changes.writes {
             if value.is_some()
                 && let Some(id) = key.strip_prefix(keys::EVENT)
@@ -676,7 +763,7 @@ impl Inner {
     fn read_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
         for key in [keys::run(id), keys::live(id)] {
             if let Some(bytes) = self.db.get(&key).map_err(io)? {
-                return decode(&key, &bytes).map(Some);
+                return self.decode_run(&key, &bytes).map(Some);
             }
         }
         Ok(None)
@@ -685,7 +772,7 @@ impl Inner {
     fn read_run_locked(&self, state: &State, id: RunId) -> Result<Option<Run>, StoreError> {
         for key in [keys::run(id), keys::live(id)] {
             if let Some(bytes) = self.get(state, &key)? {
-                return decode(&key, &bytes).map(Some);
+                return self.decode_run(&key, &bytes).map(Some);
             }
         }
         Ok(None)
@@ -777,6 +864,10 @@ impl Inner {
 }
 
 impl Store for SledStore {
+    fn trouble(&self) -> Option<String> {
+        self.commit.trouble()
+    }
+
     fn ingest_queued(
         &self,
         event: &Event,
@@ -784,7 +875,7 @@ impl Store for SledStore {
         now: DateTime<Utc>,
     ) -> Result<(IngestOutcome, Durability), StoreError> {
         let event_key = keys::event(&event.id);
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         if let Some(bytes) = self.stored_event(&live, &event.id)? {
             let stored: StoredEvent = decode(&event_key, &bytes)?;
             // The first delivery may not be on disk yet: answer only once it is.
@@ -878,14 +969,14 @@ impl Store for SledStore {
             // Events with runs go with their runs; the others by age, through this index.
             changes.put(keys::event_age(event.received_at.timestamp_millis(), &event.id), Vec::new());
         }
-        let ticket = Inner::queue(live, changes, true);
+        let ticket = self.queue(live, changes, true);
         let outcome =
             IngestOutcome { event_id: event.id.clone(), duplicate_delivery: false, runs: outcomes, cancelled };
         Ok((outcome, self.durability(ticket)))
     }
 
     fn claim(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>) -> Result<Option<Claim>, StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let Some(id) = live.next_claimable(now) else { return Ok(None) };
         let Some(mut claimed) = live.get(id).cloned() else { return Ok(None) };
         let run = &mut claimed.run;
@@ -902,7 +993,7 @@ impl Store for SledStore {
     }
 
     fn mark_running(&self, id: RunId, epoch: Epoch, now: DateTime<Utc>) -> Result<Run, StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "started")?;
         held.run.state = RunState::Running;
         held.run.started_at.get_or_insert(now);
@@ -917,7 +1008,7 @@ impl Store for SledStore {
         lease_for: Duration,
         now: DateTime<Utc>,
     ) -> Result<DateTime<Utc>, StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "heartbeat")?;
         let expires_at = later(now, lease_for);
         if let Some(lease) = held.run.lease.as_mut() {
@@ -934,7 +1025,7 @@ impl Store for SledStore {
         activity: NewActivity,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "given activities")?;
         let seq = held.next_activity;
         let stored = Activity { seq, at: now, kind: activity.kind, text: activity.text, data: activity.data };
@@ -947,7 +1038,7 @@ impl Store for SledStore {
     }
 
     fn append_log(&self, id: RunId, epoch: Epoch, text: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "given log output")?;
         let seq = held.next_log;
         let chunk = LogChunk { seq, at: now, text: text.to_string() };
@@ -968,7 +1059,7 @@ impl Store for SledStore {
         memory: Vec<MemoryWrite>,
         now: DateTime<Utc>,
     ) -> Result<Run, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "completed")?;
         let mut changes = Changes::default();
         let retries = completion.retries(&held.run);
@@ -1022,7 +1113,7 @@ impl Store for SledStore {
     }
 
     fn cancel(&self, id: RunId, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         self.live_run(&live, id, "cancelled")?;
         let mut changes = Changes::default();
         let run = Inner::cancel_live(&mut live, &mut changes, id, reason.to_string(), now)
@@ -1038,7 +1129,7 @@ impl Store for SledStore {
         skipped: &[(Event, SkipReason)],
         now: DateTime<Utc>,
     ) -> Result<Vec<RunId>, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let mut changes = Changes::default();
         let mut ids = Vec::new();
         for (event, reason) in skipped {
@@ -1068,7 +1159,7 @@ impl Store for SledStore {
     }
 
     fn cancel_unstarted(&self, id: RunId, reason: &str, now: DateTime<Utc>) -> Result<Option<Run>, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let unstarted = |state| matches!(state, RunState::Queued | RunState::AwaitingApproval);
         if live.get(id).is_none_or(|pending| !unstarted(pending.run.state)) {
             return Ok(None);
@@ -1089,7 +1180,7 @@ impl Store for SledStore {
     }
 
     fn release(&self, id: RunId, epoch: Epoch, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let mut held = self.held_run(&live, id, epoch, "released")?;
         let run = &mut held.run;
         run.state = RunState::Queued;
@@ -1103,7 +1194,7 @@ impl Store for SledStore {
     }
 
     fn approve(&self, id: RunId, now: DateTime<Utc>) -> Result<Run, StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let mut pending = self.live_run(&live, id, "approved")?;
         if pending.run.state != RunState::AwaitingApproval {
             return Err(StoreError::WrongState { run: id, state: pending.run.state, action: "approved" });
@@ -1117,7 +1208,7 @@ impl Store for SledStore {
     }
 
     fn sweep_expired_leases(&self, now: DateTime<Utc>) -> Result<Vec<RunId>, StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let expired = live.expired_leases(now);
         if expired.is_empty() {
             return Ok(expired);
@@ -1186,7 +1277,7 @@ impl Store for SledStore {
             while found.len() < limit && unfinished.peek().is_some_and(|run| run.id > id) {
                 found.extend(unfinished.next());
             }
-            let run = if index { self.read_run(id)? } else { Some(decode(&key, &value)?) };
+            let run = if index { self.read_run(id)? } else { Some(self.decode_run(&key, &value)?) };
             if found.len() < limit
                 && let Some(run) = run
                 && wanted(&run)
@@ -1284,7 +1375,7 @@ impl Store for SledStore {
     }
 
     fn write_memory(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         live.with_memory.insert(automation.to_string());
         let mut changes = Changes::default();
         Inner::put_memory(&mut changes, automation, write, None, now);
@@ -1298,7 +1389,7 @@ impl Store for SledStore {
     }
 
     fn set_schedules(&self, states: &[(&str, &str, &ScheduleState)]) -> Result<(), StoreError> {
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let mut changes = Changes::default();
         for (automation, trigger, state) in states {
             changes.put(keys::schedule(automation, trigger), encode(state));
@@ -1351,5 +1442,33 @@ fn fresh_run(
         result: None,
         skip: None,
         reason: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_of_the_older_format_opens_reads_its_runs_and_keeps_its_sled_settings() {
+        let dir = tempfile::tempdir().expect("dir");
+        let run = codec::run_with_env(&[("SCRIPT", "echo audit")], "check the disk");
+        {
+            // What nightshift wrote before agent commands were kept apart: uncompressed
+            // pages, format 1, the command inside the run record.
+            let db = sled::Config::new().path(dir.path().join("db")).open().expect("sled");
+            db.insert(keys::FORMAT, keys::OLDER_FORMAT).expect("format");
+            db.insert(keys::live(run.id), encode(&run)).expect("run");
+            db.flush().expect("flush");
+        }
+        for _ in 0..2 {
+            let store = SledStore::open(dir.path()).expect("open");
+            assert_eq!(store.run(run.id).expect("read"), Some(run.clone()));
+            assert_eq!(store.db.get(keys::FORMAT).expect("get").as_deref(), Some(keys::FORMAT_VERSION));
+            assert!(!compresses(dir.path()));
+        }
+        let fresh = tempfile::tempdir().expect("dir");
+        drop(SledStore::open(fresh.path()).expect("open"));
+        assert!(compresses(fresh.path()));
     }
 }

@@ -47,7 +47,7 @@ impl Inner {
     ) -> Result<(), StoreError> {
         // Sled must hold what earlier passes deleted: they read it, not the overlay.
         self.settle()?;
-        let live = self.lock();
+        let live = self.lock_for_change()?;
         let mut kept = 0;
         let mut changes = Changes::default();
         // The newest run may go: remember its id so it is never handed out again.
@@ -116,7 +116,7 @@ impl Inner {
     ) -> Result<(), StoreError> {
         // Sled must hold what earlier passes deleted: they read it, not the overlay.
         self.settle()?;
-        let mut live = self.lock();
+        let mut live = self.lock_for_change()?;
         let mut changes = Changes::default();
         let end = keys::event_age(cutoff.timestamp_millis(), "");
         for entry in self.db.range(keys::EVENT_AGE.to_vec()..end) {

@@ -58,7 +58,9 @@ impl Wal {
         let reused = spares(dir)?.into_iter().find(|spare| std::fs::rename(spare, &path).is_ok());
         let file = match reused {
             Some(_) => OpenOptions::new().write(true).open(&path)?,
-            None => OpenOptions::new().create_new(true).write(true).open(&path)?,
+            // Not `create_new`: an earlier try at this segment that failed (a full disk)
+            // may have left the file, holding nothing of this segment yet.
+            None => OpenOptions::new().create(true).truncate(false).write(true).open(&path)?,
         };
         file.write_all_at(MAGIC, 0)?;
         file.sync_data()?;
@@ -100,12 +102,14 @@ impl Wal {
         let crc = checksum(self.seq, payload);
         self.frame[..4].copy_from_slice(&length.to_le_bytes());
         self.frame[4..8].copy_from_slice(&crc.to_le_bytes());
+        // A failed write or sync leaves `len` where it was, so the writer's next try
+        // writes the frame over whatever part of it reached the file.
         self.file.write_all_at(&self.frame, self.len)?;
-        self.len += self.frame.len() as u64;
         self.unsynced = true;
         if sync {
             self.sync()?;
         }
+        self.len += self.frame.len() as u64;
         if self.frame.capacity() > 4 * 1024 * 1024 {
             self.frame = Vec::new();
         }
@@ -213,6 +217,15 @@ pub fn retire_through(dir: &Path, through: u64) -> std::io::Result<()> {
         } else {
             std::fs::remove_file(segment_path(dir, seq))?;
         }
+    }
+    sync_dir(dir)
+}
+
+/// Deletes the spare segments: a store that stops cleanly leaves no log behind (the
+/// next open starts its segments afresh).
+pub fn remove_spares(dir: &Path) -> std::io::Result<()> {
+    for spare in spares(dir)? {
+        std::fs::remove_file(spare)?;
     }
     sync_dir(dir)
 }
