@@ -314,6 +314,32 @@ async fn slow(requests: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends one signed request to `load-hook` on `sender` and counts its answer; false when
+/// the connection cannot be used any more.
+async fn signed_request(sender: &mut Sender, host: &str, counter: &AtomicU64, tally: &mut Tally) -> bool {
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    let sent = Instant::now();
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(sender, hook_request(host, n))).await {
+        Ok(Ok((StatusCode::ACCEPTED, _))) => {
+            tally.latencies.push(micros(sent.elapsed()));
+            tally.accepted += 1;
+            true
+        }
+        Ok(Ok((status, body))) => {
+            tally.error(format!("{status}: {}", String::from_utf8_lossy(&body)));
+            true
+        }
+        Ok(Err(error)) => {
+            tally.error(format!("{error:#}"));
+            false
+        }
+        Err(_) => {
+            tally.error(format!("no answer within {REQUEST_TIMEOUT:?}"));
+            false
+        }
+    }
+}
+
 /// `requests` signed requests to `load-hook`, one after another on one connection.
 async fn sequential(serve: &Serve, requests: u64, counter: &AtomicU64) -> anyhow::Result<Tally> {
     let (mut sender, connection) = connect(serve.address).await?;
@@ -321,22 +347,8 @@ async fn sequential(serve: &Serve, requests: u64, counter: &AtomicU64) -> anyhow
     let host = serve.address.to_string();
     let mut tally = Tally::default();
     for _ in 0..requests {
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        let sent = Instant::now();
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, hook_request(&host, n))).await {
-            Ok(Ok((StatusCode::ACCEPTED, _))) => {
-                tally.latencies.push(micros(sent.elapsed()));
-                tally.accepted += 1;
-            }
-            Ok(Ok((status, body))) => tally.error(format!("{status}: {}", String::from_utf8_lossy(&body))),
-            Ok(Err(error)) => {
-                tally.error(format!("{error:#}"));
-                break;
-            }
-            Err(_) => {
-                tally.error(format!("no answer within {REQUEST_TIMEOUT:?}"));
-                break;
-            }
+        if !signed_request(&mut sender, &host, counter, &mut tally).await {
+            break;
         }
     }
     drop(sender);
@@ -565,22 +577,8 @@ async fn sign_until(address: SocketAddr, stop: &std::sync::atomic::AtomicBool, c
     };
     let driver = tokio::spawn(connection);
     while !stop.load(Ordering::SeqCst) && (tally.accepted + tally.errors) < MAX_REQUESTS {
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        let sent = Instant::now();
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, hook_request(&host, n))).await {
-            Ok(Ok((StatusCode::ACCEPTED, _))) => {
-                tally.latencies.push(micros(sent.elapsed()));
-                tally.accepted += 1;
-            }
-            Ok(Ok((status, body))) => tally.error(format!("{status}: {}", String::from_utf8_lossy(&body))),
-            Ok(Err(error)) => {
-                tally.error(format!("{error:#}"));
-                break;
-            }
-            Err(_) => {
-                tally.error(format!("no answer within {REQUEST_TIMEOUT:?}"));
-                break;
-            }
+        if !signed_request(&mut sender, &host, counter, &mut tally).await {
+            break;
         }
         // A few hundred a second is enough to see whether they get through.
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -197,25 +197,7 @@ impl AgentProfile {
     /// other placeholders and the escapes `{{` and `}}` stay, and the braces of a value
     /// are escaped, so a later `fill` or `finish` never reads them as placeholders.
     pub fn fill(argv: &[String], values: &[(&str, &str)]) -> Vec<String> {
-        argv.iter()
-            .map(|arg| {
-                let mut filled = String::with_capacity(arg.len());
-                for piece in pieces(arg) {
-                    match piece {
-                        Piece::Placeholder(name) => match lookup(values, name) {
-                            Some(value) => filled.push_str(&escape(value)),
-                            None => {
-                                filled.push('{');
-                                filled.push_str(name);
-                                filled.push('}');
-                            }
-                        },
-                        Piece::Text(text) => filled.push_str(&escape(text)),
-                    }
-                }
-                filled
-            })
-            .collect()
+        substitute(argv, values, |text, filled| filled.push_str(&escape(text)))
     }
 
     /// The argv as the agent gets it: the placeholders that `values` names filled in, the
@@ -223,26 +205,33 @@ impl AgentProfile {
     /// written. One pass: text that is filled in (a prompt quoting `{base}`) is never
     /// re-read.
     pub fn finish(argv: &[String], values: &[(&str, &str)]) -> Vec<String> {
-        argv.iter()
-            .map(|arg| {
-                let mut filled = String::with_capacity(arg.len());
-                for piece in pieces(arg) {
-                    match piece {
-                        Piece::Placeholder(name) => match lookup(values, name) {
-                            Some(value) => filled.push_str(value),
-                            None => {
-                                filled.push('{');
-                                filled.push_str(name);
-                                filled.push('}');
-                            }
-                        },
-                        Piece::Text(text) => filled.push_str(text),
-                    }
-                }
-                filled
-            })
-            .collect()
+        substitute(argv, values, |text, filled| filled.push_str(text))
     }
+}
+
+/// Each argv element with the placeholders that `values` names replaced by their value,
+/// other placeholders written back as `{name}`, and every value and piece of text
+/// written by `write` (as it is, or escaped again).
+fn substitute(argv: &[String], values: &[(&str, &str)], write: impl Fn(&str, &mut String)) -> Vec<String> {
+    argv.iter()
+        .map(|arg| {
+            let mut filled = String::with_capacity(arg.len());
+            for piece in pieces(arg) {
+                match piece {
+                    Piece::Placeholder(name) => match lookup(values, name) {
+                        Some(value) => write(value, &mut filled),
+                        None => {
+                            filled.push('{');
+                            filled.push_str(name);
+                            filled.push('}');
+                        }
+                    },
+                    Piece::Text(text) => write(text, &mut filled),
+                }
+            }
+            filled
+        })
+        .collect()
 }
 
 /// A part of an argv element: text as the agent sees it (an escape already read), or a

@@ -14,21 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::hooks::GITHUB;
 use crate::serving::{Answer, Serving, hmac_hex};
-
-const GITHUB: &str = r#"
-name: pr-review
-trigger:
-  github:
-    secret: env:GH_SECRET
-    events: [pull_request.opened]
-task:
-  agent: codex
-  repo: https://github.com/acme/shop.git
-  base: main
-  branch: "review/pr-{{ event.number }}"
-  prompt: "Review {{ event.number }}"
-"#;
 
 const SECRET: &str = "gh-secret";
 

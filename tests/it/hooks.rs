@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use crate::serving::{Serving, hmac_hex};
 
-const GITHUB: &str = r#"
+/// A GitHub hook signed with `GH_SECRET` (shared with `full_disk.rs`).
+pub const GITHUB: &str = r#"
 name: pr-review
 trigger:
   github:

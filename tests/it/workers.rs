@@ -544,17 +544,35 @@ fn stopping_serve_gives_its_local_runs_back_without_using_an_attempt() {
     assert_eq!(wait_for(&server, &run, &["succeeded", "failed"])["run"]["state"], "succeeded");
 }
 
-#[test]
-fn the_example_review_runs_end_to_end_on_the_local_audit_agent() {
+/// A server with one local worker over the example automation `name` from
+/// automations/, its hook's secret `secret_env` set.
+fn serve_example(name: &str, secret_env: &str) -> Serving {
     let examples = super::repo_root();
-    let review = std::fs::read_to_string(examples.join("automations/pr-security-review.yaml"))
+    let file = format!("{name}.yaml");
+    let automation = std::fs::read_to_string(examples.join("automations").join(&file))
         .unwrap()
         .replace("../tests/data/", &format!("{}/tests/data/", examples.display()));
-    let server = Serving::start_with_args(
-        &[("pr-security-review.yaml", &review)],
-        &[("GITHUB_WEBHOOK_SECRET", "unused")],
-        &["--workers", "1"],
-    );
+    Serving::start_with_args(&[(&file, &automation)], &[(secret_env, "unused")], &["--workers", "1"])
+}
+
+/// Runs `automation` through the API on the fixture at `fixture` (under the repository)
+/// as `source` delivered it, and returns its run id.
+fn run_example(server: &Serving, automation: &str, source: &str, headers: &[(&str, &str)], fixture: &str) -> String {
+    let fixture = std::fs::read(super::repo_root().join(fixture)).unwrap();
+    let mut request = reqwest::blocking::Client::new()
+        .post(format!("{}/api/automations/{automation}/run?source={source}", server.url))
+        .bearer_auth(&server.token)
+        .header("Content-Type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let answer: Value = request.body(fixture).send().unwrap().json().unwrap();
+    answer["runs"][0]["run"].as_str().unwrap_or_else(|| panic!("a run: {answer:#}")).to_string()
+}
+
+#[test]
+fn the_example_review_runs_end_to_end_on_the_local_audit_agent() {
+    let server = serve_example("pr-security-review", "GITHUB_WEBHOOK_SECRET");
     // The example's `repo: .` is serve's directory: make it a repository (.gitignore,
     // notes.txt with one marker, and automations/) of three files.
     let root = server.root();
@@ -563,19 +581,9 @@ fn the_example_review_runs_end_to_end_on_the_local_audit_agent() {
     git(root, &["init", "-q", "-b", "main"]);
     commit_all(root, "initial");
 
-    let client = reqwest::blocking::Client::new();
-    let fixture = std::fs::read(examples.join("tests/data/github/pull_request_opened.json")).unwrap();
-    let answer: Value = client
-        .post(format!("{}/api/automations/pr-security-review/run?source=github", server.url))
-        .bearer_auth(&server.token)
-        .header("X-Nightshift-Header-X-GitHub-Event", "pull_request")
-        .header("Content-Type", "application/json")
-        .body(fixture)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let run = answer["runs"][0]["run"].as_str().expect("a run").to_string();
+    let event = [("X-Nightshift-Header-X-GitHub-Event", "pull_request")];
+    let run =
+        run_example(&server, "pr-security-review", "github", &event, "tests/data/github/pull_request_opened.json");
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
     assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{}", log_text(&server, &run));
     let summary = done["run"]["result"]["summary"].as_str().unwrap();
@@ -592,15 +600,7 @@ fn the_example_review_runs_end_to_end_on_the_local_audit_agent() {
 
 #[test]
 fn the_example_incident_investigation_runs_end_to_end_with_no_network() {
-    let examples = super::repo_root();
-    let incident = std::fs::read_to_string(examples.join("automations/p1-incident-investigation.yaml"))
-        .unwrap()
-        .replace("../tests/data/", &format!("{}/tests/data/", examples.display()));
-    let server = Serving::start_with_args(
-        &[("p1-incident-investigation.yaml", &incident)],
-        &[("PAGERDUTY_WEBHOOK_SECRET", "unused")],
-        &["--workers", "1"],
-    );
+    let server = serve_example("p1-incident-investigation", "PAGERDUTY_WEBHOOK_SECRET");
     // `repo: .` is serve's directory, made a repository with no Cargo.toml and no remote:
     // nothing the setup could fetch.
     let root = server.root();
@@ -610,17 +610,8 @@ fn the_example_incident_investigation_runs_end_to_end_with_no_network() {
     git(root, &["init", "-q", "-b", "main"]);
     commit_all(root, "initial");
 
-    let fixture = std::fs::read(examples.join("tests/data/pagerduty/incident_triggered_p1.json")).unwrap();
-    let answer: Value = reqwest::blocking::Client::new()
-        .post(format!("{}/api/automations/p1-incident-investigation/run?source=pagerduty", server.url))
-        .bearer_auth(&server.token)
-        .header("Content-Type", "application/json")
-        .body(fixture)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let run = answer["runs"][0]["run"].as_str().unwrap_or_else(|| panic!("a run: {answer:#}")).to_string();
+    let fixture = "tests/data/pagerduty/incident_triggered_p1.json";
+    let run = run_example(&server, "p1-incident-investigation", "pagerduty", &[], fixture);
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
     let log = log_text(&server, &run);
     assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
