@@ -57,7 +57,10 @@ pub async fn deliver(
         Precheck::Authenticated => None,
         Precheck::NeedsBody if room == 0 => None,
         Precheck::NeedsBody => match server.hold_unauthenticated(room) {
-            Some(held) => Some(held),
+            Some(held) => {
+                tracing::debug!(hook = %name, bytes = room, "Holding an unauthenticated body");
+                Some(held)
+            }
             None => {
                 let why = "the server holds as many unauthenticated bodies as it may; retry shortly";
                 return closing(unavailable(why, 1));

@@ -119,12 +119,17 @@ fn wait_for_close(stream: &mut TcpStream) -> Duration {
 fn a_hook_whose_rules_run_to_their_deadline_delays_only_itself() {
     let server = start(&["--hook-concurrency", "1", "--hook-queue", "2"]);
     let slow_done = AtomicUsize::new(0);
+    // The eight are sent together, well inside one evaluation's 250 ms, however slowly
+    // their threads start.
+    let together = std::sync::Barrier::new(8);
     let slow_answers = std::thread::scope(|scope| {
         let senders: Vec<_> = (0..8)
             .map(|n| {
                 let server = &server;
                 let slow_done = &slow_done;
+                let together = &together;
                 scope.spawn(move || {
+                    together.wait();
                     let body = format!("{{\"n\": {n}}}");
                     let answer = server.post(
                         "/hooks/slow",
@@ -258,8 +263,12 @@ fn unauthenticated_bodies_share_one_budget() {
     // The first holds the whole budget until its body ends (it is not answered), so a
     // second is turned away, while requests whose credentials sit in headers are not
     // counted.
-    first.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    assert_eq!(read_answer(&mut first), None);
+    // Serve's debug log says when the first body has taken its room.
+    let deadline = Instant::now() + PATIENCE;
+    while !server.log().contains("Holding an unauthenticated body") {
+        assert!(Instant::now() < deadline, "the first body never took its room:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut second = connect(&server);
     second.write_all(stalled_head.as_bytes()).unwrap();
     let (status, text) = read_answer(&mut second).expect("an answer");
