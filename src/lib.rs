@@ -19,6 +19,7 @@ pub mod netpolicy;
 pub mod pipeline;
 pub mod rules;
 pub mod runs;
+pub mod sandbox;
 pub mod scheduler;
 pub mod selftest;
 pub mod server;
