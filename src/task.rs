@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Approval, DurationSpec, OutputFormat, Overlap, Retry, SecretRef};
+use crate::config::{Approval, DurationSpec, OutputFormat, Overlap, ProfilePath, Retry, SecretRef};
 use crate::netpolicy::NetworkPolicy;
 
 /// How to start the agent for this run.
@@ -20,6 +20,13 @@ pub struct AgentCommand {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     pub output: OutputFormat,
+    /// Paths the profile brings into the agent phase's sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<ProfilePath>,
+    /// The worker's environment variables the agent phase gets (the agent CLI's own
+    /// credential), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
 }
 
 /// Network policies of both phases.

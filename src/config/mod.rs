@@ -13,7 +13,9 @@ mod source_map;
 pub use automation::*;
 pub use diagnostic::{Code, Diagnostic, FieldPath, Finding, InnerPosition, Segment, did_you_mean};
 pub use duration::DurationSpec;
-pub use profiles::{AgentProfile, DEFAULT_MAX_PROMPT_BYTES, OutputFormat, ProjectConfig, Retention};
+pub use profiles::{
+    AgentProfile, DEFAULT_MAX_PROMPT_BYTES, OutputFormat, ProfilePath, ProfileSandbox, ProjectConfig, Retention,
+};
 pub use secret::SecretRef;
 pub use source_map::SourceMap;
 

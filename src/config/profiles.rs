@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Code, FieldPath, Finding};
+use crate::netpolicy::{AllowRuleConfig, RuleOrigin};
 
 /// `nightshift.yaml`: settings shared by every automation in a project.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -88,6 +89,56 @@ pub struct AgentProfile {
     /// How to read the agent's output. Default `generic`.
     #[serde(default)]
     pub output: OutputFormat,
+    /// What the agent CLI itself needs inside the sandbox: its login state, its model
+    /// API, its credential. Trusted config: an event can never add to it.
+    #[serde(default, skip_serializing_if = "ProfileSandbox::is_empty")]
+    pub sandbox: ProfileSandbox,
+}
+
+/// A profile's allowances inside the sandbox. Each one a run used is on its timeline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSandbox {
+    /// Paths the agent phase sees at the same place, such as the CLI's login state
+    /// (`~/.codex`). `~/` is the worker's home directory. A path that does not exist on the
+    /// worker is left out (and the run's timeline says so).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<ProfilePath>,
+    /// Allow rules added to the agent phase's network policy, such as the model API's
+    /// domain; decisions they make are recorded as the profile's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<AllowRuleConfig>,
+    /// Names of the worker's environment variables the agent phase gets, such as the
+    /// model API key. The agent can read them: name only its own credential here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+}
+
+impl ProfileSandbox {
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.network.is_empty() && self.env.is_empty()
+    }
+}
+
+/// One path a profile brings into the agent phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilePath {
+    /// An absolute path, or one under the worker's home directory written `~/...`.
+    pub path: String,
+    /// Whether the agent may write there. Default false.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+impl ProfilePath {
+    /// The path on this machine: `~/` taken from `home`.
+    pub fn resolve(&self, home: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+        match self.path.strip_prefix("~/") {
+            Some(rest) => home.map(|home| home.join(rest)),
+            None => Some(std::path::PathBuf::from(&self.path)),
+        }
+    }
 }
 
 /// Output adapters that turn an agent's stdout into activities.
@@ -104,6 +155,10 @@ pub enum OutputFormat {
 }
 
 pub const PLACEHOLDERS: [&str; 6] = ["prompt", "prompt_file", "workspace", "branch", "base", "run_id"];
+
+fn domain(host: &str) -> AllowRuleConfig {
+    AllowRuleConfig { domain: Some(host.to_string()), ..AllowRuleConfig::default() }
+}
 
 fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|p| (*p).to_string()).collect()
@@ -132,6 +187,11 @@ pub fn builtin_profiles() -> BTreeMap<String, AgentProfile> {
         ])),
         env: BTreeMap::new(),
         output: OutputFormat::CodexJsonl,
+        sandbox: ProfileSandbox {
+            paths: vec![ProfilePath { path: "~/.codex".into(), writable: true }],
+            network: vec![domain("api.openai.com"), domain("chatgpt.com")],
+            env: vec!["OPENAI_API_KEY".into(), "CODEX_API_KEY".into()],
+        },
     };
     let claude = AgentProfile {
         command: argv(&["claude", "-p", "--output-format", "stream-json", "--verbose", "--", "{prompt}"]),
@@ -148,6 +208,14 @@ pub fn builtin_profiles() -> BTreeMap<String, AgentProfile> {
         ])),
         env: BTreeMap::new(),
         output: OutputFormat::ClaudeStreamJson,
+        sandbox: ProfileSandbox {
+            paths: vec![
+                ProfilePath { path: "~/.claude".into(), writable: true },
+                ProfilePath { path: "~/.claude.json".into(), writable: true },
+            ],
+            network: vec![domain("api.anthropic.com")],
+            env: vec!["ANTHROPIC_API_KEY".into(), "CLAUDE_CODE_OAUTH_TOKEN".into()],
+        },
     };
     // The script comes through the environment: its braces are shell and JSON, not
     // placeholders.
@@ -157,6 +225,7 @@ pub fn builtin_profiles() -> BTreeMap<String, AgentProfile> {
         plan_command: None,
         env: BTreeMap::from([("NIGHTSHIFT_LOCAL_AUDIT".to_string(), LOCAL_AUDIT.to_string())]),
         output: OutputFormat::Generic,
+        sandbox: ProfileSandbox::default(),
     };
     BTreeMap::from([
         ("codex".to_string(), codex),
@@ -174,6 +243,7 @@ impl AgentProfile {
                     .hint("give the argv, e.g. [\"my-agent\", \"--prompt\", \"{prompt}\"]"),
             );
         }
+        self.check_sandbox(&path.key("sandbox"), findings);
         let argvs = [("command", Some(&self.command)), ("plan_command", self.plan_command.as_ref())];
         for (field, argv) in argvs {
             for (index, arg) in argv.into_iter().flatten().enumerate() {
@@ -189,6 +259,43 @@ impl AgentProfile {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    fn check_sandbox(&self, path: &FieldPath, findings: &mut Vec<Finding>) {
+        for (index, entry) in self.sandbox.paths.iter().enumerate() {
+            let text = entry.path.as_str();
+            let home_relative = text.strip_prefix("~/").is_some_and(|rest| !rest.is_empty());
+            if !(home_relative || text.starts_with('/')) || text.split('/').any(|part| part == "..") {
+                findings.push(
+                    Finding::new(
+                        path.key("paths").index(index).key("path"),
+                        Code::InvalidValue,
+                        format!("`{text}` is not an absolute path"),
+                    )
+                    .hint("write an absolute path, or `~/` and a path under the worker's home, without `..`"),
+                );
+            }
+        }
+        for (index, rule) in self.sandbox.network.iter().enumerate() {
+            if let Err(error) = rule.expand(RuleOrigin::Static) {
+                findings.push(Finding::new(path.key("network").index(index), Code::InvalidValue, error.to_string()));
+            }
+        }
+        for (index, name) in self.sandbox.env.iter().enumerate() {
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                findings.push(
+                    Finding::new(
+                        path.key("env").index(index),
+                        Code::InvalidValue,
+                        format!("`{name}` is not an environment variable name"),
+                    )
+                    .hint("letters, digits and `_`, not starting with a digit"),
+                );
             }
         }
     }
@@ -313,6 +420,7 @@ mod tests {
             plan_command: None,
             env: BTreeMap::new(),
             output: OutputFormat::Generic,
+            sandbox: ProfileSandbox::default(),
         };
         let mut findings = Vec::new();
         profile.check(&FieldPath::root(), &mut findings);
@@ -357,12 +465,48 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_allowances_are_checked_at_load() {
+        let yaml = r#"
+command: [agent, "{prompt}"]
+sandbox:
+  paths: [{ path: "~/.agent", writable: true }, { path: relative/dir }, { path: "/x/../etc" }, { path: "~/" }]
+  network: [{ domain: api.agent.example }, { domain: "https://bad.example" }]
+  env: [AGENT_KEY, "1BAD", "A-B"]
+"#;
+        let profile: AgentProfile = serde_yaml::from_str(yaml).unwrap();
+        let mut findings = Vec::new();
+        profile.check(&FieldPath::root(), &mut findings);
+        let fields: Vec<String> = findings.iter().map(|f| f.path.to_string()).collect();
+        assert_eq!(
+            fields,
+            [
+                "sandbox.paths[1].path",
+                "sandbox.paths[2].path",
+                "sandbox.paths[3].path",
+                "sandbox.network[1]",
+                "sandbox.env[1]",
+                "sandbox.env[2]"
+            ],
+            "{findings:?}"
+        );
+        let home = std::path::Path::new("/home/ops");
+        assert_eq!(profile.sandbox.paths[0].resolve(Some(home)), Some(home.join(".agent")));
+        assert_eq!(profile.sandbox.paths[0].resolve(None), None);
+        assert!(builtin_profiles().values().all(|p| {
+            let mut findings = Vec::new();
+            p.check(&FieldPath::root(), &mut findings);
+            findings.is_empty()
+        }));
+    }
+
+    #[test]
     fn json_written_with_escapes_loads() {
         let profile = AgentProfile {
             command: vec!["agent".into(), r#"--config={{"model": "x"}}"#.into(), "{prompt}".into()],
             plan_command: None,
             env: BTreeMap::new(),
             output: OutputFormat::Generic,
+            sandbox: ProfileSandbox::default(),
         };
         let mut findings = Vec::new();
         profile.check(&FieldPath::root(), &mut findings);

@@ -194,6 +194,19 @@ pub enum RuleOrigin {
     Static,
     Preset(Preset),
     Script,
+    /// The agent profile's own allowance (its model API), trusted config.
+    Profile(String),
+}
+
+impl fmt::Display for RuleOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleOrigin::Static => f.write_str("static"),
+            RuleOrigin::Preset(preset) => write!(f, "preset {}", preset.name()),
+            RuleOrigin::Script => f.write_str("script"),
+            RuleOrigin::Profile(name) => write!(f, "profile {name}"),
+        }
+    }
 }
 
 /// A concrete allow rule of a rendered policy.
@@ -248,6 +261,7 @@ pub enum DefaultAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub allowed: bool,
+    /// The allowing rule's host pattern and origin: `static.crates.io (preset rust)`.
     pub rule: Option<String>,
 }
 
@@ -256,7 +270,7 @@ impl NetworkPolicy {
     /// only rules without `methods` can allow it.
     pub fn decide(&self, host: &str, port: u16, method: Option<Method>) -> Decision {
         let rule = self.allow.iter().find(|rule| rule.allows(host, port, method));
-        Decision { allowed: rule.is_some(), rule: rule.map(|r| r.host.to_string()) }
+        Decision { allowed: rule.is_some(), rule: rule.map(|r| format!("{} ({})", r.host, r.origin)) }
     }
 }
 
@@ -520,9 +534,15 @@ mod tests {
         let policy = NetworkPolicy { default: DefaultAction::Deny, allow: rules };
         assert_eq!(
             policy.decide("static.crates.io", 443, Some(Method::Head)).rule.as_deref(),
-            Some("static.crates.io")
+            Some("static.crates.io (preset rust)")
         );
-        assert_eq!(policy.decide("static.crates.io", 443, Some(Method::Post)), Decision { allowed: false, rule: None });
+        assert_eq!(policy.decide("static.crates.io", 80, Some(Method::Get)), Decision { allowed: false, rule: None });
+        let profile = AllowRuleConfig { domain: Some("api.openai.com".into()), ..Default::default() };
+        let policy = NetworkPolicy {
+            default: DefaultAction::Deny,
+            allow: profile.expand(RuleOrigin::Profile("codex".into())).unwrap(),
+        };
+        assert_eq!(policy.decide("api.openai.com", 443, None).rule.as_deref(), Some("api.openai.com (profile codex)"));
     }
 
     #[test]
@@ -559,7 +579,9 @@ mod tests {
         assert_eq!(hosts(Preset::PackageRegistries), registries);
         assert_eq!(registries.len(), 12);
         for rule in Preset::PackageRegistries.rules() {
-            assert_eq!(rule.methods, [Method::Get, Method::Head], "{rule:?}");
+            // A tunnel does not show its method: a preset with methods would allow nothing.
+            assert!(rule.methods.is_empty(), "{rule:?}");
+            assert!(rule.allows(&rule.host.to_string(), 443, None), "{rule:?}");
             let ports: &[u16] = if rule.host.to_string().ends_with("debian.org") { &[80, 443] } else { &[443] };
             assert_eq!(rule.ports, ports, "{rule:?}");
         }
@@ -567,5 +589,17 @@ mod tests {
         assert_eq!(github.len(), 5);
         assert!(github.iter().all(|rule| rule.methods.is_empty() && rule.ports == [443]), "{github:?}");
         assert!(github.iter().all(|rule| rule.origin == RuleOrigin::Preset(Preset::Github)));
+        for preset in [
+            Preset::Rust,
+            Preset::Npm,
+            Preset::Pypi,
+            Preset::Go,
+            Preset::Debian,
+            Preset::PackageRegistries,
+            Preset::Github,
+        ] {
+            let parsed: Preset = serde_json::from_value(serde_json::json!(preset.name())).unwrap();
+            assert_eq!(parsed, preset);
+        }
     }
 }

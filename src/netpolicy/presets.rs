@@ -9,15 +9,15 @@ use super::{AllowRule, HostPattern, Method, RuleOrigin};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
-    /// crates.io and the Rust toolchain downloads (GET/HEAD).
+    /// crates.io and the Rust toolchain downloads.
     Rust,
-    /// The npm and Yarn registries (GET/HEAD).
+    /// The npm and Yarn registries.
     Npm,
-    /// PyPI (GET/HEAD).
+    /// PyPI.
     Pypi,
-    /// The Go module proxy and checksum database (GET/HEAD).
+    /// The Go module proxy and checksum database.
     Go,
-    /// Debian's package mirrors (GET/HEAD, ports 80 and 443).
+    /// Debian's package mirrors (ports 80 and 443).
     Debian,
     /// Every package registry above.
     PackageRegistries,
@@ -25,18 +25,33 @@ pub enum Preset {
     Github,
 }
 
-const READ_ONLY: &[Method] = &[Method::Get, Method::Head];
+/// Presets name no methods: nearly all registry traffic is HTTPS, whose method a tunnel
+/// does not show, and a rule with methods would deny every tunnel (fail closed).
+const ANY_METHOD: &[Method] = &[];
 
 impl Preset {
+    /// The name automation files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Rust => "rust",
+            Preset::Npm => "npm",
+            Preset::Pypi => "pypi",
+            Preset::Go => "go",
+            Preset::Debian => "debian",
+            Preset::PackageRegistries => "package-registries",
+            Preset::Github => "github",
+        }
+    }
+
     fn hosts(self) -> (&'static [&'static str], &'static [u16], &'static [Method]) {
         match self {
             Preset::Rust => {
-                (&["crates.io", "index.crates.io", "static.crates.io", "static.rust-lang.org"], &[443], READ_ONLY)
+                (&["crates.io", "index.crates.io", "static.crates.io", "static.rust-lang.org"], &[443], ANY_METHOD)
             }
-            Preset::Npm => (&["registry.npmjs.org", "registry.yarnpkg.com"], &[443], READ_ONLY),
-            Preset::Pypi => (&["pypi.org", "files.pythonhosted.org"], &[443], READ_ONLY),
-            Preset::Go => (&["proxy.golang.org", "sum.golang.org"], &[443], READ_ONLY),
-            Preset::Debian => (&["deb.debian.org", "security.debian.org"], &[80, 443], READ_ONLY),
+            Preset::Npm => (&["registry.npmjs.org", "registry.yarnpkg.com"], &[443], ANY_METHOD),
+            Preset::Pypi => (&["pypi.org", "files.pythonhosted.org"], &[443], ANY_METHOD),
+            Preset::Go => (&["proxy.golang.org", "sum.golang.org"], &[443], ANY_METHOD),
+            Preset::Debian => (&["deb.debian.org", "security.debian.org"], &[80, 443], ANY_METHOD),
             Preset::PackageRegistries => (&[], &[], &[]),
             Preset::Github => (
                 &[

@@ -436,7 +436,13 @@ impl CompiledAutomation {
         let repo = self.repo.render(engine, &mut scope).map_err(fail("task.repo"))?;
         check_repo_location(&repo).map_err(EvalError).map_err(fail("task.repo"))?;
         let setup_policy = self.setup_policy.render(engine, &mut scope).map_err(fail("task.network.setup.script"))?;
-        let agent_policy = self.agent_policy.render(engine, &mut scope).map_err(fail("task.network.agent.script"))?;
+        let mut agent_policy =
+            self.agent_policy.render(engine, &mut scope).map_err(fail("task.network.agent.script"))?;
+        let profile_origin = RuleOrigin::Profile(task.agent.clone());
+        // Checked at load (`AgentProfile::check`): a rule that does not expand is skipped.
+        agent_policy.allow.extend(
+            self.profile.sandbox.network.iter().filter_map(|rule| rule.expand(profile_origin.clone()).ok()).flatten(),
+        );
         let dedupe_key = render_optional(engine, &mut scope, self.dedupe_key.as_ref()).map_err(fail("dedupe.key"))?;
         let concurrency_key =
             render_optional(engine, &mut scope, self.concurrency_key.as_ref()).map_err(fail("concurrency.key"))?;
@@ -450,6 +456,8 @@ impl CompiledAutomation {
             plan_argv: self.profile.plan_command.as_ref().map(|argv| AgentProfile::fill(argv, &fill)),
             env: self.profile.env.clone(),
             output: self.profile.output,
+            paths: self.profile.sandbox.paths.clone(),
+            pass_env: self.profile.sandbox.env.clone(),
         };
         let flow = Flow {
             dedupe_key,

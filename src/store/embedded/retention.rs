@@ -186,6 +186,8 @@ mod tests {
                 plan_argv: None,
                 env: BTreeMap::new(),
                 output: OutputFormat::default(),
+                paths: Vec::new(),
+                pass_env: Vec::new(),
             },
             repo: "/srv/git/api".into(),
             base: "main".into(),
