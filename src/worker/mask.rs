@@ -68,6 +68,33 @@ impl Masker {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// `value` with every string in it, and every object key, masked.
+    pub fn mask_json(&self, value: &mut serde_json::Value) {
+        if self.is_empty() {
+            return;
+        }
+        match value {
+            serde_json::Value::String(text) => *text = self.mask(text),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|item| self.mask_json(item)),
+            serde_json::Value::Object(map) => self.mask_map(map),
+            _ => {}
+        }
+    }
+
+    /// `map` with every key and every string in its values masked.
+    pub fn mask_map(&self, map: &mut serde_json::Map<String, serde_json::Value>) {
+        if self.is_empty() {
+            return;
+        }
+        *map = std::mem::take(map)
+            .into_iter()
+            .map(|(key, mut value)| {
+                self.mask_json(&mut value);
+                (self.mask(&key), value)
+            })
+            .collect();
+    }
+
     /// A masker for one stream of output.
     pub fn stream(&self) -> StreamMasker<'_> {
         StreamMasker { masker: self, held: Vec::new() }
@@ -288,6 +315,18 @@ mod tests {
         let mut out = Vec::new();
         stream.push(b"partial", &mut out);
         assert_eq!(out, b"partial");
+    }
+
+    #[test]
+    fn json_is_masked_in_every_string_and_key_and_nothing_else() {
+        let masker = Masker::new(&["hunter22"]);
+        let mut value = serde_json::json!({
+            "note": "pw hunter22",
+            "hunter22": [1, "aHVudGVyMjI=", {"deep": "x hunter22 y"}],
+            "count": 22,
+        });
+        masker.mask_json(&mut value);
+        assert_eq!(value, serde_json::json!({"note": "pw ***", "***": [1, "***", {"deep": "x *** y"}], "count": 22}));
     }
 
     #[test]

@@ -277,6 +277,57 @@ fn a_remote_worker_masks_every_secret_it_can_read_too() {
     check_every_secret_is_masked(true);
 }
 
+/// A hook's signing secret lives only on the server: a remote worker cannot know it, so
+/// the server masks what the worker reports, and neither the API nor `nightshift logs`
+/// shows it, plain, in base64 or written in two pieces.
+#[test]
+fn a_remote_workers_log_is_masked_on_the_server_for_secrets_only_the_server_knows() {
+    const HOOK_SECRET: &str = "gh-hook-s1gning-key";
+    let world = World::new();
+    let setup = [
+        format!("echo 'plain {HOOK_SECRET}'"),
+        format!("printf '%s' '{HOOK_SECRET}' | base64"),
+        format!("printf 'split: {}'; sleep 0.2; printf '{} done\\n'", &HOOK_SECRET[..8], &HOOK_SECRET[8..]),
+    ];
+    let setup = serde_json::to_string(&setup).unwrap();
+    let leaky = world
+        .automation("leaky", r#"["leaky/**"]"#, "")
+        .replace(r#"setup: ['echo "setup sees $FIXTURE_TOKEN"']"#, &format!("setup: {setup}"));
+    let hook = super::hooks::GITHUB.replace("GH_SECRET", "GH_HOOK_SECRET");
+    let project = world.project(&[]);
+    let args = ["--config", project.to_str().unwrap(), "--work-dir", "work", "--workers", "0", "--worker-token", "t"];
+    let server = Serving::start_with_args(
+        &[("leaky.yaml", &leaky), ("hook.yaml", &hook)],
+        &[("FIXTURE_SECRET", "s3cr3t-value"), ("GH_HOOK_SECRET", HOOK_SECRET)],
+        &args,
+    );
+    let _worker = RemoteWorker::start(&server, "t", &world.path("work"), &world.path("worker.log"));
+
+    let run = trigger(&server, "leaky", 1);
+    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
+    let log = log_text(&server, &run);
+    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
+    let printed = Command::new(env!("CARGO_BIN_EXE_nightshift"))
+        .arg("logs")
+        .arg(&run)
+        .arg("--dir")
+        .arg(&server.automations)
+        .arg("--data")
+        .arg(&server.data)
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    for log in [&log, &printed] {
+        for line in ["plain ***", "***", "split: *** done"] {
+            assert!(log.lines().any(|l| l == line), "no line `{line}` in:\n{log}");
+        }
+        for leak in [HOOK_SECRET, "Z2gtaG9vay1zMWduaW5nLWtleQ"] {
+            assert!(!log.contains(leak), "`{leak}` is in the log:\n{log}");
+        }
+    }
+}
+
 #[test]
 fn runs_with_disjoint_paths_run_together_and_overlapping_ones_one_after_the_other() {
     let world = World::new();
