@@ -181,15 +181,17 @@ fn act(server: &Server, worker: &WorkerId, id: RunId, action: &str, body: &[u8])
         }
         "log" => {
             let given: wire::Log = parse(body)?;
-            server.run_log(id, given.epoch, &masker.mask(&given.text))?;
+            server.remote_log(id, given.epoch, &given.text)?;
         }
         "release" => {
             let given: wire::Release = parse(body)?;
+            server.flush_remote_log(id, given.epoch)?;
             server.run_release(id, given.epoch, &masker.mask(&given.reason))?;
         }
         "complete" => {
             let mut given: wire::Complete = parse(body)?;
             mask_completion(&masker, &mut given.completion);
+            server.flush_remote_log(id, given.epoch)?;
             if let Some(memory) = &mut given.memory {
                 masker.mask_map(memory);
             }

@@ -130,6 +130,9 @@ pub struct Server {
     evaluator: Evaluator,
     /// Room, in KiB, for hook bodies held before their signature is checked.
     unauthenticated: Semaphore,
+    /// Per remote attempt, the end of its last log piece that may be the start of a
+    /// secret going on in the next piece (`workers.rs`).
+    held_logs: std::sync::Mutex<std::collections::HashMap<RunId, (crate::runs::Epoch, Vec<u8>)>>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -282,6 +285,7 @@ impl Server {
             options,
             api_token,
             wakeup: Arc::new(Wakeup::new()),
+            held_logs: std::sync::Mutex::default(),
         }))
     }
 

@@ -97,7 +97,13 @@ impl Masker {
 
     /// A masker for one stream of output.
     pub fn stream(&self) -> StreamMasker<'_> {
-        StreamMasker { masker: self, held: Vec::new() }
+        self.resume(Vec::new())
+    }
+
+    /// A stream that goes on from what an earlier one held back (`StreamMasker::into_held`),
+    /// e.g. across two requests.
+    pub fn resume(&self, held: Vec<u8>) -> StreamMasker<'_> {
+        StreamMasker { masker: self, held }
     }
 
     /// The matches in `bytes`, merged into sorted ranges that neither overlap nor touch.
@@ -159,6 +165,11 @@ impl StreamMasker<'_> {
         }
         let shown = self.masker.mask_into(&self.held, upto, out);
         self.held.drain(..shown);
+    }
+
+    /// What is held back, for `Masker::resume`.
+    pub fn into_held(self) -> Vec<u8> {
+        self.held
     }
 
     /// The stream ended: appends the rest, masked.
@@ -298,6 +309,19 @@ mod tests {
         let encoded = hex::encode("hunter22");
         let (one, two) = encoded.split_at(5);
         assert_eq!(streamed(&masker, &[b"x", one.as_bytes(), two.as_bytes(), b"y\n"]), "x***y\n");
+    }
+
+    #[test]
+    fn a_stream_goes_on_from_what_it_held_back() {
+        let masker = Masker::new(&["multi\nline"]);
+        let mut out = Vec::new();
+        let mut stream = masker.stream();
+        stream.push(b"a multi\n", &mut out);
+        let held = stream.into_held();
+        let mut stream = masker.resume(held);
+        stream.push(b"line b\n", &mut out);
+        stream.finish(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "a *** b\n");
     }
 
     #[test]
