@@ -9,6 +9,11 @@
 //!   when the epoch is stale or the run was cancelled, so the worker stops it.
 //! - `GET /api/worker/secrets`: where every automation's task secrets live (`env:NAME`,
 //!   `file:PATH`; never a value), so a worker masks those it can read in every run.
+//!
+//! A remote worker cannot mask what it does not know (hooks' credentials, secrets only
+//! the server can read), so everything it reports (log, activities, release reason,
+//! result, memory) is masked here too, for every secret the engine knows, before it is
+//! stored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +27,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::{error, not_a_run_id, store_error};
-use crate::runs::RunId;
+use crate::runs::{Completion, RunId, RunResult};
 use crate::server::Server;
 use crate::server::workers::WorkerId;
 use crate::store::StoreError;
+use crate::worker::mask::Masker;
 use crate::worker::remote::wire;
 
 /// The largest request a worker may send.
@@ -155,6 +161,7 @@ fn act(server: &Server, worker: &WorkerId, id: RunId, action: &str, body: &[u8])
         return Err(Refusal::NoSuchAction(action.to_string()));
     }
     server.check_holder(worker, id)?;
+    let masker = Arc::clone(&server.current().masker);
     match action {
         "started" => {
             let held: wire::Held = parse(body)?;
@@ -165,22 +172,90 @@ fn act(server: &Server, worker: &WorkerId, id: RunId, action: &str, body: &[u8])
             server.run_heartbeat(id, beat.epoch, Duration::from_secs(beat.lease_seconds))?;
         }
         "activities" => {
-            let given: wire::Activities = parse(body)?;
+            let mut given: wire::Activities = parse(body)?;
+            for activity in &mut given.activities {
+                activity.text = masker.mask(&activity.text);
+                masker.mask_json(&mut activity.data);
+            }
             server.run_activities(id, given.epoch, given.activities)?;
         }
         "log" => {
             let given: wire::Log = parse(body)?;
-            server.run_log(id, given.epoch, &given.text)?;
+            server.remote_log(id, given.epoch, &given.text)?;
         }
         "release" => {
             let given: wire::Release = parse(body)?;
-            server.run_release(id, given.epoch, &given.reason)?;
+            server.flush_remote_log(id, given.epoch)?;
+            server.run_release(id, given.epoch, &masker.mask(&given.reason))?;
         }
         "complete" => {
-            let given: wire::Complete = parse(body)?;
+            let mut given: wire::Complete = parse(body)?;
+            mask_completion(&masker, &mut given.completion);
+            server.flush_remote_log(id, given.epoch)?;
+            if let Some(memory) = &mut given.memory {
+                masker.mask_map(memory);
+            }
             server.run_complete(id, given.epoch, given.completion, given.memory)?;
         }
         other => return Err(Refusal::NoSuchAction(other.to_string())),
     }
     Ok(())
+}
+
+/// Masks every text a completion carries: reasons, the plan, the result's summary and details.
+fn mask_completion(masker: &Masker, completion: &mut Completion) {
+    let mask_result = |result: &mut RunResult| {
+        result.summary = masker.mask(&result.summary);
+        masker.mask_map(&mut result.details);
+    };
+    match completion {
+        Completion::Succeeded { result } => mask_result(result),
+        Completion::Failed { reason, result, .. } => {
+            *reason = masker.mask(reason);
+            if let Some(result) = result {
+                mask_result(result);
+            }
+        }
+        Completion::TimedOut { reason } => *reason = masker.mask(reason),
+        Completion::PlanReady { plan } => *plan = masker.mask(plan),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_text_of_a_completion_is_masked() {
+        let masker = Masker::new(&["hook-secret"]);
+        let result = || RunResult {
+            summary: "used hook-secret".into(),
+            exit_code: Some(0),
+            details: serde_json::json!({"note": ["aG9vay1zZWNyZXQ="]}).as_object().cloned().unwrap(),
+        };
+        let masked_result = RunResult {
+            summary: "used ***".into(),
+            exit_code: Some(0),
+            details: serde_json::json!({"note": ["***"]}).as_object().cloned().unwrap(),
+        };
+        let cases = [
+            (Completion::Succeeded { result: result() }, Completion::Succeeded { result: masked_result.clone() }),
+            (
+                Completion::Failed { reason: "hook-secret refused".into(), retryable: true, result: Some(result()) },
+                Completion::Failed { reason: "*** refused".into(), retryable: true, result: Some(masked_result) },
+            ),
+            (
+                Completion::TimedOut { reason: "at hook-secret".into() },
+                Completion::TimedOut { reason: "at ***".into() },
+            ),
+            (
+                Completion::PlanReady { plan: "send hook-secret".into() },
+                Completion::PlanReady { plan: "send ***".into() },
+            ),
+        ];
+        for (mut given, expected) in cases {
+            mask_completion(&masker, &mut given);
+            assert_eq!(given, expected);
+        }
+    }
 }

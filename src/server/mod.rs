@@ -31,6 +31,7 @@ use crate::rules::RuleEngine;
 use crate::runs::{MemoryEntry, MemoryWrite, Run, RunId};
 use crate::store::{LogChunk, RetentionReport, RunFilter, RunRecord, SledStore, Store, StoreError};
 use crate::triggers::TriggerKind;
+use crate::worker::mask::Masker;
 use crate::worker::{Pool, Runner, Wakeup, WorkerSettings};
 pub use evaluation::{EvaluationLimits, Evaluator, HookBusy};
 
@@ -105,6 +106,9 @@ pub struct Generation {
     /// Every secret value the automations name (their tasks' and their hooks'), read at
     /// load: the local workers mask them all in every run's output.
     pub secrets: Arc<Vec<String>>,
+    /// `secrets` compiled once: what remote workers report (log, activities, results,
+    /// memory) is masked with it before it is stored, as they know none of the hooks'.
+    pub masker: Arc<Masker>,
     /// Where every task secret lives (never a value), for remote workers to read what
     /// they can and mask it.
     pub secret_refs: Arc<Vec<SecretRef>>,
@@ -126,6 +130,9 @@ pub struct Server {
     evaluator: Evaluator,
     /// Room, in KiB, for hook bodies held before their signature is checked.
     unauthenticated: Semaphore,
+    /// Per remote attempt, the end of its last log piece that may be the start of a
+    /// secret going on in the next piece (`workers.rs`).
+    held_logs: std::sync::Mutex<std::collections::HashMap<RunId, (crate::runs::Epoch, Vec<u8>)>>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -208,9 +215,10 @@ fn generation(catalog: Catalog, store: &Arc<dyn Store>) -> (Generation, Vec<Stri
     let (hooks, problems) = HookTable::build(&catalog);
     let secret_refs = Arc::new(task_secret_refs(&catalog));
     let secrets = Arc::new(known_secrets(&secret_refs, &hooks));
+    let masker = Arc::new(Masker::new(&secrets));
     let pipeline = Arc::new(Pipeline::new(Arc::new(catalog), Arc::clone(store)));
     release_freed_memory();
-    (Generation { pipeline, hooks, secrets, secret_refs }, problems)
+    (Generation { pipeline, hooks, secrets, masker, secret_refs }, problems)
 }
 
 /// Every automation's task secret references, once each.
@@ -277,6 +285,7 @@ impl Server {
             options,
             api_token,
             wakeup: Arc::new(Wakeup::new()),
+            held_logs: std::sync::Mutex::default(),
         }))
     }
 

@@ -52,7 +52,12 @@ pub fn token_id(token: &str) -> String {
 impl Server {
     /// Leases the oldest run that may start, naming the lease `holder`.
     pub fn claim_run(&self, holder: &str, lease_for: Duration) -> Result<Option<Claim>, StoreError> {
-        self.store.claim(holder, lease_for.clamp(MIN_LEASE, MAX_LEASE), Utc::now())
+        let claim = self.store.claim(holder, lease_for.clamp(MIN_LEASE, MAX_LEASE), Utc::now())?;
+        if let Some(claim) = &claim {
+            // What an earlier attempt's worker left held back is not this attempt's.
+            self.held_logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&claim.run.id);
+        }
+        Ok(claim)
     }
 
     /// Refuses a run whose lease `worker` does not hold, as if it were gone, so a remote
@@ -81,6 +86,52 @@ impl Server {
 
     pub fn run_log(&self, id: RunId, epoch: Epoch, text: &str) -> Result<(), StoreError> {
         self.store.append_log(id, epoch, text, Utc::now()).map(drop)
+    }
+
+    /// Appends a remote worker's log piece, masked for every secret the engine knows.
+    /// A secret with a line break can fall across two pieces, so what may be its start is
+    /// held back until the next piece of the same attempt, or its end
+    /// (`flush_remote_log`).
+    pub fn remote_log(&self, id: RunId, epoch: Epoch, text: &str) -> Result<(), StoreError> {
+        let masker = Arc::clone(&self.current().masker);
+        let mut held = self.held_logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = match held.remove(&id) {
+            Some((held_epoch, bytes)) if held_epoch == epoch => bytes,
+            _ => Vec::new(),
+        };
+        let mut stream = masker.resume(before);
+        let mut out = Vec::with_capacity(text.len());
+        stream.push(text.as_bytes(), &mut out);
+        let mut rest = stream.into_held();
+        // A piece ends on a whole character: the bytes of one cut short wait with the rest.
+        let whole = match std::str::from_utf8(&out) {
+            Ok(_) => out.len(),
+            Err(error) => error.valid_up_to(),
+        };
+        if whole < out.len() {
+            rest.splice(0..0, out.drain(whole..));
+        }
+        if !rest.is_empty() {
+            held.insert(id, (epoch, rest));
+        }
+        drop(held);
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.run_log(id, epoch, &String::from_utf8_lossy(&out))
+    }
+
+    /// A remote attempt ends: what `remote_log` held back of it goes in, masked.
+    pub fn flush_remote_log(&self, id: RunId, epoch: Epoch) -> Result<(), StoreError> {
+        let held = self.held_logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+        let Some((held_epoch, bytes)) = held else { return Ok(()) };
+        if held_epoch != epoch {
+            return Ok(());
+        }
+        let masker = Arc::clone(&self.current().masker);
+        let mut out = Vec::with_capacity(bytes.len());
+        masker.resume(bytes).finish(&mut out);
+        self.run_log(id, epoch, &String::from_utf8_lossy(&out))
     }
 
     pub fn run_release(&self, id: RunId, epoch: Epoch, reason: &str) -> Result<(), StoreError> {

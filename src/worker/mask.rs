@@ -68,9 +68,42 @@ impl Masker {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// `value` with every string in it, and every object key, masked.
+    pub fn mask_json(&self, value: &mut serde_json::Value) {
+        if self.is_empty() {
+            return;
+        }
+        match value {
+            serde_json::Value::String(text) => *text = self.mask(text),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|item| self.mask_json(item)),
+            serde_json::Value::Object(map) => self.mask_map(map),
+            _ => {}
+        }
+    }
+
+    /// `map` with every key and every string in its values masked.
+    pub fn mask_map(&self, map: &mut serde_json::Map<String, serde_json::Value>) {
+        if self.is_empty() {
+            return;
+        }
+        *map = std::mem::take(map)
+            .into_iter()
+            .map(|(key, mut value)| {
+                self.mask_json(&mut value);
+                (self.mask(&key), value)
+            })
+            .collect();
+    }
+
     /// A masker for one stream of output.
     pub fn stream(&self) -> StreamMasker<'_> {
-        StreamMasker { masker: self, held: Vec::new() }
+        self.resume(Vec::new())
+    }
+
+    /// A stream that goes on from what an earlier one held back (`StreamMasker::into_held`),
+    /// e.g. across two requests.
+    pub fn resume(&self, held: Vec<u8>) -> StreamMasker<'_> {
+        StreamMasker { masker: self, held }
     }
 
     /// The matches in `bytes`, merged into sorted ranges that neither overlap nor touch.
@@ -132,6 +165,11 @@ impl StreamMasker<'_> {
         }
         let shown = self.masker.mask_into(&self.held, upto, out);
         self.held.drain(..shown);
+    }
+
+    /// What is held back, for `Masker::resume`.
+    pub fn into_held(self) -> Vec<u8> {
+        self.held
     }
 
     /// The stream ended: appends the rest, masked.
@@ -274,6 +312,19 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_goes_on_from_what_it_held_back() {
+        let masker = Masker::new(&["multi\nline"]);
+        let mut out = Vec::new();
+        let mut stream = masker.stream();
+        stream.push(b"a multi\n", &mut out);
+        let held = stream.into_held();
+        let mut stream = masker.resume(held);
+        stream.push(b"line b\n", &mut out);
+        stream.finish(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "a *** b\n");
+    }
+
+    #[test]
     fn a_stream_holds_back_only_what_may_be_a_secret() {
         let masker = Masker::new(&["hunter22"]);
         let mut stream = masker.stream();
@@ -288,6 +339,18 @@ mod tests {
         let mut out = Vec::new();
         stream.push(b"partial", &mut out);
         assert_eq!(out, b"partial");
+    }
+
+    #[test]
+    fn json_is_masked_in_every_string_and_key_and_nothing_else() {
+        let masker = Masker::new(&["hunter22"]);
+        let mut value = serde_json::json!({
+            "note": "pw hunter22",
+            "hunter22": [1, "aHVudGVyMjI=", {"deep": "x hunter22 y"}],
+            "count": 22,
+        });
+        masker.mask_json(&mut value);
+        assert_eq!(value, serde_json::json!({"note": "pw ***", "***": [1, "***", {"deep": "x *** y"}], "count": 22}));
     }
 
     #[test]

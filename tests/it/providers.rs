@@ -262,7 +262,7 @@ fn pagerduty_payloads_in_the_shape_of_its_docs() {
             patch: &[],
             kind: "service.custom_field_values.updated",
             refused: None,
-            fields: &[("/service/id", "PSVC7PAY"), ("/field_values/custom_fields/0/value", "1")],
+            fields: &[("/service/id", "PSVC7PAY"), ("/field_values/custom_fields/1/value", "1")],
         },
     ];
     cases.iter().for_each(check);
@@ -346,4 +346,110 @@ fn every_provider_fixture_says_where_it_comes_from() {
             }
         }
     }
+}
+
+/// Every field path the triggers and the example automations read, with the JSON type
+/// the providers' published examples give it there (each folder's README.md names the
+/// examples and the date they were compared); `absent` for a field the published
+/// examples of that event do not carry, so no test leans on it.
+const SHAPES: &[(&str, &[(&str, &str)])] = &[
+    ("github/pull_request_opened.json", GITHUB_PULL_REQUEST),
+    ("github/pull_request_opened_draft.json", GITHUB_PULL_REQUEST),
+    ("github/push.json", &[("/ref", "string"), ("/before", "string"), ("/after", "string"), ("/commits", "array")]),
+    ("github/projects_v2_item_edited.json", &[("/action", "string"), ("/projects_v2_item/content_type", "string")]),
+    ("github/issue_comment_created.json", &[("/issue/number", "number"), ("/comment/body", "string")]),
+    ("github/discussion_comment_created.json", &[("/discussion/number", "number"), ("/comment/body", "string")]),
+    (
+        "github/pull_request_review_comment_created.json",
+        &[("/comment/body", "string"), ("/pull_request/number", "number"), ("/pull_request/draft", "absent")],
+    ),
+    ("github/pull_request_review_submitted.json", &[("/review/body", "string"), ("/review/state", "string")]),
+    ("github/pull_request_review_approved_without_body.json", &[("/review/body", "null"), ("/review/state", "string")]),
+    ("pagerduty/incident_triggered_p1.json", PAGERDUTY_INCIDENT),
+    ("pagerduty/incident_triggered_p3.json", PAGERDUTY_INCIDENT),
+    ("pagerduty/incident_priority_updated.json", PAGERDUTY_INCIDENT),
+    ("pagerduty/incident_triggered_no_priority.json", &[("/event/data/priority", "null")]),
+    ("pagerduty/service_updated.json", &[("/event/data/id", "string"), ("/event/data/type", "string")]),
+    ("pagerduty/incident_workflow_started.json", &[("/event/data/service/id", "string")]),
+    ("pagerduty/incident_role_assigned.json", &[("/event/data/incident_role_assignments/0/incident/id", "string")]),
+    (
+        "pagerduty/service_custom_field_values_updated.json",
+        &[("/event/data/service/id", "string"), ("/event/data/custom_fields/0/value", "array")],
+    ),
+    ("slack/app_mention.json", SLACK_MESSAGE),
+    ("slack/message.json", SLACK_MESSAGE),
+    ("slack/thread_broadcast.json", &[("/event/thread_ts", "string"), ("/event/subtype", "string")]),
+    ("slack/message_changed.json", &[("/event/hidden", "bool"), ("/event/message/text", "string")]),
+    ("slack/bot_message.json", &[("/event/bot_id", "string"), ("/event/subtype", "string")]),
+];
+
+const GITHUB_PULL_REQUEST: &[(&str, &str)] = &[
+    ("/action", "string"),
+    ("/number", "number"),
+    ("/pull_request/title", "string"),
+    ("/pull_request/body", "string"),
+    ("/pull_request/draft", "bool"),
+    ("/pull_request/head/sha", "string"),
+    ("/pull_request/base/sha", "string"),
+];
+
+const PAGERDUTY_INCIDENT: &[(&str, &str)] = &[
+    ("/event/id", "string"),
+    ("/event/event_type", "string"),
+    ("/event/resource_type", "string"),
+    ("/event/occurred_at", "string"),
+    ("/event/data/id", "string"),
+    ("/event/data/number", "number"),
+    ("/event/data/title", "string"),
+    ("/event/data/html_url", "string"),
+    ("/event/data/service/id", "string"),
+    ("/event/data/service/summary", "string"),
+    ("/event/data/priority/summary", "string"),
+];
+
+const SLACK_MESSAGE: &[(&str, &str)] = &[
+    ("/type", "string"),
+    ("/team_id", "string"),
+    ("/event_id", "string"),
+    ("/event/type", "string"),
+    ("/event/text", "string"),
+    ("/event/channel", "string"),
+    ("/event/user", "string"),
+    ("/event/ts", "string"),
+];
+
+fn json_type(value: Option<&Value>) -> &'static str {
+    match value {
+        None => "absent",
+        Some(Value::Null) => "null",
+        Some(Value::Bool(_)) => "bool",
+        Some(Value::Number(_)) => "number",
+        Some(Value::String(_)) => "string",
+        Some(Value::Array(_)) => "array",
+        Some(Value::Object(_)) => "object",
+    }
+}
+
+#[test]
+fn fixtures_have_the_field_types_of_the_published_examples() {
+    let mut wrong = Vec::new();
+    for (fixture, fields) in SHAPES {
+        let payload = payload(fixture, &[]);
+        for (pointer, expected) in *fields {
+            let found = json_type(payload.pointer(pointer));
+            if found != *expected {
+                wrong.push(format!("{fixture} {pointer}: {found}, published examples: {expected}"));
+            }
+        }
+        // Every GitHub payload names its repository whole, clone URL included (which
+        // `task.repo` templates read); an organization's project events have none.
+        if fixture.starts_with("github/") && payload.get("repository").is_some() {
+            for pointer in ["/repository/full_name", "/repository/clone_url", "/repository/html_url"] {
+                if json_type(payload.pointer(pointer)) != "string" {
+                    wrong.push(format!("{fixture} {pointer}: missing"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "fixtures differ from the published shapes:\n{}", wrong.join("\n"));
 }

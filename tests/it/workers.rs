@@ -277,6 +277,105 @@ fn a_remote_worker_masks_every_secret_it_can_read_too() {
     check_every_secret_is_masked(true);
 }
 
+/// A hook's signing secret lives only on the server: a remote worker cannot know it, so
+/// the server masks what the worker reports, and neither the API nor `nightshift logs`
+/// shows it, plain, in base64 or written in two pieces.
+#[test]
+fn a_remote_workers_log_is_masked_on_the_server_for_secrets_only_the_server_knows() {
+    const HOOK_SECRET: &str = "gh-hook-s1gning-key";
+    let world = World::new();
+    let setup = [
+        format!("echo 'plain {HOOK_SECRET}'"),
+        format!("printf '%s' '{HOOK_SECRET}' | base64"),
+        format!("printf 'split: {}'; sleep 0.2; printf '{} done\\n'", &HOOK_SECRET[..8], &HOOK_SECRET[8..]),
+    ];
+    let setup = serde_json::to_string(&setup).unwrap();
+    let leaky = world
+        .automation("leaky", r#"["leaky/**"]"#, "")
+        .replace(r#"setup: ['echo "setup sees $FIXTURE_TOKEN"']"#, &format!("setup: {setup}"));
+    let hook = super::hooks::GITHUB.replace("GH_SECRET", "GH_HOOK_SECRET");
+    let project = world.project(&[]);
+    let args = ["--config", project.to_str().unwrap(), "--work-dir", "work", "--workers", "0", "--worker-token", "t"];
+    let server = Serving::start_with_args(
+        &[("leaky.yaml", &leaky), ("hook.yaml", &hook)],
+        &[("FIXTURE_SECRET", "s3cr3t-value"), ("GH_HOOK_SECRET", HOOK_SECRET)],
+        &args,
+    );
+    let _worker = RemoteWorker::start(&server, "t", &world.path("work"), &world.path("worker.log"));
+
+    let run = trigger(&server, "leaky", 1);
+    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
+    let log = log_text(&server, &run);
+    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
+    let printed = Command::new(env!("CARGO_BIN_EXE_nightshift"))
+        .arg("logs")
+        .arg(&run)
+        .arg("--dir")
+        .arg(&server.automations)
+        .arg("--data")
+        .arg(&server.data)
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    for log in [&log, &printed] {
+        for line in ["plain ***", "***", "split: *** done"] {
+            assert!(log.lines().any(|l| l == line), "no line `{line}` in:\n{log}");
+        }
+        for leak in [HOOK_SECRET, "Z2gtaG9vay1zMWduaW5nLWtleQ"] {
+            assert!(!log.contains(leak), "`{leak}` is in the log:\n{log}");
+        }
+    }
+}
+
+/// Everything a remote worker reports through the worker API is masked on the server
+/// before it is stored: a log piece, including a secret with a line break that falls
+/// across two pieces, activities, the result and memory.
+#[test]
+fn what_a_remote_worker_reports_is_masked_on_the_server() {
+    const KEY: &str = "-----BEGIN KEY-----\nq7Zp0wXyLmN3\n-----END KEY-----";
+    let world = World::new();
+    let key_file = world.path("key.pem");
+    std::fs::write(&key_file, KEY).unwrap();
+    let other = format!(
+        "name: other\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: fixture\n  repo: {}\n  prompt: hi\n  secrets:\n    KEY: file:{}\n",
+        world.upstream().display(),
+        key_file.display()
+    );
+    let reporter = world.automation("reporter", r#"["reporter/**"]"#, "");
+    let project = world.project(&[]);
+    let args = ["--config", project.to_str().unwrap(), "--workers", "0", "--worker-token", "t"];
+    let server = Serving::start_with_args(&[("reporter.yaml", &reporter), ("other.yaml", &other)], &[], &args);
+    let run = trigger(&server, "reporter", 1);
+
+    let claim = server.worker_post("t", "/api/worker/claim", &json!({"worker": "w", "lease_seconds": 30}));
+    assert_eq!(claim.status, 200, "{:?}", claim.body);
+    let epoch = claim.body["lease"]["epoch"].clone();
+    let call = |action: &str, body: Value| {
+        let answer = server.worker_post("t", &format!("/api/worker/runs/{run}/{action}"), &body);
+        assert_eq!(answer.status, 204, "{action}: {:?}", answer.body);
+    };
+    call("started", json!({"epoch": epoch}));
+    // The key's first line ends one piece, its second line starts the next.
+    call("log", json!({"epoch": epoch, "text": "key: -----BEGIN KEY-----\n"}));
+    call("log", json!({"epoch": epoch, "text": "q7Zp0wXyLmN3\n-----END KEY----- done\n"}));
+    call(
+        "activities",
+        json!({"epoch": epoch, "activities": [{"kind": "thought", "text": format!("saw {KEY}"), "data": {KEY: [KEY]}}]}),
+    );
+    let completion =
+        json!({"outcome": "succeeded", "result": {"summary": format!("used {KEY}"), "details": {"note": KEY}}});
+    call("complete", json!({"epoch": epoch, "completion": completion, "memory": {"note": KEY}}));
+
+    let done = wait_for(&server, &run, &["succeeded", "failed"]);
+    let log = log_text(&server, &run);
+    assert!(log.contains("key: *** done\n"), "the key across two pieces is masked:\n{log}");
+    let everything = format!("{done}\n{log}\n{}", server.api_get("/api/automations/reporter/memory"));
+    assert!(!everything.contains("q7Zp0wXyLmN3"), "the key is stored in clear:\n{everything}");
+    assert_eq!(activity_texts(&done, "thought"), ["saw ***"]);
+    assert_eq!(done["run"]["result"]["summary"], "used ***");
+}
+
 #[test]
 fn runs_with_disjoint_paths_run_together_and_overlapping_ones_one_after_the_other() {
     let world = World::new();
