@@ -1,6 +1,7 @@
-//! Every source against real payloads: the fixtures under tests/data/{github,pagerduty,
-//! slack,alertmanager} come from the providers' docs, their SDKs' test suites and a real
-//! Alertmanager (each folder's README.md says which). Each case loads a trigger, turns a
+//! Every source against its payloads: the fixtures under tests/data/{github,pagerduty,slack}
+//! are written in the shapes of the providers' published examples and checked against
+//! them field by field, and tests/data/alertmanager holds a real Alertmanager's (each
+//! folder's README.md says which examples and what was compared). Each case loads a trigger, turns a
 //! fixture into the event its source makes, and checks the type, the filters' answer and
 //! the fields rules read.
 
