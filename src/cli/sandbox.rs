@@ -167,7 +167,8 @@ fn stub_serve(sockets: NetnsSockets, _helper: u32) -> Box<dyn Any + Send> {
         }
         std::thread::spawn(move || {
             let mut buffer = [0; 512];
-            while matches!(socket.recv_from(&mut buffer), Ok((n, _)) if n > 0) {}
+            // `recv`, not `recv_from`: a shut down socket returns no address.
+            while matches!(socket.recv(&mut buffer), Ok(n) if n > 0) {}
         });
     }
     Box::new(StubGuard(handles))
