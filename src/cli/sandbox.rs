@@ -71,8 +71,8 @@ fn run_command(args: RunArgs, helper: PathBuf) -> anyhow::Result<ExitCode> {
         Some(dir) => dir,
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
-    let workspace =
-        std::fs::canonicalize(&workspace).with_context(|| format!("cannot find the workspace {}", workspace.display()))?;
+    let workspace = std::fs::canonicalize(&workspace)
+        .with_context(|| format!("cannot find the workspace {}", workspace.display()))?;
     let mut paths = Vec::new();
     for path in &args.paths {
         let (path, writable) = match path.strip_suffix(":rw") {

@@ -52,7 +52,9 @@ fn users() -> Vec<As> {
 
 /// The first of `bin` and its directories that others may not execute or enter.
 fn unreachable_by_nobody(bin: &Path) -> Option<PathBuf> {
-    bin.ancestors().find(|path| std::fs::metadata(path).map_or(true, |m| m.permissions().mode() & 0o001 == 0)).map(Path::to_path_buf)
+    bin.ancestors()
+        .find(|path| std::fs::metadata(path).map_or(true, |m| m.permissions().mode() & 0o001 == 0))
+        .map(Path::to_path_buf)
 }
 
 /// A directory both users can enter, holding a workspace anyone can write and a data
@@ -111,7 +113,12 @@ fn each_user(script: impl Fn(As, &Layout) -> String, check: impl Fn(As, &Layout,
         let layout = Layout::new();
         let output = jail(who, &layout.workspace(), &script(who, &layout));
         let stdout = text(&output.stdout);
-        assert!(output.status.success(), "{who:?}: {}\nstdout: {stdout}\nstderr: {}", output.status, text(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{who:?}: {}\nstdout: {stdout}\nstderr: {}",
+            output.status,
+            text(&output.stderr)
+        );
         check(who, &layout, &stdout);
     }
 }
@@ -133,7 +140,11 @@ fn a_phase_cannot_read_another_process_environment() {
     let pid = sleeper.0.id();
     let me = std::process::id();
     each_user(
-        |_, _| format!("cat /proc/{pid}/environ /proc/{me}/environ; echo \"cat=$?\"; ls /proc/{pid} 2>&1 || echo no-such-pid"),
+        |_, _| {
+            format!(
+                "cat /proc/{pid}/environ /proc/{me}/environ; echo \"cat=$?\"; ls /proc/{pid} 2>&1 || echo no-such-pid"
+            )
+        },
         |who, _, stdout| {
             assert!(!stdout.contains(&secret), "{who:?}: {stdout}");
             assert!(stdout.contains("cat=1") && stdout.contains("no-such-pid"), "{who:?}: {stdout}");
@@ -157,7 +168,10 @@ fn a_phase_sees_its_workspace_but_not_the_data_next_to_it_nor_the_home() {
         },
         |who, layout, stdout| {
             assert!(stdout.contains("seen\n") && stdout.contains("no-data\n"), "{who:?}: {stdout}");
-            assert!(!stdout.contains("data-outside-the-workspace") && !stdout.contains("data.txt"), "{who:?}: {stdout}");
+            assert!(
+                !stdout.contains("data-outside-the-workspace") && !stdout.contains("data.txt"),
+                "{who:?}: {stdout}"
+            );
             assert!(stdout.contains("home-entries=0\n"), "{who:?}: {stdout}");
             assert!(!stdout.contains("has /"), "{who:?}: {stdout}");
             assert_eq!(std::fs::read_to_string(layout.workspace().join("in-ws")).unwrap(), "seen\n");
@@ -214,9 +228,10 @@ fn a_daemon_started_by_a_phase_ends_with_it() {
 
 /// Whether a process on the host has `marker` in its argv.
 fn running(marker: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-        std::fs::read(entry.path().join("cmdline")).is_ok_and(|argv| text(&argv).contains(marker))
-    })
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|entry| std::fs::read(entry.path().join("cmdline")).is_ok_and(|argv| text(&argv).contains(marker)))
 }
 
 #[test]
@@ -258,7 +273,10 @@ fn connections_to_any_address_stay_inside_the_namespace() {
     each_user(
         |_, _| format!("ip route get 192.0.2.10; ip route get 192.0.2.1; {tcp}; {udp}"),
         |who, _, stdout| {
-            assert!(stdout.contains("local 192.0.2.10 dev lo") && stdout.contains("local 192.0.2.1 dev lo"), "{who:?}: {stdout}");
+            assert!(
+                stdout.contains("local 192.0.2.10 dev lo") && stdout.contains("local 192.0.2.1 dev lo"),
+                "{who:?}: {stdout}"
+            );
             assert!(stdout.contains("tcp: accepted then closed\n"), "{who:?}: {stdout}");
             assert!(stdout.contains("udp: sent\n"), "{who:?}: {stdout}");
         },
@@ -274,9 +292,20 @@ fn a_phase_has_no_privileges_and_a_seccomp_filter() {
     let io_uring = r#"perl -e 'my $p = "\0" x 120; my $r = syscall(425, 1, $p); print "io_uring: $r ", $! + 0, "\n"'"#;
     let vsock = r#"perl -e 'socket(my $s, 40, 1, 0) ? print "vsock: opened\n" : print "vsock: ", $! + 0, "\n"'"#;
     each_user(
-        |_, _| format!("grep -E '^(NoNewPrivs|CapEff|CapPrm|CapBnd|CapAmb|Seccomp):' /proc/self/status; {io_uring}; {vsock}"),
+        |_, _| {
+            format!(
+                "grep -E '^(NoNewPrivs|CapEff|CapPrm|CapBnd|CapAmb|Seccomp):' /proc/self/status; {io_uring}; {vsock}"
+            )
+        },
         |who, _, stdout| {
-            for line in ["NoNewPrivs:\t1", "CapEff:\t0000000000000000", "CapPrm:\t0000000000000000", "CapBnd:\t0000000000000000", "CapAmb:\t0000000000000000", "Seccomp:\t2"] {
+            for line in [
+                "NoNewPrivs:\t1",
+                "CapEff:\t0000000000000000",
+                "CapPrm:\t0000000000000000",
+                "CapBnd:\t0000000000000000",
+                "CapAmb:\t0000000000000000",
+                "Seccomp:\t2",
+            ] {
                 assert!(stdout.contains(line), "{who:?}: {line}: {stdout}");
             }
             assert!(stdout.contains(&format!("io_uring: -1 {}\n", libc::EPERM)), "{who:?}: {stdout}");
@@ -322,7 +351,8 @@ fn a_jailed_phase_that_times_out_leaves_nothing_behind() {
     }
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("nightshift-jail-timeout-{}", std::process::id());
-    let script = format!("setsid sh -c 'sleep 1000; : {marker}' </dev/null >/dev/null 2>&1 & echo \"home=$HOME\"; sleep 1000");
+    let script =
+        format!("setsid sh -c 'sleep 1000; : {marker}' </dev/null >/dev/null 2>&1 & echo \"home=$HOME\"; sleep 1000");
     let (command, options, served) = jailed(dir.path(), &script, Duration::from_millis(500));
     let mut lines = Vec::new();
     let outcome = run_phase(&command, &options, &CancelToken::new(), |_, line| lines.push(line.to_string())).unwrap();

@@ -121,10 +121,22 @@ fn special() -> Result<(), Failure> {
     let pts = dev.join("pts");
     make_dir(&pts)?;
     // A terminal is a convenience: without devpts (an old kernel) the jail still works.
-    let devpts = mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"));
-    let links: &[(&str, &str)] = &[("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")];
+    let devpts = mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    );
+    let links: &[(&str, &str)] = &[
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ];
     for (name, target) in links.iter().chain(devpts.is_ok().then_some(&("ptmx", "pts/ptmx"))) {
-        std::os::unix::fs::symlink(target, dev.join(name)).map_err(|e| Failure::io(&format!("link /dev/{name}"), &e))?;
+        std::os::unix::fs::symlink(target, dev.join(name))
+            .map_err(|e| Failure::io(&format!("link /dev/{name}"), &e))?;
     }
     set_attributes(&dev, ATTR_RDONLY, false)?;
 
@@ -280,7 +292,9 @@ fn remount(path: &Path, set: u64) -> Result<(), Failure> {
             flags |= ms;
         }
     }
-    for (bit, ms) in [(ATTR_RDONLY, MsFlags::MS_RDONLY), (ATTR_NOSUID, MsFlags::MS_NOSUID), (ATTR_NODEV, MsFlags::MS_NODEV)] {
+    for (bit, ms) in
+        [(ATTR_RDONLY, MsFlags::MS_RDONLY), (ATTR_NOSUID, MsFlags::MS_NOSUID), (ATTR_NODEV, MsFlags::MS_NODEV)]
+    {
         if set & bit != 0 {
             flags |= ms;
         }

@@ -91,7 +91,7 @@ pub fn main() -> ! {
 }
 
 fn run(channel: RawFd) -> Result<i32, Failure> {
-    let request = wire::receive_request(channel).map_err(|text| Failure(text))?;
+    let request = wire::receive_request(channel).map_err(Failure)?;
     let filters = lockdown::filters()?;
     enter_namespaces()?;
     let ipv6 = net::configure()?;
@@ -137,7 +137,8 @@ fn enter_namespaces() -> Result<(), Failure> {
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS;
-    unshare(flags).map_err(|e| Failure::errno("create the jail's namespaces (unshare)", e).with_namespace_fix(Some(e)))?;
+    unshare(flags)
+        .map_err(|e| Failure::errno("create the jail's namespaces (unshare)", e).with_namespace_fix(Some(e)))?;
     let write = |file: &str, text: String| {
         std::fs::write(format!("/proc/self/{file}"), text).map_err(|e| {
             let errno = e.raw_os_error().map(Errno::from_raw);

@@ -69,10 +69,8 @@ pub fn filters() -> Result<Filters, Failure> {
             .map_err(|e| Failure::message(&format!("seccomp: {e}")))
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|&(_, nr)| (nr, Vec::new())).collect();
-    let other_family = FAMILIES
-        .iter()
-        .map(|&family| condition(0, SeccompCmpOp::Ne, family as u64))
-        .collect::<Result<Vec<_>, _>>()?;
+    let other_family =
+        FAMILIES.iter().map(|&family| condition(0, SeccompCmpOp::Ne, family as u64)).collect::<Result<Vec<_>, _>>()?;
     let rule = |conditions| SeccompRule::new(conditions).map_err(|e| Failure::message(&format!("seccomp: {e}")));
     rules.insert(libc::SYS_socket, vec![rule(other_family)?]);
     let new_user = libc::CLONE_NEWUSER as u64;
@@ -101,7 +99,8 @@ pub fn apply(filters: &Filters) -> Result<(), Failure> {
     clear_capabilities()?;
     prctl("set no_new_privs", libc::PR_SET_NO_NEW_PRIVS, 1, 0)?;
     for program in [&filters.clone3, &filters.refused] {
-        seccompiler::apply_filter(program).map_err(|e| Failure::message(&format!("install the seccomp filter: {e}")))?;
+        seccompiler::apply_filter(program)
+            .map_err(|e| Failure::message(&format!("install the seccomp filter: {e}")))?;
     }
     Ok(())
 }

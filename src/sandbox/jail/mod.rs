@@ -65,7 +65,8 @@ pub struct Jailed {
 /// The command that starts the helper. The caller sets its environment (which the phase's
 /// command gets as it is), stdio and process group, then passes it to [`spawn`].
 pub fn helper_command(helper: &Path) -> Command {
-    let mut command = Command::new(helper);
+    // The helper starts in /, where a relative path would not find it.
+    let mut command = Command::new(std::path::absolute(helper).unwrap_or_else(|_| helper.to_path_buf()));
     command.arg(HELPER_ARG).current_dir("/");
     command
 }
@@ -81,11 +82,8 @@ pub fn spawn(mut helper: Command, spec: &SandboxSpec, argv: &[String], dir: &Pat
     // SAFETY: fcntl and dup2 are async-signal-safe and touch no memory of the parent.
     unsafe {
         helper.pre_exec(move || {
-            let result = if fd == wire::HELPER_FD {
-                libc::fcntl(fd, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, wire::HELPER_FD)
-            };
+            let result =
+                if fd == wire::HELPER_FD { libc::fcntl(fd, libc::F_SETFD, 0) } else { libc::dup2(fd, wire::HELPER_FD) };
             if result == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
         });
     }
@@ -117,7 +115,9 @@ fn start(channel: &OwnedFd, request: &Request) -> Result<NetnsSockets, JailError
         })?;
         match answer {
             Answer::Sockets { fds, captured, dns } if sockets.is_none() => {
-                sockets = Some(netns_sockets(fds, captured, dns));
+                sockets = Some(
+                    netns_sockets(fds, captured, dns).ok_or_else(|| JailError::Channel("no proxy socket".into()))?,
+                );
             }
             Answer::Sockets { .. } => return Err(JailError::Channel("the sockets came twice".into())),
             Answer::Error(text) => return Err(JailError::Setup(text)),
@@ -129,13 +129,13 @@ fn start(channel: &OwnedFd, request: &Request) -> Result<NetnsSockets, JailError
     }
 }
 
-fn netns_sockets(fds: Vec<OwnedFd>, captured: usize, dns: usize) -> NetnsSockets {
+/// The sockets in the order the helper sends them: the proxy, the captured ports, DNS.
+fn netns_sockets(fds: Vec<OwnedFd>, captured: usize, dns: usize) -> Option<NetnsSockets> {
     let mut fds = fds.into_iter();
-    let proxy = fds.next().map(std::net::TcpListener::from);
-    let captured_listeners = fds.by_ref().take(captured).map(std::net::TcpListener::from).collect();
+    let proxy = fds.next().map(std::net::TcpListener::from)?;
+    let captured = fds.by_ref().take(captured).map(std::net::TcpListener::from).collect();
     let dns = fds.take(dns).map(std::net::UdpSocket::from).collect();
-    // `receive_answer` checked the count: there is a proxy socket.
-    NetnsSockets { proxy: proxy.expect("the proxy socket"), captured: captured_listeners, dns }
+    Some(NetnsSockets { proxy, captured, dns })
 }
 
 /// Refuses a spec the helper could not follow safely: relative paths or `..` (a path
@@ -147,12 +147,16 @@ fn check(spec: &SandboxSpec, argv: &[String], dir: &Path) -> Result<(), JailErro
     if spec.capture_ports.len() > MAX_CAPTURE_PORTS {
         return Err(JailError::Spec(format!("more than {MAX_CAPTURE_PORTS} capture ports")));
     }
-    let named = [("workspace", &spec.workspace), ("run_dir", &spec.run_dir), ("home", &spec.home), ("dir", &dir.to_path_buf())];
+    let named =
+        [("workspace", &spec.workspace), ("run_dir", &spec.run_dir), ("home", &spec.home), ("dir", &dir.to_path_buf())];
     let paths = spec.paths.iter().map(|p| ("paths", &p.path));
     for (field, path) in named.into_iter().chain(paths) {
         let plain = path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
         if !path.is_absolute() || !plain || path.parent().is_none() {
-            return Err(JailError::Spec(format!("{field}: `{}` must be absolute, without `..`, and not /", path.display())));
+            return Err(JailError::Spec(format!(
+                "{field}: `{}` must be absolute, without `..`, and not /",
+                path.display()
+            )));
         }
     }
     Ok(())
@@ -173,12 +177,13 @@ pub fn probe(helper: &Path) -> Result<(), String> {
     };
     let mut command = helper_command(helper);
     command.env_clear().env("PATH", "/usr/bin:/bin").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let result = spawn(command, &spec, &["true".to_string()], &dir)
-        .map_err(|error| error.to_string())
-        .and_then(|mut jailed| match jailed.child.wait() {
-            Ok(status) if status.success() => Ok(()),
-            Ok(status) => Err(format!("`true` in the jail ended with {status}")),
-            Err(error) => Err(format!("cannot wait for the jail helper: {error}")),
+    let result =
+        spawn(command, &spec, &["true".to_string()], &dir).map_err(|error| error.to_string()).and_then(|mut jailed| {
+            match jailed.child.wait() {
+                Ok(status) if status.success() => Ok(()),
+                Ok(status) => Err(format!("`true` in the jail ended with {status}")),
+                Err(error) => Err(format!("cannot wait for the jail helper: {error}")),
+            }
         });
     let _ = std::fs::remove_dir(&dir);
     result

@@ -22,7 +22,8 @@ pub struct Listeners {
 /// none (then no IPv6 connection can be made at all); returns whether it is there.
 pub fn configure() -> Result<bool, Failure> {
     set_loopback_up()?;
-    add_local_default(libc::AF_INET as u8).map_err(|errno| Failure::errno("add the IPv4 local default route", errno))?;
+    add_local_default(libc::AF_INET as u8)
+        .map_err(|errno| Failure::errno("add the IPv4 local default route", errno))?;
     match add_local_default(libc::AF_INET6 as u8) {
         Ok(()) => Ok(true),
         Err(Errno::EAFNOSUPPORT) => Ok(false),
@@ -123,7 +124,16 @@ fn route_message(family: u8, lo: u32) -> Vec<u8> {
     message.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     message.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
-    message.extend_from_slice(&[family, 0, 0, 0, libc::RT_TABLE_LOCAL, libc::RTPROT_BOOT, libc::RT_SCOPE_HOST, libc::RTN_LOCAL]);
+    message.extend_from_slice(&[
+        family,
+        0,
+        0,
+        0,
+        libc::RT_TABLE_LOCAL,
+        libc::RTPROT_BOOT,
+        libc::RT_SCOPE_HOST,
+        libc::RTN_LOCAL,
+    ]);
     message.extend_from_slice(&0u32.to_ne_bytes());
     // RTA_OIF: the output interface.
     message.extend_from_slice(&(ATTRIBUTE as u16).to_ne_bytes());
