@@ -389,3 +389,25 @@ fn a_jail_that_cannot_be_built_fails_the_phase_and_runs_nothing() {
     assert!(matches!(error, PhaseError::Spawn { .. }), "{error}");
     assert!(!dir.path().join("ran").exists());
 }
+
+#[test]
+fn sandbox_check_says_ok_or_names_the_fix() {
+    if users().is_empty() {
+        return;
+    }
+    let ok = Command::new(BIN).args(["sandbox", "check"]).output().unwrap();
+    assert!(ok.status.success() && text(&ok.stdout).starts_with("ok"), "{}", text(&ok.stderr));
+    let Some(unshare) = requires::program("util-linux", &["unshare"]) else { return };
+    // A user namespace whose limit on nested ones is 0, as on a machine that refuses them.
+    let refused = Command::new(unshare)
+        .args(["-Ur", "sh", "-c", "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$0\" sandbox check", BIN])
+        .output()
+        .unwrap();
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("unshare") && stderr.contains("kernel.apparmor_restrict_unprivileged_userns=0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("user.max_user_namespaces"), "{stderr}");
+}
