@@ -104,10 +104,14 @@ fn run(channel: RawFd) -> Result<i32, Failure> {
     drop(listeners);
 
     install_forwarding()?;
+    // PID 1 asks this after arming its parent-death signal, in case the helper was killed
+    // before: a pidfd reaches across the namespace, where a pid number would not.
+    // SAFETY: pidfd_open has no memory-safety preconditions; it returns a close-on-exec fd.
+    let helper = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) } as RawFd;
     // SAFETY: single-threaded, so the child may do anything.
     match unsafe { fork() }.map_err(|e| Failure::errno("fork the jail's PID 1", e))? {
         ForkResult::Child => {
-            let status = match init(channel, &request, &filters) {
+            let status = match init(channel, helper, &request, &filters) {
                 Ok(status) => status,
                 Err(Failure(text)) => {
                     wire::send_error(channel, "error", &text);
@@ -120,6 +124,9 @@ fn run(channel: RawFd) -> Result<i32, Failure> {
             FORWARD_TO.store(child.as_raw(), Ordering::SeqCst);
             pass_on_pending();
             close(channel);
+            if helper >= 0 {
+                close(helper);
+            }
             Ok(wait_for(child))
         }
     }
@@ -177,11 +184,19 @@ fn pass_on_pending() {
 
 /// The jail's PID 1: builds the filesystem, runs the command, reaps whatever it leaves
 /// and exits with its status; the kernel then kills everything left in the namespace.
-fn init(channel: RawFd, request: &Request, filters: &lockdown::Filters) -> Result<i32, Failure> {
+fn init(channel: RawFd, helper: RawFd, request: &Request, filters: &lockdown::Filters) -> Result<i32, Failure> {
     FORWARD_TO.store(0, Ordering::SeqCst);
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } == -1 {
         return Err(Failure::errno("set PID 1's parent-death signal", Errno::last()));
+    }
+    if helper >= 0 {
+        let mut exited = libc::pollfd { fd: helper, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a readable pidfd means its process has exited.
+        if unsafe { libc::poll(&mut exited, 1, 0) } == 1 {
+            return Err(Failure::message("the helper was gone before the jail was built"));
+        }
+        close(helper);
     }
     fs::build(&request.spec)?;
     let argv = request
