@@ -10,6 +10,7 @@ mod prune;
 mod remote;
 mod render;
 mod runs;
+mod sandbox;
 mod schedule;
 mod schema;
 mod serve;
@@ -120,10 +121,23 @@ enum Command {
     /// are stopped and their runs given back, queued again at once with the attempt not
     /// counted (a worker that dies loses them when their leases expire).
     Worker(worker::Args),
+    /// Check or try the jail that setup and agent phases run in.
+    ///
+    /// `check` tells whether this machine allows it (and how to allow it if not); `run`
+    /// runs a command in one, with a directory read-write. See docs/sandbox.md.
+    Sandbox(sandbox::Args),
+    /// The jail's helper, which the worker starts for each phase; not for people.
+    #[command(name = "__sandbox-exec", hide = true)]
+    SandboxExec,
 }
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
 pub fn run() -> ExitCode {
+    // The jail's helper must stay single-threaded and quiet until its command's exec:
+    // it goes before anything else (logging, parsing).
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == crate::sandbox::jail::HELPER_ARG) {
+        crate::sandbox::jail::helper_main();
+    }
     let cli = Cli::parse();
     match &cli.command {
         Command::Serve(args) => init_logging(args.log_json, "nightshift=info,warn"),
@@ -146,6 +160,8 @@ pub fn run() -> ExitCode {
         Command::Approve(args) => approve::approve(args),
         Command::Cancel(args) => approve::cancel(args),
         Command::Worker(args) => worker::run(args),
+        Command::Sandbox(args) => sandbox::run(args),
+        Command::SandboxExec => crate::sandbox::jail::helper_main(),
     };
     match result {
         Ok(code) => code,

@@ -9,10 +9,19 @@
 //! whatever it left running in its group is killed: a phase leaves nothing behind. A
 //! process that moves itself to another group or session (`setsid`) escapes this.
 //!
+//! A command with a `sandbox` spec runs in a jail (`sandbox::jail`): the child is the
+//! jail's helper, whose PID namespace holds every process of the phase, `setsid` ones
+//! too, and ends with it. The helper hands over the network namespace's sockets, which
+//! `JailOptions::serve` serves until the phase has ended. The child then sees `PATH`,
+//! `LANG` and `LC_ALL`, `HOME` set to the spec's home and `TMPDIR=/tmp`, plus `env`. A jail
+//! that cannot be built fails the phase ([`PhaseError::Jail`]); the command never runs
+//! outside it.
+//!
 //! Secret values, plain or encoded (see `mask.rs`), are replaced by `***` in the output
 //! as it is read, before it is split into lines, so a secret written in pieces or across
 //! lines is masked too. Lines longer than `MAX_LINE` bytes are split.
 
+use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -25,9 +34,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::mask::Masker;
+use crate::sandbox::jail::{self, JailError};
+use crate::sandbox::{NetnsSockets, SandboxSpec};
 
 /// The engine's environment variables a phase inherits, when set.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"];
+
+/// Those a jailed phase inherits: the engine's home and temporary directory are not in
+/// its jail.
+const JAILED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL"];
 
 /// How long a line can be before it is split: a bound on the memory a reader holds.
 pub const MAX_LINE: usize = 1024 * 1024;
@@ -56,6 +71,10 @@ pub enum PhaseError {
     Output { program: String, cause: io::Error },
     #[error("cannot wait for `{program}`: {cause}")]
     Wait { program: String, cause: io::Error },
+    /// The jail could not be built (the helper's message says what failed and the fix):
+    /// the command was not run.
+    #[error("cannot start `{program}` in its jail: {message}")]
+    Jail { program: String, message: String },
 }
 
 /// What to run.
@@ -69,6 +88,8 @@ pub struct PhaseCommand {
     pub env: BTreeMap<String, String>,
     /// How long the phase may run before it is stopped.
     pub timeout: Duration,
+    /// The jail to run in; `None` runs the command as a plain child process.
+    pub sandbox: Option<SandboxSpec>,
 }
 
 /// How to run it.
@@ -80,11 +101,33 @@ pub struct PhaseOptions {
     pub log_limit: usize,
     /// How long the child has to exit after SIGTERM before SIGKILL.
     pub grace: Duration,
+    /// How to run a command that has a `sandbox`; without it such a command fails.
+    pub jail: Option<JailOptions>,
 }
 
 impl Default for PhaseOptions {
     fn default() -> PhaseOptions {
-        PhaseOptions { secrets: Vec::new(), log_limit: 1024 * 1024, grace: Duration::from_secs(5) }
+        PhaseOptions { secrets: Vec::new(), log_limit: 1024 * 1024, grace: Duration::from_secs(5), jail: None }
+    }
+}
+
+/// Starts serving a jailed phase's sockets, given the helper's pid (the phase's process
+/// group); what it returns is dropped once the phase has ended and all of its processes
+/// are gone, which is when serving should stop.
+pub type ServeSockets = Arc<dyn Fn(NetnsSockets, u32) -> Box<dyn Any + Send> + Send + Sync>;
+
+/// What running a phase in a jail needs.
+#[derive(Clone)]
+pub struct JailOptions {
+    /// The nightshift binary, started as `nightshift __sandbox-exec`.
+    pub helper: PathBuf,
+    /// The egress proxy's entry point.
+    pub serve: ServeSockets,
+}
+
+impl std::fmt::Debug for JailOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JailOptions").field("helper", &self.helper).finish_non_exhaustive()
     }
 }
 
@@ -239,7 +282,7 @@ pub fn run_phase(
 ) -> Result<PhaseOutcome, PhaseError> {
     let program = command.argv.first().ok_or(PhaseError::EmptyCommand)?.clone();
     let started = Instant::now();
-    let mut group = Group::spawn(command, &program)?;
+    let mut group = Group::spawn(command, options, &program)?;
     let (sender, lines) = std::sync::mpsc::sync_channel(CHANNEL_LINES);
     let masker = Arc::new(Masker::new(&options.secrets));
     let readers = group.start_readers(sender, &masker)?;
@@ -271,6 +314,8 @@ pub fn run_phase(
         readers_done = receive_until(&lines, Instant::now() + DRAIN, &mut record);
     }
     finish_readers(readers, readers_done, &program);
+    // The phase's processes are all gone: its sockets need no more serving.
+    drop(group.serving.take());
 
     let status = stopping.map_or_else(|| exit_status(exit), |(why, _)| why);
     let duration = started.elapsed();
@@ -328,29 +373,40 @@ fn exit_status(status: ExitStatus) -> PhaseStatus {
 }
 
 /// The child and its process group. Dropped before it was reaped (an error, a panic), it
-/// kills the group and reaps the child.
+/// kills the group and reaps the child. A jailed child's `serving` guard is dropped with
+/// it, after the child is gone.
 struct Group {
     child: Child,
     pgid: libc::pid_t,
     program: String,
     reaped: bool,
+    serving: Option<Box<dyn Any + Send>>,
 }
 
 impl Group {
-    fn spawn(command: &PhaseCommand, program: &str) -> Result<Group, PhaseError> {
-        let mut process = Command::new(program);
-        process
-            .args(&command.argv[1..])
-            .current_dir(&command.dir)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        for name in INHERITED_ENV {
+    fn spawn(command: &PhaseCommand, options: &PhaseOptions, program: &str) -> Result<Group, PhaseError> {
+        let (mut process, inherited) = match &command.sandbox {
+            None => {
+                let mut process = Command::new(program);
+                process.args(&command.argv[1..]).current_dir(&command.dir);
+                (process, INHERITED_ENV)
+            }
+            Some(_) => {
+                let jail = options.jail.as_ref().ok_or_else(|| PhaseError::Jail {
+                    program: program.to_string(),
+                    message: "no jail helper is configured".to_string(),
+                })?;
+                (jail::helper_command(&jail.helper), JAILED_ENV)
+            }
+        };
+        process.env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        for name in inherited {
             if let Some(value) = std::env::var_os(name) {
                 process.env(name, value);
             }
+        }
+        if let Some(spec) = &command.sandbox {
+            process.env("HOME", &spec.home).env("TMPDIR", "/tmp");
         }
         process.envs(&command.env);
         // If the worker dies (SIGKILL, a crash), the child is killed rather than left to
@@ -364,14 +420,21 @@ impl Group {
                 Ok(())
             });
         }
-        let child = process.spawn().map_err(|cause| PhaseError::Spawn {
-            program: program.to_string(),
-            dir: command.dir.clone(),
-            cause,
-        })?;
+        let spawn_error = |cause| PhaseError::Spawn { program: program.to_string(), dir: command.dir.clone(), cause };
+        let (child, serving) = match (&command.sandbox, &options.jail) {
+            (Some(spec), Some(jail)) => {
+                let jailed = jail::spawn(process, spec, &command.argv, &command.dir).map_err(|error| match error {
+                    JailError::Exec(text) => spawn_error(io::Error::other(text)),
+                    error => PhaseError::Jail { program: program.to_string(), message: error.to_string() },
+                })?;
+                let serving = (jail.serve)(jailed.sockets, jailed.child.id());
+                (jailed.child, Some(serving))
+            }
+            _ => (process.spawn().map_err(spawn_error)?, None),
+        };
         // `process_group(0)` makes the child's pid its group's id.
         let pgid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
-        Ok(Group { child, pgid, program: program.to_string(), reaped: false })
+        Ok(Group { child, pgid, program: program.to_string(), reaped: false, serving })
     }
 
     fn start_readers(

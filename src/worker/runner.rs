@@ -311,6 +311,7 @@ impl Runner {
             // The run's log is the attempt's `RunLog`: the phase need keep no copy.
             log_limit: 0,
             grace: self.settings.grace,
+            jail: None,
         };
 
         if let Some(ending) = setup(task, workspace, attempt, &env, secrets, &options) {
@@ -331,6 +332,7 @@ impl Runner {
             dir: workspace.path().to_path_buf(),
             env,
             timeout: task.timeout.as_duration(),
+            sandbox: None,
         };
         attempt.log_line(&format!("== agent: {}", phase.argv.first().map_or("", String::as_str)));
         let mut adapter = OutputAdapter::new(task.agent.output);
@@ -451,6 +453,7 @@ fn setup(
             dir: workspace.path().to_path_buf(),
             env: setup_env,
             timeout,
+            sandbox: None,
         };
         attempt.log_line(&format!("== setup: {command}"));
         let outcome = match run_phase(&phase, options, &attempt.cancel, |_, line| attempt.log_line(line)) {

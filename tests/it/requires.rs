@@ -1,4 +1,4 @@
-//! What a test needs from the machine (a program, overlay or tmpfs mounts): found, or a loud skip
+//! What a test needs from the machine (a program, overlay or tmpfs mounts, user namespaces): found, or a loud skip
 //! that `.ci/run` turns into a failure by setting the requirement's variable.
 
 use std::io::Write;
@@ -10,6 +10,9 @@ pub const REQUIRE_PROGRAMS: &str = "NIGHTSHIFT_REQUIRE_PROGRAMS";
 pub const REQUIRE_OVERLAY: &str = "NIGHTSHIFT_REQUIRE_OVERLAY";
 /// Set by `.ci/run` where `mount -t tmpfs` works: the full-disk test must run.
 pub const REQUIRE_MOUNTS: &str = "NIGHTSHIFT_REQUIRE_MOUNTS";
+/// Set by `.ci/run` where user namespaces work (as root and as uid 65534): the jail tests
+/// must run, as both users.
+pub const REQUIRE_JAIL: &str = "NIGHTSHIFT_REQUIRE_JAIL";
 
 /// The first of `names` on `PATH` (or in /usr/bin), which Debian's `package` provides.
 /// Without it the calling test is skipped, loudly, or fails where `REQUIRE_PROGRAMS` is set.

@@ -19,6 +19,7 @@ fn command(dir: &Path, argv: &[&str], timeout: Duration) -> PhaseCommand {
         dir: dir.to_path_buf(),
         env: BTreeMap::new(),
         timeout,
+        sandbox: None,
     }
 }
 

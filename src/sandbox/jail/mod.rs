@@ -1,1 +1,190 @@
 //! The jail: user, mount, PID and network namespaces, no new privileges and a seccomp filter around one phase.
+//!
+//! The worker starts the nightshift binary again as `nightshift __sandbox-exec` (the
+//! helper, `helper.rs`) with [`spawn`], sends it the phase's [`SandboxSpec`] and command
+//! over a socket pair (`wire.rs`), and gets back the listeners of the phase's network
+//! namespace ([`NetnsSockets`], `net.rs`) for the egress proxy to serve. The helper's PID 1
+//! builds the filesystem (`fs.rs`); the command runs with no capabilities, no new
+//! privileges and a seccomp filter (`lockdown.rs`). [`probe`] checks that the kernel
+//! allows all of it. docs/sandbox.md says what each layer stops.
+
+mod fs;
+mod helper;
+mod lockdown;
+mod net;
+mod wire;
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+
+use super::{NetnsSockets, SandboxSpec};
+use wire::{Answer, Request};
+
+pub use helper::main as helper_main;
+
+/// The hidden subcommand that runs the helper.
+pub const HELPER_ARG: &str = "__sandbox-exec";
+
+/// The most capture ports a spec may name (each is two listeners, passed in one message).
+pub const MAX_CAPTURE_PORTS: usize = 16;
+
+/// How long the helper may take to answer: building a jail takes milliseconds.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a phase could not be started in its jail. The command never runs outside it.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("the sandbox spec cannot be used: {0}")]
+    Spec(String),
+    #[error("cannot start the jail helper {helper}: {cause}")]
+    Spawn { helper: PathBuf, cause: io::Error },
+    #[error("cannot talk to the jail helper: {0}")]
+    Channel(String),
+    /// The helper's own line: what failed, the errno and, where it helps, the fix.
+    #[error("the jail could not be built: {0}")]
+    Setup(String),
+    /// The jail was built, but the program could not be run in it (not found, ...).
+    #[error("{0}")]
+    Exec(String),
+}
+
+/// A phase started in its jail: the helper process (exits with the command's status, a
+/// signal as 128+n) and the namespace's sockets.
+#[derive(Debug)]
+pub struct Jailed {
+    pub child: Child,
+    pub sockets: NetnsSockets,
+}
+
+/// The command that starts the helper. The caller sets its environment (which the phase's
+/// command gets as it is), stdio and process group, then passes it to [`spawn`].
+pub fn helper_command(helper: &Path) -> Command {
+    // The helper starts in /, where a relative path would not find it.
+    let mut command = Command::new(std::path::absolute(helper).unwrap_or_else(|_| helper.to_path_buf()));
+    command.arg(HELPER_ARG).current_dir("/");
+    command
+}
+
+/// Starts `argv` in `dir` inside the jail `spec` describes, through `helper` (from
+/// [`helper_command`]). Returns once the command was exec'd in the jail.
+pub fn spawn(mut helper: Command, spec: &SandboxSpec, argv: &[String], dir: &Path) -> Result<Jailed, JailError> {
+    check(spec, argv, dir)?;
+    let request = Request { spec: spec.clone(), argv: argv.to_vec(), dir: dir.to_path_buf() };
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| JailError::Channel(wire::describe(e)))?;
+    let fd = theirs.as_raw_fd();
+    // SAFETY: fcntl and dup2 are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        helper.pre_exec(move || {
+            let result =
+                if fd == wire::HELPER_FD { libc::fcntl(fd, libc::F_SETFD, 0) } else { libc::dup2(fd, wire::HELPER_FD) };
+            if result == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+    let program = PathBuf::from(helper.get_program());
+    let mut child = helper.spawn().map_err(|cause| JailError::Spawn { helper: program, cause })?;
+    drop(theirs);
+    match start(&ours, &request) {
+        Ok(sockets) => Ok(Jailed { child, sockets }),
+        Err(error) => {
+            // PID 1 dies with the helper (its parent-death signal), and the namespace with it.
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(error)
+        }
+    }
+}
+
+/// Sends the request, takes the sockets, and waits for the command's exec (EOF).
+fn start(channel: &OwnedFd, request: &Request) -> Result<NetnsSockets, JailError> {
+    let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0);
+    nix::sys::socket::setsockopt(channel, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+        .map_err(|e| JailError::Channel(wire::describe(e)))?;
+    wire::send_request(channel, request).map_err(|e| JailError::Channel(wire::describe(e)))?;
+    let mut sockets = None;
+    loop {
+        let answer = wire::receive_answer(channel).map_err(|e| match e {
+            nix::errno::Errno::EAGAIN => JailError::Channel(format!("no answer within {ANSWER_TIMEOUT:?}")),
+            e => JailError::Channel(wire::describe(e)),
+        })?;
+        match answer {
+            Answer::Sockets { fds, captured, dns } if sockets.is_none() => {
+                sockets = Some(
+                    netns_sockets(fds, captured, dns).ok_or_else(|| JailError::Channel("no proxy socket".into()))?,
+                );
+            }
+            Answer::Sockets { .. } => return Err(JailError::Channel("the sockets came twice".into())),
+            Answer::Error(text) => return Err(JailError::Setup(text)),
+            Answer::Exec(text) => return Err(JailError::Exec(text)),
+            Answer::End => {
+                return sockets.ok_or_else(|| JailError::Setup("the helper ended without an answer".into()));
+            }
+        }
+    }
+}
+
+/// The sockets in the order the helper sends them: the proxy, the captured ports, DNS.
+fn netns_sockets(fds: Vec<OwnedFd>, captured: usize, dns: usize) -> Option<NetnsSockets> {
+    let mut fds = fds.into_iter();
+    let proxy = fds.next().map(std::net::TcpListener::from)?;
+    let captured = fds.by_ref().take(captured).map(std::net::TcpListener::from).collect();
+    let dns = fds.take(dns).map(std::net::UdpSocket::from).collect();
+    Some(NetnsSockets { proxy, captured, dns })
+}
+
+/// Refuses a spec the helper could not follow safely: relative paths or `..` (a path
+/// must mean the same inside and out), the root itself, too many capture ports.
+fn check(spec: &SandboxSpec, argv: &[String], dir: &Path) -> Result<(), JailError> {
+    if argv.is_empty() {
+        return Err(JailError::Spec("the command is empty".into()));
+    }
+    if spec.capture_ports.len() > MAX_CAPTURE_PORTS {
+        return Err(JailError::Spec(format!("more than {MAX_CAPTURE_PORTS} capture ports")));
+    }
+    let named =
+        [("workspace", &spec.workspace), ("run_dir", &spec.run_dir), ("home", &spec.home), ("dir", &dir.to_path_buf())];
+    let paths = spec.paths.iter().map(|p| ("paths", &p.path));
+    for (field, path) in named.into_iter().chain(paths) {
+        let plain = path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !path.is_absolute() || !plain || path.parent().is_none() {
+            return Err(JailError::Spec(format!(
+                "{field}: `{}` must be absolute, without `..`, and not /",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `true` in a jail to check that this machine allows every step; the error is the
+/// helper's line, with the fix where there is one.
+pub fn probe(helper: &Path) -> Result<(), String> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("nightshift-probe-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let spec = SandboxSpec {
+        workspace: dir.clone(),
+        run_dir: dir.clone(),
+        paths: Vec::new(),
+        home: PathBuf::from("/home/nightshift"),
+        capture_ports: vec![80, 443],
+    };
+    let mut command = helper_command(helper);
+    command.env_clear().env("PATH", "/usr/bin:/bin").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let result =
+        spawn(command, &spec, &["true".to_string()], &dir).map_err(|error| error.to_string()).and_then(|mut jailed| {
+            match jailed.child.wait() {
+                Ok(status) if status.success() => Ok(()),
+                Ok(status) => Err(format!("`true` in the jail ended with {status}")),
+                Err(error) => Err(format!("cannot wait for the jail helper: {error}")),
+            }
+        });
+    let _ = std::fs::remove_dir(&dir);
+    result
+}

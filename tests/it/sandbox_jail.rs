@@ -1,0 +1,413 @@
+//! The jail around a phase, through `nightshift sandbox run` as the caller and again as an
+//! unprivileged user (65534), and through `run_phase`: what a phase can see, write and
+//! reach, what it leaves behind, and a jail that cannot be built failing the phase.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nightshift::sandbox::{NetnsSockets, SandboxSpec};
+use nightshift::worker::phase::{
+    CancelToken, JailOptions, PhaseCommand, PhaseError, PhaseOptions, PhaseStatus, run_phase,
+};
+
+use crate::requires::{self, REQUIRE_JAIL};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nightshift");
+
+/// Who runs `nightshift sandbox run`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum As {
+    /// The test's own user (root in CI).
+    Caller,
+    /// uid and gid 65534, through setpriv.
+    Nobody,
+}
+
+/// The users to try, once the jail is known to work here; empty (the test skips) if not.
+fn users() -> Vec<As> {
+    let check = Command::new(BIN).args(["sandbox", "check"]).output().expect("run nightshift sandbox check");
+    if !check.status.success() {
+        requires::skip(REQUIRE_JAIL, &format!("the jail cannot be built here: {}", text(&check.stderr)));
+        return Vec::new();
+    }
+    let mut users = vec![As::Caller];
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        requires::skip(REQUIRE_JAIL, "not root: the jail is not tried as uid 65534 (setpriv needs root)");
+    } else if requires::program("util-linux", &["setpriv"]).is_some() {
+        match unreachable_by_nobody(Path::new(BIN)) {
+            Some(dir) => requires::skip(
+                REQUIRE_JAIL,
+                &format!("uid 65534 cannot reach {BIN}: {} is not world-executable (chmod o+x it)", dir.display()),
+            ),
+            None => users.push(As::Nobody),
+        }
+    }
+    users
+}
+
+/// The first of `bin` and its directories that others may not execute or enter.
+fn unreachable_by_nobody(bin: &Path) -> Option<PathBuf> {
+    bin.ancestors()
+        .find(|path| std::fs::metadata(path).map_or(true, |m| m.permissions().mode() & 0o001 == 0))
+        .map(Path::to_path_buf)
+}
+
+/// A directory both users can enter, holding a workspace anyone can write and a data
+/// file next to it that the phase must not see.
+struct Layout {
+    root: tempfile::TempDir,
+}
+
+impl Layout {
+    fn new() -> Layout {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let workspace = root.path().join("ws");
+        std::fs::create_dir(&workspace).unwrap();
+        std::fs::set_permissions(&workspace, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(root.path().join("data.txt"), "data-outside-the-workspace\n").unwrap();
+        std::fs::set_permissions(root.path().join("data.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        Layout { root }
+    }
+
+    fn workspace(&self) -> PathBuf {
+        self.root.path().join("ws")
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.path().join("data.txt")
+    }
+}
+
+/// `nightshift sandbox run --workspace WS -- sh -c SCRIPT` as `who`.
+fn jail(who: As, workspace: &Path, script: &str) -> Output {
+    let mut command = match who {
+        As::Caller => Command::new(BIN),
+        As::Nobody => {
+            let mut command = Command::new("setpriv");
+            command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", BIN]);
+            command
+        }
+    };
+    command
+        .args(["sandbox", "run", "--timeout", "60", "--workspace"])
+        .arg(workspace)
+        .args(["--", "sh", "-c", script])
+        .current_dir("/")
+        .stdin(Stdio::null());
+    command.output().expect("run nightshift sandbox run")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `script` as each user and hands over the output, failing on a non-zero exit.
+fn each_user(script: impl Fn(As, &Layout) -> String, check: impl Fn(As, &Layout, &str)) {
+    for who in users() {
+        let layout = Layout::new();
+        let output = jail(who, &layout.workspace(), &script(who, &layout));
+        let stdout = text(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{who:?}: {}\nstdout: {stdout}\nstderr: {}",
+            output.status,
+            text(&output.stderr)
+        );
+        check(who, &layout, &stdout);
+    }
+}
+
+/// A process that is killed when dropped.
+struct Sleeper(Child);
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_phase_cannot_read_another_process_environment() {
+    let secret = format!("jail-secret-{}", std::process::id());
+    let sleeper = Sleeper(Command::new("sleep").arg("1000").env("NIGHTSHIFT_JAIL_SECRET", &secret).spawn().unwrap());
+    let pid = sleeper.0.id();
+    let me = std::process::id();
+    each_user(
+        |_, _| {
+            format!(
+                "cat /proc/{pid}/environ /proc/{me}/environ; echo \"cat=$?\"; ls /proc/{pid} 2>&1 || echo no-such-pid"
+            )
+        },
+        |who, _, stdout| {
+            assert!(!stdout.contains(&secret), "{who:?}: {stdout}");
+            assert!(stdout.contains("cat=1") && stdout.contains("no-such-pid"), "{who:?}: {stdout}");
+        },
+    );
+    drop(sleeper);
+}
+
+#[test]
+fn a_phase_sees_its_workspace_but_not_the_data_next_to_it_nor_the_home() {
+    let home = std::env::var("HOME").unwrap_or_default();
+    each_user(
+        |_, layout| {
+            format!(
+                "echo seen > in-ws; cat in-ws; cat {data} || echo no-data; ls {parent}; echo \"home=$HOME\"; \
+                 echo \"home-entries=$(ls -A \"$HOME\" | wc -l)\"; for d in /run /var /srv /mnt /media /home; do \
+                 test -e $d && echo \"has $d\"; done; echo end",
+                data = layout.data().display(),
+                parent = layout.root.path().display(),
+            )
+        },
+        |who, layout, stdout| {
+            assert!(stdout.contains("seen\n") && stdout.contains("no-data\n"), "{who:?}: {stdout}");
+            assert!(
+                !stdout.contains("data-outside-the-workspace") && !stdout.contains("data.txt"),
+                "{who:?}: {stdout}"
+            );
+            assert!(stdout.contains("home-entries=0\n"), "{who:?}: {stdout}");
+            assert!(!stdout.contains("has /"), "{who:?}: {stdout}");
+            assert_eq!(std::fs::read_to_string(layout.workspace().join("in-ws")).unwrap(), "seen\n");
+        },
+    );
+    // The home the phase saw empty is the caller's own, which is not.
+    if Path::new(&home).is_absolute() {
+        assert!(std::fs::read_dir(&home).is_ok_and(|mut entries| entries.next().is_some()), "{home} is empty here");
+    }
+}
+
+#[test]
+fn a_phase_writes_only_in_its_workspace_and_a_private_tmp() {
+    let mark = format!("nightshift-jail-write-{}", std::process::id());
+    each_user(
+        |_, layout| {
+            let parent = layout.root.path().display();
+            format!(
+                "echo t > /tmp/{mark} && echo ok-tmp; echo w > in-ws && echo ok-ws; \
+                 echo e > /etc/{mark} || echo no-etc; echo u > /usr/{mark} || echo no-usr; \
+                 echo r > /{mark} || echo no-root; echo p > {parent}/escaped; echo end"
+            )
+        },
+        |who, layout, stdout| {
+            for expected in ["ok-tmp", "ok-ws", "no-etc", "no-usr", "no-root", "end"] {
+                assert!(stdout.contains(&format!("{expected}\n")), "{who:?}: {expected}: {stdout}");
+            }
+            assert!(layout.workspace().join("in-ws").exists());
+            assert!(!layout.root.path().join("escaped").exists(), "{who:?} wrote next to the workspace");
+            for path in [format!("/tmp/{mark}"), format!("/etc/{mark}"), format!("/usr/{mark}"), format!("/{mark}")] {
+                assert!(!Path::new(&path).exists(), "{who:?} wrote {path} on the host");
+            }
+        },
+    );
+}
+
+#[test]
+fn a_daemon_started_by_a_phase_ends_with_it() {
+    for (n, who) in users().into_iter().enumerate() {
+        let layout = Layout::new();
+        // The script spells the marker in two quoted halves, so only the daemon's argv
+        // holds it whole.
+        let (first, second) = ("nightshift-jail-daemon-", format!("{}-{n}", std::process::id()));
+        let marker = format!("{first}{second}");
+        let script = format!(
+            "m=\"{first}\"\"{second}\"; setsid sh -c \"sleep 1000; : $m\" </dev/null >/dev/null 2>&1 & \
+             for i in $(seq 200); do grep -qs \"$m\" /proc/[0-9]*/cmdline && echo daemon-up && break; sleep 0.05; done"
+        );
+        let output = jail(who, &layout.workspace(), &script);
+        assert!(text(&output.stdout).contains("daemon-up"), "{who:?}: {}", text(&output.stderr));
+        assert!(!running(&marker), "{who:?}: the daemon outlived its phase");
+    }
+}
+
+/// Whether a process on the host has `marker` in its argv.
+fn running(marker: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|entry| std::fs::read(entry.path().join("cmdline")).is_ok_and(|argv| text(&argv).contains(marker)))
+}
+
+#[test]
+fn a_phase_has_only_loopback_and_cannot_change_its_routes() {
+    if requires::program("iproute2", &["ip"]).is_none() {
+        return;
+    }
+    each_user(
+        |_, _| {
+            "echo \"links=$(ip -o link | wc -l) $(ip -o link | cut -d: -f2 | tr -d ' ')\"; \
+             ip route del local default table local; echo \"del=$?\"; \
+             ip -6 route del local default table local; echo \"del6=$?\"; \
+             ip route show table local | grep -c '^local default'"
+                .to_string()
+        },
+        |who, _, stdout| {
+            assert!(stdout.contains("links=1 lo\n"), "{who:?}: {stdout}");
+            assert!(stdout.contains("del=2\n") && stdout.contains("del6=2\n"), "{who:?}: {stdout}");
+            assert!(stdout.ends_with("1\n"), "{who:?}: {stdout}");
+        },
+    );
+}
+
+#[test]
+fn connections_to_any_address_stay_inside_the_namespace() {
+    if requires::program("iproute2", &["ip"]).is_none() || requires::program("perl-base", &["perl"]).is_none() {
+        return;
+    }
+    // TEST-NET addresses, only ever inside the jail's namespace, where every address is
+    // local: the connect lands on the captured listener (which `sandbox run` closes).
+    let tcp = r#"perl -MIO::Socket::INET -e '
+        my $s = IO::Socket::INET->new(PeerAddr => "192.0.2.10:80", Timeout => 10);
+        if (!$s) { print "tcp: failed $!\n"; exit }
+        my $n = sysread($s, my $b, 1);
+        print $n == 0 ? "tcp: accepted then closed\n" : "tcp: read $n\n"'"#;
+    let udp = r#"perl -MIO::Socket::INET -e '
+        my $s = IO::Socket::INET->new(PeerAddr => "192.0.2.1:53", Proto => "udp") or die "udp: $!";
+        print defined(send($s, "x", 0)) ? "udp: sent\n" : "udp: failed $!\n"'"#;
+    each_user(
+        |_, _| format!("ip route get 192.0.2.10; ip route get 192.0.2.1; {tcp}; {udp}"),
+        |who, _, stdout| {
+            assert!(
+                stdout.contains("local 192.0.2.10 dev lo") && stdout.contains("local 192.0.2.1 dev lo"),
+                "{who:?}: {stdout}"
+            );
+            assert!(stdout.contains("tcp: accepted then closed\n"), "{who:?}: {stdout}");
+            assert!(stdout.contains("udp: sent\n"), "{who:?}: {stdout}");
+        },
+    );
+}
+
+#[test]
+fn a_phase_has_no_privileges_and_a_seccomp_filter() {
+    if requires::program("perl-base", &["perl"]).is_none() {
+        return;
+    }
+    // io_uring_setup is 425 on every architecture; AF_VSOCK is 40.
+    let io_uring = r#"perl -e 'my $p = "\0" x 120; my $r = syscall(425, 1, $p); print "io_uring: $r ", $! + 0, "\n"'"#;
+    let vsock = r#"perl -e 'socket(my $s, 40, 1, 0) ? print "vsock: opened\n" : print "vsock: ", $! + 0, "\n"'"#;
+    each_user(
+        |_, _| {
+            format!(
+                "grep -E '^(NoNewPrivs|CapEff|CapPrm|CapBnd|CapAmb|Seccomp):' /proc/self/status; {io_uring}; {vsock}"
+            )
+        },
+        |who, _, stdout| {
+            for line in [
+                "NoNewPrivs:\t1",
+                "CapEff:\t0000000000000000",
+                "CapPrm:\t0000000000000000",
+                "CapBnd:\t0000000000000000",
+                "CapAmb:\t0000000000000000",
+                "Seccomp:\t2",
+            ] {
+                assert!(stdout.contains(line), "{who:?}: {line}: {stdout}");
+            }
+            assert!(stdout.contains(&format!("io_uring: -1 {}\n", libc::EPERM)), "{who:?}: {stdout}");
+            assert!(stdout.contains(&format!("vsock: {}\n", libc::EPERM)), "{who:?}: {stdout}");
+        },
+    );
+}
+
+/// A jailed phase through `run_phase`, its sockets served by nothing (counted).
+fn jailed(workspace: &Path, script: &str, timeout: Duration) -> (PhaseCommand, PhaseOptions, Arc<Mutex<usize>>) {
+    let served = Arc::new(Mutex::new(0));
+    let counter = Arc::clone(&served);
+    let serve = move |sockets: NetnsSockets, _helper: u32| -> Box<dyn std::any::Any + Send> {
+        *counter.lock().unwrap() += 1;
+        Box::new(sockets)
+    };
+    let spec = SandboxSpec {
+        workspace: workspace.to_path_buf(),
+        run_dir: workspace.to_path_buf(),
+        paths: Vec::new(),
+        home: PathBuf::from("/home/nightshift"),
+        capture_ports: vec![443],
+    };
+    let command = PhaseCommand {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        dir: workspace.to_path_buf(),
+        env: BTreeMap::new(),
+        timeout,
+        sandbox: Some(spec),
+    };
+    let options = PhaseOptions {
+        grace: Duration::from_millis(200),
+        jail: Some(JailOptions { helper: PathBuf::from(BIN), serve: Arc::new(serve) }),
+        ..PhaseOptions::default()
+    };
+    (command, options, served)
+}
+
+#[test]
+fn a_jailed_phase_that_times_out_leaves_nothing_behind() {
+    if users().is_empty() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("nightshift-jail-timeout-{}", std::process::id());
+    let script =
+        format!("setsid sh -c 'sleep 1000; : {marker}' </dev/null >/dev/null 2>&1 & echo \"home=$HOME\"; sleep 1000");
+    let (command, options, served) = jailed(dir.path(), &script, Duration::from_millis(500));
+    let mut lines = Vec::new();
+    let outcome = run_phase(&command, &options, &CancelToken::new(), |_, line| lines.push(line.to_string())).unwrap();
+    assert_eq!(outcome.status, PhaseStatus::TimedOut);
+    assert_eq!(lines, ["home=/home/nightshift"]);
+    assert_eq!(*served.lock().unwrap(), 1);
+    // The outer `sh` holds the marker in its script too: both must be gone.
+    assert!(!running(&marker), "a process of the phase outlived it");
+}
+
+#[test]
+fn a_jail_that_cannot_be_built_fails_the_phase_and_runs_nothing() {
+    if users().is_empty() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut command, options, served) = jailed(dir.path(), "touch ran", Duration::from_secs(60));
+    let mut spec = command.sandbox.clone().unwrap();
+    spec.paths.push(nightshift::sandbox::SandboxPath { path: dir.path().join("missing"), writable: false });
+    command.sandbox = Some(spec);
+    let error = run_phase(&command, &options, &CancelToken::new(), |_, _| {}).unwrap_err();
+    assert!(matches!(error, PhaseError::Jail { .. }), "{error}");
+    assert!(error.to_string().contains("missing"), "{error}");
+    assert!(!dir.path().join("ran").exists());
+    assert_eq!(*served.lock().unwrap(), 0, "a phase that never ran has nothing to serve");
+
+    let no_helper = PhaseOptions { jail: None, ..options.clone() };
+    let error = run_phase(&command, &no_helper, &CancelToken::new(), |_, _| {}).unwrap_err();
+    assert!(matches!(error, PhaseError::Jail { .. }), "{error}");
+
+    let (mut missing, options, _) = jailed(dir.path(), "", Duration::from_secs(60));
+    missing.argv = vec!["nightshift-no-such-program".into()];
+    let error = run_phase(&missing, &options, &CancelToken::new(), |_, _| {}).unwrap_err();
+    assert!(matches!(error, PhaseError::Spawn { .. }), "{error}");
+    assert!(!dir.path().join("ran").exists());
+}
+
+#[test]
+fn sandbox_check_says_ok_or_names_the_fix() {
+    if users().is_empty() {
+        return;
+    }
+    let ok = Command::new(BIN).args(["sandbox", "check"]).output().unwrap();
+    assert!(ok.status.success() && text(&ok.stdout).starts_with("ok"), "{}", text(&ok.stderr));
+    let Some(unshare) = requires::program("util-linux", &["unshare"]) else { return };
+    // A user namespace whose limit on nested ones is 0, as on a machine that refuses them.
+    let refused = Command::new(unshare)
+        .args(["-Ur", "sh", "-c", "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$0\" sandbox check", BIN])
+        .output()
+        .unwrap();
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("unshare") && stderr.contains("kernel.apparmor_restrict_unprivileged_userns=0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("user.max_user_namespaces"), "{stderr}");
+}
