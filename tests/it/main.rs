@@ -12,6 +12,7 @@ mod limits;
 mod providers;
 mod requires;
 mod rules;
+mod sandbox_egress;
 mod schema;
 mod serving;
 mod signatures;
