@@ -1,1 +1,325 @@
-//! The egress proxy: the only way out of a jail, deciding every connection by the phase's policy and recording each decision.
+//! The egress proxy: the only way out of a jail, deciding every connection by the phase's
+//! policy and recording each decision.
+//!
+//! One [`Egress`] per worker owns a small tokio runtime (or uses one it is given) and
+//! serves one [`EgressSession`] per phase from the sockets the jail opened inside the
+//! phase's network namespace ([`NetnsSockets`]):
+//!
+//! - `proxy.rs`: the explicit proxy (`HTTP(S)_PROXY`): absolute-form HTTP/1.1 requests,
+//!   each decided by host, port and method, and `CONNECT` tunnels, decided by host and port;
+//! - `captured.rs`: connections that ignored the proxy, captured by destination port and
+//!   decided like `CONNECT` to the name the DNS stub gave out for their address;
+//! - `tunnel.rs`: what both kinds of tunnel share: the ClientHello's server name must be
+//!   the host decided on (`tls.rs`), then bytes are spliced;
+//! - `dns.rs`: the DNS stub, which answers inside and never forwards;
+//! - `upstream.rs`: connections out, refusing addresses that are not public;
+//! - `deny.rs`: what a denial says; `record.rs`: the aggregated decisions;
+//!   `owner.rs`: which program opened a connection.
+
+mod captured;
+mod deny;
+mod dns;
+mod owner;
+mod proxy;
+mod record;
+mod tls;
+mod tunnel;
+mod upstream;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::netpolicy::{Method, NetworkPolicy, RuleOrigin};
+
+use super::NetnsSockets;
+pub use dns::in_pool as is_stub_address;
+use record::{Ledger, RecordKey};
+pub use record::{MAX_RECORDS, PhaseName, PolicyRecord, RecordKind};
+use upstream::Resolver;
+pub use upstream::is_public;
+
+/// Client connections one session serves at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// How long [`EgressSession::finish`] waits for its connections to close.
+const FINISH_WAIT: Duration = Duration::from_secs(5);
+
+/// How the proxy reaches upstreams.
+#[derive(Debug, Clone, Default)]
+pub struct EgressSettings {
+    /// Names mapped to fixed upstream addresses, like `curl --resolve` (the address's own
+    /// port is used). Names here may map to private addresses.
+    pub resolve: HashMap<String, SocketAddr>,
+    /// Let every name reach private, loopback and link-local addresses (for an operator
+    /// whose registries live on a private network).
+    pub allow_private_upstreams: bool,
+}
+
+/// The worker's egress proxy: starts one session per phase.
+pub struct Egress {
+    /// The runtime it owns, if it was not given one; shut down without waiting on drop.
+    runtime: Option<Runtime>,
+    handle: Handle,
+    resolver: Resolver,
+}
+
+impl Egress {
+    /// An egress proxy with its own two-thread runtime, usable from plain threads.
+    pub fn new(settings: EgressSettings) -> io::Result<Egress> {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("egress").enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let mut egress = Egress::on(handle, settings);
+        egress.runtime = Some(runtime);
+        Ok(egress)
+    }
+
+    /// An egress proxy that runs its sessions on an existing runtime.
+    pub fn on(handle: Handle, settings: EgressSettings) -> Egress {
+        let resolver = Resolver::new(&settings.resolve, settings.allow_private_upstreams);
+        Egress { runtime: None, handle, resolver }
+    }
+
+    /// Serves a phase's sockets under its policy until the session is finished or
+    /// dropped. `jail_pid` is the jail's first process, whose descendants are searched for
+    /// the program behind each new record.
+    pub fn start(
+        &self,
+        phase: PhaseName,
+        policy: NetworkPolicy,
+        sockets: NetnsSockets,
+        jail_pid: Option<u32>,
+    ) -> io::Result<EgressSession> {
+        let _entered = self.handle.enter();
+        let proxy = listener(sockets.proxy)?;
+        let captured = sockets.captured.into_iter().map(listener).collect::<io::Result<Vec<_>>>()?;
+        let dns = sockets
+            .dns
+            .into_iter()
+            .map(|socket| {
+                socket.set_nonblocking(true)?;
+                tokio::net::UdpSocket::from_std(socket)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let shared = Arc::new(Shared {
+            phase,
+            policy,
+            resolver: self.resolver.clone(),
+            ledger: Mutex::new(Ledger::new(phase)),
+            pool: Mutex::new(dns::FakePool::default()),
+            jail_pid,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        });
+        shared.spawn(proxy::serve(shared.clone(), proxy));
+        for listener in captured {
+            shared.spawn(captured::serve(shared.clone(), listener));
+        }
+        for socket in dns {
+            shared.spawn(serve_dns(shared.clone(), socket));
+        }
+        Ok(EgressSession { shared, handle: self.handle.clone() })
+    }
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn listener(socket: std::net::TcpListener) -> io::Result<tokio::net::TcpListener> {
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(socket)
+}
+
+/// One phase's proxy, DNS stub and captures. Dropping it stops them too.
+pub struct EgressSession {
+    shared: Arc<Shared>,
+    handle: Handle,
+}
+
+impl EgressSession {
+    /// The decisions so far, without stopping.
+    pub fn records(&self) -> Vec<PolicyRecord> {
+        self.shared.ledger().records()
+    }
+
+    /// Stops serving (listeners and open connections are closed) and returns every
+    /// decision of the phase. Called from a thread outside the runtime it waits (at most
+    /// a few seconds) until every connection is closed; inside a runtime it cannot block,
+    /// and connections close as their tasks next run.
+    pub fn finish(self) -> Vec<PolicyRecord> {
+        self.stop();
+        if Handle::try_current().is_err() {
+            let tasks = self.shared.tasks.clone();
+            self.handle.block_on(async move {
+                let _ = tokio::time::timeout(FINISH_WAIT, tasks.wait()).await;
+            });
+        }
+        self.records()
+    }
+
+    fn stop(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+    }
+}
+
+impl Drop for EgressSession {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What a session's tasks share.
+pub(crate) struct Shared {
+    phase: PhaseName,
+    policy: NetworkPolicy,
+    resolver: Resolver,
+    ledger: Mutex<Ledger>,
+    pool: Mutex<dns::FakePool>,
+    jail_pid: Option<u32>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    connections: Arc<Semaphore>,
+}
+
+/// A decision, with the rule (pattern and origin) that allowed it or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    pub allowed: bool,
+    pub rule: String,
+}
+
+impl Verdict {
+    pub fn denied(reason: impl Into<String>) -> Verdict {
+        Verdict { allowed: false, rule: reason.into() }
+    }
+}
+
+/// The client side of a connection a record is about: (its port, the port it reached),
+/// for finding the program behind it.
+pub(crate) type ClientPorts = Option<(u16, u16)>;
+
+impl Shared {
+    /// Runs `task` until it ends or the session stops.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = task => {}
+            }
+        });
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn pool(&self) -> MutexGuard<'_, dns::FakePool> {
+        self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks the policy. A method the policy does not know (`PROPFIND`) counts as unseen:
+    /// only rules without methods allow it.
+    fn decide(&self, host: &str, port: u16, method: Option<&str>) -> Verdict {
+        let method = method.and_then(Method::parse);
+        let decision = self.policy.decide(host, port, method);
+        let Some(pattern) = decision.rule.filter(|_| decision.allowed) else {
+            return Verdict::denied("no rule");
+        };
+        let origin = self
+            .policy
+            .allow
+            .iter()
+            .find(|rule| rule.host.to_string() == pattern && rule.host.matches(host) && rule.ports.contains(&port))
+            .map(|rule| match &rule.origin {
+                RuleOrigin::Static => "static".to_string(),
+                RuleOrigin::Script => "script".to_string(),
+                RuleOrigin::Preset(preset) => match serde_json::to_value(preset) {
+                    Ok(serde_json::Value::String(name)) => format!("preset {name}"),
+                    _ => "preset".to_string(),
+                },
+            });
+        Verdict { allowed: true, rule: format!("{pattern} ({})", origin.as_deref().unwrap_or("static")) }
+    }
+
+    /// Counts one decision and returns where its bytes go. The first decision of a
+    /// record looks for the program behind the connection, off the async workers.
+    fn note(
+        self: &Arc<Self>,
+        kind: RecordKind,
+        host: &str,
+        port: u16,
+        method: Option<&str>,
+        verdict: &Verdict,
+        client: ClientPorts,
+    ) -> Arc<record::Counters> {
+        let key = RecordKey {
+            kind,
+            host: host.to_string(),
+            port,
+            method: method.map(str::to_string),
+            allowed: verdict.allowed,
+            rule: Some(verdict.rule.clone()),
+        };
+        let noted = self.ledger().note(key, chrono::Utc::now());
+        if let (Some(slot), Some(jail_pid), Some((client_port, server_port))) = (noted.new_slot, self.jail_pid, client)
+            && let Ok(runtime) = Handle::try_current()
+        {
+            let shared = Arc::downgrade(self);
+            runtime.spawn_blocking(move || {
+                if let (Some(command), Some(shared)) =
+                    (owner::find_command(jail_pid, client_port, server_port), shared.upgrade())
+                {
+                    shared.ledger().set_command(slot, command);
+                }
+            });
+        }
+        tracing::debug!(
+            phase = self.phase.as_str(),
+            kind = ?kind,
+            host,
+            port,
+            method,
+            allowed = verdict.allowed,
+            rule = %verdict.rule,
+            "Egress decision"
+        );
+        noted.counters
+    }
+}
+
+/// Answers DNS queries on one socket until the session stops.
+async fn serve_dns(shared: Arc<Shared>, socket: tokio::net::UdpSocket) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+            // An ICMP error reported on the socket; let other tasks run before the next.
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let (reply, asked) = dns::answer(&buf[..len], &mut shared.pool());
+        if let Some(asked) = asked {
+            let verdict = Verdict { allowed: true, rule: asked.answer };
+            shared.note(RecordKind::Dns, &asked.name, 53, None, &verdict, None);
+        }
+        if let Some(reply) = reply {
+            let _ = socket.send_to(&reply, from).await;
+        }
+    }
+}
