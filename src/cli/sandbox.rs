@@ -1,18 +1,18 @@
 //! `nightshift sandbox check` and `nightshift sandbox run`: whether this machine can jail phases, and a command in a jail by hand.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::sandbox::{NetnsSockets, PROXY_PORT, SandboxPath, SandboxSpec, jail};
-use crate::worker::phase::{CancelToken, JailOptions, PhaseCommand, PhaseOptions, PhaseStatus, Stream, run_phase};
+use super::worker::parse_resolve;
+use crate::netpolicy::{AllowRuleConfig, NetworkPolicy, RuleOrigin};
+use crate::sandbox::egress::{EgressSettings, PhaseName};
+use crate::sandbox::{Confinement, Sandbox, SandboxPath, jail, plan};
+use crate::worker::phase::{CancelToken, PhaseCommand, PhaseOptions, PhaseStatus, Stream, run_phase};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,10 +26,11 @@ enum SandboxCommand {
     /// allow it. Exits 1 on failure.
     Check,
     /// Run a command in a jail, as a setup or agent phase runs: the system read-only, the
-    /// workspace read-write, an empty home and /tmp, no other network than loopback.
+    /// workspace read-write, an empty home and /tmp, and the egress proxy as the only way
+    /// out, deciding by the `--allow` rules (none: nothing is reachable).
     ///
-    /// Connections are captured, but until the egress proxy serves them here every one is
-    /// closed at once. Prints the command's output and exits with its status.
+    /// Prints the command's output, then each egress decision on stderr (or as JSON lines
+    /// to `--decisions`), and exits with the command's status.
     Run(RunArgs),
 }
 
@@ -41,6 +42,16 @@ struct RunArgs {
     /// A further path at its own path, read-only, or read-write as `PATH:rw`.
     #[arg(long = "path", value_name = "PATH[:rw]")]
     paths: Vec<String>,
+    /// Allow a destination: `DOMAIN` (port 443), `DOMAIN:PORT,PORT...`, or `*.DOMAIN`.
+    /// Repeatable.
+    #[arg(long = "allow", value_name = "DOMAIN[:PORTS]")]
+    allow: Vec<String>,
+    /// Reach HOST at ADDR:PORT instead of where DNS says, like curl's --resolve.
+    #[arg(long = "egress-resolve", value_name = "HOST=ADDR:PORT")]
+    egress_resolve: Vec<String>,
+    /// Write the decisions as JSON lines to this file instead of describing them on stderr.
+    #[arg(long, value_name = "FILE")]
+    decisions: Option<PathBuf>,
     /// Stop the command after this many seconds (exit 124).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     timeout: u64,
@@ -82,34 +93,47 @@ fn run_command(args: RunArgs, helper: PathBuf) -> anyhow::Result<ExitCode> {
         let path = std::fs::canonicalize(path).with_context(|| format!("--path: cannot find {path}"))?;
         paths.push(SandboxPath { path, writable });
     }
+    let policy = policy(&args.allow)?;
+    let mut egress = EgressSettings::default();
+    for entry in &args.egress_resolve {
+        let (host, addr) = parse_resolve(entry).map_err(|why| anyhow::anyhow!("--egress-resolve {entry}: {why}"))?;
+        egress.resolve.insert(host, addr);
+    }
+    let sandbox = Sandbox::new(helper, egress).context("cannot start the egress proxy")?;
     let run_dir = RunDir::create()?;
-    let spec = SandboxSpec {
-        workspace: workspace.clone(),
-        run_dir: run_dir.0.clone(),
-        paths,
-        home: home(&workspace),
-        capture_ports: vec![80, 443],
-    };
-    let proxy = format!("http://127.0.0.1:{PROXY_PORT}");
-    let env = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"].map(|name| (name.to_string(), proxy.clone()));
-    let command = PhaseCommand {
+    let mut command = PhaseCommand {
         argv: args.command,
-        dir: workspace,
-        env: BTreeMap::from(env),
+        dir: workspace.clone(),
+        env: BTreeMap::new(),
         timeout: Duration::from_secs(args.timeout),
-        sandbox: Some(spec),
+        sandbox: None,
     };
-    let options = PhaseOptions {
-        log_limit: 0,
-        jail: Some(JailOptions { helper, serve: Arc::new(stub_serve) }),
-        ..PhaseOptions::default()
-    };
+    let mut options = PhaseOptions { log_limit: 0, ..PhaseOptions::default() };
+    let confinement = Confinement::new(Some(&sandbox), &workspace, &run_dir.0, paths);
+    let jail = confinement.confine(PhaseName::Agent, &policy, &[], &mut command, &mut options);
     let outcome = run_phase(&command, &options, &CancelToken::new(), |stream, line| {
         let _ = match stream {
             Stream::Stdout => writeln!(std::io::stdout(), "{line}"),
             Stream::Stderr => writeln!(std::io::stderr(), "{line}"),
         };
-    })?;
+    });
+    let records = jail.map(|jail| jail.decisions()).unwrap_or_default();
+    match &args.decisions {
+        Some(file) => {
+            let mut text = String::new();
+            for record in &records {
+                text.push_str(&serde_json::to_string(record)?);
+                text.push('\n');
+            }
+            std::fs::write(file, text).with_context(|| format!("cannot write {}", file.display()))?;
+        }
+        None => {
+            for record in &records {
+                eprintln!("egress: {}", plan::describe(record));
+            }
+        }
+    }
+    let outcome = outcome?;
     let code = match outcome.status {
         PhaseStatus::Exited(code) => code,
         PhaseStatus::Signalled(signal) => 128 + signal,
@@ -119,13 +143,26 @@ fn run_command(args: RunArgs, helper: PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// The home the command gets (empty inside): the caller's path, so the caller's own home
-/// is what it cannot see, or /home/nightshift.
-fn home(workspace: &Path) -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .filter(|home| home.is_absolute() && home.parent().is_some() && home != workspace)
-        .unwrap_or_else(|| PathBuf::from("/home/nightshift"))
+/// The policy `--allow` entries make: `DOMAIN` or `DOMAIN:PORT,PORT`.
+fn policy(allow: &[String]) -> anyhow::Result<NetworkPolicy> {
+    let mut policy = NetworkPolicy::default();
+    for entry in allow {
+        let (domain, ports) = match entry.split_once(':') {
+            Some((domain, ports)) => {
+                let ports =
+                    ports.split(',').map(|port| port.trim().parse::<u16>()).collect::<Result<Vec<u16>, _>>().map_err(
+                        |_| anyhow::anyhow!("--allow {entry}: the ports must be numbers, e.g. example.com:443,8443"),
+                    )?;
+                (domain, ports)
+            }
+            None => (entry.as_str(), Vec::new()),
+        };
+        let rule = AllowRuleConfig { domain: Some(domain.to_string()), ports, ..AllowRuleConfig::default() };
+        policy
+            .allow
+            .extend(rule.expand(RuleOrigin::Static).map_err(|error| anyhow::anyhow!("--allow {entry}: {error}"))?);
+    }
+    Ok(policy)
 }
 
 /// The run directory a phase gets: a fresh temporary one, removed afterwards.
@@ -143,45 +180,5 @@ impl RunDir {
 impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-// TEMPORARY: until the egress proxy (src/sandbox/egress/) is wired in, `sandbox run`
-// serves the jail's sockets with this stub. It records nothing: every connection is
-// accepted and closed at once, every DNS query is read and dropped.
-fn stub_serve(sockets: NetnsSockets, _helper: u32) -> Box<dyn Any + Send> {
-    let mut handles: Vec<OwnedFd> = Vec::new();
-    for listener in std::iter::once(sockets.proxy).chain(sockets.captured) {
-        if let Ok(handle) = listener.try_clone() {
-            handles.push(handle.into());
-        }
-        std::thread::spawn(move || {
-            while let Ok((connection, _)) = listener.accept() {
-                drop(connection);
-            }
-        });
-    }
-    for socket in sockets.dns {
-        if let Ok(handle) = socket.try_clone() {
-            handles.push(handle.into());
-        }
-        std::thread::spawn(move || {
-            let mut buffer = [0; 512];
-            // `recv`, not `recv_from`: a shut down socket returns no address.
-            while matches!(socket.recv(&mut buffer), Ok(n) if n > 0) {}
-        });
-    }
-    Box::new(StubGuard(handles))
-}
-
-/// Wakes the stub's threads (a shut down socket ends `accept` and `recv`) so they end.
-struct StubGuard(Vec<OwnedFd>);
-
-impl Drop for StubGuard {
-    fn drop(&mut self) {
-        for socket in &self.0 {
-            // SAFETY: shutdown on a descriptor this guard owns.
-            unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RDWR) };
-        }
     }
 }

@@ -109,7 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_body: args.max_body,
         api_token: std::env::var("NIGHTSHIFT_API_TOKEN").ok().filter(|t| !t.is_empty()),
         workers: args.workers,
-        worker: args.worker.settings(data.join("work")),
+        worker: args.worker.settings(data.join("work"))?,
         worker_tokens: worker_tokens(args.worker_token),
         limits: args.limits.limits()?,
     };

@@ -1,6 +1,7 @@
 //! `nightshift worker`: a worker on this machine for a `nightshift serve` elsewhere,
 //! claiming runs over its worker API; and the worker settings `serve` shares with it.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 
 use crate::config::DurationSpec;
+use crate::sandbox::Sandbox;
+use crate::sandbox::egress::EgressSettings;
 use crate::worker::remote::RemoteControl;
 use crate::worker::{Pool, Runner, Wakeup, WorkerSettings};
 
@@ -22,10 +25,20 @@ pub struct WorkerArgs {
     /// Keep the workspace of a run that did not succeed (under WORK_DIR/workspaces).
     #[arg(long)]
     keep_failed_workspaces: bool,
-    /// Hand the agent this proxy as HTTP_PROXY and HTTPS_PROXY (where the egress policy is
-    /// enforced). The policy itself is always in $NIGHTSHIFT_POLICY_FILE.
-    #[arg(long, value_name = "URL")]
-    egress_proxy: Option<String>,
+    /// Run every setup and agent phase in the sandbox (`on`: its own namespaces, the
+    /// system read-only, and the egress proxy as its only way out; see docs/sandbox.md),
+    /// or unconfined (`off`: for development on a machine that cannot create namespaces;
+    /// a warning at start, and every run records it).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "on")]
+    sandbox: SandboxMode,
+    /// Reach HOST at ADDR:PORT instead of where DNS says, like curl's --resolve (for a
+    /// registry on a private network, and tests). Repeatable; HOST may then be private.
+    #[arg(long = "egress-resolve", value_name = "HOST=ADDR:PORT")]
+    egress_resolve: Vec<String>,
+    /// Let allowed names reach private, loopback and link-local addresses (refused by
+    /// default, so an allowed name that resolves to 127.0.0.1 cannot reach this machine).
+    #[arg(long)]
+    egress_allow_private: bool,
     /// Use `git worktree` workspaces even where overlay mounts work.
     #[arg(long)]
     no_overlay: bool,
@@ -35,17 +48,62 @@ pub struct WorkerArgs {
     lease: DurationSpec,
 }
 
+/// `--sandbox`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxMode {
+    On,
+    Off,
+}
+
 impl WorkerArgs {
-    pub fn settings(&self, default_work_dir: PathBuf) -> WorkerSettings {
+    /// The settings, with the sandbox built and checked: where the kernel refuses it, an
+    /// error that says why and how to allow it (fail closed).
+    pub fn settings(&self, default_work_dir: PathBuf) -> anyhow::Result<WorkerSettings> {
         let mut settings = WorkerSettings::new(self.work_dir.clone().unwrap_or(default_work_dir));
         settings.keep_failed = self.keep_failed_workspaces;
-        settings.egress_proxy = self.egress_proxy.clone();
+        settings.sandbox = self.sandbox()?;
         settings.overlays = !self.no_overlay;
         settings.lease_for = self.lease.as_duration().max(Duration::from_secs(2));
         // Often enough that a cancel stops the agent within a few seconds.
         settings.heartbeat_every = (settings.lease_for / 4).min(Duration::from_secs(2));
-        settings
+        Ok(settings)
     }
+
+    fn sandbox(&self) -> anyhow::Result<Option<Arc<Sandbox>>> {
+        if self.sandbox == SandboxMode::Off {
+            tracing::warn!(
+                "--sandbox off: setup and agent phases run UNCONFINED, with the engine's files, \
+                 processes and network in reach and no network policy enforced; for development only"
+            );
+            return Ok(None);
+        }
+        let mut egress = EgressSettings { allow_private_upstreams: self.egress_allow_private, ..Default::default() };
+        for entry in &self.egress_resolve {
+            let (host, addr) = parse_resolve(entry).map_err(|why| anyhow!("--egress-resolve {entry}: {why}"))?;
+            egress.resolve.insert(host, addr);
+        }
+        let helper = std::env::current_exe().context("cannot find the nightshift binary to start jails with")?;
+        let sandbox = Sandbox::new(helper, egress).context("cannot start the egress proxy")?;
+        sandbox.probe().map_err(|why| {
+            anyhow!(
+                "phases cannot be sandboxed on this machine, so none will run: {why}\n\
+                 (`nightshift sandbox check` tries again; `--sandbox off` runs phases unconfined, for development only)"
+            )
+        })?;
+        Ok(Some(Arc::new(sandbox)))
+    }
+}
+
+/// `HOST=ADDR:PORT`, the host lowercased.
+pub(super) fn parse_resolve(entry: &str) -> Result<(String, SocketAddr), String> {
+    let (host, addr) = entry.split_once('=').ok_or("write HOST=ADDR:PORT, e.g. registry.internal=10.0.0.5:443")?;
+    let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    let addr =
+        addr.trim().parse().map_err(|_| format!("`{addr}` is not ADDR:PORT (e.g. 10.0.0.5:443 or [::1]:8443)"))?;
+    Ok((host, addr))
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,7 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.concurrency == 0 {
         return Err(anyhow!("--concurrency must be at least 1"));
     }
-    let settings = args.worker.settings(PathBuf::from(".nightshift-worker"));
+    let settings = args.worker.settings(PathBuf::from(".nightshift-worker"))?;
     std::fs::create_dir_all(&settings.work_dir)
         .with_context(|| format!("cannot create the work directory {}", settings.work_dir.display()))?;
     let control = RemoteControl::new(&args.server, &token, settings.lease_for).map_err(|e| anyhow!(e))?;

@@ -9,6 +9,10 @@
 
 pub mod egress;
 pub mod jail;
+pub mod plan;
+mod session;
+
+pub use session::{Confinement, PhaseJail, Sandbox};
 
 use std::path::PathBuf;
 

@@ -17,9 +17,12 @@ use super::control::{ControlError, RunControl};
 use super::output::OutputAdapter;
 use super::phase::{CancelToken, PhaseCommand, PhaseOptions, PhaseStatus, Stream, run_phase};
 use super::results::{self, PushOutcome};
-use super::workspace::{Cleanup, MirrorCache, Workspace, WorkspaceError};
+use super::workspace::{Cleanup, MirrorCache, Workspace, WorkspaceError, WorkspaceKind};
 use crate::config::{AgentProfile, Approval};
+use crate::netpolicy::NetworkPolicy;
 use crate::runs::{ActivityKind, Completion, Epoch, NewActivity, Run, RunId, RunResult};
+use crate::sandbox::egress::PhaseName;
+use crate::sandbox::{Confinement, PhaseJail, Sandbox, SandboxPath, plan};
 use crate::store::Claim;
 use crate::task::Task;
 
@@ -43,8 +46,9 @@ pub struct WorkerSettings {
     pub overlays: bool,
     /// A mirror fetched this recently is used as it is.
     pub refresh_every: Duration,
-    /// Given to the agent as `HTTP_PROXY` and `HTTPS_PROXY`, when set.
-    pub egress_proxy: Option<String>,
+    /// The sandbox every setup and agent phase runs in. `None` runs them unconfined
+    /// (`--sandbox off`, for development), and every run records that it was.
+    pub sandbox: Option<Arc<Sandbox>>,
     /// How long a stopped phase has between SIGTERM and SIGKILL.
     pub grace: Duration,
 }
@@ -59,7 +63,7 @@ impl WorkerSettings {
             keep_failed: false,
             overlays: true,
             refresh_every: Duration::from_secs(5),
-            egress_proxy: None,
+            sandbox: None,
             grace: Duration::from_secs(5),
         }
     }
@@ -313,8 +317,20 @@ impl Runner {
             grace: self.settings.grace,
             jail: None,
         };
+        let confinement = Confinement::new(
+            self.settings.sandbox.as_deref(),
+            workspace.path(),
+            &files.dir,
+            workspace_paths(workspace),
+        );
+        if !confinement.enforced() {
+            attempt.activities(vec![NewActivity::new(
+                ActivityKind::Policy,
+                "the sandbox is off (--sandbox off): this run's phases ran unconfined and its network policy was not enforced",
+            )]);
+        }
 
-        if let Some(ending) = setup(task, workspace, attempt, &env, secrets, &options) {
+        if let Some(ending) = setup(task, workspace, attempt, &env, secrets, &options, &confinement) {
             return ending;
         }
 
@@ -322,18 +338,21 @@ impl Runner {
         env.extend(task.agent.env.clone());
         env.insert("NIGHTSHIFT_MEMORY_OUT".into(), files.memory_out.display().to_string());
         env.insert("NIGHTSHIFT_POLICY_FILE".into(), files.policy.display().to_string());
-        if let Some(proxy) = &self.settings.egress_proxy {
-            for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-                env.insert(name.into(), proxy.clone());
-            }
+        let allowances = profile_allowances(task);
+        env.extend(allowances.env.clone());
+        if let Some(note) = allowances.note(&task.agent.profile) {
+            attempt.activities(vec![NewActivity::new(ActivityKind::Policy, note)]);
         }
-        let phase = PhaseCommand {
+        let mut phase = PhaseCommand {
             argv: agent_argv(run, task, workspace, &files, planning),
             dir: workspace.path().to_path_buf(),
             env,
             timeout: task.timeout.as_duration(),
             sandbox: None,
         };
+        let mut options = options;
+        let jail =
+            confinement.confine(PhaseName::Agent, &task.network.agent, &allowances.paths, &mut phase, &mut options);
         attempt.log_line(&format!("== agent: {}", phase.argv.first().map_or("", String::as_str)));
         let mut adapter = OutputAdapter::new(task.agent.output);
         let outcome = run_phase(&phase, &options, &attempt.cancel, |stream, line| {
@@ -342,6 +361,7 @@ impl Runner {
                 attempt.activities(adapter.line(line));
             }
         });
+        record_decisions(attempt, jail);
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => return Ending::failed(format!("agent: {error}"), false, None),
@@ -442,21 +462,26 @@ fn setup(
     env: &BTreeMap<String, String>,
     secrets: &BTreeMap<String, String>,
     options: &PhaseOptions,
+    confinement: &Confinement<'_>,
 ) -> Option<Ending> {
     let setup_started = Instant::now();
     for command in &task.setup {
         let mut setup_env = env.clone();
         setup_env.extend(secrets.clone());
         let timeout = task.setup_timeout.as_duration().saturating_sub(setup_started.elapsed());
-        let phase = PhaseCommand {
+        let mut phase = PhaseCommand {
             argv: vec!["sh".into(), "-c".into(), command.clone()],
             dir: workspace.path().to_path_buf(),
             env: setup_env,
             timeout,
             sandbox: None,
         };
+        let mut options = options.clone();
+        let jail = confinement.confine(PhaseName::Setup, &task.network.setup, &[], &mut phase, &mut options);
         attempt.log_line(&format!("== setup: {command}"));
-        let outcome = match run_phase(&phase, options, &attempt.cancel, |_, line| attempt.log_line(line)) {
+        let outcome = run_phase(&phase, &options, &attempt.cancel, |_, line| attempt.log_line(line));
+        record_decisions(attempt, jail);
+        let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => return Some(Ending::failed(format!("setup: {error}"), false, None)),
         };
@@ -485,6 +510,99 @@ fn setup(
         }
     }
     None
+}
+
+/// What a workspace needs besides itself: a worktree's `.git` is in its mirror, where
+/// its commits go too; an overlay's repository borrows the mirror's objects, read-only.
+fn workspace_paths(workspace: &Workspace) -> Vec<SandboxPath> {
+    let writable = workspace.kind() == WorkspaceKind::Worktree;
+    vec![SandboxPath { path: workspace.mirror().path().to_path_buf(), writable }]
+}
+
+/// Puts a phase's egress decisions on the run's timeline.
+fn record_decisions(attempt: &Attempt, jail: Option<PhaseJail>) {
+    if let Some(jail) = jail {
+        let activities: Vec<NewActivity> = jail.decisions().iter().map(plan::activity).collect();
+        if !activities.is_empty() {
+            attempt.activities(activities);
+        }
+    }
+}
+
+/// What the agent's profile brings into its phase: paths that exist on this worker, and
+/// the values of the variables it names that are set here.
+struct ProfileAllowances {
+    paths: Vec<SandboxPath>,
+    env: Vec<(String, String)>,
+    missing_paths: Vec<String>,
+    unset_env: Vec<String>,
+    rules: Vec<String>,
+}
+
+fn profile_allowances(task: &Task) -> ProfileAllowances {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut allowances = ProfileAllowances {
+        paths: Vec::new(),
+        env: Vec::new(),
+        missing_paths: Vec::new(),
+        unset_env: Vec::new(),
+        rules: profile_rules(&task.network.agent, &task.agent.profile),
+    };
+    for entry in &task.agent.paths {
+        match entry.resolve(home.as_deref()).filter(|path| path.exists()) {
+            Some(path) => allowances.paths.push(SandboxPath { path, writable: entry.writable }),
+            None => allowances.missing_paths.push(entry.path.clone()),
+        }
+    }
+    for name in &task.agent.pass_env {
+        match std::env::var(name) {
+            Ok(value) => allowances.env.push((name.clone(), value)),
+            Err(_) => allowances.unset_env.push(name.clone()),
+        }
+    }
+    allowances
+}
+
+/// The agent policy's rules that came from the profile, as `host:ports`.
+fn profile_rules(policy: &NetworkPolicy, profile: &str) -> Vec<String> {
+    policy
+        .allow
+        .iter()
+        .filter(|rule| matches!(&rule.origin, crate::netpolicy::RuleOrigin::Profile(name) if name == profile))
+        .map(|rule| {
+            let ports: Vec<String> = rule.ports.iter().map(u16::to_string).collect();
+            format!("{}:{}", rule.host, ports.join(","))
+        })
+        .collect()
+}
+
+impl ProfileAllowances {
+    /// The timeline's line about what the profile brought, if it brought anything.
+    fn note(&self, profile: &str) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.paths.is_empty() {
+            let paths: Vec<String> = self
+                .paths
+                .iter()
+                .map(|p| format!("{}{}", p.path.display(), if p.writable { " (writable)" } else { "" }))
+                .collect();
+            parts.push(format!("brings {}", paths.join(", ")));
+        }
+        if !self.missing_paths.is_empty() {
+            parts.push(format!("would bring {} (missing here)", self.missing_paths.join(", ")));
+        }
+        if !self.env.is_empty() {
+            let names: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+            parts.push(format!("passes {}", names.join(", ")));
+        }
+        if !self.unset_env.is_empty() {
+            parts.push(format!("would pass {} (unset here)", self.unset_env.join(", ")));
+        }
+        if !self.rules.is_empty() {
+            parts.push(format!("allows {}", self.rules.join(", ")));
+        }
+        (!parts.is_empty()).then(|| format!("agent profile {profile}: {}", parts.join("; ")))
+    }
 }
 
 /// The agent's argv: the profile's command (its plan command when planning) with every
@@ -584,6 +702,7 @@ fn completion_name(completion: &Completion) -> &'static str {
 
 /// The files a run's agent is given, outside its workspace.
 struct RunFiles {
+    dir: PathBuf,
     prompt: PathBuf,
     policy: PathBuf,
     memory_out: PathBuf,
@@ -597,6 +716,7 @@ impl RunFiles {
         let failed = |what: &Path, error: std::io::Error| format!("cannot write {}: {error}", what.display());
         std::fs::create_dir_all(dir).map_err(|e| failed(dir, e))?;
         let files = RunFiles {
+            dir: dir.to_path_buf(),
             prompt: dir.join("prompt.txt"),
             policy: dir.join("policy.json"),
             memory_out: dir.join("memory.json"),

@@ -23,8 +23,11 @@ set -e
 echo '{"type":"plan","text":"append the prompt to '"${TARGET:-a file}"'"}'
 echo "agent sees token: ${FIXTURE_TOKEN:-none}" >&2
 if [ -n "$HOLD" ]; then
-  sleep 300 &
-  echo $! > "$HOLD.child"
+  # A pid means nothing outside the jail's PID namespace: the test finds this sleep by
+  # its unique argument.
+  marker="299.$(od -An -N3 -tu4 /dev/urandom | tr -d ' ')"
+  sleep "$marker" &
+  echo "$marker" > "$HOLD.child"
   while [ ! -e "$HOLD" ]; do sleep 0.1; done
 fi
 target="${TARGET:-$NIGHTSHIFT_AUTOMATION/file.txt}"
@@ -78,6 +81,9 @@ impl World {
                     "plan_command": ["sh", self.path("plan.sh")],
                     "env": env,
                     "output": "generic",
+                    // The scripts and the files tests steer the agent with (`$HOLD`) live
+                    // here; the jail shows the agent nothing else outside its workspace.
+                    "sandbox": { "paths": [{ "path": self.dir.path(), "writable": true }] },
                 }
             }
         });
@@ -174,15 +180,25 @@ fn wait_for_file(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-fn process_alive(pid: &str) -> bool {
-    Path::new(&format!("/proc/{}", pid.trim())).exists()
-        && !std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default().contains(") Z ")
+/// The pid (in this namespace) of the agent's `sleep MARKER`, if it is alive.
+fn marked_process(marker: &str) -> Option<String> {
+    let wanted = format!("sleep\0{}\0", marker.trim());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid = entry.file_name().to_string_lossy().to_string();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let zombie = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default().contains(") Z ");
+        (cmdline == wanted.as_bytes() && !zombie).then_some(pid)
+    })
 }
 
-fn wait_until_gone(pid: &str) {
+fn process_alive(marker: &str) -> bool {
+    marked_process(marker).is_some()
+}
+
+fn wait_until_gone(marker: &str) {
     let deadline = Instant::now() + PATIENCE;
-    while process_alive(pid) {
-        assert!(Instant::now() < deadline, "process {pid} outlived its run");
+    while process_alive(marker) {
+        assert!(Instant::now() < deadline, "the agent's `sleep {}` outlived its run", marker.trim());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -228,6 +244,8 @@ fn an_event_becomes_a_pushed_commit_with_activities_a_masked_log_and_memory() {
 
 /// An automation whose setup prints its secret in many forms and another automation's
 /// secret; run by the server's own worker or by a remote one, the log shows none of them.
+/// The sandbox would hide the other automation's secret file from the setup, so it is off:
+/// masking is the defence for what a phase can read.
 fn check_every_secret_is_masked(remote: bool) {
     let world = World::new();
     let other_secret = world.path("other-secret");
@@ -250,9 +268,12 @@ fn check_every_secret_is_masked(remote: bool) {
         world.upstream().display(),
         other_secret.display()
     );
-    let workers: &[&str] = if remote { &["--workers", "0", "--worker-token", "t"] } else { &["--workers", "1"] };
+    let workers: &[&str] =
+        if remote { &["--workers", "0", "--worker-token", "t"] } else { &["--workers", "1", "--sandbox", "off"] };
     let server = serve(&world, &[("leaky.yaml", &leaky), ("other.yaml", &other)], &[], workers);
-    let _worker = remote.then(|| RemoteWorker::start(&server, "t", &world.path("work"), &world.path("worker.log")));
+    let _worker = remote.then(|| {
+        RemoteWorker::start_with(&server, "t", &world.path("work"), &world.path("worker.log"), &["--sandbox", "off"])
+    });
 
     let run = trigger(&server, "leaky", 1);
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
@@ -488,8 +509,13 @@ struct RemoteWorker(Child);
 
 impl RemoteWorker {
     fn start(server: &Serving, token: &str, work: &Path, log: &Path) -> RemoteWorker {
+        RemoteWorker::start_with(server, token, work, log, &[])
+    }
+
+    fn start_with(server: &Serving, token: &str, work: &Path, log: &Path, args: &[&str]) -> RemoteWorker {
         let child = Command::new(env!("CARGO_BIN_EXE_nightshift"))
             .args(["worker", "--server", &server.url, "--token", token, "--concurrency", "1", "--lease", "3s"])
+            .args(args)
             .arg("--work-dir")
             .arg(work)
             .env("NIGHTSHIFT_LOG", "nightshift=debug,warn")
@@ -538,9 +564,13 @@ fn a_remote_worker_runs_over_http_and_a_dead_ones_run_is_finished_by_another() {
     let none = server.worker_post("wrong", "/api/worker/claim", &json!({"worker": "x", "lease_seconds": 3}));
     assert_eq!(none.status, 401);
 
-    // The worker dies mid-run: its lease expires and the run is queued again.
+    // The worker dies mid-run: its jail, and the agent's background sleep in it, die with
+    // it; its lease expires and the run is queued again.
+    let first_sleep = wait_for_file(&world.path("hold.child"));
+    assert!(process_alive(&first_sleep));
     first.0.kill().unwrap();
     first.0.wait().unwrap();
+    wait_until_gone(&first_sleep);
     wait_for(&server, &run, &["queued"]);
     std::fs::write(&hold, "").unwrap();
 
@@ -563,9 +593,7 @@ fn a_remote_worker_runs_over_http_and_a_dead_ones_run_is_finished_by_another() {
     assert!(world.branch_exists("nightshift/remote/1"));
     assert!(log.contains("setup sees ***") && !log.contains("s3cr3t-value"), "{log}");
     assert_eq!(server.api_get("/api/automations/remote/memory")["seen_note"]["value"], "from the agent");
-    // The dead worker's agent shell died with it; what the shell had started did not, and
-    // its workspace is still mounted.
-    let _ = Command::new("kill").arg(std::fs::read_to_string(world.path("hold.child")).unwrap().trim()).status();
+    // The dead worker's workspace is still mounted.
     let _ = Command::new("umount").arg("--lazy").arg(world.path("work-1/workspaces").join(&run)).status();
 }
 

@@ -38,7 +38,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::netpolicy::{Method, NetworkPolicy, RuleOrigin};
+use crate::netpolicy::{Method, NetworkPolicy};
 
 use super::NetnsSockets;
 pub use dns::in_pool as is_stub_address;
@@ -239,23 +239,15 @@ impl Shared {
     fn decide(&self, host: &str, port: u16, method: Option<&str>) -> Verdict {
         let method = method.and_then(Method::parse);
         let decision = self.policy.decide(host, port, method);
-        let Some(pattern) = decision.rule.filter(|_| decision.allowed) else {
-            return Verdict::denied("no rule");
-        };
-        let origin = self
-            .policy
-            .allow
-            .iter()
-            .find(|rule| rule.host.to_string() == pattern && rule.host.matches(host) && rule.ports.contains(&port))
-            .map(|rule| match &rule.origin {
-                RuleOrigin::Static => "static".to_string(),
-                RuleOrigin::Script => "script".to_string(),
-                RuleOrigin::Preset(preset) => match serde_json::to_value(preset) {
-                    Ok(serde_json::Value::String(name)) => format!("preset {name}"),
-                    _ => "preset".to_string(),
-                },
-            });
-        Verdict { allowed: true, rule: format!("{pattern} ({})", origin.as_deref().unwrap_or("static")) }
+        match decision.rule.filter(|_| decision.allowed) {
+            Some(rule) => Verdict { allowed: true, rule },
+            None if method.is_none()
+                && Method::ALL.into_iter().any(|m| self.policy.decide(host, port, Some(m)).allowed) =>
+            {
+                Verdict::denied("a rule allows only some methods here, and a tunnel does not show its method")
+            }
+            None => Verdict::denied("no rule"),
+        }
     }
 
     /// Counts one decision and returns where its bytes go. The first decision of a

@@ -91,6 +91,7 @@ pub fn main() -> ! {
 }
 
 fn run(channel: RawFd) -> Result<i32, Failure> {
+    die_with_the_worker()?;
     let request = wire::receive_request(channel).map_err(Failure)?;
     let filters = lockdown::filters()?;
     enter_namespaces()?;
@@ -130,6 +131,23 @@ fn run(channel: RawFd) -> Result<i32, Failure> {
             Ok(wait_for(child))
         }
     }
+}
+
+/// A worker that dies (SIGKILL, a crash) takes its phases with it: the helper gets SIGKILL
+/// then, and its PID 1, and with it the whole jail, follows. (The signal comes when the
+/// worker's thread that started the helper ends; a worker's phase threads live as long as
+/// it does.)
+fn die_with_the_worker() -> Result<(), Failure> {
+    // SAFETY: getppid and prctl have no memory-safety preconditions.
+    let worker = unsafe { libc::getppid() };
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } == -1 {
+        return Err(Failure::errno("set the helper's parent-death signal", Errno::last()));
+    }
+    // The worker may have died before the signal was armed.
+    if unsafe { libc::getppid() } != worker {
+        return Err(Failure::message("the worker that started this jail is gone"));
+    }
+    Ok(())
 }
 
 /// New user, mount, network, PID, IPC and UTS namespaces, the caller's uid and gid mapped
