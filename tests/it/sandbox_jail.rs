@@ -155,7 +155,7 @@ fn a_phase_cannot_read_another_process_environment() {
 
 #[test]
 fn a_phase_sees_its_workspace_but_not_the_data_next_to_it_nor_the_home() {
-    let home = std::env::var("HOME").unwrap_or_default();
+    // `sandbox run` gives the phase the caller's HOME path, empty.
     each_user(
         |_, layout| {
             format!(
@@ -177,10 +177,6 @@ fn a_phase_sees_its_workspace_but_not_the_data_next_to_it_nor_the_home() {
             assert_eq!(std::fs::read_to_string(layout.workspace().join("in-ws")).unwrap(), "seen\n");
         },
     );
-    // The home the phase saw empty is the caller's own, which is not.
-    if Path::new(&home).is_absolute() {
-        assert!(std::fs::read_dir(&home).is_ok_and(|mut entries| entries.next().is_some()), "{home} is empty here");
-    }
 }
 
 #[test]

@@ -138,8 +138,9 @@ fn netns_sockets(fds: Vec<OwnedFd>, captured: usize, dns: usize) -> Option<Netns
     Some(NetnsSockets { proxy, captured, dns })
 }
 
-/// Refuses a spec the helper could not follow safely: relative paths or `..` (a path
-/// must mean the same inside and out), the root itself, too many capture ports.
+/// Refuses a spec the helper could not follow safely: relative paths, `..` or symlinks
+/// in what is bound (a path must mean the same inside and out), the root itself, too
+/// many capture ports.
 fn check(spec: &SandboxSpec, argv: &[String], dir: &Path) -> Result<(), JailError> {
     if argv.is_empty() {
         return Err(JailError::Spec("the command is empty".into()));
@@ -156,6 +157,20 @@ fn check(spec: &SandboxSpec, argv: &[String], dir: &Path) -> Result<(), JailErro
             return Err(JailError::Spec(format!(
                 "{field}: `{}` must be absolute, without `..`, and not /",
                 path.display()
+            )));
+        }
+    }
+    // The helper finds each source under the old root, where an absolute symlink on the
+    // way would point elsewhere: what is bound must be named by its real path.
+    let bound = [&spec.workspace, &spec.run_dir].into_iter().chain(spec.paths.iter().map(|p| &p.path));
+    for path in bound {
+        if let Ok(real) = std::fs::canonicalize(path)
+            && &real != path
+        {
+            return Err(JailError::Spec(format!(
+                "`{}` goes through a symlink: name it `{}`",
+                path.display(),
+                real.display()
             )));
         }
     }
@@ -187,4 +202,35 @@ pub fn probe(helper: &Path) -> Result<(), String> {
         });
     let _ = std::fs::remove_dir(&dir);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(workspace: &Path) -> SandboxSpec {
+        SandboxSpec {
+            workspace: workspace.to_path_buf(),
+            run_dir: workspace.to_path_buf(),
+            paths: Vec::new(),
+            home: PathBuf::from("/home/nightshift"),
+            capture_ports: vec![443],
+        }
+    }
+
+    #[test]
+    fn a_spec_must_name_real_absolute_paths() {
+        let dir = std::fs::canonicalize(std::env::temp_dir()).unwrap();
+        let argv = ["true".to_string()];
+        assert!(check(&spec(&dir), &argv, &dir).is_ok());
+        for bad in ["relative", "/", "/tmp/../etc"] {
+            assert!(check(&spec(Path::new(bad)), &argv, &dir).is_err(), "{bad}");
+        }
+        let link = dir.join(format!("nightshift-jail-link-{}", std::process::id()));
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let error = check(&spec(&link), &argv, &dir).unwrap_err().to_string();
+        std::fs::remove_file(&link).unwrap();
+        assert!(error.contains("symlink"), "{error}");
+        assert!(check(&spec(&dir), &[], &dir).is_err());
+    }
 }
