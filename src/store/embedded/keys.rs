@@ -5,11 +5,11 @@
 use crate::runs::RunId;
 
 pub const FORMAT: &[u8] = b"meta/format";
-pub const FORMAT_VERSION: &[u8] = b"nightshift-store/2";
-/// Stores of this format are read too (their run records carry their agent
-/// command), and marked with `FORMAT_VERSION` at open: an older nightshift would not
-/// know to look for the commands kept apart.
-pub const OLDER_FORMAT: &[u8] = b"nightshift-store/1";
+pub const FORMAT_VERSION: &[u8] = b"nightshift-store/3";
+/// Stores of these formats are read too (their run records carry their shape, and in
+/// format 1 their agent command), and marked with `FORMAT_VERSION` at open: an older
+/// nightshift would not know to look for the parts kept apart (`codec::encode_run`).
+pub const OLDER_FORMATS: &[&[u8]] = &[b"nightshift-store/1", b"nightshift-store/2"];
 pub const GENERATION: &[u8] = b"meta/generation";
 /// The newest run id handed out, written when retention may delete the newest run, so
 /// ids are never reused.
@@ -30,7 +30,8 @@ pub const MEMORY: &[u8] = b"mem/";
 pub const DEDUPE: &[u8] = b"dk/";
 pub const LAST_CREATED: &[u8] = b"lc/";
 pub const SCHEDULE: &[u8] = b"sched/";
-/// Agent commands of runs, once per profile name and hash (`codec::encode_run`).
+/// Agent commands of runs, once per profile name and hash, and the shapes of runs, once
+/// per hash under the empty profile name (`codec::encode_run`).
 pub const AGENT: &[u8] = b"agent/";
 
 fn join(parts: &[&[u8]]) -> Vec<u8> {

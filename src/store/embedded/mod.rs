@@ -420,8 +420,8 @@ impl Changes {
 
     /// A run's record; its agent command goes to `agents`.
     fn encode_run(&mut self, run: &Run) -> Vec<u8> {
-        let (record, agent) = codec::encode_run(run);
-        self.agents.extend(agent);
+        let (record, shared) = codec::encode_run(run);
+        self.agents.extend(shared);
         record
     }
 
@@ -581,7 +581,7 @@ impl Inner {
     fn check_format(&self) -> Result<(), StoreError> {
         match self.db.get(keys::FORMAT).map_err(io)? {
             Some(found) if found.as_ref() == keys::FORMAT_VERSION => Ok(()),
-            Some(found) if found.as_ref() == keys::OLDER_FORMAT => {
+            Some(found) if keys::OLDER_FORMATS.contains(&found.as_ref()) => {
                 self.db.insert(keys::FORMAT, keys::FORMAT_VERSION).map_err(io)?;
                 Ok(())
             }
@@ -877,7 +877,7 @@ impl Store for SledStore {
         let event_key = keys::event(&event.id);
         let mut live = self.lock_for_change()?;
         if let Some(bytes) = self.stored_event(&live, &event.id)? {
-            let stored: StoredEvent = decode(&event_key, &bytes)?;
+            let stored = codec::decode_event(&event_key, &bytes)?;
             // The first delivery may not be on disk yet: answer only once it is.
             let ticket = live.queued.issued;
             drop(live);
@@ -964,7 +964,7 @@ impl Store for SledStore {
         }
         // `fields` repeat parts of the payload; they are derived again on reading.
         let stored = StoredEventRef { event: event.without_fields(), dedupe_keys: &dedupe_keys, outcomes: &outcomes };
-        changes.put(event_key, encode(&stored));
+        changes.put(event_key, codec::encode_event(&stored));
         if outcomes.is_empty() {
             // Events with runs go with their runs; the others by age, through this index.
             changes.put(keys::event_age(event.received_at.timestamp_millis(), &event.id), Vec::new());
@@ -1148,7 +1148,7 @@ impl Store for SledStore {
             }];
             let stored =
                 StoredEventRef { event: event.without_fields(), dedupe_keys: &BTreeMap::new(), outcomes: &outcomes };
-            changes.put(event_key, encode(&stored));
+            changes.put(event_key, codec::encode_event(&stored));
             ids.push(id);
         }
         if ids.is_empty() {
@@ -1321,7 +1321,7 @@ impl Store for SledStore {
         self.settle()?;
         let key = keys::event(id);
         let Some(bytes) = self.db.get(&key).map_err(io)? else { return Ok(None) };
-        let mut stored: StoredEvent = decode(&key, &bytes)?;
+        let mut stored = codec::decode_event(&key, &bytes)?;
         let event = &mut stored.event;
         event.fields = crate::triggers::normalize(event.source, &event.payload, &event.headers).fields;
         Ok(Some(stored))
@@ -1450,22 +1450,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_store_of_the_older_format_opens_reads_its_runs_and_keeps_its_sled_settings() {
-        let dir = tempfile::tempdir().expect("dir");
+    fn stores_of_the_older_formats_open_read_their_runs_and_keep_their_sled_settings() {
         let run = codec::run_with_env(&[("SCRIPT", "echo audit")], "check the disk");
-        {
-            // What nightshift wrote before agent commands were kept apart: uncompressed
-            // pages, format 1, the command inside the run record.
-            let db = sled::Config::new().path(dir.path().join("db")).open().expect("sled");
-            db.insert(keys::FORMAT, keys::OLDER_FORMAT).expect("format");
-            db.insert(keys::live(run.id), encode(&run)).expect("run");
-            db.flush().expect("flush");
-        }
-        for _ in 0..2 {
-            let store = SledStore::open(dir.path()).expect("open");
-            assert_eq!(store.run(run.id).expect("read"), Some(run.clone()));
-            assert_eq!(store.db.get(keys::FORMAT).expect("get").as_deref(), Some(keys::FORMAT_VERSION));
-            assert!(!compresses(dir.path()));
+        let agent = run.task.as_ref().expect("task").agent.clone();
+        // Format 2 kept the agent command apart but the shape in the run record.
+        let mut format_2 = serde_json::to_value(&run).expect("value");
+        format_2["task"]["agent"] = serde_json::json!({"profile": agent.profile, "agent_hash": "0123456789abcdef"});
+        for (format, record) in [(b"nightshift-store/1", encode(&run)), (b"nightshift-store/2", encode(&format_2))] {
+            let dir = tempfile::tempdir().expect("dir");
+            {
+                // What nightshift wrote then: uncompressed pages, the older format marker.
+                let db = sled::Config::new().path(dir.path().join("db")).open().expect("sled");
+                db.insert(keys::FORMAT, format).expect("format");
+                db.insert(keys::live(run.id), record).expect("run");
+                db.insert(keys::agent(&agent.profile, "0123456789abcdef"), encode(&agent)).expect("agent");
+                db.flush().expect("flush");
+            }
+            for _ in 0..2 {
+                let store = SledStore::open(dir.path()).expect("open");
+                assert_eq!(store.run(run.id).expect("read"), Some(run.clone()));
+                assert_eq!(store.db.get(keys::FORMAT).expect("get").as_deref(), Some(keys::FORMAT_VERSION));
+                assert!(!compresses(dir.path()));
+            }
         }
         let fresh = tempfile::tempdir().expect("dir");
         drop(SledStore::open(fresh.path()).expect("open"));

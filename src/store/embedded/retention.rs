@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::codec::{decode, encode};
+use super::codec::{self, decode, encode};
 use super::keys;
 use super::live::{DedupeMark, LastCreated};
 use super::{Changes, Inner, io};
@@ -103,7 +103,7 @@ impl Inner {
 
     fn event_record(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         let key = keys::event(id);
-        self.db.get(&key).map_err(io)?.map(|bytes| decode(&key, &bytes)).transpose()
+        self.db.get(&key).map_err(io)?.map(|bytes| codec::decode_event(&key, &bytes)).transpose()
     }
 
     /// Events older than `cutoff` that created no run; expired memory entries, dedupe
