@@ -257,12 +257,14 @@ fn connections_to_any_address_stay_inside_the_namespace() {
         return;
     }
     // TEST-NET addresses, only ever inside the jail's namespace, where every address is
-    // local: the connect lands on the captured listener (which `sandbox run` closes).
+    // local: the connect lands on the captured listener, and the egress proxy (no rule
+    // allows anything here) answers a plain-HTTP port's capture with its 403.
     let tcp = r#"perl -MIO::Socket::INET -e '
         my $s = IO::Socket::INET->new(PeerAddr => "192.0.2.10:80", Timeout => 10);
         if (!$s) { print "tcp: failed $!\n"; exit }
-        my $n = sysread($s, my $b, 1);
-        print $n == 0 ? "tcp: accepted then closed\n" : "tcp: read $n\n"'"#;
+        print $s "GET / HTTP/1.1\r\nHost: 192.0.2.10\r\n\r\n";
+        my $n = sysread($s, my $b, 12);
+        print "tcp: answered <$b>\n"'"#;
     let udp = r#"perl -MIO::Socket::INET -e '
         my $s = IO::Socket::INET->new(PeerAddr => "192.0.2.1:53", Proto => "udp") or die "udp: $!";
         print defined(send($s, "x", 0)) ? "udp: sent\n" : "udp: failed $!\n"'"#;
@@ -273,7 +275,7 @@ fn connections_to_any_address_stay_inside_the_namespace() {
                 stdout.contains("local 192.0.2.10 dev lo") && stdout.contains("local 192.0.2.1 dev lo"),
                 "{who:?}: {stdout}"
             );
-            assert!(stdout.contains("tcp: accepted then closed\n"), "{who:?}: {stdout}");
+            assert!(stdout.contains("tcp: answered <HTTP/1.1 403>\n"), "{who:?}: {stdout}");
             assert!(stdout.contains("udp: sent\n"), "{who:?}: {stdout}");
         },
     );
