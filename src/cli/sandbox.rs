@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::worker::parse_resolve;
-use crate::netpolicy::{AllowRuleConfig, NetworkPolicy, RuleOrigin};
+use crate::netpolicy::{AllowRuleConfig, Method, NetworkPolicy, RuleOrigin};
 use crate::sandbox::egress::{EgressSettings, PhaseName};
 use crate::sandbox::{Confinement, Sandbox, SandboxPath, jail, plan};
 use crate::worker::phase::{CancelToken, PhaseCommand, PhaseOptions, PhaseStatus, Stream, run_phase};
@@ -42,9 +42,10 @@ struct RunArgs {
     /// A further path at its own path, read-only, or read-write as `PATH:rw`.
     #[arg(long = "path", value_name = "PATH[:rw]")]
     paths: Vec<String>,
-    /// Allow a destination: `DOMAIN` (port 443), `DOMAIN:PORT,PORT...`, or `*.DOMAIN`.
-    /// Repeatable.
-    #[arg(long = "allow", value_name = "DOMAIN[:PORTS]")]
+    /// Allow a destination: `DOMAIN` (port 443), `DOMAIN:PORT,PORT...`, `*.DOMAIN`, and
+    /// `/METHOD,METHOD` after either to allow only those methods (plain HTTP only: a
+    /// tunnel hides its method). Repeatable.
+    #[arg(long = "allow", value_name = "DOMAIN[:PORTS][/METHODS]")]
     allow: Vec<String>,
     /// Reach HOST at ADDR:PORT instead of where DNS says, like curl's --resolve.
     #[arg(long = "egress-resolve", value_name = "HOST=ADDR:PORT")]
@@ -143,24 +144,35 @@ fn run_command(args: RunArgs, helper: PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// The policy `--allow` entries make: `DOMAIN` or `DOMAIN:PORT,PORT`.
+/// The policy `--allow` entries make: `DOMAIN[:PORT,PORT][/METHOD,METHOD]`.
 fn policy(allow: &[String]) -> anyhow::Result<NetworkPolicy> {
     let mut policy = NetworkPolicy::default();
     for entry in allow {
-        let (domain, ports) = match entry.split_once(':') {
-            Some((domain, ports)) => {
-                let ports =
-                    ports.split(',').map(|port| port.trim().parse::<u16>()).collect::<Result<Vec<u16>, _>>().map_err(
-                        |_| anyhow::anyhow!("--allow {entry}: the ports must be numbers, e.g. example.com:443,8443"),
-                    )?;
-                (domain, ports)
+        let fail = |why: &str| anyhow::anyhow!("--allow {entry}: {why}");
+        let (destination, methods) = match entry.split_once('/') {
+            Some((destination, methods)) => {
+                let methods = methods
+                    .split(',')
+                    .map(|m| Method::parse(&m.trim().to_ascii_uppercase()))
+                    .collect::<Option<Vec<Method>>>()
+                    .ok_or_else(|| fail("methods are GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS"))?;
+                (destination, methods)
             }
             None => (entry.as_str(), Vec::new()),
         };
-        let rule = AllowRuleConfig { domain: Some(domain.to_string()), ports, ..AllowRuleConfig::default() };
-        policy
-            .allow
-            .extend(rule.expand(RuleOrigin::Static).map_err(|error| anyhow::anyhow!("--allow {entry}: {error}"))?);
+        let (domain, ports) = match destination.split_once(':') {
+            Some((domain, ports)) => {
+                let ports = ports
+                    .split(',')
+                    .map(|port| port.trim().parse::<u16>())
+                    .collect::<Result<Vec<u16>, _>>()
+                    .map_err(|_| fail("the ports must be numbers, e.g. example.com:443,8443"))?;
+                (domain, ports)
+            }
+            None => (destination, Vec::new()),
+        };
+        let rule = AllowRuleConfig { domain: Some(domain.to_string()), ports, methods, ..AllowRuleConfig::default() };
+        policy.allow.extend(rule.expand(RuleOrigin::Static).map_err(|error| fail(&error.to_string()))?);
     }
     Ok(policy)
 }

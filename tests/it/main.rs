@@ -12,6 +12,7 @@ mod limits;
 mod providers;
 mod requires;
 mod rules;
+mod sandbox_bypass;
 mod sandbox_egress;
 mod sandbox_jail;
 mod schema;

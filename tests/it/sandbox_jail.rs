@@ -16,11 +16,11 @@ use nightshift::worker::phase::{
 
 use crate::requires::{self, REQUIRE_JAIL};
 
-const BIN: &str = env!("CARGO_BIN_EXE_nightshift");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_nightshift");
 
 /// Who runs `nightshift sandbox run`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum As {
+pub(crate) enum As {
     /// The test's own user (root in CI).
     Caller,
     /// uid and gid 65534, through setpriv.
@@ -28,7 +28,7 @@ enum As {
 }
 
 /// The users to try, once the jail is known to work here; empty (the test skips) if not.
-fn users() -> Vec<As> {
+pub(crate) fn users() -> Vec<As> {
     let check = Command::new(BIN).args(["sandbox", "check"]).output().expect("run nightshift sandbox check");
     if !check.status.success() {
         requires::skip(REQUIRE_JAIL, &format!("the jail cannot be built here: {}", text(&check.stderr)));
@@ -59,12 +59,12 @@ fn unreachable_by_nobody(bin: &Path) -> Option<PathBuf> {
 
 /// A directory both users can enter, holding a workspace anyone can write and a data
 /// file next to it that the phase must not see.
-struct Layout {
-    root: tempfile::TempDir,
+pub(crate) struct Layout {
+    pub(crate) root: tempfile::TempDir,
 }
 
 impl Layout {
-    fn new() -> Layout {
+    pub(crate) fn new() -> Layout {
         let root = tempfile::tempdir().unwrap();
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let workspace = root.path().join("ws");
@@ -75,7 +75,7 @@ impl Layout {
         Layout { root }
     }
 
-    fn workspace(&self) -> PathBuf {
+    pub(crate) fn workspace(&self) -> PathBuf {
         self.root.path().join("ws")
     }
 
@@ -103,7 +103,7 @@ fn jail(who: As, workspace: &Path, script: &str) -> Output {
     command.output().expect("run nightshift sandbox run")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
