@@ -132,18 +132,18 @@ fn serve(world: &World, files: &[(&str, &str)], agent_env: &[(&str, &str)], args
 }
 
 /// Starts a manual run of `automation` with `{"n": n}`; returns its id.
-fn trigger(server: &Serving, automation: &str, n: u32) -> String {
+pub(crate) fn trigger(server: &Serving, automation: &str, n: u32) -> String {
     let answer = server.api_post(&format!("/api/automations/{automation}/run"), &json!({ "n": n }));
     assert_eq!(answer.status, 202, "{:?}", answer.body);
     answer.body["runs"][0]["run"].as_str().map(str::to_string).expect("a run was created")
 }
 
-fn record(server: &Serving, run: &str) -> Value {
+pub(crate) fn record(server: &Serving, run: &str) -> Value {
     server.api_get(&format!("/api/runs/{run}"))
 }
 
 /// Waits until the run is in one of `states`; returns its record.
-fn wait_for(server: &Serving, run: &str, states: &[&str]) -> Value {
+pub(crate) fn wait_for(server: &Serving, run: &str, states: &[&str]) -> Value {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let record = record(server, run);
@@ -155,12 +155,12 @@ fn wait_for(server: &Serving, run: &str, states: &[&str]) -> Value {
     }
 }
 
-fn log_text(server: &Serving, run: &str) -> String {
+pub(crate) fn log_text(server: &Serving, run: &str) -> String {
     let chunks = server.api_get(&format!("/api/runs/{run}/log"));
     chunks.as_array().unwrap().iter().map(|chunk| chunk["text"].as_str().unwrap()).collect()
 }
 
-fn activity_texts(record: &Value, kind: &str) -> Vec<String> {
+pub(crate) fn activity_texts(record: &Value, kind: &str) -> Vec<String> {
     record["activities"]
         .as_array()
         .unwrap()

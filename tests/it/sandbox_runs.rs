@@ -1,0 +1,160 @@
+//! The sandbox through `nightshift serve`: a run's setup reaches the registry its policy
+//! allows, while its agent, with an empty policy, reaches nothing and cannot read the
+//! engine's environment, its data directory and API token, another run's workspace or
+//! the automations directory, nor write an automation there. Both the outcomes and the
+//! recorded decisions are checked.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::git::{commit_all, git};
+use super::serving::Serving;
+use super::workers::{log_text, trigger, wait_for};
+use crate::requires;
+
+/// What the hostile agent tries; it reports each outcome on a line of its own. (Its braces
+/// are doubled: a profile's command reads `{name}` as a placeholder.)
+const PROBE: &str = r#"
+echo "proxy: $(curl -sS -p http://index.crates.io:443/agent 2>&1 | head -c 120)"
+cat /proc/$ENGINE_PID/environ >/dev/null 2>&1 && echo "environ: read" || echo "environ: unreadable"
+cat $DATA_DIR/serve.json >/dev/null 2>&1 && echo "serve.json: read" || echo "serve.json: unreadable"
+echo "data holds: $(ls $DATA_DIR 2>&1 | tr '\n' ' ')"
+ls $AUTOMATIONS >/dev/null 2>&1 && echo "automations: listed" || echo "automations: unlisted"
+(echo 'name: planted' > $AUTOMATIONS/planted.yaml) 2>/dev/null && echo "automation write: written" || echo "automation write: refused"
+cat $DATA_DIR/work/workspaces/r999/secret.txt >/dev/null 2>&1 && echo "other workspace: read" || echo "other workspace: unreadable"
+echo '{{"type":"summary","text":"probed"}}'
+"#;
+
+/// A loopback server standing in for the registry; remembers each request line.
+fn registry() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for mut connection in listener.incoming().flatten().take(20) {
+            connection.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && connection.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            log.lock().unwrap().push(String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string());
+            let _ =
+                connection.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nregistry\n");
+        }
+    });
+    (port, seen)
+}
+
+fn policy_records(record: &Value) -> Vec<Value> {
+    record["activities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "policy" && a["data"].is_object())
+        .map(|a| a["data"].clone())
+        .collect()
+}
+
+#[test]
+fn setup_reaches_what_its_policy_allows_and_the_agent_reaches_nothing_of_the_engine() {
+    if requires::program("curl", &["curl"]).is_none() {
+        return;
+    }
+    let check =
+        std::process::Command::new(env!("CARGO_BIN_EXE_nightshift")).args(["sandbox", "check"]).output().unwrap();
+    if !check.status.success() {
+        requires::skip(requires::REQUIRE_JAIL, "the jail cannot be built here");
+        return;
+    }
+    let world = tempfile::tempdir().unwrap();
+    let upstream = world.path().join("upstream");
+    std::fs::create_dir_all(&upstream).unwrap();
+    std::fs::write(upstream.join("README.md"), "fixture\n").unwrap();
+    git(&upstream, &["init", "-q"]);
+    commit_all(&upstream, "initial");
+    let (port, seen) = registry();
+
+    let automation = format!(
+        r#"name: probe
+trigger: {{ manual: {{}} }}
+task:
+  agent: hostile
+  repo: {repo}
+  base: main
+  branch: "nightshift/probe/{{{{ event.n }}}}"
+  setup: ["curl -sSf -p http://index.crates.io:443/setup"]
+  network:
+    setup:
+      allow: [{{ preset: rust }}]
+  prompt: probe
+"#,
+        repo = upstream.display()
+    );
+    // serve.json (with the pid) appears once the server is up; the agent's environment
+    // names what it must not reach.
+    let project = world.path().join("nightshift.yaml");
+    let write_project = |pid: &str, data: &str, automations: &str| {
+        let project_yaml = serde_json::json!({
+            "profiles": { "hostile": {
+                "command": ["sh", "-c", PROBE],
+                "env": { "ENGINE_PID": pid, "DATA_DIR": data, "AUTOMATIONS": automations },
+                "output": "generic",
+            }}
+        });
+        std::fs::write(&project, serde_yaml::to_string(&project_yaml).unwrap()).unwrap();
+    };
+    write_project("0", "/nonexistent", "/nonexistent");
+    let resolve = format!("index.crates.io=127.0.0.1:{port}");
+    let server = Serving::start_with_args(
+        &[("probe.yaml", &automation)],
+        &[],
+        &["--config", project.to_str().unwrap(), "--workers", "1", "--egress-resolve", &resolve],
+    );
+    let discovery: Value =
+        serde_json::from_str(&std::fs::read_to_string(server.data.join("serve.json")).unwrap()).unwrap();
+    let pid = discovery["pid"].to_string();
+    write_project(&pid, server.data.to_str().unwrap(), server.automations.to_str().unwrap());
+    // Another run's workspace, with something in it.
+    let other = server.data.join("work/workspaces/r999");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("secret.txt"), "another run's work\n").unwrap();
+    // The project file changed: wait until the server has the new profile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !server.log().contains("automations reloaded") {
+        assert!(std::time::Instant::now() < deadline, "the server never reloaded: {}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let run = trigger(&server, "probe", 1);
+    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
+    let log = log_text(&server, &run);
+    let why = format!("{done:#}\n{log}");
+    assert_eq!(done["run"]["state"], "succeeded", "{why}");
+    for line in [
+        "environ: unreadable",
+        "serve.json: unreadable",
+        "automations: unlisted",
+        "automation write: refused",
+        "other workspace: unreadable",
+    ] {
+        assert!(log.lines().any(|l| l == line), "no line `{line}`: {why}");
+    }
+    assert!(log.contains("proxy: curl: (56) CONNECT tunnel failed, response 403"), "{why}");
+    let data_holds = log.lines().find(|l| l.starts_with("data holds:")).unwrap();
+    assert!(!data_holds.contains("serve.json") && !data_holds.contains("store"), "{why}");
+    assert!(!server.automations.join("planted.yaml").exists());
+
+    let records = policy_records(&done);
+    let setup = records.iter().find(|r| r["phase"] == "setup" && r["host"] == "index.crates.io").expect(&why);
+    assert_eq!((setup["allowed"].clone(), setup["port"].clone()), (Value::Bool(true), 443.into()), "{why}");
+    assert!(setup["rule"].as_str().unwrap().contains("preset rust"), "{why}");
+    let agent = records.iter().find(|r| r["phase"] == "agent" && r["host"] == "index.crates.io").expect(&why);
+    assert_eq!((agent["allowed"].clone(), agent["rule"].clone()), (Value::Bool(false), "no rule".into()), "{why}");
+    assert_eq!(*seen.lock().unwrap(), ["GET /setup HTTP/1.1"], "the registry saw only the setup's request");
+}
