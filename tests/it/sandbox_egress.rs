@@ -528,3 +528,20 @@ fn injected_request_lines_and_huge_heads_are_refused_and_the_proxy_keeps_serving
     assert!(records.iter().all(|r| r.host != "evil.test" || !r.allowed), "{records:#?}");
     assert!(records.iter().all(|r| r.kind != RecordKind::Connect), "no injected CONNECT was decided: {records:#?}");
 }
+
+#[test]
+fn finishing_closes_listeners_and_open_connections() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let upstream = http_upstream(&runtime);
+    let mut harness =
+        Harness::start_on(runtime, policy(&[rule("tls.test", &[443], &[])]), &[("tls.test", upstream)], None);
+    let mut idle = harness.client();
+    let mut tunnel = connect(&harness, "tls.test:443").ok().expect("200");
+    let proxy = harness.proxy;
+    let records = harness.finish();
+    assert!(closed(&mut idle), "an idle proxy connection");
+    assert!(closed(&mut tunnel), "an open tunnel");
+    let refused = TcpStream::connect(proxy).map(|mut again| closed(&mut again));
+    assert!(refused.is_err() || refused.unwrap(), "the proxy listener");
+    assert!(records.is_empty() || records.iter().all(|r| r.host == "tls.test"), "{records:#?}");
+}

@@ -48,7 +48,7 @@ use upstream::Resolver;
 pub use upstream::is_public;
 
 /// Client connections one session serves at once; more wait to be accepted.
-pub const MAX_CONNECTIONS: usize = 1024;
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// How long [`EgressSession::finish`] waits for its connections to close.
 const FINISH_WAIT: Duration = Duration::from_secs(5);
@@ -73,7 +73,8 @@ pub struct Egress {
 }
 
 impl Egress {
-    /// An egress proxy with its own two-thread runtime, usable from plain threads.
+    /// An egress proxy with its own two-thread runtime, usable from plain threads. Finish
+    /// (or drop) its sessions before dropping it: its runtime stops with it.
     pub fn new(settings: EgressSettings) -> io::Result<Egress> {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("egress").enable_all().build()?;
@@ -110,17 +111,7 @@ impl Egress {
                 tokio::net::UdpSocket::from_std(socket)
             })
             .collect::<io::Result<Vec<_>>>()?;
-        let shared = Arc::new(Shared {
-            phase,
-            policy,
-            resolver: self.resolver.clone(),
-            ledger: Mutex::new(Ledger::new(phase)),
-            pool: Mutex::new(dns::FakePool::default()),
-            jail_pid,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-        });
+        let shared = Shared::new(phase, policy, self.resolver.clone(), jail_pid);
         shared.spawn(proxy::serve(shared.clone(), proxy));
         for listener in captured {
             shared.spawn(captured::serve(shared.clone(), listener));
@@ -215,6 +206,29 @@ impl Verdict {
 pub(crate) type ClientPorts = Option<(u16, u16)>;
 
 impl Shared {
+    fn new(phase: PhaseName, policy: NetworkPolicy, resolver: Resolver, jail_pid: Option<u32>) -> Arc<Shared> {
+        Arc::new(Shared {
+            phase,
+            policy,
+            resolver,
+            ledger: Mutex::new(Ledger::new(phase)),
+            pool: Mutex::new(dns::FakePool::default()),
+            jail_pid,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        phase: PhaseName,
+        policy: NetworkPolicy,
+        resolve: HashMap<String, SocketAddr>,
+    ) -> Arc<Shared> {
+        Shared::new(phase, policy, Resolver::new(&resolve, false), None)
+    }
+
     /// Runs `task` until it ends or the session stops.
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let shutdown = self.shutdown.clone();

@@ -101,8 +101,13 @@ async fn connect(shared: Arc<Shared>, request: Request<Incoming>, client_ports: 
             );
         }
     };
+    // The tunnel outlives the proxy connection's task, so it holds a place of its own.
+    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        return deny::plain(StatusCode::SERVICE_UNAVAILABLE, "nightshift egress: too many open connections\n".into());
+    };
     let tunnel_shared = shared.clone();
     shared.spawn(async move {
+        let _permit = permit;
         let Ok(upgraded) = hyper::upgrade::on(request).await else { return };
         let tunnel = Tunnel { kind: RecordKind::Connect, host: &host, port, verdict, client_ports };
         tunnel.run(&tunnel_shared, TokioIo::new(upgraded), upstream).await;
