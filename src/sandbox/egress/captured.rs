@@ -73,7 +73,7 @@ async fn handle_to(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr,
         return;
     };
     let tunnel = Tunnel { kind: RecordKind::Captured, host: &host, port, verdict, client_ports };
-    tunnel.run(&shared, client, upstream).await;
+    tunnel.run(&shared, client, &[], upstream).await;
 }
 
 /// Reads what the client sent first (briefly, bounded), so the answer is not lost to a

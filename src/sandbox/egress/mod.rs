@@ -10,7 +10,7 @@
 //! - `captured.rs`: connections that ignored the proxy, captured by destination port and
 //!   decided like `CONNECT` to the name the DNS stub gave out for their address;
 //! - `tunnel.rs`: what both kinds of tunnel share: the ClientHello's server name must be
-//!   the host decided on (`tls.rs`), then bytes are spliced;
+//!   the host decided on (`tls.rs`), then bytes are spliced in the kernel (`splice.rs`);
 //! - `dns.rs`: the DNS stub, which answers inside and never forwards;
 //! - `upstream.rs`: connections out, refusing addresses that are not public;
 //! - `deny.rs`: what a denial says; `record.rs`: the aggregated decisions;
@@ -22,6 +22,7 @@ mod dns;
 mod owner;
 mod proxy;
 mod record;
+mod splice;
 mod tls;
 mod tunnel;
 mod upstream;
