@@ -338,3 +338,56 @@ async fn serve_dns(shared: Arc<Shared>, socket: tokio::net::UdpSocket) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_egress_serves_phases_on_many_threads() {
+        fn shared_across_threads<T: Send + Sync>() {}
+        shared_across_threads::<Egress>();
+        shared_across_threads::<EgressSession>();
+    }
+
+    #[test]
+    fn records_serialize_for_the_timeline() {
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let record = PolicyRecord {
+            phase: PhaseName::Setup,
+            kind: RecordKind::ProxyHttp,
+            host: "index.crates.io".into(),
+            port: 443,
+            method: Some("GET".into()),
+            allowed: true,
+            rule: Some("index.crates.io (preset rust)".into()),
+            count: 3,
+            first: at,
+            last: at,
+            bytes_up: 10,
+            bytes_down: 20,
+            command: None,
+        };
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["phase"], "setup");
+        assert_eq!(json["kind"], "proxy_http");
+        assert_eq!(json["first"], "2027-01-15T08:00:00Z");
+        assert!(json.get("command").is_none());
+        assert_eq!(serde_json::from_value::<PolicyRecord>(json).unwrap(), record);
+    }
+
+    #[test]
+    fn allowed_decisions_name_the_rule_and_its_origin() {
+        use crate::netpolicy::{AllowRuleConfig, DefaultAction, Preset};
+        let rules = [
+            AllowRuleConfig { domain: Some("api.example.com".into()), ..Default::default() },
+            AllowRuleConfig { preset: Some(Preset::Rust), ..Default::default() },
+        ];
+        let allow = rules.iter().flat_map(|r| r.expand(RuleOrigin::Static).unwrap()).collect();
+        let shared =
+            Shared::for_test(PhaseName::Agent, NetworkPolicy { default: DefaultAction::Deny, allow }, HashMap::new());
+        assert_eq!(shared.decide("API.example.com", 443, None).rule, "api.example.com (static)");
+        assert_eq!(shared.decide("index.crates.io", 443, Some("GET")).rule, "index.crates.io (preset rust)");
+        assert_eq!(shared.decide("api.example.com", 80, None), Verdict::denied("no rule"));
+    }
+}
