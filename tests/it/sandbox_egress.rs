@@ -149,6 +149,7 @@ fn tls_upstream(runtime: &tokio::runtime::Runtime, name: &str) -> (SocketAddr, A
 }
 
 /// A response: status, head (lowercase) and body (by content-length, else to the end).
+#[derive(Debug)]
 struct Answer {
     status: u16,
     head: String,
@@ -300,7 +301,7 @@ fn connect_with_the_matching_server_name_reaches_a_tls_upstream() {
     let (upstream, config) = tls_upstream(&runtime, "tls.test");
     let mut harness =
         Harness::start_on(runtime, policy(&[rule("tls.test", &[443], &[])]), &[("tls.test", upstream)], None);
-    let tunnel = connect(&harness, "tls.test:443").ok().expect("200");
+    let tunnel = connect(&harness, "tls.test:443").expect("200");
     let said = tls_exchange(&harness.runtime, config, tunnel, "tls.test").unwrap();
     assert_eq!(said, "hello from tls.test");
     let records = harness.finish();
@@ -316,7 +317,7 @@ fn connect_with_another_server_name_is_closed_and_recorded() {
     let (upstream, config) = tls_upstream(&runtime, "tls.test");
     let mut harness =
         Harness::start_on(runtime, policy(&[rule("tls.test", &[443], &[])]), &[("tls.test", upstream)], None);
-    let tunnel = connect(&harness, "tls.test:443").ok().expect("200");
+    let tunnel = connect(&harness, "tls.test:443").expect("200");
     // Domain fronting: the tunnel was asked for an allowed host, the TLS for another.
     assert!(tls_exchange(&harness.runtime, config, tunnel, "fronted.test").is_err());
     let records = harness.finish();
@@ -329,7 +330,7 @@ fn connect_with_another_server_name_is_closed_and_recorded() {
 #[test]
 fn a_denied_connect_gets_403() {
     let mut harness = Harness::start(policy(&[]), &[], None);
-    let answer = connect(&harness, "evil.test:443").err().expect("a denial");
+    let answer = connect(&harness, "evil.test:443").expect_err("a denial");
     assert_eq!(answer.status, 403);
     assert!(answer.body.contains("blocked CONNECT evil.test:443 (no rule allows it)"));
     let records = harness.finish();
@@ -341,7 +342,7 @@ fn a_name_that_resolves_to_loopback_is_refused_without_an_override() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let upstream = http_upstream(&runtime);
     let mut harness = Harness::start_on(runtime, policy(&[rule("localhost", &[upstream.port()], &[])]), &[], None);
-    let answer = connect(&harness, &format!("localhost:{}", upstream.port())).err().expect("a denial");
+    let answer = connect(&harness, &format!("localhost:{}", upstream.port())).expect_err("a denial");
     assert_eq!(answer.status, 403);
     assert!(answer.body.contains("(private upstream: localhost resolves to"), "{}", answer.body);
     let records = harness.finish();
@@ -475,13 +476,13 @@ fn hostile_client_hellos_are_closed_and_recorded() {
     let mut harness =
         Harness::start_on(runtime, policy(&[rule("tls.test", &[443], &[])]), &[("tls.test", upstream)], None);
     // Garbage inside a handshake record.
-    let mut garbage = connect(&harness, "tls.test:443").ok().expect("200");
+    let mut garbage = connect(&harness, "tls.test:443").expect("200");
     let mut bytes = vec![0x16, 0x03, 0x01, 0x00, 0x40];
     bytes.extend(std::iter::repeat_n(0xee, 0x40));
     garbage.write_all(&bytes).unwrap();
     assert!(closed(&mut garbage));
     // A hello cut short, then the client stops sending.
-    let mut truncated = connect(&harness, "tls.test:443").ok().expect("200");
+    let mut truncated = connect(&harness, "tls.test:443").expect("200");
     truncated.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]).unwrap();
     truncated.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(closed(&mut truncated));
@@ -527,4 +528,21 @@ fn injected_request_lines_and_huge_heads_are_refused_and_the_proxy_keeps_serving
     let records = harness.finish();
     assert!(records.iter().all(|r| r.host != "evil.test" || !r.allowed), "{records:#?}");
     assert!(records.iter().all(|r| r.kind != RecordKind::Connect), "no injected CONNECT was decided: {records:#?}");
+}
+
+#[test]
+fn finishing_closes_listeners_and_open_connections() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let upstream = http_upstream(&runtime);
+    let mut harness =
+        Harness::start_on(runtime, policy(&[rule("tls.test", &[443], &[])]), &[("tls.test", upstream)], None);
+    let mut idle = harness.client();
+    let mut tunnel = connect(&harness, "tls.test:443").expect("200");
+    let proxy = harness.proxy;
+    let records = harness.finish();
+    assert!(closed(&mut idle), "an idle proxy connection");
+    assert!(closed(&mut tunnel), "an open tunnel");
+    let refused = TcpStream::connect(proxy).map(|mut again| closed(&mut again));
+    assert!(refused.is_err() || refused.unwrap(), "the proxy listener");
+    assert!(records.is_empty() || records.iter().all(|r| r.host == "tls.test"), "{records:#?}");
 }

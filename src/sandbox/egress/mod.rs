@@ -10,7 +10,7 @@
 //! - `captured.rs`: connections that ignored the proxy, captured by destination port and
 //!   decided like `CONNECT` to the name the DNS stub gave out for their address;
 //! - `tunnel.rs`: what both kinds of tunnel share: the ClientHello's server name must be
-//!   the host decided on (`tls.rs`), then bytes are spliced;
+//!   the host decided on (`tls.rs`), then bytes are spliced in the kernel (`splice.rs`);
 //! - `dns.rs`: the DNS stub, which answers inside and never forwards;
 //! - `upstream.rs`: connections out, refusing addresses that are not public;
 //! - `deny.rs`: what a denial says; `record.rs`: the aggregated decisions;
@@ -22,6 +22,7 @@ mod dns;
 mod owner;
 mod proxy;
 mod record;
+mod splice;
 mod tls;
 mod tunnel;
 mod upstream;
@@ -48,7 +49,7 @@ use upstream::Resolver;
 pub use upstream::is_public;
 
 /// Client connections one session serves at once; more wait to be accepted.
-pub const MAX_CONNECTIONS: usize = 1024;
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// How long [`EgressSession::finish`] waits for its connections to close.
 const FINISH_WAIT: Duration = Duration::from_secs(5);
@@ -73,7 +74,8 @@ pub struct Egress {
 }
 
 impl Egress {
-    /// An egress proxy with its own two-thread runtime, usable from plain threads.
+    /// An egress proxy with its own two-thread runtime, usable from plain threads. Finish
+    /// (or drop) its sessions before dropping it: its runtime stops with it.
     pub fn new(settings: EgressSettings) -> io::Result<Egress> {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("egress").enable_all().build()?;
@@ -110,17 +112,7 @@ impl Egress {
                 tokio::net::UdpSocket::from_std(socket)
             })
             .collect::<io::Result<Vec<_>>>()?;
-        let shared = Arc::new(Shared {
-            phase,
-            policy,
-            resolver: self.resolver.clone(),
-            ledger: Mutex::new(Ledger::new(phase)),
-            pool: Mutex::new(dns::FakePool::default()),
-            jail_pid,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-        });
+        let shared = Shared::new(phase, policy, self.resolver.clone(), jail_pid);
         shared.spawn(proxy::serve(shared.clone(), proxy));
         for listener in captured {
             shared.spawn(captured::serve(shared.clone(), listener));
@@ -215,6 +207,29 @@ impl Verdict {
 pub(crate) type ClientPorts = Option<(u16, u16)>;
 
 impl Shared {
+    fn new(phase: PhaseName, policy: NetworkPolicy, resolver: Resolver, jail_pid: Option<u32>) -> Arc<Shared> {
+        Arc::new(Shared {
+            phase,
+            policy,
+            resolver,
+            ledger: Mutex::new(Ledger::new(phase)),
+            pool: Mutex::new(dns::FakePool::default()),
+            jail_pid,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        phase: PhaseName,
+        policy: NetworkPolicy,
+        resolve: HashMap<String, SocketAddr>,
+    ) -> Arc<Shared> {
+        Shared::new(phase, policy, Resolver::new(&resolve, false), None)
+    }
+
     /// Runs `task` until it ends or the session stops.
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let shutdown = self.shutdown.clone();
@@ -313,5 +328,58 @@ async fn serve_dns(shared: Arc<Shared>, socket: tokio::net::UdpSocket) {
         if let Some(reply) = reply {
             let _ = socket.send_to(&reply, from).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_egress_serves_phases_on_many_threads() {
+        fn shared_across_threads<T: Send + Sync>() {}
+        shared_across_threads::<Egress>();
+        shared_across_threads::<EgressSession>();
+    }
+
+    #[test]
+    fn records_serialize_for_the_timeline() {
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let record = PolicyRecord {
+            phase: PhaseName::Setup,
+            kind: RecordKind::ProxyHttp,
+            host: "index.crates.io".into(),
+            port: 443,
+            method: Some("GET".into()),
+            allowed: true,
+            rule: Some("index.crates.io (preset rust)".into()),
+            count: 3,
+            first: at,
+            last: at,
+            bytes_up: 10,
+            bytes_down: 20,
+            command: None,
+        };
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["phase"], "setup");
+        assert_eq!(json["kind"], "proxy_http");
+        assert_eq!(json["first"], "2027-01-15T08:00:00Z");
+        assert!(json.get("command").is_none());
+        assert_eq!(serde_json::from_value::<PolicyRecord>(json).unwrap(), record);
+    }
+
+    #[test]
+    fn allowed_decisions_name_the_rule_and_its_origin() {
+        use crate::netpolicy::{AllowRuleConfig, DefaultAction, Preset};
+        let rules = [
+            AllowRuleConfig { domain: Some("api.example.com".into()), ..Default::default() },
+            AllowRuleConfig { preset: Some(Preset::Rust), ..Default::default() },
+        ];
+        let allow = rules.iter().flat_map(|r| r.expand(RuleOrigin::Static).unwrap()).collect();
+        let shared =
+            Shared::for_test(PhaseName::Agent, NetworkPolicy { default: DefaultAction::Deny, allow }, HashMap::new());
+        assert_eq!(shared.decide("API.example.com", 443, None).rule, "api.example.com (static)");
+        assert_eq!(shared.decide("index.crates.io", 443, Some("GET")).rule, "index.crates.io (preset rust)");
+        assert_eq!(shared.decide("api.example.com", 80, None), Verdict::denied("no rule"));
     }
 }

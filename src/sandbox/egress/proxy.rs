@@ -101,11 +101,22 @@ async fn connect(shared: Arc<Shared>, request: Request<Incoming>, client_ports: 
             );
         }
     };
+    // The tunnel outlives the proxy connection's task, so it holds a place of its own.
+    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        return deny::plain(StatusCode::SERVICE_UNAVAILABLE, "nightshift egress: too many open connections\n".into());
+    };
     let tunnel_shared = shared.clone();
     shared.spawn(async move {
+        let _permit = permit;
         let Ok(upgraded) = hyper::upgrade::on(request).await else { return };
+        // The connection is the TCP stream this server was given; take it back, with
+        // whatever the client sent after its CONNECT that hyper already read.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::warn!("An upgraded CONNECT is not a TCP stream; closing it");
+            return;
+        };
         let tunnel = Tunnel { kind: RecordKind::Connect, host: &host, port, verdict, client_ports };
-        tunnel.run(&tunnel_shared, TokioIo::new(upgraded), upstream).await;
+        tunnel.run(&tunnel_shared, parts.io.into_inner(), &parts.read_buf, upstream).await;
     });
     Response::new(deny::empty())
 }

@@ -1,25 +1,22 @@
 //! What a `CONNECT` tunnel and a captured connection share once their host and port are
 //! allowed and the upstream is connected: the client's first bytes, if a TLS ClientHello,
 //! must name the host decided on (else the connection is closed and recorded as denied),
-//! then bytes are spliced both ways and counted.
+//! then bytes are spliced both ways (in the kernel, `splice.rs`) and counted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::record::RecordKind;
+use super::splice;
 use super::tls::{self, Hello};
-use super::upstream::Counted;
 use super::{ClientPorts, Shared, Verdict};
 
 /// How long a client may take to send its first bytes before the tunnel is treated as a
 /// server-speaks-first protocol (SSH, SMTP) and spliced without a server name check.
 pub const HELLO_WAIT: Duration = Duration::from_secs(5);
-
-/// Buffer size of each direction of a splice.
-const SPLICE_BUFFER: usize = 64 * 1024;
 
 /// The client side of a tunnel and what was decided for it.
 pub struct Tunnel<'a> {
@@ -32,12 +29,10 @@ pub struct Tunnel<'a> {
 }
 
 impl Tunnel<'_> {
-    /// Checks the server name and splices until either side closes.
-    pub async fn run<C>(self, shared: &Arc<Shared>, mut client: C, upstream: TcpStream)
-    where
-        C: AsyncRead + AsyncWrite + Unpin,
-    {
-        let peeked = match tls::read_hello(&mut client, HELLO_WAIT).await {
+    /// Checks the server name and splices until both sides are done. `early` is what the
+    /// client sent that was already read (by the HTTP server, after a `CONNECT`).
+    pub async fn run(self, shared: &Arc<Shared>, mut client: TcpStream, early: &[u8], mut upstream: TcpStream) {
+        let peeked = match tls::read_hello(&mut early.chain(&mut client), HELLO_WAIT).await {
             Ok(peeked) => peeked,
             Err(_) => return,
         };
@@ -57,11 +52,10 @@ impl Tunnel<'_> {
             return; // both sides are closed as they drop
         }
         let counters = shared.note(self.kind, self.host, self.port, None, &self.verdict, self.client_ports);
-        let mut upstream = Counted::new(upstream, counters);
         if upstream.write_all(&peeked.bytes).await.is_err() {
             return;
         }
-        let _ =
-            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, SPLICE_BUFFER, SPLICE_BUFFER).await;
+        counters.add_up(peeked.bytes.len());
+        let _ = splice::bidirectional(&client, &upstream, &counters).await;
     }
 }
