@@ -334,6 +334,7 @@ async fn serve_dns(shared: Arc<Shared>, socket: tokio::net::UdpSocket) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netpolicy::RuleOrigin;
 
     #[test]
     fn one_egress_serves_phases_on_many_threads() {
@@ -381,5 +382,22 @@ mod tests {
         assert_eq!(shared.decide("API.example.com", 443, None).rule, "api.example.com (static)");
         assert_eq!(shared.decide("index.crates.io", 443, Some("GET")).rule, "index.crates.io (preset rust)");
         assert_eq!(shared.decide("api.example.com", 80, None), Verdict::denied("no rule"));
+    }
+
+    #[test]
+    fn a_tunnel_denied_only_for_its_hidden_method_says_so() {
+        use crate::netpolicy::{AllowRuleConfig, DefaultAction, Method};
+        let rule = AllowRuleConfig {
+            domain: Some("api.example.com".into()),
+            methods: vec![Method::Get],
+            ..Default::default()
+        };
+        let policy = NetworkPolicy { default: DefaultAction::Deny, allow: rule.expand(RuleOrigin::Static).unwrap() };
+        let shared = Shared::for_test(PhaseName::Agent, policy, HashMap::new());
+        let hidden = shared.decide("api.example.com", 443, None);
+        assert!(!hidden.allowed && hidden.rule.contains("a tunnel does not show its method"), "{hidden:?}");
+        assert!(shared.decide("api.example.com", 443, Some("GET")).allowed);
+        assert_eq!(shared.decide("api.example.com", 443, Some("POST")), Verdict::denied("no rule"));
+        assert_eq!(shared.decide("other.example.com", 443, None), Verdict::denied("no rule"));
     }
 }
