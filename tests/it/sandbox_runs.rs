@@ -1,8 +1,9 @@
 //! The sandbox through `nightshift serve`: a run's setup reaches the registry its policy
 //! allows, while its agent, with an empty policy, reaches nothing and cannot read the
 //! engine's environment, its data directory and API token, another run's workspace or
-//! the automations directory, nor write an automation there. Both the outcomes and the
-//! recorded decisions are checked.
+//! the automations directory, nor write an automation there; what its profile allows (its
+//! login state, its credential, its model API) it gets, and the timeline says so. Both
+//! the outcomes and the recorded decisions are checked.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -26,6 +27,9 @@ echo "data holds: $(ls $DATA_DIR 2>&1 | tr '\n' ' ')"
 ls $AUTOMATIONS >/dev/null 2>&1 && echo "automations: listed" || echo "automations: unlisted"
 (echo 'name: planted' > $AUTOMATIONS/planted.yaml) 2>/dev/null && echo "automation write: written" || echo "automation write: refused"
 cat $DATA_DIR/work/workspaces/r999/secret.txt >/dev/null 2>&1 && echo "other workspace: read" || echo "other workspace: unreadable"
+echo "model: $(curl -sS http://model.test/v1 2>&1 | head -c 60)"
+echo "login: $(cat $LOGIN_DIR/token 2>&1)"
+[ -n "$MODEL_KEY" ] && echo "model key: set" || echo "model key: unset"
 echo '{{"type":"summary","text":"probed"}}'
 "#;
 
@@ -99,22 +103,40 @@ task:
     // serve.json (with the pid) appears once the server is up; the agent's environment
     // names what it must not reach.
     let project = world.path().join("nightshift.yaml");
+    let login = world.path().join("login");
+    std::fs::create_dir_all(&login).unwrap();
+    std::fs::write(login.join("token"), "logged-in\n").unwrap();
     let write_project = |pid: &str, data: &str, automations: &str| {
         let project_yaml = serde_json::json!({
             "profiles": { "hostile": {
                 "command": ["sh", "-c", PROBE],
-                "env": { "ENGINE_PID": pid, "DATA_DIR": data, "AUTOMATIONS": automations },
+                "env": { "ENGINE_PID": pid, "DATA_DIR": data, "AUTOMATIONS": automations, "LOGIN_DIR": login },
                 "output": "generic",
+                "sandbox": {
+                    "paths": [{ "path": login }],
+                    "network": [{ "domain": "model.test", "ports": [80] }],
+                    "env": ["MODEL_KEY", "UNSET_MODEL_KEY"],
+                },
             }}
         });
         std::fs::write(&project, serde_yaml::to_string(&project_yaml).unwrap()).unwrap();
     };
     write_project("0", "/nonexistent", "/nonexistent");
-    let resolve = format!("index.crates.io=127.0.0.1:{port}");
+    let (registry_name, model_name) =
+        (format!("index.crates.io=127.0.0.1:{port}"), format!("model.test=127.0.0.1:{port}"));
     let server = Serving::start_with_args(
         &[("probe.yaml", &automation)],
-        &[],
-        &["--config", project.to_str().unwrap(), "--workers", "1", "--egress-resolve", &resolve],
+        &[("MODEL_KEY", "mk-123")],
+        &[
+            "--config",
+            project.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--egress-resolve",
+            &registry_name,
+            "--egress-resolve",
+            &model_name,
+        ],
     );
     let discovery: Value =
         serde_json::from_str(&std::fs::read_to_string(server.data.join("serve.json")).unwrap()).unwrap();
@@ -142,6 +164,9 @@ task:
         "automations: unlisted",
         "automation write: refused",
         "other workspace: unreadable",
+        "model: registry",
+        "login: logged-in",
+        "model key: set",
     ] {
         assert!(log.lines().any(|l| l == line), "no line `{line}`: {why}");
     }
@@ -156,5 +181,60 @@ task:
     assert!(setup["rule"].as_str().unwrap().contains("preset rust"), "{why}");
     let agent = records.iter().find(|r| r["phase"] == "agent" && r["host"] == "index.crates.io").expect(&why);
     assert_eq!((agent["allowed"].clone(), agent["rule"].clone()), (Value::Bool(false), "no rule".into()), "{why}");
-    assert_eq!(*seen.lock().unwrap(), ["GET /setup HTTP/1.1"], "the registry saw only the setup's request");
+    let model = records.iter().find(|r| r["phase"] == "agent" && r["host"] == "model.test").expect(&why);
+    assert_eq!(
+        (model["allowed"].clone(), model["rule"].clone()),
+        (Value::Bool(true), "model.test (profile hostile)".into())
+    );
+    let note = format!(
+        "agent profile hostile: brings {}; passes MODEL_KEY; would pass UNSET_MODEL_KEY (unset here); allows model.test:80",
+        login.display()
+    );
+    let texts: Vec<&str> = done["activities"].as_array().unwrap().iter().filter_map(|a| a["text"].as_str()).collect();
+    assert!(texts.contains(&note.as_str()), "no `{note}` in {texts:#?}");
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, ["GET /setup HTTP/1.1", "GET /v1 HTTP/1.1"], "the registry saw only the setup's and the model's");
+}
+
+/// Where the kernel refuses the jail, `serve` and `worker` refuse to run phases: they
+/// exit at start saying why and how to allow it. `--sandbox off` starts, loudly.
+#[test]
+fn serve_and_worker_refuse_to_start_where_no_jail_can_be_built() {
+    let Some(unshare) = requires::program("util-linux", &["unshare"]) else { return };
+    let check =
+        std::process::Command::new(env!("CARGO_BIN_EXE_nightshift")).args(["sandbox", "check"]).output().unwrap();
+    if !check.status.success() {
+        requires::skip(requires::REQUIRE_JAIL, "the jail cannot be built here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let automations = dir.path().join("automations");
+    std::fs::create_dir_all(&automations).unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    // A user namespace whose limit on nested ones is 0, as on a machine that refuses them.
+    let refused = |args: &[&str]| {
+        let script = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$0\" \"$@\"";
+        let output = std::process::Command::new(&unshare)
+            .args(["-Ur", "sh", "-c", script, env!("CARGO_BIN_EXE_nightshift")])
+            .args(args)
+            .current_dir(dir.path())
+            .env("NIGHTSHIFT_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let automations_arg = automations.to_str().unwrap();
+    let serve = ["serve", "--dir", automations_arg, "--data", data, "--listen", "127.0.0.1:0"];
+    let (status, stderr) = refused(&serve);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    for needle in ["phases cannot be sandboxed on this machine", "max_user_namespaces", "--sandbox off"] {
+        assert!(stderr.contains(needle), "no `{needle}` in: {stderr}");
+    }
+    let worker = ["worker", "--server", "http://127.0.0.1:9", "--token", "t"];
+    let (status, stderr) = refused(&worker);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("phases cannot be sandboxed on this machine"), "{stderr}");
 }

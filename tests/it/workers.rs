@@ -279,6 +279,10 @@ fn check_every_secret_is_masked(remote: bool) {
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
     let log = log_text(&server, &run);
     assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
+    assert!(
+        activity_texts(&done, "policy").iter().any(|text| text.starts_with("the sandbox is off (--sandbox off)")),
+        "a run without the sandbox says so: {done:#}"
+    );
     for line in ["***", "q=***&x=1", "split: *** done"] {
         assert!(log.lines().any(|l| l == line), "no line `{line}` in:\n{log}");
     }
