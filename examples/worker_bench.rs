@@ -8,6 +8,8 @@
 //! ```
 //! - `start`: from a claim granted to the agent process started (it writes the time first
 //!   thing), on a repository of 10,000 files, one run at a time with a warm mirror that is fetched again for every run,
+//!   runs without and with the sandbox taking turns (its jails are started by `$NIGHTSHIFT_BIN`,
+//!   default the `nightshift` built beside this example),
 //!   interleaved with fresh `git clone file://` of the same repository; prints both and
 //!   the ratio of the medians.
 //! - `concurrent`: RUNS runs at once (RUNS automations with disjoint `paths`, a pool of
@@ -30,6 +32,8 @@ use serde_json::{Map, Value, json};
 use nightshift::event::Event;
 use nightshift::pipeline::Audience;
 use nightshift::runs::{Completion, Epoch, NewActivity, RunId};
+use nightshift::sandbox::Sandbox;
+use nightshift::sandbox::egress::EgressSettings;
 use nightshift::server::workers::LocalControl;
 use nightshift::server::{ServeOptions, Server};
 use nightshift::store::Claim;
@@ -91,10 +95,12 @@ impl Bench {
         std::fs::create_dir_all(&clock).expect("the clock directory");
         let agent = r#"date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.start"; echo '{"type":"summary","text":"ok"}'; date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.end""#;
         std::fs::write(root.join("agent.sh"), agent).expect("write the agent");
+        // In a jail the agent sees its script and the clock through its profile.
         let project = json!({"profiles": {"bench": {
             "command": ["sh", root.join("agent.sh")],
             "env": {"CLOCK": clock},
             "output": "generic",
+            "sandbox": {"paths": [{"path": root.join("agent.sh")}, {"path": clock, "writable": true}]},
         }}});
         std::fs::write(root.join("nightshift.yaml"), serde_yaml::to_string(&project).expect("YAML")).expect("write");
         let automations_dir = root.join("automations");
@@ -138,9 +144,10 @@ impl Bench {
         report.outcome.runs[0].run
     }
 
-    fn runner(&self, refresh_every: Duration) -> Arc<Runner> {
+    fn runner(&self, refresh_every: Duration, sandbox: Option<Arc<Sandbox>>) -> Arc<Runner> {
         let mut settings = WorkerSettings::new(self.root.join("work"));
         settings.refresh_every = refresh_every;
+        settings.sandbox = sandbox;
         Arc::new(Runner::new(Arc::clone(&self.control) as Arc<dyn RunControl>, settings))
     }
 
@@ -156,25 +163,44 @@ impl Bench {
     }
 }
 
-/// Claim → agent started, one run at a time, against fresh clones.
+/// The nightshift binary that starts jails: `$NIGHTSHIFT_BIN`, else the one built beside
+/// this example (`target/release/nightshift`).
+fn jail_helper() -> PathBuf {
+    std::env::var_os("NIGHTSHIFT_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("this example's path");
+        exe.parent().and_then(|examples| examples.parent()).expect("target/<profile>/examples").join("nightshift")
+    })
+}
+
+/// Claim → agent started, one run at a time, with and without the sandbox taking turns,
+/// against fresh clones.
 fn start(runs: usize, clones: usize) {
     let bench = Bench::new(100, 100);
+    let helper = jail_helper();
+    let sandbox = Sandbox::new(helper.clone(), EgressSettings::default()).expect("the egress proxy starts");
+    if let Err(why) = sandbox.probe() {
+        panic!("no jail can be built with {}: {why} (build it: cargo build --release)", helper.display());
+    }
     // A mirror fetched for every run: no credit for a fetch skipped.
-    let runner = bench.runner(Duration::ZERO);
-    let one = |n: usize| -> Duration {
-        let id = bench.queue("a0", n);
+    let plain = bench.runner(Duration::ZERO, None);
+    let jailed = bench.runner(Duration::ZERO, Some(Arc::new(sandbox)));
+    let mut next = 0;
+    let mut one = |runner: &Runner| -> Duration {
+        next += 1;
+        let id = bench.queue("a0", next);
         let claim = bench.control.claim("bench").expect("claim").expect("a queued run");
         assert_eq!(claim.run.id, id);
         runner.execute(claim);
         let claimed = bench.control.time(id, "claimed");
         bench.agent_clock(id).0.duration_since(claimed).expect("the agent starts after the claim")
     };
-    println!("first run (clones the mirror, makes the base checkout): {} ms", one(0).as_millis());
-    let (mut starts, mut fresh) = (Vec::new(), Vec::new());
+    println!("first run (clones the mirror, makes the base checkout): {} ms", one(&plain).as_millis());
+    let (mut starts, mut jailed_starts, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
     let source = bench.root.join("source");
     for i in 0..runs.max(clones) {
         if i < runs {
-            starts.push(one(i + 1));
+            starts.push(one(&plain));
+            jailed_starts.push(one(&jailed));
         }
         if i < clones {
             let target = bench.root.join(format!("clone-{i}"));
@@ -186,7 +212,10 @@ fn start(runs: usize, clones: usize) {
         }
     }
     report("claim→agent", &mut starts);
+    report("claim→agent, sandboxed", &mut jailed_starts);
     report("fresh clone", &mut fresh);
+    let added = median(&jailed_starts).as_secs_f64() - median(&starts).as_secs_f64();
+    println!("the sandbox adds {:.1} ms to the median claim→agent", added * 1000.0);
     let ratio = median(&fresh).as_secs_f64() / median(&starts).as_secs_f64();
     println!("fresh-clone median / claim→agent median: {ratio:.1}x");
 }
@@ -194,7 +223,7 @@ fn start(runs: usize, clones: usize) {
 /// RUNS runs at once on a pool of RUNS threads.
 fn concurrent(runs: usize) {
     let bench = Bench::new(runs, 3);
-    let runner = bench.runner(Duration::from_secs(5));
+    let runner = bench.runner(Duration::from_secs(5), None);
     // Warm the mirror and the base checkout, as a running worker has them.
     let warm = bench.queue("a0", 0);
     runner.execute(bench.control.claim("warm").expect("claim").expect("a queued run"));
