@@ -63,6 +63,9 @@ async fn health(axum::extract::State(server): axum::extract::State<Arc<Server>>)
         "problem": problem,
         "automations": generation.pipeline.catalog().automations.len(),
         "hooks": generation.hooks.len(),
+        // Whether this server's own workers confine their phases (remote workers say so
+        // on each run they run).
+        "sandbox": if server.options().worker.sandbox.is_some() { "on" } else { "off" },
     });
     (status, axum::Json(body)).into_response()
 }

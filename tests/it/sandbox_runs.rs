@@ -153,6 +153,7 @@ task:
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    assert_eq!(server.get("/healthz").body["sandbox"], "on");
     let run = trigger(&server, "probe", 1);
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
     let log = log_text(&server, &run);
