@@ -9,14 +9,14 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::requires;
-use crate::sandbox_jail::{As, BIN, Layout, text, users};
+use crate::sandbox_jail::{As, Layout, nightshift_as, text, users};
 
 /// A loopback HTTP server that answers `upstream saw METHOD PATH` and remembers each
 /// request line it got.
@@ -69,14 +69,7 @@ fn bypass(who: As, layout: &Layout, allow: &[&str], resolve: &[&str], port: u16,
     std::fs::create_dir_all(&out).unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
     let decisions = out.join("decisions.jsonl");
-    let mut command = match who {
-        As::Caller => Command::new(BIN),
-        As::Nobody => {
-            let mut command = Command::new("setpriv");
-            command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", BIN]);
-            command
-        }
-    };
+    let mut command = nightshift_as(who);
     command.args(["sandbox", "run", "--timeout", "120", "--workspace"]).arg(layout.workspace());
     for rule in allow {
         command.args(["--allow", rule]);

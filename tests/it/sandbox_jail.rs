@@ -84,16 +84,21 @@ impl Layout {
     }
 }
 
-/// `nightshift sandbox run --workspace WS -- sh -c SCRIPT` as `who`.
-fn jail(who: As, workspace: &Path, script: &str) -> Output {
-    let mut command = match who {
+/// `nightshift` run as `who`.
+pub(crate) fn nightshift_as(who: As) -> Command {
+    match who {
         As::Caller => Command::new(BIN),
         As::Nobody => {
             let mut command = Command::new("setpriv");
             command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", BIN]);
             command
         }
-    };
+    }
+}
+
+/// `nightshift sandbox run --workspace WS -- sh -c SCRIPT` as `who`.
+fn jail(who: As, workspace: &Path, script: &str) -> Output {
+    let mut command = nightshift_as(who);
     command
         .args(["sandbox", "run", "--timeout", "60", "--workspace"])
         .arg(workspace)

@@ -22,19 +22,7 @@ const PLAIN_HTTP_PORT: u16 = 80;
 
 /// Accepts captured connections until the session stops.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let Ok(permit) = shared.connections.clone().acquire_owned().await else { return };
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::task::yield_now().await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let connection = shared.clone();
-        shared.spawn(async move {
-            handle(connection, stream, peer).await;
-            drop(permit);
-        });
-    }
+    shared.accept_each(listener, handle).await;
 }
 
 /// The host a captured destination stands for: the name the stub gave its address for,

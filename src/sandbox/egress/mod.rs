@@ -231,6 +231,29 @@ impl Shared {
     }
 
     /// Runs `task` until it ends or the session stops.
+    /// Accepts clients on `listener` until the session stops, at most `MAX_CONNECTIONS`
+    /// at once (across the session's listeners), each served by `handle` on a task of its
+    /// own.
+    async fn accept_each<F, Fut>(self: Arc<Self>, listener: tokio::net::TcpListener, handle: F)
+    where
+        F: Fn(Arc<Shared>, tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        loop {
+            let Ok(permit) = self.connections.clone().acquire_owned().await else { return };
+            let Ok((stream, peer)) = listener.accept().await else {
+                tokio::task::yield_now().await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let served = handle(self.clone(), stream, peer);
+            self.spawn(async move {
+                served.await;
+                drop(permit);
+            });
+        }
+    }
+
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {

@@ -29,21 +29,12 @@ pub const MAX_HEAD: usize = 64 * 1024;
 
 /// Accepts proxy clients until the session stops, at most `MAX_CONNECTIONS` at once.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let Ok(permit) = shared.connections.clone().acquire_owned().await else { return };
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::task::yield_now().await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().ok();
-        let client_ports = local.map(|local| (peer.port(), local.port()));
-        let connection = shared.clone();
-        shared.spawn(async move {
-            serve_connection(connection, stream, client_ports).await;
-            drop(permit);
-        });
-    }
+    shared
+        .accept_each(listener, |shared, stream, peer| {
+            let client_ports = stream.local_addr().ok().map(|local| (peer.port(), local.port()));
+            serve_connection(shared, stream, client_ports)
+        })
+        .await;
 }
 
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, client_ports: ClientPorts) {
