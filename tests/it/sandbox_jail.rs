@@ -414,3 +414,37 @@ fn sandbox_check_says_ok_or_names_the_fix() {
     );
     assert!(stderr.contains("user.max_user_namespaces"), "{stderr}");
 }
+
+/// A descriptor the caller leaves open without close-on-exec (a shell's `7<`, a
+/// supervisor's pipe) does not reach the phase: through it the phase would read a host
+/// file its jail hides.
+#[test]
+fn descriptors_the_worker_inherited_do_not_reach_the_phase() {
+    for who in users() {
+        let layout = Layout::new();
+        let data = std::fs::File::open(layout.data()).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&data);
+        let mut command = nightshift_as(who);
+        command
+            .args(["sandbox", "run", "--timeout", "60", "--workspace"])
+            .arg(layout.workspace())
+            .args(["--", "sh", "-c", "ls /proc/self/fd | tr '\\n' ' '; echo; cat /proc/self/fd/7 2>&1 || true"])
+            .current_dir("/")
+            .stdin(Stdio::null());
+        // SAFETY: dup2 between descriptors this process owns, in the child before exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::dup2(fd, 7) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let output = command.output().unwrap();
+        let stdout = text(&output.stdout);
+        assert!(output.status.success(), "{who:?}: {}", text(&output.stderr));
+        assert!(!stdout.contains("data-outside-the-workspace"), "{who:?}: the phase read the inherited file: {stdout}");
+        let fds = stdout.lines().next().unwrap_or_default();
+        assert_eq!(fds.trim(), "0 1 2 3", "{who:?}: the phase's descriptors (3 is ls's own directory): {stdout}");
+    }
+}

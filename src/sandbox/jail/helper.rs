@@ -91,6 +91,7 @@ pub fn main() -> ! {
 }
 
 fn run(channel: RawFd) -> Result<i32, Failure> {
+    close_inherited(channel)?;
     die_with_the_worker()?;
     let request = wire::receive_request(channel).map_err(Failure)?;
     let filters = lockdown::filters()?;
@@ -131,6 +132,19 @@ fn run(channel: RawFd) -> Result<i32, Failure> {
             Ok(wait_for(child))
         }
     }
+}
+
+/// Closes every descriptor above the channel: whatever started the worker (a shell, a
+/// supervisor) may have left some open without close-on-exec, and through one a phase
+/// would reach a host file or directory its jail hides.
+fn close_inherited(channel: RawFd) -> Result<(), Failure> {
+    let first = u32::try_from(channel + 1).unwrap_or(4);
+    // SAFETY: close_range closes descriptors this single-threaded process owns and uses
+    // no more (only 0-2 and the channel are in use here).
+    if unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) } == -1 {
+        return Err(Failure::errno("close the descriptors the helper inherited", Errno::last()));
+    }
+    Ok(())
 }
 
 /// A worker that dies (SIGKILL, a crash) takes its phases with it: the helper gets SIGKILL
