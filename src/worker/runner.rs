@@ -302,6 +302,11 @@ impl Runner {
             Ok(files) => files,
             Err(why) => return Ending::failed(why, true, None),
         };
+        // Before any phase can touch them: what the worker's own git will read later.
+        let git_admin = match workspace.git_admin() {
+            Ok(admin) => admin,
+            Err(error) => return Ending::failed(format!("cannot read the workspace's git files: {error}"), true, None),
+        };
         let mut env = BTreeMap::from([
             ("NIGHTSHIFT_RUN_ID".to_string(), run.id.to_string()),
             ("NIGHTSHIFT_AUTOMATION".to_string(), run.automation.clone()),
@@ -400,6 +405,15 @@ impl Runner {
                 None
             }
         };
+        // The phases are over and nothing they started is left: put back what they may
+        // have made of the git files before the worker's git reads them.
+        if let Err(why) = git_admin.restore() {
+            let reason = format!("the agent's workspace cannot be read safely: {why}");
+            return Ending::Report {
+                completion: Completion::Failed { reason, retryable: false, result: Some(result) },
+                memory,
+            };
+        }
         let changes = match results::collect(workspace, &task.paths) {
             Ok(changes) => changes,
             Err(error) => return Ending::failed(format!("reading the run's changes: {error}"), true, Some(result)),
@@ -512,11 +526,23 @@ fn setup(
     None
 }
 
-/// What a workspace needs besides itself: a worktree's `.git` is in its mirror, where
-/// its commits go too; an overlay's repository borrows the mirror's objects, read-only.
+/// What a workspace needs besides itself, its mirror: an overlay's repository borrows its
+/// objects, read-only; a worktree's `.git` is there, and its commits go there too.
 fn workspace_paths(workspace: &Workspace) -> Vec<SandboxPath> {
-    let writable = workspace.kind() == WorkspaceKind::Worktree;
-    vec![SandboxPath { path: workspace.mirror().path().to_path_buf(), writable }]
+    let mirror = workspace.mirror().path();
+    let mut paths = vec![SandboxPath { path: mirror.to_path_buf(), writable: false }];
+    // A worktree's commits go into the mirror's objects and refs, its index and HEAD into
+    // its own directory there; the mirror's config (which the worker's fetches and pushes
+    // read) stays read-only.
+    let writable = [Some(mirror.join("objects")), Some(mirror.join("refs")), Some(mirror.join("logs"))];
+    if workspace.kind() == WorkspaceKind::Worktree {
+        for path in writable.into_iter().chain([workspace.worktree_admin()]).flatten() {
+            if path.exists() {
+                paths.push(SandboxPath { path, writable: true });
+            }
+        }
+    }
+    paths
 }
 
 /// Puts a phase's egress decisions on the run's timeline.

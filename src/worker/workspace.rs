@@ -644,6 +644,55 @@ pub struct Workspace {
     kind: WorkspaceKind,
 }
 
+/// A workspace's git administration files as the worker made them. A phase can write
+/// its workspace's `.git`; the worker runs git there afterwards (`status`, outside any
+/// jail), so what a phase wrote must never be what that git reads: a filter or an
+/// `include.path` in `.git/config`, a gitfile pointing at a directory the phase made.
+#[derive(Debug, Clone)]
+pub struct GitAdmin {
+    workspace: PathBuf,
+    files: Vec<(PathBuf, Vec<u8>)>,
+    remove: Vec<PathBuf>,
+}
+
+impl GitAdmin {
+    /// Puts the files back as they were (whatever a phase made of them: changed, removed,
+    /// replaced by a link or a directory) and removes those that would redirect git.
+    /// Call it once no process of the run's phases is left.
+    pub fn restore(&self) -> Result<(), String> {
+        let failed = |path: &Path, error: std::io::Error| format!("cannot restore {}: {error}", path.display());
+        let dot_git = self.workspace.join(".git");
+        let meta = std::fs::symlink_metadata(&dot_git).map_err(|e| failed(&dot_git, e))?;
+        if meta.file_type().is_symlink() {
+            std::fs::remove_file(&dot_git).map_err(|e| failed(&dot_git, e))?;
+        }
+        for (path, content) in &self.files {
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).map_err(|e| failed(path, e))?,
+                Ok(_) => std::fs::remove_file(path).map_err(|e| failed(path, e))?,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(failed(path, error)),
+            }
+            std::fs::write(path, content).map_err(|e| failed(path, e))?;
+        }
+        for path in &self.remove {
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).map_err(|e| failed(path, e))?,
+                Ok(_) => std::fs::remove_file(path).map_err(|e| failed(path, e))?,
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The directory a worktree's gitfile (`gitdir: PATH`) names.
+fn worktree_admin_dir(gitfile: &[u8]) -> Option<PathBuf> {
+    let text = std::str::from_utf8(gitfile).ok()?;
+    let path = text.trim().strip_prefix("gitdir:")?.trim();
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
 /// How a workspace was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkspaceKind {
@@ -698,6 +747,46 @@ impl Workspace {
 
     pub fn kind(&self) -> WorkspaceKind {
         self.kind
+    }
+
+    /// A worktree's own directory in the mirror (index, HEAD), from its gitfile; `None`
+    /// for an overlay.
+    pub fn worktree_admin(&self) -> Option<PathBuf> {
+        if self.kind != WorkspaceKind::Worktree {
+            return None;
+        }
+        std::fs::read(self.path.join(".git")).ok().and_then(|gitfile| worktree_admin_dir(&gitfile))
+    }
+
+    /// The git administration files of this workspace as they are now, before any phase
+    /// ran in it, to put back with [`GitAdmin::restore`] before the worker runs git on it.
+    pub fn git_admin(&self) -> std::io::Result<GitAdmin> {
+        let dot_git = self.path.join(".git");
+        let files = match self.kind {
+            // The overlay's own repository: its config (a phase could add a filter or an
+            // include that the worker's `git status` would run or read on the host).
+            WorkspaceKind::Overlay => vec![(dot_git.join("config"), std::fs::read(dot_git.join("config"))?)],
+            // The gitfile naming its directory in the mirror, and that directory's way
+            // back to the mirror (whose own config a phase only ever sees read-only).
+            WorkspaceKind::Worktree => {
+                let gitfile = std::fs::read(&dot_git)?;
+                let admin = worktree_admin_dir(&gitfile)
+                    .ok_or_else(|| std::io::Error::other(format!("{} names no gitdir", dot_git.display())))?;
+                let commondir = admin.join("commondir");
+                vec![(dot_git, gitfile), (commondir.clone(), std::fs::read(&commondir)?)]
+            }
+        };
+        let config_dir = match self.kind {
+            WorkspaceKind::Overlay => self.path.join(".git"),
+            WorkspaceKind::Worktree => files[1].0.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        // Files that, present, would send git to other config: a linked worktree's
+        // `commondir` in the overlay's repository, and any `config.worktree`.
+        let mut remove = vec![config_dir.join("config.worktree")];
+        if self.kind == WorkspaceKind::Overlay {
+            remove.push(config_dir.join("commondir"));
+        }
+        Ok(GitAdmin { workspace: self.path.clone(), files, remove })
     }
 
     /// Removes or keeps the workspace; removing one already removed does nothing.

@@ -239,3 +239,76 @@ fn serve_and_worker_refuse_to_start_where_no_jail_can_be_built() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("phases cannot be sandboxed on this machine"), "{stderr}");
 }
+
+/// What an agent writes in its workspace's `.git` never runs or is read on the host: the
+/// worker's own `git status` afterwards sees the config the worker made, not a clean
+/// filter (which would run a command outside the jail) or an include of a host file.
+/// (The change keeps the file's size, so status must hash it, through the filter.)
+#[test]
+fn git_config_an_agent_writes_is_not_what_the_workers_git_reads() {
+    let check =
+        std::process::Command::new(env!("CARGO_BIN_EXE_nightshift")).args(["sandbox", "check"]).output().unwrap();
+    if !check.status.success() {
+        requires::skip(requires::REQUIRE_JAIL, "the jail cannot be built here");
+        return;
+    }
+    let world = tempfile::tempdir().unwrap();
+    let upstream = world.path().join("upstream");
+    std::fs::create_dir_all(&upstream).unwrap();
+    std::fs::write(upstream.join("README.md"), "fixture\n").unwrap();
+    git(&upstream, &["init", "-q"]);
+    commit_all(&upstream, "initial");
+    // Where a filter run by the host's git would leave its mark: nowhere the agent sees.
+    let outside = tempfile::tempdir().unwrap();
+    let marker = outside.path().join("ran-on-the-host");
+    let script = format!(
+        "cd \"$NIGHTSHIFT_WORKSPACE\" && \
+         git config filter.pw.clean \"sh -c 'id > {marker}; cat'\" && \
+         git config include.path {host_file} && \
+         echo '* filter=pw' > .gitattributes && \
+         printf 'FIXTURE\\n' > README.md && \
+         echo '{{{{\"type\":\"summary\",\"text\":\"planted\"}}}}'",
+        marker = marker.display(),
+        host_file = outside.path().join("included").display(),
+    );
+    // A host file the agent's config includes: it hides every untracked file from status
+    // (an effect the test can see) and defines the filter too.
+    let ignore_all = outside.path().join("ignore-all");
+    std::fs::write(&ignore_all, "*\n").unwrap();
+    let included = format!(
+        "[core]\n\texcludesFile = {}\n[filter \"pw\"]\n\tclean = sh -c 'id > {}; cat'\n",
+        ignore_all.display(),
+        marker.display()
+    );
+    std::fs::write(outside.path().join("included"), included).unwrap();
+    let project = world.path().join("nightshift.yaml");
+    let profile =
+        serde_json::json!({ "profiles": { "planter": { "command": ["sh", "-c", script], "output": "generic" } } });
+    std::fs::write(&project, serde_yaml::to_string(&profile).unwrap()).unwrap();
+    let automation = format!(
+        "name: planter\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: planter\n  repo: {}\n  base: main\n  \
+         branch: \"nightshift/planter/{{{{ event.n }}}}\"\n  paths: [\"**\"]\n  prompt: plant\n",
+        upstream.display()
+    );
+    let server = Serving::start_with_args(
+        &[("planter.yaml", &automation)],
+        &[],
+        &["--config", project.to_str().unwrap(), "--workers", "1"],
+    );
+    let run = trigger(&server, "planter", 1);
+    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
+    let log = log_text(&server, &run);
+    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
+    assert!(
+        !marker.exists(),
+        "the agent's filter ran on the host: {}",
+        std::fs::read_to_string(&marker).unwrap_or_default()
+    );
+    // The changes are seen through the worker's own config: the untracked .gitattributes
+    // too, which the included host file would have hidden.
+    assert_eq!(
+        done["run"]["result"]["details"]["uncommitted"],
+        serde_json::json!([".gitattributes", "README.md"]),
+        "{done:#}"
+    );
+}
