@@ -689,13 +689,24 @@ fn is_transient(error: &WorkspaceError) -> bool {
 /// What the agent wrote to `$NIGHTSHIFT_MEMORY_OUT`: a JSON object, keys to values (null
 /// removes a key). No file is no memory.
 fn read_memory_out(path: &Path) -> Result<Option<Map<String, Value>>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let why = |what: String| format!("$NIGHTSHIFT_MEMORY_OUT is ignored: {what}");
-    let file = match std::fs::File::open(path) {
+    // The agent made this file: never follow a link it left there (to a host file), and
+    // never wait on a FIFO (which would hold the worker's thread forever).
+    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
+    let file = match opened {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(why("it is a symbolic link; write a regular file".to_string()));
+        }
         Err(error) => return Err(why(error.to_string())),
     };
-    let size = file.metadata().map_err(|e| why(e.to_string()))?.len();
+    let metadata = file.metadata().map_err(|e| why(e.to_string()))?;
+    if !metadata.is_file() {
+        return Err(why("it is not a regular file".to_string()));
+    }
+    let size = metadata.len();
     if size > MAX_MEMORY_OUT {
         return Err(why(format!("it holds {size} bytes, more than the {MAX_MEMORY_OUT} allowed")));
     }
@@ -756,4 +767,37 @@ impl RunFiles {
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_out_is_read_from_a_regular_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.json");
+        assert_eq!(read_memory_out(&path), Ok(None), "no file is no memory");
+        std::fs::write(&path, r#"{"last": "ok"}"#).unwrap();
+        assert_eq!(read_memory_out(&path).unwrap().unwrap()["last"], "ok");
+
+        // A link to a host file the agent cannot read itself is not followed.
+        let host_file = dir.path().join("serve.json");
+        std::fs::write(&host_file, r#"{"token": "s3cret"}"#).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&host_file, &path).unwrap();
+        let linked = read_memory_out(&path).unwrap_err();
+        assert!(linked.contains("symbolic link"), "{linked}");
+
+        // A FIFO is refused at once instead of holding the worker's thread.
+        std::fs::remove_file(&path).unwrap();
+        let fifo = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let reading = path.clone();
+        std::thread::spawn(move || sender.send(read_memory_out(&reading)).unwrap());
+        let answer = receiver.recv_timeout(Duration::from_secs(30)).expect("reading a FIFO must not block");
+        assert!(answer.unwrap_err().contains("not a regular file"));
+    }
 }
