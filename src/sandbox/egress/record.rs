@@ -228,6 +228,19 @@ mod tests {
     }
 
     #[test]
+    fn a_records_program_is_the_first_one_found_for_its_slot() {
+        let mut ledger = Ledger::new(PhaseName::Agent);
+        let first = ledger.note(key("a.example", false), at(1)).new_slot.unwrap();
+        let second = ledger.note(key("b.example", false), at(2)).new_slot.unwrap();
+        ledger.set_command(second, "curl".to_string());
+        ledger.set_command(second, "wget".to_string());
+        ledger.set_command(99, "ghost".to_string());
+        let records = ledger.records();
+        assert_eq!(records[first].command, None);
+        assert_eq!(records[second].command.as_deref(), Some("curl"));
+    }
+
+    #[test]
     fn past_the_cap_decisions_are_counted_in_one_record_per_verdict() {
         let mut ledger = Ledger::with_cap(PhaseName::Setup, 3);
         for i in 0..10 {

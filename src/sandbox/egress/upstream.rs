@@ -214,6 +214,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn deprecated_site_local_v6_is_private_and_a_mapped_public_v4_is_public() {
+        // fec0::/10, next to link-local fe80::/10 (which ends at febf).
+        for private in ["fec0::1", "feff:ffff::1", "febf::1"] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        assert!(is_public("::ffff:93.184.216.34".parse().unwrap()));
+    }
+
     #[tokio::test]
     async fn fixed_addresses_come_first_and_private_answers_are_refused() {
         let fixed: HashMap<String, SocketAddr> = [("Up.Test".to_string(), "127.0.0.1:9".parse().unwrap())].into();
@@ -223,5 +232,41 @@ mod tests {
         assert!(matches!(refused, UpstreamError::Private { .. }), "{refused}");
         let allowed = Resolver::new(&HashMap::new(), true);
         assert_eq!(allowed.resolve("127.0.0.1", 80).await.unwrap(), vec!["127.0.0.1:80".parse().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn counted_streams_count_bytes_each_way_and_pass_flush_and_shutdown_through() {
+        use std::future::poll_fn;
+        use std::sync::atomic::Ordering;
+
+        use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+
+        let bound = Duration::from_secs(10);
+        let (near, mut far) = tokio::io::duplex(64);
+        let counters = Arc::new(Counters::default());
+        let mut counted = Counted::new(BufWriter::new(near), counters.clone());
+
+        far.write_all(b"pong!").await.unwrap();
+        // A read into a buffer that already holds bytes counts only the new ones.
+        let mut storage = [0u8; 16];
+        let mut buf = ReadBuf::new(&mut storage);
+        buf.put_slice(b"abc");
+        poll_fn(|cx| Pin::new(&mut counted).poll_read(cx, &mut buf)).await.unwrap();
+        assert_eq!(buf.filled(), b"abcpong!");
+        assert_eq!(counters.down.load(Ordering::Relaxed), 5);
+
+        counted.write_all(b"hello").await.unwrap();
+        assert_eq!(counters.up.load(Ordering::Relaxed), 5);
+        counted.flush().await.unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(bound, far.read_exact(&mut got)).await.expect("flush reached the stream").unwrap();
+        assert_eq!(&got, b"hello");
+
+        counted.write_all(b"bye").await.unwrap();
+        counted.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(bound, far.read_to_end(&mut rest)).await.expect("shutdown reached the stream").unwrap();
+        assert_eq!(rest, b"bye");
+        assert_eq!(counters.up.load(Ordering::Relaxed), 8);
     }
 }
