@@ -121,10 +121,11 @@ enum Command {
     /// are stopped and their runs given back, queued again at once with the attempt not
     /// counted (a worker that dies loses them when their leases expire).
     Worker(worker::Args),
-    /// Check or try the jail that setup and agent phases run in.
+    /// Check or try the sandbox that setup and agent phases run in.
     ///
     /// `check` tells whether this machine allows it (and how to allow it if not); `run`
-    /// runs a command in one, with a directory read-write. See docs/sandbox.md.
+    /// runs a command in one, with a directory read-write and the egress proxy deciding
+    /// by `--allow` rules. See docs/sandbox.md.
     Sandbox(sandbox::Args),
     /// The jail's helper, which the worker starts for each phase; not for people.
     #[command(name = "__sandbox-exec", hide = true)]
