@@ -214,36 +214,22 @@ pub async fn read_hello<S: AsyncRead + Unpin>(stream: &mut S, wait: Duration) ->
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
 
-    /// A ClientHello as a client would send it, with `names` in its SNI extension, split
-    /// into records of at most `record` bytes.
-    pub fn client_hello(names: &[&str], record: usize) -> Vec<u8> {
-        let mut body = vec![0x03, 0x03];
-        body.extend_from_slice(&[7; 32]);
-        body.push(0);
-        body.extend_from_slice(&[0, 4, 0x13, 0x01, 0x13, 0x02]);
-        body.extend_from_slice(&[1, 0]);
-        let mut extensions = Vec::new();
-        // An unrelated extension first (supported_versions).
-        extensions.extend_from_slice(&[0x00, 0x2b, 0, 3, 2, 3, 4]);
-        if !names.is_empty() {
-            let mut list = Vec::new();
-            for name in names {
-                list.push(NAME_TYPE_HOST);
-                list.extend_from_slice(&(name.len() as u16).to_be_bytes());
-                list.extend_from_slice(name.as_bytes());
-            }
-            extensions.extend_from_slice(&[0, 0]);
-            extensions.extend_from_slice(&((list.len() + 2) as u16).to_be_bytes());
-            extensions.extend_from_slice(&(list.len() as u16).to_be_bytes());
-            extensions.extend_from_slice(&list);
-        }
-        body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
-        body.extend_from_slice(&extensions);
-        let mut message = vec![HANDSHAKE_CLIENT_HELLO];
+    const SUITES: [u8; 4] = [0x13, 0x01, 0x13, 0x02];
+
+    /// A handshake message: its type, its 24-bit length, then `body`.
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut message = vec![kind];
         message.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        message.extend_from_slice(&body);
+        message.extend_from_slice(body);
+        message
+    }
+
+    /// `message` split into handshake records of at most `record` bytes.
+    fn records(message: &[u8], record: usize) -> Vec<u8> {
         let mut out = Vec::new();
         for fragment in message.chunks(record) {
             out.extend_from_slice(&[RECORD_HANDSHAKE, 3, 1]);
@@ -251,6 +237,76 @@ pub(crate) mod tests {
             out.extend_from_slice(fragment);
         }
         out
+    }
+
+    /// A ClientHello body; `extensions` is the extension block's content, `None` for a
+    /// hello without one.
+    fn hello_body(session_id: &[u8], suites: &[u8], compression: &[u8], extensions: Option<&[u8]>) -> Vec<u8> {
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[7; 32]);
+        body.push(session_id.len() as u8);
+        body.extend_from_slice(session_id);
+        body.extend_from_slice(&(suites.len() as u16).to_be_bytes());
+        body.extend_from_slice(suites);
+        body.push(compression.len() as u8);
+        body.extend_from_slice(compression);
+        if let Some(extensions) = extensions {
+            body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+            body.extend_from_slice(extensions);
+        }
+        body
+    }
+
+    fn extension(kind: u16, data: &[u8]) -> Vec<u8> {
+        let mut out = kind.to_be_bytes().to_vec();
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// A server name extension's data: entries of (name type, name).
+    fn server_names(entries: &[(u8, &str)]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for (kind, name) in entries {
+            list.push(*kind);
+            list.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            list.extend_from_slice(name.as_bytes());
+        }
+        let mut data = (list.len() as u16).to_be_bytes().to_vec();
+        data.extend_from_slice(&list);
+        data
+    }
+
+    /// A ClientHello as a client would send it, with `names` in its SNI extension, split
+    /// into records of at most `record` bytes.
+    pub fn client_hello(names: &[&str], record: usize) -> Vec<u8> {
+        // An unrelated extension first (supported_versions).
+        let mut extensions = extension(0x2b, &[2, 3, 4]);
+        if !names.is_empty() {
+            let entries: Vec<(u8, &str)> = names.iter().map(|name| (NAME_TYPE_HOST, *name)).collect();
+            extensions.extend_from_slice(&extension(EXTENSION_SERVER_NAME, &server_names(&entries)));
+        }
+        let body = hello_body(&[], &SUITES, &[0], Some(&extensions));
+        records(&message(HANDSHAKE_CLIENT_HELLO, &body), record)
+    }
+
+    /// A ClientHello for `a.example` padded (with the padding extension) to exactly
+    /// `total` handshake bytes, header included.
+    fn padded_hello(total: usize, record: usize) -> Vec<u8> {
+        let sni = extension(EXTENSION_SERVER_NAME, &server_names(&[(NAME_TYPE_HOST, "a.example")]));
+        let fixed = 4 + hello_body(&[], &SUITES, &[0], Some(&sni)).len() + 4;
+        let mut extensions = sni;
+        extensions.extend_from_slice(&extension(21, &vec![0; total - fixed]));
+        let hello = message(HANDSHAKE_CLIENT_HELLO, &hello_body(&[], &SUITES, &[0], Some(&extensions)));
+        assert_eq!(hello.len(), total);
+        records(&hello, record)
+    }
+
+    fn malformed(bytes: &[u8]) -> &'static str {
+        match parse(bytes) {
+            Hello::Malformed(why) => why,
+            other => panic!("{other:?} is not malformed"),
+        }
     }
 
     #[test]
@@ -303,6 +359,60 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn each_broken_field_of_a_hello_is_named() {
+        let a_example = extension(EXTENSION_SERVER_NAME, &server_names(&[(NAME_TYPE_HOST, "a.example")]));
+        let hello = |body: Vec<u8>| records(&message(HANDSHAKE_CLIENT_HELLO, &body), 16_384);
+        let with = |extensions: &[u8]| hello(hello_body(&[], &SUITES, &[0], Some(extensions)));
+        for (bytes, why) in [
+            (hello(hello_body(&[9; 33], &SUITES, &[0], Some(&a_example))), "session id longer than 32 bytes"),
+            (hello(hello_body(&[], &[], &[0], Some(&a_example))), "bad cipher suite list"),
+            (hello(hello_body(&[], &SUITES[..3], &[0], Some(&a_example))), "bad cipher suite list"),
+            (hello(hello_body(&[], &SUITES, &[], Some(&a_example))), "no compression methods"),
+            (with(&[a_example.clone(), a_example.clone()].concat()), "two server name extensions"),
+            (
+                with(&extension(EXTENSION_SERVER_NAME, &server_names(&[(NAME_TYPE_HOST, "")]))),
+                "server name is not a printable host name",
+            ),
+            (with(&a_example[..a_example.len() - 1]), "client hello truncated inside"),
+            (
+                records(&message(2, &hello_body(&[], &SUITES, &[0], Some(&a_example))), 16_384),
+                "first handshake message is not a client hello",
+            ),
+        ] {
+            assert_eq!(malformed(&bytes), why);
+        }
+        let a = Hello::Tls { sni: Some("a.example".into()) };
+        // Real TLS 1.3 clients send a 32-byte legacy session id.
+        assert_eq!(parse(&hello(hello_body(&[9; 32], &SUITES, &[0], Some(&a_example)))), a);
+        assert_eq!(parse(&hello(hello_body(&[], &SUITES, &[0], None))), Hello::Tls { sni: None });
+        let other_type_first = server_names(&[(1, "not a host"), (NAME_TYPE_HOST, "a.example")]);
+        assert_eq!(parse(&with(&extension(EXTENSION_SERVER_NAME, &other_type_first))), a);
+    }
+
+    #[test]
+    fn record_framing_is_checked_record_by_record() {
+        assert_eq!(malformed(&[RECORD_HANDSHAKE, 3, 1, 0, 0]), "record length out of range");
+        assert_eq!(malformed(&[RECORD_HANDSHAKE, 3, 1, 0x40, 0x01]), "record length out of range");
+        let mut alert_inside = client_hello(&["a.example"], 30)[..35].to_vec();
+        alert_inside.extend_from_slice(&[0x15, 3, 3, 0, 2, 2, 40]);
+        assert_eq!(malformed(&alert_inside), "a record other than handshake inside the client hello");
+    }
+
+    #[test]
+    fn a_hello_up_to_the_cap_is_read_whole_over_full_size_records_and_a_longer_one_is_refused() {
+        let a = Hello::Tls { sni: Some("a.example".into()) };
+        assert_eq!(parse(&padded_hello(20_000, 16_384)), a);
+        assert_eq!(parse(&padded_hello(MAX_HELLO, 16_384)), a);
+        assert_eq!(malformed(&padded_hello(MAX_HELLO + 1, 16_384)), "client hello too long");
+        // The declared length alone decides, before the bytes arrive.
+        assert_eq!(parse(&padded_hello(MAX_HELLO, 16_384)[..100]), Hello::Incomplete);
+        assert_eq!(malformed(&padded_hello(MAX_HELLO + 1, 16_384)[..100]), "client hello too long");
+        let mut claims_64k_body = client_hello(&["a.example"], 16_384);
+        claims_64k_body[6..9].copy_from_slice(&[0x01, 0x00, 0x00]);
+        assert_eq!(malformed(&claims_64k_body), "client hello too long");
+    }
+
+    #[test]
     fn server_names_compare_without_case_or_trailing_dot() {
         assert!(same_host("API.example.com.", "api.example.com"));
         assert!(same_host("api.example.com", "api.example.com."));
@@ -319,5 +429,52 @@ pub(crate) mod tests {
         assert!(peeked.bytes.starts_with(&hello));
         let cut = read_hello(&mut &hello[..20], Duration::from_secs(5)).await.unwrap();
         assert_eq!(cut.hello, Hello::Malformed("client closed inside its client hello"));
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_not_tls_a_stalled_one_is_malformed_and_a_closed_one_closed() {
+        let wait = Duration::from_millis(50);
+        let (mut near, _far) = tokio::io::duplex(1024);
+        let silent = read_hello(&mut near, wait).await.unwrap();
+        assert_eq!(silent.hello, Hello::NotTls);
+        assert!(silent.bytes.is_empty());
+
+        let hello = client_hello(&["a.example"], 16_384);
+        let (mut near, mut far) = tokio::io::duplex(1024);
+        far.write_all(&hello[..20]).await.unwrap();
+        let stalled = read_hello(&mut near, wait).await.unwrap();
+        assert_eq!(stalled.hello, Hello::Malformed("client stopped sending inside its client hello"));
+        assert_eq!(stalled.bytes, hello[..20]);
+
+        let closed = read_hello(&mut &[][..], wait).await.unwrap();
+        assert_eq!(closed.hello, Hello::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_hello_that_arrives_after_a_pause_within_the_wait_is_read() {
+        let hello = client_hello(&["a.example"], 16_384);
+        let (mut near, mut far) = tokio::io::duplex(1024);
+        let sent = hello.clone();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            far.write_all(&sent).await.unwrap();
+            far
+        });
+        let peeked = read_hello(&mut near, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(peeked.hello, Hello::Tls { sni: Some("a.example".into()) });
+        assert_eq!(peeked.bytes, hello);
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn reading_stops_after_a_bounded_number_of_bytes_of_a_finely_split_hello() {
+        // A hello of 60 000 bytes in one-byte records: six bytes on the wire per byte of hello.
+        let stream = records(&message(HANDSHAKE_CLIENT_HELLO, &vec![0; 60_000]), 1);
+        let wait = Duration::from_secs(10);
+        let at_the_cap = read_hello(&mut &stream[..MAX_HELLO + 40], wait).await.unwrap();
+        assert_eq!(at_the_cap.hello, Hello::Malformed("client closed inside its client hello"));
+        let past = read_hello(&mut &stream[..], wait).await.unwrap();
+        assert_eq!(past.hello, Hello::Malformed("client hello too long"));
+        assert!(past.bytes.len() <= MAX_HELLO + 40 + 4096, "{} bytes read", past.bytes.len());
     }
 }
