@@ -667,22 +667,23 @@ impl GitAdmin {
             std::fs::remove_file(&dot_git).map_err(|e| failed(&dot_git, e))?;
         }
         for (path, content) in &self.files {
-            match std::fs::symlink_metadata(path) {
-                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).map_err(|e| failed(path, e))?,
-                Ok(_) => std::fs::remove_file(path).map_err(|e| failed(path, e))?,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(failed(path, error)),
-            }
+            remove_whatever_is_at(path).map_err(|e| failed(path, e))?;
             std::fs::write(path, content).map_err(|e| failed(path, e))?;
         }
         for path in &self.remove {
-            match std::fs::symlink_metadata(path) {
-                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).map_err(|e| failed(path, e))?,
-                Ok(_) => std::fs::remove_file(path).map_err(|e| failed(path, e))?,
-                Err(_) => {}
-            }
+            remove_whatever_is_at(path).map_err(|e| failed(path, e))?;
         }
         Ok(())
+    }
+}
+
+/// Removes the file, link or directory at `path`; nothing there is fine.
+fn remove_whatever_is_at(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
     }
 }
 
@@ -762,10 +763,16 @@ impl Workspace {
     /// ran in it, to put back with [`GitAdmin::restore`] before the worker runs git on it.
     pub fn git_admin(&self) -> std::io::Result<GitAdmin> {
         let dot_git = self.path.join(".git");
-        let files = match self.kind {
+        // Files that, present, would send git to other config: any `config.worktree`, and
+        // in the overlay's repository a linked worktree's `commondir`.
+        let (files, remove) = match self.kind {
             // The overlay's own repository: its config (a phase could add a filter or an
             // include that the worker's `git status` would run or read on the host).
-            WorkspaceKind::Overlay => vec![(dot_git.join("config"), std::fs::read(dot_git.join("config"))?)],
+            WorkspaceKind::Overlay => {
+                let config = dot_git.join("config");
+                let remove = vec![dot_git.join("config.worktree"), dot_git.join("commondir")];
+                (vec![(config.clone(), std::fs::read(&config)?)], remove)
+            }
             // The gitfile naming its directory in the mirror, and that directory's way
             // back to the mirror (whose own config a phase only ever sees read-only).
             WorkspaceKind::Worktree => {
@@ -773,19 +780,10 @@ impl Workspace {
                 let admin = worktree_admin_dir(&gitfile)
                     .ok_or_else(|| std::io::Error::other(format!("{} names no gitdir", dot_git.display())))?;
                 let commondir = admin.join("commondir");
-                vec![(dot_git, gitfile), (commondir.clone(), std::fs::read(&commondir)?)]
+                let files = vec![(dot_git, gitfile), (commondir.clone(), std::fs::read(&commondir)?)];
+                (files, vec![admin.join("config.worktree")])
             }
         };
-        let config_dir = match self.kind {
-            WorkspaceKind::Overlay => self.path.join(".git"),
-            WorkspaceKind::Worktree => files[1].0.parent().map(Path::to_path_buf).unwrap_or_default(),
-        };
-        // Files that, present, would send git to other config: a linked worktree's
-        // `commondir` in the overlay's repository, and any `config.worktree`.
-        let mut remove = vec![config_dir.join("config.worktree")];
-        if self.kind == WorkspaceKind::Overlay {
-            remove.push(config_dir.join("commondir"));
-        }
         Ok(GitAdmin { workspace: self.path.clone(), files, remove })
     }
 

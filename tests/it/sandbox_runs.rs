@@ -55,6 +55,27 @@ fn registry() -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, seen)
 }
 
+/// Whether a jail can be built here; if not, the calling test is skipped (loudly, or as a
+/// failure where `REQUIRE_JAIL` is set).
+fn jail_builds() -> bool {
+    let check =
+        std::process::Command::new(env!("CARGO_BIN_EXE_nightshift")).args(["sandbox", "check"]).output().unwrap();
+    if !check.status.success() {
+        requires::skip(requires::REQUIRE_JAIL, "the jail cannot be built here");
+    }
+    check.status.success()
+}
+
+/// A repository of one commit (a README) at `dir/upstream`, which runs work on.
+fn repository_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let upstream = dir.join("upstream");
+    std::fs::create_dir_all(&upstream).unwrap();
+    std::fs::write(upstream.join("README.md"), "fixture\n").unwrap();
+    git(&upstream, &["init", "-q"]);
+    commit_all(&upstream, "initial");
+    upstream
+}
+
 fn policy_records(record: &Value) -> Vec<Value> {
     record["activities"]
         .as_array()
@@ -70,18 +91,11 @@ fn setup_reaches_what_its_policy_allows_and_the_agent_reaches_nothing_of_the_eng
     if requires::program("curl", &["curl"]).is_none() {
         return;
     }
-    let check =
-        std::process::Command::new(env!("CARGO_BIN_EXE_nightshift")).args(["sandbox", "check"]).output().unwrap();
-    if !check.status.success() {
-        requires::skip(requires::REQUIRE_JAIL, "the jail cannot be built here");
+    if !jail_builds() {
         return;
     }
     let world = tempfile::tempdir().unwrap();
-    let upstream = world.path().join("upstream");
-    std::fs::create_dir_all(&upstream).unwrap();
-    std::fs::write(upstream.join("README.md"), "fixture\n").unwrap();
-    git(&upstream, &["init", "-q"]);
-    commit_all(&upstream, "initial");
+    let upstream = repository_in(world.path());
     let (port, seen) = registry();
 
     let automation = format!(
@@ -203,10 +217,7 @@ task:
 #[test]
 fn serve_and_worker_refuse_to_start_where_no_jail_can_be_built() {
     let Some(unshare) = requires::program("util-linux", &["unshare"]) else { return };
-    let check =
-        std::process::Command::new(env!("CARGO_BIN_EXE_nightshift")).args(["sandbox", "check"]).output().unwrap();
-    if !check.status.success() {
-        requires::skip(requires::REQUIRE_JAIL, "the jail cannot be built here");
+    if !jail_builds() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -246,18 +257,11 @@ fn serve_and_worker_refuse_to_start_where_no_jail_can_be_built() {
 /// (The change keeps the file's size, so status must hash it, through the filter.)
 #[test]
 fn git_config_an_agent_writes_is_not_what_the_workers_git_reads() {
-    let check =
-        std::process::Command::new(env!("CARGO_BIN_EXE_nightshift")).args(["sandbox", "check"]).output().unwrap();
-    if !check.status.success() {
-        requires::skip(requires::REQUIRE_JAIL, "the jail cannot be built here");
+    if !jail_builds() {
         return;
     }
     let world = tempfile::tempdir().unwrap();
-    let upstream = world.path().join("upstream");
-    std::fs::create_dir_all(&upstream).unwrap();
-    std::fs::write(upstream.join("README.md"), "fixture\n").unwrap();
-    git(&upstream, &["init", "-q"]);
-    commit_all(&upstream, "initial");
+    let upstream = repository_in(world.path());
     // Where a filter run by the host's git would leave its mark: nowhere the agent sees.
     let outside = tempfile::tempdir().unwrap();
     let marker = outside.path().join("ran-on-the-host");
