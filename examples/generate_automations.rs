@@ -30,7 +30,7 @@ task:
   setup: [\"cargo fetch\"]
   network:
     setup: {{ allow: [{{ preset: rust }}] }}
-    agent: {{ allow: [{{ domain: api{n}.example.com, methods: [GET] }}] }}
+    agent: {{ allow: [{{ domain: api{n}.example.com, ports: [80], methods: [GET] }}] }}
   prompt: |
     Look into event {{{{ event.id }}}} for automation {n}.
     Earlier: {{{{ memory.get(\"last\") ?? \"none\" }}}}

@@ -284,9 +284,16 @@ pub enum RuleError {
     PresetWithOptions,
     #[error("port 0 is not a port")]
     PortZero,
+    #[error(
+        "`methods` can never apply on port 443: the proxy sees methods only in plain HTTP, and \
+         HTTPS is a tunnel whose requests it cannot read, so this rule would allow nothing; \
+         remove `methods` to allow the host over HTTPS, or name the plain-HTTP port (`ports: [80]`)"
+    )]
+    MethodsOnlyOverTls,
 }
 
-const DEFAULT_PORTS: [u16; 1] = [443];
+const HTTPS_PORT: u16 = 443;
+const DEFAULT_PORTS: [u16; 1] = [HTTPS_PORT];
 
 impl AllowRuleConfig {
     /// Validates the rule and expands it into concrete rules.
@@ -297,15 +304,14 @@ impl AllowRuleConfig {
                 if self.ports.contains(&0) {
                     return Err(RuleError::PortZero);
                 }
+                let ports = if self.ports.is_empty() { DEFAULT_PORTS.to_vec() } else { self.ports.clone() };
+                if !self.methods.is_empty() && ports.iter().all(|&port| port == HTTPS_PORT) {
+                    return Err(RuleError::MethodsOnlyOverTls);
+                }
                 let mut methods = self.methods.clone();
                 methods.sort();
                 methods.dedup();
-                Ok(vec![AllowRule {
-                    host: HostPattern::parse(domain)?,
-                    ports: if self.ports.is_empty() { DEFAULT_PORTS.to_vec() } else { self.ports.clone() },
-                    methods,
-                    origin,
-                }])
+                Ok(vec![AllowRule { host: HostPattern::parse(domain)?, ports, methods, origin }])
             }
             (None, Some(preset)) => {
                 if !self.ports.is_empty() || !self.methods.is_empty() {
@@ -372,6 +378,7 @@ mod tests {
         let rules = [
             AllowRuleConfig {
                 domain: Some("api.datadoghq.com".into()),
+                ports: vec![80],
                 methods: vec![Method::Get],
                 ..Default::default()
             },
@@ -379,9 +386,9 @@ mod tests {
         ];
         let allow = rules.iter().flat_map(|r| r.expand(RuleOrigin::Static).unwrap()).collect();
         let policy = NetworkPolicy { default: DefaultAction::Deny, allow };
-        assert!(policy.decide("api.datadoghq.com", 443, Some(Method::Get)).allowed);
-        assert!(!policy.decide("api.datadoghq.com", 443, Some(Method::Post)).allowed);
-        assert!(!policy.decide("api.datadoghq.com", 80, Some(Method::Get)).allowed);
+        assert!(policy.decide("api.datadoghq.com", 80, Some(Method::Get)).allowed);
+        assert!(!policy.decide("api.datadoghq.com", 80, Some(Method::Post)).allowed);
+        assert!(!policy.decide("api.datadoghq.com", 443, Some(Method::Get)).allowed);
         assert!(policy.decide("index.crates.io", 443, Some(Method::Get)).allowed);
         assert!(!policy.decide("evil.example", 443, None).allowed);
         assert!(!NetworkPolicy::default().decide("api.github.com", 443, None).allowed);
@@ -389,10 +396,28 @@ mod tests {
 
     #[test]
     fn method_rules_fail_closed_when_the_method_is_unseen() {
-        let rule =
-            AllowRuleConfig { domain: Some("api.github.com".into()), methods: vec![Method::Get], ..Default::default() };
+        let rule = AllowRuleConfig {
+            domain: Some("api.github.com".into()),
+            ports: vec![80, 443],
+            methods: vec![Method::Get],
+            ..Default::default()
+        };
         let policy = NetworkPolicy { default: DefaultAction::Deny, allow: rule.expand(RuleOrigin::Static).unwrap() };
         assert!(!policy.decide("api.github.com", 443, None).allowed);
+        assert!(policy.decide("api.github.com", 80, Some(Method::Get)).allowed);
+    }
+
+    #[test]
+    fn methods_on_https_alone_are_refused_since_they_could_allow_nothing() {
+        let rule = |ports: Vec<u16>, methods: Vec<Method>| {
+            AllowRuleConfig { domain: Some("api.example.com".into()), ports, methods, ..Default::default() }
+                .expand(RuleOrigin::Static)
+        };
+        assert_eq!(rule(vec![], vec![Method::Get]), Err(RuleError::MethodsOnlyOverTls), "443 by default");
+        assert_eq!(rule(vec![443, 443], vec![Method::Get]), Err(RuleError::MethodsOnlyOverTls));
+        assert!(rule(vec![80, 443], vec![Method::Get]).is_ok());
+        assert!(rule(vec![8080], vec![Method::Get]).is_ok());
+        assert!(rule(vec![443], vec![]).is_ok());
     }
 
     #[test]
@@ -403,12 +428,12 @@ mod tests {
                 .unwrap()
                 .remove(0)
         };
-        let ceiling = rule("*.example.com", vec![443], vec![Method::Get, Method::Head]);
-        assert!(ceiling.covers(&rule("a.example.com", vec![], vec![Method::Get])));
-        assert!(ceiling.covers(&rule("*.a.example.com", vec![], vec![Method::Head])));
-        assert!(!ceiling.covers(&rule("example.com", vec![], vec![Method::Get])));
-        assert!(!ceiling.covers(&rule("a.example.com", vec![], vec![])), "all methods is wider than GET/HEAD");
-        assert!(!ceiling.covers(&rule("a.example.com", vec![8443], vec![Method::Get])));
+        let ceiling = rule("*.example.com", vec![80], vec![Method::Get, Method::Head]);
+        assert!(ceiling.covers(&rule("a.example.com", vec![80], vec![Method::Get])));
+        assert!(ceiling.covers(&rule("*.a.example.com", vec![80], vec![Method::Head])));
+        assert!(!ceiling.covers(&rule("example.com", vec![80], vec![Method::Get])));
+        assert!(!ceiling.covers(&rule("a.example.com", vec![80], vec![])), "all methods is wider than GET/HEAD");
+        assert!(!ceiling.covers(&rule("a.example.com", vec![8080], vec![Method::Get])));
         assert!(!rule("a.example.com", vec![], vec![]).covers(&rule("*.example.com", vec![], vec![])));
     }
 
@@ -465,14 +490,14 @@ mod tests {
             assert_eq!(wild(ceiling).covers(&wild(rule)), covered, "{ceiling} covers {rule}");
         }
         // Every method covers a list of methods; a list never covers every method.
-        let all = domain_rule("a.example.com", vec![443], vec![]);
-        let get = domain_rule("a.example.com", vec![443], vec![Method::Get]);
+        let all = domain_rule("a.example.com", vec![80], vec![]);
+        let get = domain_rule("a.example.com", vec![80], vec![Method::Get]);
         assert!(all.covers(&get));
         assert!(!get.covers(&all));
         assert!(get.covers(&get));
         // Ports: each of the rule's ports must be among the ceiling's.
         let both = domain_rule("a.example.com", vec![80, 443], vec![]);
-        assert!(both.covers(&domain_rule("a.example.com", vec![80], vec![])));
+        assert!(both.covers(&domain_rule("a.example.com", vec![443], vec![])));
         assert!(!all.covers(&both));
     }
 

@@ -179,7 +179,7 @@ pub fn find_profile<'a>(
 pub fn expand_rule(path: FieldPath, rule: &AllowRuleConfig) -> Result<Vec<AllowRule>, Finding> {
     rule.expand(RuleOrigin::Static).map_err(|error| {
         Finding::new(path, Code::NetworkRule, error.to_string())
-            .hint("e.g. `{ domain: api.github.com, methods: [GET] }` or `{ preset: rust }`")
+            .hint("e.g. `{ domain: api.github.com }`, `{ domain: mirror.example.com, ports: [80], methods: [GET] }` or `{ preset: rust }`")
     })
 }
 

@@ -412,6 +412,7 @@ mod tests {
         use crate::netpolicy::{AllowRuleConfig, DefaultAction, Method};
         let rule = AllowRuleConfig {
             domain: Some("api.example.com".into()),
+            ports: vec![80, 443],
             methods: vec![Method::Get],
             ..Default::default()
         };
@@ -419,8 +420,8 @@ mod tests {
         let shared = Shared::for_test(PhaseName::Agent, policy, HashMap::new());
         let hidden = shared.decide("api.example.com", 443, None);
         assert!(!hidden.allowed && hidden.rule.contains("a tunnel does not show its method"), "{hidden:?}");
-        assert!(shared.decide("api.example.com", 443, Some("GET")).allowed);
-        assert_eq!(shared.decide("api.example.com", 443, Some("POST")), Verdict::denied("no rule"));
+        assert!(shared.decide("api.example.com", 80, Some("GET")).allowed);
+        assert_eq!(shared.decide("api.example.com", 80, Some("POST")), Verdict::denied("no rule"));
         assert_eq!(shared.decide("other.example.com", 443, None), Verdict::denied("no rule"));
     }
 }
