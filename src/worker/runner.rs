@@ -42,7 +42,7 @@ pub struct WorkerSettings {
     pub log_limit: usize,
     /// Keep the workspace of a run that did not succeed, for a look.
     pub keep_failed: bool,
-    /// Overlay workspaces where they can be mounted.
+    /// Overlay workspaces where they can be mounted (else clones); `false`: worktrees.
     pub overlays: bool,
     /// A mirror fetched this recently is used as it is.
     pub refresh_every: Duration,
@@ -526,8 +526,8 @@ fn setup(
     None
 }
 
-/// What a workspace needs besides itself, its mirror: an overlay's repository borrows its
-/// objects, read-only; a worktree's `.git` is there, and its commits go there too.
+/// What a workspace needs besides itself, its mirror: an overlay's or a clone's repository
+/// borrows its objects, read-only; a worktree's `.git` is there, and its commits go there too.
 fn workspace_paths(workspace: &Workspace) -> Vec<SandboxPath> {
     let mirror = workspace.mirror().path();
     let mut paths = vec![SandboxPath { path: mirror.to_path_buf(), writable: false }];

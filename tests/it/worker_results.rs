@@ -28,7 +28,7 @@ struct Fixture {
     overlays: bool,
 }
 
-/// The fixture twice: for worktree workspaces, and for overlays (worktrees again where
+/// The fixture twice: for worktree workspaces, and for overlays (clones where
 /// overlays cannot be mounted).
 fn fixtures() -> [Fixture; 2] {
     [fixture(false), fixture(true)]
