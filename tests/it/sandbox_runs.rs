@@ -3,7 +3,8 @@
 //! engine's environment, its data directory and API token, another run's workspace or
 //! the automations directory, nor write an automation there; what its profile allows (its
 //! login state, its credential, its model API) it gets, and the timeline says so. Both
-//! the outcomes and the recorded decisions are checked.
+//! the outcomes and the recorded decisions are checked, with `serve` run by the caller and
+//! again by uid 65534 (its directories and repositories that user's own).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -16,6 +17,7 @@ use super::git::{commit_all, git};
 use super::serving::Serving;
 use super::workers::{log_text, trigger, wait_for};
 use crate::requires;
+use crate::sandbox_jail::{As, users};
 
 /// What the hostile agent tries; it reports each outcome on a line of its own. (Its braces
 /// are doubled: a profile's command reads `{name}` as a placeholder.)
@@ -91,9 +93,12 @@ fn setup_reaches_what_its_policy_allows_and_the_agent_reaches_nothing_of_the_eng
     if requires::program("curl", &["curl"]).is_none() {
         return;
     }
-    if !jail_builds() {
-        return;
+    for who in users() {
+        probe_as(who);
     }
+}
+
+fn probe_as(who: As) {
     let world = tempfile::tempdir().unwrap();
     let upstream = repository_in(world.path());
     let (port, seen) = registry();
@@ -136,9 +141,11 @@ task:
         std::fs::write(&project, serde_yaml::to_string(&project_yaml).unwrap()).unwrap();
     };
     write_project("0", "/nonexistent", "/nonexistent");
+    who.hand_over(world.path());
     let (registry_name, model_name) =
         (format!("index.crates.io=127.0.0.1:{port}"), format!("model.test=127.0.0.1:{port}"));
-    let server = Serving::start_with_args(
+    let server = Serving::start_as(
+        who,
         &[("probe.yaml", &automation)],
         &[("MODEL_KEY", "mk-123")],
         &[
@@ -160,6 +167,7 @@ task:
     let other = server.data.join("work/workspaces/r999");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("secret.txt"), "another run's work\n").unwrap();
+    who.hand_over(&server.data.join("work"));
     // The project file changed: wait until the server has the new profile.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !server.log().contains("automations reloaded") {
@@ -171,7 +179,7 @@ task:
     let run = trigger(&server, "probe", 1);
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
     let log = log_text(&server, &run);
-    let why = format!("{done:#}\n{log}");
+    let why = format!("{who:?}: {done:#}\n{log}");
     assert_eq!(done["run"]["state"], "succeeded", "{why}");
     for line in [
         "environ: unreadable",
@@ -199,17 +207,22 @@ task:
     let model = records.iter().find(|r| r["phase"] == "agent" && r["host"] == "model.test").expect(&why);
     assert_eq!(
         (model["allowed"].clone(), model["rule"].clone()),
-        (Value::Bool(true), "model.test (profile hostile)".into())
+        (Value::Bool(true), "model.test (profile hostile)".into()),
+        "{why}"
     );
     let note = format!(
         "agent profile hostile: brings {}; passes MODEL_KEY; would pass UNSET_MODEL_KEY (unset here); allows model.test:80",
         login.display()
     );
     let texts: Vec<&str> = done["activities"].as_array().unwrap().iter().filter_map(|a| a["text"].as_str()).collect();
-    assert!(texts.contains(&note.as_str()), "no `{note}` in {texts:#?}");
+    assert!(texts.contains(&note.as_str()), "{who:?}: no `{note}` in {texts:#?}");
     let mut seen = seen.lock().unwrap().clone();
     seen.sort();
-    assert_eq!(seen, ["GET /setup HTTP/1.1", "GET /v1 HTTP/1.1"], "the registry saw only the setup's and the model's");
+    assert_eq!(
+        seen,
+        ["GET /setup HTTP/1.1", "GET /v1 HTTP/1.1"],
+        "{who:?}: the registry saw only the setup's and the model's"
+    );
 }
 
 /// Where the kernel refuses the jail, `serve` and `worker` refuse to run phases: they
@@ -257,9 +270,12 @@ fn serve_and_worker_refuse_to_start_where_no_jail_can_be_built() {
 /// (The change keeps the file's size, so status must hash it, through the filter.)
 #[test]
 fn git_config_an_agent_writes_is_not_what_the_workers_git_reads() {
-    if !jail_builds() {
-        return;
+    for who in users() {
+        plant_git_config_as(who);
     }
+}
+
+fn plant_git_config_as(who: As) {
     let world = tempfile::tempdir().unwrap();
     let upstream = repository_in(world.path());
     // Where a filter run by the host's git would leave its mark: nowhere the agent sees.
@@ -289,12 +305,16 @@ fn git_config_an_agent_writes_is_not_what_the_workers_git_reads() {
     let profile =
         serde_json::json!({ "profiles": { "planter": { "command": ["sh", "-c", script], "output": "generic" } } });
     std::fs::write(&project, serde_yaml::to_string(&profile).unwrap()).unwrap();
+    // The filter, were it run by the worker's git, could write its mark there.
+    who.hand_over(world.path());
+    who.hand_over(outside.path());
     let automation = format!(
         "name: planter\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: planter\n  repo: {}\n  base: main\n  \
          branch: \"nightshift/planter/{{{{ event.n }}}}\"\n  paths: [\"**\"]\n  prompt: plant\n",
         upstream.display()
     );
-    let server = Serving::start_with_args(
+    let server = Serving::start_as(
+        who,
         &[("planter.yaml", &automation)],
         &[],
         &["--config", project.to_str().unwrap(), "--workers", "1"],
@@ -302,10 +322,10 @@ fn git_config_an_agent_writes_is_not_what_the_workers_git_reads() {
     let run = trigger(&server, "planter", 1);
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
     let log = log_text(&server, &run);
-    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
+    assert_eq!(done["run"]["state"], "succeeded", "{who:?}: {done:#}\n{log}");
     assert!(
         !marker.exists(),
-        "the agent's filter ran on the host: {}",
+        "{who:?}: the agent's filter ran on the host: {}",
         std::fs::read_to_string(&marker).unwrap_or_default()
     );
     // The changes are seen through the worker's own config: the untracked .gitattributes
@@ -313,6 +333,6 @@ fn git_config_an_agent_writes_is_not_what_the_workers_git_reads() {
     assert_eq!(
         done["run"]["result"]["details"]["uncommitted"],
         serde_json::json!([".gitattributes", "README.md"]),
-        "{done:#}"
+        "{who:?}: {done:#}"
     );
 }
