@@ -111,11 +111,17 @@ impl Layout {
 
 /// `nightshift` run as `who`.
 pub(crate) fn nightshift_as(who: As) -> Command {
+    command_as(who, Path::new(BIN))
+}
+
+/// `program` run as `who`.
+pub(crate) fn command_as(who: As, program: &Path) -> Command {
     match who {
-        As::Caller => Command::new(BIN),
+        As::Caller => Command::new(program),
         As::Nobody => {
             let mut command = Command::new("setpriv");
-            command.args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}"), "--clear-groups", "--", BIN]);
+            command.args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}"), "--clear-groups", "--"]);
+            command.arg(program);
             command
         }
     }

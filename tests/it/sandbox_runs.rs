@@ -17,7 +17,7 @@ use super::git::{commit_all, git};
 use super::serving::Serving;
 use super::workers::{log_text, trigger, wait_for};
 use crate::requires;
-use crate::sandbox_jail::{As, users};
+use crate::sandbox_jail::{As, command_as, users};
 
 /// What the hostile agent tries; it reports each outcome on a line of its own. (Its braces
 /// are doubled: a profile's command reads `{name}` as a placeholder.)
@@ -55,17 +55,6 @@ fn registry() -> (u16, Arc<Mutex<Vec<String>>>) {
         }
     });
     (port, seen)
-}
-
-/// Whether a jail can be built here; if not, the calling test is skipped (loudly, or as a
-/// failure where `REQUIRE_JAIL` is set).
-fn jail_builds() -> bool {
-    let check =
-        std::process::Command::new(env!("CARGO_BIN_EXE_nightshift")).args(["sandbox", "check"]).output().unwrap();
-    if !check.status.success() {
-        requires::skip(requires::REQUIRE_JAIL, "the jail cannot be built here");
-    }
-    check.status.success()
 }
 
 /// A repository of one commit (a README) at `dir/upstream`, which runs work on.
@@ -230,18 +219,22 @@ task:
 #[test]
 fn serve_and_worker_refuse_to_start_where_no_jail_can_be_built() {
     let Some(unshare) = requires::program("util-linux", &["unshare"]) else { return };
-    if !jail_builds() {
-        return;
+    for who in users() {
+        refused_as(who, &unshare);
     }
+}
+
+fn refused_as(who: As, unshare: &std::path::Path) {
     let dir = tempfile::tempdir().unwrap();
     let automations = dir.path().join("automations");
     std::fs::create_dir_all(&automations).unwrap();
+    who.hand_over(dir.path());
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     // A user namespace whose limit on nested ones is 0, as on a machine that refuses them.
     let refused = |args: &[&str]| {
         let script = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$0\" \"$@\"";
-        let output = std::process::Command::new(&unshare)
+        let output = command_as(who, unshare)
             .args(["-Ur", "sh", "-c", script, env!("CARGO_BIN_EXE_nightshift")])
             .args(args)
             .current_dir(dir.path())
@@ -254,14 +247,14 @@ fn serve_and_worker_refuse_to_start_where_no_jail_can_be_built() {
     let automations_arg = automations.to_str().unwrap();
     let serve = ["serve", "--dir", automations_arg, "--data", data, "--listen", "127.0.0.1:0"];
     let (status, stderr) = refused(&serve);
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(1), "{who:?}: {stderr}");
     for needle in ["phases cannot be sandboxed on this machine", "max_user_namespaces", "--sandbox off"] {
-        assert!(stderr.contains(needle), "no `{needle}` in: {stderr}");
+        assert!(stderr.contains(needle), "{who:?}: no `{needle}` in: {stderr}");
     }
     let worker = ["worker", "--server", "http://127.0.0.1:9", "--token", "t"];
     let (status, stderr) = refused(&worker);
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("phases cannot be sandboxed on this machine"), "{stderr}");
+    assert_eq!(status.code(), Some(1), "{who:?}: {stderr}");
+    assert!(stderr.contains("phases cannot be sandboxed on this machine"), "{who:?}: {stderr}");
 }
 
 /// What an agent writes in its workspace's `.git` never runs or is read on the host: the
