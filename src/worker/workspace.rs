@@ -363,7 +363,7 @@ impl Mirror {
         }
         for dir in [path.to_path_buf(), overlay::layers_of(path)] {
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|cause| self.io_error(&dir, cause))?;
+                remove_tree(&dir).map_err(|cause| self.io_error(&dir, cause))?;
             }
         }
         match branch {
@@ -593,7 +593,7 @@ impl Mirror {
             // Git refuses a checkout it no longer recognises (an agent deleted `.git`, say);
             // the directory is still ours to delete, and `prune` forgets the registration.
             if !removed.success && path.exists() {
-                std::fs::remove_dir_all(path).map_err(|cause| self.io_error(path, cause))?;
+                remove_tree(path).map_err(|cause| self.io_error(path, cause))?;
             }
         }
         self.git().args(["worktree", "prune"]).run().map(drop)
@@ -712,10 +712,39 @@ impl GitAdmin {
     }
 }
 
+/// Removes the directory tree at `path`, what a phase left read-only in it included (Go's
+/// module cache, a `chmod -R a-w`): root deletes that anyway, an unprivileged worker first
+/// lets itself write each directory it owns there. Links are not followed; no recursion,
+/// so a deep tree cannot exhaust the stack.
+pub(crate) fn remove_tree(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_dir_all(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {}
+        other => return other,
+    }
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let meta = std::fs::symlink_metadata(&dir)?;
+        if !meta.is_dir() {
+            continue;
+        }
+        if meta.permissions().mode() & 0o700 != 0o700 {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(meta.permissions().mode() | 0o700))?;
+        }
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    std::fs::remove_dir_all(path)
+}
+
 /// Removes the file, link or directory at `path`; nothing there is fine.
 fn remove_whatever_is_at(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(meta) if meta.is_dir() => remove_tree(path),
         Ok(_) => std::fs::remove_file(path),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error),

@@ -329,3 +329,50 @@ fn plant_git_config_as(who: As) {
         "{who:?}: {done:#}"
     );
 }
+
+/// What a phase leaves that its own user may not delete (a read-only tree, as Go's module
+/// cache is) goes with its workspace all the same, whoever runs `serve`.
+#[test]
+fn a_workspace_left_read_only_is_removed_after_the_run() {
+    for who in users() {
+        read_only_leftovers_as(who);
+    }
+}
+
+fn read_only_leftovers_as(who: As) {
+    let world = tempfile::tempdir().unwrap();
+    let upstream = repository_in(world.path());
+    let script = "cd \"$NIGHTSHIFT_WORKSPACE\" && mkdir -p cache/mod/pkg && echo x > cache/mod/pkg/file && \
+                  chmod -R a-w cache && echo '{{\"type\":\"summary\",\"text\":\"left\"}}'";
+    let project = world.path().join("nightshift.yaml");
+    let profile =
+        serde_json::json!({ "profiles": { "leaver": { "command": ["sh", "-c", script], "output": "generic" } } });
+    std::fs::write(&project, serde_yaml::to_string(&profile).unwrap()).unwrap();
+    who.hand_over(world.path());
+    let automation = format!(
+        "name: leaver\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: leaver\n  repo: {}\n  base: main\n  \
+         branch: \"nightshift/leaver/{{{{ event.n }}}}\"\n  paths: [\"**\"]\n  prompt: leave\n",
+        upstream.display()
+    );
+    let server = Serving::start_as(
+        who,
+        &[("leaver.yaml", &automation)],
+        &[],
+        &["--config", project.to_str().unwrap(), "--workers", "1"],
+    );
+    let run = trigger(&server, "leaver", 1);
+    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
+    assert_eq!(done["run"]["state"], "succeeded", "{who:?}: {done:#}\n{}", log_text(&server, &run));
+    // The workspace is removed once the run's completion is reported.
+    let workspace = server.data.join("work/workspaces").join(&run);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while workspace.exists() || workspace.with_extension("layers").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{who:?}: {} is still there:\n{}",
+            workspace.display(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
