@@ -151,6 +151,11 @@ task:
     let discovery: Value =
         serde_json::from_str(&std::fs::read_to_string(server.data.join("serve.json")).unwrap()).unwrap();
     let pid = discovery["pid"].to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find_map(|line| line.strip_prefix("Uid:")).unwrap().split_whitespace().next().unwrap();
+    // SAFETY: geteuid cannot fail.
+    let expected = if who == As::Nobody { 65534 } else { unsafe { libc::geteuid() } };
+    assert_eq!(uid, expected.to_string(), "{who:?}: serve runs as {uid}");
     write_project(&pid, server.data.to_str().unwrap(), server.automations.to_str().unwrap());
     // Another run's workspace, with something in it.
     let other = server.data.join("work/workspaces/r999");
