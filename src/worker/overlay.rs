@@ -87,7 +87,7 @@ pub(super) fn available(root: &Path) -> Result<(), String> {
         .or_insert_with(|| {
             let probed = probe(root).map_err(|cause| format!("cannot mount an overlay under {}: {cause}", root.display()));
             if let Err(reason) = &probed {
-                tracing::warn!(root = %root.display(), reason, "Overlays are unavailable, workspaces are git worktrees");
+                tracing::warn!(root = %root.display(), reason, "Overlays are unavailable, workspaces are repositories of their own");
             }
             probed
         })
@@ -95,11 +95,11 @@ pub(super) fn available(root: &Path) -> Result<(), String> {
 }
 
 /// Records that a mount under `root` failed although the probe passed (a lower layer on a
-/// file system overlayfs refuses, say): later workspaces there are worktrees. Logged once.
+/// file system overlayfs refuses, say): later workspaces there are clones. Logged once.
 pub(super) fn give_up(root: &Path, reason: String) {
     let mut known = known().lock().unwrap_or_else(PoisonError::into_inner);
     if known.get(root).is_none_or(Result::is_ok) {
-        tracing::warn!(root = %root.display(), reason, "Overlays are unavailable, workspaces are git worktrees");
+        tracing::warn!(root = %root.display(), reason, "Overlays are unavailable, workspaces are repositories of their own");
         known.insert(root.to_path_buf(), Err(reason));
     }
 }

@@ -17,7 +17,7 @@ use super::control::{ControlError, RunControl};
 use super::output::OutputAdapter;
 use super::phase::{CancelToken, PhaseCommand, PhaseOptions, PhaseStatus, Stream, run_phase};
 use super::results::{self, PushOutcome};
-use super::workspace::{Cleanup, MirrorCache, Workspace, WorkspaceError, WorkspaceKind};
+use super::workspace::{Cleanup, MirrorCache, Workspace, WorkspaceError, WorkspaceKind, remove_tree};
 use crate::config::{AgentProfile, Approval};
 use crate::netpolicy::NetworkPolicy;
 use crate::runs::{ActivityKind, Completion, Epoch, NewActivity, Run, RunId, RunResult};
@@ -42,7 +42,7 @@ pub struct WorkerSettings {
     pub log_limit: usize,
     /// Keep the workspace of a run that did not succeed, for a look.
     pub keep_failed: bool,
-    /// Overlay workspaces where they can be mounted.
+    /// Overlay workspaces where they can be mounted (else clones); `false`: worktrees.
     pub overlays: bool,
     /// A mirror fetched this recently is used as it is.
     pub refresh_every: Duration,
@@ -267,7 +267,11 @@ impl Runner {
                 tracing::warn!(run_id = %run, %error, "Cannot remove the workspace");
             }
         }
-        let _ = std::fs::remove_dir_all(self.settings.run_files(run));
+        if let Err(error) = remove_tree(&self.settings.run_files(run))
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(run_id = %run, %error, "Cannot remove the run's files");
+        }
     }
 
     /// The run's workspace, from a mirror fetched at most `refresh_every` ago. Runs that
@@ -526,8 +530,8 @@ fn setup(
     None
 }
 
-/// What a workspace needs besides itself, its mirror: an overlay's repository borrows its
-/// objects, read-only; a worktree's `.git` is there, and its commits go there too.
+/// What a workspace needs besides itself, its mirror: an overlay's or a clone's repository
+/// borrows its objects, read-only; a worktree's `.git` is there, and its commits go there too.
 fn workspace_paths(workspace: &Workspace) -> Vec<SandboxPath> {
     let mirror = workspace.mirror().path();
     let mut paths = vec![SandboxPath { path: mirror.to_path_buf(), writable: false }];
@@ -749,7 +753,7 @@ impl RunFiles {
     /// The prompt file holds the task's prompt, followed by the approved plan when there
     /// is one.
     fn write(dir: &Path, task: &Task, run: &Run) -> Result<RunFiles, String> {
-        let _ = std::fs::remove_dir_all(dir);
+        let _ = remove_tree(dir);
         let failed = |what: &Path, error: std::io::Error| format!("cannot write {}: {error}", what.display());
         std::fs::create_dir_all(dir).map_err(|e| failed(dir, e))?;
         let files = RunFiles {

@@ -249,26 +249,52 @@ impl Mirror {
         Ok(Workspace { mirror: self.clone(), run, path, branch: branch.to_string(), base_commit, kind })
     }
 
-    /// Makes the workspace at `path`: an overlay if it can, else a worktree.
+    /// Makes the workspace at `path`: an overlay if it can; where overlays cannot mount
+    /// (an unprivileged worker), a repository of its own; a worktree when overlays are
+    /// turned off.
     fn check_out(&self, root: &Path, path: &Path, branch: &str, commit: &str) -> Result<WorkspaceKind, WorkspaceError> {
-        if self.overlays && overlay::available(root).is_ok() {
+        if !self.overlays {
+            self.add_worktree(path, branch, commit)?;
+            return Ok(WorkspaceKind::Worktree);
+        }
+        if overlay::available(root).is_ok() {
             self.reserve_branch(branch, commit)?;
             match self.add_overlay(path, branch, commit) {
                 Ok(None) => return Ok(WorkspaceKind::Overlay),
                 Ok(Some(refusal)) => {
-                    self.remove_overlay(path, Some(branch))?;
+                    self.remove_overlay(path, Some(branch), true)?;
                     overlay::give_up(root, format!("cannot mount an overlay at {}: {refusal}", path.display()));
                 }
                 Err(error) => {
-                    if let Err(cleanup) = self.remove_overlay(path, Some(branch)) {
+                    if let Err(cleanup) = self.remove_overlay(path, Some(branch), true) {
                         tracing::warn!(repo = %self.location, path = %path.display(), %cleanup, "Left a half-made workspace");
                     }
                     return Err(error);
                 }
             }
         }
-        self.add_worktree(path, branch, commit)?;
-        Ok(WorkspaceKind::Worktree)
+        self.reserve_branch(branch, commit)?;
+        if let Err(error) = self.add_clone(path, branch, commit) {
+            if let Err(cleanup) = self.remove_overlay(path, Some(branch), false) {
+                tracing::warn!(repo = %self.location, path = %path.display(), %cleanup, "Left a half-made workspace");
+            }
+            return Err(error);
+        }
+        Ok(WorkspaceKind::Clone)
+    }
+
+    /// Checks out `commit` at `path` as a repository of its own, made as a base checkout
+    /// is (the mirror's objects as an alternate, nothing copied), on a new `branch`. Its
+    /// branch and config are its own, as an overlay's: a phase may write that config (a
+    /// worktree's is the mirror's, which a jailed phase only sees read-only). Its branch's
+    /// name is kept beside it, where an overlay keeps it, for `discard_leftover`.
+    fn add_clone(&self, path: &Path, branch: &str, commit: &str) -> Result<(), WorkspaceError> {
+        let layers = overlay::layers_of(path);
+        std::fs::create_dir_all(&layers).map_err(|cause| self.io_error(&layers, cause))?;
+        let branch_file = layers.join(BRANCH_FILE);
+        std::fs::write(&branch_file, branch).map_err(|cause| self.io_error(&branch_file, cause))?;
+        self.create_base(path, commit)?;
+        self.start_branch(&path.join(".git"), branch, commit)
     }
 
     /// An overlay workspace's branch lives in the workspace's own repository; the mirror's
@@ -304,7 +330,13 @@ impl Mirror {
         if let Err(refusal) = overlay::mount(&lower, path) {
             return Ok(Some(refusal.to_string()));
         }
-        let git_dir = path.join(".git");
+        self.start_branch(&path.join(".git"), branch, commit)?;
+        Ok(None)
+    }
+
+    /// Puts the HEAD of the repository at `git_dir` on a new `branch` at `commit`.
+    fn start_branch(&self, git_dir: &Path, branch: &str, commit: &str) -> Result<(), WorkspaceError> {
+        let git_dir = git_dir.to_path_buf();
         let reference = format!("refs/heads/{branch}");
         if git_dir.join("reftable").exists() {
             self.git_in(Some(&git_dir)).args(["update-ref", &reference, commit]).run()?;
@@ -320,16 +352,18 @@ impl Mirror {
             let head = git_dir.join("HEAD");
             std::fs::write(&head, format!("ref: {reference}\n")).map_err(|cause| self.io_error(&head, cause))?;
         }
-        Ok(None)
+        Ok(())
     }
 
-    /// Unmounts an overlay workspace, removes it and its layers, and frees its branch's
-    /// name in the mirror. Parts already gone are skipped.
-    fn remove_overlay(&self, path: &Path, branch: Option<&str>) -> Result<(), WorkspaceError> {
-        overlay::unmount(path).map_err(|cause| self.io_error(path, cause))?;
+    /// Unmounts an overlay workspace (when `mounted`; a clone is not), removes it and its
+    /// layers, and frees its branch's name in the mirror. Parts already gone are skipped.
+    fn remove_overlay(&self, path: &Path, branch: Option<&str>, mounted: bool) -> Result<(), WorkspaceError> {
+        if mounted {
+            overlay::unmount(path).map_err(|cause| self.io_error(path, cause))?;
+        }
         for dir in [path.to_path_buf(), overlay::layers_of(path)] {
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|cause| self.io_error(&dir, cause))?;
+                remove_tree(&dir).map_err(|cause| self.io_error(&dir, cause))?;
             }
         }
         match branch {
@@ -387,7 +421,7 @@ impl Mirror {
             .run()?;
         git().arg("--work-tree").arg(&partial).args(["checkout", "--quiet", "--detach", commit]).run()?;
         std::fs::rename(&partial, base).map_err(|cause| self.io_error(base, cause))?;
-        tracing::info!(repo = %self.location, path = %base.display(), "Checked out a base for overlays");
+        tracing::info!(repo = %self.location, path = %base.display(), "Checked out a repository of the mirror");
         Ok(())
     }
 
@@ -536,8 +570,9 @@ impl Mirror {
         let layers = overlay::layers_of(path);
         if layers.exists() {
             let branch = std::fs::read_to_string(layers.join(BRANCH_FILE)).ok();
-            self.remove_overlay(path, branch.as_deref())?;
-            tracing::warn!(repo = %self.location, path = %path.display(), branch, "Removed a leftover overlay workspace");
+            // An overlay's layers hold its upper layer; a clone's only its branch's name.
+            self.remove_overlay(path, branch.as_deref(), layers.join("upper").exists())?;
+            tracing::warn!(repo = %self.location, path = %path.display(), branch, "Removed a leftover workspace of its own");
             return Ok(());
         }
         let _admin = self.worktree_admin()?;
@@ -558,7 +593,7 @@ impl Mirror {
             // Git refuses a checkout it no longer recognises (an agent deleted `.git`, say);
             // the directory is still ours to delete, and `prune` forgets the registration.
             if !removed.success && path.exists() {
-                std::fs::remove_dir_all(path).map_err(|cause| self.io_error(path, cause))?;
+                remove_tree(path).map_err(|cause| self.io_error(path, cause))?;
             }
         }
         self.git().args(["worktree", "prune"]).run().map(drop)
@@ -677,10 +712,39 @@ impl GitAdmin {
     }
 }
 
+/// Removes the directory tree at `path`, what a phase left read-only in it included (Go's
+/// module cache, a `chmod -R a-w`): root deletes that anyway, an unprivileged worker first
+/// lets itself write each directory it owns there. Links are not followed; no recursion,
+/// so a deep tree cannot exhaust the stack.
+pub(crate) fn remove_tree(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_dir_all(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {}
+        other => return other,
+    }
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let meta = std::fs::symlink_metadata(&dir)?;
+        if !meta.is_dir() {
+            continue;
+        }
+        if meta.permissions().mode() & 0o700 != 0o700 {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(meta.permissions().mode() | 0o700))?;
+        }
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    std::fs::remove_dir_all(path)
+}
+
 /// Removes the file, link or directory at `path`; nothing there is fine.
 fn remove_whatever_is_at(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(meta) if meta.is_dir() => remove_tree(path),
         Ok(_) => std::fs::remove_file(path),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error),
@@ -700,7 +764,11 @@ pub enum WorkspaceKind {
     /// An overlay mount over the shared base checkout of its commit, with its own
     /// repository (the base's, copied on write): its branch and commits are its own.
     Overlay,
-    /// A `git worktree` of the mirror, sharing the mirror's branches and config.
+    /// A repository of its own checked out at the workspace, borrowing the mirror's
+    /// objects: its branch, commits and config are its own. Where overlays cannot mount.
+    Clone,
+    /// A `git worktree` of the mirror, sharing the mirror's branches and config. Where
+    /// overlays are turned off (`--no-overlay`).
     Worktree,
 }
 
@@ -768,7 +836,7 @@ impl Workspace {
         let (files, remove) = match self.kind {
             // The overlay's own repository: its config (a phase could add a filter or an
             // include that the worker's `git status` would run or read on the host).
-            WorkspaceKind::Overlay => {
+            WorkspaceKind::Overlay | WorkspaceKind::Clone => {
                 let config = dot_git.join("config");
                 let remove = vec![dot_git.join("config.worktree"), dot_git.join("commondir")];
                 (vec![(config.clone(), std::fs::read(&config)?)], remove)
@@ -796,7 +864,8 @@ impl Workspace {
         }
         let _lock = self.mirror.shared()?;
         match self.kind {
-            WorkspaceKind::Overlay => self.mirror.remove_overlay(&self.path, Some(&self.branch))?,
+            WorkspaceKind::Overlay => self.mirror.remove_overlay(&self.path, Some(&self.branch), true)?,
+            WorkspaceKind::Clone => self.mirror.remove_overlay(&self.path, Some(&self.branch), false)?,
             WorkspaceKind::Worktree => {
                 let _admin = self.mirror.worktree_admin()?;
                 self.mirror.remove_worktree(&self.path)?;

@@ -50,6 +50,31 @@ pub(crate) fn users() -> Vec<As> {
     users
 }
 
+impl As {
+    /// Makes `path` and everything under it this user's, and lets it (and so anyone) enter
+    /// `path`, as a directory a person gives to the account that runs nightshift.
+    pub(crate) fn hand_over(self, path: &Path) {
+        if self == As::Caller {
+            return;
+        }
+        chown_tree(path, NOBODY);
+        let mode = std::fs::symlink_metadata(path).unwrap().permissions().mode();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o755)).unwrap();
+    }
+}
+
+/// uid and gid of `As::Nobody`.
+const NOBODY: u32 = 65534;
+
+fn chown_tree(path: &Path, id: u32) {
+    std::os::unix::fs::lchown(path, Some(id), Some(id)).unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    if std::fs::symlink_metadata(path).unwrap().is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), id);
+        }
+    }
+}
+
 /// The first of `bin` and its directories that others may not execute or enter.
 fn unreachable_by_nobody(bin: &Path) -> Option<PathBuf> {
     bin.ancestors()
@@ -86,11 +111,17 @@ impl Layout {
 
 /// `nightshift` run as `who`.
 pub(crate) fn nightshift_as(who: As) -> Command {
+    command_as(who, Path::new(BIN))
+}
+
+/// `program` run as `who`.
+pub(crate) fn command_as(who: As, program: &Path) -> Command {
     match who {
-        As::Caller => Command::new(BIN),
+        As::Caller => Command::new(program),
         As::Nobody => {
             let mut command = Command::new("setpriv");
-            command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", BIN]);
+            command.args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}"), "--clear-groups", "--"]);
+            command.arg(program);
             command
         }
     }

@@ -3,7 +3,8 @@
 //! engine's environment, its data directory and API token, another run's workspace or
 //! the automations directory, nor write an automation there; what its profile allows (its
 //! login state, its credential, its model API) it gets, and the timeline says so. Both
-//! the outcomes and the recorded decisions are checked.
+//! the outcomes and the recorded decisions are checked, with `serve` run by the caller and
+//! again by uid 65534 (its directories and repositories that user's own).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -16,6 +17,7 @@ use super::git::{commit_all, git};
 use super::serving::Serving;
 use super::workers::{log_text, trigger, wait_for};
 use crate::requires;
+use crate::sandbox_jail::{As, command_as, users};
 
 /// What the hostile agent tries; it reports each outcome on a line of its own. (Its braces
 /// are doubled: a profile's command reads `{name}` as a placeholder.)
@@ -55,17 +57,6 @@ fn registry() -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, seen)
 }
 
-/// Whether a jail can be built here; if not, the calling test is skipped (loudly, or as a
-/// failure where `REQUIRE_JAIL` is set).
-fn jail_builds() -> bool {
-    let check =
-        std::process::Command::new(env!("CARGO_BIN_EXE_nightshift")).args(["sandbox", "check"]).output().unwrap();
-    if !check.status.success() {
-        requires::skip(requires::REQUIRE_JAIL, "the jail cannot be built here");
-    }
-    check.status.success()
-}
-
 /// A repository of one commit (a README) at `dir/upstream`, which runs work on.
 fn repository_in(dir: &std::path::Path) -> std::path::PathBuf {
     let upstream = dir.join("upstream");
@@ -91,9 +82,12 @@ fn setup_reaches_what_its_policy_allows_and_the_agent_reaches_nothing_of_the_eng
     if requires::program("curl", &["curl"]).is_none() {
         return;
     }
-    if !jail_builds() {
-        return;
+    for who in users() {
+        probe_as(who);
     }
+}
+
+fn probe_as(who: As) {
     let world = tempfile::tempdir().unwrap();
     let upstream = repository_in(world.path());
     let (port, seen) = registry();
@@ -136,9 +130,11 @@ task:
         std::fs::write(&project, serde_yaml::to_string(&project_yaml).unwrap()).unwrap();
     };
     write_project("0", "/nonexistent", "/nonexistent");
+    who.hand_over(world.path());
     let (registry_name, model_name) =
         (format!("index.crates.io=127.0.0.1:{port}"), format!("model.test=127.0.0.1:{port}"));
-    let server = Serving::start_with_args(
+    let server = Serving::start_as(
+        who,
         &[("probe.yaml", &automation)],
         &[("MODEL_KEY", "mk-123")],
         &[
@@ -155,11 +151,17 @@ task:
     let discovery: Value =
         serde_json::from_str(&std::fs::read_to_string(server.data.join("serve.json")).unwrap()).unwrap();
     let pid = discovery["pid"].to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find_map(|line| line.strip_prefix("Uid:")).unwrap().split_whitespace().next().unwrap();
+    // SAFETY: geteuid cannot fail.
+    let expected = if who == As::Nobody { 65534 } else { unsafe { libc::geteuid() } };
+    assert_eq!(uid, expected.to_string(), "{who:?}: serve runs as {uid}");
     write_project(&pid, server.data.to_str().unwrap(), server.automations.to_str().unwrap());
     // Another run's workspace, with something in it.
     let other = server.data.join("work/workspaces/r999");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("secret.txt"), "another run's work\n").unwrap();
+    who.hand_over(&server.data.join("work"));
     // The project file changed: wait until the server has the new profile.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !server.log().contains("automations reloaded") {
@@ -171,7 +173,7 @@ task:
     let run = trigger(&server, "probe", 1);
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
     let log = log_text(&server, &run);
-    let why = format!("{done:#}\n{log}");
+    let why = format!("{who:?}: {done:#}\n{log}");
     assert_eq!(done["run"]["state"], "succeeded", "{why}");
     for line in [
         "environ: unreadable",
@@ -199,17 +201,22 @@ task:
     let model = records.iter().find(|r| r["phase"] == "agent" && r["host"] == "model.test").expect(&why);
     assert_eq!(
         (model["allowed"].clone(), model["rule"].clone()),
-        (Value::Bool(true), "model.test (profile hostile)".into())
+        (Value::Bool(true), "model.test (profile hostile)".into()),
+        "{why}"
     );
     let note = format!(
         "agent profile hostile: brings {}; passes MODEL_KEY; would pass UNSET_MODEL_KEY (unset here); allows model.test:80",
         login.display()
     );
     let texts: Vec<&str> = done["activities"].as_array().unwrap().iter().filter_map(|a| a["text"].as_str()).collect();
-    assert!(texts.contains(&note.as_str()), "no `{note}` in {texts:#?}");
+    assert!(texts.contains(&note.as_str()), "{who:?}: no `{note}` in {texts:#?}");
     let mut seen = seen.lock().unwrap().clone();
     seen.sort();
-    assert_eq!(seen, ["GET /setup HTTP/1.1", "GET /v1 HTTP/1.1"], "the registry saw only the setup's and the model's");
+    assert_eq!(
+        seen,
+        ["GET /setup HTTP/1.1", "GET /v1 HTTP/1.1"],
+        "{who:?}: the registry saw only the setup's and the model's"
+    );
 }
 
 /// Where the kernel refuses the jail, `serve` and `worker` refuse to run phases: they
@@ -217,18 +224,22 @@ task:
 #[test]
 fn serve_and_worker_refuse_to_start_where_no_jail_can_be_built() {
     let Some(unshare) = requires::program("util-linux", &["unshare"]) else { return };
-    if !jail_builds() {
-        return;
+    for who in users() {
+        refused_as(who, &unshare);
     }
+}
+
+fn refused_as(who: As, unshare: &std::path::Path) {
     let dir = tempfile::tempdir().unwrap();
     let automations = dir.path().join("automations");
     std::fs::create_dir_all(&automations).unwrap();
+    who.hand_over(dir.path());
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     // A user namespace whose limit on nested ones is 0, as on a machine that refuses them.
     let refused = |args: &[&str]| {
         let script = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$0\" \"$@\"";
-        let output = std::process::Command::new(&unshare)
+        let output = command_as(who, unshare)
             .args(["-Ur", "sh", "-c", script, env!("CARGO_BIN_EXE_nightshift")])
             .args(args)
             .current_dir(dir.path())
@@ -241,14 +252,14 @@ fn serve_and_worker_refuse_to_start_where_no_jail_can_be_built() {
     let automations_arg = automations.to_str().unwrap();
     let serve = ["serve", "--dir", automations_arg, "--data", data, "--listen", "127.0.0.1:0"];
     let (status, stderr) = refused(&serve);
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(1), "{who:?}: {stderr}");
     for needle in ["phases cannot be sandboxed on this machine", "max_user_namespaces", "--sandbox off"] {
-        assert!(stderr.contains(needle), "no `{needle}` in: {stderr}");
+        assert!(stderr.contains(needle), "{who:?}: no `{needle}` in: {stderr}");
     }
     let worker = ["worker", "--server", "http://127.0.0.1:9", "--token", "t"];
     let (status, stderr) = refused(&worker);
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("phases cannot be sandboxed on this machine"), "{stderr}");
+    assert_eq!(status.code(), Some(1), "{who:?}: {stderr}");
+    assert!(stderr.contains("phases cannot be sandboxed on this machine"), "{who:?}: {stderr}");
 }
 
 /// What an agent writes in its workspace's `.git` never runs or is read on the host: the
@@ -257,9 +268,12 @@ fn serve_and_worker_refuse_to_start_where_no_jail_can_be_built() {
 /// (The change keeps the file's size, so status must hash it, through the filter.)
 #[test]
 fn git_config_an_agent_writes_is_not_what_the_workers_git_reads() {
-    if !jail_builds() {
-        return;
+    for who in users() {
+        plant_git_config_as(who);
     }
+}
+
+fn plant_git_config_as(who: As) {
     let world = tempfile::tempdir().unwrap();
     let upstream = repository_in(world.path());
     // Where a filter run by the host's git would leave its mark: nowhere the agent sees.
@@ -289,12 +303,16 @@ fn git_config_an_agent_writes_is_not_what_the_workers_git_reads() {
     let profile =
         serde_json::json!({ "profiles": { "planter": { "command": ["sh", "-c", script], "output": "generic" } } });
     std::fs::write(&project, serde_yaml::to_string(&profile).unwrap()).unwrap();
+    // The filter, were it run by the worker's git, could write its mark there.
+    who.hand_over(world.path());
+    who.hand_over(outside.path());
     let automation = format!(
         "name: planter\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: planter\n  repo: {}\n  base: main\n  \
          branch: \"nightshift/planter/{{{{ event.n }}}}\"\n  paths: [\"**\"]\n  prompt: plant\n",
         upstream.display()
     );
-    let server = Serving::start_with_args(
+    let server = Serving::start_as(
+        who,
         &[("planter.yaml", &automation)],
         &[],
         &["--config", project.to_str().unwrap(), "--workers", "1"],
@@ -302,10 +320,10 @@ fn git_config_an_agent_writes_is_not_what_the_workers_git_reads() {
     let run = trigger(&server, "planter", 1);
     let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
     let log = log_text(&server, &run);
-    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
+    assert_eq!(done["run"]["state"], "succeeded", "{who:?}: {done:#}\n{log}");
     assert!(
         !marker.exists(),
-        "the agent's filter ran on the host: {}",
+        "{who:?}: the agent's filter ran on the host: {}",
         std::fs::read_to_string(&marker).unwrap_or_default()
     );
     // The changes are seen through the worker's own config: the untracked .gitattributes
@@ -313,6 +331,53 @@ fn git_config_an_agent_writes_is_not_what_the_workers_git_reads() {
     assert_eq!(
         done["run"]["result"]["details"]["uncommitted"],
         serde_json::json!([".gitattributes", "README.md"]),
-        "{done:#}"
+        "{who:?}: {done:#}"
     );
+}
+
+/// What a phase leaves that its own user may not delete (a read-only tree, as Go's module
+/// cache is) goes with its workspace all the same, whoever runs `serve`.
+#[test]
+fn a_workspace_left_read_only_is_removed_after_the_run() {
+    for who in users() {
+        read_only_leftovers_as(who);
+    }
+}
+
+fn read_only_leftovers_as(who: As) {
+    let world = tempfile::tempdir().unwrap();
+    let upstream = repository_in(world.path());
+    let script = "cd \"$NIGHTSHIFT_WORKSPACE\" && mkdir -p cache/mod/pkg && echo x > cache/mod/pkg/file && \
+                  chmod -R a-w cache && echo '{{\"type\":\"summary\",\"text\":\"left\"}}'";
+    let project = world.path().join("nightshift.yaml");
+    let profile =
+        serde_json::json!({ "profiles": { "leaver": { "command": ["sh", "-c", script], "output": "generic" } } });
+    std::fs::write(&project, serde_yaml::to_string(&profile).unwrap()).unwrap();
+    who.hand_over(world.path());
+    let automation = format!(
+        "name: leaver\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: leaver\n  repo: {}\n  base: main\n  \
+         branch: \"nightshift/leaver/{{{{ event.n }}}}\"\n  paths: [\"**\"]\n  prompt: leave\n",
+        upstream.display()
+    );
+    let server = Serving::start_as(
+        who,
+        &[("leaver.yaml", &automation)],
+        &[],
+        &["--config", project.to_str().unwrap(), "--workers", "1"],
+    );
+    let run = trigger(&server, "leaver", 1);
+    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
+    assert_eq!(done["run"]["state"], "succeeded", "{who:?}: {done:#}\n{}", log_text(&server, &run));
+    // The workspace is removed once the run's completion is reported.
+    let workspace = server.data.join("work/workspaces").join(&run);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while workspace.exists() || workspace.with_extension("layers").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{who:?}: {} is still there:\n{}",
+            workspace.display(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::sandbox_jail::{As, nightshift_as};
+
 /// A running server; stopped (SIGTERM, then waited for) when dropped.
 pub struct Serving {
     child: Option<Child>,
@@ -19,6 +21,8 @@ pub struct Serving {
     client: reqwest::blocking::Client,
     /// The arguments `serve` was started with beyond the directories, for `restart`.
     args: Vec<String>,
+    /// Who runs `serve`, for `restart`.
+    who: As,
 }
 
 /// A response: status and JSON body (`Null` when the body is not JSON).
@@ -38,6 +42,12 @@ impl Serving {
 
     /// `start` with more arguments for `serve` (e.g. `--workers 4`).
     pub fn start_with_args(files: &[(&str, &str)], env: &[(&str, &str)], args: &[&str]) -> Serving {
+        Self::start_as(As::Caller, files, env, args)
+    }
+
+    /// `start_with_args` with `serve` run as `who`, its directories (automations, data,
+    /// log) handed over to that user.
+    pub fn start_as(who: As, files: &[(&str, &str)], env: &[(&str, &str)], args: &[&str]) -> Serving {
         let dirs = tempfile::tempdir().expect("temp dir");
         let automations = dirs.path().join("automations");
         std::fs::create_dir_all(&automations).unwrap();
@@ -45,7 +55,7 @@ impl Serving {
             std::fs::write(automations.join(name), text).unwrap();
         }
         let data = dirs.path().join("data");
-        Self::start_in(dirs, automations, data, env, args)
+        Self::start_in(who, dirs, automations, data, env, args)
     }
 
     /// `start_with_args` with the store in `data` (e.g. on a file system the test made).
@@ -56,11 +66,12 @@ impl Serving {
         for (name, text) in files {
             std::fs::write(automations.join(name), text).unwrap();
         }
-        Self::start_in(dirs, automations, data.to_path_buf(), env, args)
+        Self::start_in(As::Caller, dirs, automations, data.to_path_buf(), env, args)
     }
 
     /// Starts a server over existing directories (e.g. again, after a stop).
     fn start_in(
+        who: As,
         dirs: tempfile::TempDir,
         automations: PathBuf,
         data: PathBuf,
@@ -68,7 +79,9 @@ impl Serving {
         args: &[&str],
     ) -> Serving {
         let _ = std::fs::remove_file(data.join("serve.json"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_nightshift"));
+        let log = std::fs::File::create(dirs.path().join("serve.log")).unwrap();
+        who.hand_over(dirs.path());
+        let mut command = nightshift_as(who);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
             .arg(&automations)
@@ -78,7 +91,7 @@ impl Serving {
             .current_dir(dirs.path())
             .env("NIGHTSHIFT_LOG", "nightshift=debug,warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dirs.path().join("serve.log")).unwrap()));
+            .stderr(Stdio::from(log));
         for (name, value) in env {
             command.env(name, value);
         }
@@ -92,6 +105,7 @@ impl Serving {
             _dirs: dirs,
             client: reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
             args: args.iter().map(|arg| arg.to_string()).collect(),
+            who,
         };
         serving.wait_until_ready();
         serving
@@ -206,7 +220,7 @@ impl Serving {
         assert!(self.stop(), "the server did not stop cleanly:\n{}", self.log());
         let dirs = std::mem::replace(&mut self._dirs, tempfile::tempdir().unwrap());
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        Self::start_in(dirs, self.automations.clone(), self.data.clone(), env, &args)
+        Self::start_in(self.who, dirs, self.automations.clone(), self.data.clone(), env, &args)
     }
 
     pub fn automations_dir(&self) -> &Path {

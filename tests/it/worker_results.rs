@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use nightshift::runs::{RunId, RunResult};
 use nightshift::worker::results::{self, ChangedFile, Commit, DiffStat, FileStatus, PushOutcome, ResultsError};
-use nightshift::worker::workspace::{Cleanup, MirrorCache, Workspace};
+use nightshift::worker::workspace::{Cleanup, MirrorCache, Workspace, WorkspaceKind};
 
 use crate::git::{commit_all, git, refs};
 
@@ -25,16 +25,16 @@ struct Fixture {
     source: PathBuf,
     seed: PathBuf,
     main: String,
-    overlays: bool,
+    kind: WorkspaceKind,
 }
 
-/// The fixture twice: for worktree workspaces, and for overlays (worktrees again where
-/// overlays cannot be mounted).
-fn fixtures() -> [Fixture; 2] {
-    [fixture(false), fixture(true)]
+/// The fixture three times: for worktree workspaces, clones, and overlays (clones again
+/// where overlays cannot be mounted).
+fn fixtures() -> [Fixture; 3] {
+    [fixture(WorkspaceKind::Worktree), fixture(WorkspaceKind::Clone), fixture(WorkspaceKind::Overlay)]
 }
 
-fn fixture(overlays: bool) -> Fixture {
+fn fixture(kind: WorkspaceKind) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
     let (source, seed) = (root.join("source.git"), root.join("seed"));
@@ -47,7 +47,7 @@ fn fixture(overlays: bool) -> Fixture {
     write(&seed, "doomed.txt", "x\ny\nz\n");
     let main = commit_all(&seed, "initial");
     git(&seed, &["push", "--quiet", "origin", "main"]);
-    Fixture { _dir: dir, root, source, seed, main, overlays }
+    Fixture { _dir: dir, root, source, seed, main, kind }
 }
 
 /// A workspace that is removed when the test is done with it, so no overlay stays mounted.
@@ -71,9 +71,11 @@ impl Drop for Removed {
 
 impl Fixture {
     fn workspace(&self, run: u64, branch: &str) -> Removed {
-        let cache = MirrorCache::new(&self.root.join("cache")).with_overlays(self.overlays);
+        let cache = MirrorCache::new(&self.root.join("cache")).with_overlays(self.kind != WorkspaceKind::Worktree);
         let mirror = cache.mirror(self.source.to_str().unwrap()).unwrap();
-        let workspace = mirror.prepare(&self.root.join("workspaces"), RunId(run), "main", branch);
+        // Overlays cannot mount under a path with a comma: there workspaces are clones.
+        let workspaces = if self.kind == WorkspaceKind::Clone { "work,spaces" } else { "workspaces" };
+        let workspace = mirror.prepare(&self.root.join(workspaces), RunId(run), "main", branch);
         Removed(workspace.expect("the workspace prepares"))
     }
 }
@@ -238,10 +240,16 @@ fn an_in_scope_push_lands_the_branch_and_nothing_else() {
 }
 
 #[test]
-fn config_an_agent_writes_in_its_overlay_cannot_redirect_the_push() {
-    let f = fixture(true);
+fn config_an_agent_writes_in_its_overlay_or_clone_cannot_redirect_the_push() {
+    for kind in [WorkspaceKind::Clone, WorkspaceKind::Overlay] {
+        config_cannot_redirect_the_push(kind);
+    }
+}
+
+fn config_cannot_redirect_the_push(kind: WorkspaceKind) {
+    let f = fixture(kind);
     let workspace = f.workspace(1, "agent/fix");
-    if workspace.kind() != nightshift::worker::workspace::WorkspaceKind::Overlay {
+    if workspace.kind() != kind {
         crate::requires::skip(crate::requires::REQUIRE_OVERLAY, "overlays cannot be mounted here");
         return;
     }
@@ -258,7 +266,7 @@ fn config_an_agent_writes_in_its_overlay_cannot_redirect_the_push() {
     assert_eq!(changes.commits.len(), 1);
     results::push(&workspace, &changes).unwrap();
     assert_eq!(refs(&f.source).get("refs/heads/agent/fix"), Some(&head));
-    assert!(refs(&elsewhere).is_empty(), "nothing went where the agent's config pointed");
+    assert!(refs(&elsewhere).is_empty(), "{kind:?}: nothing went where the agent's config pointed");
 }
 
 #[test]

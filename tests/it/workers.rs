@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::git::{commit_all, git};
+use super::git::{commit_all, git, git_command};
 use super::serving::Serving;
+use crate::sandbox_jail::{As, users};
 
 /// How long a test waits for a run to get somewhere before it fails.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -678,14 +679,33 @@ fn stopping_serve_gives_its_local_runs_back_without_using_an_attempt() {
 }
 
 /// A server with one local worker over the example automation `name` from
-/// automations/, its hook's secret `secret_env` set.
-fn serve_example(name: &str, secret_env: &str) -> Serving {
+/// automations/, run by `who` with the sandbox on (the default), its hook's secret
+/// `secret_env` set. The example's `repo: .` is serve's directory: `files` (path, text)
+/// and a `.gitignore` for the server's own files are committed there, as `who`'s own.
+fn serve_example(who: As, name: &str, secret_env: &str, files: &[(&str, &str)]) -> Serving {
     let examples = super::repo_root();
     let file = format!("{name}.yaml");
     let automation = std::fs::read_to_string(examples.join("automations").join(&file))
         .unwrap()
         .replace("../tests/data/", &format!("{}/tests/data/", examples.display()));
-    Serving::start_with_args(&[(&file, &automation)], &[(secret_env, "unused")], &["--workers", "1"])
+    let server = Serving::start_as(who, &[(&file, &automation)], &[(secret_env, "unused")], &["--workers", "1"]);
+    let root = server.root();
+    for (path, text) in [(".gitignore", "data/\n*.log\n")].iter().chain(files) {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    // The directory is already `who`'s: git, run by the caller, must be told it is safe.
+    let git = |args: &[&str]| {
+        let output =
+            git_command(root, Path::new("/dev/null"), &[&["-c", "safe.directory=*"], args].concat()).output().unwrap();
+        assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "--all"]);
+    git(&["commit", "-q", "-m", "initial"]);
+    who.hand_over(root);
+    server
 }
 
 /// Runs `automation` through the API on the fixture at `fixture` (under the repository)
@@ -703,54 +723,64 @@ fn run_example(server: &Serving, automation: &str, source: &str, headers: &[(&st
     answer["runs"][0]["run"].as_str().unwrap_or_else(|| panic!("a run: {answer:#}")).to_string()
 }
 
+/// Waits for `run` to succeed; returns its record, its log, and its summary.
+fn example_succeeds(who: As, server: &Serving, run: &str) -> (Value, String, String) {
+    let done = wait_for(server, run, &["succeeded", "failed", "timed_out"]);
+    let log = log_text(server, run);
+    assert_eq!(done["run"]["state"], "succeeded", "{who:?}: {done:#}\n{log}");
+    assert!(
+        activity_texts(&done, "policy").iter().all(|text| !text.contains("the sandbox is off")),
+        "{who:?}: {done:#}"
+    );
+    let server_log = server.log();
+    assert!(!server_log.contains("holds its output open"), "{who:?}: a phase's output was left open:\n{server_log}");
+    let summary = done["run"]["result"]["summary"].as_str().unwrap().to_string();
+    (done, log, summary)
+}
+
 #[test]
 fn the_example_review_runs_end_to_end_on_the_local_audit_agent() {
-    let server = serve_example("pr-security-review", "GITHUB_WEBHOOK_SECRET");
-    // The example's `repo: .` is serve's directory: make it a repository (.gitignore,
-    // notes.txt with one marker, and automations/) of three files.
-    let root = server.root();
-    std::fs::write(root.join(".gitignore"), "data/\n*.log\n").unwrap();
-    std::fs::write(root.join("notes.txt"), "TODO: one thing\n").unwrap();
-    git(root, &["init", "-q", "-b", "main"]);
-    commit_all(root, "initial");
-
-    let event = [("X-Nightshift-Header-X-GitHub-Event", "pull_request")];
-    let run =
-        run_example(&server, "pr-security-review", "github", &event, "tests/data/github/pull_request_opened.json");
-    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
-    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{}", log_text(&server, &run));
-    let summary = done["run"]["result"]["summary"].as_str().unwrap();
-    assert!(
-        summary.contains("local audit of 3 tracked files: 1 TODO/FIXME/XXX markers (most in: notes.txt:1"),
-        "{summary}"
-    );
-    assert!(activity_texts(&done, "plan")[0].starts_with("audit the repository for: Review pull request #1347"));
-    let memory = server.api_get("/api/automations/pr-security-review/memory");
-    assert_eq!(memory["markers"]["value"], 1, "{memory:#}");
-    let log = server.log();
-    assert!(!log.contains("holds its output open"), "a phase's output was left open:\n{log}");
+    for who in users() {
+        // A repository of three tracked files (.gitignore, notes.txt with one marker, and
+        // automations/).
+        let server =
+            serve_example(who, "pr-security-review", "GITHUB_WEBHOOK_SECRET", &[("notes.txt", "TODO: one thing\n")]);
+        let event = [("X-Nightshift-Header-X-GitHub-Event", "pull_request")];
+        let fixture = "tests/data/github/pull_request_opened.json";
+        let run = run_example(&server, "pr-security-review", "github", &event, fixture);
+        let (done, _, summary) = example_succeeds(who, &server, &run);
+        assert!(
+            summary.contains("local audit of 3 tracked files: 1 TODO/FIXME/XXX markers (most in: notes.txt:1"),
+            "{who:?}: {summary}"
+        );
+        assert!(activity_texts(&done, "plan")[0].starts_with("audit the repository for: Review pull request #1347"));
+        let memory = server.api_get("/api/automations/pr-security-review/memory");
+        assert_eq!(memory["markers"]["value"], 1, "{who:?}: {memory:#}");
+    }
 }
 
 #[test]
 fn the_example_incident_investigation_runs_end_to_end_with_no_network() {
-    let server = serve_example("p1-incident-investigation", "PAGERDUTY_WEBHOOK_SECRET");
-    // `repo: .` is serve's directory, made a repository with no Cargo.toml and no remote:
-    // nothing the setup could fetch.
-    let root = server.root();
-    std::fs::write(root.join(".gitignore"), "data/\n*.log\n").unwrap();
-    std::fs::create_dir_all(root.join("services")).unwrap();
-    std::fs::write(root.join("services/pool.txt"), "FIXME: pool size\n").unwrap();
-    git(root, &["init", "-q", "-b", "main"]);
-    commit_all(root, "initial");
+    for who in users() {
+        // No Cargo.toml and no remote: nothing the setup could fetch.
+        let files = [("services/pool.txt", "FIXME: pool size\n")];
+        let server = serve_example(who, "p1-incident-investigation", "PAGERDUTY_WEBHOOK_SECRET", &files);
+        let fixture = "tests/data/pagerduty/incident_triggered_p1.json";
+        let run = run_example(&server, "p1-incident-investigation", "pagerduty", &[], fixture);
+        let (_, log, summary) = example_succeeds(who, &server, &run);
+        assert!(log.contains("== setup: "), "{who:?}: {log}");
+        assert!(summary.contains("1 TODO/FIXME/XXX markers"), "{who:?}: {summary}");
+    }
+}
 
-    let fixture = "tests/data/pagerduty/incident_triggered_p1.json";
-    let run = run_example(&server, "p1-incident-investigation", "pagerduty", &[], fixture);
-    let done = wait_for(&server, &run, &["succeeded", "failed", "timed_out"]);
-    let log = log_text(&server, &run);
-    assert_eq!(done["run"]["state"], "succeeded", "{done:#}\n{log}");
-    assert!(log.contains("== setup: "), "{log}");
-    let summary = done["run"]["result"]["summary"].as_str().unwrap();
-    assert!(summary.contains("1 TODO/FIXME/XXX markers"), "{summary}");
-    let server_log = server.log();
-    assert!(!server_log.contains("holds its output open"), "a phase's output was left open:\n{server_log}");
+#[test]
+fn the_example_slack_bug_dispatch_runs_end_to_end() {
+    for who in users() {
+        let files = [("web/cart.js", "// XXX: Safari\n"), ("services/pay.txt", "TODO: gift cards\n")];
+        let server = serve_example(who, "slack-bug-dispatch", "SLACK_SIGNING_SECRET", &files);
+        let run = run_example(&server, "slack-bug-dispatch", "slack", &[], "tests/data/slack/message_bug.json");
+        let (done, _, summary) = example_succeeds(who, &server, &run);
+        assert!(summary.contains("2 TODO/FIXME/XXX markers"), "{who:?}: {summary}");
+        assert_eq!(done["run"]["task"]["branch"], "bugfix/slack-1763852000-000200", "{who:?}: {done:#}");
+    }
 }

@@ -15,13 +15,18 @@ use nightshift::worker::workspace::{
     Cleanup, Mirror, MirrorCache, Workspace, WorkspaceError, WorkspaceKind, overlay_support,
 };
 
-/// `name(kind)` as two tests, `name::worktree` and `name::overlay`.
+/// `name(kind)` as three tests, `name::worktree`, `name::clone` and `name::overlay`.
 macro_rules! for_each_kind {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[test]
             fn worktree() {
                 super::$name(nightshift::worker::workspace::WorkspaceKind::Worktree);
+            }
+
+            #[test]
+            fn clone() {
+                super::$name(nightshift::worker::workspace::WorkspaceKind::Clone);
             }
 
             #[test]
@@ -95,11 +100,16 @@ fn repository(kind: WorkspaceKind) -> Fixture {
 
 impl Fixture {
     fn cache(&self) -> MirrorCache {
-        MirrorCache::new(&self.root.join("cache")).with_overlays(self.kind == WorkspaceKind::Overlay)
+        MirrorCache::new(&self.root.join("cache")).with_overlays(self.kind != WorkspaceKind::Worktree)
     }
 
+    /// Clones are what workspaces are where overlays cannot mount: under a root whose
+    /// path has a comma, which overlayfs cannot take in a layer's path.
     fn workspaces(&self) -> PathBuf {
-        self.root.join("workspaces")
+        match self.kind {
+            WorkspaceKind::Clone => self.root.join("work,spaces"),
+            _ => self.root.join("workspaces"),
+        }
     }
 
     fn mirror_of(&self, location: &str) -> Mirror {
@@ -322,12 +332,13 @@ fn unknown_bases_and_existing_branches_are_refused_by_name(kind: WorkspaceKind) 
 fn cleanup_removes_the_workspace_once_and_keep_leaves_it(kind: WorkspaceKind) {
     let Some(f) = fixture(kind) else { return };
     let mirror = f.mirror();
-    // A worktree is registered in the mirror; an overlay is mounted.
+    // A worktree is registered in the mirror; an overlay is mounted; a clone is there.
     let listed = |path: &Path| match kind {
         WorkspaceKind::Worktree => {
             git(mirror.path(), &["worktree", "list", "--porcelain"]).contains(path.to_str().unwrap())
         }
         WorkspaceKind::Overlay => mounted(path),
+        WorkspaceKind::Clone => path.join(".git").is_dir(),
     };
     let layers = |path: &Path| path.with_extension("layers");
 
@@ -402,7 +413,7 @@ fn a_workspace_push_reaches_the_repository_and_nothing_else(kind: WorkspaceKind)
             mirror_expected.insert("refs/remotes/origin/agent/fix".into(), fix.clone());
             assert_eq!(refs(mirror.path()), mirror_expected, "only the pushed branch's tracking ref is new");
         }
-        WorkspaceKind::Overlay => {
+        WorkspaceKind::Overlay | WorkspaceKind::Clone => {
             assert_eq!(refs(mirror.path()), mirror_expected, "the mirror's refs are untouched");
             assert_eq!(git(workspace.path(), &["rev-parse", "refs/remotes/origin/agent/fix"]), fix);
         }
@@ -458,33 +469,31 @@ fn overlay_workspaces_from_one_base_have_their_own_files_and_branches() {
 }
 
 #[test]
-fn where_overlays_cannot_mount_workspaces_are_worktrees() {
+fn where_overlays_cannot_mount_workspaces_are_clones() {
     let f = repository(WorkspaceKind::Overlay);
     let location = f.source.to_str().unwrap();
     // Overlayfs cannot take a layer whose path has a comma: the probe under this root fails.
     let workspaces = f.root.join("work,spaces");
     let mirror = f.mirror();
     let refused = mirror.prepare(&workspaces, RunId(1), "main", "agent/probe-refused").unwrap();
-    assert_eq!(refused.kind(), WorkspaceKind::Worktree);
+    assert_eq!(refused.kind(), WorkspaceKind::Clone);
     assert!(overlay_support(&workspaces).unwrap_err().contains("work,spaces"));
     check_workspace(&refused, &f.main, &["README.md", "main.txt"], location);
 
     // Here the probe passes but the lower layer, in a cache whose path has a comma, is
-    // refused at mount time: the half-made overlay is removed and a worktree made instead.
+    // refused at mount time: the half-made overlay is removed and a clone made instead.
     let probed = overlay_support(&f.workspaces());
     let mirror = MirrorCache::new(&f.root.join("ca,che")).mirror(location).unwrap();
     let fallen_back = f.prepare_any(&mirror, 2, "main", "agent/mount-refused");
-    assert_eq!(fallen_back.kind(), WorkspaceKind::Worktree);
+    assert_eq!(fallen_back.kind(), WorkspaceKind::Clone);
     check_workspace(&fallen_back, &f.main, &["README.md", "main.txt"], location);
-    assert!(!fallen_back.path().with_extension("layers").exists());
+    assert!(!fallen_back.path().with_extension("layers").join("upper").exists(), "no overlay is left");
     if probed.is_ok() {
-        assert!(
-            overlay_support(&f.workspaces()).unwrap_err().contains("ca,che"),
-            "later runs go straight to worktrees"
-        );
+        assert!(overlay_support(&f.workspaces()).unwrap_err().contains("ca,che"), "later runs go straight to clones");
     }
     fallen_back.cleanup(Cleanup::Remove).unwrap();
     assert!(!refs(mirror.path()).contains_key("refs/heads/agent/mount-refused"));
+    assert!(!fallen_back.path().exists() && !fallen_back.path().with_extension("layers").exists());
 }
 
 #[test]
