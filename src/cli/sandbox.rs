@@ -32,7 +32,7 @@ enum SandboxCommand {
     ///
     /// Prints the command's output, then each egress decision on stderr (or as JSON lines
     /// to `--decisions`), and exits with the command's status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        SandboxCommand::Run(args) => run_command(args, helper),
+        SandboxCommand::Run(args) => run_command(*args, helper),
     }
 }
 

@@ -75,7 +75,7 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-            if self.0 % (1 << shift) == 0 {
+            if self.0.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", self.0 >> shift);
             }
         }
@@ -239,6 +239,19 @@ impl Limits {
             parts.push(format!("cpu {}", f64::from(millis) / 1000.0));
         }
         parts.join(", ")
+    }
+}
+
+/// The limits phases get, given whether this worker can make cgroups (`cgroups`, from
+/// [`probe`]): all of them; or, when it cannot and none was set explicitly, only the
+/// tmpfs size. An explicit limit that cannot be enforced refuses the run (fail closed).
+pub fn enforceable(resolved: Limits, cgroups: &Result<(), String>) -> Result<Limits, String> {
+    match cgroups {
+        Ok(()) => Ok(resolved),
+        Err(why) if resolved.required => {
+            Err(format!("the task's limits ({}) cannot be enforced on this worker: {why}; {FIX}", resolved.describe()))
+        }
+        Err(_) => Ok(Limits { tmpfs: resolved.tmpfs, ..Limits::default() }),
     }
 }
 
@@ -583,6 +596,19 @@ mod tests {
     }
 
     #[test]
+    fn explicit_limits_refuse_where_no_cgroup_can_be_made_and_defaults_step_back() {
+        let defaults = Limits::resolve(&LimitsConfig { tmpfs: Some(ByteSize(1 << 20)), ..Default::default() }, Some(8));
+        let explicit = Limits::resolve(&LimitsConfig { memory: Some(ByteSize(64 << 20)), ..Default::default() }, None);
+        let refused: Result<(), String> = Err("permission denied".into());
+        assert_eq!(enforceable(defaults, &Ok(())), Ok(defaults));
+        assert_eq!(enforceable(explicit, &Ok(())), Ok(explicit));
+        assert_eq!(enforceable(defaults, &refused), Ok(Limits { tmpfs: Some(1 << 20), ..Limits::default() }));
+        let error = enforceable(explicit, &refused).unwrap_err();
+        assert!(error.contains("(memory 64M, processes 4096)"), "{error}");
+        assert!(error.contains("permission denied") && error.contains(FIX), "{error}");
+    }
+
+    #[test]
     fn ram_is_mem_total() {
         assert_eq!(mem_total("MemFree: 5 kB\nMemTotal:       24683712 kB\n"), Some(24683712 * 1024));
         assert_eq!(mem_total("MemFree: 5 kB\n"), None);
@@ -627,7 +653,7 @@ mod tests {
     fn a_v2_plan_is_one_directory_with_every_limit() {
         let plan = plan(&Hierarchy::V2 { parent: PathBuf::from("/cg") }, &all(), "p");
         let dir = PathBuf::from("/cg/p");
-        assert_eq!(plan.dirs, [dir.clone()]);
+        assert_eq!(plan.dirs, std::slice::from_ref(&dir));
         let files: Vec<(String, &str, bool)> = plan
             .writes
             .iter()

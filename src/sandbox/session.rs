@@ -134,7 +134,7 @@ impl<'a> Confinement<'a> {
         let Some(sandbox) = self.sandbox else {
             return Ok((!config.is_empty()).then(|| "the sandbox is off: the task's limits were not enforced".into()));
         };
-        self.base.limits = decide(resolved, &sandbox.cgroups)?;
+        self.base.limits = limits::enforceable(resolved, &sandbox.cgroups)?;
         Ok(match (&sandbox.cgroups, resolved.needs_cgroup()) {
             (Err(why), true) => Some(format!(
                 "the default limits ({}) were not enforced: {why}; to enforce them, {}",
@@ -170,21 +170,6 @@ impl<'a> Confinement<'a> {
         let jail = sandbox.phase(phase, policy);
         options.jail = Some(jail.options.clone());
         Some(jail)
-    }
-}
-
-/// The limits phases get, given whether this worker can make cgroups: all of them, or
-/// only the tmpfs sizes when it cannot and none was set explicitly; an explicit limit
-/// that cannot be enforced refuses the run.
-fn decide(resolved: Limits, cgroups: &Result<(), String>) -> Result<Limits, String> {
-    match cgroups {
-        Ok(()) => Ok(resolved),
-        Err(why) if resolved.required => Err(format!(
-            "the task's limits ({}) cannot be enforced on this worker: {why}; {}",
-            resolved.describe(),
-            limits::FIX
-        )),
-        Err(_) => Ok(Limits { tmpfs: resolved.tmpfs, ..Limits::default() }),
     }
 }
 
