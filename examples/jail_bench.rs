@@ -33,6 +33,7 @@ fn main() {
         paths: Vec::new(),
         home: PathBuf::from("/home/nightshift"),
         capture_ports: vec![80, 443],
+        limits: Default::default(),
     };
     let argv = vec!["true".to_string()];
     let (mut plain, mut jailed) = (Times::default(), Times::default());

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Approval, DurationSpec, OutputFormat, Overlap, ProfilePath, Retry, SecretRef};
 use crate::netpolicy::NetworkPolicy;
+use crate::sandbox::limits::LimitsConfig;
 
 /// How to start the agent for this run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +58,9 @@ pub struct Task {
     pub push: bool,
     /// Whether the event that produced this task carries outside text (memory provenance).
     pub untrusted_input: bool,
+    /// What each phase may use; empty: the worker's defaults.
+    #[serde(default, skip_serializing_if = "LimitsConfig::is_empty")]
+    pub limits: LimitsConfig,
 }
 
 /// Flow control for the run, with its keys rendered.

@@ -11,6 +11,7 @@ use anyhow::Context;
 use super::worker::parse_resolve;
 use crate::netpolicy::{AllowRuleConfig, Method, NetworkPolicy, RuleOrigin};
 use crate::sandbox::egress::{EgressSettings, PhaseName};
+use crate::sandbox::limits::{ByteSize, Cpu, LimitsConfig};
 use crate::sandbox::{Confinement, Sandbox, SandboxPath, jail, plan};
 use crate::worker::phase::{CancelToken, PhaseCommand, PhaseOptions, PhaseStatus, Stream, run_phase};
 
@@ -31,7 +32,7 @@ enum SandboxCommand {
     ///
     /// Prints the command's output, then each egress decision on stderr (or as JSON lines
     /// to `--decisions`), and exits with the command's status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +54,21 @@ struct RunArgs {
     /// Write the decisions as JSON lines to this file instead of describing them on stderr.
     #[arg(long, value_name = "FILE")]
     decisions: Option<PathBuf>,
+    /// Cap the memory (and swap) of all its processes, e.g. `512M`: past it the OOM killer
+    /// ends one (exit 137 and a line on stderr). Refused where cgroups cannot be made.
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<ByteSize>,
+    /// Cap how many processes and threads it may have at once. Refused where cgroups
+    /// cannot be made.
+    #[arg(long, value_name = "N")]
+    processes: Option<u64>,
+    /// Cap its CPU time, in cores (`0.5`). Refused where cgroups cannot be made.
+    #[arg(long, value_name = "CORES")]
+    cpu: Option<f64>,
+    /// What each of its /tmp, home and /dev/shm may hold, e.g. `64M`. Default: an eighth
+    /// of the machine's RAM each.
+    #[arg(long, value_name = "SIZE")]
+    tmpfs: Option<ByteSize>,
     /// Stop the command after this many seconds (exit 124).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     timeout: u64,
@@ -74,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        SandboxCommand::Run(args) => run_command(args, helper),
+        SandboxCommand::Run(args) => run_command(*args, helper),
     }
 }
 
@@ -110,7 +126,24 @@ fn run_command(args: RunArgs, helper: PathBuf) -> anyhow::Result<ExitCode> {
         sandbox: None,
     };
     let mut options = PhaseOptions { log_limit: 0, ..PhaseOptions::default() };
-    let confinement = Confinement::new(Some(&sandbox), &workspace, &run_dir.0, paths);
+    let mut confinement = Confinement::new(Some(&sandbox), &workspace, &run_dir.0, paths);
+    let limits = LimitsConfig {
+        memory: args.memory,
+        processes: match args.processes {
+            Some(0) => anyhow::bail!("--processes: a phase needs at least one"),
+            n => n,
+        },
+        cpu: args.cpu.map(Cpu::from_cores).transpose().map_err(|why| anyhow::anyhow!("--cpu: {why}"))?,
+        tmpfs: args.tmpfs,
+    };
+    match confinement.limit(&limits) {
+        Ok(None) => {}
+        Ok(Some(note)) => eprintln!("limits: {note}"),
+        Err(why) => {
+            eprintln!("limits: {why}");
+            return Ok(ExitCode::from(125));
+        }
+    }
     let jail = confinement.confine(PhaseName::Agent, &policy, &[], &mut command, &mut options);
     let outcome = run_phase(&command, &options, &CancelToken::new(), |stream, line| {
         let _ = match stream {
@@ -135,6 +168,9 @@ fn run_command(args: RunArgs, helper: PathBuf) -> anyhow::Result<ExitCode> {
         }
     }
     let outcome = outcome?;
+    if outcome.memory_exceeded {
+        eprintln!("limits: the command was killed by its memory limit");
+    }
     let code = match outcome.status {
         PhaseStatus::Exited(code) => code,
         PhaseStatus::Signalled(signal) => 128 + signal,

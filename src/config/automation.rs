@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{DurationSpec, SecretRef};
 use crate::netpolicy::{Method, NetworkConfig};
+use crate::sandbox::limits::LimitsConfig;
 use crate::triggers::{TriggerKind, TriggerSpec};
 
 /// An automation: triggers, a rule that decides which events matter, and the task an
@@ -110,6 +111,11 @@ pub struct TaskTemplate {
     /// Push the branch to the repository's remote when the run succeeds. Default false.
     #[serde(default)]
     pub push: bool,
+    /// What each phase (every setup command, the agent) may use: `memory`, `processes`,
+    /// `cpu` and `tmpfs`. A limit set here is enforced or the run is refused; one left out
+    /// takes the worker's default (see docs/sandbox.md).
+    #[serde(default, skip_serializing_if = "LimitsConfig::is_empty")]
+    pub limits: LimitsConfig,
 }
 
 fn default_base() -> String {

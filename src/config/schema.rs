@@ -221,6 +221,11 @@ fn explain(
             let shown = value.as_str().unwrap_or_default();
             let (message, hint) = if pattern == super::duration::DURATION_PATTERN {
                 (format!("invalid duration `{shown}`"), "write e.g. `90s`, `30m`, `1h30m` or `7d`".to_string())
+            } else if pattern == crate::sandbox::limits::SIZE_PATTERN {
+                (
+                    format!("invalid size `{shown}`"),
+                    "write e.g. `512M` or `2G` (K, M, G, T: powers of 1024)".to_string(),
+                )
             } else if pattern.starts_with("^(env:") {
                 (
                     format!("invalid secret reference `{shown}`"),

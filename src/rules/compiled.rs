@@ -493,6 +493,7 @@ impl CompiledAutomation {
                 approval: task.approval,
                 push: task.push,
                 untrusted_input: event.event.source.is_untrusted(),
+                limits: task.limits,
             }),
             flow: Some(flow),
         })

@@ -9,6 +9,7 @@
 
 pub mod egress;
 pub mod jail;
+pub mod limits;
 pub mod plan;
 mod session;
 
@@ -38,6 +39,9 @@ pub struct SandboxSpec {
     /// TCP ports on which connections to any address are captured and handed to the
     /// egress proxy as if the phase had asked it for `CONNECT destination:port`.
     pub capture_ports: Vec<u16>,
+    /// Its cgroup limits (made by the worker) and the size of its tmpfs mounts.
+    #[serde(default)]
+    pub limits: limits::Limits,
 }
 
 /// One extra path a phase sees.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::netpolicy::NetworkPolicy;
+use crate::sandbox::limits::{self, Limits, LimitsConfig};
 use crate::worker::phase::{JailOptions, PhaseCommand, PhaseOptions};
 
 use super::egress::{Egress, EgressSession, EgressSettings, PhaseName, PolicyRecord};
@@ -18,6 +19,8 @@ use super::{NetnsSockets, SandboxPath, SandboxSpec, plan};
 pub struct Sandbox {
     helper: PathBuf,
     egress: Arc<Egress>,
+    /// Whether phases can get cgroups here; if not, why.
+    cgroups: Result<(), String>,
 }
 
 impl fmt::Debug for Sandbox {
@@ -30,7 +33,16 @@ impl Sandbox {
     /// A sandbox whose jails are started by `helper` (the nightshift binary) and whose
     /// egress proxy reaches upstreams as `settings` say.
     pub fn new(helper: PathBuf, settings: EgressSettings) -> io::Result<Sandbox> {
-        Ok(Sandbox { helper, egress: Arc::new(Egress::new(settings)?) })
+        let cgroups = limits::probe();
+        if let Err(why) = &cgroups {
+            tracing::warn!(
+                %why,
+                fix = limits::FIX,
+                "Phases cannot get cgroups here: their memory, process and CPU limits are not enforced, \
+                 and runs that set task.limits are refused"
+            );
+        }
+        Ok(Sandbox { helper, egress: Arc::new(Egress::new(settings)?), cgroups })
     }
 
     /// Whether this machine lets the helper build a jail; if not, what failed and the fix.
@@ -103,6 +115,7 @@ impl<'a> Confinement<'a> {
             paths,
             home: private_home(workspace),
             capture_ports: Vec::new(),
+            limits: Limits::default(),
         };
         Confinement { sandbox, base }
     }
@@ -110,6 +123,31 @@ impl<'a> Confinement<'a> {
     /// Whether phases run in jails.
     pub fn enforced(&self) -> bool {
         self.sandbox.is_some()
+    }
+
+    /// Gives every phase the limits `config` sets, the worker's defaults filling the rest.
+    /// Returns what the run's timeline should say when they are not enforced, or why the
+    /// run is refused: limits set in `config` are enforced or nothing runs (fail closed).
+    pub fn limit(&mut self, config: &LimitsConfig) -> Result<Option<String>, String> {
+        let resolved = Limits::resolve(config, limits::ram());
+        self.base.limits = resolved;
+        let Some(sandbox) = self.sandbox else {
+            return Ok((!config.is_empty()).then(|| "the sandbox is off: the task's limits were not enforced".into()));
+        };
+        self.base.limits = limits::enforceable(resolved, &sandbox.cgroups)?;
+        Ok(match (&sandbox.cgroups, resolved.needs_cgroup()) {
+            (Err(why), true) => Some(format!(
+                "the default limits ({}) were not enforced: {why}; to enforce them, {}",
+                resolved.describe(),
+                limits::FIX
+            )),
+            _ => None,
+        })
+    }
+
+    /// What every phase of the run is limited to.
+    pub fn limits(&self) -> Limits {
+        self.base.limits
     }
 
     /// Puts `command` in a jail for `phase` under `policy`, with `extra` paths besides the

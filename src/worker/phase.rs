@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use super::mask::Masker;
 use crate::sandbox::jail::{self, JailError};
+use crate::sandbox::limits::PhaseCgroup;
 use crate::sandbox::{NetnsSockets, SandboxSpec};
 
 /// The engine's environment variables a phase inherits, when set.
@@ -166,6 +167,8 @@ pub enum PhaseStatus {
 #[derive(Debug, Clone)]
 pub struct PhaseOutcome {
     pub status: PhaseStatus,
+    /// Whether the OOM killer ended one of the phase's processes at its memory limit.
+    pub memory_exceeded: bool,
     pub duration: Duration,
     pub log: PhaseLog,
 }
@@ -314,13 +317,15 @@ pub fn run_phase(
         readers_done = receive_until(&lines, Instant::now() + DRAIN, &mut record);
     }
     finish_readers(readers, readers_done, &program);
-    // The phase's processes are all gone: its sockets need no more serving.
+    // The phase's processes are all gone: its sockets need no more serving, its cgroup
+    // can go.
     drop(group.serving.take());
+    let memory_exceeded = group.cgroup.take().is_some_and(|cgroup| cgroup.oom_killed());
 
     let status = stopping.map_or_else(|| exit_status(exit), |(why, _)| why);
     let duration = started.elapsed();
     tracing::info!(program = %program, ?status, duration_ms = duration.as_millis() as u64, "Phase ended");
-    Ok(PhaseOutcome { status, duration, log })
+    Ok(PhaseOutcome { status, memory_exceeded, duration, log })
 }
 
 /// Why the phase must stop now, if it must.
@@ -381,6 +386,7 @@ struct Group {
     program: String,
     reaped: bool,
     serving: Option<Box<dyn Any + Send>>,
+    cgroup: Option<PhaseCgroup>,
 }
 
 impl Group {
@@ -421,20 +427,20 @@ impl Group {
             });
         }
         let spawn_error = |cause| PhaseError::Spawn { program: program.to_string(), dir: command.dir.clone(), cause };
-        let (child, serving) = match (&command.sandbox, &options.jail) {
+        let (child, serving, cgroup) = match (&command.sandbox, &options.jail) {
             (Some(spec), Some(jail)) => {
                 let jailed = jail::spawn(process, spec, &command.argv, &command.dir).map_err(|error| match error {
                     JailError::Exec(text) => spawn_error(io::Error::other(text)),
                     error => PhaseError::Jail { program: program.to_string(), message: error.to_string() },
                 })?;
                 let serving = (jail.serve)(jailed.sockets, jailed.child.id());
-                (jailed.child, Some(serving))
+                (jailed.child, Some(serving), jailed.cgroup)
             }
-            _ => (process.spawn().map_err(spawn_error)?, None),
+            _ => (process.spawn().map_err(spawn_error)?, None, None),
         };
         // `process_group(0)` makes the child's pid its group's id.
         let pgid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
-        Ok(Group { child, pgid, program: program.to_string(), reaped: false, serving })
+        Ok(Group { child, pgid, program: program.to_string(), reaped: false, serving, cgroup })
     }
 
     fn start_readers(

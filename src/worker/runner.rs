@@ -22,6 +22,7 @@ use crate::config::{AgentProfile, Approval};
 use crate::netpolicy::NetworkPolicy;
 use crate::runs::{ActivityKind, Completion, Epoch, NewActivity, Run, RunId, RunResult};
 use crate::sandbox::egress::PhaseName;
+use crate::sandbox::limits::ByteSize;
 use crate::sandbox::{Confinement, PhaseJail, Sandbox, SandboxPath, plan};
 use crate::store::Claim;
 use crate::task::Task;
@@ -326,7 +327,7 @@ impl Runner {
             grace: self.settings.grace,
             jail: None,
         };
-        let confinement = Confinement::new(
+        let mut confinement = Confinement::new(
             self.settings.sandbox.as_deref(),
             workspace.path(),
             &files.dir,
@@ -337,6 +338,14 @@ impl Runner {
                 ActivityKind::Policy,
                 "the sandbox is off (--sandbox off): this run's phases ran unconfined and its network policy was not enforced",
             )]);
+        }
+        match confinement.limit(&task.limits) {
+            Ok(None) => {}
+            Ok(Some(note)) => attempt.activities(vec![NewActivity::new(ActivityKind::Policy, note)]),
+            Err(why) => {
+                attempt.activities(vec![NewActivity::new(ActivityKind::Policy, why.clone())]);
+                return Ending::failed(why, false, None);
+            }
         }
 
         if let Some(ending) = setup(task, workspace, attempt, &env, secrets, &options, &confinement) {
@@ -375,6 +384,9 @@ impl Runner {
             Ok(outcome) => outcome,
             Err(error) => return Ending::failed(format!("agent: {error}"), false, None),
         };
+        if outcome.memory_exceeded {
+            return Ending::failed(over_memory("the agent", &confinement), false, None);
+        }
         let exit_code = match outcome.status {
             PhaseStatus::Exited(code) => Some(code),
             PhaseStatus::Signalled(_) => None,
@@ -503,6 +515,10 @@ fn setup(
             Ok(outcome) => outcome,
             Err(error) => return Some(Ending::failed(format!("setup: {error}"), false, None)),
         };
+        if outcome.memory_exceeded {
+            let what = format!("setup command `{command}`");
+            return Some(Ending::failed(over_memory(&what, confinement), false, None));
+        }
         match outcome.status {
             PhaseStatus::Exited(0) => {}
             PhaseStatus::Exited(code) => {
@@ -547,6 +563,14 @@ fn workspace_paths(workspace: &Workspace) -> Vec<SandboxPath> {
         }
     }
     paths
+}
+
+/// `the agent was killed by its memory limit (512M)`.
+fn over_memory(what: &str, confinement: &Confinement) -> String {
+    match confinement.limits().memory {
+        Some(bytes) => format!("{what} was killed by its memory limit ({})", ByteSize(bytes)),
+        None => format!("{what} was killed by its memory limit"),
+    }
 }
 
 /// Puts a phase's egress decisions on the run's timeline.

@@ -15,6 +15,7 @@ mod rules;
 mod sandbox_bypass;
 mod sandbox_egress;
 mod sandbox_jail;
+mod sandbox_limits;
 mod sandbox_runs;
 mod schema;
 mod serving;

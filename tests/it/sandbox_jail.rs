@@ -362,6 +362,7 @@ fn jailed(workspace: &Path, script: &str, timeout: Duration) -> (PhaseCommand, P
         paths: Vec::new(),
         home: PathBuf::from("/home/nightshift"),
         capture_ports: vec![443],
+        limits: Default::default(),
     };
     let command = PhaseCommand {
         argv: vec!["sh".into(), "-c".into(), script.into()],

@@ -17,6 +17,7 @@ use nix::unistd::pivot_root;
 
 use super::helper::Failure;
 use crate::sandbox::SandboxSpec;
+use crate::sandbox::limits::Limits;
 
 /// The system, read-only, where present. Not /home, /root, /run, /srv, /mnt, /media, /var.
 const SYSTEM: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"];
@@ -54,13 +55,13 @@ pub fn build(spec: &SandboxSpec) -> Result<(), Failure> {
     stage()?;
     tmpfs(Path::new(NEW), "0755")?;
     system()?;
-    special()?;
+    special(&spec.limits)?;
     for place in places(spec) {
         match place {
             Place::Tmpfs { path, mode } => {
                 let target = inside(&path);
                 make_dir(&target)?;
-                tmpfs(&target, mode)?;
+                sized_tmpfs(&target, mode, &spec.limits)?;
             }
             Place::Bind { path, writable } => bind(&path, writable)?,
         }
@@ -99,7 +100,7 @@ fn system() -> Result<(), Failure> {
 }
 
 /// /proc (fresh: only the jail's processes), /dev (a few nodes, shm, pts) and /tmp.
-fn special() -> Result<(), Failure> {
+fn special(limits: &Limits) -> Result<(), Failure> {
     let proc = inside(Path::new("/proc"));
     make_dir(&proc)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -117,7 +118,7 @@ fn special() -> Result<(), Failure> {
     }
     let shm = dev.join("shm");
     make_dir(&shm)?;
-    tmpfs(&shm, "1777")?;
+    sized_tmpfs(&shm, "1777", limits)?;
     let pts = dev.join("pts");
     make_dir(&pts)?;
     // A terminal is a convenience: without devpts (an old kernel) the jail still works.
@@ -142,7 +143,7 @@ fn special() -> Result<(), Failure> {
 
     let tmp = inside(Path::new("/tmp"));
     make_dir(&tmp)?;
-    tmpfs(&tmp, "1777")
+    sized_tmpfs(&tmp, "1777", limits)
 }
 
 /// The spec's mounts, parents first: home (empty, private), the workspace, the run
@@ -233,6 +234,15 @@ fn tmpfs(target: &Path, mode: &str) -> Result<(), Failure> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(&*format!("mode={mode}")))
         .map_err(|e| Failure::errno(&format!("mount a tmpfs on {}", target.display()), e))
+}
+
+/// A tmpfs a phase writes to (/tmp, home, /dev/shm): without a size, each could take
+/// half of the machine's RAM.
+fn sized_tmpfs(target: &Path, mode: &str, limits: &Limits) -> Result<(), Failure> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let options = format!("mode={mode},{}", limits.tmpfs_option());
+    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(&*options))
+        .map_err(|e| Failure::errno(&format!("mount a tmpfs on {} ({options})", target.display()), e))
 }
 
 /// Binds one of the staging tmpfs's files over `target`, read-only.
@@ -345,6 +355,7 @@ mod tests {
             paths: vec![SandboxPath { path: "/home/me/.config/agent".into(), writable: false }],
             home: "/home/me".into(),
             capture_ports: vec![],
+            limits: Default::default(),
         };
         let order: Vec<PathBuf> = places(&spec).iter().map(|p| p.path().to_path_buf()).collect();
         assert_eq!(order[0], PathBuf::from("/home/me"));

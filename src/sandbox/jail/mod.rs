@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
+use super::limits::{self, PhaseCgroup};
 use super::{NetnsSockets, SandboxSpec};
 use wire::{Answer, Request};
 
@@ -52,14 +53,19 @@ pub enum JailError {
     /// The jail was built, but the program could not be run in it (not found, ...).
     #[error("{0}")]
     Exec(String),
+    /// The spec's explicit limits cannot be enforced: the command was not run.
+    #[error("{0}")]
+    Limits(String),
 }
 
 /// A phase started in its jail: the helper process (exits with the command's status, a
-/// signal as 128+n) and the namespace's sockets.
+/// signal as 128+n), the namespace's sockets and the cgroup that holds every process of
+/// the phase (drop it once they are gone).
 #[derive(Debug)]
 pub struct Jailed {
     pub child: Child,
     pub sockets: NetnsSockets,
+    pub cgroup: Option<PhaseCgroup>,
 }
 
 /// The command that starts the helper. The caller sets its environment (which the phase's
@@ -72,9 +78,11 @@ pub fn helper_command(helper: &Path) -> Command {
 }
 
 /// Starts `argv` in `dir` inside the jail `spec` describes, through `helper` (from
-/// [`helper_command`]). Returns once the command was exec'd in the jail.
+/// [`helper_command`]). Returns once the command was exec'd in the jail. The helper is in
+/// the phase's cgroup before it reads its request, so all the phase's processes are too.
 pub fn spawn(mut helper: Command, spec: &SandboxSpec, argv: &[String], dir: &Path) -> Result<Jailed, JailError> {
     check(spec, argv, dir)?;
+    let cgroup = cgroup(spec)?;
     let request = Request { spec: spec.clone(), argv: argv.to_vec(), dir: dir.to_path_buf() };
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
         .map_err(|e| JailError::Channel(wire::describe(e)))?;
@@ -90,13 +98,38 @@ pub fn spawn(mut helper: Command, spec: &SandboxSpec, argv: &[String], dir: &Pat
     let program = PathBuf::from(helper.get_program());
     let mut child = helper.spawn().map_err(|cause| JailError::Spawn { helper: program, cause })?;
     drop(theirs);
-    match start(&ours, &request) {
-        Ok(sockets) => Ok(Jailed { child, sockets }),
+    let joined = match &cgroup {
+        Some(cgroup) => cgroup.join(child.id()).map_err(JailError::Limits),
+        None => Ok(()),
+    };
+    match joined.and_then(|()| start(&ours, &request)) {
+        Ok(sockets) => Ok(Jailed { child, sockets, cgroup }),
         Err(error) => {
             // PID 1 dies with the helper (its parent-death signal), and the namespace with it.
             let _ = child.kill();
             let _ = child.wait();
             Err(error)
+        }
+    }
+}
+
+/// The phase's cgroup, when its limits need one. One that cannot be made refuses the
+/// phase when the limits were explicit; otherwise (the worker's defaults, which
+/// `Confinement::limit` already said may not be enforced) the phase runs without it.
+fn cgroup(spec: &SandboxSpec) -> Result<Option<PhaseCgroup>, JailError> {
+    if !spec.limits.needs_cgroup() {
+        return Ok(None);
+    }
+    match PhaseCgroup::create(&spec.limits) {
+        Ok(cgroup) => Ok(Some(cgroup)),
+        Err(why) if spec.limits.required => Err(JailError::Limits(format!(
+            "the limits ({}) cannot be enforced: {why}; {}",
+            spec.limits.describe(),
+            limits::FIX
+        ))),
+        Err(why) => {
+            tracing::warn!(%why, "A phase runs without its default limits");
+            Ok(None)
         }
     }
 }
@@ -189,6 +222,7 @@ pub fn probe(helper: &Path) -> Result<(), String> {
         paths: Vec::new(),
         home: PathBuf::from("/home/nightshift"),
         capture_ports: vec![80, 443],
+        limits: Default::default(),
     };
     let mut command = helper_command(helper);
     command.env_clear().env("PATH", "/usr/bin:/bin").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -215,6 +249,7 @@ mod tests {
             paths: Vec::new(),
             home: PathBuf::from("/home/nightshift"),
             capture_ports: vec![443],
+            limits: Default::default(),
         }
     }
 

@@ -202,6 +202,7 @@ mod tests {
             approval: Approval::default(),
             push: false,
             untrusted_input: false,
+            limits: Default::default(),
         }
     }
 
