@@ -135,6 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.concurrency == 0 {
         return Err(anyhow!("--concurrency must be at least 1"));
     }
+    crate::server::raise_open_files();
     let settings = args.worker.settings(PathBuf::from(".nightshift-worker"))?;
     std::fs::create_dir_all(&settings.work_dir)
         .with_context(|| format!("cannot create the work directory {}", settings.work_dir.display()))?;

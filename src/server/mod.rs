@@ -530,26 +530,39 @@ fn start_scheduler(
     Ok(thread)
 }
 
+/// Raises the soft open-file limit to the hard one where allowed, and returns the soft
+/// limit now. `serve` and `worker` call it first: each phase's egress connections hold
+/// descriptors (a share of the limit, docs/sandbox.md), and so do the API's.
+pub fn raise_open_files() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::debug!(open_files = hard, was = soft, "Raised the open-file limit to the hard limit");
+                Some(hard)
+            }
+            Err(error) => {
+                tracing::warn!(%error, soft, hard, "cannot raise the open-file limit");
+                Some(soft)
+            }
+        },
+        Ok((soft, _)) => {
+            tracing::debug!(open_files = soft, "The open-file limit is the hard limit");
+            Some(soft)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-file limit");
+            None
+        }
+    }
+}
+
 /// Raises the open-file limit to its hard limit where allowed, and returns the connection
 /// cap that fits under it, with descriptors left for the store, the log and the workers.
 fn connection_cap(wanted: usize) -> usize {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     /// Descriptors kept for everything but connections.
     const RESERVED: u64 = 256;
-    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(error) => {
-                tracing::warn!(%error, soft, hard, "cannot raise the open-file limit");
-                soft
-            }
-        },
-        Ok((soft, _)) => soft,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the open-file limit");
-            return wanted;
-        }
-    };
+    let Some(soft) = raise_open_files() else { return wanted };
     let fits = usize::try_from(soft.saturating_sub(RESERVED).max(16)).unwrap_or(usize::MAX);
     if wanted > fits {
         tracing::warn!(

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nightshift::sandbox::{NetnsSockets, SandboxSpec};
+use nightshift::sandbox::{NetnsSockets, SandboxSpec, jail};
 use nightshift::worker::phase::{
     CancelToken, JailOptions, PhaseCommand, PhaseError, PhaseOptions, PhaseStatus, run_phase,
 };
@@ -479,4 +479,63 @@ fn descriptors_the_worker_inherited_do_not_reach_the_phase() {
         let fds = stdout.lines().next().unwrap_or_default();
         assert_eq!(fds.trim(), "0 1 2 3", "{who:?}: the phase's descriptors (3 is ls's own directory): {stdout}");
     }
+}
+
+/// A root worker's jail is root on the host: under the system directories it shows what
+/// others may read and nothing of what only root or its group may (a key, a 0640 config,
+/// a 0700 directory), each left empty. The system directory is the test's own, beside the
+/// real ones, so nothing is written to the host's /etc.
+#[test]
+fn a_root_jail_hides_what_only_root_may_read_in_the_system() {
+    if users().is_empty() {
+        return;
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        requires::skip(REQUIRE_JAIL, "not root: a jail hides system files only for a root worker");
+        return;
+    }
+    // Not under /tmp, which the jail covers with its private tmpfs.
+    let system = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = std::fs::canonicalize(system.path()).unwrap();
+    let write = |name: &str, mode: u32| {
+        std::fs::write(dir.join(name), format!("{name}-text\n")).unwrap();
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(dir.join("private")).unwrap();
+    std::fs::set_permissions(dir.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    write("public.txt", 0o644);
+    write("secret.key", 0o600);
+    write("group.conf", 0o640);
+    write("private/inner", 0o644);
+
+    let layout = Layout::new();
+    let spec = SandboxSpec {
+        workspace: layout.workspace(),
+        run_dir: layout.workspace(),
+        paths: Vec::new(),
+        home: PathBuf::from("/home/nightshift"),
+        capture_ports: Vec::new(),
+        limits: Default::default(),
+    };
+    let mut systems: Vec<PathBuf> = jail::SYSTEM.iter().map(PathBuf::from).collect();
+    systems.push(dir.clone());
+    let script = "for f in public.txt secret.key group.conf private/inner; do echo \"$f: $(cat $f 2>&1)\"; done; \
+                  echo \"private entries: $(ls -A private | wc -l)\"; echo \"etc: $(wc -l < /etc/passwd)\"";
+    let mut command = jail::helper_command(Path::new(BIN));
+    command.env_clear().env("PATH", "/usr/bin:/bin").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let argv = ["sh".to_string(), "-c".to_string(), script.to_string()];
+    let jailed = jail::spawn_with_system(command, &spec, &argv, &dir, &systems).expect("start the jail");
+    let output = jailed.child.wait_with_output().unwrap();
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}\nstdout: {stdout}\nstderr: {}", output.status, text(&output.stderr));
+    assert!(stdout.contains("public.txt: public.txt-text\n"), "{stdout}");
+    for hidden in ["secret.key-text", "group.conf-text", "inner-text"] {
+        assert!(!stdout.contains(hidden), "{hidden} showed in the jail: {stdout}");
+    }
+    assert!(stdout.contains("secret.key: \n") && stdout.contains("group.conf: \n"), "{stdout}");
+    assert!(stdout.contains("private entries: 0\n"), "{stdout}");
+    // The world-readable system is still there.
+    assert!(!stdout.contains("etc: 0\n") && stdout.contains("etc: "), "{stdout}");
 }

@@ -22,7 +22,7 @@ const PLAIN_HTTP_PORT: u16 = 80;
 
 /// Accepts captured connections until the session stops.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    shared.accept_each(listener, handle).await;
+    shared.accept_each(RecordKind::Captured, listener, handle).await;
 }
 
 /// The host a captured destination stands for: the name the stub gave its address for,

@@ -262,6 +262,83 @@ pub(crate) mod tests {
         assert!(in_pool(Ipv4Addr::new(198, 18, 0, 1)));
         assert!(in_pool(Ipv4Addr::new(198, 19, 255, 254)));
         assert!(!in_pool(Ipv4Addr::new(198, 20, 0, 1)));
+        assert!(!in_pool(Ipv4Addr::new(198, 20, 0, 0)));
+        assert!(!in_pool(Ipv4Addr::new(198, 17, 255, 255)));
         assert!(!in_pool(Ipv4Addr::new(127, 0, 0, 1)));
+    }
+
+    #[test]
+    fn stub_addresses_follow_the_pool_network_address_in_order() {
+        let mut pool = FakePool::default();
+        assert_eq!(pool.address("a.example"), Some(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(pool.address("b.example"), Some(Ipv4Addr::new(198, 18, 0, 2)));
+        assert_eq!(pool.address("c.example"), Some(Ipv4Addr::new(198, 18, 0, 3)));
+    }
+
+    #[test]
+    fn a_query_for_the_root_gets_no_address() {
+        let mut pool = FakePool::default();
+        let (reply, asked) = answer(&query(1, ".", TYPE_A), &mut pool);
+        assert_eq!(parse_reply(&reply.unwrap()), (NOERROR, vec![]));
+        assert_eq!(asked.unwrap(), Asked { name: String::new(), answer: "A for the root answered empty".into() });
+        assert!(pool.by_name.is_empty());
+    }
+
+    /// The rcode of the reply to an A query for `name`.
+    fn rcode_for(name: &str) -> u8 {
+        answer(&query(1, name, TYPE_A), &mut FakePool::default()).0.unwrap()[3] & 0x0f
+    }
+
+    #[test]
+    fn labels_of_63_and_names_of_254_bytes_are_the_longest_answered() {
+        let label = |n: usize| "a".repeat(n);
+        assert_eq!(rcode_for(&format!("{}.example", label(63))), NOERROR);
+        assert_eq!(rcode_for(&format!("{}.example", label(64))), FORMERR);
+        let name = |last: usize| format!("{0}.{0}.{0}.{1}", label(63), label(last));
+        assert_eq!(name(62).len(), 254);
+        assert_eq!(rcode_for(&name(62)), NOERROR);
+        assert_eq!(rcode_for(&name(63)), FORMERR);
+    }
+
+    #[test]
+    fn names_hold_letters_digits_hyphens_and_underscores_only() {
+        let mut pool = FakePool::default();
+        let asked = answer(&query(1, "My-Host_1.Example", TYPE_A), &mut pool).1.unwrap();
+        assert_eq!(asked.name, "my-host_1.example");
+        for bad in ["a*b.example", "a b.example", "a/b.example", "a=b.example", "caf\u{e9}.example"] {
+            assert_eq!(rcode_for(bad), FORMERR, "{bad}");
+        }
+    }
+
+    #[test]
+    fn replies_are_authoritative_responses_that_echo_recursion_desired() {
+        let mut pool = FakePool::default();
+        let with_rd = answer(&query(1, "a.example", TYPE_A), &mut pool).0.unwrap();
+        assert_eq!((with_rd[2], with_rd[3]), (0x85, 0x80 | NOERROR), "QR AA RD, RA");
+        let mut plain = query(1, "a.example", TYPE_A);
+        plain[2] = 0x00;
+        let without = answer(&plain, &mut pool).0.unwrap();
+        assert_eq!(without[2], 0x84, "QR AA");
+    }
+
+    #[test]
+    fn other_opcodes_and_classes_are_not_implemented() {
+        let mut pool = FakePool::default();
+        let mut status = query(1, "a.example", TYPE_A);
+        status[2] = (2 << 3) | 0x01; // opcode STATUS
+        let reply = answer(&status, &mut pool);
+        assert_eq!(reply.0.as_ref().map(|r| (r[3] & 0x0f, r.len())), Some((NOTIMP, 12)), "no question");
+        assert_eq!(reply.1, None);
+        let mut chaos = query(1, "a.example", TYPE_A);
+        let class = chaos.len() - 2;
+        chaos[class..].copy_from_slice(&3u16.to_be_bytes());
+        let (reply, asked) = answer(&chaos, &mut pool);
+        let reply = reply.unwrap();
+        assert_eq!((reply[3] & 0x0f, &reply[12..]), (NOTIMP, &chaos[12..]), "the question echoed");
+        assert_eq!(asked, None);
+        let mut two = query(1, "a.example", TYPE_A);
+        two[5] = 2;
+        assert_eq!(answer(&two, &mut pool).0.unwrap()[3] & 0x0f, FORMERR, "two questions");
+        assert!(pool.by_name.is_empty());
     }
 }

@@ -48,8 +48,31 @@ pub use record::{MAX_RECORDS, PhaseName, PolicyRecord, RecordKind};
 use upstream::Resolver;
 pub use upstream::is_public;
 
-/// Client connections one session serves at once; more wait to be accepted.
+/// Client connections one session serves at once, at most; fewer under a low open-file
+/// limit ([`connection_cap`]). One past the cap is closed at once and recorded as denied.
 pub const MAX_CONNECTIONS: usize = 512;
+
+/// Descriptors one connection may hold in the worker: the client's socket, the
+/// upstream's, and a pipe each way for splicing.
+pub const FDS_PER_CONNECTION: u64 = 6;
+
+/// One phase's connections may hold at most this share (1/n) of the worker's open files,
+/// so a phase cannot take the descriptors the engine needs (its store, its API, other
+/// phases).
+const PHASE_SHARE: u64 = 4;
+
+/// How many connections a session serves at once when the worker may open `open_files`
+/// descriptors: its share of them, at least 1 and at most [`MAX_CONNECTIONS`].
+pub fn connection_cap(open_files: u64) -> usize {
+    let fits = usize::try_from(open_files / PHASE_SHARE / FDS_PER_CONNECTION).unwrap_or(usize::MAX);
+    fits.clamp(1, MAX_CONNECTIONS)
+}
+
+/// The process's soft open-file limit now (unlimited if it cannot be read).
+fn open_files() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit};
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(soft, _)| soft)
+}
 
 /// How long [`EgressSession::finish`] waits for its connections to close.
 const FINISH_WAIT: Duration = Duration::from_secs(5);
@@ -112,7 +135,7 @@ impl Egress {
                 tokio::net::UdpSocket::from_std(socket)
             })
             .collect::<io::Result<Vec<_>>>()?;
-        let shared = Shared::new(phase, policy, self.resolver.clone(), jail_pid);
+        let shared = Shared::new(phase, policy, self.resolver.clone(), jail_pid, connection_cap(open_files()));
         shared.spawn(proxy::serve(shared.clone(), proxy));
         for listener in captured {
             shared.spawn(captured::serve(shared.clone(), listener));
@@ -186,6 +209,8 @@ pub(crate) struct Shared {
     jail_pid: Option<u32>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The session's connection cap and its permits.
+    cap: usize,
     connections: Arc<Semaphore>,
 }
 
@@ -207,7 +232,13 @@ impl Verdict {
 pub(crate) type ClientPorts = Option<(u16, u16)>;
 
 impl Shared {
-    fn new(phase: PhaseName, policy: NetworkPolicy, resolver: Resolver, jail_pid: Option<u32>) -> Arc<Shared> {
+    fn new(
+        phase: PhaseName,
+        policy: NetworkPolicy,
+        resolver: Resolver,
+        jail_pid: Option<u32>,
+        cap: usize,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             phase,
             policy,
@@ -217,7 +248,8 @@ impl Shared {
             jail_pid,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            cap,
+            connections: Arc::new(Semaphore::new(cap)),
         })
     }
 
@@ -227,22 +259,24 @@ impl Shared {
         policy: NetworkPolicy,
         resolve: HashMap<String, SocketAddr>,
     ) -> Arc<Shared> {
-        Shared::new(phase, policy, Resolver::new(&resolve, false), None)
+        Shared::new(phase, policy, Resolver::new(&resolve, false), None, MAX_CONNECTIONS)
     }
 
-    /// Runs `task` until it ends or the session stops.
-    /// Accepts clients on `listener` until the session stops, at most `MAX_CONNECTIONS`
-    /// at once (across the session's listeners), each served by `handle` on a task of its
-    /// own.
-    async fn accept_each<F, Fut>(self: Arc<Self>, listener: tokio::net::TcpListener, handle: F)
+    /// Accepts clients on `listener` until the session stops, each served by `handle` on
+    /// a task of its own. Past the session's cap (across its listeners) a client is closed
+    /// at once and recorded as a denied `kind`.
+    async fn accept_each<F, Fut>(self: Arc<Self>, kind: RecordKind, listener: tokio::net::TcpListener, handle: F)
     where
         F: Fn(Arc<Shared>, tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         loop {
-            let Ok(permit) = self.connections.clone().acquire_owned().await else { return };
             let Ok((stream, peer)) = listener.accept().await else {
                 tokio::task::yield_now().await;
+                continue;
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                self.refuse(kind, &stream, peer);
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -254,6 +288,23 @@ impl Shared {
         }
     }
 
+    /// Records a client past the cap (the caller closes it): a captured one under the
+    /// host it meant, a proxy client, which has said nothing yet, under `*`.
+    fn refuse(self: &Arc<Self>, kind: RecordKind, stream: &tokio::net::TcpStream, peer: SocketAddr) {
+        let local = stream.local_addr().ok();
+        let port = local.map_or(0, |local| local.port());
+        let host = match (kind, local) {
+            (RecordKind::Captured, Some(local)) => captured::destination_host(&self.pool(), local.ip()),
+            _ => "*".to_string(),
+        };
+        let verdict = Verdict::denied(format!(
+            "too many connections at once: a phase may hold {} (its share of the worker's open files)",
+            self.cap
+        ));
+        self.note(kind, &host, port, None, &verdict, Some((peer.port(), port)));
+    }
+
+    /// Runs `task` until it ends or the session stops.
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
@@ -405,6 +456,64 @@ mod tests {
         assert_eq!(shared.decide("API.example.com", 443, None).rule, "api.example.com (static)");
         assert_eq!(shared.decide("index.crates.io", 443, Some("GET")).rule, "index.crates.io (preset rust)");
         assert_eq!(shared.decide("api.example.com", 80, None), Verdict::denied("no rule"));
+    }
+
+    #[test]
+    fn a_session_holds_at_most_its_share_of_the_open_files() {
+        // `ulimit -n 1024`: 42 connections, 252 descriptors, within a quarter of 1024.
+        assert_eq!(connection_cap(1024), 42);
+        assert_eq!(connection_cap(1024 + 24), 43);
+        assert_eq!(connection_cap(20_000), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(u64::MAX), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(0), 1);
+        for open_files in [64, 256, 1024, 4096, 12_288] {
+            let held = connection_cap(open_files) as u64 * FDS_PER_CONNECTION;
+            assert!(held <= open_files / PHASE_SHARE, "{open_files}");
+        }
+    }
+
+    /// Polls `done` until it holds, for at most 20 s.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "{what} within 20 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_past_the_cap_is_closed_and_recorded_and_one_is_served_again_once_one_ends() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        let bound = Duration::from_secs(20);
+        let policy = NetworkPolicy { default: crate::netpolicy::DefaultAction::Deny, allow: Vec::new() };
+        let shared = Shared::new(PhaseName::Agent, policy, Resolver::new(&HashMap::new(), false), None, 2);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        shared.spawn(proxy::serve(shared.clone(), listener));
+
+        let first = TcpStream::connect(addr).await.unwrap();
+        let _second = TcpStream::connect(addr).await.unwrap();
+        until("both clients served", || shared.connections.available_permits() == 0).await;
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(bound, third.read(&mut byte)).await.expect("the third client is closed");
+        assert_eq!(read.unwrap_or(0), 0, "the third client gets nothing");
+        let records = shared.ledger().records();
+        let refused = records.iter().find(|r| !r.allowed).expect("a denied record");
+        assert_eq!((refused.kind, refused.host.as_str(), refused.port), (RecordKind::Connect, "*", addr.port()));
+        let rule = refused.rule.as_deref().unwrap_or_default();
+        assert!(rule.starts_with("too many connections at once: a phase may hold 2 "), "{rule}");
+
+        drop(first);
+        until("the first client's slot freed", || shared.connections.available_permits() == 1).await;
+        let mut fourth = TcpStream::connect(addr).await.unwrap();
+        fourth.write_all(b"CONNECT denied.test:443 HTTP/1.1\r\nHost: denied.test:443\r\n\r\n").await.unwrap();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(bound, fourth.read_exact(&mut head)).await.expect("an answer").unwrap();
+        assert_eq!(&head, b"HTTP/1.1 403");
+        shared.shutdown.cancel();
     }
 
     #[test]

@@ -27,10 +27,10 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most a request head may take in memory (hyper's read buffer).
 pub const MAX_HEAD: usize = 64 * 1024;
 
-/// Accepts proxy clients until the session stops, at most `MAX_CONNECTIONS` at once.
+/// Accepts proxy clients until the session stops, at most the session's cap at once.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     shared
-        .accept_each(listener, |shared, stream, peer| {
+        .accept_each(RecordKind::Connect, listener, |shared, stream, peer| {
             let client_ports = stream.local_addr().ok().map(|local| (peer.port(), local.port()));
             serve_connection(shared, stream, client_ports)
         })

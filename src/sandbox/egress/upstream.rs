@@ -31,47 +31,58 @@ pub enum UpstreamError {
     Connect { host: String, addrs: String, why: String },
 }
 
-/// Whether an address is somewhere on the public internet. Loopback, private,
-/// link-local, unspecified, multicast, broadcast and reserved ranges, CGNAT and the DNS
-/// stub's 198.18.0.0/15 are not.
+/// Whether an address is somewhere on the public internet, after the IANA special-purpose
+/// registries: loopback, private, link-local, unspecified, multicast, broadcast,
+/// documentation (TEST-NET-1/2/3, 2001:db8::/32, 3fff::/20), benchmarking (198.18.0.0/15,
+/// also the DNS stub's pool, and 2001:2::/48), reserved (240.0.0.0/4, all IPv6 outside
+/// 2000::/3: discard 100::/64, fe00::/9, ...), CGNAT, 192.0.0.0/24, the 6to4 relay
+/// anycast 192.88.99.0/24 and the IETF protocol block 2001::/23 (Teredo 2001::/32 among
+/// them, whose embedded address is obfuscated) are not. An address that carries an IPv4
+/// address (mapped `::ffff:0:0/96`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is public
+/// only if that IPv4 address is.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public_v4(v4);
-            }
-            let first = v6.segments()[0];
-            let nat64 = v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || first & 0xfe00 == 0xfc00 // unique local
-                || first & 0xffc0 == 0xfe80 // link-local
-                || first & 0xffc0 == 0xfec0 // site-local (deprecated)
-                || v6.segments()[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible (deprecated)
-                || (nat64 && !is_public_v4(embedded_v4(v6))))
-        }
+        IpAddr::V6(v6) => is_public_v6(v6),
     }
 }
 
-fn embedded_v4(v6: Ipv6Addr) -> Ipv4Addr {
+fn is_public_v6(v6: Ipv6Addr) -> bool {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    let segments = v6.segments();
     let octets = v6.octets();
-    Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15])
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        // NAT64, well-known prefix: the IPv4 address in the last 32 bits.
+        return is_public_v4(Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]));
+    }
+    if segments[0] == 0x2002 {
+        // 6to4: the IPv4 address in bits 16 to 48.
+        return is_public_v4(Ipv4Addr::new(octets[2], octets[3], octets[4], octets[5]));
+    }
+    let first = segments[0];
+    // Global unicast is 2000::/3; everything else is loopback, unspecified, IPv4-compatible,
+    // discard-only, unique local, link-local, site-local, multicast or reserved.
+    first & 0xe000 == 0x2000
+        && !(first == 0x2001 && segments[1] < 0x200) // IETF protocol assignments, 2001::/23
+        && !(first == 0x2001 && segments[1] == 0xdb8) // documentation
+        && !(first == 0x3fff && segments[1] < 0x1000) // documentation, 3fff::/20
 }
 
 fn is_public_v4(v4: Ipv4Addr) -> bool {
-    let [a, b, ..] = v4.octets();
-    !(v4.is_loopback()
-        || v4.is_private()
-        || v4.is_link_local()
-        || v4.is_unspecified()
-        || v4.is_multicast()
-        || v4.is_broadcast()
-        || a == 0 // "this network"
-        || a >= 240 // reserved
+    let [a, b, c, _] = v4.octets();
+    !(v4.is_private()
+        || a == 0 // "this network", 0.0.0.0 included
+        || a == 127 // loopback
+        || (a == 169 && b == 254) // link-local
+        || a >= 224 // multicast, reserved 240.0.0.0/4, broadcast
         || (a == 100 && (64..128).contains(&b)) // CGNAT
-        || (a == 198 && (b == 18 || b == 19))) // benchmarking, the DNS stub's pool
+        || (a == 192 && b == 0 && (c == 0 || c == 2)) // IETF protocol assignments, TEST-NET-1
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast (deprecated)
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking, the DNS stub's pool
+        || (a == 198 && b == 51 && c == 100) // TEST-NET-2
+        || (a == 203 && b == 0 && c == 113)) // TEST-NET-3
 }
 
 /// Where names go.
@@ -221,6 +232,126 @@ mod tests {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
         assert!(is_public("::ffff:93.184.216.34".parse().unwrap()));
+    }
+
+    fn check(expected: bool, addresses: &[&str]) {
+        for address in addresses {
+            assert_eq!(is_public(address.parse().unwrap()), expected, "{address}");
+        }
+    }
+
+    #[test]
+    fn special_purpose_ipv4_ranges_are_not_public_and_their_neighbours_are() {
+        check(
+            false,
+            &[
+                "192.0.0.1",       // IETF protocol assignments
+                "192.0.0.255",     //
+                "192.0.2.1",       // TEST-NET-1
+                "198.51.100.7",    // TEST-NET-2
+                "203.0.113.200",   // TEST-NET-3
+                "192.88.99.1",     // 6to4 relay anycast
+                "198.18.0.0",      // benchmarking
+                "198.19.255.255",  //
+                "240.0.0.0",       // reserved
+                "254.255.255.255", //
+                "255.255.255.255", // broadcast
+                "239.255.255.255", // multicast
+                "0.255.255.255",   // this network
+                "127.255.255.254", // loopback
+                "169.254.0.1",     // link-local
+                "100.64.0.0",      // CGNAT
+                "172.31.255.255",  // private
+            ],
+        );
+        check(
+            true,
+            &[
+                "192.0.1.1",
+                "192.0.3.1",
+                "192.1.0.1",
+                "191.0.0.1",
+                "192.88.98.1",
+                "192.88.100.1",
+                "192.89.99.1",
+                "193.88.99.1",
+                "198.17.255.255",
+                "198.51.99.1",
+                "198.51.101.1",
+                "198.52.100.1",
+                "203.0.112.1",
+                "203.0.114.1",
+                "203.1.113.1",
+                "202.0.113.1",
+                "223.255.255.255",
+                "1.0.0.1",
+                "126.0.0.1",
+                "128.0.0.1",
+                "169.253.0.1",
+                "169.255.0.1",
+                "168.254.0.1",
+                "100.63.255.255",
+                "99.64.0.1",
+                "197.18.0.1",
+                "199.18.0.1",
+            ],
+        );
+    }
+
+    #[test]
+    fn special_purpose_ipv6_ranges_are_not_public() {
+        check(
+            false,
+            &[
+                "2001::1",             // Teredo
+                "2001:0:4136:e378::1", //
+                "2001:2::1",           // benchmarking
+                "2001:1ff::1",         // the rest of 2001::/23
+                "2001:db8::1",         // documentation
+                "2001:db8:ffff::1",    //
+                "3fff::1",             // documentation, 3fff::/20
+                "3fff:fff::1",         //
+                "100::1",              // discard-only
+                "100::ffff:ffff",      //
+                "fe00::1",             // reserved fe00::/9
+                "fe7f::1",             //
+                "4000::1",             // outside 2000::/3
+                "1fff:ffff::1",        //
+                "5f00::1",             // SRv6 SIDs
+                "64:ff9b:1::1",        // local-use NAT64
+                "64:ff9b::c000:201",   // NAT64 of TEST-NET-1
+                "64:ff9b::a00:1",      // NAT64 of 10.0.0.1
+                "2002:7f00:1::1",      // 6to4 of 127.0.0.1
+                "2002:a00:1::1",       // 6to4 of 10.0.0.1
+                "2002:c0a8:101::1",    // 6to4 of 192.168.1.1
+                "2002:a9fe:a9fe::1",   // 6to4 of 169.254.169.254
+                "2002::1",             // 6to4 of 0.0.0.0
+                "::ffff:192.0.2.1",    // mapped TEST-NET-1
+            ],
+        );
+    }
+
+    #[test]
+    fn ipv6_global_unicast_and_public_embedded_ipv4_are_public() {
+        check(
+            true,
+            &[
+                "2001:200::1",       // just past 2001::/23
+                "2001:db7::1",       // next to documentation
+                "2001:db9::1",       //
+                "2002:5db8:d822::1", // 6to4 of 93.184.216.34
+                "2003::1",           //
+                "2000::1",           // start of 2000::/3
+                "3ffe::1",           // before 3fff::/20
+                "3fef:ffff::1",      //
+                "3fff:1000::1",      // past 3fff::/20
+                "2a00:1450::1",      //
+                "64:ff9b::808:808",  // NAT64 of 8.8.8.8
+            ],
+        );
+        // 6to4 and NAT64 read the IPv4 address from their own bits, not from elsewhere.
+        check(false, &["2002:a00:1:5db8:d822::1", "64:ff9b::a00:1"]);
+        check(true, &["2002:5db8:d822:a00:1::1", "2002:5db8:d822::a00:1"]);
     }
 
     #[tokio::test]

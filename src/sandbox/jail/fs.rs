@@ -16,11 +16,9 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::unistd::pivot_root;
 
 use super::helper::Failure;
+use super::wire::Request;
 use crate::sandbox::SandboxSpec;
 use crate::sandbox::limits::Limits;
-
-/// The system, read-only, where present. Not /home, /root, /run, /srv, /mnt, /media, /var.
-const SYSTEM: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"];
 
 /// Device nodes bound from the host's /dev.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -49,19 +47,20 @@ impl Place {
 }
 
 /// Builds the tree and makes it the root.
-pub fn build(spec: &SandboxSpec) -> Result<(), Failure> {
+pub fn build(request: &Request) -> Result<(), Failure> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| Failure::errno("make the mounts private", e))?;
     stage()?;
     tmpfs(Path::new(NEW), "0755")?;
-    system()?;
-    special(&spec.limits)?;
-    for place in places(spec) {
+    system(&request.system)?;
+    hide(&request.hidden)?;
+    special(&request.spec.limits)?;
+    for place in places(&request.spec) {
         match place {
             Place::Tmpfs { path, mode } => {
                 let target = inside(&path);
                 make_dir(&target)?;
-                sized_tmpfs(&target, mode, &spec.limits)?;
+                sized_tmpfs(&target, mode, &request.spec.limits)?;
             }
             Place::Bind { path, writable } => bind(&path, writable)?,
         }
@@ -84,16 +83,38 @@ fn stage() -> Result<(), Failure> {
     write_file(Path::new(RESOLV), b"nameserver 127.0.0.1\n", 0o444)
 }
 
-fn system() -> Result<(), Failure> {
-    for dir in SYSTEM {
-        let source = old(Path::new(dir));
+/// The system directories, read-only, where present (a symlink stays a symlink).
+fn system(dirs: &[PathBuf]) -> Result<(), Failure> {
+    for dir in dirs {
+        let source = old(dir);
         let Ok(metadata) = std::fs::symlink_metadata(&source) else { continue };
         if metadata.file_type().is_symlink() {
-            let link = std::fs::read_link(&source).map_err(|e| Failure::io(&format!("read the link {dir}"), &e))?;
-            std::os::unix::fs::symlink(&link, inside(Path::new(dir)))
-                .map_err(|e| Failure::io(&format!("link {dir}"), &e))?;
+            let what = |e: &std::io::Error, verb: &str| Failure::io(&format!("{verb} {}", dir.display()), e);
+            let link = std::fs::read_link(&source).map_err(|e| what(&e, "read the link"))?;
+            let target = inside(dir);
+            if let Some(parent) = target.parent() {
+                make_dir(parent)?;
+            }
+            std::os::unix::fs::symlink(&link, target).map_err(|e| what(&e, "link"))?;
         } else if metadata.is_dir() {
-            bind(Path::new(dir), false)?;
+            bind(dir, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Covers each of `hidden` (under the system directories, what the host's others may not
+/// read; see hidden.rs) with an empty file, or an empty read-only tmpfs for a directory.
+/// A path gone since the worker looked is skipped.
+fn hide(hidden: &[PathBuf]) -> Result<(), Failure> {
+    for path in hidden {
+        let Ok(metadata) = std::fs::symlink_metadata(old(path)) else { continue };
+        let target = inside(path);
+        if metadata.is_dir() {
+            tmpfs(&target, "0755")?;
+            set_attributes(&target, ATTR_RDONLY | ATTR_NOSUID | ATTR_NODEV, false)?;
+        } else if !metadata.file_type().is_symlink() {
+            bind_file(Path::new(EMPTY), &target)?;
         }
     }
     Ok(())

@@ -230,7 +230,7 @@ fn init(channel: RawFd, helper: RawFd, request: &Request, filters: &lockdown::Fi
         }
         close(helper);
     }
-    fs::build(&request.spec)?;
+    fs::build(request)?;
     let argv = request
         .argv
         .iter()

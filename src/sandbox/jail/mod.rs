@@ -6,10 +6,12 @@
 //! namespace ([`NetnsSockets`], `net.rs`) for the egress proxy to serve. The helper's PID 1
 //! builds the filesystem (`fs.rs`); the command runs with no capabilities, no new
 //! privileges and a seccomp filter (`lockdown.rs`). [`probe`] checks that the kernel
-//! allows all of it. docs/sandbox.md says what each layer stops.
+//! allows all of it. A root worker's jail hides what only root may read under the system
+//! directories (`hidden.rs`). docs/sandbox.md says what each layer stops.
 
 mod fs;
 mod helper;
+mod hidden;
 mod lockdown;
 mod net;
 mod wire;
@@ -31,6 +33,10 @@ pub use helper::main as helper_main;
 
 /// The hidden subcommand that runs the helper.
 pub const HELPER_ARG: &str = "__sandbox-exec";
+
+/// The host directories every jail shows read-only, where present. Not /home, /root,
+/// /run, /srv, /mnt, /media, /var.
+pub const SYSTEM: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"];
 
 /// The most capture ports a spec may name (each is two listeners, passed in one message).
 pub const MAX_CAPTURE_PORTS: usize = 16;
@@ -80,10 +86,37 @@ pub fn helper_command(helper: &Path) -> Command {
 /// Starts `argv` in `dir` inside the jail `spec` describes, through `helper` (from
 /// [`helper_command`]). Returns once the command was exec'd in the jail. The helper is in
 /// the phase's cgroup before it reads its request, so all the phase's processes are too.
-pub fn spawn(mut helper: Command, spec: &SandboxSpec, argv: &[String], dir: &Path) -> Result<Jailed, JailError> {
+pub fn spawn(helper: Command, spec: &SandboxSpec, argv: &[String], dir: &Path) -> Result<Jailed, JailError> {
+    let system: Vec<PathBuf> = SYSTEM.iter().map(PathBuf::from).collect();
+    spawn_with_system(helper, spec, argv, dir, &system)
+}
+
+/// [`spawn`], with `system` (absolute real paths) as the read-only system directories
+/// instead of [`SYSTEM`]: for tests, which cannot put files in the host's /etc safely.
+pub fn spawn_with_system(
+    mut helper: Command,
+    spec: &SandboxSpec,
+    argv: &[String],
+    dir: &Path,
+    system: &[PathBuf],
+) -> Result<Jailed, JailError> {
     check(spec, argv, dir)?;
+    // SAFETY: getuid cannot fail. The helper maps this uid to itself in the jail.
+    let uid = unsafe { libc::getuid() };
+    let hidden = hidden::for_uid(uid, system).map_err(|error| JailError::Setup(error.to_string()))?;
+    let bound: Vec<&Path> = [&spec.workspace, &spec.run_dir, &spec.home]
+        .into_iter()
+        .chain(spec.paths.iter().map(|p| &p.path))
+        .map(PathBuf::as_path)
+        .collect();
     let cgroup = cgroup(spec)?;
-    let request = Request { spec: spec.clone(), argv: argv.to_vec(), dir: dir.to_path_buf() };
+    let request = Request {
+        spec: spec.clone(),
+        argv: argv.to_vec(),
+        dir: dir.to_path_buf(),
+        system: system.to_vec(),
+        hidden: hidden::except_bound(hidden, &bound),
+    };
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
         .map_err(|e| JailError::Channel(wire::describe(e)))?;
     let fd = theirs.as_raw_fd();

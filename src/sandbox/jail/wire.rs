@@ -34,6 +34,11 @@ pub struct Request {
     pub argv: Vec<String>,
     /// The command's working directory, inside the jail.
     pub dir: PathBuf,
+    /// The host directories shown read-only (where present).
+    pub system: Vec<PathBuf>,
+    /// Paths under `system` shown empty: what the host's others may not read, when the
+    /// jail's root is the host's (hidden.rs).
+    pub hidden: Vec<PathBuf>,
 }
 
 /// One answer from the helper.

@@ -1,0 +1,160 @@
+//! What a root worker's jail must not show: the files and directories under the read-only
+//! system directories that others on the host may not read.
+//!
+//! The jail's uid 0 is the host's root (the user namespace maps the caller to itself), so
+//! without this a phase of a root worker reads `/etc/ssl/private`, `/etc/sudoers` and any
+//! other file only root may read. Each path found here gets an empty file, or an empty
+//! read-only tmpfs for a directory, over it (`fs.rs`); what is inside a hidden directory
+//! is not looked at. A worker that is not root needs none of this: the kernel already
+//! refuses the jail what the worker's user may not read.
+//!
+//! `/etc` is small (about a thousand entries) and changes (a key is installed while the
+//! worker runs), so it is walked for every phase; the other directories (`/usr` holds a
+//! hundred thousand entries and more) are walked once per worker process and remembered.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The system directory walked again for every phase.
+const FRESH: &str = "/etc";
+
+/// The most paths hidden in one jail (each is a mount): past it, the walk stops and the
+/// jail is refused rather than built with something left showing.
+pub const MAX_HIDDEN: usize = 4096;
+
+/// Too many paths that others may not read, under `dir`.
+#[derive(Debug, thiserror::Error)]
+#[error("more than {MAX_HIDDEN} files and directories under {} are readable only by their owner or group", dir.display())]
+pub struct TooMany {
+    pub dir: PathBuf,
+}
+
+static WALKED: Mutex<Option<HashMap<PathBuf, Arc<Vec<PathBuf>>>>> = Mutex::new(None);
+
+/// What to hide under `system`, for a jail of a worker whose effective uid is `uid`:
+/// nothing unless it is root.
+pub fn for_uid(uid: u32, system: &[PathBuf]) -> Result<Vec<PathBuf>, TooMany> {
+    if uid != 0 {
+        return Ok(Vec::new());
+    }
+    let mut hidden = Vec::new();
+    for dir in system {
+        if dir == Path::new(FRESH) {
+            hidden.extend(unreadable(dir)?);
+        } else {
+            hidden.extend(remembered(dir)?.iter().cloned());
+        }
+        if hidden.len() > MAX_HIDDEN {
+            return Err(TooMany { dir: dir.clone() });
+        }
+    }
+    Ok(hidden)
+}
+
+/// `dir`'s walk from earlier in this process, or a new one.
+fn remembered(dir: &Path) -> Result<Arc<Vec<PathBuf>>, TooMany> {
+    if let Some(found) = WALKED.lock().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(|m| m.get(dir)) {
+        return Ok(found.clone());
+    }
+    // Walked without the lock held: two phases starting at once may both walk, once.
+    let found = Arc::new(unreadable(dir)?);
+    let mut walked = WALKED.lock().unwrap_or_else(PoisonError::into_inner);
+    walked.get_or_insert_with(HashMap::new).insert(dir.to_path_buf(), found.clone());
+    Ok(found)
+}
+
+/// The files and directories under `root` (itself included) that others may not read
+/// (a directory: list and enter), without following symlinks and without descending into
+/// a directory that is itself listed. Entries that vanish or cannot be read are skipped:
+/// the jail's root could not read them either, once hidden or gone.
+pub fn unreadable(root: &Path) -> Result<Vec<PathBuf>, TooMany> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else { continue };
+        let mode = metadata.permissions().mode();
+        if metadata.is_dir() {
+            if mode & 0o005 != 0o005 {
+                found.push(path);
+            } else if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|entry| entry.path()));
+            }
+        } else if !metadata.file_type().is_symlink() && mode & 0o004 == 0 {
+            found.push(path);
+        }
+        if found.len() > MAX_HIDDEN {
+            return Err(TooMany { dir: root.to_path_buf() });
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Leaves out what a spec binds itself, and the directories holding it: the operator
+/// named those (an agent's login state), and a bind cannot be made under an empty
+/// read-only tmpfs.
+pub fn except_bound(hidden: Vec<PathBuf>, bound: &[&Path]) -> Vec<PathBuf> {
+    hidden.into_iter().filter(|path| !bound.iter().any(|b| b.starts_with(path))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, mode: u32) {
+        std::fs::write(path, "x").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn dir(path: &Path, mode: u32) {
+        std::fs::create_dir(path).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn what_others_cannot_read_is_found_and_not_looked_into() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write(&r.join("public"), 0o644);
+        write(&r.join("key"), 0o600);
+        write(&r.join("group"), 0o640);
+        write(&r.join("write-only"), 0o622);
+        dir(&r.join("open"), 0o755);
+        write(&r.join("open/inner-key"), 0o400);
+        write(&r.join("open/inner"), 0o444);
+        dir(&r.join("closed"), 0o700);
+        write(&r.join("closed/inside"), 0o600);
+        dir(&r.join("list-only"), 0o754);
+        dir(&r.join("enter-only"), 0o751);
+        std::os::unix::fs::symlink(r.join("key"), r.join("link")).unwrap();
+        let found = unreadable(r).unwrap();
+        let names: Vec<_> = found.iter().map(|p| p.strip_prefix(r).unwrap().to_str().unwrap()).collect();
+        assert_eq!(names, ["closed", "enter-only", "group", "key", "list-only", "open/inner-key", "write-only"]);
+        // Only root hides anything.
+        assert!(for_uid(1000, &[r.to_path_buf()]).unwrap().is_empty());
+        assert_eq!(for_uid(0, &[r.to_path_buf()]).unwrap(), found);
+    }
+
+    #[test]
+    fn a_root_others_cannot_read_is_hidden_whole_and_too_many_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(unreadable(root.path()).unwrap(), [root.path()]);
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for n in 0..=MAX_HIDDEN {
+            write(&root.path().join(n.to_string()), 0o600);
+        }
+        let error = unreadable(root.path()).unwrap_err().to_string();
+        assert!(error.contains(&root.path().display().to_string()), "{error}");
+    }
+
+    #[test]
+    fn what_a_spec_binds_and_its_parents_stay() {
+        let hidden = vec![PathBuf::from("/etc/agent"), PathBuf::from("/etc/agent-other"), PathBuf::from("/etc/x/key")];
+        let kept = except_bound(hidden, &[Path::new("/etc/agent/login.json"), Path::new("/etc/x")]);
+        assert_eq!(kept, [PathBuf::from("/etc/agent-other"), PathBuf::from("/etc/x/key")]);
+    }
+}
