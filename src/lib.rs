@@ -12,6 +12,7 @@ pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod http;
 pub mod intake;
