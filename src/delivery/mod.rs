@@ -126,3 +126,11 @@ pub struct Message<'a> {
     /// (`None` for a webhook without a secret).
     pub secret: Option<&'a str>,
 }
+
+/// Sends one message. The sender holds one `Transport` that dispatches on the target's
+/// kind to the Slack, GitHub and webhook clients.
+pub trait Transport: Send + Sync {
+    fn send<'a>(&'a self, message: &'a Message<'a>) -> BoxFuture<'a, Outcome>;
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
