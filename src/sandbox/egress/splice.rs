@@ -5,7 +5,8 @@
 //! Each direction has two small threads, one filling its pipe from the source socket and
 //! one draining it into the destination, so reading and writing overlap; they sleep in
 //! the kernel (on the pipe, or in poll(2) on a socket) instead of going through the async
-//! runtime's readiness for every chunk. examples/egress_bench.rs, 1 GiB on loopback,
+//! runtime's readiness for every chunk. The threads come from a pool that keeps idle ones
+//! for a while, so a new tunnel does not wait for threads to be made. examples/egress_bench.rs, 1 GiB on loopback,
 //! against a direct download: 64 KiB user buffers got 0.39, splicing on the async runtime
 //! 0.45, these threads more (figures in docs/sandbox.md).
 //!
@@ -13,9 +14,11 @@
 //! it is done; when the caller's future ends or is dropped (the phase is over), both
 //! sockets are shut down, which wakes and ends every thread.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tokio::net::TcpStream;
@@ -69,8 +72,67 @@ fn direction(
     })
 }
 
+/// Runs `work` on an idle splice thread, or on a new one when none is idle. Threads are
+/// kept for [`IDLE_FOR`] after their work ends, so a new tunnel's first bytes do not wait
+/// for a thread to be made (on a loaded machine that took milliseconds). There is no cap:
+/// each tunnel needs its four threads at once, and tunnels are capped per phase.
 fn spawn(work: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    std::thread::Builder::new().name("egress-splice".into()).stack_size(THREAD_STACK).spawn(work).map(drop)
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(Pool::default).run(Box::new(work))
+}
+
+/// How long a splice thread waits for more work before it ends.
+const IDLE_FOR: Duration = Duration::from_secs(30);
+
+type Work = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    more: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    queued: VecDeque<Work>,
+    /// Threads waiting for work; each queued item has one of them promised to it.
+    idle: usize,
+}
+
+impl Pool {
+    fn run(&'static self, work: Work) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.idle > state.queued.len() {
+            state.queued.push_back(work);
+            self.more.notify_one();
+            return Ok(());
+        }
+        drop(state);
+        let thread = std::thread::Builder::new().name("egress-splice".into()).stack_size(THREAD_STACK);
+        thread.spawn(move || self.serve(work)).map(drop)
+    }
+
+    fn serve(&self, first: Work) {
+        first();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.idle += 1;
+        loop {
+            if let Some(work) = state.queued.pop_front() {
+                state.idle -= 1;
+                drop(state);
+                work();
+                state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                state.idle += 1;
+                continue;
+            }
+            let (next, waited) = self.more.wait_timeout(state, IDLE_FOR).unwrap_or_else(PoisonError::into_inner);
+            state = next;
+            if waited.timed_out() && state.queued.is_empty() {
+                state.idle -= 1;
+                return;
+            }
+        }
+    }
 }
 
 /// Socket → pipe until the socket's end of file; dropping `pipe` then tells the drain.
@@ -218,5 +280,24 @@ mod tests {
         assert!(matches!(read, Ok(Ok(0))), "the client sees the end: {read:?}");
         let read = tokio::time::timeout(bounded, upstream.read_to_end(&mut rest)).await;
         assert!(matches!(read, Ok(Ok(0))), "the upstream sees the end: {read:?}");
+    }
+
+    #[test]
+    fn an_idle_splice_thread_takes_the_next_work_instead_of_a_new_one() {
+        let pool: &'static Pool = Box::leak(Box::default());
+        let (sender, threads) = std::sync::mpsc::channel();
+        let report = |sender: std::sync::mpsc::Sender<std::thread::ThreadId>| {
+            Box::new(move || sender.send(std::thread::current().id()).unwrap()) as Work
+        };
+        pool.run(report(sender.clone())).unwrap();
+        let first = threads.recv().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while pool.state.lock().unwrap().idle == 0 {
+            assert!(std::time::Instant::now() < deadline, "the thread never became idle");
+            std::thread::yield_now();
+        }
+        pool.run(report(sender)).unwrap();
+        assert_eq!(threads.recv().unwrap(), first, "the idle thread ran it");
+        assert_eq!(pool.state.lock().unwrap().queued.len(), 0);
     }
 }
