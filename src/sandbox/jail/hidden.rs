@@ -36,12 +36,17 @@ static WALKED: Mutex<Option<HashMap<PathBuf, Arc<Vec<PathBuf>>>>> = Mutex::new(N
 /// What to hide under `system`, for a jail of a worker whose effective uid is `uid`:
 /// nothing unless it is root.
 pub fn for_uid(uid: u32, system: &[PathBuf]) -> Result<Vec<PathBuf>, TooMany> {
+    walk_system(uid, system, Path::new(FRESH))
+}
+
+/// [`for_uid`], with `fresh` as the directory walked for every phase.
+fn walk_system(uid: u32, system: &[PathBuf], fresh: &Path) -> Result<Vec<PathBuf>, TooMany> {
     if uid != 0 {
         return Ok(Vec::new());
     }
     let mut hidden = Vec::new();
     for dir in system {
-        if dir == Path::new(FRESH) {
+        if dir == fresh {
             hidden.extend(unreadable(dir)?);
         } else {
             hidden.extend(remembered(dir)?.iter().cloned());
@@ -156,5 +161,35 @@ mod tests {
         let hidden = vec![PathBuf::from("/etc/agent"), PathBuf::from("/etc/agent-other"), PathBuf::from("/etc/x/key")];
         let kept = except_bound(hidden, &[Path::new("/etc/agent/login.json"), Path::new("/etc/x")]);
         assert_eq!(kept, [PathBuf::from("/etc/agent-other"), PathBuf::from("/etc/x/key")]);
+    }
+
+    #[test]
+    fn the_fresh_directory_is_walked_again_and_the_others_are_remembered() {
+        let (fresh, kept) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let system = [fresh.path().to_path_buf(), kept.path().to_path_buf()];
+        assert!(walk_system(0, &system, fresh.path()).unwrap().is_empty());
+        write(&fresh.path().join("new-key"), 0o600);
+        write(&kept.path().join("new-key"), 0o600);
+        assert_eq!(walk_system(0, &system, fresh.path()).unwrap(), [fresh.path().join("new-key")]);
+    }
+
+    #[test]
+    fn exactly_the_most_hidden_paths_are_allowed_in_one_directory_and_across_several() {
+        let fill = |count: usize| {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            for n in 0..count {
+                write(&root.path().join(n.to_string()), 0o600);
+            }
+            root
+        };
+        let full = fill(MAX_HIDDEN);
+        assert_eq!(unreadable(full.path()).unwrap().len(), MAX_HIDDEN);
+        let (half, other_half, one_more) = (fill(MAX_HIDDEN / 2), fill(MAX_HIDDEN / 2), fill(MAX_HIDDEN / 2 + 1));
+        let two = [half.path().to_path_buf(), other_half.path().to_path_buf()];
+        assert_eq!(walk_system(0, &two, Path::new(FRESH)).unwrap().len(), MAX_HIDDEN);
+        let over = [half.path().to_path_buf(), one_more.path().to_path_buf()];
+        let error = walk_system(0, &over, Path::new(FRESH)).unwrap_err();
+        assert_eq!(error.dir, one_more.path());
     }
 }
