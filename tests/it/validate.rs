@@ -184,7 +184,7 @@ notify:
   - webhook: { url: "https://hooks.example.com/x", secret: "file:/nonexistent/whsec" }
   - webhook: { url: "http://127.0.0.1:9/x" }
 "#;
-    let project = "slack: { token: \"env:NIGHTSHIFT_TEST_UNSET_DEFAULT\", api_url: \"http://127.0.0.1:9/api\" }\n";
+    let project = "slack: { token: \"env:NIGHTSHIFT_TEST_UNSET_DEFAULT\", api_url: \"http://127.0.0.1:9/api\" }\nnotify: { allow_private_targets: true }\n";
     let dir = temp_dir_with(&[("automations/thread.yaml", clean), ("nightshift.yaml", project)]);
     let engine = nightshift::rules::RuleEngine::shared();
     let (catalog, diagnostics) =
@@ -192,6 +192,8 @@ notify:
     assert!(diagnostics.is_empty(), "{diagnostics:#?}");
     assert!(catalog.get("thread").is_some());
     assert_eq!(catalog.slack.url().expect("url").as_str(), "http://127.0.0.1:9/api/");
+    assert_eq!(catalog.github.url().expect("url").as_str(), "https://api.github.com/");
+    assert!(catalog.notify.allow_private_targets);
     let warnings: Vec<String> =
         catalog.warnings.iter().map(|w| w.replace(&format!("{}/", dir.path().display()), "")).collect();
     insta::assert_snapshot!("notify_token_warnings", warnings.join("\n"));
