@@ -179,6 +179,17 @@ pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
     BASE64.decode(encoded).map_err(|e| format!("a Standard Webhooks secret is `whsec_` and base64: {e}"))
 }
 
+/// HMAC-SHA256(key, "{id}.{timestamp}.{body}"): what Standard Webhooks signs, both
+/// when nightshift checks a delivery and when it sends one.
+fn standard_webhooks_mac(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> [u8; 32] {
+    hmac_sha256(key, &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body])
+}
+
+/// The `webhook-signature` header of a Standard Webhooks delivery: `v1,<base64 MAC>`.
+pub fn sign_standard_webhooks(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
+    format!("v1,{}", BASE64.encode(standard_webhooks_mac(key, id, timestamp, body)))
+}
+
 /// Standard Webhooks: `webhook-signature` lists `v1,<base64 HMAC-SHA256(key,
 /// "{id}.{timestamp}.{body}")>` entries separated by spaces (several during rotation),
 /// with `webhook-timestamp` within five minutes of now.
@@ -194,7 +205,7 @@ pub fn verify_standard_webhooks(
     let timestamp = timestamp.ok_or(AuthError::Missing("webhook-timestamp".into()))?;
     let signatures = signatures.ok_or(AuthError::Missing("webhook-signature".into()))?;
     check_skew(timestamp, "webhook-timestamp", now)?;
-    let expected = hmac_sha256(key, &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body]);
+    let expected = standard_webhooks_mac(key, id, timestamp, body);
     let mut matched = false;
     for entry in signatures.split(' ').filter(|entry| !entry.is_empty()) {
         let Some(encoded) = entry.strip_prefix("v1,") else { continue };

@@ -61,6 +61,10 @@ pub struct Task {
     /// What each phase may use; empty: the worker's defaults.
     #[serde(default, skip_serializing_if = "LimitsConfig::is_empty")]
     pub limits: LimitsConfig,
+    /// Where the run's start and end are told (docs/notify.md), filled in from the event
+    /// at render: it differs from run to run, so the store keeps it with each run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::delivery::Target>,
 }
 
 /// Flow control for the run, with its keys rendered.

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use crate::config::load::{SourceFile, check_automation, discover, io_diagnostic, load_project};
 use crate::config::profiles::builtin_profiles;
 use crate::config::schema::Format;
-use crate::config::{AgentProfile, Automation, Code, Diagnostic, FieldPath, Finding, Retention};
+use crate::config::{
+    AgentProfile, Automation, Code, Diagnostic, FieldPath, Finding, GithubSettings, NotifySettings, Retention,
+    SlackSettings,
+};
 use crate::rules::{CompiledAutomation, RuleEngine};
 
 /// The project settings file looked for in the working directory.
@@ -30,6 +33,14 @@ pub struct Catalog {
     pub profiles: BTreeMap<String, AgentProfile>,
     /// How much run history the store keeps (from `nightshift.yaml`).
     pub retention: Retention,
+    /// `slack:`, `github:` and `notify:` from `nightshift.yaml`: how `notify:` targets
+    /// are sent.
+    pub slack: SlackSettings,
+    pub github: GithubSettings,
+    pub notify: NotifySettings,
+    /// Problems that do not stop loading, such as a notify token that cannot be read,
+    /// as `file:line:col: warning: ...` lines.
+    pub warnings: Vec<String>,
 }
 
 impl Catalog {
@@ -57,11 +68,13 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
     let mut profiles = builtin_profiles();
     let mut retention = Retention::default();
     let mut max_prompt_bytes = crate::config::DEFAULT_MAX_PROMPT_BYTES;
+    let (mut slack, mut github, mut notify) = Default::default();
     match load_project(project) {
         Ok(config) => {
             profiles.extend(config.profiles);
             retention = config.retention;
             max_prompt_bytes = config.max_prompt_bytes;
+            (slack, github, notify) = (config.slack, config.github, config.notify);
         }
         Err(problems) => diagnostics.extend(problems),
     }
@@ -94,16 +107,24 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
     diagnostics.extend(hook_problems);
 
     let mut automations = Vec::new();
+    let mut warnings = Vec::new();
     for (index, (file, (_, compiled, problems))) in results.into_iter().enumerate() {
         diagnostics.extend(problems);
         let Some(mut compiled) = compiled else { continue };
         compiled.set_max_prompt_bytes(max_prompt_bytes);
+        compiled.set_notify_settings(slack.clone(), github.clone());
+        let found = crate::config::notify::token_warnings(&compiled.definition, &slack, &github);
+        warnings.extend(
+            file.locate(found)
+                .iter()
+                .map(|d| format!("{}:{}:{}: warning: {}", d.file.display(), d.line, d.col, d.message)),
+        );
         if !duplicates.contains(&index) && !conflicting.contains(compiled.name()) {
             automations.push(LoadedAutomation { file: file.path, compiled });
         }
     }
     diagnostics.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
-    (Catalog { automations, profiles, retention }, diagnostics)
+    (Catalog { automations, profiles, retention, slack, github, notify, warnings }, diagnostics)
 }
 
 /// Webhook-style triggers are served at `/hooks/{name}`: the webhook's `path`, else the

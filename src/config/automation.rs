@@ -56,7 +56,7 @@ pub struct Automation {
     /// Per-automation memory that later runs read.
     #[serde(default)]
     pub memory: MemoryConfig,
-    /// Where to report a finished run.
+    /// Where to tell people that a run started and how it ended (docs/notify.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<NotifyTarget>,
     /// Event fixtures and what rendering them must give; `nightshift test` runs them.
@@ -278,6 +278,26 @@ pub struct NotifyTarget {
     /// Comment on the pull request or issue that started the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github_comment: Option<GithubCommentNotify>,
+    /// Open a pull request from the run's pushed branch when the run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_pull_request: Option<GithubPullRequestNotify>,
+}
+
+impl NotifyTarget {
+    /// The kind of target, as written (`slack`, `webhook`, ...), when exactly one is set.
+    pub fn kind(&self) -> Option<&'static str> {
+        let set = [
+            (self.slack.is_some(), "slack"),
+            (self.webhook.is_some(), "webhook"),
+            (self.github_comment.is_some(), "github_comment"),
+            (self.github_pull_request.is_some(), "github_pull_request"),
+        ];
+        let mut kinds = set.into_iter().filter(|(on, _)| *on).map(|(_, kind)| kind);
+        match (kinds.next(), kinds.next()) {
+            (Some(kind), None) => Some(kind),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -286,7 +306,7 @@ pub struct SlackNotify {
     /// Channel id or `#name`; default: reply in the thread of the triggering message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
-    /// Bot token used to post.
+    /// Bot token used to post; default: `slack.token` in nightshift.yaml.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<SecretRef>,
 }
@@ -294,6 +314,8 @@ pub struct SlackNotify {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookNotify {
+    /// Where to POST: an `http://` or `https://` URL. Private and loopback addresses are
+    /// refused unless nightshift.yaml says `notify: { allow_private_targets: true }`.
     pub url: String,
     /// Signs the body (Standard Webhooks) when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -303,9 +325,31 @@ pub struct WebhookNotify {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GithubCommentNotify {
-    /// Token with permission to comment.
+    /// Token with permission to comment; default: `github.token` in nightshift.yaml.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GithubPullRequestNotify {
+    /// The branch the pull request asks to merge into, a `{{ expr }}` template. Default:
+    /// the task's rendered `base`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Open it as a draft. Default true.
+    #[serde(default = "yes")]
+    pub draft: bool,
+    /// Token with permission to open pull requests; default: `github.token` in
+    /// nightshift.yaml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretRef>,
+}
+
+impl Default for GithubPullRequestNotify {
+    fn default() -> Self {
+        GithubPullRequestNotify { base: None, draft: true, token: None }
+    }
 }
 
 /// One test: an event fixture and what rendering it must give.

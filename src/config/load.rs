@@ -178,6 +178,7 @@ pub fn check_automation(automation: &Automation, file: &Path) -> Vec<Finding> {
     for (index, target) in automation.notify.iter().enumerate() {
         check_notify(target, &root.key("notify").index(index), &mut findings);
     }
+    super::notify::check_targets(automation, &mut findings);
     for (index, case) in automation.tests.iter().enumerate() {
         check_test(case, file, &root.key("tests").index(index), &mut findings);
     }
@@ -228,12 +229,11 @@ pub fn check_secret_names<'a>(names: impl Iterator<Item = &'a String>, path: &Fi
 }
 
 pub fn check_notify(target: &NotifyTarget, path: &FieldPath, findings: &mut Vec<Finding>) {
-    let set = [target.slack.is_some(), target.webhook.is_some(), target.github_comment.is_some()];
-    if set.iter().filter(|s| **s).count() != 1 {
+    if target.kind().is_none() {
         findings.push(Finding::new(
             path.clone(),
             Code::InvalidValue,
-            "a notify target has exactly one of `slack`, `webhook`, `github_comment`",
+            "a notify target has exactly one of `slack`, `webhook`, `github_comment`, `github_pull_request`",
         ));
     }
 }
@@ -297,5 +297,6 @@ pub fn load_project(path: Option<&Path>) -> Result<ProjectConfig, Vec<Diagnostic
         }
         profile.check(&at, &mut findings);
     }
+    super::notify::check_settings(&config.slack, &config.github, &mut findings);
     if findings.is_empty() { Ok(config) } else { Err(file.locate(findings)) }
 }

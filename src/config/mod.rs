@@ -5,6 +5,7 @@ pub mod automation;
 mod diagnostic;
 mod duration;
 pub mod load;
+pub mod notify;
 pub mod profiles;
 pub mod schema;
 mod secret;
@@ -13,6 +14,7 @@ mod source_map;
 pub use automation::*;
 pub use diagnostic::{Code, Diagnostic, FieldPath, Finding, InnerPosition, Segment, did_you_mean};
 pub use duration::DurationSpec;
+pub use notify::{GithubSettings, NotifySettings, SlackSettings};
 pub use profiles::{
     AgentProfile, DEFAULT_MAX_PROMPT_BYTES, OutputFormat, ProfilePath, ProfileSandbox, ProjectConfig, Retention,
 };

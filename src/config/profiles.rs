@@ -24,6 +24,15 @@ pub struct ProjectConfig {
     #[serde(default = "default_max_prompt_bytes")]
     #[schemars(range(min = 1))]
     pub max_prompt_bytes: usize,
+    /// Slack's Web API for `notify:` targets: base URL and default bot token.
+    #[serde(default)]
+    pub slack: super::SlackSettings,
+    /// GitHub's REST API for `notify:` targets: base URL and default token.
+    #[serde(default)]
+    pub github: super::GithubSettings,
+    /// How `notify:` targets are sent.
+    #[serde(default)]
+    pub notify: super::NotifySettings,
 }
 
 impl Default for ProjectConfig {
@@ -32,6 +41,9 @@ impl Default for ProjectConfig {
             profiles: BTreeMap::new(),
             retention: Retention::default(),
             max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
+            slack: super::SlackSettings::default(),
+            github: super::GithubSettings::default(),
+            notify: super::NotifySettings::default(),
         }
     }
 }

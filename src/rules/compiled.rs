@@ -11,10 +11,12 @@ use super::git_ref::{check_branch_name, check_repo_location};
 use super::memory::{MemoryEdits, MemoryView, MemoryWriter};
 use super::template::{Template, TemplateError};
 use super::value::{to_dynamic, to_json};
-use crate::config::{AgentProfile, Automation, Code, FieldPath, Finding, InnerPosition};
+use crate::config::{AgentProfile, Automation, Code, FieldPath, Finding, GithubSettings, InnerPosition, SlackSettings};
+use crate::delivery::Target;
 use crate::event::Event;
 use crate::netpolicy::{AllowRule, AllowRuleConfig, NetworkPolicy, PhasePolicyConfig, RuleOrigin};
 use crate::task::{AgentCommand, Flow, PhasePolicies, Rendered, Task};
+use crate::triggers::TriggerKind;
 
 /// An event converted for rhai once, then used by every automation that sees it.
 ///
@@ -84,6 +86,11 @@ pub struct CompiledAutomation {
     setup_policy: CompiledPhase,
     agent_policy: CompiledPhase,
     after_run: Option<AST>,
+    /// Each `notify:` target's compiled `github_pull_request.base`, where it has one.
+    notify_bases: Vec<Option<Template>>,
+    /// nightshift.yaml's `slack:` and `github:`: the tokens of targets that name none.
+    slack: SlackSettings,
+    github: GithubSettings,
     automation_value: Dynamic,
     /// Whether any rule names `history`; if none does, ingest need not read it.
     reads_history: bool,
@@ -217,6 +224,12 @@ impl CompiledAutomation {
         self.max_prompt_bytes = limit;
     }
 
+    /// Sets nightshift.yaml's `slack:` and `github:`, whose tokens targets that name none
+    /// use (default: `env:SLACK_BOT_TOKEN`, `env:GITHUB_TOKEN`).
+    pub fn set_notify_settings(&mut self, slack: SlackSettings, github: GithubSettings) {
+        (self.slack, self.github) = (slack, github);
+    }
+
     /// Compiles everything in `automation`, reporting every problem found.
     pub fn compile(
         engine: &RuleEngine,
@@ -257,6 +270,20 @@ impl CompiledAutomation {
             }
             None => Some(None),
         };
+        let notify_bases: Option<Vec<Option<Template>>> = automation
+            .notify
+            .iter()
+            .enumerate()
+            .map(|(index, target)| match target.github_pull_request.as_ref().and_then(|pr| pr.base.as_ref()) {
+                Some(text) => {
+                    let at = root.key("notify").index(index).key("github_pull_request").key("base");
+                    keep(compile_base(engine, at, text), findings).map(Some)
+                }
+                None => Some(None),
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect();
 
         let automation_map: Map = [
             ("name".into(), automation.name.clone().into()),
@@ -280,6 +307,9 @@ impl CompiledAutomation {
                 setup_policy: setup_policy?,
                 agent_policy: agent_policy?,
                 after_run: after_run?,
+                notify_bases: notify_bases?,
+                slack: SlackSettings::default(),
+                github: GithubSettings::default(),
                 automation_value: Dynamic::from_map(automation_map),
                 reads_history: rule_texts(automation).any(|text| names_variable(text, "history")),
             })
@@ -443,6 +473,8 @@ impl CompiledAutomation {
         agent_policy.allow.extend(
             self.profile.sandbox.network.iter().filter_map(|rule| rule.expand(profile_origin.clone()).ok()).flatten(),
         );
+        let notify =
+            self.render_notify(engine, &mut scope, &event.event, &base).map_err(|(field, e)| fail(&field)(e))?;
         let dedupe_key = render_optional(engine, &mut scope, self.dedupe_key.as_ref()).map_err(fail("dedupe.key"))?;
         let concurrency_key =
             render_optional(engine, &mut scope, self.concurrency_key.as_ref()).map_err(fail("concurrency.key"))?;
@@ -494,10 +526,100 @@ impl CompiledAutomation {
                 push: task.push,
                 untrusted_input: event.event.source.is_untrusted(),
                 limits: task.limits,
+                notify,
             }),
             flow: Some(flow),
         })
     }
+}
+
+impl CompiledAutomation {
+    /// The `notify:` targets filled in from the event: where a Slack message goes (the
+    /// target's channel, else the triggering message's, in its thread), which GitHub
+    /// repository and number, and the token each will use (a reference, never a value).
+    /// A target the event cannot fill fails with the field that needs it.
+    fn render_notify(
+        &self,
+        engine: &RuleEngine,
+        scope: &mut Scope<'_>,
+        event: &Event,
+        base: &str,
+    ) -> Result<Vec<Target>, (String, EvalError)> {
+        let mut targets = Vec::with_capacity(self.definition.notify.len());
+        for (index, target) in self.definition.notify.iter().enumerate() {
+            let at = |field: &str| format!("notify[{index}].{field}");
+            let missing = |field: &str, why: String| (at(field), EvalError(why));
+            let rendered = if let Some(slack) = &target.slack {
+                let from_slack = event.source == TriggerKind::Slack;
+                let event_channel = from_slack.then(|| slack_field(event, "channel")).flatten();
+                let channel = slack.channel.clone().or_else(|| event_channel.clone()).ok_or_else(|| {
+                    missing("slack.channel", "the target has no `channel` and the event is no Slack message".into())
+                })?;
+                // The triggering message's thread, when the message goes to its channel.
+                let thread_ts = (event_channel.as_deref() == Some(channel.as_str()))
+                    .then(|| slack_field(event, "thread_ts").or_else(|| slack_field(event, "ts")))
+                    .flatten();
+                Target::Slack { channel, thread_ts, token: self.slack.token_for(slack.token.as_ref()) }
+            } else if let Some(comment) = &target.github_comment {
+                let repo = github_repo(event).map_err(|why| missing("github_comment", why))?;
+                let number = github_number(event).ok_or_else(|| {
+                    missing("github_comment", "the event has no pull request or issue number to comment on".into())
+                })?;
+                Target::GithubComment { repo, number, token: self.github.token_for(comment.token.as_ref()) }
+            } else if let Some(pull) = &target.github_pull_request {
+                let repo = github_repo(event).map_err(|why| missing("github_pull_request", why))?;
+                let base = match self.notify_bases.get(index).and_then(Option::as_ref) {
+                    Some(template) => {
+                        let field = at("github_pull_request.base");
+                        let rendered = template.render(engine, scope).map_err(|e| (field.clone(), e))?;
+                        check_branch_name(&rendered).map_err(|why| (field, EvalError(why)))?;
+                        rendered
+                    }
+                    None => base.to_string(),
+                };
+                Target::GithubPullRequest {
+                    repo,
+                    base,
+                    draft: pull.draft,
+                    token: self.github.token_for(pull.token.as_ref()),
+                }
+            } else if let Some(webhook) = &target.webhook {
+                Target::Webhook { url: webhook.url.clone(), secret: webhook.secret.clone() }
+            } else {
+                // A target without exactly one kind does not load (`check_notify`).
+                continue;
+            };
+            targets.push(rendered);
+        }
+        Ok(targets)
+    }
+}
+
+/// A Slack message's field as the trigger normalised it, else from the payload.
+fn slack_field(event: &Event, name: &str) -> Option<String> {
+    let text = |value: &serde_json::Value| value.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    event.fields.get(name).and_then(text).or_else(|| event.payload.get("event")?.get(name).and_then(text))
+}
+
+/// `owner/name` of a GitHub event's repository.
+fn github_repo(event: &Event) -> Result<String, String> {
+    if event.source != TriggerKind::Github {
+        return Err(format!("the event came from {}, not GitHub, so there is no repository", event.source.as_str()));
+    }
+    event
+        .payload
+        .pointer("/repository/full_name")
+        .and_then(serde_json::Value::as_str)
+        .filter(|name| name.contains('/'))
+        .map(str::to_string)
+        .ok_or_else(|| "the event has no `repository.full_name`".to_string())
+}
+
+/// The pull request's or issue's number of a GitHub event.
+fn github_number(event: &Event) -> Option<u64> {
+    ["/pull_request/number", "/issue/number", "/number"]
+        .iter()
+        .find_map(|pointer| event.payload.pointer(pointer).and_then(serde_json::Value::as_u64))
 }
 
 fn render_optional(

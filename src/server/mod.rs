@@ -212,7 +212,8 @@ pub fn load_generation(
 }
 
 fn generation(catalog: Catalog, store: &Arc<dyn Store>) -> (Generation, Vec<String>) {
-    let (hooks, problems) = HookTable::build(&catalog);
+    let (hooks, mut problems) = HookTable::build(&catalog);
+    problems.extend(catalog.warnings.iter().cloned());
     let secret_refs = Arc::new(task_secret_refs(&catalog));
     let secrets = Arc::new(known_secrets(&secret_refs, &hooks));
     let masker = Arc::new(Masker::new(&secrets));

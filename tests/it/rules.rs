@@ -280,3 +280,113 @@ fn a_prompt_over_its_cap_fails_to_render_and_says_which_setting_caps_it() {
     let error = render(&loaded, json!({"big": "x".repeat(100)})).expect_err("over the configured cap");
     assert!(error.cause.contains("larger than 5999 bytes"), "{error}");
 }
+
+/// An automation from `yaml` loaded with the nightshift.yaml `project`.
+fn with_project(yaml: &str, project: &str) -> LoadedAutomation {
+    let dir = temp_dir_with(&[("automations/a.yaml", yaml), ("nightshift.yaml", project)]);
+    let (catalog, diagnostics) = nightshift::catalog::load(
+        RuleEngine::shared(),
+        &[dir.path().join("automations")],
+        Some(&dir.path().join("nightshift.yaml")),
+    );
+    assert!(diagnostics.is_empty(), "{yaml}\n{diagnostics:#?}");
+    catalog.automations.into_iter().next().unwrap()
+}
+
+fn render_event(
+    loaded: &LoadedAutomation,
+    source: TriggerKind,
+    headers: &[(&str, &str)],
+    payload: serde_json::Value,
+) -> Result<Rendered, RenderError> {
+    let at = Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap();
+    let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let event = PreparedEvent::new(Event::from_delivery(source, payload, headers, at));
+    loaded.compiled.render(RuleEngine::shared(), &event, &memory_value(&Default::default()), at)
+}
+
+#[test]
+fn notify_targets_are_filled_from_the_slack_event_with_the_effective_token() {
+    use nightshift::delivery::Target;
+    let yaml = r#"name: dispatch
+trigger: { slack: { signing_secret: "env:S" } }
+task: { agent: codex, repo: /srv/git/api, prompt: hi }
+notify:
+  - slack: {}
+  - slack: { channel: C9, token: "env:OWN_SLACK" }
+  - webhook: { url: "https://hooks.example.com/runs", secret: "env:WHSEC" }
+"#;
+    let loaded = with_project(yaml, "slack: { token: \"file:/run/slack\" }\n");
+    let message = |thread: Option<&str>| {
+        let mut inner = json!({"type": "message", "channel": "C1", "user": "U1", "text": "bug: x", "ts": "1700.2"});
+        if let Some(thread) = thread {
+            inner["thread_ts"] = json!(thread);
+        }
+        json!({"type": "event_callback", "event_id": "Ev1", "event": inner})
+    };
+    let notify = |payload| render_event(&loaded, TriggerKind::Slack, &[], payload).unwrap().task.unwrap().notify;
+    let project_token: nightshift::config::SecretRef = "file:/run/slack".parse().unwrap();
+    assert_eq!(
+        notify(message(None)),
+        [
+            // A reply in the triggering message's thread: its own `ts` starts one.
+            Target::Slack { channel: "C1".into(), thread_ts: Some("1700.2".into()), token: project_token.clone() },
+            // Another channel gets a message of its own.
+            Target::Slack { channel: "C9".into(), thread_ts: None, token: "env:OWN_SLACK".parse().unwrap() },
+            Target::Webhook {
+                url: "https://hooks.example.com/runs".into(),
+                secret: Some("env:WHSEC".parse().unwrap())
+            },
+        ]
+    );
+    // A message inside a thread replies in that thread.
+    let in_thread = notify(message(Some("1600.1")));
+    assert_eq!(
+        in_thread[0],
+        Target::Slack { channel: "C1".into(), thread_ts: Some("1600.1".into()), token: project_token }
+    );
+}
+
+#[test]
+fn github_targets_take_repository_and_number_from_the_event_or_fail_naming_the_field() {
+    use nightshift::delivery::Target;
+    let yaml = r#"name: review
+trigger: { github: { secret: "env:S", events: [pull_request.opened, push] } }
+task: { agent: codex, repo: /srv/git/api, base: develop, branch: "agent/review-{{ slug(event.id) }}", prompt: hi }
+notify:
+  - github_comment: {}
+  - github_pull_request: {}
+  - github_pull_request: { base: "release/{{ event.payload.pull_request.base.ref }}", draft: false, token: "env:PR_TOKEN" }
+"#;
+    let loaded = with_project(yaml, "github: { api_url: \"http://127.0.0.1:9/api/v3\" }\n");
+    let opened = json!({
+        "action": "opened", "number": 42,
+        "pull_request": {"number": 42, "base": {"ref": "v2"}},
+        "repository": {"full_name": "acme/api"}
+    });
+    let rendered = render_event(&loaded, TriggerKind::Github, &[("x-github-event", "pull_request")], opened).unwrap();
+    let default_token = nightshift::config::SecretRef::Env("GITHUB_TOKEN".into());
+    assert_eq!(
+        rendered.task.unwrap().notify,
+        [
+            Target::GithubComment { repo: "acme/api".into(), number: 42, token: default_token.clone() },
+            Target::GithubPullRequest {
+                repo: "acme/api".into(),
+                base: "develop".into(),
+                draft: true,
+                token: default_token
+            },
+            Target::GithubPullRequest {
+                repo: "acme/api".into(),
+                base: "release/v2".into(),
+                draft: false,
+                token: "env:PR_TOKEN".parse().unwrap()
+            },
+        ]
+    );
+    // A push has no pull request or issue to comment on.
+    let push = json!({"ref": "refs/heads/main", "repository": {"full_name": "acme/api"}});
+    let error = render_event(&loaded, TriggerKind::Github, &[("x-github-event", "push")], push).unwrap_err();
+    assert_eq!(error.field, "notify[0].github_comment", "{error}");
+    assert!(error.cause.contains("number"), "{error}");
+}

@@ -912,3 +912,27 @@ fn a_released_run_is_queued_again_without_using_an_attempt() {
     assert_eq!(again.run.attempt, 1);
     assert!(again.lease.epoch > held.lease.epoch);
 }
+
+#[test]
+fn a_runs_notify_targets_are_stored_with_it_and_read_back_after_a_reopen() {
+    use nightshift::delivery::Target;
+    let data = tempfile::tempdir().unwrap();
+    let extra = "notify:\n  - webhook: { url: \"https://hooks.example.com/runs\", secret: \"env:WHSEC\" }\n  - slack: { channel: C1 }\n";
+    let ids: Vec<RunId> = {
+        let pipeline = pipeline(extra, data.path());
+        ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(n, id)| ingest(&pipeline, id, json!({"title": "t", "repo": id}), n as i64).0)
+            .collect()
+    };
+    let store = SledStore::open(data.path()).unwrap();
+    let expected = [
+        Target::Webhook { url: "https://hooks.example.com/runs".into(), secret: Some("env:WHSEC".parse().unwrap()) },
+        Target::Slack { channel: "C1".into(), thread_ts: None, token: "env:SLACK_BOT_TOKEN".parse().unwrap() },
+    ];
+    for id in ids {
+        let run = store.run(id).unwrap().unwrap();
+        assert_eq!(run.task.unwrap().notify, expected, "run {id}");
+    }
+}

@@ -148,3 +148,60 @@ fn a_profile_writes_literal_braces_doubled() {
     assert!(diagnostics.is_empty(), "{diagnostics:#?}");
     assert!(catalog.get("json").is_some());
 }
+
+#[test]
+fn notify_targets_must_be_fillable_by_the_triggers_and_unreadable_tokens_are_warnings() {
+    let automation = r#"name: notes
+triggers:
+  - slack: { signing_secret: "env:S" }
+  - cron: { schedule: "0 9 * * *" }
+task: { agent: codex, repo: /srv/x, prompt: hi }
+notify:
+  - slack: {}
+  - github_comment: {}
+  - github_pull_request: { draft: false }
+  - webhook: { url: "ftp://hooks.example.com/x" }
+  - webhook: { url: "https://" }
+  - slack: { channel: C1 }
+    webhook: { url: "https://hooks.example.com/x" }
+"#;
+    let dir = temp_dir_with(&[("notes.yaml", automation)]);
+    let (_, diagnostics) = load(dir.path());
+    let text = diagnostics
+        .iter()
+        .map(|d| d.to_string().replace(&format!("{}/", dir.path().display()), ""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    insta::assert_snapshot!(text);
+
+    // Clean targets load; a token or secret that cannot be read is a warning at its line.
+    let clean = r#"name: thread
+trigger: { slack: { signing_secret: "env:S" } }
+task: { agent: codex, repo: /srv/x, prompt: hi }
+notify:
+  - slack: {}
+  - slack: { channel: C1, token: "env:NIGHTSHIFT_TEST_UNSET_SLACK" }
+  - webhook: { url: "https://hooks.example.com/x", secret: "file:/nonexistent/whsec" }
+  - webhook: { url: "http://127.0.0.1:9/x" }
+"#;
+    let project = "slack: { token: \"env:NIGHTSHIFT_TEST_UNSET_DEFAULT\", api_url: \"http://127.0.0.1:9/api\" }\nnotify: { allow_private_targets: true }\n";
+    let dir = temp_dir_with(&[("automations/thread.yaml", clean), ("nightshift.yaml", project)]);
+    let engine = nightshift::rules::RuleEngine::shared();
+    let (catalog, diagnostics) =
+        nightshift::catalog::load(engine, &[dir.path().join("automations")], Some(&dir.path().join("nightshift.yaml")));
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    assert!(catalog.get("thread").is_some());
+    assert_eq!(catalog.slack.url().expect("url").as_str(), "http://127.0.0.1:9/api/");
+    assert_eq!(catalog.github.url().expect("url").as_str(), "https://api.github.com/");
+    assert!(catalog.notify.allow_private_targets);
+    let warnings: Vec<String> =
+        catalog.warnings.iter().map(|w| w.replace(&format!("{}/", dir.path().display()), "")).collect();
+    insta::assert_snapshot!("notify_token_warnings", warnings.join("\n"));
+
+    // nightshift.yaml's API URLs are checked.
+    let bad = temp_dir_with(&[("nightshift.yaml", "github: { api_url: \"api.github.com\" }\n")]);
+    let (_, diagnostics) = nightshift::catalog::load(engine, &[], Some(&bad.path().join("nightshift.yaml")));
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert!(diagnostics[0].to_string().contains("nightshift.yaml:1:"), "{}", diagnostics[0]);
+    assert!(diagnostics[0].message.contains("is not a URL"), "{}", diagnostics[0]);
+}

@@ -292,6 +292,26 @@ mod tests {
     }
 
     #[test]
+    fn notify_targets_are_the_events_so_they_stay_with_each_run_not_in_the_shared_shape() {
+        use crate::delivery::Target;
+        let token: crate::config::SecretRef = "env:SLACK_BOT_TOKEN".parse().expect("ref");
+        let in_thread =
+            |ts: &str| Target::Slack { channel: "C1".into(), thread_ts: Some(ts.into()), token: token.clone() };
+        let mut first = run_with_env(&[], "first");
+        first.task.as_mut().expect("task").notify = vec![in_thread("1.1")];
+        let mut second = run_with_env(&[], "second");
+        second.task.as_mut().expect("task").notify =
+            vec![in_thread("2.2"), Target::Webhook { url: "https://hooks.example.com/r".into(), secret: None }];
+        let (one, first_shared) = encode_run(&first);
+        let (two, second_shared) = encode_run(&second);
+        assert_eq!(first_shared[1].hash, second_shared[1].hash, "one shape for both runs");
+        assert!(String::from_utf8_lossy(&two).contains("hooks.example.com"), "the targets are in the run record");
+        let agents = stored(&first_shared);
+        assert_eq!(decode_run(&keys::live(RunId(7)), &one, &agents).expect("read"), first);
+        assert_eq!(decode_run(&keys::live(RunId(7)), &two, &agents).expect("read"), second);
+    }
+
+    #[test]
     fn runs_without_a_task_and_records_of_older_formats_read_as_they_are() {
         let mut plain = run_with_env(&[], "say \"agent_hash\": no");
         plain.task = None;

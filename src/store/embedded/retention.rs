@@ -203,6 +203,7 @@ mod tests {
             push: false,
             untrusted_input: false,
             limits: Default::default(),
+            notify: Vec::new(),
         }
     }
 
