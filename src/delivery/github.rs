@@ -176,13 +176,14 @@ impl Call<'_> {
     ) -> Outcome {
         let result = async {
             let mut earlier = message.earlier.map(|posted| posted.id.clone()).filter(|id| !id.is_empty());
-            if earlier.is_none() && look_first {
-                if let Some(found) = self.find_comment(repo, number, marker).await? {
-                    if message.kind == Kind::Start {
-                        return Ok(posted_comment(&found));
-                    }
-                    earlier = Some(found.id.to_string());
+            if earlier.is_none()
+                && look_first
+                && let Some(found) = self.find_comment(repo, number, marker).await?
+            {
+                if message.kind == Kind::Start {
+                    return Ok(posted_comment(&found));
                 }
+                earlier = Some(found.id.to_string());
             }
             let answer = match earlier {
                 Some(id) => {
@@ -221,10 +222,8 @@ impl Call<'_> {
 
     async fn pull_request(&self, pull: &NewPull<'_>, look_first: bool) -> Outcome {
         let result = async {
-            if look_first {
-                if let Some(found) = self.find_pull(pull).await? {
-                    return Ok(posted_pull(&found));
-                }
+            if look_first && let Some(found) = self.find_pull(pull).await? {
+                return Ok(posted_pull(&found));
             }
             let body = json!({
                 "title": pull_title(pull.report),
@@ -438,10 +437,8 @@ fn links(report: &Report, with_pull_request: bool) -> String {
         let pushed = if report.pushed { "" } else { " (not pushed)" };
         parts.push(format!("Branch `{}`{pushed}", report.branch.replace('`', "'")));
     }
-    if with_pull_request {
-        if let Some(pull) = &report.pull_request {
-            parts.push(format!("Pull request: {pull}"));
-        }
+    if with_pull_request && let Some(pull) = &report.pull_request {
+        parts.push(format!("Pull request: {pull}"));
     }
     if let Some(link) = &report.link {
         parts.push(format!("[View run]({link})"));
