@@ -185,19 +185,22 @@ impl Call<'_> {
                 }
                 earlier = Some(found.id.to_string());
             }
-            let answer = match earlier {
-                Some(id) => {
-                    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-                        return Err(failed(&format!("the start's comment id `{id}` is not a GitHub comment id")));
-                    }
-                    let url = self.url(&format!("repos/{repo}/issues/comments/{id}"))?;
-                    self.expect(Method::PATCH, url, Some(json!({ "body": body }))).await?
+            if let Some(id) = earlier {
+                if !id.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(failed(&format!("the start's comment id `{id}` is not a GitHub comment id")));
                 }
-                None => {
-                    let url = self.url(&format!("repos/{repo}/issues/{number}/comments"))?;
-                    self.expect(Method::POST, url, Some(json!({ "body": body }))).await?
+                let url = self.url(&format!("repos/{repo}/issues/comments/{id}"))?;
+                let answer = self.request(Method::PATCH, url, Some(json!({ "body": body }))).await?;
+                if answer.status.is_success() {
+                    return Ok(posted_comment(&parse_item(&answer.text)?));
                 }
-            };
+                // Someone deleted the start's comment: the end is posted anew.
+                if answer.status != StatusCode::NOT_FOUND {
+                    return Err(classify(answer.status, &answer.headers, &answer.text, unix_now()));
+                }
+            }
+            let url = self.url(&format!("repos/{repo}/issues/{number}/comments"))?;
+            let answer = self.expect(Method::POST, url, Some(json!({ "body": body }))).await?;
             Ok(posted_comment(&parse_item(&answer.text)?))
         };
         result.await.unwrap_or_else(|outcome| outcome)

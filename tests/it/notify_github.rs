@@ -488,3 +488,45 @@ async fn an_unsure_end_edits_the_marked_comment_instead_of_posting() {
     );
     assert!(github.seen()[1].body["body"].as_str().unwrap().contains("succeeded"));
 }
+
+#[tokio::test]
+async fn an_end_whose_start_comment_was_deleted_posts_anew() {
+    let github = FakeGithub::start(|seen| match seen.method.as_str() {
+        "PATCH" => (404, vec![], json!({ "message": "Not Found" })),
+        _ => (201, vec![], comment(8, seen.body["body"].as_str().unwrap())),
+    })
+    .await;
+    let earlier = Posted { id: "111".into(), channel: None, url: None };
+    let end = send(
+        &github.client(),
+        &comment_target(),
+        Kind::End,
+        &ended("done"),
+        Some(&earlier),
+        &attempt(Kind::End, false),
+    )
+    .await;
+    assert!(matches!(&end, Outcome::Sent(p) if p.id == "8"), "{end:?}");
+    assert_eq!(
+        github.requests(),
+        ["PATCH /api/v3/repos/acme/app/issues/comments/111", "POST /api/v3/repos/acme/app/issues/5/comments"]
+    );
+}
+
+#[tokio::test]
+async fn an_end_that_may_not_edit_its_comment_fails() {
+    let github =
+        FakeGithub::start(|_| (403, vec![], json!({ "message": "Resource not accessible by integration" }))).await;
+    let earlier = Posted { id: "111".into(), channel: None, url: None };
+    let end = send(
+        &github.client(),
+        &comment_target(),
+        Kind::End,
+        &ended("done"),
+        Some(&earlier),
+        &attempt(Kind::End, false),
+    )
+    .await;
+    assert!(matches!(&end, Outcome::Failed { why } if why.starts_with("GitHub forbids this (403)")), "{end:?}");
+    assert_eq!(github.requests(), ["PATCH /api/v3/repos/acme/app/issues/comments/111"]);
+}
