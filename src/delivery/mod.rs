@@ -8,6 +8,7 @@
 //! [`Report`] from the run and hands each due message to its transport, which answers
 //! with an [`Outcome`]. A transport never touches the store.
 
+pub mod github;
 pub mod webhook;
 
 use std::time::Duration;

@@ -9,6 +9,7 @@ mod git;
 mod hooks;
 mod ledger_cli;
 mod limits;
+mod notify_github;
 mod notify_webhook;
 mod providers;
 mod requires;
