@@ -9,6 +9,7 @@ mod git;
 mod hooks;
 mod ledger_cli;
 mod limits;
+mod notify_slack;
 mod providers;
 mod requires;
 mod rules;
