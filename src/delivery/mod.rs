@@ -9,6 +9,7 @@
 //! with an [`Outcome`]. A transport never touches the store.
 
 pub mod github;
+pub mod slack;
 pub mod webhook;
 
 use std::time::Duration;
