@@ -61,6 +61,9 @@ pub struct Task {
     /// What each phase may use; empty: the worker's defaults.
     #[serde(default, skip_serializing_if = "LimitsConfig::is_empty")]
     pub limits: LimitsConfig,
+    /// Where the run's messages go, rendered at ingest (delivery::Target)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::delivery::Target>,
 }
 
 /// Flow control for the run, with its keys rendered.

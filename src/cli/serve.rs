@@ -116,7 +116,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::open(options)?;
-        crate::server::serve(server).await
+        // The Slack, GitHub and webhook clients replace this when they are merged.
+        crate::server::serve(server, std::sync::Arc::new(crate::delivery::sender::NoTransport)).await
     })?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

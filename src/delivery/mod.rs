@@ -8,6 +8,8 @@
 //! [`Report`] from the run and hands each due message to its transport, which answers
 //! with an [`Outcome`]. A transport never touches the store.
 
+pub mod sender;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};

@@ -494,6 +494,7 @@ impl CompiledAutomation {
                 push: task.push,
                 untrusted_input: event.event.source.is_untrusted(),
                 limits: task.limits,
+                notify: Vec::new(),
             }),
             flow: Some(flow),
         })
