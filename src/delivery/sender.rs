@@ -101,7 +101,10 @@ impl Sender {
             Ok(Ok(due)) => due,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "outbox: cannot read the due messages; looking again in a minute");
-                OutboxDue { entries: Vec::new(), next_at: Some(crate::runs::clock::later(now, Duration::from_secs(60))) }
+                OutboxDue {
+                    entries: Vec::new(),
+                    next_at: Some(crate::runs::clock::later(now, Duration::from_secs(60))),
+                }
             }
             Err(_) => OutboxDue::default(),
         }
@@ -160,7 +163,9 @@ impl Sender {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work).await.map_err(|error| StoreError::Io(format!("the store's task failed: {error}")))?
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| StoreError::Io(format!("the store's task failed: {error}")))?
 }
 
 /// The target's token or signing secret, read now; `None` for a webhook without one.

@@ -134,8 +134,7 @@ fn is_end(state: RunState) -> bool {
 /// only ends).
 pub fn created(before: &Run, after: &Run, now: DateTime<Utc>) -> Vec<Entry> {
     let Some(task) = &after.task else { return Vec::new() };
-    let kind = if after.state == RunState::Running && before.state != RunState::Running && before.started_at.is_none()
-    {
+    let kind = if after.state == RunState::Running && before.state != RunState::Running && before.started_at.is_none() {
         Kind::Start
     } else if is_end(after.state) && !before.state.is_finished() {
         Kind::End
@@ -251,7 +250,9 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::config::SecretRef;
+    use crate::config::{Approval, DurationSpec, OutputFormat, SecretRef};
+    use crate::netpolicy::NetworkPolicy;
+    use crate::task::{AgentCommand, PhasePolicies, Task};
 
     fn at(secs: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap() + chrono::Duration::seconds(secs)
@@ -274,9 +275,33 @@ mod tests {
     }
 
     fn run(state: RunState, started: bool, targets: Vec<Target>) -> Run {
-        let mut task: crate::task::Task =
-            serde_json::from_value(crate::runs::outbox::tests::task_json()).expect("a task");
-        task.notify = targets;
+        let task = Task {
+            automation: "probe".into(),
+            agent: AgentCommand {
+                profile: "codex".into(),
+                argv: vec!["codex".into(), "{prompt}".into()],
+                plan_argv: None,
+                env: Default::default(),
+                output: OutputFormat::default(),
+                paths: Vec::new(),
+                pass_env: Vec::new(),
+            },
+            repo: "/srv/git/api".into(),
+            base: "main".into(),
+            branch: "nightshift/probe-1".into(),
+            prompt: "p".into(),
+            setup: Vec::new(),
+            secrets: Default::default(),
+            network: PhasePolicies { setup: NetworkPolicy::default(), agent: NetworkPolicy::default() },
+            paths: Vec::new(),
+            timeout: DurationSpec::from_secs(60),
+            setup_timeout: DurationSpec::from_secs(60),
+            approval: Approval::default(),
+            push: true,
+            untrusted_input: false,
+            limits: Default::default(),
+            notify: targets,
+        };
         Run {
             id: RunId(7),
             automation: "probe".into(),
@@ -299,17 +324,6 @@ mod tests {
             skip: None,
             reason: None,
         }
-    }
-
-    pub(crate) fn task_json() -> serde_json::Value {
-        serde_json::json!({
-            "automation": "probe",
-            "agent": {"profile": "codex", "argv": ["codex"], "output": "generic"},
-            "repo": "/srv/git/api", "base": "main", "branch": "nightshift/probe", "prompt": "p",
-            "setup": [], "network": {"setup": {}, "agent": {}}, "paths": [],
-            "timeout": "1m", "setup_timeout": "1m", "approval": "none", "push": false,
-            "untrusted_input": false
-        })
     }
 
     fn keys(entries: &[Entry]) -> Vec<(u32, Kind, Vec<Key>)> {
@@ -420,7 +434,10 @@ mod tests {
         assert_eq!(failed.state, EntryState::Failed { why: "401".into() });
         let retry = Outcome::Retry { after: Some(Duration::from_secs(30)), why: "429".into() };
         let again = settle(&entry, &retry, at(1), 0.0);
-        assert_eq!((again.state.clone(), again.next_at, again.last_error.as_deref()), (EntryState::Pending, at(31), Some("429")));
+        assert_eq!(
+            (again.state.clone(), again.next_at, again.last_error.as_deref()),
+            (EntryState::Pending, at(31), Some("429"))
+        );
         let long = Outcome::Retry { after: Some(Duration::from_secs(86_000)), why: "429".into() };
         assert_eq!(settle(&entry, &long, at(1), 0.0).next_at, at(1 + 3600));
         let backoff_only = Outcome::Retry { after: None, why: "503".into() };
@@ -458,7 +475,10 @@ mod tests {
         assert_eq!(activity_text(&pull_request(), &entry), "github pull request on o/r (into main) start: failed: 404");
         entry.state =
             EntryState::Sent { posted: Posted { id: "9".into(), channel: None, url: Some("https://pr/9".into()) } };
-        assert_eq!(activity_text(&pull_request(), &entry), "github pull request on o/r (into main) start: posted (9) https://pr/9");
+        assert_eq!(
+            activity_text(&pull_request(), &entry),
+            "github pull request on o/r (into main) start: posted (9) https://pr/9"
+        );
         let comment = Target::GithubComment { repo: "o/r".into(), number: 3, token: token() };
         assert_eq!(label(&comment), "github comment on o/r#3");
         assert_eq!(key(2, Kind::End).message_id(), "r7-2-end");

@@ -9,6 +9,7 @@ mod git;
 mod hooks;
 mod ledger_cli;
 mod limits;
+mod outbox;
 mod providers;
 mod requires;
 mod rules;

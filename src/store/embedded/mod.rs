@@ -26,8 +26,8 @@ use super::{
     Claim, Disposition, Durability, IngestOutcome, LogChunk, NewRun, OutboxDue, OutboxEntry, OutboxKey, PendingWrite,
     RetentionReport, RunFilter, RunOutcome, ScheduleState, Store, StoreError, StoredEvent, StoredEventRef,
 };
-use crate::delivery::{Attempt, Outcome};
 use crate::config::Retention;
+use crate::delivery::{Attempt, Outcome};
 use crate::event::Event;
 use crate::runs::clock::later;
 use crate::runs::flow::{Decision, decide};
