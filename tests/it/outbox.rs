@@ -283,10 +283,13 @@ fn a_sent_pull_request_puts_its_link_on_the_run_and_retention_deletes_the_messag
     assert!(store.outbox_due(at(100), 16).expect("due").entries.is_empty(), "deleted with the run");
 }
 
+/// What the transport was given: the kind, what the start left, the attempt, the report.
+type Call = (Kind, Option<Posted>, Attempt, Report);
+
 /// Records every message and answers from a script (then `Sent`).
 #[derive(Default)]
 struct Recorder {
-    calls: Mutex<Vec<(Kind, Option<Posted>, Attempt, Report)>>,
+    calls: Mutex<Vec<Call>>,
     script: Mutex<Vec<Outcome>>,
 }
 
@@ -307,7 +310,7 @@ impl Transport for Recorder {
 
 impl Recorder {
     /// Waits (a bounded while) until `count` messages were sent.
-    async fn until(&self, count: usize) -> Vec<(Kind, Option<Posted>, Attempt, Report)> {
+    async fn until(&self, count: usize) -> Vec<Call> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let calls = self.calls.lock().unwrap().clone();
