@@ -116,7 +116,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::open(options)?;
-        crate::server::serve(server).await
+        let current = server.clone();
+        let transports =
+            crate::delivery::transports::Transports::new(move || current.current().pipeline.catalog().clone());
+        crate::server::serve(server, std::sync::Arc::new(transports)).await
     })?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -76,6 +76,9 @@ fn describe(record: &RunRecord) -> String {
         if let Some(code) = result.exit_code {
             field("exit code", &code.to_string());
         }
+        if let Some(url) = result.details.get("pull_request").and_then(|url| url.as_str()) {
+            field("pull request", url);
+        }
     }
     let mut text = format!("{}  {}  {}\n{out}", run.id, run.automation, run.state);
     match &run.task {

@@ -9,7 +9,9 @@
 //! with an [`Outcome`]. A transport never touches the store.
 
 pub mod github;
+pub mod sender;
 pub mod slack;
+pub mod transports;
 pub mod webhook;
 
 use std::time::Duration;

@@ -18,6 +18,8 @@ pub enum ActivityKind {
     Completion,
     Failure,
     Cancellation,
+    /// A message to a run's `notify` target: sent, retried or given up (the outbox).
+    Notify,
 }
 
 impl ActivityKind {
@@ -32,6 +34,7 @@ impl ActivityKind {
             ActivityKind::Completion => "completion",
             ActivityKind::Failure => "failure",
             ActivityKind::Cancellation => "cancellation",
+            ActivityKind::Notify => "notify",
         }
     }
 }

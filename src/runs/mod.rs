@@ -6,6 +6,7 @@ mod activity;
 pub mod clock;
 pub mod flow;
 mod memory;
+pub mod outbox;
 pub mod retry;
 mod run;
 pub mod scope;

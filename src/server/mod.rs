@@ -466,7 +466,10 @@ impl Server {
 /// scheduler, the reloader and the maintenance jobs, and serves. On a signal it stops
 /// accepting, lets requests in flight finish, stops the scheduler, and closes the store
 /// (a clean checkpoint).
-pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
+///
+/// The outbox's sender (`delivery::sender`) runs alongside, sending through `transport`,
+/// and stops after the requests.
+pub async fn serve(server: Arc<Server>, transport: Arc<dyn crate::delivery::Transport>) -> Result<(), ServeError> {
     let address = server.options.listen;
     let listener =
         tokio::net::TcpListener::bind(address).await.map_err(|cause| ServeError::Listen { address, cause })?;
@@ -478,6 +481,12 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     let reloader = reload::watch(Arc::clone(&server), stopped.clone())?;
     let mut maintenance = maintenance::start(Arc::clone(&server)).await?;
     let pool = start_local_workers(&server)?;
+    let sender = Arc::new(crate::delivery::sender::Sender::new(
+        Arc::clone(&server.store),
+        transport,
+        Arc::new(crate::scheduler::SystemClock),
+    ));
+    let sender = tokio::spawn(sender.run(stopped.clone()));
 
     // Last: the file tells the other commands (and tests) the server is ready.
     discovery::ServeFile::new(address, &server.api_token).write(&server.options.data)?;
@@ -509,6 +518,7 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
         let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
     }
     let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
+    let _ = sender.await;
     drop(reloader);
     if let Err(error) = maintenance.shutdown().await {
         tracing::warn!(%error, "stopping the maintenance jobs");

@@ -6,18 +6,21 @@ mod embedded;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Retention;
+use crate::delivery::{Attempt, Outcome};
 use crate::event::Event;
 use crate::runs::{
     Activity, Completion, Epoch, Lease, MemoryEntry, MemoryWrite, NewActivity, Run, RunId, RunState, SkipReason,
 };
 use crate::task::{Flow, Task};
 
+pub use crate::runs::outbox::{Entry as OutboxEntry, EntryState as OutboxState, Key as OutboxKey};
 pub use embedded::SledStore;
 
 /// The data directory used when none is given: `.nightshift/` beside the automations.
@@ -156,6 +159,17 @@ pub struct ScheduleState {
 impl ScheduleState {
     /// How many skipped slots are kept by time.
     pub const RECENT_SKIPS: usize = 20;
+}
+
+/// The outbox messages whose turn has come, and when to look again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxDue {
+    /// Pending, due, and not waiting for another message of their run; soonest due first.
+    pub entries: Vec<OutboxEntry>,
+    /// When the next pending message not in `entries` is due (or stops waiting for
+    /// others); `None` when no other is pending. A message written or settled later
+    /// rings `Store::outbox_written` instead.
+    pub next_at: Option<DateTime<Utc>>,
 }
 
 /// What a retention pass deleted.
@@ -357,7 +371,32 @@ pub trait Store: Send + Sync {
     /// thousands of new triggers).
     fn set_schedules(&self, states: &[(&str, &str, &ScheduleState)]) -> Result<(), StoreError>;
 
-    /// Deletes finished runs beyond `retention` with their activities, logs and events,
-    /// and expired memory and dedupe marks.
+    /// The outbox messages to send at `now`, at most `limit` (`runs::outbox` decides the
+    /// order). Answered from memory: the store keeps every unsettled message there.
+    fn outbox_due(&self, now: DateTime<Utc>, limit: usize) -> Result<OutboxDue, StoreError>;
+    /// Every outbox message of run `run`, in key order (the start and end of each target).
+    fn outbox(&self, run: RunId) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Marks a pending message in flight, durably, before the sender sends it, and
+    /// returns it with the attempt to make; `None` if it is not pending (settled,
+    /// deleted, or in flight already). An attempt of a message found in flight at open is
+    /// `unsure`: it may have reached the target.
+    fn outbox_begin(&self, key: OutboxKey, now: DateTime<Utc>) -> Result<Option<(OutboxEntry, Attempt)>, StoreError>;
+    /// Records how an attempt went, in one step: the message's state (sent, failed, or
+    /// pending again at its next time, `runs::outbox::settle` with `random_unit` as the
+    /// jitter), a `notify` activity on the run, and for a pull request's end that was
+    /// sent, its link on the run (`result.details.pull_request`). `None` if the message
+    /// is no longer in flight.
+    fn outbox_finish(
+        &self,
+        key: OutboxKey,
+        outcome: &Outcome,
+        now: DateTime<Utc>,
+        random_unit: f64,
+    ) -> Result<Option<OutboxEntry>, StoreError>;
+    /// Rung after a change wrote outbox messages or settled one: the sender's wakeup.
+    fn outbox_written(&self) -> Arc<tokio::sync::Notify>;
+
+    /// Deletes finished runs beyond `retention` with their activities, logs, outbox
+    /// messages and events, and expired memory and dedupe marks.
     fn apply_retention(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError>;
 }

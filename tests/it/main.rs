@@ -12,6 +12,7 @@ mod limits;
 mod notify_github;
 mod notify_slack;
 mod notify_webhook;
+mod outbox;
 mod providers;
 mod requires;
 mod rules;

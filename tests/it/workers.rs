@@ -86,7 +86,9 @@ impl World {
                     // here; the jail shows the agent nothing else outside its workspace.
                     "sandbox": { "paths": [{ "path": self.dir.path(), "writable": true }] },
                 }
-            }
+            },
+            // The webhook receivers tests start listen on loopback.
+            "notify": { "allow_private_targets": true },
         });
         let path = self.path("nightshift.yaml");
         std::fs::write(&path, serde_yaml::to_string(&project).unwrap()).unwrap();
@@ -782,5 +784,103 @@ fn the_example_slack_bug_dispatch_runs_end_to_end() {
         let (done, _, summary) = example_succeeds(who, &server, &run);
         assert!(summary.contains("2 TODO/FIXME/XXX markers"), "{who:?}: {summary}");
         assert_eq!(done["run"]["task"]["branch"], "bugfix/slack-1763852000-000200", "{who:?}: {done:#}");
+    }
+}
+
+/// What a loopback receiver keeps of each request: its request line, lower-cased headers
+/// and body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>, Vec<u8>)>>>;
+
+/// A loopback webhook receiver: answers each request with the next of `statuses` (then
+/// 200) and keeps what arrived.
+fn webhook_receiver(statuses: &[u16]) -> (u16, Received) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (kept, mut statuses) = (received.clone(), statuses.to_vec());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let mut headers = Vec::new();
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                let Some((name, value)) = header.trim_end().split_once(':') else { break };
+                headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+            }
+            let length = headers.iter().find(|(n, _)| n == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body).unwrap();
+            kept.lock().unwrap().push((line.trim_end().to_string(), headers, body));
+            let status = if statuses.is_empty() { 200 } else { statuses.remove(0) };
+            let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = (&stream).write_all(answer.as_bytes());
+        }
+    });
+    (port, received)
+}
+
+#[test]
+fn a_finished_run_is_posted_to_its_webhook_signed_once_past_a_failure() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let world = World::new();
+    let (port, received) = webhook_receiver(&[503]);
+    let notify =
+        format!("notify:\n  - webhook: {{ url: \"http://127.0.0.1:{port}/runs\", secret: env:HOOK_SIGNING }}\n");
+    let told = world.automation("told", r#"["told/**"]"#, &notify);
+    let files = [("told.yaml", told.as_str())];
+    let project = world.project(&[]);
+    let args = ["--config", project.to_str().unwrap(), "--work-dir", "work"];
+    let server =
+        Serving::start_with_args(&files, &[("FIXTURE_SECRET", "s3cr3t-value"), ("HOOK_SIGNING", SECRET)], &args);
+    let run = trigger(&server, "told", 1);
+    wait_for(&server, &run, &["succeeded"]);
+
+    // The first try gets a 503; the sender tries again on its backoff.
+    let deadline = Instant::now() + PATIENCE;
+    while received.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "two tries never arrived: {:?}\n{}", received.lock().unwrap(), server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tries = received.lock().unwrap().clone();
+    assert_eq!(tries.len(), 2, "one message, tried twice: {tries:?}");
+    let key = nightshift::auth::standard_webhooks_key(SECRET).unwrap();
+    for (line, headers, body) in &tries {
+        assert_eq!(line, "POST /runs HTTP/1.1");
+        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        assert_eq!(header("webhook-id"), Some(format!("{run}-0-end")), "the same id on every try");
+        let timestamp = header("webhook-timestamp").unwrap();
+        let signed_at = chrono::DateTime::from_timestamp(timestamp.parse().unwrap(), 0).unwrap();
+        let verified = nightshift::auth::verify_standard_webhooks(
+            &key,
+            header("webhook-id").as_deref(),
+            Some(&timestamp),
+            header("webhook-signature").as_deref(),
+            body,
+            signed_at,
+        );
+        assert_eq!(verified, Ok(()));
+        let sent: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(sent["type"], "run.ended");
+        assert_eq!(sent["data"]["run"], run.as_str());
+        assert_eq!(sent["data"]["state"], "succeeded");
+        assert_eq!(sent["data"]["summary"], "appended the prompt");
+    }
+    // Each try is on the run's timeline.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let activities = record(&server, &run)["activities"].as_array().cloned().unwrap_or_default();
+        let tries: Vec<String> =
+            activities.iter().filter(|a| a["kind"] == "notify").map(|a| a["text"].to_string()).collect();
+        let timeline = tries.join("\n");
+        if tries.len() == 2 && tries[0].contains("503") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tries are not on the timeline: {timeline}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -33,6 +33,8 @@ pub const SCHEDULE: &[u8] = b"sched/";
 /// Agent commands of runs, once per profile name and hash, and the shapes of runs, once
 /// per hash under the empty profile name (`codec::encode_run`).
 pub const AGENT: &[u8] = b"agent/";
+/// Outbox messages: a run's start and end for each of its `notify` targets.
+pub const OUTBOX: &[u8] = b"ob/";
 
 fn join(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
@@ -133,4 +135,16 @@ pub fn suffix<'k>(key: &'k [u8], prefix: &[u8]) -> Option<&'k str> {
 
 pub fn agent(profile: &str, hash: &str) -> Vec<u8> {
     join(&[AGENT, profile.as_bytes(), b"\0", hash.as_bytes()])
+}
+
+pub fn outbox_of(run: RunId) -> Vec<u8> {
+    join(&[OUTBOX, &run.0.to_be_bytes()])
+}
+
+pub fn outbox(key: &crate::runs::outbox::Key) -> Vec<u8> {
+    let kind = match key.kind {
+        crate::delivery::Kind::Start => 0u8,
+        crate::delivery::Kind::End => 1u8,
+    };
+    join(&[&outbox_of(key.run), &key.target.to_be_bytes(), &[kind]])
 }

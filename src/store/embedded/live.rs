@@ -1,12 +1,13 @@
 //! The in-memory index of unfinished runs that flow control and claims consult: rebuilt
 //! from disk at open, changed only together with the batch that persists the change.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::runs::flow::{FlowFacts, needed_busy};
+use crate::runs::outbox::{Entry as OutboxEntry, Key as OutboxKey};
 use crate::runs::scope::paths_overlap;
 use crate::runs::{Run, RunId, RunState};
 use crate::task::Flow;
@@ -61,6 +62,10 @@ pub struct Live {
     pub with_memory: HashSet<String>,
     /// Every epoch handed out from now on is above this (it grows with each open).
     pub epoch_floor: u64,
+    /// Outbox messages not yet sent or failed, with whether an attempt may have reached
+    /// the target unrecorded (found in flight at open). Every unsettled message is here,
+    /// so the sender never scans sled and a message not here is settled.
+    pub outbox: BTreeMap<OutboxKey, (OutboxEntry, bool)>,
 }
 
 impl Live {

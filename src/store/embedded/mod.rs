@@ -16,16 +16,18 @@ mod codec;
 mod group_commit;
 mod keys;
 mod live;
+mod outbox;
 mod retention;
 mod seen;
 mod wal;
 mod watermark;
 
 use super::{
-    Claim, Disposition, Durability, IngestOutcome, LogChunk, NewRun, PendingWrite, RetentionReport, RunFilter,
-    RunOutcome, ScheduleState, Store, StoreError, StoredEvent, StoredEventRef,
+    Claim, Disposition, Durability, IngestOutcome, LogChunk, NewRun, OutboxDue, OutboxEntry, OutboxKey, PendingWrite,
+    RetentionReport, RunFilter, RunOutcome, ScheduleState, Store, StoreError, StoredEvent, StoredEventRef,
 };
 use crate::config::Retention;
+use crate::delivery::{Attempt, Outcome};
 use crate::event::Event;
 use crate::runs::clock::later;
 use crate::runs::flow::{Decision, decide};
@@ -82,6 +84,8 @@ pub struct Inner {
     /// Every agent command stored (`codec::encode_run`); taken after the state's lock,
     /// never before it.
     agents: RwLock<codec::Agents>,
+    /// Rung once a change that wrote outbox messages is queued (`Store::outbox_written`).
+    outbox_written: Arc<tokio::sync::Notify>,
 }
 
 /// What the store's lock guards: the index of unfinished runs, and changes queued for
@@ -375,6 +379,8 @@ struct Changes {
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Agent commands of the runs written, stored once each (`queue`).
     agents: Vec<codec::StoredAgent>,
+    /// Outbox messages were written: the sender is rung once they are queued.
+    outbox: bool,
 }
 
 impl Changes {
@@ -425,10 +431,28 @@ impl Changes {
         record
     }
 
-    /// Writes a changed live run and puts it back into the index.
+    /// Writes a changed live run and puts it back into the index, with the outbox
+    /// messages its change of state creates.
     fn keep(&mut self, live: &mut Live, updated: LiveRun) {
+        if let Some(before) = live.get(updated.run.id) {
+            let entries = crate::runs::outbox::created(&before.run, &updated.run, updated.run.updated_at);
+            self.put_outbox(live, entries);
+        }
         self.put_run(&updated.run);
         live.put(updated);
+    }
+
+    /// Writes new or changed outbox messages; the unsettled ones go into the index.
+    fn put_outbox(&mut self, live: &mut Live, entries: Vec<crate::runs::outbox::Entry>) {
+        for entry in entries {
+            self.outbox = true;
+            self.put(keys::outbox(&entry.key), encode(&entry));
+            if entry.state.is_settled() {
+                live.outbox.remove(&entry.key);
+            } else {
+                live.outbox.insert(entry.key, (entry, false));
+            }
+        }
     }
 
     /// Appends an activity the engine itself records (lease expiry, retries, cancels).
@@ -466,6 +490,7 @@ impl SledStore {
             seen_builder_wake: Condvar::new(),
             builder_stop: AtomicBool::new(false),
             agents: RwLock::new(codec::Agents::new()),
+            outbox_written: Arc::new(tokio::sync::Notify::new()),
         });
         let committer = {
             let inner = inner.clone();
@@ -647,6 +672,16 @@ impl Inner {
                 live.with_memory.insert(automation.to_string());
             }
         }
+        for entry in self.db.scan_prefix(keys::OUTBOX) {
+            let (key, value) = entry.map_err(io)?;
+            let message: crate::runs::outbox::Entry = decode(&key, &value)?;
+            if !message.state.is_settled() {
+                let unsure = message.state == crate::runs::outbox::EntryState::InFlight;
+                let mut pending = message;
+                pending.state = crate::runs::outbox::EntryState::Pending;
+                live.outbox.insert(pending.key, (pending, unsure));
+            }
+        }
         for entry in self.db.scan_prefix(keys::LAST_CREATED) {
             let (key, value) = entry.map_err(io)?;
             let last: LastCreated = decode(&key, &value)?;
@@ -702,6 +737,7 @@ impl Inner {
         queued.issued += 1;
         queued.durable |= durable;
         let ticket = queued.issued;
+        let outbox = changes.outbox;
         if !changes.agents.is_empty() {
             let mut known = self.agents.write().unwrap_or_else(PoisonError::into_inner);
             for agent in std::mem::take(&mut changes.agents) {
@@ -726,6 +762,9 @@ impl Inner {
             queued.overlay.insert(key, (ticket, value));
         }
         drop(guard);
+        if outbox {
+            self.outbox_written.notify_one();
+        }
         ticket
     }
 
@@ -832,7 +871,9 @@ impl Inner {
         now: DateTime<Utc>,
     ) -> Option<Run> {
         let mut cancelled = live.remove(id)?;
+        let before = cancelled.run.clone();
         Self::finish(&mut cancelled.run, RunState::Cancelled, Some(reason.clone()), now);
+        changes.put_outbox(live, crate::runs::outbox::created(&before, &cancelled.run, now));
         changes.activity(&mut cancelled, ActivityKind::Cancellation, reason, now);
         changes.put_run(&cancelled.run);
         Some(cancelled.run)
@@ -1397,6 +1438,32 @@ impl Store for SledStore {
         // Not waited for on disk: losing it in a crash re-fires a slot whose event was
         // stored first, and the event id makes that a duplicate delivery.
         self.apply(live, changes, false)
+    }
+
+    fn outbox_due(&self, now: DateTime<Utc>, limit: usize) -> Result<OutboxDue, StoreError> {
+        Ok(self.due_messages(now, limit))
+    }
+
+    fn outbox(&self, run: RunId) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.messages_of(run)
+    }
+
+    fn outbox_begin(&self, key: OutboxKey, now: DateTime<Utc>) -> Result<Option<(OutboxEntry, Attempt)>, StoreError> {
+        self.begin_message(key, now)
+    }
+
+    fn outbox_finish(
+        &self,
+        key: OutboxKey,
+        outcome: &Outcome,
+        now: DateTime<Utc>,
+        random_unit: f64,
+    ) -> Result<Option<OutboxEntry>, StoreError> {
+        self.finish_message(key, outcome, now, random_unit)
+    }
+
+    fn outbox_written(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_written.clone()
     }
 
     fn apply_retention(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError> {

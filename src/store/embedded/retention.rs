@@ -47,7 +47,7 @@ impl Inner {
     ) -> Result<(), StoreError> {
         // Sled must hold what earlier passes deleted: they read it, not the overlay.
         self.settle()?;
-        let live = self.lock_for_change()?;
+        let mut live = self.lock_for_change()?;
         let mut kept = 0;
         let mut changes = Changes::default();
         // The newest run may go: remember its id so it is never handed out again.
@@ -76,6 +76,10 @@ impl Inner {
                 changes.delete(chunk.map_err(io)?.0.to_vec());
                 report.log_chunks += 1;
             }
+            for message in self.db.scan_prefix(keys::outbox_of(id)) {
+                changes.delete(message.map_err(io)?.0.to_vec());
+            }
+            live.outbox.retain(|key, _| key.run != id);
             for event in run.event_ids {
                 if !events.contains_key(&event) {
                     events.insert(event.clone(), self.event_record(&event)?);

@@ -1,0 +1,203 @@
+//! The outbox's sender, run by `serve`: it wakes when the store writes or settles outbox
+//! messages and when the next one is due (never a polling loop), sends up to
+//! `Sender::BATCH` at once through its `Transport`, and records each attempt's outcome in
+//! the store. The store's `runs::outbox` rules decide the order and the retries.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::{Kind, Message, Outcome, Report, Target, Transport};
+use crate::runs::outbox::{EntryState, Key};
+use crate::runs::{Run, RunState};
+use crate::scheduler::Clock;
+use crate::store::{OutboxDue, Store, StoreError};
+
+/// Sends the outbox's messages.
+pub struct Sender {
+    store: Arc<dyn Store>,
+    transport: Arc<dyn Transport>,
+    clock: Arc<dyn Clock>,
+    /// The server's public URL, for each report's `link`.
+    public_url: Option<String>,
+}
+
+impl Sender {
+    /// Messages sent at once, at most.
+    pub const BATCH: usize = 16;
+    /// How long attempts in flight at shutdown may take to finish; the rest stay in
+    /// flight in the store and are sent, unsure, at the next start.
+    pub const STOP_WITHIN: Duration = Duration::from_secs(15);
+
+    pub fn new(store: Arc<dyn Store>, transport: Arc<dyn Transport>, clock: Arc<dyn Clock>) -> Sender {
+        Sender { store, transport, clock, public_url: None }
+    }
+
+    /// Reports link to `{url}/api/runs/{id}`.
+    pub fn with_public_url(mut self, url: Option<String>) -> Sender {
+        self.public_url = url.map(|url| url.trim_end_matches('/').to_string());
+        self
+    }
+
+    /// Sends until `stopped` turns true, then lets the attempts in flight finish (for at
+    /// most `STOP_WITHIN`).
+    pub async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        let written = self.store.outbox_written();
+        let mut sending: JoinSet<Key> = JoinSet::new();
+        let mut in_flight: HashSet<Key> = HashSet::new();
+        loop {
+            if *stopped.borrow() {
+                break;
+            }
+            // Registered before looking, so a write while we look still wakes us.
+            let notified = written.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let due = self.due().await;
+            for entry in due.entries {
+                if in_flight.len() >= Self::BATCH {
+                    break;
+                }
+                if in_flight.insert(entry.key) {
+                    sending.spawn(Arc::clone(&self).send(entry.key));
+                }
+            }
+            let sleep = async {
+                match due.next_at {
+                    Some(at) => self.clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut notified => {}
+                Some(done) = sending.join_next(), if !sending.is_empty() => {
+                    if let Ok(key) = done {
+                        in_flight.remove(&key);
+                    }
+                }
+                _ = sleep => {}
+                _ = stopped.changed() => {}
+            }
+            // Others may have finished at the same time.
+            while let Some(done) = sending.try_join_next() {
+                if let Ok(key) = done {
+                    in_flight.remove(&key);
+                }
+            }
+        }
+        let drained = async { while sending.join_next().await.is_some() {} };
+        if tokio::time::timeout(Self::STOP_WITHIN, drained).await.is_err() {
+            tracing::warn!("outbox: attempts still in flight at shutdown are sent again at the next start");
+        }
+    }
+
+    async fn due(&self) -> OutboxDue {
+        let store = Arc::clone(&self.store);
+        let now = self.clock.now();
+        match tokio::task::spawn_blocking(move || store.outbox_due(now, Sender::BATCH)).await {
+            Ok(Ok(due)) => due,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "outbox: cannot read the due messages; looking again in a minute");
+                OutboxDue {
+                    entries: Vec::new(),
+                    next_at: Some(crate::runs::clock::later(now, Duration::from_secs(60))),
+                }
+            }
+            Err(_) => OutboxDue::default(),
+        }
+    }
+
+    /// One attempt at one message: marked in flight, sent, and its outcome recorded.
+    pub async fn send(self: Arc<Self>, key: Key) -> Key {
+        if let Err(error) = self.attempt(key).await {
+            tracing::warn!(%error, message = %key.message_id(), "outbox: cannot record a message's attempt");
+        }
+        key
+    }
+
+    async fn attempt(&self, key: Key) -> Result<(), StoreError> {
+        let store = Arc::clone(&self.store);
+        let now = self.clock.now();
+        let prepared = blocking(move || {
+            let Some((_, attempt)) = store.outbox_begin(key, now)? else { return Ok(None) };
+            let run = store.run(key.run)?;
+            let earlier = match key.kind {
+                Kind::Start => None,
+                Kind::End => store.outbox(key.run)?.into_iter().find_map(|entry| match entry.state {
+                    EntryState::Sent { posted } if entry.key == Key { kind: Kind::Start, ..key } => Some(posted),
+                    _ => None,
+                }),
+            };
+            Ok(Some((attempt, run, earlier)))
+        })
+        .await?;
+        let Some((attempt, run, earlier)) = prepared else { return Ok(()) };
+        let target = run.as_ref().and_then(|run| run.task.as_ref()?.notify.get(key.target as usize).cloned());
+        let outcome = match (run, target) {
+            (Some(run), Some(target)) => match secret(&target) {
+                Ok(secret) => {
+                    let report = report(&run, self.public_url.as_deref());
+                    let message = Message {
+                        target: &target,
+                        kind: key.kind,
+                        report: &report,
+                        earlier: earlier.as_ref(),
+                        attempt: &attempt,
+                        secret: secret.as_deref(),
+                    };
+                    self.transport.send(&message).await
+                }
+                Err(why) => Outcome::Failed { why: format!("token: {why}") },
+            },
+            _ => Outcome::Failed { why: "the run or its target is no longer stored".into() },
+        };
+        let store = Arc::clone(&self.store);
+        let now = self.clock.now();
+        blocking(move || store.outbox_finish(key, &outcome, now, fastrand::f64()).map(drop)).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| StoreError::Io(format!("the store's task failed: {error}")))?
+}
+
+/// The target's token or signing secret, read now; `None` for a webhook without one.
+fn secret(target: &Target) -> Result<Option<String>, String> {
+    let reference = match target {
+        Target::Slack { token, .. } | Target::GithubComment { token, .. } | Target::GithubPullRequest { token, .. } => {
+            Some(token)
+        }
+        Target::Webhook { secret, .. } => secret.as_ref(),
+    };
+    reference.map(|reference| reference.resolve()).transpose()
+}
+
+/// What a message says about `run`, from its record as stored now.
+pub fn report(run: &Run, public_url: Option<&str>) -> Report {
+    let result = run.result.as_ref();
+    let detail = |name: &str| result.and_then(|result| result.details.get(name));
+    let (repo, base, branch) = match &run.task {
+        Some(task) => (task.repo.clone(), task.base.clone(), task.branch.clone()),
+        None => Default::default(),
+    };
+    Report {
+        run: run.id.to_string(),
+        automation: run.automation.clone(),
+        state: run.state.as_str().to_string(),
+        summary: result.map(|result| result.summary.clone()).filter(|summary| !summary.is_empty()),
+        reason: run.reason.clone().filter(|_| run.state != RunState::Succeeded),
+        repo,
+        base,
+        branch,
+        pushed: detail("pushed").is_some(),
+        pull_request: detail("pull_request").and_then(|url| url.as_str()).map(str::to_string),
+        link: public_url.map(|url| format!("{url}/api/runs/{}", run.id)),
+    }
+}
