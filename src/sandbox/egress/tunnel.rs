@@ -56,6 +56,6 @@ impl Tunnel<'_> {
             return;
         }
         counters.add_up(peeked.bytes.len());
-        let _ = splice::bidirectional(client, upstream, &counters).await;
+        let _ = splice::bidirectional(&client, &upstream, &counters).await;
     }
 }
