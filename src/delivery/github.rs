@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Kind, Message, Outcome, Posted, Report, Target};
+use super::{Kind, Message, Outcome, Posted, Report, Target, retry_after};
 
 /// GitHub's limit on an issue comment's or a pull request's body, in characters.
 pub const BODY_LIMIT: usize = 65_536;
@@ -534,14 +534,9 @@ pub fn github_message(text: &str) -> String {
     cut
 }
 
-/// `Retry-After` as seconds or an HTTP date, from `now` (unix seconds).
-pub fn retry_after(value: &str, now: u64) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?.timestamp();
-    Some(Duration::from_secs(u64::try_from(at).ok()?.saturating_sub(now)))
+/// `now` in unix seconds as a time.
+fn unix(now: u64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(i64::try_from(now).unwrap_or(i64::MAX), 0).unwrap_or_default()
 }
 
 /// What a GitHub answer that is not a success means for the message. `now` is unix
@@ -551,7 +546,7 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, text: &str, now: u64) -
     let message = github_message(text);
     let code = status.as_u16();
     if code == 403 || code == 429 {
-        if let Some(after) = header(RETRY_AFTER.as_str()).and_then(|v| retry_after(v, now)) {
+        if let Some(after) = header(RETRY_AFTER.as_str()).and_then(|v| retry_after(v, unix(now))) {
             return Outcome::Retry { after: Some(after), why: format!("GitHub's rate limit ({code}): {message}") };
         }
         if header("x-ratelimit-remaining").map(str::trim) == Some("0") {
@@ -572,7 +567,7 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, text: &str, now: u64) -
             ),
         };
     }
-    let after = header(RETRY_AFTER.as_str()).and_then(|v| retry_after(v, now));
+    let after = header(RETRY_AFTER.as_str()).and_then(|v| retry_after(v, unix(now)));
     match code {
         401 => Outcome::Failed { why: format!("GitHub refused the token (401): {message}") },
         404 => Outcome::Failed {
@@ -860,13 +855,5 @@ mod tests {
         assert_eq!(long.chars().count(), 301);
         assert!(pull_exists(r#"{"errors":[{"message":"A pull request already exists for a:b."}]}"#));
         assert!(!pull_exists(r#"{"message":"Validation Failed"}"#));
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        assert_eq!(retry_after("12", NOW), Some(Duration::from_secs(12)));
-        assert_eq!(retry_after("Tue, 14 Nov 2023 22:14:20 GMT", NOW), Some(Duration::from_secs(60)));
-        assert_eq!(retry_after("Tue, 14 Nov 2023 22:00:00 GMT", NOW), Some(Duration::ZERO));
-        assert_eq!(retry_after("soon", NOW), None);
     }
 }

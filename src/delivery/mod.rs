@@ -133,6 +133,17 @@ pub struct Message<'a> {
     pub secret: Option<&'a str>,
 }
 
+/// A `Retry-After` value as a wait from `now`: seconds, or an HTTP date (a date already
+/// past is no wait). Every transport reads it with this.
+pub fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?.to_utc();
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
+}
+
 /// Sends one message. The sender holds one `Transport` that dispatches on the target's
 /// kind to the Slack, GitHub and webhook clients.
 pub trait Transport: Send + Sync {
@@ -140,3 +151,19 @@ pub trait Transport: Send + Sync {
 }
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").expect("time").to_utc();
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:29:30 GMT", now), Some(Duration::from_secs(90)));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-3", now), None);
+    }
+}

@@ -8,13 +8,13 @@
 //! metadata (`nightshift_run`, the attempt's `message_id`), so an unsure attempt can find
 //! what an earlier try posted before posting again.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Kind, Message, Outcome, Posted, Report, Target};
+use super::{Kind, Message, Outcome, Posted, Report, Target, retry_after};
 
 /// How long one request to Slack may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,7 +157,7 @@ impl Client {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| retry_after(value, SystemTime::now()));
+            .and_then(|value| retry_after(value, chrono::Utc::now()));
         if let Some(outcome) = status_outcome(status, after) {
             return Err(Refusal::Transport(outcome));
         }
@@ -231,18 +231,6 @@ pub fn classify(method: &str, channel: &str, error: &str, needed: Option<&str>, 
         "message_not_found" => failed("the Slack message to edit is gone (message_not_found)".to_string()),
         _ => failed(format!("Slack refused {method} ({error})")),
     }
-}
-
-/// What a `Retry-After` header asks for: seconds, or an HTTP date (a date in the past is
-/// no wait at all). `None` when it is neither.
-pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(date.timestamp()).ok()?);
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// What a successful post or edit left: Slack's `ts`, and the channel id it answered
@@ -605,17 +593,6 @@ mod tests {
             Err(Refusal::Api { error: "unknown".into(), needed: None, after: None })
         );
         assert!(matches!(read_answer(b"<html>", None), Err(Refusal::Transport(Outcome::Retry { .. }))));
-    }
-
-    #[test]
-    fn retry_after_is_seconds_or_a_date() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
-        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
-        assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now), Some(Duration::ZERO));
-        assert_eq!(retry_after("soon", now), None);
-        assert_eq!(retry_after("-3", now), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER, USER_AGENT};
 use serde::Serialize;
 
-use super::{Kind, Message, Outcome, Posted, Report, Target};
+use super::{Kind, Message, Outcome, Posted, Report, Target, retry_after};
 
 /// How long one attempt may take, connecting included.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,19 +148,12 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, id: &str, now: DateTime
         return Outcome::Failed { why: "the receiver answered 410 Gone: stop sending to it".into() };
     }
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        return Outcome::Retry { after: retry_after(headers, now), why: format!("the receiver answered {status}") };
+        return Outcome::Retry {
+            after: headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| retry_after(v, now)),
+            why: format!("the receiver answered {status}"),
+        };
     }
     Outcome::Failed { why: format!("the receiver answered {status}") }
-}
-
-/// `Retry-After` as a wait: seconds, or an HTTP date (a date already past is no wait).
-pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = DateTime::parse_from_rfc2822(text).ok()?.to_utc();
-    Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
 /// A request error without the URL (it may carry credentials in its query).
@@ -186,16 +179,6 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, retry_after.parse().expect("header"));
         headers
-    }
-
-    #[test]
-    fn retry_after_is_seconds_or_an_http_date() {
-        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").expect("time").to_utc();
-        assert_eq!(retry_after(&headers("120"), now), Some(Duration::from_secs(120)));
-        assert_eq!(retry_after(&headers("Wed, 21 Oct 2015 07:29:30 GMT"), now), Some(Duration::from_secs(90)));
-        assert_eq!(retry_after(&headers("Wed, 21 Oct 2015 07:00:00 GMT"), now), Some(Duration::ZERO));
-        assert_eq!(retry_after(&headers("soon"), now), None);
-        assert_eq!(retry_after(&HeaderMap::new(), now), None);
     }
 
     #[test]
