@@ -413,32 +413,66 @@ pub fn probe() -> Result<(), String> {
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
+/// Limits that name every controller (their values are never written).
+fn every_controller() -> Limits {
+    Limits { memory: Some(u64::MAX), processes: Some(u64::MAX), cpu: Some(u32::MAX), ..Limits::default() }
+}
+
 /// One phase's cgroup, removed when dropped (after the phase's processes are gone).
 #[derive(Debug)]
 pub struct PhaseCgroup {
+    hierarchy: Hierarchy,
+    name: String,
     plan: Plan,
 }
 
 impl PhaseCgroup {
     /// Makes a cgroup with `limits`, named after this worker's pid and a counter.
     pub fn create(limits: &Limits) -> Result<PhaseCgroup, String> {
+        let mut cgroup = PhaseCgroup::make(limits)?;
+        cgroup.limit(limits)?;
+        Ok(cgroup)
+    }
+
+    /// Makes a cgroup in every controller a phase's limits can use, with no limit set yet:
+    /// a process can be put in it before its phase, and so its limits, are known.
+    pub fn create_unlimited() -> Result<PhaseCgroup, String> {
+        PhaseCgroup::make(&every_controller())
+    }
+
+    /// The directories for the controllers `limits` name, without their values.
+    fn make(limits: &Limits) -> Result<PhaseCgroup, String> {
         let hierarchy = detect()?;
         let name = format!("nightshift-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         if let Hierarchy::V2 { parent } = &hierarchy {
             delegate(parent, &v2_controllers(limits))?;
         }
-        let cgroup = PhaseCgroup { plan: plan(&hierarchy, limits, &name) };
+        let mut plan = plan(&hierarchy, limits, &name);
+        plan.writes.clear();
+        plan.oom_events = None;
+        let cgroup = PhaseCgroup { hierarchy, name, plan };
         for dir in &cgroup.plan.dirs {
             std::fs::create_dir(dir).map_err(|e| format!("cannot create the cgroup {}: {e}", dir.display()))?;
         }
-        for write in &cgroup.plan.writes {
+        Ok(cgroup)
+    }
+
+    /// Sets `limits`, whose controllers the cgroup was made with.
+    pub fn limit(&mut self, limits: &Limits) -> Result<(), String> {
+        let wanted = plan(&self.hierarchy, limits, &self.name);
+        if let Some(dir) = wanted.dirs.iter().find(|dir| !self.plan.dirs.contains(dir)) {
+            return Err(format!("the cgroup {} was not made", dir.display()));
+        }
+        for write in &wanted.writes {
             match std::fs::write(&write.file, &write.value) {
                 Ok(()) => {}
                 Err(_) if write.optional => {}
                 Err(e) => return Err(format!("cannot write {} to {}: {e}", write.value, write.file.display())),
             }
         }
-        Ok(cgroup)
+        self.plan.writes = wanted.writes;
+        self.plan.oom_events = wanted.oom_events;
+        Ok(())
     }
 
     /// Puts process `pid` (and so whatever it starts from now on) in the cgroup.

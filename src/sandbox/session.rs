@@ -17,7 +17,7 @@ use super::{NetnsSockets, SandboxPath, SandboxSpec, plan};
 
 /// The jail helper (the nightshift binary) and the egress proxy every phase goes through.
 pub struct Sandbox {
-    helper: PathBuf,
+    helpers: Arc<jail::Helpers>,
     egress: Arc<Egress>,
     /// Whether phases can get cgroups here; if not, why.
     cgroups: Result<(), String>,
@@ -25,7 +25,7 @@ pub struct Sandbox {
 
 impl fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sandbox").field("helper", &self.helper).finish_non_exhaustive()
+        f.debug_struct("Sandbox").field("helper", &self.helpers.program()).finish_non_exhaustive()
     }
 }
 
@@ -42,12 +42,13 @@ impl Sandbox {
                  and runs that set task.limits are refused"
             );
         }
-        Ok(Sandbox { helper, egress: Arc::new(Egress::new(settings)?), cgroups })
+        let helpers = Arc::new(jail::Helpers::warm(helper)?);
+        Ok(Sandbox { helpers, egress: Arc::new(Egress::new(settings)?), cgroups })
     }
 
     /// Whether this machine lets the helper build a jail; if not, what failed and the fix.
     pub fn probe(&self) -> Result<(), String> {
-        jail::probe(&self.helper)
+        jail::probe(self.helpers.program())
     }
 
     /// What running one phase in a jail under `policy` takes. Its decisions are in
@@ -65,7 +66,7 @@ impl Sandbox {
                 }
             }
         });
-        PhaseJail { options: JailOptions { helper: self.helper.clone(), serve }, decisions }
+        PhaseJail { options: JailOptions { helpers: self.helpers.clone(), serve }, decisions }
     }
 }
 

@@ -23,6 +23,7 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -120,15 +121,15 @@ pub type ServeSockets = Arc<dyn Fn(NetnsSockets, u32) -> Box<dyn Any + Send> + S
 /// What running a phase in a jail needs.
 #[derive(Clone)]
 pub struct JailOptions {
-    /// The nightshift binary, started as `nightshift __sandbox-exec`.
-    pub helper: PathBuf,
+    /// Starts the nightshift binary as `nightshift __sandbox-exec`.
+    pub helpers: Arc<jail::Helpers>,
     /// The egress proxy's entry point.
     pub serve: ServeSockets,
 }
 
 impl std::fmt::Debug for JailOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JailOptions").field("helper", &self.helper).finish_non_exhaustive()
+        f.debug_struct("JailOptions").field("helper", &self.helpers.program()).finish_non_exhaustive()
     }
 }
 
@@ -387,32 +388,53 @@ struct Group {
     reaped: bool,
     serving: Option<Box<dyn Any + Send>>,
     cgroup: Option<PhaseCgroup>,
+    /// Dropped last, once the phase has ended: the next jail helper is started ahead.
+    _refill: Option<jail::Refill>,
 }
 
 impl Group {
     fn spawn(command: &PhaseCommand, options: &PhaseOptions, program: &str) -> Result<Group, PhaseError> {
-        let (mut process, inherited) = match &command.sandbox {
-            None => {
-                let mut process = Command::new(program);
-                process.args(&command.argv[1..]).current_dir(&command.dir);
-                (process, INHERITED_ENV)
-            }
-            Some(_) => {
+        let spawn_error = |cause| PhaseError::Spawn { program: program.to_string(), dir: command.dir.clone(), cause };
+        let (child, serving, (cgroup, refill)) = match &command.sandbox {
+            None => (Group::command(command, program).spawn().map_err(spawn_error)?, None, (None, None)),
+            Some(spec) => {
                 let jail = options.jail.as_ref().ok_or_else(|| PhaseError::Jail {
                     program: program.to_string(),
                     message: "no jail helper is configured".to_string(),
                 })?;
-                (jail::helper_command(&jail.helper), JAILED_ENV)
+                let inherited =
+                    JAILED_ENV.iter().filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)));
+                let own = [("HOME", spec.home.as_os_str()), ("TMPDIR", OsStr::new("/tmp"))]
+                    .into_iter()
+                    .map(|(name, value)| (OsString::from(name), value.to_os_string()));
+                let env = command.env.iter().map(|(name, value)| (OsString::from(name), OsString::from(value)));
+                // Later entries win, as with `Command::env`.
+                let env: BTreeMap<OsString, OsString> = inherited.chain(own).chain(env).collect();
+                let jailed = jail.helpers.spawn(env.into_iter().collect(), spec, &command.argv, &command.dir).map_err(
+                    |error| match error {
+                        JailError::Exec(text) => spawn_error(io::Error::other(text)),
+                        error => PhaseError::Jail { program: program.to_string(), message: error.to_string() },
+                    },
+                )?;
+                let serving = (jail.serve)(jailed.sockets, jailed.child.id());
+                (jailed.child, Some(serving), (jailed.cgroup, jailed.refill))
             }
         };
+        // `process_group(0)` makes the child's pid its group's id.
+        let pgid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
+        Ok(Group { child, pgid, program: program.to_string(), reaped: false, serving, cgroup, _refill: refill })
+    }
+
+    /// An unjailed command: the inherited variables and the command's own, stdin empty,
+    /// stdout and stderr piped, a process group of its own, killed if the worker dies.
+    fn command(command: &PhaseCommand, program: &str) -> Command {
+        let mut process = Command::new(program);
+        process.args(&command.argv[1..]).current_dir(&command.dir);
         process.env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-        for name in inherited {
+        for name in INHERITED_ENV {
             if let Some(value) = std::env::var_os(name) {
                 process.env(name, value);
             }
-        }
-        if let Some(spec) = &command.sandbox {
-            process.env("HOME", &spec.home).env("TMPDIR", "/tmp");
         }
         process.envs(&command.env);
         // If the worker dies (SIGKILL, a crash), the child is killed rather than left to
@@ -426,21 +448,7 @@ impl Group {
                 Ok(())
             });
         }
-        let spawn_error = |cause| PhaseError::Spawn { program: program.to_string(), dir: command.dir.clone(), cause };
-        let (child, serving, cgroup) = match (&command.sandbox, &options.jail) {
-            (Some(spec), Some(jail)) => {
-                let jailed = jail::spawn(process, spec, &command.argv, &command.dir).map_err(|error| match error {
-                    JailError::Exec(text) => spawn_error(io::Error::other(text)),
-                    error => PhaseError::Jail { program: program.to_string(), message: error.to_string() },
-                })?;
-                let serving = (jail.serve)(jailed.sockets, jailed.child.id());
-                (jailed.child, Some(serving), jailed.cgroup)
-            }
-            _ => (process.spawn().map_err(spawn_error)?, None, None),
-        };
-        // `process_group(0)` makes the child's pid its group's id.
-        let pgid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
-        Ok(Group { child, pgid, program: program.to_string(), reaped: false, serving, cgroup })
+        process
     }
 
     fn start_readers(

@@ -373,10 +373,54 @@ fn jailed(workspace: &Path, script: &str, timeout: Duration) -> (PhaseCommand, P
     };
     let options = PhaseOptions {
         grace: Duration::from_millis(200),
-        jail: Some(JailOptions { helper: PathBuf::from(BIN), serve: Arc::new(serve) }),
+        jail: Some(JailOptions { helpers: Arc::new(jail::Helpers::cold(PathBuf::from(BIN))), serve: Arc::new(serve) }),
         ..PhaseOptions::default()
     };
     (command, options, served)
+}
+
+#[test]
+fn helpers_started_ahead_run_phase_after_phase_each_with_its_own_environment_and_cgroup() {
+    if users().is_empty() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cgroups = unsafe { libc::geteuid() } == 0 && nightshift::sandbox::limits::probe().is_ok();
+    let (mut command, mut options, served) = jailed(dir.path(), "", Duration::from_secs(60));
+    let helpers = Arc::new(jail::Helpers::warm(PathBuf::from(BIN)).unwrap());
+    options.jail.as_mut().unwrap().helpers = Arc::clone(&helpers);
+    // SAFETY: only this test's helper threads read the environment, never this variable.
+    unsafe { std::env::set_var("NIGHTSHIFT_TEST_WORKER_ONLY", "leaked") };
+    let mut cgroups_seen = Vec::new();
+    // Limits that need a cgroup, which the parked helper's gets.
+    let mut spec = command.sandbox.clone().unwrap();
+    spec.limits.processes = Some(64);
+    command.sandbox = Some(spec);
+    for n in 0..3 {
+        if cgroups {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !helpers.is_parked() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(helpers.is_parked(), "a helper is started ahead after the last phase ended");
+        }
+        command.env = BTreeMap::from([("N".to_string(), n.to_string())]);
+        command.argv[2] = "echo \"n=$N home=$HOME tmp=$TMPDIR worker=${NIGHTSHIFT_TEST_WORKER_ONLY:-none}\"; \
+                           grep -o 'nightshift-[0-9]*-[0-9]*' /proc/self/cgroup | sort -u"
+            .to_string();
+        let mut lines = Vec::new();
+        let outcome =
+            run_phase(&command, &options, &CancelToken::new(), |_, line| lines.push(line.to_string())).unwrap();
+        assert_eq!(outcome.status, PhaseStatus::Exited(0), "{lines:?}");
+        assert_eq!(lines[0], format!("n={n} home=/home/nightshift tmp=/tmp worker=none"));
+        if cgroups {
+            assert_eq!(lines.len(), 2, "one cgroup of the phase's own, in every hierarchy: {lines:?}");
+            cgroups_seen.push(lines[1].clone());
+        }
+    }
+    assert_eq!(*served.lock().unwrap(), 3);
+    cgroups_seen.dedup();
+    assert_eq!(cgroups_seen.len(), if cgroups { 3 } else { 0 }, "each phase has a cgroup of its own");
 }
 
 #[test]

@@ -93,10 +93,18 @@ pub fn main() -> ! {
 fn run(channel: RawFd) -> Result<i32, Failure> {
     close_inherited(channel)?;
     die_with_the_worker()?;
-    let request = wire::receive_request(channel).map_err(Failure)?;
+    // All that does not depend on the request is done first: a helper started ahead of
+    // its phase (warm.rs) waits here with its namespaces built.
     let filters = lockdown::filters()?;
     enter_namespaces()?;
     let ipv6 = net::configure()?;
+    let request = wire::receive_request(channel).map_err(Failure)?;
+    // The mount namespace copies the host's mounts as they are now: made earlier, it would
+    // miss the workspace mounted meanwhile.
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| Failure::errno("create the jail's mount namespace (unshare)", e))?;
+    if let Some(env) = &request.env {
+        set_environment(env);
+    }
     let listeners = net::open(&request.spec.capture_ports, ipv6)?;
     let mut fds = vec![listeners.proxy.as_raw_fd()];
     fds.extend(listeners.captured.iter().map(AsRawFd::as_raw_fd));
@@ -164,14 +172,26 @@ fn die_with_the_worker() -> Result<(), Failure> {
     Ok(())
 }
 
-/// New user, mount, network, PID, IPC and UTS namespaces, the caller's uid and gid mapped
-/// to themselves (root stays root, a user stays that user: the namespace grants nothing
-/// outside it).
+/// Makes `env` this process's whole environment, which the command inherits.
+fn set_environment(env: &[(std::ffi::OsString, std::ffi::OsString)]) {
+    let current: Vec<std::ffi::OsString> = std::env::vars_os().map(|(name, _)| name).collect();
+    for name in current {
+        // SAFETY: the helper is single-threaded, so nothing reads the environment meanwhile.
+        unsafe { std::env::remove_var(name) };
+    }
+    for (name, value) in env {
+        // SAFETY: as above.
+        unsafe { std::env::set_var(name, value) };
+    }
+}
+
+/// New user, network, PID, IPC and UTS namespaces (the mount namespace comes with the
+/// request), the caller's uid and gid mapped to themselves (root stays root, a user stays
+/// that user: the namespace grants nothing outside it).
 fn enter_namespaces() -> Result<(), Failure> {
     // SAFETY: getuid and getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let flags = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC

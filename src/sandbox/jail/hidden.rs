@@ -9,16 +9,89 @@
 //! refuses the jail what the worker's user may not read.
 //!
 //! `/etc` is small (about a thousand entries) and changes (a key is installed while the
-//! worker runs), so it is walked for every phase; the other directories (`/usr` holds a
-//! hundred thousand entries and more) are walked once per worker process and remembered.
+//! worker runs): its walk is kept only while inotify reports no change under it (a file
+//! created, moved, removed or its mode changed), and at most [`FRESH_MAX_AGE`]. The other
+//! directories (`/usr` holds a hundred thousand entries and more) are walked once per
+//! worker process and remembered.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-/// The system directory walked again for every phase.
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+/// The system directory walked again whenever it changed.
 const FRESH: &str = "/etc";
+
+/// How long a walk of [`FRESH`] is kept at most: for what inotify does not see (a mount
+/// over a path in it, a mode changed through a hard link elsewhere).
+pub const FRESH_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// The changes under a watched directory that can change what is hidden.
+fn watched_changes() -> AddWatchFlags {
+    AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF
+        | AddWatchFlags::IN_ONLYDIR
+        | AddWatchFlags::IN_DONT_FOLLOW
+}
+
+/// The last walk of one directory, with the inotify instance that watches every directory
+/// it read.
+struct Watched {
+    dir: PathBuf,
+    found: Vec<PathBuf>,
+    inotify: Inotify,
+    at: Instant,
+}
+
+impl Watched {
+    /// Whether nothing was reported since the walk (an event, or a lost one, means a change).
+    fn quiet(&self) -> bool {
+        matches!(self.inotify.read_events(), Err(Errno::EAGAIN))
+    }
+}
+
+/// A directory's walk, kept while it did not change.
+struct FreshWalk(Mutex<Option<Watched>>);
+
+static FRESH_WALK: FreshWalk = FreshWalk(Mutex::new(None));
+
+impl FreshWalk {
+    /// What others cannot read under `dir`, and whether it was walked for this answer.
+    fn get(&self, dir: &Path) -> Result<(Vec<PathBuf>, bool), TooMany> {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(walk) = kept.as_ref()
+            && walk.dir == dir
+            && walk.at.elapsed() < FRESH_MAX_AGE
+            && walk.quiet()
+        {
+            return Ok((walk.found.clone(), false));
+        }
+        *kept = None;
+        let at = Instant::now();
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok();
+        let mut watching = inotify.is_some();
+        // Each directory is watched before it is read, so a change during the walk is
+        // reported to the next phase.
+        let found = walk(dir, |directory| {
+            if let Some(inotify) = &inotify {
+                watching &= inotify.add_watch(directory, watched_changes()).is_ok();
+            }
+        })?;
+        if let Some(inotify) = inotify.filter(|_| watching) {
+            *kept = Some(Watched { dir: dir.to_path_buf(), found: found.clone(), inotify, at });
+        }
+        Ok((found, true))
+    }
+}
 
 /// The most paths hidden in one jail (each is a mount): past it, the walk stops and the
 /// jail is refused rather than built with something left showing.
@@ -47,7 +120,7 @@ fn walk_system(uid: u32, system: &[PathBuf], fresh: &Path) -> Result<Vec<PathBuf
     let mut hidden = Vec::new();
     for dir in system {
         if dir == fresh {
-            hidden.extend(unreadable(dir)?);
+            hidden.extend(FRESH_WALK.get(dir)?.0);
         } else {
             hidden.extend(remembered(dir)?.iter().cloned());
         }
@@ -75,6 +148,11 @@ fn remembered(dir: &Path) -> Result<Arc<Vec<PathBuf>>, TooMany> {
 /// a directory that is itself listed. Entries that vanish or cannot be read are skipped:
 /// the jail's root could not read them either, once hidden or gone.
 pub fn unreadable(root: &Path) -> Result<Vec<PathBuf>, TooMany> {
+    walk(root, |_| {})
+}
+
+/// [`unreadable`], calling `reading` with each directory before it is read.
+fn walk(root: &Path, mut reading: impl FnMut(&Path)) -> Result<Vec<PathBuf>, TooMany> {
     let mut found = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(path) = pending.pop() {
@@ -83,7 +161,10 @@ pub fn unreadable(root: &Path) -> Result<Vec<PathBuf>, TooMany> {
         if metadata.is_dir() {
             if mode & 0o005 != 0o005 {
                 found.push(path);
-            } else if let Ok(entries) = std::fs::read_dir(&path) {
+                continue;
+            }
+            reading(&path);
+            if let Ok(entries) = std::fs::read_dir(&path) {
                 pending.extend(entries.flatten().map(|entry| entry.path()));
             }
         } else if !metadata.file_type().is_symlink() && mode & 0o004 == 0 {
@@ -171,6 +252,52 @@ mod tests {
         write(&fresh.path().join("new-key"), 0o600);
         write(&kept.path().join("new-key"), 0o600);
         assert_eq!(walk_system(0, &system, fresh.path()).unwrap(), [fresh.path().join("new-key")]);
+    }
+
+    #[test]
+    fn a_walk_is_kept_until_something_under_it_changes() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir(&r.join("sub"), 0o755);
+        write(&r.join("sub/file"), 0o644);
+        write(&r.join("key"), 0o600);
+        let walks = FreshWalk(Mutex::new(None));
+        let names = |found: &[PathBuf]| -> Vec<String> {
+            found.iter().map(|p| p.strip_prefix(r).unwrap().display().to_string()).collect()
+        };
+        let (found, walked) = walks.get(r).unwrap();
+        assert!(walked);
+        assert_eq!(names(&found), ["key"]);
+        // Nothing changed: the same answer without a walk.
+        assert_eq!(walks.get(r).unwrap(), (found.clone(), false));
+        // Every kind of change, in the directory or one below it, is walked again.
+        let changes: [(&str, &dyn Fn()); 5] = [
+            ("a mode made private", &|| {
+                std::fs::set_permissions(r.join("sub/file"), std::fs::Permissions::from_mode(0o600)).unwrap()
+            }),
+            ("a new private file", &|| write(&r.join("sub/new"), 0o600)),
+            ("a rename", &|| std::fs::rename(r.join("sub/new"), r.join("moved")).unwrap()),
+            ("a removal", &|| std::fs::remove_file(r.join("moved")).unwrap()),
+            ("a new private directory", &|| dir(&r.join("closed"), 0o700)),
+        ];
+        let expected = [
+            vec!["key", "sub/file"],
+            vec!["key", "sub/file", "sub/new"],
+            vec!["key", "moved", "sub/file"],
+            vec!["key", "sub/file"],
+            vec!["closed", "key", "sub/file"],
+        ];
+        for ((what, change), expected) in changes.iter().zip(expected) {
+            change();
+            let (found, walked) = walks.get(r).unwrap();
+            assert!(walked, "{what}");
+            assert_eq!(names(&found), expected, "{what}");
+            assert!(!walks.get(r).unwrap().1, "{what}: unchanged since");
+        }
+        // Another directory is walked, not answered from this one's walk.
+        let other = tempfile::tempdir().unwrap();
+        assert_eq!(walks.get(other.path()).unwrap(), (Vec::new(), true));
     }
 
     #[test]

@@ -7,15 +7,19 @@
 //! builds the filesystem (`fs.rs`); the command runs with no capabilities, no new
 //! privileges and a seccomp filter (`lockdown.rs`). [`probe`] checks that the kernel
 //! allows all of it. A root worker's jail hides what only root may read under the system
-//! directories (`hidden.rs`). docs/sandbox.md says what each layer stops.
+//! directories (`hidden.rs`). A worker keeps a helper started ahead, in a fresh cgroup
+//! (`warm.rs`, [`Helpers`]), so a phase does not wait for the kernel to move a process
+//! into its cgroup. docs/sandbox.md says what each layer stops.
 
 mod fs;
 mod helper;
 mod hidden;
 mod lockdown;
 mod net;
+mod warm;
 mod wire;
 
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -30,6 +34,7 @@ use super::{NetnsSockets, SandboxSpec};
 use wire::{Answer, Request};
 
 pub use helper::main as helper_main;
+pub use warm::{Helpers, Refill};
 
 /// The hidden subcommand that runs the helper.
 pub const HELPER_ARG: &str = "__sandbox-exec";
@@ -72,6 +77,8 @@ pub struct Jailed {
     pub child: Child,
     pub sockets: NetnsSockets,
     pub cgroup: Option<PhaseCgroup>,
+    /// Dropped once the phase has ended, it starts the next helper ahead (warm.rs).
+    pub refill: Option<Refill>,
 }
 
 /// The command that starts the helper. The caller sets its environment (which the phase's
@@ -94,12 +101,25 @@ pub fn spawn(helper: Command, spec: &SandboxSpec, argv: &[String], dir: &Path) -
 /// [`spawn`], with `system` (absolute real paths) as the read-only system directories
 /// instead of [`SYSTEM`]: for tests, which cannot put files in the host's /etc safely.
 pub fn spawn_with_system(
-    mut helper: Command,
+    helper: Command,
     spec: &SandboxSpec,
     argv: &[String],
     dir: &Path,
     system: &[PathBuf],
 ) -> Result<Jailed, JailError> {
+    let request = request(spec, argv, dir, system, None)?;
+    let cgroup = if spec.limits.needs_cgroup() { with_limits(PhaseCgroup::create(&spec.limits), spec)? } else { None };
+    launch(Started::new(helper, cgroup)?, &request)
+}
+
+/// The request for `argv` in `dir` in `spec`'s jail, once the spec was checked.
+fn request(
+    spec: &SandboxSpec,
+    argv: &[String],
+    dir: &Path,
+    system: &[PathBuf],
+    env: Option<Vec<(OsString, OsString)>>,
+) -> Result<Request, JailError> {
     check(spec, argv, dir)?;
     // SAFETY: getuid cannot fail. The helper maps this uid to itself in the jail.
     let uid = unsafe { libc::getuid() };
@@ -109,14 +129,18 @@ pub fn spawn_with_system(
         .chain(spec.paths.iter().map(|p| &p.path))
         .map(PathBuf::as_path)
         .collect();
-    let cgroup = cgroup(spec)?;
-    let request = Request {
+    Ok(Request {
         spec: spec.clone(),
         argv: argv.to_vec(),
         dir: dir.to_path_buf(),
         system: system.to_vec(),
         hidden: hidden::except_bound(hidden, &bound),
-    };
+        env,
+    })
+}
+
+/// Starts the helper with its end of the channel on fd 3; returns the worker's end.
+fn start_helper(mut helper: Command) -> Result<(Child, OwnedFd), JailError> {
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
         .map_err(|e| JailError::Channel(wire::describe(e)))?;
     let fd = theirs.as_raw_fd();
@@ -129,14 +153,40 @@ pub fn spawn_with_system(
         });
     }
     let program = PathBuf::from(helper.get_program());
-    let mut child = helper.spawn().map_err(|cause| JailError::Spawn { helper: program, cause })?;
-    drop(theirs);
-    let joined = match &cgroup {
-        Some(cgroup) => cgroup.join(child.id()).map_err(JailError::Limits),
-        None => Ok(()),
-    };
-    match joined.and_then(|()| start(&ours, &request)) {
-        Ok(sockets) => Ok(Jailed { child, sockets, cgroup }),
+    let child = helper.spawn().map_err(|cause| JailError::Spawn { helper: program, cause })?;
+    Ok((child, ours))
+}
+
+/// A helper waiting for its request, already in its cgroup (if it has one).
+#[derive(Debug)]
+struct Started {
+    child: Child,
+    channel: OwnedFd,
+    cgroup: Option<PhaseCgroup>,
+}
+
+impl Started {
+    /// Starts `helper` and puts it in `cgroup`. Moving a process into a cgroup waits for
+    /// the kernel (an RCU grace period, milliseconds): warm.rs does it ahead of the phase.
+    fn new(helper: Command, cgroup: Option<PhaseCgroup>) -> Result<Started, JailError> {
+        let (mut child, channel) = start_helper(helper)?;
+        if let Some(cgroup) = &cgroup
+            && let Err(why) = cgroup.join(child.id())
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(JailError::Limits(why));
+        }
+        Ok(Started { child, channel, cgroup })
+    }
+}
+
+/// Sends the request and waits for the command's exec; on any failure the helper is
+/// killed (and its PID 1 with it).
+fn launch(started: Started, request: &Request) -> Result<Jailed, JailError> {
+    let Started { mut child, channel, cgroup } = started;
+    match start(&channel, request) {
+        Ok(sockets) => Ok(Jailed { child, sockets, cgroup, refill: None }),
         Err(error) => {
             // PID 1 dies with the helper (its parent-death signal), and the namespace with it.
             let _ = child.kill();
@@ -146,14 +196,12 @@ pub fn spawn_with_system(
     }
 }
 
-/// The phase's cgroup, when its limits need one. One that cannot be made refuses the
-/// phase when the limits were explicit; otherwise (the worker's defaults, which
-/// `Confinement::limit` already said may not be enforced) the phase runs without it.
-fn cgroup(spec: &SandboxSpec) -> Result<Option<PhaseCgroup>, JailError> {
-    if !spec.limits.needs_cgroup() {
-        return Ok(None);
-    }
-    match PhaseCgroup::create(&spec.limits) {
+/// The phase's cgroup, given the attempt to make it with the spec's limits. One that
+/// cannot be made refuses the phase when the limits were explicit; otherwise (the
+/// worker's defaults, which `Confinement::limit` already said may not be enforced) the
+/// phase runs without it.
+fn with_limits(made: Result<PhaseCgroup, String>, spec: &SandboxSpec) -> Result<Option<PhaseCgroup>, JailError> {
+    match made {
         Ok(cgroup) => Ok(Some(cgroup)),
         Err(why) if spec.limits.required => Err(JailError::Limits(format!(
             "the limits ({}) cannot be enforced: {why}; {}",
@@ -172,7 +220,14 @@ fn start(channel: &OwnedFd, request: &Request) -> Result<NetnsSockets, JailError
     let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0);
     nix::sys::socket::setsockopt(channel, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
         .map_err(|e| JailError::Channel(wire::describe(e)))?;
-    wire::send_request(channel, request).map_err(|e| JailError::Channel(wire::describe(e)))?;
+    if let Err(errno) = wire::send_request(channel, request) {
+        // The helper builds its namespaces before it reads the request: if that failed, it
+        // is gone and its line says why.
+        return Err(match wire::receive_answer(channel) {
+            Ok(Answer::Error(text)) => JailError::Setup(text),
+            _ => JailError::Channel(wire::describe(errno)),
+        });
+    }
     let mut sockets = None;
     loop {
         let answer = wire::receive_answer(channel).map_err(|e| match e {

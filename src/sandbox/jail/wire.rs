@@ -8,6 +8,7 @@
 //! socket until it execs or exits, so EOF with no error after the sockets means the
 //! command is running.
 
+use std::ffi::OsString;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -39,6 +40,10 @@ pub struct Request {
     /// Paths under `system` shown empty: what the host's others may not read, when the
     /// jail's root is the host's (hidden.rs).
     pub hidden: Vec<PathBuf>,
+    /// The command's whole environment; without it, the helper's own. A helper started
+    /// ahead of its phase (warm.rs) gets it here, which also keeps secrets out of argv.
+    #[serde(default)]
+    pub env: Option<Vec<(OsString, OsString)>>,
 }
 
 /// One answer from the helper.
