@@ -208,6 +208,7 @@ mod tests {
             untrusted_input: false,
             limits: Default::default(),
             notify: Vec::new(),
+            follows: None,
         }
     }
 
