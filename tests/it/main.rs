@@ -2,6 +2,7 @@
 
 mod alertmanager;
 mod cli;
+mod follow_ups;
 mod crash;
 mod cron_schedule;
 mod full_disk;
