@@ -281,3 +281,40 @@ fn follow_ups_past_the_queue_are_refused_with_the_reason() {
     assert_eq!(by_hand.status, 409, "{:?}", by_hand.body);
     assert!(by_hand.body["error"].as_str().unwrap_or_default().contains("follow_up.queue"), "{:?}", by_hand.body);
 }
+
+/// The store and pipeline alone, on a fixed clock: a follow-up by hand is a run on its
+/// parent's branch that no claim hands out while the parent holds the branch, though
+/// its group has room and its `paths` overlap nothing; a run of another branch passes it.
+#[test]
+fn a_follow_up_waits_while_a_run_of_its_branch_is_going() {
+    use nightshift::runs::{Completion, RunResult};
+    use nightshift::store::Store;
+
+    use crate::store::{at, event, pipeline_over};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(nightshift::store::SledStore::open(dir.path()).unwrap());
+    let extra = "  paths: []\n  branch: 'nightshift/probe-{{ event.n }}'\nconcurrency: { limit: 5 }\n";
+    let pipeline = pipeline_over("{{ event.n }}", extra, Arc::clone(&store));
+    let ingest = |id: &str, n: u32, secs: i64| {
+        let report = pipeline.ingest(event(id, json!({ "n": n }), secs), nightshift::pipeline::Audience::Everyone, at(secs));
+        report.unwrap().outcome.runs[0].run
+    };
+    let first = ingest("1", 1, 0);
+    let lease = Duration::from_secs(30);
+    let claim = store.claim("w", lease, at(1)).unwrap().expect("the first run");
+    assert_eq!(claim.run.id, first);
+
+    let asked = event("f1", json!({"follow_up": first, "text": "more"}), 2);
+    let report = pipeline.follow_up_by_hand(first, asked, "more", at(2)).unwrap().expect("a follow-up");
+    let follow_up = report.outcome.runs[0].run;
+    let task = store.run(follow_up).unwrap().unwrap().task.unwrap();
+    assert_eq!((task.follows, task.branch.as_str()), (Some(first), "nightshift/probe-1"));
+    assert_eq!(store.claim("w", lease, at(3)).unwrap(), None, "the branch is busy");
+
+    let other = ingest("2", 2, 4);
+    assert_eq!(store.claim("w", lease, at(5)).unwrap().map(|c| c.run.id), Some(other), "another branch goes by");
+    let done = Completion::Succeeded { result: RunResult { summary: "done".into(), ..Default::default() } };
+    store.complete(first, claim.lease.epoch, done, Vec::new(), at(6)).unwrap();
+    assert_eq!(store.claim("w", lease, at(7)).unwrap().map(|c| c.run.id), Some(follow_up), "then the follow-up");
+}
