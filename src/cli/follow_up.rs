@@ -33,7 +33,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = ledger.follow_up(args.run, &args.text, args.now.unwrap_or_else(Utc::now))?;
     for outcome in &report.outcome.runs {
         match &outcome.disposition {
-            Disposition::Created => println!("{} queued: a follow-up of {} ({})", outcome.run, args.run, outcome.automation),
+            Disposition::Created => {
+                println!("{} queued: a follow-up of {} ({})", outcome.run, args.run, outcome.automation)
+            }
             other => println!("{} {}: {other:?}", outcome.run, outcome.automation),
         }
     }

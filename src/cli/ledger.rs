@@ -173,7 +173,8 @@ impl Ledger for LocalLedger {
         let (catalog, _) = load_catalog(std::slice::from_ref(&self.automations), &self.sources);
         let pipeline = Pipeline::new(Arc::new(catalog), Arc::clone(&self.store));
         let payload = serde_json::json!({ "follow_up": id, "text": text });
-        let event = crate::event::Event::from_delivery(crate::triggers::TriggerKind::Manual, payload, Default::default(), now);
+        let event =
+            crate::event::Event::from_delivery(crate::triggers::TriggerKind::Manual, payload, Default::default(), now);
         pipeline.follow_up_by_hand(id, event, text, now)?.map_err(|why| anyhow!("{id} cannot be followed up: {why}"))
     }
 }

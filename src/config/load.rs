@@ -190,8 +190,12 @@ pub fn check_automation(automation: &Automation, file: &Path) -> Vec<Finding> {
 pub fn check_follow_up(follow_up: &super::FollowUpConfig, path: &FieldPath, findings: &mut Vec<Finding>) {
     if follow_up.phrase.trim().is_empty() {
         findings.push(
-            Finding::new(path.key("phrase"), Code::InvalidValue, "`phrase` is empty, so every comment would be a follow-up")
-                .hint("give the words a comment must contain, e.g. `@nightshift`"),
+            Finding::new(
+                path.key("phrase"),
+                Code::InvalidValue,
+                "`phrase` is empty, so every comment would be a follow-up",
+            )
+            .hint("give the words a comment must contain, e.g. `@nightshift`"),
         );
     }
     if follow_up.window.as_duration().is_zero() {

@@ -180,7 +180,8 @@ impl Pipeline {
             followup::Decision::Start => followup::task(&last, &reply.text, Some(&reply.thread)),
         };
         let Some(task) = task else { return Ok(None) };
-        let (outcome, durability) = self.store.ingest_queued(event, vec![follow_up_run(&loaded.compiled, &last, task)], now)?;
+        let (outcome, durability) =
+            self.store.ingest_queued(event, vec![follow_up_run(&loaded.compiled, &last, task)], now)?;
         Ok(Some((IngestReport { outcome, not_matched: Vec::new() }, durability)))
     }
 

@@ -296,13 +296,18 @@ mod tests {
         let in_thread = Target::Slack { channel: "C1".into(), thread_ts: Some("1.1".into()), token: token() };
         let in_channel = Target::Slack { channel: "#ops".into(), thread_ts: None, token: token() };
         let comment = Target::GithubComment { repo: "Acme/Api".into(), number: 7, token: token() };
-        let pull = Target::GithubPullRequest { repo: "acme/api".into(), base: "main".into(), draft: true, token: token() };
+        let pull =
+            Target::GithubPullRequest { repo: "acme/api".into(), base: "main".into(), draft: true, token: token() };
         let webhook = Target::Webhook { url: "https://x.example/".into(), secret: None };
         let targets = [in_thread.clone(), in_channel.clone(), comment, pull.clone(), webhook];
         assert_eq!(thread_keys(&targets), ["slack:C1:1.1", "github:acme/api#7"]);
 
-        let posted = |id: &str, channel: Option<&str>| Posted { id: id.into(), channel: channel.map(Into::into), url: None };
-        assert_eq!(posted_thread(&in_channel, Kind::Start, &posted("2.2", Some("C9"))).as_deref(), Some("slack:C9:2.2"));
+        let posted =
+            |id: &str, channel: Option<&str>| Posted { id: id.into(), channel: channel.map(Into::into), url: None };
+        assert_eq!(
+            posted_thread(&in_channel, Kind::Start, &posted("2.2", Some("C9"))).as_deref(),
+            Some("slack:C9:2.2")
+        );
         assert_eq!(posted_thread(&in_channel, Kind::End, &posted("2.2", Some("C9"))), None);
         assert_eq!(posted_thread(&in_thread, Kind::Start, &posted("2.2", Some("C1"))), None, "known at creation");
         assert_eq!(posted_thread(&pull, Kind::End, &posted("12", None)).as_deref(), Some("github:acme/api#12"));

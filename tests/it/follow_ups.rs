@@ -169,9 +169,10 @@ fn tip(upstream: &Path, branch: &str) -> String {
 }
 
 fn is_ancestor(upstream: &Path, older: &str, newer: &str) -> bool {
-    let status = super::git::git_command(upstream, Path::new("/dev/null"), &["merge-base", "--is-ancestor", older, newer])
-        .status()
-        .unwrap();
+    let status =
+        super::git::git_command(upstream, Path::new("/dev/null"), &["merge-base", "--is-ancestor", older, newer])
+            .status()
+            .unwrap();
     status.success()
 }
 
@@ -234,8 +235,13 @@ fn a_thread_reply_follows_up_on_the_same_branch_and_its_push_adds_commits() {
     assert!(notes.contains("the cart is empty") && notes.contains("also fix the footer"), "{notes}");
 
     // The follow-up told the same Slack thread.
-    let posts: Vec<Value> =
-        calls.lock().unwrap().iter().filter(|(path, _)| path.contains("chat.postMessage")).map(|(_, b)| b.clone()).collect();
+    let posts: Vec<Value> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(path, _)| path.contains("chat.postMessage"))
+        .map(|(_, b)| b.clone())
+        .collect();
     assert!(posts.iter().any(|post| post["thread_ts"] == THREAD_TS && post["text"].to_string().contains(&second)));
 
     // By hand: `nightshift follow-up` through the server's API, and `show` links it.
@@ -297,7 +303,8 @@ fn a_follow_up_waits_while_a_run_of_its_branch_is_going() {
     let extra = "  paths: []\n  branch: 'nightshift/probe-{{ event.n }}'\nconcurrency: { limit: 5 }\n";
     let pipeline = pipeline_over("{{ event.n }}", extra, Arc::clone(&store));
     let ingest = |id: &str, n: u32, secs: i64| {
-        let report = pipeline.ingest(event(id, json!({ "n": n }), secs), nightshift::pipeline::Audience::Everyone, at(secs));
+        let report =
+            pipeline.ingest(event(id, json!({ "n": n }), secs), nightshift::pipeline::Audience::Everyone, at(secs));
         report.unwrap().outcome.runs[0].run
     };
     let first = ingest("1", 1, 0);

@@ -2,9 +2,9 @@
 
 mod alertmanager;
 mod cli;
-mod follow_ups;
 mod crash;
 mod cron_schedule;
+mod follow_ups;
 mod full_disk;
 mod git;
 mod hooks;
