@@ -325,3 +325,64 @@ fn a_follow_up_waits_while_a_run_of_its_branch_is_going() {
     store.complete(first, claim.lease.epoch, done, Vec::new(), at(6)).unwrap();
     assert_eq!(store.claim("w", lease, at(7)).unwrap().map(|c| c.run.id), Some(follow_up), "then the follow-up");
 }
+
+/// A GitHub comment with the phrase, by someone who can push, on the pull request a run
+/// commented on, is a follow-up on the run's branch, though the trigger does not take
+/// `issue_comment` events; without the phrase, or by a bot, it is any other event.
+#[test]
+fn a_pull_request_comment_with_the_phrase_follows_up_the_run_that_commented() {
+    use nightshift::pipeline::{Audience, Pipeline};
+    use nightshift::store::Store;
+    use nightshift::triggers::TriggerKind;
+
+    let automation = r#"name: pr-fix
+trigger:
+  github:
+    secret: env:GH_SECRET
+    events: [pull_request.opened]
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "fix/pr-{{ event.number }}"
+  push: true
+  prompt: "Fix {{ event.number }}"
+notify:
+  - github_comment: {}
+follow_up: { phrase: "@nightshift please" }
+"#;
+    let automations = crate::temp_dir_with(&[("pr-fix.yaml", automation)]);
+    let (catalog, diagnostics) = crate::load(automations.path());
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    let data = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(nightshift::store::SledStore::open(data.path()).unwrap());
+    let pipeline = Pipeline::new(Arc::new(catalog), Arc::clone(&store));
+    let now = crate::store::at(0);
+    let github = |kind: &str, delivery: &str, payload: Value| {
+        let headers =
+            [("x-github-event".to_string(), kind.to_string()), ("x-github-delivery".to_string(), delivery.to_string())];
+        let event = nightshift::event::Event::from_delivery(TriggerKind::Github, payload, headers.into(), now);
+        pipeline.ingest(event, Audience::Subscriber("pr-fix"), now).unwrap()
+    };
+    let opened = json!({"action": "opened", "number": 7, "pull_request": {"number": 7},
+                        "repository": {"full_name": "acme/shop"}});
+    let first = github("pull_request", "d1", opened).outcome.runs[0].run;
+    assert_eq!(store.thread_run("github:acme/shop#7").unwrap(), Some(first));
+
+    let comment = |body: &str, user_type: &str| {
+        json!({"action": "created", "issue": {"number": 7, "pull_request": {}}, "repository": {"full_name": "Acme/Shop"},
+               "comment": {"body": body, "author_association": "MEMBER", "user": {"login": "x", "type": user_type}}})
+    };
+    let asked = github("issue_comment", "d2", comment("@NightShift please rename it too", "User"));
+    let second = asked.outcome.runs.first().map(|outcome| outcome.run).expect("a follow-up");
+    let task = store.run(second).unwrap().unwrap().task.unwrap();
+    assert_eq!((task.follows, task.branch.as_str()), (Some(first), "fix/pr-7"));
+    assert!(task.prompt.contains(&nightshift::rules::helpers::untrusted("@NightShift please rename it too")));
+    assert_eq!(store.thread_run("github:acme/shop#7").unwrap(), Some(second), "the thread's newest run");
+
+    for (delivery, payload) in [("d3", comment("looks good", "User")), ("d4", comment("@nightshift please", "Bot"))] {
+        let other = github("issue_comment", delivery, payload);
+        assert!(other.outcome.runs.is_empty(), "{other:?}");
+        assert!(other.not_matched[0].reason.contains("not in `events`"), "{other:?}");
+    }
+}
