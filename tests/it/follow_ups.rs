@@ -385,4 +385,11 @@ follow_up: { phrase: "@nightshift please" }
         assert!(other.outcome.runs.is_empty(), "{other:?}");
         assert!(other.not_matched[0].reason.contains("not in `events`"), "{other:?}");
     }
+
+    // Retention that deletes the thread's runs forgets the thread.
+    for run in [first, second] {
+        store.cancel(run, "done with", now).unwrap();
+    }
+    store.apply_retention(&nightshift::config::Retention { runs: 0, days: 30 }, now).unwrap();
+    assert_eq!(store.thread_run("github:acme/shop#7").unwrap(), None);
 }
