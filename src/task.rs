@@ -65,6 +65,11 @@ pub struct Task {
     /// at render: it differs from run to run, so the store keeps it with each run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<crate::delivery::Target>,
+    /// The run this one follows up (a reply in its thread, `nightshift follow-up`): its
+    /// workspace starts at the tip of `branch` as the repository has it, and its push
+    /// adds commits there (docs/notify.md, "Follow-ups").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<crate::runs::RunId>,
 }
 
 /// Flow control for the run, with its keys rendered.

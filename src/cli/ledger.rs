@@ -92,6 +92,8 @@ pub trait Ledger {
     fn cancel(&self, id: RunId, reason: &str) -> anyhow::Result<Run>;
     /// The run's log pieces from `from` on.
     fn log(&self, id: RunId, from: u64) -> anyhow::Result<Vec<LogChunk>>;
+    /// Starts a follow-up of run `id` with `text` (`Pipeline::follow_up_by_hand`).
+    fn follow_up(&self, id: RunId, text: &str, now: DateTime<Utc>) -> anyhow::Result<IngestReport>;
 }
 
 /// Reaches the store at `location`. `sources` says where `trigger` finds the project
@@ -165,5 +167,14 @@ impl Ledger for LocalLedger {
 
     fn log(&self, id: RunId, from: u64) -> anyhow::Result<Vec<LogChunk>> {
         Ok(self.store.log(id, from)?)
+    }
+
+    fn follow_up(&self, id: RunId, text: &str, now: DateTime<Utc>) -> anyhow::Result<IngestReport> {
+        let (catalog, _) = load_catalog(std::slice::from_ref(&self.automations), &self.sources);
+        let pipeline = Pipeline::new(Arc::new(catalog), Arc::clone(&self.store));
+        let payload = serde_json::json!({ "follow_up": id, "text": text });
+        let event =
+            crate::event::Event::from_delivery(crate::triggers::TriggerKind::Manual, payload, Default::default(), now);
+        pipeline.follow_up_by_hand(id, event, text, now)?.map_err(|why| anyhow!("{id} cannot be followed up: {why}"))
     }
 }

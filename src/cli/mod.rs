@@ -2,6 +2,7 @@
 
 mod approve;
 mod fixture;
+mod follow_up;
 mod ledger;
 mod logs;
 mod memory;
@@ -112,6 +113,14 @@ enum Command {
     Approve(approve::ApproveArgs),
     /// Cancel a run in any unfinished state; an agent that is running is stopped.
     Cancel(approve::CancelArgs),
+    /// Start a follow-up of a run: the same automation on the run's branch.
+    ///
+    /// What a reply in the run's Slack thread (or a comment with the automation's
+    /// `follow_up.phrase` on its pull request) does: a new run whose workspace starts at
+    /// the branch's tip, whose push adds commits to it, and whose prompt carries the run's
+    /// summary and TEXT as untrusted text. It waits while a run of that branch is going;
+    /// past the automation's `follow_up.queue` it is refused. See docs/notify.md.
+    FollowUp(follow_up::Args),
     /// Run agents for a `nightshift serve` on another machine.
     ///
     /// Claims runs over the server's worker API with a worker token (`serve
@@ -160,6 +169,7 @@ pub fn run() -> ExitCode {
         Command::Logs(args) => logs::run(args),
         Command::Approve(args) => approve::approve(args),
         Command::Cancel(args) => approve::cancel(args),
+        Command::FollowUp(args) => follow_up::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Sandbox(args) => sandbox::run(args),
         Command::SandboxExec => crate::sandbox::jail::helper_main(),

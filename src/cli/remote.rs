@@ -118,6 +118,11 @@ impl Ledger for RemoteLedger {
     fn log(&self, id: RunId, from: u64) -> anyhow::Result<Vec<LogChunk>> {
         self.json(self.client.get(self.url(&format!("/api/runs/{id}/log"))).query(&[("from", from)]))
     }
+
+    fn follow_up(&self, id: RunId, text: &str, now: DateTime<Utc>) -> anyhow::Result<IngestReport> {
+        let url = self.url(&format!("/api/runs/{id}/follow-up"));
+        self.json(self.client.post(url).json(&serde_json::json!({ "text": text, "now": now })))
+    }
 }
 
 /// The `error` of a JSON error answer, or `fallback`.

@@ -43,6 +43,9 @@ fn describe(record: &RunRecord) -> String {
     let mut field = |name: &str, value: &str| {
         let _ = writeln!(out, "  {name:<11} {}", value.trim_end().replace('\n', "\n              "));
     };
+    if let Some(parent) = crate::runs::followup::parent(run) {
+        field("follows", &format!("{parent} (a follow-up on its branch)"));
+    }
     let attempts = run.flow.retry.attempts.max(1);
     field("attempt", &format!("{} of at most {attempts}", run.attempt));
     field("created", &time(run.created_at));

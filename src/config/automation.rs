@@ -59,6 +59,11 @@ pub struct Automation {
     /// Where to tell people that a run started and how it ended (docs/notify.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<NotifyTarget>,
+    /// Follow-ups: a reply in a run's Slack thread, or a comment with `phrase` on its pull
+    /// request or issue, starts a run of this automation on the same branch
+    /// (docs/notify.md).
+    #[serde(default)]
+    pub follow_up: FollowUpConfig,
     /// Event fixtures and what rendering them must give; `nightshift test` runs them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestCase>,
@@ -66,6 +71,51 @@ pub struct Automation {
 
 fn yes() -> bool {
     true
+}
+
+/// When a reply to a run starts a follow-up run (docs/notify.md, "Follow-ups").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FollowUpConfig {
+    /// Whether replies start follow-up runs. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How long after the thread's last run started a reply still follows it up.
+    /// Default `7d`.
+    #[serde(default = "default_follow_up_window")]
+    pub window: DurationSpec,
+    /// What a GitHub comment must contain to be a follow-up (a Slack reply in the
+    /// thread needs none). Matched without regard to case. Default `@nightshift`.
+    #[serde(default = "default_follow_up_phrase")]
+    pub phrase: String,
+    /// How many follow-ups of one thread may wait while a run of it is going; one more
+    /// is refused. Default 3.
+    #[serde(default = "default_follow_up_queue")]
+    #[schemars(range(min = 1, max = 100))]
+    pub queue: u32,
+}
+
+impl Default for FollowUpConfig {
+    fn default() -> FollowUpConfig {
+        FollowUpConfig {
+            enabled: true,
+            window: default_follow_up_window(),
+            phrase: default_follow_up_phrase(),
+            queue: default_follow_up_queue(),
+        }
+    }
+}
+
+fn default_follow_up_window() -> DurationSpec {
+    DurationSpec::from_secs(7 * 24 * 3600)
+}
+
+fn default_follow_up_phrase() -> String {
+    "@nightshift".to_string()
+}
+
+fn default_follow_up_queue() -> u32 {
+    3
 }
 
 /// The task template: rendered into a concrete task for each run.

@@ -179,10 +179,31 @@ pub fn check_automation(automation: &Automation, file: &Path) -> Vec<Finding> {
         check_notify(target, &root.key("notify").index(index), &mut findings);
     }
     super::notify::check_targets(automation, &mut findings);
+    check_follow_up(&automation.follow_up, &root.key("follow_up"), &mut findings);
     for (index, case) in automation.tests.iter().enumerate() {
         check_test(case, file, &root.key("tests").index(index), &mut findings);
     }
     findings
+}
+
+/// A follow-up phrase with text in it and a window longer than nothing.
+pub fn check_follow_up(follow_up: &super::FollowUpConfig, path: &FieldPath, findings: &mut Vec<Finding>) {
+    if follow_up.phrase.trim().is_empty() {
+        findings.push(
+            Finding::new(
+                path.key("phrase"),
+                Code::InvalidValue,
+                "`phrase` is empty, so every comment would be a follow-up",
+            )
+            .hint("give the words a comment must contain, e.g. `@nightshift`"),
+        );
+    }
+    if follow_up.window.as_duration().is_zero() {
+        findings.push(
+            Finding::new(path.key("window"), Code::InvalidValue, "`window` is zero, so no reply would be a follow-up")
+                .hint("give a duration such as `7d`, or set `enabled: false`"),
+        );
+    }
 }
 
 /// An automation has `trigger` or a non-empty `triggers`, not both.

@@ -39,6 +39,7 @@ pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
         .route("/api/runs/{id}/log", get(run_log))
         .route("/api/runs/{id}/approve", post(approve_run))
         .route("/api/runs/{id}/cancel", post(cancel_run))
+        .route("/api/runs/{id}/follow-up", post(follow_up_run))
         .route("/api/automations/{name}/memory", get(read_memory))
         .route("/api/automations/{name}/memory/{key}", put(set_memory).delete(remove_memory))
         .route("/api/prune", post(prune))
@@ -61,6 +62,7 @@ fn api_error(failed: ApiError) -> Response {
     match &failed {
         ApiError::NoSuchAutomation(_) => error(StatusCode::NOT_FOUND, failed.to_string()),
         ApiError::BadRequest(_) => error(StatusCode::BAD_REQUEST, failed.to_string()),
+        ApiError::Conflict(_) => error(StatusCode::CONFLICT, failed.to_string()),
         ApiError::Store(store) => store_error(store),
     }
 }
@@ -169,6 +171,28 @@ async fn cancel_run(State(server): State<Arc<Server>>, Path(id): Path<String>, b
     };
     let reason = request.reason.unwrap_or_else(|| "cancelled through the API".to_string());
     blocking(move || server.cancel(id, &reason).map(|run| axum::Json(run).into_response())).await
+}
+
+/// `POST /api/runs/{id}/follow-up` with `{"text": "..."}`.
+#[derive(Debug, Deserialize)]
+struct FollowUpRequest {
+    text: String,
+    now: Option<DateTime<Utc>>,
+}
+
+async fn follow_up_run(State(server): State<Arc<Server>>, Path(id): Path<String>, body: Bytes) -> Response {
+    let Ok(id) = id.parse::<RunId>() else { return not_a_run_id(&id) };
+    let request: FollowUpRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, format!("the body is not a follow-up request: {why}")),
+    };
+    if request.text.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "`text` is empty: say what the follow-up should do".to_string());
+    }
+    match server.follow_up(id, request.text, request.now.unwrap_or_else(Utc::now)).await {
+        Ok(report) => (StatusCode::ACCEPTED, axum::Json(report)).into_response(),
+        Err(failed) => api_error(failed),
+    }
 }
 
 async fn read_memory(State(server): State<Arc<Server>>, Path(name): Path<String>) -> Response {

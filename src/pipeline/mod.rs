@@ -11,8 +11,10 @@ use serde_json::{Map, Value, json};
 use crate::catalog::Catalog;
 use crate::event::Event;
 use crate::rules::{CompiledAutomation, MemoryEdits, MemoryView, PreparedEvent, RuleEngine};
-use crate::runs::{ActivityKind, Completion, Epoch, MemoryChange, MemoryWrite, NewActivity, Run, RunId};
-use crate::store::{Durability, IngestOutcome, NewRun, Store, StoreError};
+use crate::runs::{
+    ActivityKind, Completion, Epoch, MemoryChange, MemoryWrite, NewActivity, Run, RunId, RunState, followup,
+};
+use crate::store::{Durability, IngestOutcome, NewRun, RunFilter, Store, StoreError};
 
 /// An automation that saw the event and let it pass, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +81,9 @@ impl Pipeline {
         audience: Audience<'_>,
         now: DateTime<Utc>,
     ) -> Result<(IngestReport, Durability), StoreError> {
+        if let Some(followed) = self.follow_up_of(&event, audience, now)? {
+            return Ok(followed);
+        }
         if let Audience::Subscriber(name) = audience
             && let Err(reason) = self.subscriber_accepts(name, &event)
         {
@@ -126,6 +131,90 @@ impl Pipeline {
         }
         let (outcome, durability) = self.store.ingest_queued(&prepared.event, runs, now)?;
         Ok((IngestReport { outcome, not_matched }, durability))
+    }
+
+    /// `event` as a follow-up, when it is a reply in a thread a run of the audience's
+    /// automation told and `runs::followup::decide` says it starts one: a run on the
+    /// same branch, stored with the event in one step. A refused follow-up (its thread's
+    /// queue is full) stores nothing and says why in `not_matched`. `None`: not a
+    /// follow-up, the event goes on as any other.
+    fn follow_up_of(
+        &self,
+        event: &Event,
+        audience: Audience<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(IngestReport, Durability)>, StoreError> {
+        let Some(reply) = followup::reply_of(event) else { return Ok(None) };
+        let Some(last) = self.store.thread_run(&reply.thread)? else { return Ok(None) };
+        let Some(last) = self.store.run(last)? else { return Ok(None) };
+        if let Audience::Subscriber(name) | Audience::Named(name) = audience
+            && name != last.automation
+        {
+            return Ok(None);
+        }
+        let Some(loaded) = self.catalog.get(&last.automation) else { return Ok(None) };
+        if self.store.event(&event.id)?.is_some() {
+            // A delivery seen before: the store answers what it got the first time.
+            let (outcome, durability) = self.store.ingest_queued(event, Vec::new(), now)?;
+            return Ok(Some((IngestReport { outcome, not_matched: Vec::new() }, durability)));
+        }
+        let queued = RunFilter { automation: Some(last.automation.clone()), state: Some(RunState::Queued), limit: 0 };
+        let waiting = followup::waiting(&last, &self.store.runs(&queued)?);
+        let config = &loaded.compiled.definition.follow_up;
+        let task = match followup::decide(config, &reply, &last, waiting, now) {
+            followup::Decision::Ignore(why) => {
+                tracing::debug!(run_id = %last.id, automation = %last.automation, why, "Not a follow-up");
+                return Ok(None);
+            }
+            followup::Decision::Refuse(why) => {
+                tracing::warn!(run_id = %last.id, automation = %last.automation, why, "Refused a follow-up");
+                let outcome = IngestOutcome {
+                    event_id: event.id.clone(),
+                    duplicate_delivery: false,
+                    runs: Vec::new(),
+                    cancelled: Vec::new(),
+                };
+                let not_matched = vec![NotMatched { automation: last.automation, reason: why }];
+                return Ok(Some((IngestReport { outcome, not_matched }, Durability::done())));
+            }
+            followup::Decision::Start => followup::task(&last, &reply.text, Some(&reply.thread)),
+        };
+        let Some(task) = task else { return Ok(None) };
+        let (outcome, durability) =
+            self.store.ingest_queued(event, vec![follow_up_run(&loaded.compiled, &last, task)], now)?;
+        Ok(Some((IngestReport { outcome, not_matched: Vec::new() }, durability)))
+    }
+
+    /// A follow-up of run `last` asked for by hand (`nightshift follow-up`, the API):
+    /// `event` carries `text`. It starts even outside the automation's window, but not
+    /// when the automation is gone, follow-ups are off, or the queue is full.
+    pub fn follow_up_by_hand(
+        &self,
+        last: RunId,
+        event: Event,
+        text: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Result<IngestReport, String>, StoreError> {
+        let last = self.store.run(last)?.ok_or(StoreError::NoSuchRun(last))?;
+        let Some(loaded) = self.catalog.get(&last.automation) else {
+            return Ok(Err(format!("{}'s automation `{}` is not loaded", last.id, last.automation)));
+        };
+        let queued = RunFilter { automation: Some(last.automation.clone()), state: Some(RunState::Queued), limit: 0 };
+        let waiting = followup::waiting(&last, &self.store.runs(&queued)?);
+        let mut config = loaded.compiled.definition.follow_up.clone();
+        // A person asking is not held to the window.
+        config.window = crate::config::DurationSpec::from_secs(u64::MAX);
+        let reply = followup::Reply { thread: String::new(), text: text.to_string(), needs_phrase: false };
+        match followup::decide(&config, &reply, &last, waiting, now) {
+            followup::Decision::Start => {}
+            followup::Decision::Ignore(why) | followup::Decision::Refuse(why) => return Ok(Err(why)),
+        }
+        let Some(task) = followup::task(&last, text, None) else {
+            return Ok(Err(format!("{} has no task to follow up (its rendering failed)", last.id)));
+        };
+        let run = follow_up_run(&loaded.compiled, &last, task);
+        let outcome = self.store.ingest(&event, vec![run], now)?;
+        Ok(Ok(IngestReport { outcome, not_matched: Vec::new() }))
     }
 
     /// Whether the automation `name` is loaded and accepts `event`; `Err` says why not.
@@ -223,6 +312,24 @@ impl Pipeline {
             .after_run(self.engine, &PreparedEvent::new(event), &recall.view, recall.values, run_value, now)
             .map_err(|e| e.0)?;
         Ok((edits, recall.untrusted))
+    }
+}
+
+/// The run a follow-up of `last` is: `task` with `last`'s flow, queued behind whatever
+/// holds the branch (claims never run two runs of one branch at once), with no dedupe or
+/// cooldown of its own.
+fn follow_up_run(automation: &CompiledAutomation, last: &Run, task: crate::task::Task) -> NewRun {
+    let flow = crate::task::Flow {
+        dedupe_key: None,
+        dedupe_window: None,
+        cooldown: None,
+        overlap: crate::config::Overlap::Queue,
+        ..last.flow.clone()
+    };
+    NewRun {
+        automation: last.automation.clone(),
+        definition_hash: automation.definition_hash.clone(),
+        rendered: Ok((task, flow)),
     }
 }
 

@@ -527,6 +527,7 @@ impl CompiledAutomation {
                 untrusted_input: event.event.source.is_untrusted(),
                 limits: task.limits,
                 notify,
+                follows: None,
             }),
             flow: Some(flow),
         })

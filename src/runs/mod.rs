@@ -5,6 +5,7 @@
 mod activity;
 pub mod clock;
 pub mod flow;
+pub mod followup;
 mod memory;
 pub mod outbox;
 pub mod retry;

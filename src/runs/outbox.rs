@@ -301,6 +301,7 @@ mod tests {
             untrusted_input: false,
             limits: Default::default(),
             notify: targets,
+            follows: None,
         };
         Run {
             id: RunId(7),

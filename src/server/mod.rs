@@ -193,6 +193,10 @@ pub enum ApiError {
     NoSuchAutomation(String),
     #[error("{0}")]
     BadRequest(String),
+    /// The request is well-formed but the engine's state refuses it (a follow-up whose
+    /// thread's queue is full, or whose automation has follow-ups off).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -409,6 +413,21 @@ impl Server {
             .run_any(move || generation.pipeline.ingest_queued(event, Audience::Named(&name), now))
             .await?;
         durability.await?;
+        self.wakeup.notify();
+        Ok(report)
+    }
+
+    /// Starts a follow-up of run `id` with `text` as the new message (`nightshift
+    /// follow-up`): a run on its branch, as a reply in its thread would start.
+    pub async fn follow_up(&self, id: RunId, text: String, now: DateTime<Utc>) -> Result<IngestReport, ApiError> {
+        let generation = self.current();
+        let payload = serde_json::json!({ "follow_up": id, "text": text });
+        let event = Event::from_delivery(TriggerKind::Manual, payload, Default::default(), now);
+        let report = self
+            .evaluator
+            .run_any(move || generation.pipeline.follow_up_by_hand(id, event, &text, now))
+            .await?
+            .map_err(ApiError::Conflict)?;
         self.wakeup.notify();
         Ok(report)
     }

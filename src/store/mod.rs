@@ -282,8 +282,8 @@ pub trait Store: Send + Sync {
     ) -> Result<(IngestOutcome, Durability), StoreError>;
 
     /// Leases the oldest queued run whose group has room, whose retry wait is over, and
-    /// whose `paths` overlap those of no leased or running run of its repository
-    /// (`runs::scope`).
+    /// whose branch and `paths` are those of no leased or running run of its repository
+    /// (the same branch, or `paths` that overlap: `runs::scope`).
     fn claim(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>) -> Result<Option<Claim>, StoreError>;
     /// The leased run's workspace is ready and its agent is starting.
     fn mark_running(&self, run: RunId, epoch: Epoch, now: DateTime<Utc>) -> Result<Run, StoreError>;
@@ -393,6 +393,11 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
         random_unit: f64,
     ) -> Result<Option<OutboxEntry>, StoreError>;
+    /// The newest run that told thread `thread` (a key `runs::followup` makes: a Slack
+    /// thread, a pull request or issue): written with a run whose targets name it, and
+    /// when a start posted in a channel or an opened pull request starts one. `None` if
+    /// no run did.
+    fn thread_run(&self, thread: &str) -> Result<Option<RunId>, StoreError>;
     /// Rung after a change wrote outbox messages or settled one: the sender's wakeup.
     fn outbox_written(&self) -> Arc<tokio::sync::Notify>;
 

@@ -282,10 +282,16 @@ impl Runner {
         let last_fetch = Arc::clone(lock(&self.refreshed).entry(mirror.location().to_string()).or_default());
         {
             let mut last_fetch = lock(&last_fetch);
-            if last_fetch.is_none_or(|at| at.elapsed() >= self.settings.refresh_every) {
+            // A follow-up starts at the tip its branch has now: the run it follows pushed
+            // there moments ago.
+            let stale = last_fetch.is_none_or(|at| at.elapsed() >= self.settings.refresh_every);
+            if stale || task.follows.is_some() {
                 mirror.refresh()?;
                 *last_fetch = Some(Instant::now());
             }
+        }
+        if task.follows.is_some() {
+            return mirror.prepare_follow_up(&self.settings.workspaces(), run, &task.base, &task.branch);
         }
         mirror.prepare(&self.settings.workspaces(), run, &task.base, &task.branch)
     }

@@ -40,6 +40,9 @@ use crate::runs::RunId;
 const BRANCHES_REFSPEC: &str = "+refs/heads/*:refs/remotes/origin/*";
 const TAGS_REFSPEC: &str = "+refs/tags/*:refs/tags/*";
 
+/// How long a follow-up's workspace waits for the run it follows to free its branch.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What a base checkout takes from the mirror: the repository's branches and tags.
 const BASE_REFSPECS: &[&str] = &["+refs/remotes/origin/*:refs/remotes/origin/*", TAGS_REFSPEC];
 
@@ -231,13 +234,48 @@ impl Mirror {
         base: &str,
         branch: &str,
     ) -> Result<Workspace, WorkspaceError> {
+        self.prepare_at(workspaces_root, run, base, branch, false)
+    }
+
+    /// `prepare` for a follow-up run: the workspace starts at the tip of `branch` as the
+    /// repository has it (as of the last refresh), so the run adds commits to the branch
+    /// an earlier run pushed and its push is a fast-forward. A branch the repository does
+    /// not have (the earlier run did not push) is started at `base`, as `prepare` does.
+    pub fn prepare_follow_up(
+        &self,
+        workspaces_root: &Path,
+        run: RunId,
+        base: &str,
+        branch: &str,
+    ) -> Result<Workspace, WorkspaceError> {
+        self.prepare_at(workspaces_root, run, base, branch, true)
+    }
+
+    fn prepare_at(
+        &self,
+        workspaces_root: &Path,
+        run: RunId,
+        base: &str,
+        branch: &str,
+        follow_up: bool,
+    ) -> Result<Workspace, WorkspaceError> {
         for name in [base, branch] {
             check_branch_name(name).map_err(|reason| WorkspaceError::BadRef { repo: self.location.clone(), reason })?;
         }
         let root = create_absolute_dir(workspaces_root).map_err(|cause| self.io_error(workspaces_root, cause))?;
         let path = root.join(run.to_string());
+        if follow_up {
+            self.wait_for_release(branch)?;
+        }
         let _lock = self.shared()?;
-        let base_commit = self.base_and_new_branch(base, branch)?;
+        let tip = if follow_up { self.commit_of(&format!("refs/remotes/origin/{branch}"))? } else { None };
+        if follow_up && tip.is_none() {
+            tracing::warn!(run_id = %run, repo = %self.location, branch, "The branch to follow up is not in the repository: starting at the base");
+        }
+        let base_commit = match tip {
+            Some(tip) => tip,
+            None => self.base_and_new_branch(base, branch)?,
+        };
         if path.exists() || overlay::layers_of(&path).exists() {
             self.discard_leftover(&path)?;
         }
@@ -553,6 +591,18 @@ impl Mirror {
             tracing::warn!(repo = %self.location, path = %path.display(), %cleanup, "Left a half-made worktree");
         }
         Err(error)
+    }
+
+    /// Waits, at most `RELEASE_WAIT`, until no workspace of this mirror holds `branch`:
+    /// the run a follow-up follows frees it when it cleans up, just after reporting its
+    /// end. One still held after that is refused by the checkout (`BranchExists`).
+    fn wait_for_release(&self, branch: &str) -> Result<(), WorkspaceError> {
+        let reference = format!("refs/heads/{branch}");
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        while self.commit_of(&reference)?.is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// Removes what a failed `worktree add` made: its registration and its branch.

@@ -4,6 +4,7 @@ mod alertmanager;
 mod cli;
 mod crash;
 mod cron_schedule;
+mod follow_ups;
 mod full_disk;
 mod git;
 mod hooks;

@@ -69,6 +69,7 @@ fn task(targets: Vec<Target>) -> Task {
         untrusted_input: false,
         limits: Default::default(),
         notify: targets,
+        follows: None,
     }
 }
 

@@ -694,6 +694,8 @@ fn queue_scoped(
     task.automation = automation.into();
     task.repo = repo.into();
     task.paths = paths.iter().map(|p| p.to_string()).collect();
+    // A branch of its own, as rendered runs have: two runs of one branch never run at once.
+    task.branch = format!("nightshift/{automation}-{secs}");
     let new = NewRun { automation: automation.into(), definition_hash: "h".into(), rendered: Ok((task, flow)) };
     let event = event(&format!("{automation}-{secs}"), json!({}), secs);
     store.ingest(&event, vec![new], at(secs)).unwrap().runs[0].run

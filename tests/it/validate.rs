@@ -205,3 +205,37 @@ notify:
     assert!(diagnostics[0].to_string().contains("nightshift.yaml:1:"), "{}", diagnostics[0]);
     assert!(diagnostics[0].message.contains("is not a URL"), "{}", diagnostics[0]);
 }
+
+#[test]
+fn follow_up_settings_are_checked_where_they_are_written() {
+    let automation = r#"name: thread
+trigger: { slack: { signing_secret: "env:S" } }
+task: { agent: codex, repo: /srv/x, prompt: hi }
+follow_up:
+  phrase: "  "
+  window: 0s
+  queue: 0
+  reply: yes
+"#;
+    let dir = temp_dir_with(&[("thread.yaml", automation)]);
+    let (_, diagnostics) = load(dir.path());
+    let text: Vec<String> =
+        diagnostics.iter().map(|d| d.to_string().replace(&format!("{}/", dir.path().display()), "")).collect();
+    let text = text.join("\n");
+    assert!(text.contains("thread.yaml:8:3") && text.contains("reply"), "an unknown key: {text}");
+    // The structure is wrong, so the checks after it wait: fix it and they speak.
+    let typed = automation.replace("  queue: 0\n  reply: yes\n", "");
+    let dir = temp_dir_with(&[("thread.yaml", typed.as_str())]);
+    let (_, diagnostics) = load(dir.path());
+    let text: Vec<String> =
+        diagnostics.iter().map(|d| d.to_string().replace(&format!("{}/", dir.path().display()), "")).collect();
+    let text = text.join("\n");
+    assert!(text.contains("thread.yaml:5:11") && text.contains("`phrase` is empty"), "{text}");
+    assert!(text.contains("thread.yaml:6:11") && text.contains("`window` is zero"), "{text}");
+    let queue = automation.replace("  phrase: \"  \"\n  window: 0s\n", "").replace("  reply: yes\n", "");
+    let dir = temp_dir_with(&[("thread.yaml", queue.as_str())]);
+    let (_, diagnostics) = load(dir.path());
+    let text: Vec<String> =
+        diagnostics.iter().map(|d| d.to_string().replace(&format!("{}/", dir.path().display()), "")).collect();
+    assert!(text.join("\n").contains("thread.yaml:5:10"), "queue below 1: {text:?}");
+}

@@ -35,6 +35,9 @@ pub const SCHEDULE: &[u8] = b"sched/";
 pub const AGENT: &[u8] = b"agent/";
 /// Outbox messages: a run's start and end for each of its `notify` targets.
 pub const OUTBOX: &[u8] = b"ob/";
+/// The newest run of each thread a run told (`runs::followup` names them), so a reply
+/// there finds the run it follows up.
+pub const THREAD: &[u8] = b"th/";
 
 fn join(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
@@ -135,6 +138,10 @@ pub fn suffix<'k>(key: &'k [u8], prefix: &[u8]) -> Option<&'k str> {
 
 pub fn agent(profile: &str, hash: &str) -> Vec<u8> {
     join(&[AGENT, profile.as_bytes(), b"\0", hash.as_bytes()])
+}
+
+pub fn thread(key: &str) -> Vec<u8> {
+    join(&[THREAD, key.as_bytes()])
 }
 
 pub fn outbox_of(run: RunId) -> Vec<u8> {

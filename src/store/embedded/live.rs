@@ -159,12 +159,12 @@ impl Live {
     }
 
     /// The oldest queued run that may start now: its retry wait is over, its group is
-    /// below its concurrency limit, and no leased or running run of its repository has
-    /// `paths` that overlap its own. The runs passed over stay queued, in their place.
+    /// below its concurrency limit, and no leased or running run of its repository is on
+    /// its branch or has `paths` that overlap its own. The runs passed over stay queued, in their place.
     pub fn next_claimable(&self, now: DateTime<Utc>) -> Option<RunId> {
         let mut full_groups: Vec<String> = Vec::new();
         // Scopes of queued runs found blocked (runs of one automation usually share one).
-        let mut blocked_scopes: Vec<(&str, &[String])> = Vec::new();
+        let mut blocked_scopes: Vec<(&str, &str, &[String])> = Vec::new();
         for id in &self.queued {
             let run = &self.runs[id].run;
             if run.not_before.is_some_and(|at| at > now) {
@@ -179,15 +179,16 @@ impl Live {
                 continue;
             }
             if let Some(task) = &run.task {
-                let scope = (task.repo.as_str(), task.paths.as_slice());
+                let scope = (task.repo.as_str(), task.branch.as_str(), task.paths.as_slice());
                 // Behind an older run it conflicts with, which is waiting: it waits too, so
                 // a stream of newer runs cannot starve the older one.
-                let behind_older =
-                    |(repo, paths): &(&str, &[String])| *repo == scope.0 && paths_overlap(paths, scope.1);
+                let behind_older = |(repo, branch, paths): &(&str, &str, &[String])| {
+                    *repo == scope.0 && (*branch == scope.1 || paths_overlap(paths, scope.2))
+                };
                 if blocked_scopes.contains(&scope) || blocked_scopes.iter().any(behind_older) {
                     continue;
                 }
-                if self.scope_is_busy(scope.0, scope.1) {
+                if self.scope_is_busy(scope.0, scope.1, scope.2) {
                     blocked_scopes.push(scope);
                     continue;
                 }
@@ -197,13 +198,14 @@ impl Live {
         None
     }
 
-    /// Whether a leased or running run of `repo` may change a file in `paths`.
-    fn scope_is_busy(&self, repo: &str, paths: &[String]) -> bool {
+    /// Whether a leased or running run of `repo` works on `branch` (a follow-up waits for
+    /// the run it follows) or may change a file in `paths`.
+    fn scope_is_busy(&self, repo: &str, branch: &str, paths: &[String]) -> bool {
         let Some(active) = self.active_in_repo.get(repo) else { return false };
         active
             .iter()
             .filter_map(|id| self.runs.get(id)?.run.task.as_ref())
-            .any(|task| paths_overlap(paths, &task.paths))
+            .any(|task| task.branch == branch || paths_overlap(paths, &task.paths))
     }
 
     /// Leased or running runs whose lease ended at or before `now`.

@@ -455,6 +455,11 @@ impl Changes {
         }
     }
 
+    /// Makes `run` the newest run of `thread` (`Store::thread_run`).
+    fn thread(&mut self, thread: &str, run: RunId) {
+        self.put(keys::thread(thread), run.0.to_be_bytes().to_vec());
+    }
+
     /// Appends an activity the engine itself records (lease expiry, retries, cancels).
     fn activity(&mut self, live: &mut LiveRun, kind: ActivityKind, text: String, at: DateTime<Utc>) {
         let seq = live.next_activity;
@@ -996,6 +1001,11 @@ impl Store for SledStore {
                         changes.put(keys::last_created(&group), encode(&last));
                         live.last_created.insert(group, last);
                     }
+                    if let Some(task) = &run.task {
+                        for thread in crate::runs::followup::thread_keys(&task.notify) {
+                            changes.thread(&thread, id);
+                        }
+                    }
                     changes.new_run(&run);
                     live.put(LiveRun::new(run));
                     (id, Disposition::Created)
@@ -1460,6 +1470,16 @@ impl Store for SledStore {
         random_unit: f64,
     ) -> Result<Option<OutboxEntry>, StoreError> {
         self.finish_message(key, outcome, now, random_unit)
+    }
+
+    fn thread_run(&self, thread: &str) -> Result<Option<RunId>, StoreError> {
+        let state = self.lock();
+        let Some(bytes) = self.get(&state, &keys::thread(thread))? else { return Ok(None) };
+        let number: [u8; 8] = bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+            what: format!("thread record `{}`", thread.escape_debug()),
+            cause: format!("{} bytes, not a run id's 8", bytes.len()),
+        })?;
+        Ok(Some(RunId(u64::from_be_bytes(number))))
     }
 
     fn outbox_written(&self) -> Arc<tokio::sync::Notify> {

@@ -94,6 +94,11 @@ impl Inner {
             if let Some(target) = target {
                 let text = outbox::activity_text(&target, &settled);
                 self.note(&mut state, &mut changes, key.run, text, now)?;
+                if let EntryState::Sent { posted } = &settled.state
+                    && let Some(thread) = crate::runs::followup::posted_thread(&target, key.kind, posted)
+                {
+                    changes.thread(&thread, key.run);
+                }
                 if let (Target::GithubPullRequest { .. }, Kind::End, EntryState::Sent { posted }) =
                     (&target, key.kind, &settled.state)
                 {

@@ -1,5 +1,6 @@
 //! Retention: deletes finished runs beyond the configured count and age per automation,
-//! with their activities, logs and events, and expired memory, dedupe marks and cooldowns.
+//! with their activities, logs and events, and expired memory, dedupe marks and cooldowns,
+//! and the thread index's entries whose run is gone.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -160,6 +161,15 @@ impl Inner {
             }
         }
         live.last_created.retain(|_, last| last.until > now);
+        // A thread whose newest run is gone has nothing to follow up.
+        for entry in self.db.scan_prefix(keys::THREAD) {
+            let (key, value) = entry.map_err(io)?;
+            let Ok(number) = <[u8; 8]>::try_from(value.as_ref()) else { continue };
+            let run = RunId(u64::from_be_bytes(number));
+            if !live.queued.overlay.contains_key(&key) && self.read_run_locked(&live, run)?.is_none() {
+                changes.delete(key.to_vec());
+            }
+        }
         self.apply(live, changes, true)
     }
 }
@@ -208,6 +218,7 @@ mod tests {
             untrusted_input: false,
             limits: Default::default(),
             notify: Vec::new(),
+            follows: None,
         }
     }
 
