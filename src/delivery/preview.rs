@@ -267,3 +267,108 @@ fn report(task: &Task, ended: Option<&ResultShown>) -> Report {
         link: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Approval, DurationSpec, EndState, OutputFormat, SecretRef};
+    use crate::netpolicy::NetworkPolicy;
+    use crate::task::{AgentCommand, PhasePolicies};
+
+    fn task(push: bool, notify: Vec<Target>) -> Task {
+        Task {
+            automation: "fix".into(),
+            agent: AgentCommand {
+                profile: "codex".into(),
+                argv: vec!["codex".into(), "{prompt}".into()],
+                plan_argv: None,
+                env: BTreeMap::new(),
+                output: OutputFormat::default(),
+                paths: Vec::new(),
+                pass_env: Vec::new(),
+            },
+            repo: "/srv/git/api".into(),
+            base: "main".into(),
+            branch: "agent/fix".into(),
+            prompt: "p".into(),
+            setup: Vec::new(),
+            secrets: BTreeMap::new(),
+            network: PhasePolicies { setup: NetworkPolicy::default(), agent: NetworkPolicy::default() },
+            paths: Vec::new(),
+            timeout: DurationSpec::from_secs(60),
+            setup_timeout: DurationSpec::from_secs(60),
+            approval: Approval::default(),
+            push,
+            untrusted_input: false,
+            limits: Default::default(),
+            notify,
+        }
+    }
+
+    fn token() -> SecretRef {
+        SecretRef::Env("TOKEN".into())
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-22T09:00:00Z").expect("time").to_utc()
+    }
+
+    #[test]
+    fn placeholders_stand_for_what_the_result_leaves_out_and_are_named() {
+        let pull =
+            Target::GithubPullRequest { repo: "acme/api".into(), base: "main".into(), draft: true, token: token() };
+        let pushed = task(true, vec![pull.clone()]);
+        let previews = messages(&pushed, None, &SlackSettings::default(), &GithubSettings::default(), now());
+        assert_eq!(previews.result.placeholders, ["summary", "pull_request"]);
+        assert!(previews.result.pushed);
+        assert_eq!(previews.messages.len(), 1, "a pull request hears of the end only");
+        assert_eq!(
+            previews.messages[0].body.as_ref().expect("body")["title"],
+            "fix: (placeholder: the agent's summary)"
+        );
+
+        // A run that failed pushed nothing: no pull request, and the message says why.
+        let failed = TestResult { state: EndState::Failed, summary: Some(String::new()), ..Default::default() };
+        let previews = messages(&pushed, Some(&failed), &SlackSettings::default(), &GithubSettings::default(), now());
+        assert!(previews.result.placeholders.is_empty() && previews.result.summary.is_none());
+        assert_eq!(previews.result.pull_request, None);
+        let message = &previews.messages[0];
+        assert!(message.text.starts_with("not sent: the branch was not pushed"), "{message:?}");
+        assert_eq!((message.request.as_ref(), message.body.as_ref()), (None, None));
+    }
+
+    #[test]
+    fn a_webhook_shows_its_id_and_which_secret_signs_it_never_a_value() {
+        let hook = Target::Webhook { url: "https://ops.example.com/h".into(), secret: Some(token()) };
+        let given = TestResult { summary: Some("done".into()), ..Default::default() };
+        let previews = messages(
+            &task(false, vec![hook]),
+            Some(&given),
+            &SlackSettings::default(),
+            &GithubSettings::default(),
+            now(),
+        );
+        let [message] = previews.messages.as_slice() else { panic!("{previews:?}") };
+        assert_eq!(message.headers["webhook-id"], "RUN-0-end");
+        assert_eq!(message.headers["webhook-timestamp"], now().timestamp().to_string());
+        assert_eq!(message.headers["webhook-signature"], "v1,… (HMAC-SHA256 with the key in env:TOKEN)");
+        let body = message.body.as_ref().expect("body");
+        assert_eq!((body["type"].as_str(), body["data"]["summary"].as_str()), (Some("run.ended"), Some("done")));
+        assert_eq!(message.request.as_deref(), Some("POST https://ops.example.com/h"));
+    }
+
+    #[test]
+    fn a_slack_start_is_the_transports_post_and_the_end_its_edit() {
+        let slack = Target::Slack { channel: "C1".into(), thread_ts: Some("1.1".into()), token: token() };
+        let settings = SlackSettings { api_url: "http://127.0.0.1:9/api".into(), token: None };
+        let previews = messages(&task(false, vec![slack]), None, &settings, &GithubSettings::default(), now());
+        let [start, end] = previews.messages.as_slice() else { panic!("{previews:?}") };
+        assert_eq!(start.request.as_deref(), Some("POST http://127.0.0.1:9/api/chat.postMessage"));
+        let report = report(&task(false, Vec::new()), None);
+        let posted = slack::post_body("C1", Some("1.1"), &slack::start_text(&report), "RUN-0-start");
+        assert_eq!(start.body.as_ref(), Some(&posted));
+        assert_eq!(end.request.as_deref(), Some("POST http://127.0.0.1:9/api/chat.update"));
+        assert_eq!(end.body.as_ref().expect("body")["ts"], START_TS);
+        assert_eq!(end.to, "C1, thread 1.1");
+    }
+}
