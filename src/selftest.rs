@@ -6,7 +6,11 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 
 use crate::catalog::{Catalog, LoadedAutomation};
-use crate::config::{Automation, RequestSpec, TestCase};
+use crate::config::{
+    Automation, GithubSettings, MessageExpectation, MessageKind, RequestSpec, SlackSettings, TestCase,
+};
+use crate::delivery::Kind;
+use crate::delivery::preview::{self, Preview};
 use crate::event::Event;
 use crate::netpolicy::NetworkPolicy;
 use crate::rules::{PreparedEvent, RuleEngine, memory_value};
@@ -21,6 +25,9 @@ pub struct CaseResult {
     pub name: String,
     /// Empty when the case passed.
     pub failures: Vec<String>,
+    /// What the run would send to its `notify:` targets (`Preview::describe`), for
+    /// `nightshift test --messages`.
+    pub messages: Vec<String>,
 }
 
 impl CaseResult {
@@ -35,10 +42,14 @@ pub fn run_all(engine: &RuleEngine, catalog: &Catalog) -> Vec<CaseResult> {
         .automations
         .iter()
         .flat_map(|loaded| {
-            loaded.compiled.definition.tests.iter().map(move |case| CaseResult {
-                automation: loaded.compiled.name().to_string(),
-                name: case.name.clone().unwrap_or_else(|| case.event.clone()),
-                failures: run_case(engine, loaded, case),
+            loaded.compiled.definition.tests.iter().map(move |case| {
+                let checked = run_case(engine, loaded, case, (&catalog.slack, &catalog.github));
+                CaseResult {
+                    automation: loaded.compiled.name().to_string(),
+                    name: case.name.clone().unwrap_or_else(|| case.event.clone()),
+                    failures: checked.failures,
+                    messages: checked.messages,
+                }
             })
         })
         .collect()
@@ -79,10 +90,26 @@ pub fn fixture_events(
     Ok(split.into_iter().map(|one| Event::from_delivery(source, one, headers.clone(), received_at)).collect())
 }
 
-fn run_case(engine: &RuleEngine, loaded: &LoadedAutomation, case: &TestCase) -> Vec<String> {
+/// nightshift.yaml's `slack:` and `github:`, whose API URLs the messages are shown against.
+type Settings<'a> = (&'a SlackSettings, &'a GithubSettings);
+
+/// What one case found: its failures, and the messages its runs would send.
+#[derive(Default)]
+struct Checked {
+    failures: Vec<String>,
+    messages: Vec<String>,
+}
+
+impl Checked {
+    fn failed(why: String) -> Checked {
+        Checked { failures: vec![why], messages: Vec::new() }
+    }
+}
+
+fn run_case(engine: &RuleEngine, loaded: &LoadedAutomation, case: &TestCase, settings: Settings<'_>) -> Checked {
     let automation = &loaded.compiled.definition;
     let Some(source) = case.source.or_else(|| automation.first_source()) else {
-        return vec!["the automation has no trigger".into()];
+        return Checked::failed("the automation has no trigger".into());
     };
     let now = case
         .now
@@ -92,20 +119,21 @@ fn run_case(engine: &RuleEngine, loaded: &LoadedAutomation, case: &TestCase) -> 
     let fixture = loaded.file.parent().unwrap_or(Path::new(".")).join(&case.event);
     let events = match fixture_events(automation, &fixture, source, &case.headers, now) {
         Ok(events) => events,
-        Err(why) => return vec![why],
+        Err(why) => return Checked::failed(why),
     };
     // With `per: alert` every alert's render is held to the expectations.
     let split = events.len() > 1;
-    let mut failures = Vec::new();
+    let mut checked = Checked::default();
     for (index, event) in events.into_iter().enumerate() {
         let which = match event.fields.get("fingerprint").and_then(serde_json::Value::as_str) {
             Some(fingerprint) if split => format!("alert {} ({fingerprint}): ", index + 1),
             _ => String::new(),
         };
-        let found = check_event(engine, loaded, case, event, now);
-        failures.extend(found.into_iter().map(|failure| format!("{which}{failure}")));
+        let found = check_event(engine, loaded, case, event, now, settings);
+        checked.failures.extend(found.failures.into_iter().map(|failure| format!("{which}{failure}")));
+        checked.messages.extend(found.messages.into_iter().map(|message| format!("{which}{message}")));
     }
-    failures
+    checked
 }
 
 fn check_event(
@@ -114,19 +142,98 @@ fn check_event(
     case: &TestCase,
     event: Event,
     now: DateTime<Utc>,
-) -> Vec<String> {
+    (slack, github): Settings<'_>,
+) -> Checked {
     let rendered =
         loaded.compiled.render_even_if_disabled(engine, &PreparedEvent::new(event), &memory_value(&case.memory), now);
     let expect = &case.expect;
     let rendered = match (rendered, &expect.error_contains) {
-        (Err(error), Some(wanted)) if error.to_string().contains(wanted.as_str()) => return Vec::new(),
-        (Err(error), _) => return vec![format!("render failed: {error}")],
+        (Err(error), Some(wanted)) if error.to_string().contains(wanted.as_str()) => return Checked::default(),
+        (Err(error), _) => return Checked::failed(format!("render failed: {error}")),
         (Ok(_), Some(wanted)) => {
-            return vec![format!("expected a render error containing {wanted:?}, but rendering succeeded")];
+            return Checked::failed(format!("expected a render error containing {wanted:?}, but rendering succeeded"));
         }
         (Ok(rendered), None) => rendered,
     };
-    compare(expect, &rendered)
+    let mut failures = compare(expect, &rendered);
+    let Some(task) = &rendered.task else { return Checked { failures, messages: Vec::new() } };
+    let previews = preview::messages(task, case.result.as_ref(), slack, github, now);
+    let mut messages: Vec<String> = previews.messages.iter().map(Preview::describe).collect();
+    if !previews.result.placeholders.is_empty() && !previews.messages.is_empty() {
+        let which = previews.result.placeholders.join(" and ");
+        messages.push(format!("(the end messages use a placeholder {which}: give the test a `result` to set them)"));
+    }
+    if let Some(expected) = &expect.notify {
+        failures.extend(check_messages(expected, &previews.messages));
+    }
+    Checked { failures, messages }
+}
+
+/// Matches each expected message, in order, to the first message not yet matched that
+/// fits it; then every message must have been matched. Each failure says what differed
+/// and what the nearest message says.
+pub fn check_messages(expected: &[MessageExpectation], messages: &[Preview]) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut matched = vec![false; messages.len()];
+    for (n, wanted) in expected.iter().enumerate() {
+        let kind = match wanted.kind {
+            MessageKind::Start => Kind::Start,
+            MessageKind::End => Kind::End,
+        };
+        let label = format!("expect.notify[{n}] ({} {})", wanted.target.as_str(), crate::runs::outbox::kind_name(kind));
+        let same: Vec<usize> = (0..messages.len())
+            .filter(|&i| !matched[i] && messages[i].target == wanted.target && messages[i].kind == kind)
+            .collect();
+        let differences = |message: &Preview| -> Vec<String> {
+            let mut found = Vec::new();
+            if let Some(to) = &wanted.to
+                && !message.to.contains(to.as_str())
+            {
+                found.push(format!("goes to {:?}, not {to:?}", message.to));
+            }
+            for text in &wanted.contains {
+                if !message.text.contains(text.as_str()) {
+                    found.push(format!("does not contain {text:?}"));
+                }
+            }
+            for text in &wanted.excludes {
+                if message.text.contains(text.as_str()) {
+                    found.push(format!("contains {text:?}"));
+                }
+            }
+            found
+        };
+        match same.iter().find(|&&i| differences(&messages[i]).is_empty()) {
+            Some(&i) => matched[i] = true,
+            None => match same.first() {
+                // Held to this entry: its differences are the failure, not that it is unlisted.
+                Some(&i) => {
+                    matched[i] = true;
+                    failures.push(format!(
+                        "{label}: the message {}\n{}",
+                        differences(&messages[i]).join(", "),
+                        messages[i].describe()
+                    ));
+                }
+                None => failures.push(format!(
+                    "{label}: no such message is sent{}",
+                    if messages.is_empty() {
+                        String::new()
+                    } else {
+                        let sent: Vec<String> = messages
+                            .iter()
+                            .map(|m| format!("{} {}", m.target.as_str(), crate::runs::outbox::kind_name(m.kind)))
+                            .collect();
+                        format!(" (sent: {})", sent.join(", "))
+                    }
+                )),
+            },
+        }
+    }
+    for (message, _) in messages.iter().zip(&matched).filter(|(_, matched)| !**matched) {
+        failures.push(format!("a message expect.notify does not list is sent: {}", message.describe()));
+    }
+    failures
 }
 
 fn compare(expect: &crate::config::Expectation, rendered: &Rendered) -> Vec<String> {
@@ -141,7 +248,8 @@ fn compare(expect: &crate::config::Expectation, rendered: &Rendered) -> Vec<Stri
         || expect.branch.is_some()
         || expect.dedupe_key.is_some()
         || expect.concurrency_key.is_some()
-        || expect.network.is_some();
+        || expect.network.is_some()
+        || expect.notify.is_some();
     let (Some(task), Some(flow)) = (&rendered.task, &rendered.flow) else {
         if wants_task {
             failures.push(format!("nothing rendered to check: the event did not match ({})", rendered.reason));

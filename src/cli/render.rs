@@ -1,5 +1,6 @@
 //! `nightshift render`: apply one automation to an event fixture and print the result
-//! (one per alert for an Alertmanager trigger with `per: alert`).
+//! (one per alert for an Alertmanager trigger with `per: alert`), with the messages its
+//! run would send to its `notify:` targets (`delivery::preview`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,8 @@ use chrono::{DateTime, Utc};
 
 use super::fixture::{FixtureArgs, find_automation};
 use super::{Sources, load_catalog};
+use crate::config::TestResult;
+use crate::delivery::preview;
 use crate::rules::{PreparedEvent, RuleEngine, memory_value};
 
 #[derive(Debug, clap::Args)]
@@ -20,6 +23,11 @@ pub struct Args {
     /// Memory as earlier runs left it (a JSON object).
     #[arg(long, value_name = "FILE.json")]
     memory: Option<PathBuf>,
+    /// How the run ends, for its end messages: a JSON object with `state`, `summary`,
+    /// `reason`, `pushed`, `pull_request` (as a test's `result`). Default: it succeeds, with
+    /// a placeholder summary.
+    #[arg(long, value_name = "FILE.json")]
+    result: Option<PathBuf>,
     /// Directory (or file) of automations. Default: automations/
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
@@ -41,11 +49,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => serde_json::Map::new(),
     };
+    let result: Option<TestResult> = match &args.result {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| format!("{}: not a run result", path.display()))?)
+        }
+        None => None,
+    };
     let now = args.now.unwrap_or_else(Utc::now);
     let mut renders = Vec::new();
     for event in args.fixture.events_for(loaded, now)? {
         let prepared = PreparedEvent::new(event);
-        renders.push(loaded.compiled.render(RuleEngine::shared(), &prepared, &memory_value(&memory), now)?);
+        let rendered = loaded.compiled.render(RuleEngine::shared(), &prepared, &memory_value(&memory), now)?;
+        let mut shown = serde_json::to_value(&rendered)?;
+        if let (Some(task), Some(object)) = (&rendered.task, shown.as_object_mut()) {
+            let previews = preview::messages(task, result.as_ref(), &catalog.slack, &catalog.github, now);
+            object.insert("messages".into(), serde_json::to_value(&previews.messages)?);
+            object.insert("result".into(), serde_json::to_value(&previews.result)?);
+        }
+        renders.push(shown);
     }
     // One event renders as one object; a notification split per alert as a list.
     match renders.as_slice() {

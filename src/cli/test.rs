@@ -11,6 +11,9 @@ use crate::selftest;
 pub struct Args {
     /// Automation files or directories. Default: automations/
     paths: Vec<PathBuf>,
+    /// Print what each case's run would send to its `notify:` targets.
+    #[arg(long)]
+    messages: bool,
     #[command(flatten)]
     sources: Sources,
 }
@@ -23,7 +26,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let status = if result.passed() { "ok  " } else { "FAIL" };
         println!("{status} {} › {}", result.automation, result.name);
         for failure in &result.failures {
-            println!("       {failure}");
+            println!("{}", indented(failure, "       "));
+        }
+        if args.messages {
+            for message in &result.messages {
+                println!("{}", indented(message, "     = "));
+            }
         }
     }
     let passed = results.iter().filter(|r| r.passed()).count();
@@ -33,4 +41,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("{} errors in automation files (see above); their tests did not run", diagnostics.len());
     }
     Ok(if failed == 0 && diagnostics.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `text` with `first` before its first line and as many spaces before the others.
+fn indented(text: &str, first: &str) -> String {
+    let rest = " ".repeat(first.chars().count());
+    let lines: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(n, line)| if n == 0 { format!("{first}{line}") } else { format!("{rest}{line}") })
+        .collect();
+    lines.join("\n")
 }

@@ -335,12 +335,12 @@ pub struct NotifyTarget {
 
 impl NotifyTarget {
     /// The kind of target, as written (`slack`, `webhook`, ...), when exactly one is set.
-    pub fn kind(&self) -> Option<&'static str> {
+    pub fn kind(&self) -> Option<NotifyKind> {
         let set = [
-            (self.slack.is_some(), "slack"),
-            (self.webhook.is_some(), "webhook"),
-            (self.github_comment.is_some(), "github_comment"),
-            (self.github_pull_request.is_some(), "github_pull_request"),
+            (self.slack.is_some(), NotifyKind::Slack),
+            (self.webhook.is_some(), NotifyKind::Webhook),
+            (self.github_comment.is_some(), NotifyKind::GithubComment),
+            (self.github_pull_request.is_some(), NotifyKind::GithubPullRequest),
         ];
         let mut kinds = set.into_iter().filter(|(on, _)| *on).map(|(_, kind)| kind);
         match (kinds.next(), kinds.next()) {
@@ -423,8 +423,58 @@ pub struct TestCase {
     /// The time of the render and of the event's arrival (RFC 3339); default: the present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub now: Option<String>,
+    /// How the run ends, for the end messages `expect.notify` checks. Default: it succeeds
+    /// with a placeholder summary (`nightshift render` and `test` say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<TestResult>,
     /// What must hold.
     pub expect: Expectation,
+}
+
+/// How a test's run ends: what its end messages report. Only the fields given replace the
+/// placeholder's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestResult {
+    /// How the run ended. Default `succeeded`.
+    #[serde(default)]
+    pub state: EndState,
+    /// The agent's summary. Default: a placeholder that says it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Why the run did not succeed (ignored when it did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether the run's branch was pushed. Default: the task's `push`, when the run
+    /// succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<bool>,
+    /// The link of the pull request the run opened. Default: a placeholder when a
+    /// `github_pull_request` target opens one (the branch was pushed), else none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<String>,
+}
+
+/// The state a run ends in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EndState {
+    #[default]
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl EndState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndState::Succeeded => "succeeded",
+            EndState::Failed => "failed",
+            EndState::TimedOut => "timed_out",
+            EndState::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// Expectations of a test; only the fields given are checked.
@@ -455,6 +505,68 @@ pub struct Expectation {
     /// Rendering must fail with an error containing this text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_contains: Option<String>,
+    /// The messages the run would send to its `notify:` targets, at its start and its
+    /// end (with the test's `result`). Each entry matches one message, and every message
+    /// must be matched by an entry: `[]` says nothing is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Vec<MessageExpectation>>,
+}
+
+/// One message a test expects: to a target of kind `target`, at the run's `start` or
+/// `end`, saying what `contains` lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageExpectation {
+    /// The kind of target: `slack`, `github_comment`, `github_pull_request`, `webhook`.
+    pub target: NotifyKind,
+    /// `start` (when the run starts) or `end` (when it ends).
+    pub kind: MessageKind,
+    /// Text where it goes must contain: the Slack channel (and `thread TS`), the
+    /// `owner/name#number` of a comment, the `owner/name` of a pull request, the webhook's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Text the message must contain: Slack's text, the comment's body, the pull
+    /// request's title and body, the webhook's JSON (pretty-printed), or `not sent: WHY`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contains: Vec<String>,
+    /// Text the message must not contain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+}
+
+/// The kind of a `notify:` target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyKind {
+    Slack,
+    GithubComment,
+    GithubPullRequest,
+    Webhook,
+}
+
+impl NotifyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyKind::Slack => "slack",
+            NotifyKind::GithubComment => "github_comment",
+            NotifyKind::GithubPullRequest => "github_pull_request",
+            NotifyKind::Webhook => "webhook",
+        }
+    }
+
+    /// Whether a target of this kind is told of the start: Slack and GitHub comments post
+    /// at the start and edit at the end; a pull request and a webhook hear of the end only.
+    pub fn told_at_start(self) -> bool {
+        matches!(self, NotifyKind::Slack | NotifyKind::GithubComment)
+    }
+}
+
+/// Which of a run's messages: at its start or its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    Start,
+    End,
 }
 
 /// Requests written as `host`, `host:port`, `METHOD host` or `METHOD host:port`.

@@ -181,7 +181,9 @@ pub fn check_automation(automation: &Automation, file: &Path) -> Vec<Finding> {
     super::notify::check_targets(automation, &mut findings);
     check_follow_up(&automation.follow_up, &root.key("follow_up"), &mut findings);
     for (index, case) in automation.tests.iter().enumerate() {
-        check_test(case, file, &root.key("tests").index(index), &mut findings);
+        let at = root.key("tests").index(index);
+        check_test(case, file, &at, &mut findings);
+        check_test_messages(automation, case, &at, &mut findings);
     }
     findings
 }
@@ -203,6 +205,38 @@ pub fn check_follow_up(follow_up: &super::FollowUpConfig, path: &FieldPath, find
             Finding::new(path.key("window"), Code::InvalidValue, "`window` is zero, so no reply would be a follow-up")
                 .hint("give a duration such as `7d`, or set `enabled: false`"),
         );
+    }
+}
+
+/// A test's `expect.notify` names targets the automation has, and messages they are sent:
+/// a pull request and a webhook are told only of the end.
+pub fn check_test_messages(automation: &Automation, case: &TestCase, path: &FieldPath, findings: &mut Vec<Finding>) {
+    let Some(expected) = &case.expect.notify else { return };
+    let kinds: Vec<super::NotifyKind> = automation.notify.iter().filter_map(NotifyTarget::kind).collect();
+    for (n, wanted) in expected.iter().enumerate() {
+        let at = path.key("expect").key("notify").index(n);
+        if !kinds.contains(&wanted.target) {
+            let has = if kinds.is_empty() {
+                "it has no `notify:` targets".to_string()
+            } else {
+                let names: Vec<String> = kinds.iter().map(|kind| format!("`{}`", kind.as_str())).collect();
+                format!("its targets: {}", names.join(", "))
+            };
+            findings.push(Finding::new(
+                at.key("target"),
+                Code::InvalidValue,
+                format!("the automation has no `{}` target ({has})", wanted.target.as_str()),
+            ));
+        } else if wanted.kind == super::MessageKind::Start && !wanted.target.told_at_start() {
+            findings.push(
+                Finding::new(
+                    at.key("kind"),
+                    Code::InvalidValue,
+                    format!("a `{}` target is told only of the run's end", wanted.target.as_str()),
+                )
+                .hint("use `kind: end`"),
+            );
+        }
     }
 }
 

@@ -73,32 +73,83 @@ impl Client {
         let marker = marker(&message.attempt.message_id);
         // A try after the first may have reached GitHub without its answer arriving.
         let look_first = message.attempt.unsure || message.attempt.number > 1;
-        match message.target {
-            Target::GithubComment { repo, number, .. } => {
-                if let Err(why) = check_repo(repo) {
-                    return failed(&why);
-                }
-                let body = comment_body(message.kind, message.report, &marker);
-                call.comment(repo, *number, message, &body, &marker, look_first).await
+        match plan(message.target, message.kind, message.report, &marker) {
+            Err(outcome) => outcome,
+            Ok(Plan::Comment { repo, number, body }) => {
+                call.comment(repo, number, message, &body, &marker, look_first).await
             }
-            Target::GithubPullRequest { repo, base, draft, .. } => {
-                if let Err(why) = check_repo(repo) {
-                    return failed(&why);
-                }
-                if message.kind == Kind::Start {
-                    // A pull request is opened at the end only; a start message for one is
-                    // nothing to do, and answering Sent keeps it from being retried.
-                    return Outcome::Sent(Posted { id: String::new(), channel: None, url: None });
-                }
-                if !message.report.pushed {
-                    return failed("the branch was not pushed (task.push is false or the push failed)");
-                }
-                let pull = NewPull { repo, base, draft: *draft, report: message.report, marker: &marker };
-                call.pull_request(&pull, look_first).await
+            Ok(Plan::PullRequest { repo, request }) => {
+                call.pull_request(&NewPull { repo, branch: &message.report.branch, request }, look_first).await
             }
-            _ => failed("not a GitHub target"),
         }
     }
+}
+
+/// What a message to a GitHub target asks of GitHub, before any lookup an unsure attempt
+/// makes. Built by [`plan`], which `nightshift render` shows too.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan<'a> {
+    /// Post a comment with `body` on issue or pull request `number` of `repo` (at the end,
+    /// edit the start's comment to say it).
+    Comment { repo: &'a str, number: u64, body: String },
+    /// Open a pull request: `POST repos/{repo}/pulls` with `request`.
+    PullRequest { repo: &'a str, request: serde_json::Value },
+}
+
+/// What a message of `kind` to `target` asks (its bodies end with `marker`), or the outcome
+/// it has without a request: a failure (a bad `repo`, a branch that was not pushed), or
+/// nothing to do (a pull request's start).
+pub fn plan<'a>(target: &'a Target, kind: Kind, report: &Report, marker: &str) -> Result<Plan<'a>, Outcome> {
+    match target {
+        Target::GithubComment { repo, number, .. } => {
+            check_repo(repo).map_err(|why| failed(&why))?;
+            Ok(Plan::Comment { repo, number: *number, body: comment_body(kind, report, marker) })
+        }
+        Target::GithubPullRequest { repo, base, draft, .. } => {
+            check_repo(repo).map_err(|why| failed(&why))?;
+            if kind == Kind::Start {
+                // A pull request is opened at the end only; a start message for one is
+                // nothing to do, and answering Sent keeps it from being retried.
+                return Err(Outcome::Sent(Posted { id: String::new(), channel: None, url: None }));
+            }
+            if !report.pushed {
+                return Err(failed("the branch was not pushed (task.push is false or the push failed)"));
+            }
+            Ok(Plan::PullRequest { repo, request: pull_request_json(report, base, *draft, marker) })
+        }
+        _ => Err(failed("not a GitHub target")),
+    }
+}
+
+/// The API path of an issue's or pull request's comments (a new comment is POSTed there).
+pub fn comments_path(repo: &str, number: u64) -> String {
+    format!("repos/{repo}/issues/{number}/comments")
+}
+
+/// The API path of comment `id` (an edit is a PATCH there).
+pub fn comment_path(repo: &str, id: &str) -> String {
+    format!("repos/{repo}/issues/comments/{id}")
+}
+
+/// The API path of a repository's pull requests (a new one is POSTed there).
+pub fn pulls_path(repo: &str) -> String {
+    format!("repos/{repo}/pulls")
+}
+
+/// The JSON of a comment's POST or PATCH.
+pub fn comment_json(body: &str) -> serde_json::Value {
+    json!({ "body": body })
+}
+
+/// The JSON of `POST repos/{repo}/pulls`: from the run's branch into `base`.
+pub fn pull_request_json(report: &Report, base: &str, draft: bool, marker: &str) -> serde_json::Value {
+    json!({
+        "title": pull_title(report),
+        "head": report.branch,
+        "base": base,
+        "body": pull_body(report, marker),
+        "draft": draft,
+    })
 }
 
 /// One message's requests, with its token.
@@ -107,13 +158,11 @@ struct Call<'a> {
     token: &'a str,
 }
 
-/// What opening a pull request needs.
+/// What opening a pull request needs: where, from which branch, and the request.
 struct NewPull<'a> {
     repo: &'a str,
-    base: &'a str,
-    draft: bool,
-    report: &'a Report,
-    marker: &'a str,
+    branch: &'a str,
+    request: serde_json::Value,
 }
 
 /// A request's answer: success with its status and headers and text, or the outcome
@@ -189,8 +238,8 @@ impl Call<'_> {
                 if !id.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(failed(&format!("the start's comment id `{id}` is not a GitHub comment id")));
                 }
-                let url = self.url(&format!("repos/{repo}/issues/comments/{id}"))?;
-                let answer = self.request(Method::PATCH, url, Some(json!({ "body": body }))).await?;
+                let url = self.url(&comment_path(repo, &id))?;
+                let answer = self.request(Method::PATCH, url, Some(comment_json(body))).await?;
                 if answer.status.is_success() {
                     return Ok(posted_comment(&parse_item(&answer.text)?));
                 }
@@ -199,8 +248,8 @@ impl Call<'_> {
                     return Err(classify(answer.status, &answer.headers, &answer.text, unix_now()));
                 }
             }
-            let url = self.url(&format!("repos/{repo}/issues/{number}/comments"))?;
-            let answer = self.expect(Method::POST, url, Some(json!({ "body": body }))).await?;
+            let url = self.url(&comments_path(repo, number))?;
+            let answer = self.expect(Method::POST, url, Some(comment_json(body))).await?;
             Ok(posted_comment(&parse_item(&answer.text)?))
         };
         result.await.unwrap_or_else(|outcome| outcome)
@@ -228,15 +277,8 @@ impl Call<'_> {
             if look_first && let Some(found) = self.find_pull(pull).await? {
                 return Ok(posted_pull(&found));
             }
-            let body = json!({
-                "title": pull_title(pull.report),
-                "head": pull.report.branch,
-                "base": pull.base,
-                "body": pull_body(pull.report, pull.marker),
-                "draft": pull.draft,
-            });
-            let answer =
-                self.request(Method::POST, self.url(&format!("repos/{}/pulls", pull.repo))?, Some(body)).await?;
+            let body = Some(pull.request.clone());
+            let answer = self.request(Method::POST, self.url(&pulls_path(pull.repo))?, body).await?;
             if answer.status.is_success() {
                 return Ok(posted_pull(&parse_item(&answer.text)?));
             }
@@ -257,10 +299,8 @@ impl Call<'_> {
     /// The open pull request from the run's branch, if there is one.
     async fn find_pull(&self, pull: &NewPull<'_>) -> Result<Option<Item>, Outcome> {
         let owner = pull.repo.split('/').next().unwrap_or_default();
-        let mut url = self.url(&format!("repos/{}/pulls", pull.repo))?;
-        url.query_pairs_mut()
-            .append_pair("head", &format!("{owner}:{}", pull.report.branch))
-            .append_pair("state", "open");
+        let mut url = self.url(&pulls_path(pull.repo))?;
+        url.query_pairs_mut().append_pair("head", &format!("{owner}:{}", pull.branch)).append_pair("state", "open");
         let answer = self.expect(Method::GET, url, None).await?;
         Ok(parse_items(&answer.text)?.into_iter().next())
     }

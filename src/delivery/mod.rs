@@ -9,6 +9,7 @@
 //! with an [`Outcome`]. A transport never touches the store.
 
 pub mod github;
+pub mod preview;
 pub mod sender;
 pub mod slack;
 pub mod transports;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::SecretRef;
+use crate::config::{NotifyKind, SecretRef};
 
 /// Where a run's messages go, with everything the event told about the place: rendered
 /// into the run's task at ingest, so a message can be sent after the automation changed.
@@ -35,6 +36,18 @@ pub enum Target {
     GithubPullRequest { repo: String, base: String, draft: bool, token: SecretRef },
     /// The run as JSON, POSTed to `url`; signed with Standard Webhooks when `secret` is set.
     Webhook { url: String, secret: Option<SecretRef> },
+}
+
+impl Target {
+    /// The kind of target, as `notify:` names it.
+    pub fn kind(&self) -> NotifyKind {
+        match self {
+            Target::Slack { .. } => NotifyKind::Slack,
+            Target::GithubComment { .. } => NotifyKind::GithubComment,
+            Target::GithubPullRequest { .. } => NotifyKind::GithubPullRequest,
+            Target::Webhook { .. } => NotifyKind::Webhook,
+        }
+    }
 }
 
 /// Which of a run's messages to a target this is.

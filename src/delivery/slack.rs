@@ -72,10 +72,7 @@ impl Client {
         let Some(token) = message.secret.filter(|token| !token.is_empty()) else {
             return Outcome::Failed { why: "no Slack token: the target's token reference is empty".to_string() };
         };
-        let text = match message.kind {
-            Kind::Start => start_text(message.report),
-            Kind::End => end_text(message.report),
-        };
+        let text = text(message.kind, message.report);
         if let (Kind::End, Some(earlier)) = (message.kind, message.earlier) {
             let channel = earlier.channel.as_deref().unwrap_or(channel);
             match self.update(token, channel, &earlier.id, &text).await {
@@ -106,8 +103,7 @@ impl Client {
 
     /// Edits the message `ts` in `channel` to say `text`.
     async fn update(&self, token: &str, channel: &str, ts: &str, text: &str) -> Result<Value, Refusal> {
-        let body = json!({ "channel": channel, "ts": ts, "text": text });
-        self.call(self.post_json("chat.update", token, &body)).await
+        self.call(self.post_json("chat.update", token, &update_body(channel, ts, text))).await
     }
 
     /// The message an earlier try posted for `message_id`: among the replies of
@@ -121,7 +117,7 @@ impl Client {
         message_id: &str,
     ) -> Result<Option<Posted>, Outcome> {
         let (method, query) = lookup_query(channel, thread_ts);
-        let request = self.http.get(self.endpoint(method)).bearer_auth(token).query(&query).timeout(TIMEOUT);
+        let request = self.http.get(endpoint(&self.api_url, method)).bearer_auth(token).query(&query).timeout(TIMEOUT);
         let answer = self.call(request).await.map_err(|refusal| refused(method, channel, refusal))?;
         Ok(find_posted(&answer, message_id).map(|ts| Posted {
             id: ts.to_string(),
@@ -133,18 +129,12 @@ impl Client {
     /// A POST of `body` as JSON to `method`, with the token.
     fn post_json(&self, method: &str, token: &str, body: &Value) -> RequestBuilder {
         self.http
-            .post(self.endpoint(method))
+            .post(endpoint(&self.api_url, method))
             .bearer_auth(token)
             // Slack warns (`missing_charset`) about JSON without a charset.
             .header(CONTENT_TYPE, "application/json; charset=utf-8")
             .body(body.to_string())
             .timeout(TIMEOUT)
-    }
-
-    /// `{api_url}{method}`, whether or not the configured URL ends with `/`.
-    fn endpoint(&self, method: &str) -> String {
-        let base = self.api_url.as_str();
-        if base.ends_with('/') { format!("{base}{method}") } else { format!("{base}/{method}") }
     }
 
     /// Sends `request` and reads Slack's answer: the JSON of an `ok` answer, else why not.
@@ -245,6 +235,26 @@ fn sent(answer: &Value, channel: &str) -> Outcome {
         }),
         None => Outcome::Retry { after: None, why: "Slack's answer has no ts".to_string() },
     }
+}
+
+/// `{api_url}{method}`, whether or not the configured URL ends with `/`.
+pub fn endpoint(api_url: &reqwest::Url, method: &str) -> String {
+    let base = api_url.as_str();
+    if base.ends_with('/') { format!("{base}{method}") } else { format!("{base}/{method}") }
+}
+
+/// The text of a message of `kind` about `report`: what is posted at the start and what
+/// the end edits it to.
+pub fn text(kind: Kind, report: &Report) -> String {
+    match kind {
+        Kind::Start => start_text(report),
+        Kind::End => end_text(report),
+    }
+}
+
+/// The JSON of `chat.update`: the message `ts` in `channel` now says `text`.
+pub fn update_body(channel: &str, ts: &str, text: &str) -> Value {
+    json!({ "channel": channel, "ts": ts, "text": text })
 }
 
 /// The JSON of `chat.postMessage`: no unfurling (agent text may carry links), no

@@ -34,6 +34,11 @@ pub fn event_type(kind: Kind) -> &'static str {
     }
 }
 
+/// What a message of `kind` about `report` POSTs, as attempted at `now`.
+pub fn payload(kind: Kind, report: &Report, now: DateTime<Utc>) -> Payload<'_> {
+    Payload { kind: event_type(kind), timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), data: report }
+}
+
 /// Sends webhook targets' messages.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -58,11 +63,7 @@ impl Client {
             Err(why) => return Outcome::Failed { why },
         };
         let now = Utc::now();
-        let body = match serde_json::to_vec(&Payload {
-            kind: event_type(message.kind),
-            timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            data: message.report,
-        }) {
+        let body = match serde_json::to_vec(&payload(message.kind, message.report, now)) {
             Ok(body) => body,
             Err(error) => return Outcome::Failed { why: format!("cannot write the report as JSON: {error}") },
         };

@@ -119,7 +119,7 @@ impl Entry {
 pub fn sends(target: &Target, kind: Kind) -> bool {
     match kind {
         Kind::End => true,
-        Kind::Start => matches!(target, Target::Slack { .. } | Target::GithubComment { .. }),
+        Kind::Start => target.kind().told_at_start(),
     }
 }
 

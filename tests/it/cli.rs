@@ -36,7 +36,7 @@ fn test_runs_every_case_and_counts() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("ok   p1-incident-investigation › a P1 incident starts an investigation"), "{stdout}");
-    assert!(stdout.trim_end().ends_with("10 passed, 0 failed"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("13 passed, 0 failed"), "{stdout}");
 }
 
 #[test]
@@ -177,4 +177,143 @@ fn validate_refuses_a_rule_that_sleeps_naming_the_function_and_where() {
         stderr.contains("sleepy.yaml:6:5: error[rhai-syntax]: rhai: `sleep` is not available: rules cannot wait"),
         "{stderr}"
     );
+}
+
+/// An automation told of by Slack (a channel) and a webhook, with one test whose
+/// `expect.notify` holds and one whose does not.
+const TOLD: &str = r#"name: told
+trigger: { manual: {} }
+task: { agent: codex, repo: /r, branch: "agent/told", prompt: "hi", push: true }
+notify:
+  - slack: { channel: C0OPS }
+  - webhook: { url: "https://ops.example.com/hook", secret: "env:OPS_SECRET" }
+tests:
+  - name: what would be sent
+    event: e.json
+    now: "2026-11-22T09:00:00Z"
+    result: { state: failed, summary: "Tried <!here>", reason: "tests failed" }
+    expect:
+      notify:
+        - { target: slack, kind: start, to: C0OPS, contains: ["*told* is working on this", "`agent/told`"] }
+        - target: slack
+          kind: end
+          contains: [":x: *told* failed", "Reason: tests failed", "> Tried &lt;!here&gt;"]
+          excludes: ["<!here>"]
+        - target: webhook
+          kind: end
+          to: "https://ops.example.com/hook"
+          contains: ['"type": "run.ended"', '"state": "failed"', '"pushed": false', '"timestamp": "2026-11-22T09:00:00Z"']
+  - name: what differs is said
+    event: e.json
+    expect:
+      notify:
+        - { target: slack, kind: start }
+        - { target: slack, kind: end, contains: ["succeeded", "Pull request"] }
+"#;
+
+#[test]
+fn a_test_asserts_what_would_be_sent_and_a_failure_says_what_differed() {
+    let dir = temp_dir_with(&[("a/told.yaml", TOLD), ("a/e.json", "{}")]);
+    let out = nightshift(&["test", "--messages", dir.path().join("a").to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("ok   told › what would be sent"), "{stdout}");
+    assert!(stdout.contains("FAIL told › what differs is said"), "{stdout}");
+    // The first expectation's difference, with the message it was held to...
+    assert!(
+        stdout.contains(
+            "expect.notify[1] (slack end): the message does not contain \"Pull request\"\n       \
+             slack end → C0OPS (POST https://slack.com/api/chat.update); edits the start's message"
+        ),
+        "{stdout}"
+    );
+    // ...and the message no entry lists.
+    assert!(
+        stdout.contains("a message expect.notify does not list is sent: webhook end → https://ops.example.com/hook"),
+        "{stdout}"
+    );
+    // `--messages` shows each message; a default result says it is a placeholder.
+    assert!(stdout.contains("     = webhook end → https://ops.example.com/hook (POST https://ops.example.com/hook)"));
+    assert!(stdout.contains("the end messages use a placeholder summary"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("1 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn expected_messages_must_name_targets_the_automation_has_at_file_line_col() {
+    let automation = "name: quiet\ntrigger: { manual: {} }\ntask: { agent: codex, repo: /r, prompt: hi }\nnotify:\n  - webhook: { url: \"https://ops.example.com/hook\" }\ntests:\n  - event: e.json\n    expect:\n      notify:\n        - { target: slack, kind: end }\n        - { target: webhook, kind: start }\n";
+    let dir = temp_dir_with(&[("quiet.yaml", automation), ("e.json", "{}")]);
+    let file = dir.path().join("quiet.yaml");
+    let out = nightshift(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let file = file.display();
+    assert!(
+        stderr.contains(&format!(
+            "{file}:10:21: error[invalid-value]: the automation has no `slack` target (its targets: `webhook`)"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:11:36: error[invalid-value]: a `webhook` target is told only of the run's end\n  = hint: use `kind: end`"
+        )),
+        "{stderr}"
+    ); // A kind that is neither is the schema's error.
+    let typo = automation.replace("kind: start }", "kind: ended }");
+    std::fs::write(dir.path().join("quiet.yaml"), typo).unwrap();
+    let stderr = text(&nightshift(&["validate", dir.path().join("quiet.yaml").to_str().unwrap()]).stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{file}:11:36: error[invalid-value]: `ended` is not a valid value for `tests[0].expect.notify[1].kind`\n  = hint: did you mean `end`?"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn render_shows_the_messages_a_pull_request_run_would_send() {
+    let automation = r#"name: opener
+trigger: { github: { secret: "env:GH_SECRET", events: [issues.opened] } }
+task: { agent: codex, repo: /r, branch: "agent/issue-{{ event.issue.number }}", prompt: hi, push: true }
+notify:
+  - github_comment: {}
+  - github_pull_request: { draft: false }
+"#;
+    let event =
+        r#"{"action": "opened", "issue": {"number": 12, "title": "t"}, "repository": {"full_name": "acme/shop"}}"#;
+    let dir = temp_dir_with(&[
+        ("a/opener.yaml", automation),
+        ("a/e.json", event),
+        ("result.json", r#"{"summary": "Fixed the cart\n\nDetails."}"#),
+        ("failed.json", r#"{"state": "failed", "reason": "tests failed"}"#),
+    ]);
+    let render = |result: Option<&str>| {
+        let mut args = vec!["render", "opener", "--now", "2026-11-22T09:00:00Z", "--header", "X-GitHub-Event: issues"];
+        let dir_arg = dir.path().join("a");
+        let event_arg = dir.path().join("a/e.json");
+        let result_arg = dir.path().join(result.unwrap_or("none"));
+        args.extend(["--dir", dir_arg.to_str().unwrap(), "--event", event_arg.to_str().unwrap()]);
+        if result.is_some() {
+            args.extend(["--result", result_arg.to_str().unwrap()]);
+        }
+        let out = nightshift(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let rendered = render(Some("result.json"));
+    insta::assert_json_snapshot!("render_pull_request_messages", rendered["messages"]);
+    assert_eq!(
+        rendered["result"],
+        serde_json::json!({"state": "succeeded", "summary": "Fixed the cart\n\nDetails.", "pushed": true, "pull_request": "(placeholder: the pull request's link)", "placeholders": ["pull_request"]})
+    );
+    // Without a result: a placeholder summary, said so.
+    let rendered = render(None);
+    assert_eq!(rendered["result"]["placeholders"], serde_json::json!(["summary", "pull_request"]));
+    assert_eq!(rendered["messages"][2]["body"]["title"], "opener: (placeholder: the agent's summary)");
+    // A failed run pushes nothing: the pull request is not opened, and says why.
+    let rendered = render(Some("failed.json"));
+    let pull = &rendered["messages"][2];
+    assert_eq!(pull["text"], "not sent: the branch was not pushed (task.push is false or the push failed)");
+    assert!(pull.get("request").is_none() && pull.get("body").is_none(), "{pull:#}");
+    assert!(rendered["messages"][1]["text"].as_str().unwrap().contains("**Reason:** tests failed"), "{rendered:#}");
 }
