@@ -35,6 +35,12 @@ pub struct Args {
     /// every request.
     #[arg(long, value_name = "TOKEN")]
     worker_token: Vec<String>,
+    /// The address people reach this server at (e.g. `https://nightshift.example.com`):
+    /// Slack messages, GitHub comments, pull requests and webhooks link to each run at
+    /// `URL/api/runs/ID`. Also read from NIGHTSHIFT_PUBLIC_URL. Without it, messages
+    /// carry no link.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
     #[command(flatten)]
     worker: WorkerArgs,
     #[command(flatten)]
@@ -112,6 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         worker: args.worker.settings(data.join("work"))?,
         worker_tokens: worker_tokens(args.worker_token),
         limits: args.limits.limits()?,
+        public_url: public_url(args.public_url)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -123,6 +130,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--public-url`, else NIGHTSHIFT_PUBLIC_URL: an http(s) URL with a host, or none.
+fn public_url(given: Option<String>) -> anyhow::Result<Option<String>> {
+    let url = given.or_else(|| std::env::var("NIGHTSHIFT_PUBLIC_URL").ok()).filter(|url| !url.is_empty());
+    let Some(url) = url else { return Ok(None) };
+    crate::config::notify::http_url(&url).map_err(|why| anyhow::anyhow!("--public-url: {why}"))?;
+    Ok(Some(url.trim_end_matches('/').to_string()))
 }
 
 /// The tokens given on the command line and in NIGHTSHIFT_WORKER_TOKEN.

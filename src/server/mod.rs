@@ -63,6 +63,9 @@ pub struct ServeOptions {
     pub worker_tokens: Vec<String>,
     /// What a client, a connection or a hook's rules may take of the server.
     pub limits: ServeLimits,
+    /// Where people reach the server (`--public-url`): messages link to
+    /// `{public_url}/api/runs/{id}`.
+    pub public_url: Option<String>,
 }
 
 /// What one client, connection or hook may take of the server, so none can stall the
@@ -485,7 +488,8 @@ pub async fn serve(server: Arc<Server>, transport: Arc<dyn crate::delivery::Tran
         Arc::clone(&server.store),
         transport,
         Arc::new(crate::scheduler::SystemClock),
-    ));
+    )
+    .with_public_url(server.options.public_url.clone()));
     let sender = tokio::spawn(sender.run(stopped.clone()));
 
     // Last: the file tells the other commands (and tests) the server is ready.
