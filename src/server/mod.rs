@@ -484,12 +484,14 @@ pub async fn serve(server: Arc<Server>, transport: Arc<dyn crate::delivery::Tran
     let reloader = reload::watch(Arc::clone(&server), stopped.clone())?;
     let mut maintenance = maintenance::start(Arc::clone(&server)).await?;
     let pool = start_local_workers(&server)?;
-    let sender = Arc::new(crate::delivery::sender::Sender::new(
-        Arc::clone(&server.store),
-        transport,
-        Arc::new(crate::scheduler::SystemClock),
-    )
-    .with_public_url(server.options.public_url.clone()));
+    let sender = Arc::new(
+        crate::delivery::sender::Sender::new(
+            Arc::clone(&server.store),
+            transport,
+            Arc::new(crate::scheduler::SystemClock),
+        )
+        .with_public_url(server.options.public_url.clone()),
+    );
     let sender = tokio::spawn(sender.run(stopped.clone()));
 
     // Last: the file tells the other commands (and tests) the server is ready.
