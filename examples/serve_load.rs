@@ -53,8 +53,10 @@
 //!   SECONDS. Meanwhile one keep-alive connection opened before sends signed requests,
 //!   and a fresh connection sends one every second. Prints how many connections
 //!   opened, the server's resident memory, and both clients' answers and latencies.
-//! - `notify`: the outbox's speed. Each round queues 200 runs of two manual automations,
-//!   claims and starts them through the worker API (the tool is the worker), then drives
+//! - `notify`: the outbox's speed. Each round queues 300 runs of three manual
+//!   automations, claims and starts them through the worker API (the tool is the
+//!   worker), completes the 100 of `idle` (one webhook target each) at once after a 3 s
+//!   pause on an otherwise idle server, then drives
 //!   signed deliveries to `load-hook` (whose `when` is false: authenticated, evaluated,
 //!   stored, no run) three times for 4 s each: alone; while the 100 runs of `silent` (no
 //!   targets) are completed at once 1 s in; and while the 100 runs of `told` (one
@@ -783,6 +785,8 @@ const WORKER_TOKEN: &str = "serve-load-worker";
 const LEAD: Duration = Duration::from_millis(1000);
 /// The shortest window ingest is counted over.
 const MIN_WINDOW: Duration = Duration::from_millis(1000);
+/// The pause before the runs end on an idle server.
+const SETTLE: Duration = Duration::from_secs(3);
 /// How long the last message of a round may take to arrive.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -1032,7 +1036,9 @@ async fn notify(rounds: u64, connections: u64) -> anyhow::Result<()> {
         let silent_runs = queue_and_claim(&serve, "silent", NOTIFY_RUNS, first).await?;
         let told_runs = queue_and_claim(&serve, "told", NOTIFY_RUNS, first).await?;
 
-        // Runs ending at once on an idle server.
+        // Runs ending at once on an idle server: after a pause, so the store's background
+        // work after the queueing (its log, a checkpoint) is done.
+        tokio::time::sleep(SETTLE).await;
         let idle_times = complete_all(&serve, &idle_runs).await?;
         expected += NOTIFY_RUNS;
         arrived(&receiver, expected).await?;
