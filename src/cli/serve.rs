@@ -146,3 +146,18 @@ fn worker_tokens(given: Vec<String>) -> Vec<String> {
     let from_env = from_env.split(',').map(str::trim).map(str::to_string);
     given.into_iter().chain(from_env).filter(|token| !token.is_empty()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_url_is_http_with_a_host_and_loses_its_trailing_slash() {
+        let given = |url: &str| public_url(Some(url.to_string()));
+        assert_eq!(given("https://ns.example.com/").expect("a URL"), Some("https://ns.example.com".to_string()));
+        assert_eq!(given("http://10.0.0.5:8080").expect("a URL"), Some("http://10.0.0.5:8080".to_string()));
+        let refused = given("ns.example.com").expect_err("no scheme");
+        assert!(refused.to_string().starts_with("--public-url: "), "{refused}");
+        assert!(given("ftp://ns.example.com/").is_err());
+    }
+}
