@@ -12,6 +12,7 @@
 //! cargo run --release --example serve_load -- slow [REQUESTS=2000]
 //! cargo run --release --example serve_load -- stall [UPLOADS=200] [BODY_TIMEOUT=10]
 //! cargo run --release --example serve_load -- flood [CONNECTIONS=20000] [SECONDS=15]
+//! cargo run --release --example serve_load -- notify [ROUNDS=5] [CONNECTIONS=16]
 //! ```
 //!
 //! - `hooks`: closed loop, the most throughput. Each connection sends its next request as
@@ -52,6 +53,19 @@
 //!   SECONDS. Meanwhile one keep-alive connection opened before sends signed requests,
 //!   and a fresh connection sends one every second. Prints how many connections
 //!   opened, the server's resident memory, and both clients' answers and latencies.
+//! - `notify`: the outbox's speed. Each round queues 300 runs of three manual
+//!   automations, claims and starts them through the worker API (the tool is the
+//!   worker), completes the 100 of `idle` (one webhook target each) at once after a 3 s
+//!   pause on an otherwise idle server, then drives
+//!   signed deliveries to `load-hook` (whose `when` is false: authenticated, evaluated,
+//!   stored, no run) three times for 4 s each: alone; while the 100 runs of `silent` (no
+//!   targets) are completed at once 1 s in; and while the 100 runs of `told` (one
+//!   webhook target each, to a receiver on a thread of this tool) are completed at once
+//!   1 s in and their messages drain. Prints each run's time from its end to its webhook
+//!   request arriving (p50/p99/max: from sending the complete, an upper bound, and from
+//!   its answer, which comes after the commit), the drain time (first complete sent to
+//!   last message arrived), and ingest per second over the same window (the drain, at
+//!   least 1 s) in the three cases, their medians and ratios.
 //!
 //! The server is `NIGHTSHIFT_BIN`, else `target/release/nightshift`. Its automations,
 //! data directory and log (shown when it fails) live in a temporary directory under
@@ -91,6 +105,7 @@ const USAGE: &str = "usage: serve_load hooks [CONNECTIONS=64] [SECONDS=5]
        serve_load slow [REQUESTS=2000]
        serve_load stall [UPLOADS=200] [BODY_TIMEOUT=10]
        serve_load flood [CONNECTIONS=20000] [SECONDS=15]
+       serve_load notify [ROUNDS=5] [CONNECTIONS=16]
 (build the server first: cargo build --release)";
 
 /// The webhook secret; the server reads it from `LOAD_SECRET`.
@@ -169,6 +184,7 @@ fn main() -> ExitCode {
         "slow" => runtime.block_on(slow(arg(0, 2000, MAX_REQUESTS))),
         "stall" => runtime.block_on(stall(arg(0, 200, MAX_CONNECTIONS), arg(1, 10, MAX_SECONDS))),
         "flood" => runtime.block_on(flood(arg(0, 20_000, MAX_FLOOD), arg(1, 15, MAX_SECONDS))),
+        "notify" => runtime.block_on(notify(arg(0, 5, MAX_REPEATS), arg(1, 16, MAX_CONNECTIONS))),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -759,6 +775,364 @@ async fn idle(automations: u64, seconds: u64) -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
+// The notify mode: runs ending at once, their messages, and ingest beside them
+
+/// Runs ended at once per round.
+const NOTIFY_RUNS: usize = 100;
+/// The bench's worker token (it claims and completes the runs through the worker API).
+const WORKER_TOKEN: &str = "serve-load-worker";
+/// How long the load runs before the runs end, in each window.
+const LEAD: Duration = Duration::from_millis(1000);
+/// The shortest window ingest is counted over.
+const MIN_WINDOW: Duration = Duration::from_millis(1000);
+/// The pause before the runs end on an idle server.
+const SETTLE: Duration = Duration::from_secs(3);
+/// How long the last message of a round may take to arrive.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Deliveries to `load-hook` in the notify mode: authenticated, rules evaluated, the event
+/// stored, and no run (`when` is false), so the runs queued are the bench's own.
+const QUIET_HOOK: &str = r#"name: load-hook
+trigger:
+  webhook:
+    auth: { hmac: { secret: env:LOAD_SECRET } }
+when: "event.n < 0"
+task:
+  agent: codex
+  repo: https://github.com/acme/shop.git
+  base: main
+  branch: "agent/load-{{ event.n }}"
+  prompt: "Handle {{ event.n }}"
+"#;
+
+/// A manual automation whose runs the bench ends; with `notify`, each end is a webhook
+/// message to the bench's receiver. Each run has a repository of its own, so none waits
+/// for another's paths.
+fn ending_automation(name: &str, notify: Option<&str>) -> String {
+    let notify = notify.map(|url| format!("notify:\n  - webhook: {{ url: \"{url}\" }}\n")).unwrap_or_default();
+    format!(
+        "name: {name}\ntrigger: {{ manual: {{}} }}\nconcurrency: {{ limit: 1000 }}\ntask:\n  agent: codex\n  \
+         repo: \"https://github.com/acme/{name}-{{{{ event.n }}}}.git\"\n  \
+         base: main\n  branch: \"agent/{name}-{{{{ event.n }}}}\"\n  prompt: \"Work {{{{ event.n }}}}\"\n{notify}"
+    )
+}
+
+/// A loopback webhook receiver on a thread of its own: the first arrival of each
+/// `webhook-id`, and how many requests came.
+struct Receiver {
+    address: SocketAddr,
+    arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
+    requests: Arc<AtomicU64>,
+}
+
+impl Receiver {
+    fn start() -> anyhow::Result<Receiver> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the receiver")?;
+        listener.set_nonblocking(true).context("a non-blocking listener")?;
+        let address = listener.local_addr()?;
+        let arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+        let requests = Arc::new(AtomicU64::new(0));
+        let (kept, counted) = (Arc::clone(&arrivals), Arc::clone(&requests));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let (kept, counted) = (Arc::clone(&kept), Arc::clone(&counted));
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                            let at = Instant::now();
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            let id = request.headers().get("webhook-id").and_then(|v| v.to_str().ok());
+                            if let Some(id) = id {
+                                kept.lock().expect("the arrivals").entry(id.to_string()).or_insert(at);
+                            }
+                            async move {
+                                let _ = request.into_body().collect().await;
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        Ok(Receiver { address, arrivals, requests })
+    }
+}
+
+/// A claimed run: its id, automation and lease epoch (as the server wrote it).
+struct Claimed {
+    id: String,
+    automation: String,
+    epoch: serde_json::Value,
+}
+
+fn json_request(address: SocketAddr, path: &str, token: &str, body: &serde_json::Value) -> Request<Body> {
+    Request::post(path)
+        .header(HOST, address.to_string())
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a JSON request is well formed")
+}
+
+/// POSTs JSON on a connection of its own; fails unless the answer is `expected`.
+async fn post_json(
+    serve: &Serve,
+    path: &str,
+    token: &str,
+    body: &serde_json::Value,
+    expected: StatusCode,
+) -> anyhow::Result<Bytes> {
+    let request = json_request(serve.address, path, token, body);
+    let (status, answer) = exchange_once(serve.address, request, REQUEST_TIMEOUT).await?;
+    if status != expected {
+        bail!("POST {path} answered {status}: {}", String::from_utf8_lossy(&answer));
+    }
+    Ok(answer)
+}
+
+/// Queues `count` runs of `automation`, claims them all (they are the only queued runs)
+/// and marks them started.
+async fn queue_and_claim(serve: &Serve, automation: &str, count: usize, first: usize) -> anyhow::Result<Vec<Claimed>> {
+    for n in first..first + count {
+        let path = format!("/api/automations/{automation}/run");
+        post_json(serve, &path, &serve.token, &serde_json::json!({ "n": n }), StatusCode::ACCEPTED).await?;
+    }
+    let mut claimed = Vec::with_capacity(count);
+    let ask = serde_json::json!({ "worker": "bench", "lease_seconds": 3600, "wait_seconds": 0 });
+    while claimed.len() < count {
+        let answer = post_json(serve, "/api/worker/claim", WORKER_TOKEN, &ask, StatusCode::OK).await?;
+        let claim: serde_json::Value = serde_json::from_slice(&answer).context("a claim")?;
+        let text = |pointer: &str| claim.pointer(pointer).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let run = Claimed {
+            id: text("/run/id"),
+            automation: text("/run/automation"),
+            epoch: claim["lease"]["epoch"].clone(),
+        };
+        if run.automation != automation {
+            bail!("claimed run {} of {}, expected {automation}: the queue holds other runs", run.id, run.automation);
+        }
+        let path = format!("/api/worker/runs/{}/started", run.id);
+        post_json(serve, &path, WORKER_TOKEN, &serde_json::json!({ "epoch": run.epoch }), StatusCode::NO_CONTENT)
+            .await?;
+        claimed.push(run);
+    }
+    Ok(claimed)
+}
+
+/// Completes every run at once (one connection each); returns each run's send and
+/// answer instants.
+async fn complete_all(serve: &Serve, runs: &[Claimed]) -> anyhow::Result<Vec<(String, Instant, Instant)>> {
+    let tasks: Vec<_> = runs
+        .iter()
+        .map(|run| {
+            let path = format!("/api/worker/runs/{}/complete", run.id);
+            let body = serde_json::json!({
+                "epoch": run.epoch,
+                "completion": { "outcome": "succeeded", "result": { "summary": format!("bench run {}", run.id) } },
+            });
+            let request = json_request(serve.address, &path, WORKER_TOKEN, &body);
+            let (address, id) = (serve.address, run.id.clone());
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let answer = exchange_once(address, request, REQUEST_TIMEOUT).await;
+                (id, sent, Instant::now(), answer)
+            })
+        })
+        .collect();
+    let mut times = Vec::with_capacity(runs.len());
+    for task in tasks {
+        let (id, sent, answered, answer) = task.await.context("a completion task failed")?;
+        match answer? {
+            (StatusCode::NO_CONTENT, _) => times.push((id, sent, answered)),
+            (status, body) => bail!("completing {id} answered {status}: {}", String::from_utf8_lossy(&body)),
+        }
+    }
+    Ok(times)
+}
+
+/// Ingest answers counted in `[from, from + window)`, per second.
+fn rate_in(answers: &[Instant], from: Instant, window: Duration) -> f64 {
+    let count = answers.iter().filter(|at| **at >= from && **at < from + window).count();
+    count as f64 / window.as_secs_f64()
+}
+
+/// The median of `values` (sorted in place).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Waits until the receiver holds `count` messages.
+async fn arrived(receiver: &Receiver, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while receiver.arrivals.lock().expect("the arrivals").len() < count {
+        if Instant::now() > deadline {
+            bail!("the messages did not all arrive within {DRAIN_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// Each run's time from its end to its message's arrival, from the complete's send and
+/// from its answer, in microseconds; and when the last message arrived.
+fn latencies(
+    receiver: &Receiver,
+    times: &[(String, Instant, Instant)],
+    from_sent: &mut Vec<i128>,
+    from_answered: &mut Vec<i128>,
+) -> anyhow::Result<Instant> {
+    let arrivals = receiver.arrivals.lock().expect("the arrivals").clone();
+    let mut last = times.iter().map(|(_, sent, _)| *sent).min().unwrap_or_else(Instant::now);
+    for (id, sent, answered) in times {
+        let arrived = arrivals.get(&format!("{id}-0-end")).copied().with_context(|| format!("no message for {id}"))?;
+        let signed = |from: Instant| match arrived.checked_duration_since(from) {
+            Some(after) => i128::try_from(after.as_micros()).unwrap_or(i128::MAX),
+            None => -i128::try_from(from.duration_since(arrived).as_micros()).unwrap_or(i128::MAX),
+        };
+        from_sent.push(signed(*sent));
+        from_answered.push(signed(*answered));
+        last = last.max(arrived);
+    }
+    Ok(last)
+}
+
+async fn notify(rounds: u64, connections: u64) -> anyhow::Result<()> {
+    let receiver = Receiver::start()?;
+    let workspace = Workspace::new()?;
+    let url = format!("http://{}/runs", receiver.address);
+    workspace.write("load-hook", QUIET_HOOK)?;
+    workspace.write("told", &ending_automation("told", Some(&url)))?;
+    workspace.write("idle", &ending_automation("idle", Some(&url)))?;
+    workspace.write("silent", &ending_automation("silent", None))?;
+    let project = workspace.dir.path().join("nightshift.yaml");
+    std::fs::write(&project, "notify: { allow_private_targets: true }\n").context("writing nightshift.yaml")?;
+    let project = project.to_string_lossy().to_string();
+    let args = ["--config", project.as_str(), "--worker-token", WORKER_TOKEN];
+    let (mut serve, _) = serve_with(&workspace, 0, &args).await?;
+    println!(
+        "notify: {rounds} rounds of {NOTIFY_RUNS} runs ending at once with a webhook each on an idle server; then \
+         ingest on {connections} hook connections alone, while {NOTIFY_RUNS} runs end (no targets), and while \
+         {NOTIFY_RUNS} runs end with a webhook each"
+    );
+    // Warm up: the first deliveries open what later ones reuse.
+    drive(&serve, connections, Pace::Closed, 1).await?;
+    let (mut idle_sent, mut idle_answered, mut load_sent, mut load_answered) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The idle latencies of the rounds after the first, whose messages open connections.
+    let mut warm_answered = Vec::new();
+    let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
+    let (mut alone, mut silent, mut told, mut drains) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut expected = 0;
+    for round in 0..rounds {
+        let first = usize::try_from(round).unwrap_or(0) * NOTIFY_RUNS;
+        let idle_runs = queue_and_claim(&serve, "idle", NOTIFY_RUNS, first).await?;
+        let silent_runs = queue_and_claim(&serve, "silent", NOTIFY_RUNS, first).await?;
+        let told_runs = queue_and_claim(&serve, "told", NOTIFY_RUNS, first).await?;
+
+        // Runs ending at once on an idle server: after a pause, so the store's background
+        // work after the queueing (its log, a checkpoint) is done.
+        tokio::time::sleep(SETTLE).await;
+        let idle_times = complete_all(&serve, &idle_runs).await?;
+        expected += NOTIFY_RUNS;
+        arrived(&receiver, expected).await?;
+        let idle_started = idle_times.iter().map(|(_, sent, _)| *sent).min().unwrap_or_else(Instant::now);
+        let before = idle_answered.len();
+        let idle_last = latencies(&receiver, &idle_times, &mut idle_sent, &mut idle_answered)?;
+        if round > 0 {
+            warm_answered.extend_from_slice(&idle_answered[before..]);
+        }
+
+        // Long enough for the lead, the drain and the window after it.
+        let seconds = (LEAD + MIN_WINDOW).as_secs() + 2;
+        // Ingest alone.
+        let quiet = drive(&serve, connections, Pace::Closed, seconds).await?;
+        // Ingest while runs without targets end.
+        let (ended, silent_times) = tokio::join!(drive(&serve, connections, Pace::Closed, seconds), async {
+            tokio::time::sleep(LEAD).await;
+            complete_all(&serve, &silent_runs).await
+        });
+        let (ended, silent_times) = (ended?, silent_times?);
+        let silent_from = silent_times.iter().map(|(_, sent, _)| *sent).min().unwrap_or(ended.started + LEAD);
+        // Ingest while runs end and their messages drain.
+        expected += NOTIFY_RUNS;
+        let (draining, told_times) = tokio::join!(drive(&serve, connections, Pace::Closed, seconds), async {
+            tokio::time::sleep(LEAD).await;
+            let times = complete_all(&serve, &told_runs).await?;
+            arrived(&receiver, expected).await?;
+            anyhow::Ok(times)
+        });
+        let (draining, told_times) = (draining?, told_times?);
+        let started = told_times.iter().map(|(_, sent, _)| *sent).min().unwrap_or(draining.started + LEAD);
+        let last = latencies(&receiver, &told_times, &mut load_sent, &mut load_answered)?;
+        let drain = last.duration_since(started);
+        let window = drain.max(MIN_WINDOW);
+        drains.push(drain.as_secs_f64() * 1000.0);
+        let a = rate_in(&quiet.tally.answers, quiet.started + LEAD, window);
+        let s = rate_in(&ended.tally.answers, silent_from, window);
+        let t = rate_in(&draining.tally.answers, started, window);
+        println!(
+            "  round {round}: idle drain {}; under load drain {} (first complete sent to last message); ingest over \
+             {}: alone {a:.0}/s, runs ending {s:.0}/s, runs ending + messages {t:.0}/s; errors {}",
+            millis(idle_last.duration_since(idle_started)),
+            millis(drain),
+            millis(window),
+            quiet.tally.errors + ended.tally.errors + draining.tally.errors
+        );
+        alone.push(a);
+        silent.push(s);
+        told.push(t);
+        for (kept, run) in cpu.iter_mut().zip([&quiet, &ended, &draining]) {
+            kept.push(run.server_cpu);
+        }
+        serve.check_running("during the test")?;
+    }
+    serve.stop().await?;
+    for samples in [&mut idle_sent, &mut idle_answered, &mut warm_answered, &mut load_sent, &mut load_answered] {
+        samples.sort_unstable();
+    }
+    println!(
+        "  run end to its first notify request, idle server, {} runs: from the complete's send {}; from its answer \
+         (after the commit) {}",
+        idle_sent.len(),
+        spread(&idle_sent),
+        spread(&idle_answered)
+    );
+    println!("  idle server, rounds after the first: from the answer {}", spread(&warm_answered));
+    println!(
+        "  the same under ingest load, {} runs: from the send {}; from the answer {}",
+        load_sent.len(),
+        spread(&load_sent),
+        spread(&load_answered)
+    );
+    let (a, s, t) = (median(&mut alone), median(&mut silent), median(&mut told));
+    println!(
+        "  ingest medians: alone {a:.0}/s, runs ending {s:.0}/s ({:.3} of alone), runs ending + messages {t:.0}/s \
+         ({:.3} of alone, {:.3} of runs ending); drain under load, median {:.1} ms; the receiver got {} requests",
+        s / a,
+        t / a,
+        t / s,
+        median(&mut drains),
+        receiver.requests.load(Ordering::Relaxed)
+    );
+    let [quiet_cpu, ended_cpu, draining_cpu] = &mut cpu;
+    println!(
+        "  server CPU over each 4 s load, medians: alone {:.0}%, runs ending {:.0}%, runs ending + messages {:.0}% \
+         of a core",
+        median(quiet_cpu),
+        median(ended_cpu),
+        median(draining_cpu)
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
 // The server
 
 /// A temporary directory with the automations, the data directories and the server logs.
@@ -1132,6 +1506,8 @@ struct Tally {
     /// Microseconds from send (open loop: from the due time) to the whole answer, one per
     /// answered request.
     latencies: Vec<u64>,
+    /// When each accepted request's answer came (unsorted).
+    answers: Vec<Instant>,
     /// Microseconds from the due time to the send (open loop).
     lags: Vec<u64>,
     accepted: u64,
@@ -1152,6 +1528,7 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         self.latencies.extend(other.latencies);
+        self.answers.extend(other.answers);
         self.lags.extend(other.lags);
         self.accepted += other.accepted;
         self.errors += other.errors;
@@ -1172,6 +1549,8 @@ impl Tally {
 struct Run {
     /// Latencies and lags sorted.
     tally: Tally,
+    /// When the load began.
+    started: Instant,
     /// From the start to the last answer.
     elapsed: Duration,
     /// CPU time over the run, as percentages of one core.
@@ -1220,7 +1599,7 @@ async fn drive(serve: &Serve, connections: u64, pace: Pace, seconds: u64) -> any
     let own_cpu = cpu_ticks("self")?.saturating_sub(own_before) as f64 / wall;
     tally.latencies.sort_unstable();
     tally.lags.sort_unstable();
-    Ok(Run { tally, elapsed, server_cpu, own_cpu })
+    Ok(Run { tally, started: start, elapsed, server_cpu, own_cpu })
 }
 
 /// When turn `n` is due.
@@ -1319,6 +1698,7 @@ async fn send_requests(mut sender: Sender, load: &Load, tally: &mut Tally) -> bo
                 tally.latencies.push(micros(answered.saturating_duration_since(due.unwrap_or(sent))));
                 if status == StatusCode::ACCEPTED {
                     tally.accepted += 1;
+                    tally.answers.push(answered);
                 } else {
                     tally.error(format!("request {n}: {status}: {}", String::from_utf8_lossy(&body)));
                 }

@@ -126,6 +126,7 @@ impl Bench {
             worker: WorkerSettings::new(root.join("work")),
             worker_tokens: Vec::new(),
             limits: Default::default(),
+            public_url: None,
         };
         let server = Server::open(options).expect("the automations load and the store opens");
         let inner = LocalControl::new(Arc::clone(&server), Duration::from_secs(60));

@@ -35,6 +35,12 @@ pub struct Args {
     /// every request.
     #[arg(long, value_name = "TOKEN")]
     worker_token: Vec<String>,
+    /// The address people reach this server at (e.g. `https://nightshift.example.com`):
+    /// Slack messages, GitHub comments, pull requests and webhooks link to each run at
+    /// `URL/api/runs/ID`. Also read from NIGHTSHIFT_PUBLIC_URL. Without it, messages
+    /// carry no link.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
     #[command(flatten)]
     worker: WorkerArgs,
     #[command(flatten)]
@@ -112,6 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         worker: args.worker.settings(data.join("work"))?,
         worker_tokens: worker_tokens(args.worker_token),
         limits: args.limits.limits()?,
+        public_url: public_url(args.public_url)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -125,9 +132,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--public-url`, else NIGHTSHIFT_PUBLIC_URL: an http(s) URL with a host, or none.
+fn public_url(given: Option<String>) -> anyhow::Result<Option<String>> {
+    let url = given.or_else(|| std::env::var("NIGHTSHIFT_PUBLIC_URL").ok()).filter(|url| !url.is_empty());
+    let Some(url) = url else { return Ok(None) };
+    crate::config::notify::http_url(&url).map_err(|why| anyhow::anyhow!("--public-url: {why}"))?;
+    Ok(Some(url.trim_end_matches('/').to_string()))
+}
+
 /// The tokens given on the command line and in NIGHTSHIFT_WORKER_TOKEN.
 fn worker_tokens(given: Vec<String>) -> Vec<String> {
     let from_env = std::env::var("NIGHTSHIFT_WORKER_TOKEN").unwrap_or_default();
     let from_env = from_env.split(',').map(str::trim).map(str::to_string);
     given.into_iter().chain(from_env).filter(|token| !token.is_empty()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_url_is_http_with_a_host_and_loses_its_trailing_slash() {
+        let given = |url: &str| public_url(Some(url.to_string()));
+        assert_eq!(given("https://ns.example.com/").expect("a URL"), Some("https://ns.example.com".to_string()));
+        assert_eq!(given("http://10.0.0.5:8080").expect("a URL"), Some("http://10.0.0.5:8080".to_string()));
+        let refused = given("ns.example.com").expect_err("no scheme");
+        assert!(refused.to_string().starts_with("--public-url: "), "{refused}");
+        assert!(given("ftp://ns.example.com/").is_err());
+    }
 }

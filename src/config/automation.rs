@@ -383,6 +383,12 @@ pub struct GithubCommentNotify {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GithubPullRequestNotify {
+    /// The repository to open it in, `owner/name`, a `{{ expr }}` template (e.g.
+    /// `acme/api`). Default: the repository of the GitHub event that started the run;
+    /// required when the automation has other than GitHub triggers (a Slack message
+    /// that asks for a fix, a cron job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
     /// The branch the pull request asks to merge into, a `{{ expr }}` template. Default:
     /// the task's rendered `base`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,7 +404,7 @@ pub struct GithubPullRequestNotify {
 
 impl Default for GithubPullRequestNotify {
     fn default() -> Self {
-        GithubPullRequestNotify { base: None, draft: true, token: None }
+        GithubPullRequestNotify { repo: None, base: None, draft: true, token: None }
     }
 }
 

@@ -131,7 +131,7 @@ pub fn check_settings(slack: &SlackSettings, github: &GithubSettings, findings: 
 /// Checks of one automation's `notify:` that need its triggers: a Slack target without a
 /// `channel` replies in the triggering thread, so every trigger must be Slack; GitHub
 /// targets take the repository and number from the event, so every trigger must be
-/// GitHub; a webhook URL is http(s) with a host.
+/// GitHub (unless a pull request names its `repo`); a webhook URL is http(s) with a host.
 pub fn check_targets(automation: &Automation, findings: &mut Vec<Finding>) {
     let kinds: Vec<Option<TriggerKind>> =
         automation.all_triggers().map(|t| t.source().map(|source| source.kind())).collect();
@@ -160,12 +160,18 @@ pub fn check_targets(automation: &Automation, findings: &mut Vec<Finding>) {
                 .hint("give a `channel` (e.g. `C0123ABC`), or keep only Slack triggers"),
             );
         }
+        // A pull request with its own `repo` needs nothing from the event.
         let github = [
             ("github_comment", target.github_comment.is_some()),
-            ("github_pull_request", target.github_pull_request.is_some()),
+            ("github_pull_request", target.github_pull_request.as_ref().is_some_and(|pull| pull.repo.is_none())),
         ];
         for (field, _) in github.into_iter().filter(|(_, set)| *set) {
             if !all(TriggerKind::Github) {
+                let hint = if field == "github_comment" {
+                    "keep only GitHub triggers in an automation with a `github_comment` target"
+                } else {
+                    "give the pull request's `repo` (`owner/name`), or keep only GitHub triggers"
+                };
                 findings.push(
                     Finding::new(
                         at.key(field),
@@ -176,7 +182,7 @@ pub fn check_targets(automation: &Automation, findings: &mut Vec<Finding>) {
                             others(TriggerKind::Github)
                         ),
                     )
-                    .hint("keep only GitHub triggers in an automation with GitHub targets"),
+                    .hint(hint),
                 );
             }
         }

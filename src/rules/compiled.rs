@@ -88,6 +88,8 @@ pub struct CompiledAutomation {
     after_run: Option<AST>,
     /// Each `notify:` target's compiled `github_pull_request.base`, where it has one.
     notify_bases: Vec<Option<Template>>,
+    /// Each `notify:` target's compiled `github_pull_request.repo`, where it has one.
+    notify_repos: Vec<Option<Template>>,
     /// nightshift.yaml's `slack:` and `github:`: the tokens of targets that name none.
     slack: SlackSettings,
     github: GithubSettings,
@@ -163,6 +165,14 @@ pub fn compile_repo(engine: &RuleEngine, path: FieldPath, text: &str) -> Result<
         Finding::new(path, Code::InvalidValue, why)
             .hint("e.g. `https://github.com/acme/api.git`, `git@github.com:acme/api.git` or `/srv/git/api`")
     })?;
+    Ok(repo)
+}
+
+/// A compiled `github_pull_request.repo` template whose fixed text can form `owner/name`.
+pub fn compile_github_repo(engine: &RuleEngine, path: FieldPath, text: &str) -> Result<Template, Finding> {
+    let repo = compile_template(engine, path.clone(), text)?;
+    crate::delivery::github::check_repo(&repo.with_stand_ins("x"))
+        .map_err(|why| Finding::new(path, Code::InvalidValue, why).hint("e.g. `acme/api`"))?;
     Ok(repo)
 }
 
@@ -284,6 +294,20 @@ impl CompiledAutomation {
             .collect::<Vec<_>>()
             .into_iter()
             .collect();
+        let notify_repos: Option<Vec<Option<Template>>> = automation
+            .notify
+            .iter()
+            .enumerate()
+            .map(|(index, target)| match target.github_pull_request.as_ref().and_then(|pr| pr.repo.as_ref()) {
+                Some(text) => {
+                    let at = root.key("notify").index(index).key("github_pull_request").key("repo");
+                    keep(compile_github_repo(engine, at, text), findings).map(Some)
+                }
+                None => Some(None),
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect();
 
         let automation_map: Map = [
             ("name".into(), automation.name.clone().into()),
@@ -308,6 +332,7 @@ impl CompiledAutomation {
                 agent_policy: agent_policy?,
                 after_run: after_run?,
                 notify_bases: notify_bases?,
+                notify_repos: notify_repos?,
                 slack: SlackSettings::default(),
                 github: GithubSettings::default(),
                 automation_value: Dynamic::from_map(automation_map),
@@ -568,7 +593,15 @@ impl CompiledAutomation {
                 })?;
                 Target::GithubComment { repo, number, token: self.github.token_for(comment.token.as_ref()) }
             } else if let Some(pull) = &target.github_pull_request {
-                let repo = github_repo(event).map_err(|why| missing("github_pull_request", why))?;
+                let repo = match self.notify_repos.get(index).and_then(Option::as_ref) {
+                    Some(template) => {
+                        let field = at("github_pull_request.repo");
+                        let rendered = template.render(engine, scope).map_err(|e| (field.clone(), e))?;
+                        crate::delivery::github::check_repo(&rendered).map_err(|why| (field, EvalError(why)))?;
+                        rendered
+                    }
+                    None => github_repo(event).map_err(|why| missing("github_pull_request", why))?,
+                };
                 let base = match self.notify_bases.get(index).and_then(Option::as_ref) {
                     Some(template) => {
                         let field = at("github_pull_request.base");

@@ -63,6 +63,9 @@ pub struct ServeOptions {
     pub worker_tokens: Vec<String>,
     /// What a client, a connection or a hook's rules may take of the server.
     pub limits: ServeLimits,
+    /// Where people reach the server (`--public-url`): messages link to
+    /// `{public_url}/api/runs/{id}`.
+    pub public_url: Option<String>,
 }
 
 /// What one client, connection or hook may take of the server, so none can stall the
@@ -500,11 +503,14 @@ pub async fn serve(server: Arc<Server>, transport: Arc<dyn crate::delivery::Tran
     let reloader = reload::watch(Arc::clone(&server), stopped.clone())?;
     let mut maintenance = maintenance::start(Arc::clone(&server)).await?;
     let pool = start_local_workers(&server)?;
-    let sender = Arc::new(crate::delivery::sender::Sender::new(
-        Arc::clone(&server.store),
-        transport,
-        Arc::new(crate::scheduler::SystemClock),
-    ));
+    let sender = Arc::new(
+        crate::delivery::sender::Sender::new(
+            Arc::clone(&server.store),
+            transport,
+            Arc::new(crate::scheduler::SystemClock),
+        )
+        .with_public_url(server.options.public_url.clone()),
+    );
     let sender = tokio::spawn(sender.run(stopped.clone()));
 
     // Last: the file tells the other commands (and tests) the server is ready.

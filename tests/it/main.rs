@@ -11,6 +11,7 @@ mod hooks;
 mod ledger_cli;
 mod limits;
 mod notify_github;
+mod notify_serve;
 mod notify_slack;
 mod notify_webhook;
 mod outbox;

@@ -390,3 +390,34 @@ notify:
     assert_eq!(error.field, "notify[0].github_comment", "{error}");
     assert!(error.cause.contains("number"), "{error}");
 }
+
+#[test]
+fn a_pull_request_target_that_names_its_repo_serves_any_trigger_and_a_bad_repo_fails_naming_the_field() {
+    use nightshift::delivery::Target;
+    let yaml = r#"name: fix
+trigger: { slack: { signing_secret: "env:S" } }
+task: { agent: codex, repo: /srv/git/api, base: main, branch: "fix/{{ slug(event.ts) }}", prompt: hi }
+notify:
+  - github_pull_request: { repo: "acme/{{ event.text }}" }
+"#;
+    let loaded = with_project(yaml, "notify: { allow_private_targets: false }\n");
+    let message = |text: &str| json!({"event": {"type": "message", "channel": "C1", "text": text, "ts": "1700.2"}});
+    let rendered = render_event(&loaded, TriggerKind::Slack, &[], message("api")).unwrap();
+    assert_eq!(
+        rendered.task.unwrap().notify,
+        [Target::GithubPullRequest {
+            repo: "acme/api".into(),
+            base: "main".into(),
+            draft: true,
+            token: nightshift::config::SecretRef::Env("GITHUB_TOKEN".into())
+        }]
+    );
+    let error = render_event(&loaded, TriggerKind::Slack, &[], message("../../orgs")).unwrap_err();
+    assert_eq!(error.field, "notify[0].github_pull_request.repo", "{error}");
+    assert!(error.cause.contains("is not `owner/name`"), "{error}");
+    // A fixed `repo` that is not `owner/name` does not load.
+    let dir = temp_dir_with(&[("fix.yaml", &yaml.replace("acme/{{ event.text }}", "acme"))]);
+    let (_, diagnostics) = load(dir.path());
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert!(diagnostics[0].message.contains("repo `acme` is not `owner/name`"), "{}", diagnostics[0]);
+}

@@ -210,6 +210,15 @@ impl Serving {
         }
     }
 
+    /// Kills the server with SIGKILL, as a crash would, and waits for it to die; `restart`
+    /// starts it again on the same directories.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// GETs a path without credentials (e.g. `/healthz`).
     pub fn get(&self, path: &str) -> Answer {
         answer(self.client.get(format!("{}{path}", self.url)).send().expect("request"))
