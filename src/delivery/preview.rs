@@ -302,6 +302,7 @@ mod tests {
             untrusted_input: false,
             limits: Default::default(),
             notify,
+            follows: None,
         }
     }
 

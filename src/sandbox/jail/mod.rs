@@ -223,14 +223,14 @@ fn start(channel: &OwnedFd, request: &Request) -> Result<NetnsSockets, JailError
     if let Err(errno) = wire::send_request(channel, request) {
         // The helper builds its namespaces before it reads the request: if that failed, it
         // is gone and its line says why.
-        return Err(match wire::receive_answer(channel) {
+        return Err(match receive(channel) {
             Ok(Answer::Error(text)) => JailError::Setup(text),
             _ => JailError::Channel(wire::describe(errno)),
         });
     }
     let mut sockets = None;
     loop {
-        let answer = wire::receive_answer(channel).map_err(|e| match e {
+        let answer = receive(channel).map_err(|e| match e {
             nix::errno::Errno::EAGAIN => JailError::Channel(format!("no answer within {ANSWER_TIMEOUT:?}")),
             e => JailError::Channel(wire::describe(e)),
         })?;
@@ -247,6 +247,15 @@ fn start(channel: &OwnedFd, request: &Request) -> Result<NetnsSockets, JailError
                 return sockets.ok_or_else(|| JailError::Setup("the helper ended without an answer".into()));
             }
         }
+    }
+}
+
+/// The next answer. A helper that exits without reading its request (its namespaces
+/// failed) leaves ECONNRESET on the socket, reported once, ahead of the line it sent.
+fn receive(channel: &OwnedFd) -> nix::Result<Answer> {
+    match wire::receive_answer(channel) {
+        Err(nix::errno::Errno::ECONNRESET) => wire::receive_answer(channel),
+        answer => answer,
     }
 }
 
