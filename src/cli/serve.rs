@@ -115,7 +115,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_body: args.max_body,
         api_token: std::env::var("NIGHTSHIFT_API_TOKEN").ok().filter(|t| !t.is_empty()),
         workers: args.workers,
-        worker: args.worker.settings(data.join("work"))?,
+        // No local workers, no local phases: nothing to build a jail for (the first jail
+        // of a root worker also walks /usr and /lib*, seconds of disk reads at start).
+        worker: if args.workers == 0 {
+            args.worker.settings_without_sandbox(data.join("work"))
+        } else {
+            args.worker.settings(data.join("work"))?
+        },
         worker_tokens: worker_tokens(args.worker_token),
         limits: args.limits.limits()?,
         public_url: public_url(args.public_url)?,

@@ -59,14 +59,21 @@ impl WorkerArgs {
     /// The settings, with the sandbox built and checked: where the kernel refuses it, an
     /// error that says why and how to allow it (fail closed).
     pub fn settings(&self, default_work_dir: PathBuf) -> anyhow::Result<WorkerSettings> {
+        let mut settings = self.settings_without_sandbox(default_work_dir);
+        settings.sandbox = self.sandbox()?;
+        Ok(settings)
+    }
+
+    /// The settings for a process that runs no phases (`serve --workers 0`): no sandbox
+    /// is built, probed, or walked.
+    pub fn settings_without_sandbox(&self, default_work_dir: PathBuf) -> WorkerSettings {
         let mut settings = WorkerSettings::new(self.work_dir.clone().unwrap_or(default_work_dir));
         settings.keep_failed = self.keep_failed_workspaces;
-        settings.sandbox = self.sandbox()?;
         settings.overlays = !self.no_overlay;
         settings.lease_for = self.lease.as_duration().max(Duration::from_secs(2));
         // Often enough that a cancel stops the agent within a few seconds.
         settings.heartbeat_every = (settings.lease_for / 4).min(Duration::from_secs(2));
-        Ok(settings)
+        settings
     }
 
     fn sandbox(&self) -> anyhow::Result<Option<Arc<Sandbox>>> {

@@ -250,6 +250,28 @@ fn refused_as(who: As, unshare: &std::path::Path) {
         (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
     };
     let automations_arg = automations.to_str().unwrap();
+    // Without local workers it runs no phase, so it starts (remote workers bring jails).
+    let mut only_remote = command_as(who, unshare)
+        .args(["-Ur", "sh", "-c", "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_nightshift"))
+        .args(["serve", "--workers", "0", "--dir", automations_arg, "--data", data, "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("NIGHTSHIFT_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let serve_file = std::path::Path::new(data).join("serve.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !serve_file.exists() && only_remote.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let exited = only_remote.try_wait().unwrap();
+    let _ = only_remote.kill();
+    let _ = only_remote.wait();
+    assert!(exited.is_none() && serve_file.exists(), "{who:?}: serve --workers 0 did not start: {exited:?}");
+    std::fs::remove_dir_all(data).unwrap();
     let serve = ["serve", "--dir", automations_arg, "--data", data, "--listen", "127.0.0.1:0"];
     let (status, stderr) = refused(&serve);
     assert_eq!(status.code(), Some(1), "{who:?}: {stderr}");
