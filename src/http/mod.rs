@@ -65,7 +65,11 @@ async fn health(axum::extract::State(server): axum::extract::State<Arc<Server>>)
         "hooks": generation.hooks.len(),
         // Whether this server's own workers confine their phases (remote workers say so
         // on each run they run).
-        "sandbox": if server.options().worker.sandbox.is_some() { "on" } else { "off" },
+        "sandbox": match (server.options().workers, server.options().worker.sandbox.is_some()) {
+            (0, _) => "no local workers",
+            (_, true) => "on",
+            (_, false) => "off",
+        },
     });
     (status, axum::Json(body)).into_response()
 }
