@@ -439,15 +439,7 @@ impl Group {
         process.envs(&command.env);
         // If the worker dies (SIGKILL, a crash), the child is killed rather than left to
         // run unwatched; only the child, not what it started, so its group may outlive it.
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            process.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        jail::die_with_parent(&mut process);
         process
     }
 

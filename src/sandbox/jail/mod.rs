@@ -173,8 +173,7 @@ impl Started {
         if let Some(cgroup) = &cgroup
             && let Err(why) = cgroup.join(child.id())
         {
-            let _ = child.kill();
-            let _ = child.wait();
+            end(&mut child);
             return Err(JailError::Limits(why));
         }
         Ok(Started { child, channel, cgroup })
@@ -188,11 +187,30 @@ fn launch(started: Started, request: &Request) -> Result<Jailed, JailError> {
     match start(&channel, request) {
         Ok(sockets) => Ok(Jailed { child, sockets, cgroup, refill: None }),
         Err(error) => {
-            // PID 1 dies with the helper (its parent-death signal), and the namespace with it.
-            let _ = child.kill();
-            let _ = child.wait();
+            end(&mut child);
             Err(error)
         }
+    }
+}
+
+/// Kills and reaps a helper; its PID 1 dies with it (its parent-death signal), and the
+/// namespace with that.
+fn end(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Has the kernel kill the process `command` starts when the thread that started it ends
+/// (the worker died, or the thread that parked it is gone).
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

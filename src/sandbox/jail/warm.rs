@@ -46,8 +46,7 @@ struct Parked {
 impl Drop for Parked {
     fn drop(&mut self) {
         if let Some(started) = &mut self.started {
-            let _ = started.child.kill();
-            let _ = started.child.wait();
+            super::end(&mut started.child);
         }
     }
 }
@@ -181,15 +180,7 @@ impl Parked {
     fn command(program: &Path) -> Command {
         let mut command = super::helper_command(program);
         command.env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        super::die_with_parent(&mut command);
         command
     }
 }
