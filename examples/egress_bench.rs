@@ -43,14 +43,26 @@ fn main() {
     let session = egress.start(PhaseName::Agent, policy, sockets, None).unwrap();
 
     let (mut direct, mut tunnelled) = (Vec::new(), Vec::new());
+    let (mut direct_cpu, mut tunnel_cpu) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        direct.push(download(|| TcpStream::connect(upstream).unwrap(), b"BULK\n", mib));
-        tunnelled.push(download(|| tunnel(proxy_addr), b"BULK\n", mib));
+        let (rate, cpu) = download(|| TcpStream::connect(upstream).unwrap(), b"BULK\n", mib);
+        direct.push(rate);
+        direct_cpu.push(cpu);
+        let (rate, cpu) = download(|| tunnel(proxy_addr), b"BULK\n", mib);
+        tunnelled.push(rate);
+        tunnel_cpu.push(cpu);
     }
     let (direct_rate, tunnel_rate) = (median(&mut direct), median(&mut tunnelled));
     println!(
         "download {mib} MiB x {rounds}: direct {direct_rate:.0} MiB/s, tunnel {tunnel_rate:.0} MiB/s (medians), tunnel/direct {:.2}",
         tunnel_rate / direct_rate
+    );
+    let (direct_cpu, tunnel_cpu) = (median(&mut direct_cpu), median(&mut tunnel_cpu));
+    println!(
+        "CPU per GiB (this process: client, upstream and proxy; medians): direct {direct_cpu:.2} s, tunnel {tunnel_cpu:.2} s ({:.2}x); cores busy: direct {:.2}, tunnel {:.2}",
+        tunnel_cpu / direct_cpu,
+        direct_cpu * direct_rate / 1024.0,
+        tunnel_cpu * tunnel_rate / 1024.0
     );
 
     let (mut direct, mut tunnelled) = (Vec::new(), Vec::new());
@@ -116,8 +128,9 @@ fn tunnel(proxy: SocketAddr) -> TcpStream {
     stream
 }
 
-/// MiB/s of one download.
-fn download(open: impl Fn() -> TcpStream, ask: &[u8], mib: usize) -> f64 {
+/// MiB/s of one download, and the CPU seconds per GiB this process spent on it.
+fn download(open: impl Fn() -> TcpStream, ask: &[u8], mib: usize) -> (f64, f64) {
+    let cpu_before = cpu_seconds();
     let started = Instant::now();
     let mut stream = open();
     stream.write_all(ask).unwrap();
@@ -128,7 +141,15 @@ fn download(open: impl Fn() -> TcpStream, ask: &[u8], mib: usize) -> f64 {
         assert!(n > 0, "closed after {total} bytes");
         total += n;
     }
-    mib as f64 / started.elapsed().as_secs_f64()
+    let rate = mib as f64 / started.elapsed().as_secs_f64();
+    (rate, (cpu_seconds() - cpu_before) * 1024.0 / mib as f64)
+}
+
+/// User and system CPU time of this whole process so far.
+fn cpu_seconds() -> f64 {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    seconds(usage.user_time()) + seconds(usage.system_time())
 }
 
 /// Microseconds from connect to the first byte of a one-byte answer.
