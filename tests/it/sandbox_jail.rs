@@ -189,6 +189,28 @@ fn a_phase_cannot_read_another_process_environment() {
     drop(sleeper);
 }
 
+/// The `THP_enabled` line of a /proc status file.
+fn thp_enabled(status: &str) -> Option<&str> {
+    status.lines().find_map(|line| line.strip_prefix("THP_enabled:")).map(str::trim)
+}
+
+#[test]
+fn the_engine_runs_without_huge_pages_and_a_phase_gets_the_system_setting_back() {
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let Some(system) = thp_enabled(&own).map(str::to_string) else {
+        eprintln!("this kernel does not report THP_enabled; nothing to compare");
+        return;
+    };
+    each_user(
+        |_, _| "grep THP_enabled /proc/self/status; echo parent; grep THP_enabled /proc/$PPID/status".into(),
+        |who, _, stdout| {
+            let (phase, parent) = stdout.split_once("parent").unwrap_or_else(|| panic!("{who:?}: {stdout}"));
+            assert_eq!(thp_enabled(phase), Some(system.as_str()), "{who:?}: the phase: {stdout}");
+            assert_eq!(thp_enabled(parent), Some("0"), "{who:?}: the jail's nightshift process: {stdout}");
+        },
+    );
+}
+
 #[test]
 fn a_phase_sees_its_workspace_but_not_the_data_next_to_it_nor_the_home() {
     // `sandbox run` gives the phase the caller's HOME path, empty.

@@ -281,6 +281,9 @@ fn exec(channel: RawFd, request: &Request, filters: &lockdown::Filters, argv: &[
     }
     // SAFETY: fcntl on our own descriptor: it closes when the command starts.
     unsafe { libc::fcntl(channel, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // The engine turned transparent huge pages off for itself (main.rs); the command
+    // gets the system's setting.
+    let _ = nix::sys::prctl::set_thp_disable(false);
     if let Err(failure) = lockdown::apply(filters) {
         return ("error", failure);
     }
