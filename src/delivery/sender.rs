@@ -44,9 +44,14 @@ impl Sender {
 
     /// Sends until `stopped` turns true, then lets the attempts in flight finish (for at
     /// most `STOP_WITHIN`).
+    ///
+    /// A slot is free again once the transport has answered: the outcome's store write
+    /// (a durable commit) goes on beside the next sends. The message stays in flight in
+    /// the store until that write, so it is never picked twice.
     pub async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         let written = self.store.outbox_written();
-        let mut sending: JoinSet<Key> = JoinSet::new();
+        let mut sending: JoinSet<(Key, Option<Outcome>)> = JoinSet::new();
+        let mut settling: JoinSet<()> = JoinSet::new();
         let mut in_flight: HashSet<Key> = HashSet::new();
         loop {
             if *stopped.borrow() {
@@ -74,23 +79,40 @@ impl Sender {
             tokio::select! {
                 _ = &mut notified => {}
                 Some(done) = sending.join_next(), if !sending.is_empty() => {
-                    if let Ok(key) = done {
-                        in_flight.remove(&key);
-                    }
+                    self.answered(done, &mut in_flight, &mut settling);
                 }
+                Some(_) = settling.join_next(), if !settling.is_empty() => {}
                 _ = sleep => {}
                 _ = stopped.changed() => {}
             }
             // Others may have finished at the same time.
             while let Some(done) = sending.try_join_next() {
-                if let Ok(key) = done {
-                    in_flight.remove(&key);
-                }
+                self.answered(done, &mut in_flight, &mut settling);
             }
+            while settling.try_join_next().is_some() {}
         }
-        let drained = async { while sending.join_next().await.is_some() {} };
+        let drained = async {
+            while let Some(done) = sending.join_next().await {
+                self.answered(done, &mut in_flight, &mut settling);
+            }
+            while settling.join_next().await.is_some() {}
+        };
         if tokio::time::timeout(Self::STOP_WITHIN, drained).await.is_err() {
             tracing::warn!("outbox: attempts still in flight at shutdown are sent again at the next start");
+        }
+    }
+
+    /// Frees the slot of a message the transport answered and records its outcome.
+    fn answered(
+        self: &Arc<Self>,
+        done: Result<(Key, Option<Outcome>), tokio::task::JoinError>,
+        in_flight: &mut HashSet<Key>,
+        settling: &mut JoinSet<()>,
+    ) {
+        let Ok((key, outcome)) = done else { return };
+        in_flight.remove(&key);
+        if let Some(outcome) = outcome {
+            settling.spawn(Arc::clone(self).settle(key, outcome));
         }
     }
 
@@ -110,15 +132,31 @@ impl Sender {
         }
     }
 
-    /// One attempt at one message: marked in flight, sent, and its outcome recorded.
-    pub async fn send(self: Arc<Self>, key: Key) -> Key {
-        if let Err(error) = self.attempt(key).await {
-            tracing::warn!(%error, message = %key.message_id(), "outbox: cannot record a message's attempt");
+    /// One attempt at one message, marked in flight and sent; its outcome, which
+    /// `settle` records, or `None` when it was not begun (settled meanwhile, or the store
+    /// failed).
+    pub async fn send(self: Arc<Self>, key: Key) -> (Key, Option<Outcome>) {
+        match self.attempt(key).await {
+            Ok(outcome) => (key, outcome),
+            Err(error) => {
+                tracing::warn!(%error, message = %key.message_id(), "outbox: cannot mark a message in flight");
+                (key, None)
+            }
         }
-        key
     }
 
-    async fn attempt(&self, key: Key) -> Result<(), StoreError> {
+    /// Records an attempt's outcome; a failure leaves the message in flight, to be sent
+    /// again (unsure) at the next start.
+    pub async fn settle(self: Arc<Self>, key: Key, outcome: Outcome) {
+        let store = Arc::clone(&self.store);
+        let now = self.clock.now();
+        let settled = blocking(move || store.outbox_finish(key, &outcome, now, fastrand::f64()).map(drop)).await;
+        if let Err(error) = settled {
+            tracing::warn!(%error, message = %key.message_id(), "outbox: cannot record a message's attempt");
+        }
+    }
+
+    async fn attempt(&self, key: Key) -> Result<Option<Outcome>, StoreError> {
         let store = Arc::clone(&self.store);
         let now = self.clock.now();
         let prepared = blocking(move || {
@@ -134,7 +172,7 @@ impl Sender {
             Ok(Some((attempt, run, earlier)))
         })
         .await?;
-        let Some((attempt, run, earlier)) = prepared else { return Ok(()) };
+        let Some((attempt, run, earlier)) = prepared else { return Ok(None) };
         let target = run.as_ref().and_then(|run| run.task.as_ref()?.notify.get(key.target as usize).cloned());
         let outcome = match (run, target) {
             (Some(run), Some(target)) => match secret(&target) {
@@ -154,9 +192,7 @@ impl Sender {
             },
             _ => Outcome::Failed { why: "the run or its target is no longer stored".into() },
         };
-        let store = Arc::clone(&self.store);
-        let now = self.clock.now();
-        blocking(move || store.outbox_finish(key, &outcome, now, fastrand::f64()).map(drop)).await
+        Ok(Some(outcome))
     }
 }
 

@@ -433,3 +433,71 @@ async fn after_a_restart_the_sender_resends_what_was_pending_or_in_flight_once()
     assert!(due.entries.is_empty() && due.next_at.is_none());
     assert_eq!(recorder.calls.lock().unwrap().len(), 3, "each message once");
 }
+
+/// Holds every message until released, counting how many are held at once.
+#[derive(Default)]
+struct Gate {
+    held: Mutex<Vec<String>>,
+    most_at_once: Mutex<usize>,
+    open: tokio::sync::Notify,
+    opened: std::sync::atomic::AtomicBool,
+}
+
+impl Transport for Gate {
+    fn send<'a>(&'a self, message: &'a Message<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let id = message.attempt.message_id.clone();
+            {
+                let mut held = self.held.lock().unwrap();
+                held.push(id.clone());
+                let mut most = self.most_at_once.lock().unwrap();
+                *most = (*most).max(held.len());
+            }
+            let opened = self.open.notified();
+            if !self.opened.load(std::sync::atomic::Ordering::SeqCst) {
+                opened.await;
+            }
+            self.held.lock().unwrap().retain(|held| *held != id);
+            Outcome::Sent(Posted { id, channel: None, url: None })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_a_batch_is_sent_at_once_and_each_message_once_while_outcomes_are_recorded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("data")).expect("store opens"));
+    let clock = Arc::new(ManualClock::new(at(0)));
+    let gate = Arc::new(Gate::default());
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(Arc::new(Sender::new(store.clone(), gate.clone(), clock)).run(stopped));
+    let runs = 3 * Sender::BATCH;
+    let mut ended = Vec::new();
+    for n in 0..runs {
+        ingest(store.as_ref(), &format!("r{n}"), vec![webhook()], Flow::default(), 0);
+        let (run, epoch) = start(store.as_ref(), 0);
+        succeed(store.as_ref(), run, epoch, 0);
+        ended.push(run);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while gate.held.lock().unwrap().len() < Sender::BATCH {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", gate.held.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Held this long, no slot frees: a sender that took more would have by now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*gate.most_at_once.lock().unwrap(), Sender::BATCH);
+    gate.opened.store(true, std::sync::atomic::Ordering::SeqCst);
+    gate.open.notify_waiters();
+    for run in &ended {
+        until_messages(store.as_ref(), *run, |m| matches!(m, [(0, Kind::End, OutboxState::Sent { .. })])).await;
+    }
+    let attempts: Vec<_> = ended
+        .iter()
+        .flat_map(|run| store.activities(*run).expect("activities"))
+        .filter(|activity| activity.kind == ActivityKind::Notify)
+        .collect();
+    assert_eq!(attempts.len(), runs, "one attempt per message: {attempts:?}");
+    assert_eq!(*gate.most_at_once.lock().unwrap(), Sender::BATCH);
+    stop.send(true).expect("stop");
+}
