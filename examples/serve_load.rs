@@ -62,8 +62,9 @@
 //!   targets) are completed at once 1 s in; and while the 100 runs of `told` (one
 //!   webhook target each, to a receiver on a thread of this tool) are completed at once
 //!   1 s in and their messages drain. Prints each run's time from its end to its webhook
-//!   request arriving (p50/p99/max: from sending the complete, an upper bound, and from
-//!   its answer, which comes after the commit), the drain time (first complete sent to
+//!   request arriving (p50/p99/max: from the run's `finished_at`, the server's stamp as
+//!   it ended the run, read back through the API; from sending the complete, an upper
+//!   bound; and from its answer, which comes after the commit), the drain time (first complete sent to
 //!   last message arrived), and ingest per second over the same window (the drain, at
 //!   least 1 s) in the three cases, their medians and ratios.
 //!
@@ -817,11 +818,17 @@ fn ending_automation(name: &str, notify: Option<&str>) -> String {
     )
 }
 
+/// When a message arrived: on this process's clock, and on the wall clock (to compare
+/// with the server's `finished_at`).
+type Arrival = (Instant, chrono::DateTime<chrono::Utc>);
+
 /// A loopback webhook receiver on a thread of its own: the first arrival of each
 /// `webhook-id`, and how many requests came.
 struct Receiver {
     address: SocketAddr,
-    arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
+    /// The first arrival of each message: on this process's clock, and on the wall clock
+    /// (to compare with the server's `finished_at`).
+    arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, Arrival>>>,
     requests: Arc<AtomicU64>,
 }
 
@@ -830,7 +837,7 @@ impl Receiver {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the receiver")?;
         listener.set_nonblocking(true).context("a non-blocking listener")?;
         let address = listener.local_addr()?;
-        let arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+        let arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, Arrival>>> = Arc::default();
         let requests = Arc::new(AtomicU64::new(0));
         let (kept, counted) = (Arc::clone(&arrivals), Arc::clone(&requests));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -842,7 +849,7 @@ impl Receiver {
                     let (kept, counted) = (Arc::clone(&kept), Arc::clone(&counted));
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                            let at = Instant::now();
+                            let at = (Instant::now(), chrono::Utc::now());
                             counted.fetch_add(1, Ordering::Relaxed);
                             let id = request.headers().get("webhook-id").and_then(|v| v.to_str().ok());
                             if let Some(id) = id {
@@ -991,7 +998,8 @@ fn latencies(
     let arrivals = receiver.arrivals.lock().expect("the arrivals").clone();
     let mut last = times.iter().map(|(_, sent, _)| *sent).min().unwrap_or_else(Instant::now);
     for (id, sent, answered) in times {
-        let arrived = arrivals.get(&format!("{id}-0-end")).copied().with_context(|| format!("no message for {id}"))?;
+        let (arrived, _) =
+            arrivals.get(&format!("{id}-0-end")).copied().with_context(|| format!("no message for {id}"))?;
         let signed = |from: Instant| match arrived.checked_duration_since(from) {
             Some(after) => i128::try_from(after.as_micros()).unwrap_or(i128::MAX),
             None => -i128::try_from(from.duration_since(arrived).as_micros()).unwrap_or(i128::MAX),
@@ -1001,6 +1009,26 @@ fn latencies(
         last = last.max(arrived);
     }
     Ok(last)
+}
+
+/// Each run's time from its `finished_at` (stamped by the server as it ended the run, on
+/// the wall clock this tool shares) to its message's arrival, in microseconds.
+async fn from_finished(
+    serve: &Serve,
+    receiver: &Receiver,
+    times: &[(String, Instant, Instant)],
+    samples: &mut Vec<i128>,
+) -> anyhow::Result<()> {
+    let arrivals = receiver.arrivals.lock().expect("the arrivals").clone();
+    for (id, _, _) in times {
+        let record: serde_json::Value = serve.get_json(&format!("/api/runs/{id}"), REQUEST_TIMEOUT).await?;
+        let finished = record["run"]["finished_at"].as_str().with_context(|| format!("{id} has no finished_at"))?;
+        let finished: chrono::DateTime<chrono::Utc> = finished.parse().context("finished_at")?;
+        let (_, arrived) =
+            arrivals.get(&format!("{id}-0-end")).copied().with_context(|| format!("no message for {id}"))?;
+        samples.push(i128::from((arrived - finished).num_microseconds().unwrap_or(i64::MAX)));
+    }
+    Ok(())
 }
 
 async fn notify(rounds: u64, connections: u64) -> anyhow::Result<()> {
@@ -1025,6 +1053,7 @@ async fn notify(rounds: u64, connections: u64) -> anyhow::Result<()> {
     drive(&serve, connections, Pace::Closed, 1).await?;
     let (mut idle_sent, mut idle_answered, mut load_sent, mut load_answered) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut idle_finished, mut load_finished) = (Vec::new(), Vec::new());
     // The idle latencies of the rounds after the first, whose messages open connections.
     let mut warm_answered = Vec::new();
     let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
@@ -1045,6 +1074,7 @@ async fn notify(rounds: u64, connections: u64) -> anyhow::Result<()> {
         let idle_started = idle_times.iter().map(|(_, sent, _)| *sent).min().unwrap_or_else(Instant::now);
         let before = idle_answered.len();
         let idle_last = latencies(&receiver, &idle_times, &mut idle_sent, &mut idle_answered)?;
+        from_finished(&serve, &receiver, &idle_times, &mut idle_finished).await?;
         if round > 0 {
             warm_answered.extend_from_slice(&idle_answered[before..]);
         }
@@ -1071,6 +1101,7 @@ async fn notify(rounds: u64, connections: u64) -> anyhow::Result<()> {
         let (draining, told_times) = (draining?, told_times?);
         let started = told_times.iter().map(|(_, sent, _)| *sent).min().unwrap_or(draining.started + LEAD);
         let last = latencies(&receiver, &told_times, &mut load_sent, &mut load_answered)?;
+        from_finished(&serve, &receiver, &told_times, &mut load_finished).await?;
         let drain = last.duration_since(started);
         let window = drain.max(MIN_WINDOW);
         drains.push(drain.as_secs_f64() * 1000.0);
@@ -1094,7 +1125,15 @@ async fn notify(rounds: u64, connections: u64) -> anyhow::Result<()> {
         serve.check_running("during the test")?;
     }
     serve.stop().await?;
-    for samples in [&mut idle_sent, &mut idle_answered, &mut warm_answered, &mut load_sent, &mut load_answered] {
+    for samples in [
+        &mut idle_sent,
+        &mut idle_answered,
+        &mut warm_answered,
+        &mut load_sent,
+        &mut load_answered,
+        &mut idle_finished,
+        &mut load_finished,
+    ] {
         samples.sort_unstable();
     }
     println!(
@@ -1105,6 +1144,12 @@ async fn notify(rounds: u64, connections: u64) -> anyhow::Result<()> {
         spread(&idle_answered)
     );
     println!("  idle server, rounds after the first: from the answer {}", spread(&warm_answered));
+    println!(
+        "  from the run's finished_at (the server's own stamp at the end) to its request: idle server {}; under \
+         ingest load {}",
+        spread(&idle_finished),
+        spread(&load_finished)
+    );
     println!(
         "  the same under ingest load, {} runs: from the send {}; from the answer {}",
         load_sent.len(),
