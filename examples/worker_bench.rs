@@ -127,6 +127,7 @@ impl Bench {
             worker_tokens: Vec::new(),
             limits: Default::default(),
             public_url: None,
+            metrics_token: None,
         };
         let server = Server::open(options).expect("the automations load and the store opens");
         let inner = LocalControl::new(Arc::clone(&server), Duration::from_secs(60));

@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod event;
 pub mod http;
 pub mod intake;
+pub mod metrics;
 pub mod netpolicy;
 pub mod pipeline;
 pub mod rules;

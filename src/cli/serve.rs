@@ -41,6 +41,11 @@ pub struct Args {
     /// carry no link.
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
+    /// A bearer token `GET /metrics` asks for. Also read from NIGHTSHIFT_METRICS_TOKEN.
+    /// Without one, /metrics is open to anyone who can reach the server (it serves
+    /// counts, never payloads or secrets: docs/metrics.md).
+    #[arg(long, value_name = "TOKEN")]
+    metrics_token: Option<String>,
     #[command(flatten)]
     worker: WorkerArgs,
     #[command(flatten)]
@@ -125,6 +130,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         worker_tokens: worker_tokens(args.worker_token),
         limits: args.limits.limits()?,
         public_url: public_url(args.public_url)?,
+        metrics_token: args
+            .metrics_token
+            .or_else(|| std::env::var("NIGHTSHIFT_METRICS_TOKEN").ok())
+            .filter(|token| !token.is_empty()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

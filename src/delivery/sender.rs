@@ -23,6 +23,8 @@ pub struct Sender {
     clock: Arc<dyn Clock>,
     /// The server's public URL, for each report's `link`.
     public_url: Option<String>,
+    /// Where each attempt's outcome is counted.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Sender {
@@ -33,7 +35,13 @@ impl Sender {
     pub const STOP_WITHIN: Duration = Duration::from_secs(15);
 
     pub fn new(store: Arc<dyn Store>, transport: Arc<dyn Transport>, clock: Arc<dyn Clock>) -> Sender {
-        Sender { store, transport, clock, public_url: None }
+        Sender { store, transport, clock, public_url: None, metrics: None }
+    }
+
+    /// Counts each attempt's outcome in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Sender {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Reports link to `{url}/api/runs/{id}`.
@@ -174,6 +182,7 @@ impl Sender {
         .await?;
         let Some((attempt, run, earlier)) = prepared else { return Ok(None) };
         let target = run.as_ref().and_then(|run| run.task.as_ref()?.notify.get(key.target as usize).cloned());
+        let target_kind = target.as_ref().map_or("unknown", target_kind);
         let outcome = match (run, target) {
             (Some(run), Some(target)) => match secret(&target) {
                 Ok(secret) => {
@@ -192,6 +201,14 @@ impl Sender {
             },
             _ => Outcome::Failed { why: "the run or its target is no longer stored".into() },
         };
+        if let Some(metrics) = &self.metrics {
+            let counted = match &outcome {
+                Outcome::Sent(_) => crate::metrics::NotifyOutcome::Sent,
+                Outcome::Retry { .. } => crate::metrics::NotifyOutcome::Retry,
+                Outcome::Failed { .. } => crate::metrics::NotifyOutcome::Failed,
+            };
+            metrics.notify(target_kind, counted);
+        }
         Ok(Some(outcome))
     }
 }
@@ -202,6 +219,16 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|error| StoreError::Io(format!("the store's task failed: {error}")))?
+}
+
+/// A target's kind as `/metrics` labels it.
+fn target_kind(target: &Target) -> &'static str {
+    match target {
+        Target::Slack { .. } => "slack",
+        Target::GithubComment { .. } => "github_comment",
+        Target::GithubPullRequest { .. } => "github_pull_request",
+        Target::Webhook { .. } => "webhook",
+    }
 }
 
 /// The target's token or signing secret, read now; `None` for a webhook without one.

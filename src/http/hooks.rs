@@ -4,7 +4,8 @@
 //! delivery to the server, and maps the outcome to a status: 202 with the run ids once
 //! the events are durable, 200 for a handshake, 401/404/413/415/400/408 for refused
 //! requests (nothing stored), 503 with Retry-After when the store, the budget or the
-//! hook's rules are behind.
+//! hook's rules are behind. Each answer is counted in `/metrics` by its source and
+//! outcome.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use http_body_util::BodyExt;
 use super::connections::BodyDeadline;
 use super::{error, store_error, unavailable};
 use crate::intake::{Delivery, Headers, IntakeError, Precheck};
+use crate::metrics::DeliveryOutcome;
 use crate::server::{DeliveryAnswer, DeliveryError, Server};
 
 /// Bytes of an unauthenticated body the budget does not count.
@@ -29,16 +31,34 @@ pub async fn deliver(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let source = server.current().hooks.get(&name).map(|hook| hook.kind);
+    let response = answer(&server, &name, headers, body).await;
+    let outcome = match response.status() {
+        _ if response.extensions().get::<Duplicate>().is_some() => DeliveryOutcome::Duplicate,
+        status if status.is_success() => DeliveryOutcome::Accepted,
+        StatusCode::UNAUTHORIZED => DeliveryOutcome::Unauthorized,
+        StatusCode::PAYLOAD_TOO_LARGE => DeliveryOutcome::TooLarge,
+        _ => DeliveryOutcome::Refused,
+    };
+    server.metrics().delivery(source, outcome);
+    response
+}
+
+/// Marks a 202 whose every event was delivered before (nothing new stored).
+#[derive(Debug, Clone, Copy)]
+struct Duplicate;
+
+async fn answer(server: &Server, name: &str, headers: HeaderMap, body: Body) -> Response {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let headers = lowercase_headers(&headers);
     // What the headers settle is settled before the body is read: an unknown hook, a
     // missing secret, wrong credentials, a missing or malformed signature.
-    let precheck = match server.precheck(&name, &headers) {
+    let precheck = match server.precheck(name, &headers) {
         Ok(precheck) => precheck,
         Err(refused) => return closing(intake_error(&refused)),
     };
     // The one place a hook's body limit is applied.
-    let limit = server.body_limit(&name);
+    let limit = server.body_limit(name);
     let too_large =
         || error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {limit} bytes; nothing was stored"));
     // A body a little over the limit is read to its end before the 413, so the sender,
@@ -82,11 +102,15 @@ pub async fn deliver(
         }
     };
     let delivery = Delivery { headers: &headers, body: &body };
-    match server.deliver(&name, delivery).await {
+    match server.deliver(name, delivery).await {
         Ok(DeliveryAnswer::Reply(reply)) => (StatusCode::OK, axum::Json(reply)).into_response(),
         Ok(DeliveryAnswer::Stored { run_ids, events, cancelled_by_resolution }) => {
             let body = Stored { run_ids: &run_ids, events: &events, cancelled: &cancelled_by_resolution };
-            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+            let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+            if !events.is_empty() && events.iter().all(|event| event.outcome.duplicate_delivery) {
+                response.extensions_mut().insert(Duplicate);
+            }
+            response
         }
         Err(DeliveryError::Intake(refused)) => intake_error(&refused),
         Err(DeliveryError::Busy) => unavailable(DeliveryError::Busy.to_string(), 1),

@@ -1,6 +1,7 @@
 //! The HTTP surface of `serve` (axum; the only module that imports it): `/hooks/{name}`
 //! for trigger sources (`hooks.rs`), `/api` for the command line and tools (`api.rs`),
-//! `/api/worker` for remote workers (`worker.rs`), and `/healthz`. Every error is JSON, `{"error": ...}`, with a status that tells the
+//! `/api/worker` for remote workers (`worker.rs`), `/metrics` for Prometheus
+//! (`metrics.rs`), and `/healthz`. Every error is JSON, `{"error": ...}`, with a status that tells the
 //! caller what to do: 401 only when authentication failed, 413 for an oversize body,
 //! 408 for a body that did not arrive in time, 503 with Retry-After when the store or a
 //! hook's rules cannot keep up. `connections.rs` is the serve loop: the connection cap
@@ -9,6 +10,7 @@
 mod api;
 mod connections;
 mod hooks;
+mod metrics;
 mod worker;
 
 use std::future::Future;
@@ -48,6 +50,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/healthz", get(health))
         .merge(api::routes(Arc::clone(&server)))
         .merge(worker::routes(Arc::clone(&server)))
+        .merge(metrics::routes())
         .fallback(not_found)
         .with_state(server)
 }

@@ -114,13 +114,19 @@ fn cron_jobs(pipeline: &Pipeline) -> Vec<CronJob> {
 
 /// Runs until `shutdown` turns true, firing the cron triggers of the pipeline that
 /// `pipelines` holds, and starting over with each new one (a reload).
-pub async fn run(
+pub async fn run(clock: Arc<dyn Clock>, pipelines: watch::Receiver<Arc<Pipeline>>, shutdown: watch::Receiver<bool>) {
+    run_with_metrics(clock, pipelines, shutdown, None).await
+}
+
+/// `run`, observing how late each slot fires in `metrics` (`serve`'s scheduler).
+pub async fn run_with_metrics(
     clock: Arc<dyn Clock>,
     mut pipelines: watch::Receiver<Arc<Pipeline>>,
     mut shutdown: watch::Receiver<bool>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) {
     // Shared across reloads: a firing of the old catalog may still be recording.
-    let mut recorder = Recorder::default();
+    let mut recorder = Recorder { metrics, ..Recorder::default() };
     'catalogs: loop {
         let pipeline = pipelines.borrow_and_update().clone();
         let mut schedule = Schedule::start(&pipeline, &mut recorder, clock.now());
@@ -167,6 +173,8 @@ struct Schedule {
 struct Recorder {
     progress: Arc<Progress>,
     writes: tokio::task::JoinSet<()>,
+    /// Where each fired slot's lateness is observed.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Recorder {
@@ -300,7 +308,12 @@ fn handle_plan(
     let mut failed = Vec::new();
     for slot in &plan.fire {
         match fire(pipeline, job, *slot, now) {
-            Some(durability) => pending.push(durability),
+            Some(durability) => {
+                if let Some(metrics) = &recorder.metrics {
+                    metrics.cron_fired(*slot, now);
+                }
+                pending.push(durability);
+            }
             None => failed.push(*slot),
         }
     }

@@ -24,10 +24,12 @@ pub async fn start(server: Arc<Server>) -> Result<JobScheduler, tokio_cron_sched
         let server = Arc::clone(&sweeper);
         let wakeup = Arc::clone(server.wakeup());
         Box::pin(async move {
-            let swept = tokio::task::spawn_blocking(move || server.store().sweep_expired_leases(Utc::now())).await;
+            let sweeping = Arc::clone(&server);
+            let swept = tokio::task::spawn_blocking(move || sweeping.store().sweep_expired_leases(Utc::now())).await;
             match swept {
                 Ok(Ok(runs)) if !runs.is_empty() => {
                     tracing::warn!(runs = ?runs, "leases expired; runs queued again or failed");
+                    count_expiries(&server, &runs);
                     wakeup.notify();
                 }
                 Ok(Ok(_)) => {}
@@ -50,4 +52,18 @@ pub async fn start(server: Arc<Server>) -> Result<JobScheduler, tokio_cron_sched
     .await?;
     jobs.start().await?;
     Ok(jobs)
+}
+
+/// Counts the expired leases, and the runs they queued again as retries (the rest
+/// failed: their attempts were used up).
+fn count_expiries(server: &Server, runs: &[crate::runs::RunId]) {
+    let metrics = server.metrics();
+    metrics.leases_expired(runs.len() as u64);
+    for id in runs {
+        if let Ok(Some(run)) = server.store().run(*id)
+            && run.state == crate::runs::RunState::Queued
+        {
+            metrics.retry(crate::metrics::RetryCause::LeaseExpired);
+        }
+    }
 }

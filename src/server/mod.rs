@@ -66,6 +66,9 @@ pub struct ServeOptions {
     /// Where people reach the server (`--public-url`): messages link to
     /// `{public_url}/api/runs/{id}`.
     pub public_url: Option<String>,
+    /// The bearer token `GET /metrics` asks for (`--metrics-token`); without one it is
+    /// open.
+    pub metrics_token: Option<String>,
 }
 
 /// What one client, connection or hook may take of the server, so none can stall the
@@ -136,6 +139,8 @@ pub struct Server {
     /// Per remote attempt, the end of its last log piece that may be the start of a
     /// secret going on in the next piece (`workers.rs`).
     held_logs: std::sync::Mutex<std::collections::HashMap<RunId, (crate::runs::Epoch, Vec<u8>)>>,
+    /// What `/metrics` serves; recorded into by hooks, workers, the sender and cron.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -284,7 +289,7 @@ impl Server {
         };
         let (pipelines, _) = watch::channel(Arc::clone(&generation.pipeline));
         Ok(Arc::new(Server {
-            store,
+            store: Arc::clone(&store),
             current: ArcSwap::from_pointee(generation),
             pipelines,
             admission: Semaphore::new(MAX_IN_FLIGHT),
@@ -294,6 +299,7 @@ impl Server {
             api_token,
             wakeup: Arc::new(Wakeup::new()),
             held_logs: std::sync::Mutex::default(),
+            metrics: crate::metrics::Metrics::new(Arc::clone(&store)),
         }))
     }
 
@@ -316,6 +322,10 @@ impl Server {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     pub fn current(&self) -> Arc<Generation> {
@@ -446,6 +456,7 @@ impl Server {
     /// heartbeat.
     pub fn cancel(&self, id: RunId, reason: &str) -> Result<Run, ApiError> {
         let run = self.store.cancel(id, reason, Utc::now())?;
+        self.metrics.run_changed(&run);
         // Its group's slot and its paths are free for the next run.
         self.wakeup.notify();
         Ok(run)
@@ -499,7 +510,7 @@ pub async fn serve(server: Arc<Server>, transport: Arc<dyn crate::delivery::Tran
 
     let (stop, stopped) = watch::channel(false);
     let clock: Arc<dyn crate::scheduler::Clock> = Arc::new(crate::scheduler::SystemClock);
-    let scheduler = start_scheduler(clock, server.pipelines(), stopped.clone())?;
+    let scheduler = start_scheduler(clock, server.pipelines(), stopped.clone(), Arc::clone(&server.metrics))?;
     let reloader = reload::watch(Arc::clone(&server), stopped.clone())?;
     let mut maintenance = maintenance::start(Arc::clone(&server)).await?;
     let pool = start_local_workers(&server)?;
@@ -509,7 +520,8 @@ pub async fn serve(server: Arc<Server>, transport: Arc<dyn crate::delivery::Tran
             transport,
             Arc::new(crate::scheduler::SystemClock),
         )
-        .with_public_url(server.options.public_url.clone()),
+        .with_public_url(server.options.public_url.clone())
+        .with_metrics(Arc::clone(&server.metrics)),
     );
     let sender = tokio::spawn(sender.run(stopped.clone()));
 
@@ -558,11 +570,12 @@ fn start_scheduler(
     clock: Arc<dyn crate::scheduler::Clock>,
     pipelines: watch::Receiver<Arc<Pipeline>>,
     stopped: watch::Receiver<bool>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let thread = std::thread::Builder::new()
-        .name("cron".into())
-        .spawn(move || runtime.block_on(crate::scheduler::run(clock, pipelines, stopped)))?;
+    let thread = std::thread::Builder::new().name("cron".into()).spawn(move || {
+        runtime.block_on(crate::scheduler::run_with_metrics(clock, pipelines, stopped, Some(metrics)))
+    })?;
     Ok(thread)
 }
 

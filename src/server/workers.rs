@@ -52,8 +52,10 @@ pub fn token_id(token: &str) -> String {
 impl Server {
     /// Leases the oldest run that may start, naming the lease `holder`.
     pub fn claim_run(&self, holder: &str, lease_for: Duration) -> Result<Option<Claim>, StoreError> {
-        let claim = self.store.claim(holder, lease_for.clamp(MIN_LEASE, MAX_LEASE), Utc::now())?;
+        let now = Utc::now();
+        let claim = self.store.claim(holder, lease_for.clamp(MIN_LEASE, MAX_LEASE), now)?;
         if let Some(claim) = &claim {
+            self.metrics.claimed(&claim.run, now);
             // What an earlier attempt's worker left held back is not this attempt's.
             self.held_logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&claim.run.id);
         }
@@ -78,6 +80,7 @@ impl Server {
     }
 
     pub fn run_activities(&self, id: RunId, epoch: Epoch, activities: Vec<NewActivity>) -> Result<(), StoreError> {
+        self.metrics.activities(&activities);
         for activity in activities {
             self.store.append_activity(id, epoch, activity, Utc::now())?;
         }
@@ -149,6 +152,7 @@ impl Server {
         memory: Option<Map<String, Value>>,
     ) -> Result<Run, StoreError> {
         let run = self.current().pipeline.finish_with_memory(id, epoch, completion, memory, Utc::now())?;
+        self.metrics.run_changed(&run);
         self.wakeup.notify();
         Ok(run)
     }

@@ -130,6 +130,34 @@ pub struct Claim {
     pub lease: Lease,
 }
 
+/// What `/metrics` reads of a store at each scrape: counts it keeps anyway, nothing
+/// decoded from disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Unfinished runs by state (awaiting approval, queued, leased, running), zeros
+    /// included. Finished runs are not counted here: that would mean reading them all.
+    pub unfinished: Vec<(RunState, u64)>,
+    /// Group commit's work so far, for a store that commits in groups.
+    pub commits: Option<CommitCounts>,
+}
+
+/// Group commit's work since the store opened: concurrent writers share each of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitCounts {
+    /// Write-ahead log appends.
+    pub logs: u64,
+    /// Log syncs (fsync).
+    pub syncs: u64,
+    /// Applier passes into the database.
+    pub applies: u64,
+}
+
+/// Told of every group commit's log append (and its sync, when it had one), with how
+/// long it took: the store's commit latency (`metrics`).
+pub trait CommitObserver: Send + Sync {
+    fn committed(&self, took: Duration, synced: bool);
+}
+
 /// Which runs to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFilter {
@@ -262,6 +290,15 @@ pub trait Store: Send + Sync {
     fn trouble(&self) -> Option<String> {
         None
     }
+
+    /// Counts for `/metrics`, cheap enough for every scrape (`StoreStats`).
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+
+    /// Has `observer` told of every commit from now on; a store that does not commit in
+    /// groups tells it nothing.
+    fn observe_commits(&self, _observer: Arc<dyn CommitObserver>) {}
 
     /// Stores `event` and the runs the rules rendered for it, applying dedupe,
     /// coalescing, cooldown and overlap, and returns once they are on disk. A delivery

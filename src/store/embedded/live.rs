@@ -77,6 +77,19 @@ impl Live {
         self.runs.values().map(|live| live.as_ref())
     }
 
+    /// How many unfinished runs are in each unfinished state (every one listed, zeros
+    /// too), counted from the index without decoding anything.
+    pub fn count_by_state(&self) -> Vec<(RunState, u64)> {
+        let mut counts: Vec<(RunState, u64)> =
+            RunState::ALL.into_iter().filter(|state| !state.is_finished()).map(|state| (state, 0)).collect();
+        for live in self.runs.values() {
+            if let Some((_, count)) = counts.iter_mut().find(|(state, _)| *state == live.run.state) {
+                *count += 1;
+            }
+        }
+        counts
+    }
+
     pub fn allocate_id(&mut self) -> RunId {
         self.next_run += 1;
         RunId(self.next_run)

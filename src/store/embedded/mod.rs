@@ -86,6 +86,8 @@ pub struct Inner {
     agents: RwLock<codec::Agents>,
     /// Rung once a change that wrote outbox messages is queued (`Store::outbox_written`).
     outbox_written: Arc<tokio::sync::Notify>,
+    /// Told how long each log append and sync took (`Store::observe_commits`).
+    commit_observer: std::sync::OnceLock<Arc<dyn super::CommitObserver>>,
 }
 
 /// What the store's lock guards: the index of unfinished runs, and changes queued for
@@ -147,14 +149,23 @@ impl Sink for Inner {
     }
 
     fn log(&self, batch: &mut Batch, sync: bool) -> Result<(), String> {
+        let began = std::time::Instant::now();
         let writes = batch.writes.iter().map(|(key, value)| (key.as_ref(), value.as_deref()));
         let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
         batch.checkpoint = wal.append(writes, sync).map_err(|e| e.to_string())?;
+        if let Some(observer) = self.commit_observer.get() {
+            observer.committed(began.elapsed(), sync);
+        }
         Ok(())
     }
 
     fn sync(&self) -> Result<(), String> {
-        self.wal.lock().unwrap_or_else(PoisonError::into_inner).sync().map_err(|e| e.to_string())
+        let began = std::time::Instant::now();
+        self.wal.lock().unwrap_or_else(PoisonError::into_inner).sync().map_err(|e| e.to_string())?;
+        if let Some(observer) = self.commit_observer.get() {
+            observer.committed(began.elapsed(), true);
+        }
+        Ok(())
     }
 
     /// Plain inserts, not sled batches: a sled batch costs two log buffer writes of its
@@ -496,6 +507,7 @@ impl SledStore {
             builder_stop: AtomicBool::new(false),
             agents: RwLock::new(codec::Agents::new()),
             outbox_written: Arc::new(tokio::sync::Notify::new()),
+            commit_observer: std::sync::OnceLock::new(),
         });
         let committer = {
             let inner = inner.clone();
@@ -912,6 +924,17 @@ impl Inner {
 impl Store for SledStore {
     fn trouble(&self) -> Option<String> {
         self.commit.trouble()
+    }
+
+    fn stats(&self) -> super::StoreStats {
+        let unfinished = self.lock().count_by_state();
+        let (logs, syncs, applies) = self.commit.commits();
+        super::StoreStats { unfinished, commits: Some(super::CommitCounts { logs, syncs, applies }) }
+    }
+
+    /// Only the first observer is kept: one server owns the store.
+    fn observe_commits(&self, observer: Arc<dyn super::CommitObserver>) {
+        let _ = self.commit_observer.set(observer);
     }
 
     fn ingest_queued(
