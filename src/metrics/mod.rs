@@ -207,6 +207,10 @@ impl Metrics {
             Unit::Seconds,
             f.cron_lateness.clone(),
         );
+        // Zeros from the start, so a rate over them needs no first increment.
+        for cause in [RetryCause::Failure, RetryCause::LeaseExpired] {
+            drop(families.retries.get_or_create(&CauseLabels { cause: cause.as_str() }));
+        }
         store.observe_commits(Arc::new(Observer(Arc::clone(&families))));
         registry.register_collector(Box::new(StoreCounts { store }));
         Arc::new(Metrics { registry, families })
@@ -317,7 +321,7 @@ impl Collector for StoreCounts {
         let runs = ConstGauge::<i64>::new(0);
         let mut family = encoder.encode_descriptor(
             "runs",
-            "Unfinished runs by state (finished ones: nightshift_run_duration_seconds_count)",
+            "Unfinished runs by state (finished runs that started: nightshift_run_duration_seconds_count)",
             None,
             runs.metric_type(),
         )?;

@@ -10,6 +10,7 @@ mod git;
 mod hooks;
 mod ledger_cli;
 mod limits;
+mod metrics;
 mod notify_github;
 mod notify_serve;
 mod notify_slack;
