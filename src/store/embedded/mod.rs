@@ -151,8 +151,8 @@ impl Sink for Inner {
     fn log(&self, batch: &mut Batch, sync: bool) -> Result<(), String> {
         let began = std::time::Instant::now();
         let writes = batch.writes.iter().map(|(key, value)| (key.as_ref(), value.as_deref()));
-        let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
-        batch.checkpoint = wal.append(writes, sync).map_err(|e| e.to_string())?;
+        let appended = self.wal.lock().unwrap_or_else(PoisonError::into_inner).append(writes, sync);
+        batch.checkpoint = appended.map_err(|e| e.to_string())?;
         if let Some(observer) = self.commit_observer.get() {
             observer.committed(began.elapsed(), sync);
         }
