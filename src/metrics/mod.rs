@@ -47,6 +47,14 @@ pub enum DeliveryOutcome {
 }
 
 impl DeliveryOutcome {
+    const ALL: [DeliveryOutcome; 5] = [
+        DeliveryOutcome::Accepted,
+        DeliveryOutcome::Duplicate,
+        DeliveryOutcome::Unauthorized,
+        DeliveryOutcome::TooLarge,
+        DeliveryOutcome::Refused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryOutcome::Accepted => "accepted",
@@ -131,10 +139,24 @@ const COMMIT_BUCKETS: [f64; 12] =
 /// fired after a restart under `misfire: run_once` is as late as the engine was down).
 const LATENESS_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 10.0, 60.0, 3600.0];
 
+/// The sources a hook can serve, and `unknown` for a name none serves: the `source`
+/// label of deliveries.
+const HOOK_SOURCES: [Option<TriggerKind>; 6] = [
+    Some(TriggerKind::Github),
+    Some(TriggerKind::Slack),
+    Some(TriggerKind::Pagerduty),
+    Some(TriggerKind::Alertmanager),
+    Some(TriggerKind::Webhook),
+    None,
+];
+
 /// The families, shared with the commit observer.
 #[derive(Debug)]
 struct Families {
-    deliveries: Family<DeliveryLabels, Counter>,
+    /// Every (source, outcome) counter of the deliveries family, made at start and
+    /// indexed `[source][outcome]` (`HOOK_SOURCES`, `DeliveryOutcome::ALL`): counting a
+    /// delivery is one atomic increment, without the family's lock.
+    delivery_counters: Vec<Vec<Counter>>,
     queue_wait: Histogram,
     run_duration: Family<StateLabels, Histogram>,
     lease_expiries: Counter,
@@ -161,8 +183,21 @@ impl Metrics {
     /// The registry with every series, reading `store`'s counts at each scrape and
     /// observing its commits.
     pub fn new(store: Arc<dyn Store>) -> Arc<Metrics> {
+        let deliveries: Family<DeliveryLabels, Counter> = Family::default();
+        let delivery_counters = HOOK_SOURCES
+            .iter()
+            .map(|source| {
+                let source = source.map_or("unknown", TriggerKind::as_str);
+                DeliveryOutcome::ALL
+                    .iter()
+                    .map(|outcome| {
+                        deliveries.get_or_create(&DeliveryLabels { source, outcome: outcome.as_str() }).clone()
+                    })
+                    .collect()
+            })
+            .collect();
         let families = Arc::new(Families {
-            deliveries: Family::default(),
+            delivery_counters,
             queue_wait: Histogram::new(RUN_BUCKETS),
             run_duration: Family::new_with_constructor(|| Histogram::new(RUN_BUCKETS)),
             lease_expiries: Counter::default(),
@@ -174,7 +209,7 @@ impl Metrics {
         });
         let mut registry = Registry::with_prefix("nightshift");
         let f = &families;
-        registry.register("deliveries", "Hook deliveries by source (trigger kind) and outcome", f.deliveries.clone());
+        registry.register("deliveries", "Hook deliveries by source (trigger kind) and outcome", deliveries);
         registry.register_with_unit(
             "queue_wait",
             "How long runs waited from queued (created, or their retry's backoff over) to claimed",
@@ -228,8 +263,12 @@ impl Metrics {
 
     /// One hook delivery; `source` is `None` for a hook no automation serves.
     pub fn delivery(&self, source: Option<TriggerKind>, outcome: DeliveryOutcome) {
-        let source = source.map_or("unknown", TriggerKind::as_str);
-        self.families.deliveries.get_or_create(&DeliveryLabels { source, outcome: outcome.as_str() }).inc();
+        // Cron and manual events never come through a hook: counted as `unknown` if so.
+        let row = HOOK_SOURCES.iter().position(|known| *known == source).unwrap_or(HOOK_SOURCES.len() - 1);
+        let column = DeliveryOutcome::ALL.iter().position(|known| *known == outcome).unwrap_or_default();
+        if let Some(counter) = self.families.delivery_counters.get(row).and_then(|counters| counters.get(column)) {
+            counter.inc();
+        }
     }
 
     /// A worker claimed `run` at `now`: the wait since it was queued.
