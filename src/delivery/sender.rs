@@ -1,7 +1,8 @@
 //! The outbox's sender, run by `serve`: it wakes when the store writes or settles outbox
 //! messages and when the next one is due (never a polling loop), sends up to
 //! `Sender::BATCH` at once through its `Transport`, and records each attempt's outcome in
-//! the store. The store's `runs::outbox` rules decide the order and the retries.
+//! the store. The store's `runs::outbox` rules decide the order and the retries. Given
+//! the server's `Metrics`, it counts each attempt's outcome by target kind.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -24,12 +24,15 @@ pub async fn start(server: Arc<Server>) -> Result<JobScheduler, tokio_cron_sched
         let server = Arc::clone(&sweeper);
         let wakeup = Arc::clone(server.wakeup());
         Box::pin(async move {
-            let sweeping = Arc::clone(&server);
-            let swept = tokio::task::spawn_blocking(move || sweeping.store().sweep_expired_leases(Utc::now())).await;
+            let swept = tokio::task::spawn_blocking(move || {
+                let runs = server.store().sweep_expired_leases(Utc::now())?;
+                count_expiries(&server, &runs);
+                Ok::<_, crate::store::StoreError>(runs)
+            })
+            .await;
             match swept {
                 Ok(Ok(runs)) if !runs.is_empty() => {
                     tracing::warn!(runs = ?runs, "leases expired; runs queued again or failed");
-                    count_expiries(&server, &runs);
                     wakeup.notify();
                 }
                 Ok(Ok(_)) => {}
@@ -54,16 +57,18 @@ pub async fn start(server: Arc<Server>) -> Result<JobScheduler, tokio_cron_sched
     Ok(jobs)
 }
 
-/// Counts the expired leases, and the runs they queued again as retries (the rest
-/// failed: their attempts were used up).
+/// Counts the expired leases, and the runs they queued again as retries; the rest
+/// failed (their attempts were used up) and are timed like any finished run.
 fn count_expiries(server: &Server, runs: &[crate::runs::RunId]) {
     let metrics = server.metrics();
     metrics.leases_expired(runs.len() as u64);
     for id in runs {
-        if let Ok(Some(run)) = server.store().run(*id)
-            && run.state == crate::runs::RunState::Queued
-        {
-            metrics.retry(crate::metrics::RetryCause::LeaseExpired);
+        match server.store().run(*id) {
+            Ok(Some(run)) if run.state == crate::runs::RunState::Queued => {
+                metrics.retry(crate::metrics::RetryCause::LeaseExpired);
+            }
+            Ok(Some(run)) => metrics.run_changed(&run),
+            _ => {}
         }
     }
 }
