@@ -264,7 +264,7 @@ fn a_metrics_token_is_asked_for_once_configured() {
 }
 
 /// A lease left to expire counts as an expiry and its run, with attempts left, as a
-/// retry; a cron slot that fires observes its lateness.
+/// retry, and so does a retryable failure; a cron slot that fires observes its lateness.
 #[test]
 fn expired_leases_retries_and_cron_lateness_are_counted() {
     let ticking = "name: ticking\ntrigger:\n  cron: { schedule: \"* * * * * *\" }\ntask:\n  agent: codex\n  \
@@ -279,5 +279,15 @@ fn expired_leases_retries_and_cron_lateness_are_counted() {
     let swept = wait_for_value(&server, "nightshift_lease_expiries_total", 1.0);
     assert_eq!(value(&swept, "nightshift_retries_total{cause=\"lease_expired\"}"), 1.0, "{swept}");
     assert_eq!(value(&swept, "nightshift_retries_total{cause=\"failure\"}"), 0.0, "{swept}");
-    promtool_accepts(&swept);
+    // Claimed again, its attempt fails in a way worth retrying: a retry of the other cause.
+    let again = server.worker_post("t", "/api/worker/claim", &json!({"worker": "w", "lease_seconds": 30}));
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    let (run, epoch) = (again.body["run"]["id"].as_str().unwrap().to_string(), again.body["lease"]["epoch"].clone());
+    let failed = json!({"epoch": epoch, "completion": {"outcome": "failed", "reason": "flaky", "retryable": true}});
+    let answer = server.worker_post("t", &format!("/api/worker/runs/{run}/complete"), &failed);
+    assert_eq!(answer.status, 204, "{:?}", answer.body);
+    let retried = scrape(&server, None);
+    assert_eq!(value(&retried, "nightshift_retries_total{cause=\"failure\"}"), 1.0, "{retried}");
+    assert_eq!(value(&retried, "nightshift_queue_wait_seconds_count"), 2.0, "{retried}");
+    promtool_accepts(&retried);
 }
