@@ -3,7 +3,9 @@
 //!
 //! - `POST /api/automations/{name}/run?source=KIND&now=TIME` with the payload as the
 //!   body and `X-Nightshift-Header-{Name}` for delivery headers: a manual run, 202.
-//! - `GET /api/runs?automation=&state=&limit=`, `GET /api/runs/{id}`.
+//! - `GET /api/runs?automation=&state=&limit=&before=`, newest first: a full page says
+//!   the next one's cursor in `X-Nightshift-Next` (pass it as `before=`);
+//!   `GET /api/runs/{id}`.
 //! - `GET /api/runs/{id}/log?from=N`: the log pieces numbered N and on.
 //! - `POST /api/runs/{id}/approve`; `POST /api/runs/{id}/cancel` with `{"reason": ...}`.
 //! - `GET /api/automations/{name}/memory`, `PUT` / `DELETE .../memory/{key}`.
@@ -116,7 +118,11 @@ struct RunsQuery {
     state: Option<String>,
     #[serde(default)]
     limit: usize,
+    before: Option<String>,
 }
+
+/// The header of a full page of runs that names the next page's `before=`.
+pub const NEXT_PAGE_HEADER: &str = "x-nightshift-next";
 
 async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQuery>) -> Response {
     let state = match query.state.as_deref().map(|s| s.parse::<RunState>()) {
@@ -124,9 +130,25 @@ async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQu
         Some(Ok(state)) => Some(state),
         Some(Err(why)) => return error(StatusCode::BAD_REQUEST, why.to_string()),
     };
-    let filter = RunFilter { automation: query.automation, state, limit: query.limit };
+    let before = match query.before.as_deref().filter(|text| !text.is_empty()).map(|text| (text, text.parse::<RunId>())) {
+        None => None,
+        Some((_, Ok(id))) => Some(id),
+        Some((text, Err(_))) => return not_a_run_id(text),
+    };
+    let filter = RunFilter { automation: query.automation, state, limit: query.limit, before };
     let server = Arc::clone(&server);
-    blocking(move || server.runs(&filter).map(|runs| axum::Json(runs).into_response())).await
+    blocking(move || {
+        let runs = server.runs(&filter)?;
+        let next = runs.last().filter(|_| filter.limit > 0 && runs.len() == filter.limit).map(|run| run.id);
+        let mut response = axum::Json(runs).into_response();
+        if let Some(next) = next
+            && let Ok(value) = axum::http::HeaderValue::from_str(&next.to_string())
+        {
+            response.headers_mut().insert(NEXT_PAGE_HEADER, value);
+        }
+        Ok(response)
+    })
+    .await
 }
 
 async fn show_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {

@@ -137,6 +137,9 @@ pub struct RunFilter {
     pub state: Option<RunState>,
     /// At most this many, newest first; 0 means no limit.
     pub limit: usize,
+    /// Only runs older than this one (ids grow with creation): the cursor of a page,
+    /// the last id of the page before.
+    pub before: Option<RunId>,
 }
 
 /// A cron trigger's progress, so restarts neither repeat nor forget slots.

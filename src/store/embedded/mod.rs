@@ -1298,21 +1298,29 @@ impl Store for SledStore {
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
         self.settle()?;
         let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
+        let before = filter.before.unwrap_or(RunId(u64::MAX));
         let wanted = |run: &Run| {
-            filter.state.is_none_or(|state| state == run.state)
+            run.id < before
+                && filter.state.is_none_or(|state| state == run.state)
                 && filter.automation.as_ref().is_none_or(|name| *name == run.automation)
         };
         // Unfinished runs come from memory, finished ones from disk; both newest first.
         let mut unfinished: Vec<Run> =
             self.lock().runs().map(|live| &live.run).filter(|r| wanted(r)).cloned().collect();
         unfinished.sort_by_key(|run| std::cmp::Reverse(run.id));
+        if filter.state.is_some_and(|state| !state.is_finished()) {
+            // Nothing on disk is in an unfinished state: a page of them reads no record.
+            unfinished.truncate(limit);
+            return Ok(unfinished);
+        }
         let listed: std::collections::HashSet<RunId> = unfinished.iter().map(|run| run.id).collect();
         let mut unfinished = unfinished.into_iter().peekable();
         // `ra/` (one automation) holds ids to look up; `run/` (all) holds the records.
+        // Both end in the id, so the cursor is a key range: a page reads only its runs.
         let index = filter.automation.is_some();
         let finished = match &filter.automation {
-            Some(automation) => self.db.scan_prefix(keys::runs_of(automation)),
-            None => self.db.scan_prefix(keys::RUN),
+            Some(automation) => self.db.range(keys::runs_of(automation)..keys::run_of(automation, before)),
+            None => self.db.range(keys::RUN.to_vec()..keys::run(before)),
         };
         let mut found = Vec::new();
         for entry in finished.rev() {
