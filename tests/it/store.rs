@@ -965,8 +965,11 @@ fn runs_are_listed_in_pages_through_a_cursor_newest_first_with_and_without_filte
     // rest queued (in memory).
     for n in 0..320 {
         let automation = if n % 2 == 0 { "probe" } else { "other" };
-        let new =
-            NewRun { automation: automation.into(), definition_hash: "h".into(), rendered: Ok((task.clone(), flow.clone())) };
+        let new = NewRun {
+            automation: automation.into(),
+            definition_hash: "h".into(),
+            rendered: Ok((task.clone(), flow.clone())),
+        };
         let id = store.ingest(&event(&format!("page-{n}"), json!({}), n), vec![new], at(n)).unwrap().runs[0].run;
         if n % 3 == 0 {
             store.cancel(id, "paging", at(n)).unwrap();

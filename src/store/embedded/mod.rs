@@ -86,6 +86,8 @@ pub struct Inner {
     agents: RwLock<codec::Agents>,
     /// Rung once a change that wrote outbox messages is queued (`Store::outbox_written`).
     outbox_written: Arc<tokio::sync::Notify>,
+    /// Told of every run written, once its change is queued (`Store::run_changes`).
+    run_changes: tokio::sync::broadcast::Sender<crate::store::RunChange>,
 }
 
 /// What the store's lock guards: the index of unfinished runs, and changes queued for
@@ -381,6 +383,8 @@ struct Changes {
     agents: Vec<codec::StoredAgent>,
     /// Outbox messages were written: the sender is rung once they are queued.
     outbox: bool,
+    /// The runs written, for `Store::run_changes`.
+    runs: Vec<crate::store::RunChange>,
 }
 
 impl Changes {
@@ -395,6 +399,7 @@ impl Changes {
     /// Writes a changed run: an unfinished one under `live/`, a finished one moves to
     /// `run/` with its index entries.
     fn put_run(&mut self, run: &Run) {
+        self.changed(run);
         if run.state.is_finished() {
             // Readers outside the lock look under `run/` first: they never miss the run.
             self.put_finished(run);
@@ -403,6 +408,15 @@ impl Changes {
             let record = self.encode_run(run);
             self.put(keys::live(run.id), record);
         }
+    }
+
+    fn changed(&mut self, run: &Run) {
+        self.runs.push(crate::store::RunChange {
+            id: run.id,
+            state: run.state,
+            automation: run.automation.clone(),
+            updated_at: run.updated_at,
+        });
     }
 
     fn put_finished(&mut self, run: &Run) {
@@ -416,6 +430,7 @@ impl Changes {
 
     /// Writes a run created just now: one key for a queued run, so ingest stays cheap.
     fn new_run(&mut self, run: &Run) {
+        self.changed(run);
         if run.state.is_finished() {
             self.put_finished(run)
         } else {
@@ -496,6 +511,7 @@ impl SledStore {
             builder_stop: AtomicBool::new(false),
             agents: RwLock::new(codec::Agents::new()),
             outbox_written: Arc::new(tokio::sync::Notify::new()),
+            run_changes: tokio::sync::broadcast::channel(crate::store::RUN_CHANGES_BUFFER).0,
         });
         let committer = {
             let inner = inner.clone();
@@ -743,6 +759,7 @@ impl Inner {
         queued.durable |= durable;
         let ticket = queued.issued;
         let outbox = changes.outbox;
+        let runs = std::mem::take(&mut changes.runs);
         if !changes.agents.is_empty() {
             let mut known = self.agents.write().unwrap_or_else(PoisonError::into_inner);
             for agent in std::mem::take(&mut changes.agents) {
@@ -769,6 +786,12 @@ impl Inner {
         drop(guard);
         if outbox {
             self.outbox_written.notify_one();
+        }
+        if self.run_changes.receiver_count() > 0 {
+            for change in runs {
+                // No receiver left is no error: nobody watches.
+                let _ = self.run_changes.send(change);
+            }
         }
         ticket
     }
@@ -1492,6 +1515,10 @@ impl Store for SledStore {
 
     fn outbox_written(&self) -> Arc<tokio::sync::Notify> {
         self.outbox_written.clone()
+    }
+
+    fn run_changes(&self) -> tokio::sync::broadcast::Receiver<crate::store::RunChange> {
+        self.run_changes.subscribe()
     }
 
     fn apply_retention(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError> {
