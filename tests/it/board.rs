@@ -243,3 +243,82 @@ fn the_live_feed_tells_of_a_run_queued_and_cancelled() {
     }
     assert_eq!(states, ["queued", "cancelled"]);
 }
+
+/// Evaluates `expression` in the page: its value (strings, numbers and booleans).
+fn eval(tab: &headless_chrome::Tab, expression: &str) -> Value {
+    tab.evaluate(expression, false).unwrap_or_else(|e| panic!("{expression}: {e}")).value.unwrap_or(Value::Null)
+}
+
+/// Polls `expression` until it is `expected`, for at most `PATIENCE`.
+fn until(tab: &headless_chrome::Tab, expression: &str, expected: Value) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let value = eval(tab, expression);
+        if value == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "`{expression}` is {value}, not {expected}, after {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn in_chromium_the_board_logs_in_shows_a_run_change_live_and_cancels_it() {
+    let Some(chromium) = crate::requires::program("chromium", &["chromium", "chromium-browser"]) else { return };
+    let serving = start();
+    let profile = tempfile::tempdir().unwrap();
+    let options = headless_chrome::LaunchOptions::default_builder()
+        .path(Some(chromium))
+        .headless(true)
+        // Chromium's own sandbox needs user namespaces it may not have here (and refuses root).
+        .sandbox(false)
+        .window_size(Some((1280, 860)))
+        .user_data_dir(Some(profile.path().join("profile")))
+        .idle_browser_timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let browser = headless_chrome::Browser::new(options).expect("chromium starts");
+    let tab = browser.new_tab().unwrap();
+
+    // No login yet: the board sends the browser to the form.
+    tab.navigate_to(&format!("{}/", serving.url)).unwrap().wait_until_navigated().unwrap();
+    until(&tab, "location.pathname", json!("/login"));
+    tab.wait_for_element("#token").unwrap().click().unwrap();
+    tab.type_str(&serving.token).unwrap().press_key("Enter").unwrap();
+    until(&tab, "location.pathname === '/' && document.getElementById('runs') !== null", json!(true));
+    until(&tab, "document.getElementById('live').textContent", json!("live"));
+    // Whatever follows must happen without a reload, which would forget this.
+    eval(&tab, "window.boardTestMarker = 'still here'");
+
+    // A run queued through the API appears, then changes state when a worker claims it.
+    let run = trigger(&serving, "seen live");
+    let state = format!("(document.querySelector('tr[data-id=\"{run}\"] .state') || {{}}).textContent || null");
+    until(&tab, &state, json!("queued"));
+    let claim = serving.worker_post(WORKER_TOKEN, "/api/worker/claim", &json!({"worker": "w", "lease_seconds": 300}));
+    assert_eq!(claim.status, 200, "{:?}", claim.body);
+    until(&tab, &state, json!("leased"));
+    assert_eq!(eval(&tab, "window.boardTestMarker"), json!("still here"), "the page was not reloaded");
+
+    // The run's page, its cancel button, and the run cancelled.
+    tab.wait_for_element(&format!("a[data-run=\"{run}\"]")).unwrap().click().unwrap();
+    until(&tab, "(document.getElementById('prompt') || {}).textContent || null", json!("look at <b>seen live</b>"));
+    assert_eq!(eval(&tab, "document.querySelectorAll('#prompt b').length"), json!(0), "run text is text, not HTML");
+    tab.wait_for_element("#cancel").unwrap().click().unwrap();
+    until(&tab, "(document.getElementById('run-state') || {}).textContent || null", json!("cancelled"));
+    assert_eq!(serving.api_get(&format!("/api/runs/{run}"))["run"]["state"], "cancelled");
+    assert_eq!(eval(&tab, "window.boardTestMarker"), json!("still here"));
+
+    // Back on the list, the row says so too; then a picture of the board.
+    eval(&tab, "location.hash = '#/'");
+    until(&tab, &state, json!("cancelled"));
+    let newer = trigger(&serving, "fix the flaky test");
+    until(&tab, &format!("document.querySelector('tr[data-id=\"{newer}\"]') !== null"), json!(true));
+    let png = tab
+        .capture_screenshot(headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png, None, None, true)
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(profile.path().join("board.png"), &png).unwrap();
+    if std::env::var_os("NIGHTSHIFT_BOARD_SCREENSHOT").is_some() {
+        std::fs::write(crate::repo_root().join("docs/board.png"), &png).unwrap();
+    }
+}
