@@ -159,10 +159,10 @@ async fn login_form() -> Response {
 async fn login(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
     let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     // A login from another site would log this browser in as someone else.
-    if text("origin").is_some() || text("sec-fetch-site").is_some() {
-        if let Err(why) = same_origin(&headers) {
-            return error(StatusCode::FORBIDDEN, why);
-        }
+    if (text("origin").is_some() || text("sec-fetch-site").is_some())
+        && let Err(why) = same_origin(&headers)
+    {
+        return error(StatusCode::FORBIDDEN, why);
     }
     let given = form_urlencoded::parse(&body).find(|(key, _)| key == "token").map(|(_, value)| value.into_owned());
     let access =
