@@ -224,17 +224,33 @@ async fn session(State(server): State<Arc<Server>>, headers: HeaderMap) -> Respo
 
 /// `GET /api/runs/stream`: a `run` event (`{"id", "state", "automation", "updated_at"}`)
 /// whenever a run is queued, changes state or ends; `reload` when this client fell too
-/// far behind to be told each one; a comment every 15 s otherwise.
+/// far behind to be told each one; a comment every 15 s otherwise. It ends when the
+/// server starts to stop.
 pub async fn stream(State(server): State<Arc<Server>>) -> Response {
     let changes = server.store().run_changes();
-    let events = futures_util::stream::unfold(changes, |mut changes| async move {
+    let stopping = server.wakeup().subscribe();
+    let events = futures_util::stream::unfold((changes, stopping, server), |(mut changes, mut stopping, server)| async move {
         use tokio::sync::broadcast::error::RecvError;
-        let event = match changes.recv().await {
-            Ok(change) => Event::default().event("run").json_data(&change).unwrap_or_else(|_| Event::default()),
-            Err(RecvError::Lagged(_)) => Event::default().event("reload").data("lagged"),
-            Err(RecvError::Closed) => return None,
-        };
-        Some((Ok::<_, Infallible>(event), changes))
+        loop {
+            // The server is stopping: end the stream, or it would hold up the drain.
+            if server.wakeup().is_closed() {
+                return None;
+            }
+            let event = tokio::select! {
+                change = changes.recv() => match change {
+                    Ok(change) => Event::default().event("run").json_data(&change).unwrap_or_else(|_| Event::default()),
+                    Err(RecvError::Lagged(_)) => Event::default().event("reload").data("lagged"),
+                    Err(RecvError::Closed) => return None,
+                },
+                woken = stopping.changed() => {
+                    if woken.is_err() {
+                        return None;
+                    }
+                    continue;
+                }
+            };
+            return Some((Ok::<_, Infallible>(event), (changes, stopping, server)));
+        }
     });
     let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

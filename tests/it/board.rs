@@ -242,6 +242,11 @@ fn the_live_feed_tells_of_a_run_queued_and_cancelled() {
         }
     }
     assert_eq!(states, ["queued", "cancelled"]);
+    // An open feed does not hold up a stop.
+    let mut serving = serving;
+    let status = serving.stop_within(Duration::from_secs(20)).expect("serve stopped with a board's feed open");
+    assert!(status.success(), "{status}");
+    drop(lines);
 }
 
 /// Evaluates `expression` in the page: its value (strings, numbers and booleans).
