@@ -97,15 +97,24 @@ pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Whether a browser's request comes from the board's own pages: `Sec-Fetch-Site`, when
-/// sent, must be `same-origin`, and `Origin` must name the host the request was sent to.
+/// sent, must be `same-origin`, and `Origin` must name the host the request was sent to,
+/// or be the server's public URL (`--public-url`, for a proxy that rewrites `Host`).
 /// A request without `Origin` is refused too (browsers send it on every POST).
-pub fn same_origin(origin: Option<&str>, fetch_site: Option<&str>, host: Option<&str>) -> Result<(), String> {
+pub fn same_origin(
+    origin: Option<&str>,
+    fetch_site: Option<&str>,
+    host: Option<&str>,
+    public_url: Option<&str>,
+) -> Result<(), String> {
     if let Some(site) = fetch_site
         && site != "same-origin"
     {
         return Err(format!("Sec-Fetch-Site is `{site}`: the board's buttons work from its own pages only"));
     }
     let origin = origin.ok_or("the request has no Origin header")?;
+    if public_url.is_some_and(|url| url.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
+        return Ok(());
+    }
     let host = host.ok_or("the request has no Host header")?;
     let authority = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")).unwrap_or("");
     if authority.eq_ignore_ascii_case(host) {
@@ -122,13 +131,18 @@ mod tests {
     #[test]
     fn only_the_same_origin_may_press_a_button() {
         let host = Some("127.0.0.1:8080");
-        assert_eq!(same_origin(Some("http://127.0.0.1:8080"), Some("same-origin"), host), Ok(()));
-        assert_eq!(same_origin(Some("https://127.0.0.1:8080"), None, host), Ok(()));
-        assert!(same_origin(Some("http://evil.example"), None, host).is_err());
-        assert!(same_origin(Some("http://127.0.0.1:8080.evil.example"), None, host).is_err());
-        assert!(same_origin(Some("http://127.0.0.1:8080"), Some("cross-site"), host).is_err());
-        assert!(same_origin(None, Some("same-origin"), host).is_err());
-        assert!(same_origin(Some("null"), None, host).is_err());
+        let check = |origin, site| same_origin(origin, site, host, None);
+        assert_eq!(check(Some("http://127.0.0.1:8080"), Some("same-origin")), Ok(()));
+        assert_eq!(check(Some("https://127.0.0.1:8080"), None), Ok(()));
+        assert!(check(Some("http://evil.example"), None).is_err());
+        assert!(check(Some("http://127.0.0.1:8080.evil.example"), None).is_err());
+        assert!(check(Some("http://127.0.0.1:8080"), Some("cross-site")).is_err());
+        assert!(check(None, Some("same-origin")).is_err());
+        assert!(check(Some("null"), None).is_err());
+        // Behind a proxy that sends its own Host, the public URL is the board's origin.
+        let public = Some("https://ns.example.com");
+        assert_eq!(same_origin(Some("https://ns.example.com"), Some("same-origin"), host, public), Ok(()));
+        assert!(same_origin(Some("https://evil.example"), None, host, public).is_err());
     }
 
     #[test]

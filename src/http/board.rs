@@ -102,7 +102,7 @@ pub async fn access(State(server): State<Arc<Server>>, request: Request, next: N
         return error(StatusCode::FORBIDDEN, "the read-only token may look but not act: this needs the API token");
     }
     if let Caller::Session(_, session) = &caller
-        && let Err(why) = from_the_board(request.headers(), session)
+        && let Err(why) = from_the_board(&server, request.headers(), session)
     {
         return error(StatusCode::FORBIDDEN, why);
     }
@@ -110,8 +110,8 @@ pub async fn access(State(server): State<Arc<Server>>, request: Request, next: N
 }
 
 /// A board session's change: from the board's origin, with the session's CSRF token.
-fn from_the_board(headers: &HeaderMap, session: &Session) -> Result<(), String> {
-    same_origin(headers)?;
+fn from_the_board(server: &Server, headers: &HeaderMap, session: &Session) -> Result<(), String> {
+    same_origin(server, headers)?;
     let given = headers.get(CSRF_HEADER).and_then(|value| value.to_str().ok()).unwrap_or("");
     if crate::auth::same_secret(given, &session.csrf) {
         Ok(())
@@ -120,9 +120,10 @@ fn from_the_board(headers: &HeaderMap, session: &Session) -> Result<(), String> 
     }
 }
 
-fn same_origin(headers: &HeaderMap) -> Result<(), String> {
+fn same_origin(server: &Server, headers: &HeaderMap) -> Result<(), String> {
     let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    crate::board::same_origin(text("origin"), text("sec-fetch-site"), text("host"))
+    let public_url = server.options().public_url.as_deref();
+    crate::board::same_origin(text("origin"), text("sec-fetch-site"), text("host"), public_url)
 }
 
 /// `/` and `/runs/{id}`: the board, for a caller with a login; else to `/login`.
@@ -160,7 +161,7 @@ async fn login(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byte
     let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     // A login from another site would log this browser in as someone else.
     if (text("origin").is_some() || text("sec-fetch-site").is_some())
-        && let Err(why) = same_origin(&headers)
+        && let Err(why) = same_origin(&server, &headers)
     {
         return error(StatusCode::FORBIDDEN, why);
     }
@@ -197,7 +198,7 @@ fn over_https(server: &Server, headers: &HeaderMap) -> bool {
 
 /// `POST /logout`: ends the session (from the board's own origin) and clears the cookie.
 async fn logout(State(server): State<Arc<Server>>, headers: HeaderMap) -> Response {
-    if let Err(why) = same_origin(&headers) {
+    if let Err(why) = same_origin(&server, &headers) {
         return error(StatusCode::FORBIDDEN, why);
     }
     if let Ok(Caller::Session(id, _)) = caller(&server, &headers) {
@@ -229,29 +230,32 @@ async fn session(State(server): State<Arc<Server>>, headers: HeaderMap) -> Respo
 pub async fn stream(State(server): State<Arc<Server>>) -> Response {
     let changes = server.store().run_changes();
     let stopping = server.wakeup().subscribe();
-    let events = futures_util::stream::unfold((changes, stopping, server), |(mut changes, mut stopping, server)| async move {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            // The server is stopping: end the stream, or it would hold up the drain.
-            if server.wakeup().is_closed() {
-                return None;
-            }
-            let event = tokio::select! {
-                change = changes.recv() => match change {
-                    Ok(change) => Event::default().event("run").json_data(&change).unwrap_or_else(|_| Event::default()),
-                    Err(RecvError::Lagged(_)) => Event::default().event("reload").data("lagged"),
-                    Err(RecvError::Closed) => return None,
-                },
-                woken = stopping.changed() => {
-                    if woken.is_err() {
-                        return None;
-                    }
-                    continue;
+    let events = futures_util::stream::unfold(
+        (changes, stopping, server),
+        |(mut changes, mut stopping, server)| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                // The server is stopping: end the stream, or it would hold up the drain.
+                if server.wakeup().is_closed() {
+                    return None;
                 }
-            };
-            return Some((Ok::<_, Infallible>(event), (changes, stopping, server)));
-        }
-    });
+                let event = tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(change) => Event::default().event("run").json_data(&change).unwrap_or_else(|_| Event::default()),
+                        Err(RecvError::Lagged(_)) => Event::default().event("reload").data("lagged"),
+                        Err(RecvError::Closed) => return None,
+                    },
+                    woken = stopping.changed() => {
+                        if woken.is_err() {
+                            return None;
+                        }
+                        continue;
+                    }
+                };
+                return Some((Ok::<_, Infallible>(event), (changes, stopping, server)));
+            }
+        },
+    );
     let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
