@@ -9,7 +9,12 @@
 //! cargo run --release --example store_load -- ingest [PRODUCERS=64] [SECONDS=5] [rules|store]
 //! cargo run --release --example store_load -- claims [WORKERS=4] [RUNS=50000]
 //! cargo run --release --example store_load -- bytes [EVENTS=20000] [PROFILE=local-audit]
+//! cargo run --release --example store_load -- runs [RUNS=100000] [READS=200]
 //! ```
+//! `runs` stores RUNS runs (all but one per service skipped by a cooldown, so nearly all
+//! are finished and on disk, as in a store that has run a while), then reads the web
+//! board's page of 50 runs READS times each way (the newest, one deep in the list through
+//! its cursor, one automation's, queued ones, skipped ones) and prints the median and p99.
 //! `bytes` ingests EVENTS small deliveries (about 90 bytes of payload, one run each on
 //! the agent profile PROFILE) through the rules and the store, in batches of 256 as
 //! concurrent requests would, stops the store cleanly, and prints what its directory
@@ -57,8 +62,9 @@ fn main() {
         Some("ingest") => ingest(number(1, 64), number(2, 5), args.get(3).map(String::as_str) != Some("store")),
         Some("claims") => claims(number(1, 4), number(2, 50_000)),
         Some("bytes") => bytes(number(1, 20_000).min(MAX_EVENTS), args.get(2).map_or("local-audit", String::as_str)),
+        Some("runs") => runs_page(number(1, 100_000).min(MAX_EVENTS), number(2, 200).min(100_000)),
         _ => eprintln!(
-            "usage: store_load ingest [PRODUCERS] [SECONDS] [rules|store] | claims [WORKERS] [RUNS] | bytes [EVENTS] [PROFILE]"
+            "usage: store_load ingest [PRODUCERS] [SECONDS] [rules|store] | claims [WORKERS] [RUNS] | bytes [EVENTS] [PROFILE] | runs [RUNS] [READS]"
         ),
     }
 }
@@ -278,6 +284,68 @@ fn bytes(events: u64, profile: &str) {
     );
     for (part, (allocated, apparent)) in by_part {
         println!("  {part}: {allocated} allocated, {apparent} apparent");
+    }
+}
+
+const COOLED: &str = r#"
+name: cooled
+trigger: { manual: {} }
+concurrency: { key: "{{ event.service }}" }
+cooldown: 1000h
+task:
+  agent: codex
+  repo: "/srv/git/{{ event.service }}"
+  prompt: "Check {{ untrusted(event.title) }} on {{ event.service }}."
+"#;
+
+/// The board's runs page (`GET /api/runs?limit=50`) over a store of `total` runs.
+fn runs_page(total: u64, reads: u64) {
+    use nightshift::runs::{RunId, RunState};
+    use nightshift::store::RunFilter;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("automations")).expect("dir");
+    std::fs::write(dir.path().join("automations/cooled.yaml"), COOLED).expect("write");
+    let (catalog, problems) = nightshift::catalog::load(RuleEngine::shared(), &[dir.path().join("automations")], None);
+    assert!(problems.is_empty(), "{problems:?}");
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
+    let pipeline = Pipeline::new(Arc::new(catalog), Arc::clone(&store));
+    let started = Instant::now();
+    for batch in 0..total.div_ceil(256) {
+        let pending: Vec<_> = (batch * 256..((batch + 1) * 256).min(total))
+            .map(|n| {
+                let payload = json!({"title": "disk usage above 90%", "service": format!("svc-{}", n % 20)});
+                let event = Event::from_delivery(TriggerKind::Manual, payload, Default::default(), Utc::now());
+                pipeline.ingest_queued(event, Audience::Everyone, Utc::now()).expect("ingest").1
+            })
+            .collect();
+        for durability in pending {
+            durability.wait().expect("durable");
+        }
+    }
+    println!("runs: {total} runs stored in {:.1?}", started.elapsed());
+    let page = |filter: RunFilter| RunFilter { limit: 50, ..filter };
+    let ways = [
+        ("newest 50", page(RunFilter::default())),
+        ("50 before the middle", page(RunFilter { before: Some(RunId(total / 2)), ..RunFilter::default() })),
+        ("50 of one automation", page(RunFilter { automation: Some("cooled".into()), ..RunFilter::default() })),
+        ("50 queued", page(RunFilter { state: Some(RunState::Queued), ..RunFilter::default() })),
+        ("50 skipped", page(RunFilter { state: Some(RunState::Skipped), ..RunFilter::default() })),
+    ];
+    for (name, filter) in ways {
+        let mut times: Vec<Duration> = (0..reads)
+            .map(|_| {
+                let started = Instant::now();
+                let runs = store.runs(&filter).expect("runs");
+                let took = started.elapsed();
+                assert!(!runs.is_empty(), "{name}: no runs");
+                // What the API does with them: JSON.
+                std::hint::black_box(serde_json::to_vec(&runs).expect("json"));
+                took
+            })
+            .collect();
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        println!("  {name}: p50 {:.2?}, p99 {:.2?} (store read; {reads} reads)", at(0.5), at(0.99));
     }
 }
 

@@ -122,6 +122,7 @@ impl Bench {
             listen: "127.0.0.1:0".parse().expect("an address"),
             max_body: None,
             api_token: Some("bench".into()),
+            read_token: None,
             workers: 0,
             worker: WorkerSettings::new(root.join("work")),
             worker_tokens: Vec::new(),

@@ -222,6 +222,11 @@ fn scheme_value<'a>(authorization: &'a str, scheme: &str) -> Option<&'a str> {
     given.eq_ignore_ascii_case(scheme).then_some(value)
 }
 
+/// Whether `given` is `secret`, in time that does not depend on where they differ.
+pub fn same_secret(given: &str, secret: &str) -> bool {
+    equal(given.as_bytes(), secret.as_bytes())
+}
+
 /// `Authorization: Bearer <token>`.
 pub fn verify_bearer(token: &str, authorization: Option<&str>) -> Result<(), AuthError> {
     let authorization = authorization.ok_or(AuthError::Missing("Authorization".into()))?;

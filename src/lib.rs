@@ -9,6 +9,7 @@
 //! command).
 
 pub mod auth;
+pub mod board;
 pub mod catalog;
 pub mod cli;
 pub mod config;

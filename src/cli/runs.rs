@@ -32,7 +32,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let ledger = connect(&args.location, &Sources::default())?;
-    let filter = RunFilter { automation: args.automation, state: args.state, limit: args.limit };
+    let filter = RunFilter { automation: args.automation, state: args.state, limit: args.limit, before: None };
     let runs = ledger.runs(&filter)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&runs)?);

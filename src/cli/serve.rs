@@ -46,6 +46,11 @@ pub struct Args {
     /// counts, never payloads or secrets: docs/metrics.md).
     #[arg(long, value_name = "TOKEN")]
     metrics_token: Option<String>,
+    /// A token that may see runs through the API and the web board but change nothing
+    /// (no approve, cancel, re-run or trigger). Also read from NIGHTSHIFT_READ_TOKEN.
+    /// Not written to serve.json: give it to the people who should only look.
+    #[arg(long, value_name = "TOKEN")]
+    read_token: Option<String>,
     #[command(flatten)]
     worker: WorkerArgs,
     #[command(flatten)]
@@ -119,6 +124,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         max_body: args.max_body,
         api_token: std::env::var("NIGHTSHIFT_API_TOKEN").ok().filter(|t| !t.is_empty()),
+        read_token: args
+            .read_token
+            .or_else(|| std::env::var("NIGHTSHIFT_READ_TOKEN").ok())
+            .filter(|token| !token.is_empty()),
         workers: args.workers,
         // No local workers, no local phases: nothing to build a jail for (the first jail
         // of a root worker also walks /usr and /lib*, seconds of disk reads at start).

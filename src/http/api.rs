@@ -3,20 +3,27 @@
 //!
 //! - `POST /api/automations/{name}/run?source=KIND&now=TIME` with the payload as the
 //!   body and `X-Nightshift-Header-{Name}` for delivery headers: a manual run, 202.
-//! - `GET /api/runs?automation=&state=&limit=`, `GET /api/runs/{id}`.
+//! - `GET /api/runs?automation=&state=&limit=&before=`, newest first: a full page says
+//!   the next one's cursor in `X-Nightshift-Next` (pass it as `before=`);
+//!   `GET /api/runs/{id}`.
 //! - `GET /api/runs/{id}/log?from=N`: the log pieces numbered N and on.
 //! - `POST /api/runs/{id}/approve`; `POST /api/runs/{id}/cancel` with `{"reason": ...}`.
 //! - `GET /api/automations/{name}/memory`, `PUT` / `DELETE .../memory/{key}`.
+//! - `POST /api/runs/{id}/rerun`: the same automation and event again, 202.
+//! - `GET /api/runs/stream`: run changes as server-sent events (`board.rs`).
 //! - `POST /api/prune`.
+//!
+//! `board::access` checks every request: the API token may do anything, the read-only
+//! token and read-only board sessions only GET.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
@@ -40,22 +47,12 @@ pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
         .route("/api/runs/{id}/approve", post(approve_run))
         .route("/api/runs/{id}/cancel", post(cancel_run))
         .route("/api/runs/{id}/follow-up", post(follow_up_run))
+        .route("/api/runs/{id}/rerun", post(rerun))
+        .route("/api/runs/stream", get(super::board::stream))
         .route("/api/automations/{name}/memory", get(read_memory))
         .route("/api/automations/{name}/memory/{key}", put(set_memory).delete(remove_memory))
         .route("/api/prune", post(prune))
-        .route_layer(middleware::from_fn_with_state(server, require_token))
-}
-
-/// Checks the bearer token of every `/api` request.
-async fn require_token(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
-    let given = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match crate::auth::verify_bearer(server.api_token(), given) {
-        Ok(()) => next.run(request).await,
-        Err(why) => error(
-            StatusCode::UNAUTHORIZED,
-            format!("{why}: /api needs `Authorization: Bearer <token>`, the token in serve.json in the data directory"),
-        ),
-    }
+        .route_layer(middleware::from_fn_with_state(server, super::board::access))
 }
 
 fn api_error(failed: ApiError) -> Response {
@@ -116,7 +113,11 @@ struct RunsQuery {
     state: Option<String>,
     #[serde(default)]
     limit: usize,
+    before: Option<String>,
 }
+
+/// The header of a full page of runs that names the next page's `before=`.
+pub const NEXT_PAGE_HEADER: &str = "x-nightshift-next";
 
 async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQuery>) -> Response {
     let state = match query.state.as_deref().map(|s| s.parse::<RunState>()) {
@@ -124,9 +125,26 @@ async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQu
         Some(Ok(state)) => Some(state),
         Some(Err(why)) => return error(StatusCode::BAD_REQUEST, why.to_string()),
     };
-    let filter = RunFilter { automation: query.automation, state, limit: query.limit };
+    let before = match query.before.as_deref().filter(|text| !text.is_empty()).map(|text| (text, text.parse::<RunId>()))
+    {
+        None => None,
+        Some((_, Ok(id))) => Some(id),
+        Some((text, Err(_))) => return not_a_run_id(text),
+    };
+    let filter = RunFilter { automation: query.automation, state, limit: query.limit, before };
     let server = Arc::clone(&server);
-    blocking(move || server.runs(&filter).map(|runs| axum::Json(runs).into_response())).await
+    blocking(move || {
+        let runs = server.runs(&filter)?;
+        let next = runs.last().filter(|_| filter.limit > 0 && runs.len() == filter.limit).map(|run| run.id);
+        let mut response = axum::Json(runs).into_response();
+        if let Some(next) = next
+            && let Ok(value) = axum::http::HeaderValue::from_str(&next.to_string())
+        {
+            response.headers_mut().insert(NEXT_PAGE_HEADER, value);
+        }
+        Ok(response)
+    })
+    .await
 }
 
 async fn show_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
@@ -190,6 +208,15 @@ async fn follow_up_run(State(server): State<Arc<Server>>, Path(id): Path<String>
         return error(StatusCode::BAD_REQUEST, "`text` is empty: say what the follow-up should do".to_string());
     }
     match server.follow_up(id, request.text, request.now.unwrap_or_else(Utc::now)).await {
+        Ok(report) => (StatusCode::ACCEPTED, axum::Json(report)).into_response(),
+        Err(failed) => api_error(failed),
+    }
+}
+
+/// `POST /api/runs/{id}/rerun`: a new run of the same automation for the same event.
+async fn rerun(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<RunId>() else { return not_a_run_id(&id) };
+    match server.rerun(id).await {
         Ok(report) => (StatusCode::ACCEPTED, axum::Json(report)).into_response(),
         Err(failed) => api_error(failed),
     }

@@ -1,13 +1,15 @@
 //! The HTTP surface of `serve` (axum; the only module that imports it): `/hooks/{name}`
 //! for trigger sources (`hooks.rs`), `/api` for the command line and tools (`api.rs`),
 //! `/api/worker` for remote workers (`worker.rs`), `/metrics` for Prometheus
-//! (`metrics.rs`), and `/healthz`. Every error is JSON, `{"error": ...}`, with a status that tells the
+//! (`metrics.rs`), the web board (`board.rs`: `/`, `/login`, the live feed, and who may
+//! use `/api`), and `/healthz`. Every error is JSON, `{"error": ...}`, with a status that tells the
 //! caller what to do: 401 only when authentication failed, 413 for an oversize body,
 //! 408 for a body that did not arrive in time, 503 with Retry-After when the store or a
 //! hook's rules cannot keep up. `connections.rs` is the serve loop: the connection cap
 //! and the header and body deadlines.
 
 mod api;
+mod board;
 mod connections;
 mod hooks;
 mod metrics;
@@ -49,6 +51,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/hooks/{name}", post(hooks::deliver))
         .route("/healthz", get(health))
         .merge(api::routes(Arc::clone(&server)))
+        .merge(board::routes())
         .merge(worker::routes(Arc::clone(&server)))
         .merge(metrics::routes())
         .fallback(not_found)

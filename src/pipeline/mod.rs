@@ -158,7 +158,12 @@ impl Pipeline {
             let (outcome, durability) = self.store.ingest_queued(event, Vec::new(), now)?;
             return Ok(Some((IngestReport { outcome, not_matched: Vec::new() }, durability)));
         }
-        let queued = RunFilter { automation: Some(last.automation.clone()), state: Some(RunState::Queued), limit: 0 };
+        let queued = RunFilter {
+            automation: Some(last.automation.clone()),
+            state: Some(RunState::Queued),
+            limit: 0,
+            before: None,
+        };
         let waiting = followup::waiting(&last, &self.store.runs(&queued)?);
         let config = &loaded.compiled.definition.follow_up;
         let task = match followup::decide(config, &reply, &last, waiting, now) {
@@ -199,7 +204,12 @@ impl Pipeline {
         let Some(loaded) = self.catalog.get(&last.automation) else {
             return Ok(Err(format!("{}'s automation `{}` is not loaded", last.id, last.automation)));
         };
-        let queued = RunFilter { automation: Some(last.automation.clone()), state: Some(RunState::Queued), limit: 0 };
+        let queued = RunFilter {
+            automation: Some(last.automation.clone()),
+            state: Some(RunState::Queued),
+            limit: 0,
+            before: None,
+        };
         let waiting = followup::waiting(&last, &self.store.runs(&queued)?);
         let mut config = loaded.compiled.definition.follow_up.clone();
         // A person asking is not held to the window.

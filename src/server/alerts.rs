@@ -45,6 +45,7 @@ pub fn cancel_unstarted_runs(
         automation: Some(hook.automation.clone()),
         state: Some(state),
         limit: 0,
+        before: None,
     });
     let mut candidates = Vec::new();
     for filter in &unstarted {

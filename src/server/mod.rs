@@ -54,6 +54,8 @@ pub struct ServeOptions {
     pub max_body: Option<usize>,
     /// The API's bearer token; a random one is made when none is given.
     pub api_token: Option<String>,
+    /// A token that may read the API and the board but change nothing (`--read-token`).
+    pub read_token: Option<String>,
     /// Runs the local worker pool takes on at once; 0 leaves every run to remote workers.
     pub workers: usize,
     /// How the local workers run runs (their directory, lease, log bound, ...).
@@ -141,6 +143,8 @@ pub struct Server {
     held_logs: std::sync::Mutex<std::collections::HashMap<RunId, (crate::runs::Epoch, Vec<u8>)>>,
     /// What `/metrics` serves; recorded into by hooks, workers, the sender and cron.
     metrics: Arc<crate::metrics::Metrics>,
+    /// The web board's logins.
+    sessions: crate::board::Sessions,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -300,6 +304,7 @@ impl Server {
             wakeup: Arc::new(Wakeup::new()),
             held_logs: std::sync::Mutex::default(),
             metrics: crate::metrics::Metrics::new(Arc::clone(&store)),
+            sessions: crate::board::Sessions::default(),
         }))
     }
 
@@ -318,6 +323,15 @@ impl Server {
 
     pub fn api_token(&self) -> &str {
         &self.api_token
+    }
+
+    /// The read-only token, if one was given.
+    pub fn read_token(&self) -> Option<&str> {
+        self.options.read_token.as_deref()
+    }
+
+    pub fn sessions(&self) -> &crate::board::Sessions {
+        &self.sessions
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -443,6 +457,31 @@ impl Server {
             .map_err(ApiError::Conflict)?;
         self.wakeup.notify();
         Ok(report)
+    }
+
+    /// Queues a new run of run `id`'s automation for the same event (its last, when
+    /// several coalesced into it), as a person's request: a fresh event with the stored
+    /// one's source, headers and payload, received now.
+    pub async fn rerun(&self, id: RunId) -> Result<IngestReport, ApiError> {
+        let store = Arc::clone(&self.store);
+        let found = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let run = store.run(id)?.ok_or(StoreError::NoSuchRun(id))?;
+            let event = match run.event_ids.last() {
+                Some(event) => store.event(event)?,
+                None => None,
+            };
+            Ok((run.automation, event))
+        })
+        .await
+        .map_err(|panicked| ApiError::BadRequest(format!("reading the run failed: {panicked}")))??;
+        let (automation, Some(stored)) = found else {
+            return Err(ApiError::Conflict(format!(
+                "{id}'s event is no longer stored (retention): nothing to run again"
+            )));
+        };
+        let event = stored.event;
+        let request = ManualRun { source: Some(event.source), headers: event.headers, now: None };
+        self.run_manually(&automation, event.payload, request).await
     }
 
     /// Lets a run that waits for approval continue.

@@ -165,7 +165,24 @@ pub struct RunFilter {
     pub state: Option<RunState>,
     /// At most this many, newest first; 0 means no limit.
     pub limit: usize,
+    /// Only runs older than this one (ids grow with creation): the cursor of a page,
+    /// the last id of the page before.
+    pub before: Option<RunId>,
 }
+
+/// A run was queued, changed state or ended (`Store::run_changes`): what a live board
+/// needs to update its row or fetch the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunChange {
+    pub id: RunId,
+    pub state: RunState,
+    pub automation: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Changes a `run_changes` receiver may fall behind by before it misses some (it is told
+/// it lagged, and a board reloads).
+pub const RUN_CHANGES_BUFFER: usize = 1024;
 
 /// A cron trigger's progress, so restarts neither repeat nor forget slots.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -437,6 +454,10 @@ pub trait Store: Send + Sync {
     fn thread_run(&self, thread: &str) -> Result<Option<RunId>, StoreError>;
     /// Rung after a change wrote outbox messages or settled one: the sender's wakeup.
     fn outbox_written(&self) -> Arc<tokio::sync::Notify>;
+    /// Every run written (queued, changed, ended), once its change is queued for the
+    /// disk. Sending never waits: a receiver that falls `RUN_CHANGES_BUFFER` behind is
+    /// told it lagged.
+    fn run_changes(&self) -> tokio::sync::broadcast::Receiver<RunChange>;
 
     /// Deletes finished runs beyond `retention` with their activities, logs, outbox
     /// messages and events, and expired memory and dedupe marks.

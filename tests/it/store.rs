@@ -938,3 +938,58 @@ fn a_runs_notify_targets_are_stored_with_it_and_read_back_after_a_reopen() {
         assert_eq!(run.task.unwrap().notify, expected, "run {id}");
     }
 }
+
+/// Every page of `filter` (50 at a time, through `before`), joined.
+fn paged(store: &dyn Store, filter: RunFilter) -> Vec<RunId> {
+    let mut all = Vec::new();
+    let mut before = None;
+    for _ in 0..100 {
+        let page = store.runs(&RunFilter { limit: 50, before, ..filter.clone() }).unwrap();
+        assert!(page.len() <= 50);
+        all.extend(page.iter().map(|run| run.id));
+        if page.len() < 50 {
+            return all;
+        }
+        before = page.last().map(|run| run.id);
+    }
+    panic!("more than 100 pages");
+}
+
+#[test]
+fn runs_are_listed_in_pages_through_a_cursor_newest_first_with_and_without_filters() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("", data.path());
+    let store = pipeline.store();
+    let (task, flow) = probe_task(&pipeline);
+    // 320 runs of two automations; every third one cancelled (finished, on disk), the
+    // rest queued (in memory).
+    for n in 0..320 {
+        let automation = if n % 2 == 0 { "probe" } else { "other" };
+        let new = NewRun {
+            automation: automation.into(),
+            definition_hash: "h".into(),
+            rendered: Ok((task.clone(), flow.clone())),
+        };
+        let id = store.ingest(&event(&format!("page-{n}"), json!({}), n), vec![new], at(n)).unwrap().runs[0].run;
+        if n % 3 == 0 {
+            store.cancel(id, "paging", at(n)).unwrap();
+        }
+    }
+    let filters = [
+        RunFilter::default(),
+        RunFilter { automation: Some("other".into()), ..RunFilter::default() },
+        RunFilter { state: Some(RunState::Cancelled), ..RunFilter::default() },
+        RunFilter { state: Some(RunState::Queued), ..RunFilter::default() },
+        RunFilter { automation: Some("probe".into()), state: Some(RunState::Queued), ..RunFilter::default() },
+    ];
+    for filter in filters {
+        let whole: Vec<RunId> = store.runs(&filter).unwrap().iter().map(|run| run.id).collect();
+        assert!(whole.len() > 50, "{filter:?} lists {}", whole.len());
+        assert!(whole.windows(2).all(|pair| pair[0] > pair[1]), "{filter:?} is newest first");
+        assert_eq!(paged(store.as_ref(), filter.clone()), whole, "{filter:?}");
+    }
+    // A cursor in the middle starts right below it.
+    let whole: Vec<RunId> = store.runs(&RunFilter::default()).unwrap().iter().map(|run| run.id).collect();
+    let page = store.runs(&RunFilter { limit: 10, before: Some(whole[100]), ..RunFilter::default() }).unwrap();
+    assert_eq!(page.iter().map(|run| run.id).collect::<Vec<_>>(), whole[101..111]);
+}

@@ -88,6 +88,8 @@ pub struct Inner {
     outbox_written: Arc<tokio::sync::Notify>,
     /// Told how long each log append and sync took (`Store::observe_commits`).
     commit_observer: std::sync::OnceLock<Arc<dyn super::CommitObserver>>,
+    /// Told of every run written, once its change is queued (`Store::run_changes`).
+    run_changes: tokio::sync::broadcast::Sender<crate::store::RunChange>,
 }
 
 /// What the store's lock guards: the index of unfinished runs, and changes queued for
@@ -392,6 +394,8 @@ struct Changes {
     agents: Vec<codec::StoredAgent>,
     /// Outbox messages were written: the sender is rung once they are queued.
     outbox: bool,
+    /// The runs written, for `Store::run_changes`.
+    runs: Vec<crate::store::RunChange>,
 }
 
 impl Changes {
@@ -406,6 +410,7 @@ impl Changes {
     /// Writes a changed run: an unfinished one under `live/`, a finished one moves to
     /// `run/` with its index entries.
     fn put_run(&mut self, run: &Run) {
+        self.changed(run);
         if run.state.is_finished() {
             // Readers outside the lock look under `run/` first: they never miss the run.
             self.put_finished(run);
@@ -414,6 +419,15 @@ impl Changes {
             let record = self.encode_run(run);
             self.put(keys::live(run.id), record);
         }
+    }
+
+    fn changed(&mut self, run: &Run) {
+        self.runs.push(crate::store::RunChange {
+            id: run.id,
+            state: run.state,
+            automation: run.automation.clone(),
+            updated_at: run.updated_at,
+        });
     }
 
     fn put_finished(&mut self, run: &Run) {
@@ -427,6 +441,7 @@ impl Changes {
 
     /// Writes a run created just now: one key for a queued run, so ingest stays cheap.
     fn new_run(&mut self, run: &Run) {
+        self.changed(run);
         if run.state.is_finished() {
             self.put_finished(run)
         } else {
@@ -508,6 +523,7 @@ impl SledStore {
             agents: RwLock::new(codec::Agents::new()),
             outbox_written: Arc::new(tokio::sync::Notify::new()),
             commit_observer: std::sync::OnceLock::new(),
+            run_changes: tokio::sync::broadcast::channel(crate::store::RUN_CHANGES_BUFFER).0,
         });
         let committer = {
             let inner = inner.clone();
@@ -755,6 +771,7 @@ impl Inner {
         queued.durable |= durable;
         let ticket = queued.issued;
         let outbox = changes.outbox;
+        let runs = std::mem::take(&mut changes.runs);
         if !changes.agents.is_empty() {
             let mut known = self.agents.write().unwrap_or_else(PoisonError::into_inner);
             for agent in std::mem::take(&mut changes.agents) {
@@ -781,6 +798,12 @@ impl Inner {
         drop(guard);
         if outbox {
             self.outbox_written.notify_one();
+        }
+        if self.run_changes.receiver_count() > 0 {
+            for change in runs {
+                // No receiver left is no error: nobody watches.
+                let _ = self.run_changes.send(change);
+            }
         }
         ticket
     }
@@ -1321,21 +1344,36 @@ impl Store for SledStore {
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
         self.settle()?;
         let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
+        let before = filter.before.unwrap_or(RunId(u64::MAX));
         let wanted = |run: &Run| {
-            filter.state.is_none_or(|state| state == run.state)
+            run.id < before
+                && filter.state.is_none_or(|state| state == run.state)
                 && filter.automation.as_ref().is_none_or(|name| *name == run.automation)
         };
         // Unfinished runs come from memory, finished ones from disk; both newest first.
-        let mut unfinished: Vec<Run> =
-            self.lock().runs().map(|live| &live.run).filter(|r| wanted(r)).cloned().collect();
+        // Only the newest `limit` unfinished ones can be on the page: just they are cloned.
+        let mut unfinished: Vec<Run> = {
+            let state = self.lock();
+            let mut matching: Vec<&Run> = state.runs().map(|live| &live.run).filter(|r| wanted(r)).collect();
+            if matching.len() > limit {
+                matching.select_nth_unstable_by_key(limit, |run| std::cmp::Reverse(run.id));
+                matching.truncate(limit);
+            }
+            matching.into_iter().cloned().collect()
+        };
         unfinished.sort_by_key(|run| std::cmp::Reverse(run.id));
+        if filter.state.is_some_and(|state| !state.is_finished()) {
+            // Nothing on disk is in an unfinished state: a page of them reads no record.
+            return Ok(unfinished);
+        }
         let listed: std::collections::HashSet<RunId> = unfinished.iter().map(|run| run.id).collect();
         let mut unfinished = unfinished.into_iter().peekable();
         // `ra/` (one automation) holds ids to look up; `run/` (all) holds the records.
+        // Both end in the id, so the cursor is a key range: a page reads only its runs.
         let index = filter.automation.is_some();
         let finished = match &filter.automation {
-            Some(automation) => self.db.scan_prefix(keys::runs_of(automation)),
-            None => self.db.scan_prefix(keys::RUN),
+            Some(automation) => self.db.range(keys::runs_of(automation)..keys::run_of(automation, before)),
+            None => self.db.range(keys::RUN.to_vec()..keys::run(before)),
         };
         let mut found = Vec::new();
         for entry in finished.rev() {
@@ -1507,6 +1545,10 @@ impl Store for SledStore {
 
     fn outbox_written(&self) -> Arc<tokio::sync::Notify> {
         self.outbox_written.clone()
+    }
+
+    fn run_changes(&self) -> tokio::sync::broadcast::Receiver<crate::store::RunChange> {
+        self.run_changes.subscribe()
     }
 
     fn apply_retention(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError> {

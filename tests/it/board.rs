@@ -1,0 +1,329 @@
+//! The web board: login and its cookie, who may act (read-only token, cross-site
+//! requests, CSRF token), re-run, the live feed, paging through the API, and a real
+//! headless Chromium that logs in, watches a run change live and cancels it.
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde_json::{Value, json};
+
+use crate::serving::Serving;
+
+const AUTOMATION: &str = "name: board-probe\ntrigger:\n  manual: {}\ntask:\n  agent: codex\n  repo: /srv/git/api\n  prompt: 'look at <b>{{ event.get(\"title\") ?? \"this\" }}</b>'\n";
+const READ_TOKEN: &str = "read-only-token-for-the-board-test";
+const WORKER_TOKEN: &str = "worker-token-for-the-board-test";
+/// How long any one wait may take.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn start() -> Serving {
+    Serving::start_with_args(
+        &[("board-probe.yaml", AUTOMATION)],
+        &[],
+        &["--workers", "0", "--read-token", READ_TOKEN, "--worker-token", WORKER_TOKEN],
+    )
+}
+
+/// A client that does not follow redirects and keeps no cookies of its own.
+fn client() -> Client {
+    Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(PATIENCE).build().unwrap()
+}
+
+/// Logs in with `token`: the login answer.
+fn login(serving: &Serving, token: &str) -> Response {
+    let form = format!("token={token}");
+    client()
+        .post(format!("{}/login", serving.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", &serving.url)
+        .body(form)
+        .send()
+        .unwrap()
+}
+
+/// The session cookie (`name=value`) a successful login set.
+fn session_cookie(serving: &Serving, token: &str) -> String {
+    let answer = login(serving, token);
+    assert_eq!(answer.status(), 303, "a good token logs in");
+    let cookie = answer.headers()["set-cookie"].to_str().unwrap().to_string();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+fn csrf(serving: &Serving, cookie: &str) -> String {
+    let session: Value =
+        client().get(format!("{}/board/session", serving.url)).header("cookie", cookie).send().unwrap().json().unwrap();
+    session["csrf"].as_str().unwrap().to_string()
+}
+
+/// Queues a manual run through the API: its id.
+fn trigger(serving: &Serving, title: &str) -> String {
+    let answer = serving.api_post("/api/automations/board-probe/run", &json!({"title": title}));
+    assert_eq!(answer.status, 202, "{:?}", answer.body);
+    answer.body["runs"][0]["run"].as_str().unwrap().to_string()
+}
+
+/// POSTs to `path` as a browser with `cookie` would, with `headers`.
+fn browser_post(serving: &Serving, path: &str, cookie: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut request = client().post(format!("{}{path}", serving.url)).header("cookie", cookie).body("{}");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().unwrap().status().as_u16()
+}
+
+#[test]
+fn without_a_login_pages_go_to_the_login_form_and_data_is_refused() {
+    let serving = start();
+    let page = client().get(format!("{}/", serving.url)).send().unwrap();
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()["location"], "/login");
+    let run_page = client().get(format!("{}/runs/r1", serving.url)).send().unwrap();
+    assert_eq!(run_page.headers()["location"], "/login");
+    for path in ["/api/runs", "/api/runs/stream", "/board/session"] {
+        assert_eq!(client().get(format!("{}{path}", serving.url)).send().unwrap().status(), 401, "{path}");
+    }
+    let wrong_cookie = client().get(format!("{}/api/runs", serving.url)).header("cookie", "nightshift_session=guess");
+    assert_eq!(wrong_cookie.send().unwrap().status(), 401);
+    let form = client().get(format!("{}/login", serving.url)).send().unwrap();
+    assert_eq!(form.status(), 200);
+    assert!(form.headers()["content-security-policy"].to_str().unwrap().starts_with("default-src 'self'"));
+}
+
+#[test]
+fn a_bad_login_sets_no_cookie_and_a_good_one_sets_a_session_cookie_that_is_not_the_token() {
+    let serving = start();
+    let bad = login(&serving, "not-the-token");
+    assert_eq!(bad.status(), 401);
+    assert!(bad.headers().get("set-cookie").is_none());
+    let foreign = client()
+        .post(format!("{}/login", serving.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "http://evil.example")
+        .body(format!("token={}", serving.token))
+        .send()
+        .unwrap();
+    assert_eq!(foreign.status(), 403, "a login from another site is refused");
+    assert!(foreign.headers().get("set-cookie").is_none());
+
+    let good = login(&serving, &serving.token);
+    assert_eq!(good.status(), 303);
+    assert_eq!(good.headers()["location"], "/");
+    let cookie = good.headers()["set-cookie"].to_str().unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain http on loopback: {cookie}");
+    assert!(!cookie.contains(&serving.token), "the cookie is a session id, not the token: {cookie}");
+    let cookie = cookie.split(';').next().unwrap();
+    let page = client().get(format!("{}/", serving.url)).header("cookie", cookie).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().starts_with("default-src 'self'"));
+    let runs = client().get(format!("{}/api/runs", serving.url)).header("cookie", cookie).send().unwrap();
+    assert_eq!(runs.status(), 200);
+
+    // Logging out ends the session.
+    let out = browser_post(&serving, "/logout", cookie, &[("origin", &serving.url)]);
+    assert_eq!(out, 303);
+    let after = client().get(format!("{}/api/runs", serving.url)).header("cookie", cookie).send().unwrap();
+    assert_eq!(after.status(), 401);
+}
+
+#[test]
+fn a_button_needs_the_same_origin_and_the_csrf_token_and_the_read_only_token_cannot_act() {
+    let serving = start();
+    let run = trigger(&serving, "one");
+    let cancel = format!("/api/runs/{run}/cancel");
+    let cookie = session_cookie(&serving, &serving.token);
+    let token = csrf(&serving, &cookie);
+    let origin = serving.url.as_str();
+
+    let foreign =
+        browser_post(&serving, &cancel, &cookie, &[("origin", "http://evil.example"), ("x-nightshift-csrf", &token)]);
+    assert_eq!(foreign, 403, "a foreign Origin");
+    let cross_site = browser_post(
+        &serving,
+        &cancel,
+        &cookie,
+        &[("origin", origin), ("sec-fetch-site", "cross-site"), ("x-nightshift-csrf", &token)],
+    );
+    assert_eq!(cross_site, 403, "Sec-Fetch-Site cross-site");
+    assert_eq!(browser_post(&serving, &cancel, &cookie, &[("x-nightshift-csrf", &token)]), 403, "no Origin");
+    assert_eq!(browser_post(&serving, &cancel, &cookie, &[("origin", origin)]), 403, "no CSRF token");
+    let wrong = browser_post(&serving, &cancel, &cookie, &[("origin", origin), ("x-nightshift-csrf", "guess")]);
+    assert_eq!(wrong, 403, "a wrong CSRF token");
+    assert_eq!(serving.api_get(&format!("/api/runs/{run}"))["run"]["state"], "queued", "nothing was cancelled");
+
+    // The read-only token sees but cannot act, as a bearer or as a login.
+    let read = client().get(format!("{}/api/runs", serving.url)).bearer_auth(READ_TOKEN).send().unwrap();
+    assert_eq!(read.status(), 200);
+    let refused = client().post(format!("{}{cancel}", serving.url)).bearer_auth(READ_TOKEN).send().unwrap();
+    assert_eq!(refused.status(), 403);
+    let trigger_refused = client()
+        .post(format!("{}/api/automations/board-probe/run", serving.url))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(trigger_refused.status(), 403);
+    let read_cookie = session_cookie(&serving, READ_TOKEN);
+    let read_csrf = csrf(&serving, &read_cookie);
+    let by_reader =
+        browser_post(&serving, &cancel, &read_cookie, &[("origin", origin), ("x-nightshift-csrf", &read_csrf)]);
+    assert_eq!(by_reader, 403);
+    assert_eq!(serving.api_get(&format!("/api/runs/{run}"))["run"]["state"], "queued");
+
+    // The board's own request, with the full login, cancels.
+    let ours = browser_post(&serving, &cancel, &cookie, &[("origin", origin), ("x-nightshift-csrf", &token)]);
+    assert_eq!(ours, 200);
+    assert_eq!(serving.api_get(&format!("/api/runs/{run}"))["run"]["state"], "cancelled");
+}
+
+#[test]
+fn a_rerun_queues_a_new_run_of_the_same_automation_for_the_same_payload() {
+    let serving = start();
+    let first = trigger(&serving, "again");
+    let answer = serving.api_post(&format!("/api/runs/{first}/rerun"), &json!({}));
+    assert_eq!(answer.status, 202, "{:?}", answer.body);
+    let second = answer.body["runs"][0]["run"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    let record = serving.api_get(&format!("/api/runs/{second}"));
+    assert_eq!(record["run"]["automation"], "board-probe");
+    assert_eq!(record["run"]["state"], "queued");
+    assert_eq!(record["events"][0]["event"]["payload"], json!({"title": "again"}));
+    assert_eq!(serving.api_post("/api/runs/r999/rerun", &json!({})).status, 404);
+}
+
+#[test]
+fn the_runs_list_pages_through_the_api_with_its_cursor() {
+    let serving = start();
+    let ids: Vec<String> = (0..7).map(|n| trigger(&serving, &format!("run {n}"))).collect();
+    let mut seen = Vec::new();
+    let mut before = String::new();
+    for _ in 0..10 {
+        let response = client()
+            .get(format!("{}/api/runs?limit=3&before={before}", serving.url))
+            .bearer_auth(&serving.token)
+            .send()
+            .unwrap();
+        let next = response.headers().get("x-nightshift-next").map(|v| v.to_str().unwrap().to_string());
+        let page: Vec<Value> = response.json().unwrap();
+        seen.extend(page.iter().map(|run| run["id"].as_str().unwrap().to_string()));
+        match next {
+            Some(next) => before = next,
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+}
+
+#[test]
+fn the_live_feed_tells_of_a_run_queued_and_cancelled() {
+    let serving = start();
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_str(&format!("Bearer {}", serving.token)).unwrap());
+    let stream = client().get(format!("{}/api/runs/stream", serving.url)).headers(headers).send().unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let run = trigger(&serving, "live");
+    assert_eq!(serving.api_post(&format!("/api/runs/{run}/cancel"), &json!({})).status, 200);
+    let mut lines = BufReader::new(stream).lines();
+    let mut states = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while states.len() < 2 && Instant::now() < deadline {
+        let line = lines.next().expect("the stream stays open").expect("a line within the client's timeout");
+        if let Some(data) = line.strip_prefix("data:") {
+            let change: Value = serde_json::from_str(data.trim()).unwrap();
+            if change["id"] == run.as_str() {
+                assert_eq!(change["automation"], "board-probe");
+                assert!(change["updated_at"].is_string());
+                states.push(change["state"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(states, ["queued", "cancelled"]);
+    // An open feed does not hold up a stop.
+    let mut serving = serving;
+    let status = serving.stop_within(Duration::from_secs(20)).expect("serve stopped with a board's feed open");
+    assert!(status.success(), "{status}");
+    drop(lines);
+}
+
+/// Evaluates `expression` in the page: its value (strings, numbers and booleans).
+fn eval(tab: &headless_chrome::Tab, expression: &str) -> Value {
+    tab.evaluate(expression, false).unwrap_or_else(|e| panic!("{expression}: {e}")).value.unwrap_or(Value::Null)
+}
+
+/// Polls `expression` until it is `expected`, for at most `PATIENCE`.
+fn until(tab: &headless_chrome::Tab, expression: &str, expected: Value) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let value = eval(tab, expression);
+        if value == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "`{expression}` is {value}, not {expected}, after {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn in_chromium_the_board_logs_in_shows_a_run_change_live_and_cancels_it() {
+    let Some(chromium) = crate::requires::program("chromium", &["chromium", "chromium-browser"]) else { return };
+    let serving = start();
+    let profile = tempfile::tempdir().unwrap();
+    let options = headless_chrome::LaunchOptions::default_builder()
+        .path(Some(chromium))
+        .headless(true)
+        // Chromium's own sandbox needs user namespaces it may not have here (and refuses root).
+        .sandbox(false)
+        .window_size(Some((1280, 860)))
+        .user_data_dir(Some(profile.path().join("profile")))
+        .idle_browser_timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let browser = headless_chrome::Browser::new(options).expect("chromium starts");
+    let tab = browser.new_tab().unwrap();
+
+    // No login yet: the board sends the browser to the form.
+    tab.navigate_to(&format!("{}/", serving.url)).unwrap().wait_until_navigated().unwrap();
+    until(&tab, "location.pathname", json!("/login"));
+    tab.wait_for_element("#token").unwrap().click().unwrap();
+    tab.type_str(&serving.token).unwrap().press_key("Enter").unwrap();
+    until(&tab, "location.pathname === '/' && document.getElementById('runs') !== null", json!(true));
+    until(&tab, "document.getElementById('live').textContent", json!("live"));
+    // Whatever follows must happen without a reload, which would forget this.
+    eval(&tab, "window.boardTestMarker = 'still here'");
+
+    // A run queued through the API appears, then changes state when a worker claims it.
+    let run = trigger(&serving, "seen live");
+    let state = format!("(document.querySelector('tr[data-id=\"{run}\"] .state') || {{}}).textContent || null");
+    until(&tab, &state, json!("queued"));
+    let claim = serving.worker_post(WORKER_TOKEN, "/api/worker/claim", &json!({"worker": "w", "lease_seconds": 300}));
+    assert_eq!(claim.status, 200, "{:?}", claim.body);
+    until(&tab, &state, json!("leased"));
+    assert_eq!(eval(&tab, "window.boardTestMarker"), json!("still here"), "the page was not reloaded");
+
+    // The run's page, its cancel button, and the run cancelled.
+    tab.wait_for_element(&format!("a[data-run=\"{run}\"]")).unwrap().click().unwrap();
+    until(&tab, "(document.getElementById('prompt') || {}).textContent || null", json!("look at <b>seen live</b>"));
+    assert_eq!(eval(&tab, "document.querySelectorAll('#prompt b').length"), json!(0), "run text is text, not HTML");
+    tab.wait_for_element("#cancel").unwrap().click().unwrap();
+    until(&tab, "(document.getElementById('run-state') || {}).textContent || null", json!("cancelled"));
+    assert_eq!(serving.api_get(&format!("/api/runs/{run}"))["run"]["state"], "cancelled");
+    assert_eq!(eval(&tab, "window.boardTestMarker"), json!("still here"));
+
+    // Back on the list, the row says so too; then a picture of the board.
+    eval(&tab, "location.hash = '#/'");
+    until(&tab, &state, json!("cancelled"));
+    let newer = trigger(&serving, "fix the flaky test");
+    until(&tab, &format!("document.querySelector('tr[data-id=\"{newer}\"]') !== null"), json!(true));
+    let png = tab
+        .capture_screenshot(headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png, None, None, true)
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(profile.path().join("board.png"), &png).unwrap();
+    if std::env::var_os("NIGHTSHIFT_BOARD_SCREENSHOT").is_some() {
+        std::fs::write(crate::repo_root().join("docs/board.png"), &png).unwrap();
+    }
+}
