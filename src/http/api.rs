@@ -47,7 +47,7 @@ pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
 }
 
 /// Checks the bearer token of every `/api` request.
-async fn require_token(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
+pub(super) async fn require_token(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
     let given = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match crate::auth::verify_bearer(server.api_token(), given) {
         Ok(()) => next.run(request).await,

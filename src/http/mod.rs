@@ -9,6 +9,7 @@
 mod api;
 mod connections;
 mod hooks;
+mod status;
 mod worker;
 
 use std::future::Future;
@@ -48,6 +49,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/healthz", get(health))
         .merge(api::routes(Arc::clone(&server)))
         .merge(worker::routes(Arc::clone(&server)))
+        .merge(status::routes(Arc::clone(&server)))
         .fallback(not_found)
         .with_state(server)
 }

@@ -57,6 +57,9 @@ pub trait Active {
     fn conflict(&self, repo: &str, branch: &str, paths: &[String]) -> Option<(RunId, bool)>;
 }
 
+/// A run's repository, branch and `paths`.
+type Scope<'a> = (&'a str, &'a str, &'a [String]);
+
 /// A run's turn: `None` is ready.
 pub type Turn<'a> = (&'a Run, Option<Wait>);
 
@@ -71,7 +74,7 @@ pub fn turns<'a>(
     let mut full_groups: Vec<(String, u32, u32)> = Vec::new();
     // Scopes of queued runs found waiting for an active run, with the run that waits
     // first in each (runs of one automation usually share one scope).
-    let mut blocked_scopes: Vec<((&str, &str, &[String]), RunId)> = Vec::new();
+    let mut blocked_scopes: Vec<(Scope, RunId)> = Vec::new();
     let mut turns = Vec::new();
     for run in queued {
         let wait = wait_of(run, active, now, &mut full_groups, &mut blocked_scopes);
@@ -89,7 +92,7 @@ fn wait_of<'a>(
     active: &impl Active,
     now: DateTime<Utc>,
     full_groups: &mut Vec<(String, u32, u32)>,
-    blocked_scopes: &mut Vec<((&'a str, &'a str, &'a [String]), RunId)>,
+    blocked_scopes: &mut Vec<(Scope<'a>, RunId)>,
 ) -> Option<Wait> {
     if let Some(until) = run.not_before.filter(|at| *at > now) {
         return Some(Wait::Backoff { until });
@@ -106,7 +109,7 @@ fn wait_of<'a>(
     }
     let task = run.task.as_ref()?;
     let scope = (task.repo.as_str(), task.branch.as_str(), task.paths.as_slice());
-    let behind_older = |((repo, branch, paths), _): &&((&str, &str, &[String]), RunId)| {
+    let behind_older = |((repo, branch, paths), _): &&(Scope, RunId)| {
         *repo == scope.0 && (*branch == scope.1 || paths_overlap(paths, scope.2))
     };
     if let Some((_, older)) = blocked_scopes.iter().find(behind_older) {

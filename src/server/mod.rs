@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod evaluation;
 mod maintenance;
 mod reload;
+pub mod status;
 pub mod workers;
 
 use std::collections::BTreeMap;
@@ -136,6 +137,8 @@ pub struct Server {
     /// Per remote attempt, the end of its last log piece that may be the start of a
     /// secret going on in the next piece (`workers.rs`).
     held_logs: std::sync::Mutex<std::collections::HashMap<RunId, (crate::runs::Epoch, Vec<u8>)>>,
+    /// The workers seen asking for runs, for the status picture (`status.rs`).
+    claimers: status::Claimers,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -294,6 +297,7 @@ impl Server {
             api_token,
             wakeup: Arc::new(Wakeup::new()),
             held_logs: std::sync::Mutex::default(),
+            claimers: status::Claimers::default(),
         }))
     }
 

@@ -52,7 +52,9 @@ pub fn token_id(token: &str) -> String {
 impl Server {
     /// Leases the oldest run that may start, naming the lease `holder`.
     pub fn claim_run(&self, holder: &str, lease_for: Duration) -> Result<Option<Claim>, StoreError> {
-        let claim = self.store.claim(holder, lease_for.clamp(MIN_LEASE, MAX_LEASE), Utc::now())?;
+        let now = Utc::now();
+        self.saw_claimer(holder, now);
+        let claim = self.store.claim(holder, lease_for.clamp(MIN_LEASE, MAX_LEASE), now)?;
         if let Some(claim) = &claim {
             // What an earlier attempt's worker left held back is not this attempt's.
             self.held_logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&claim.run.id);

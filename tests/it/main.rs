@@ -26,6 +26,7 @@ mod sandbox_runs;
 mod schema;
 mod serving;
 mod signatures;
+mod status;
 mod store;
 mod tidy;
 mod validate;
