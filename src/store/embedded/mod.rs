@@ -1636,4 +1636,26 @@ mod tests {
         drop(SledStore::open(compressed.path()).expect("open"));
         assert!(compresses(compressed.path()));
     }
+
+    #[test]
+    fn a_store_without_the_finished_counter_counts_its_finished_runs_once_at_open() {
+        let mut run = codec::run_with_env(&[], "check the disk");
+        run.state = RunState::Failed;
+        let mut other = run.clone();
+        other.id = RunId(run.id.0 + 1);
+        other.state = RunState::Succeeded;
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            // Written before `meta/finished` was kept: finished records, no counter.
+            let db = sled::Config::new().path(dir.path().join("db")).open().expect("sled");
+            db.insert(keys::FORMAT, b"nightshift-store/1").expect("format");
+            db.insert(keys::run(run.id), encode(&run)).expect("run");
+            db.insert(keys::run(other.id), encode(&other)).expect("run");
+            db.flush().expect("flush");
+        }
+        let store = SledStore::open(dir.path()).expect("open");
+        let counts: Vec<(RunState, u64)> =
+            store.queue_status(Utc::now()).expect("status").counts.into_iter().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(counts, [(RunState::Succeeded, 1), (RunState::Failed, 1)]);
+    }
 }
