@@ -16,6 +16,7 @@ mod schedule;
 mod schema;
 mod serve;
 mod show;
+mod status;
 mod test;
 mod trigger;
 mod validate;
@@ -93,6 +94,16 @@ enum Command {
     Runs(runs::Args),
     /// Show one run: its state, task and prompt, events and activity timeline.
     Show(show::Args),
+    /// What the running server is doing: runs by state, active and waiting runs, workers.
+    ///
+    /// Asks the running `nightshift serve` (found by serve.json in the data directory, or
+    /// `--server URL` with `--token`) for its status picture and prints the counts by
+    /// state, one line per active run (its worker and lease) and per waiting run (why it
+    /// waits: backoff, concurrency, same branch, overlapping paths, behind an older run,
+    /// next in line, or awaiting approval), and the workers. `--watch` redraws it every
+    /// `--interval` seconds until Ctrl-C; `--json` prints the API's answer
+    /// (docs/serving.md, "Status").
+    Status(status::Args),
     /// List, read, set or remove an automation's memory.
     ///
     /// `nightshift memory NAME` lists every live entry; `get KEY`, `set KEY VALUE` and
@@ -164,6 +175,7 @@ pub fn run() -> ExitCode {
         Command::Trigger(args) => trigger::run(args),
         Command::Runs(args) => runs::run(args),
         Command::Show(args) => show::run(args),
+        Command::Status(args) => status::run(args),
         Command::Memory(args) => memory::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Logs(args) => logs::run(args),

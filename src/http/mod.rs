@@ -13,6 +13,7 @@ mod board;
 mod connections;
 mod hooks;
 mod metrics;
+mod status;
 mod worker;
 
 use std::future::Future;
@@ -54,6 +55,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .merge(board::routes())
         .merge(worker::routes(Arc::clone(&server)))
         .merge(metrics::routes())
+        .merge(status::routes(Arc::clone(&server)))
         .fallback(not_found)
         .with_state(server)
 }

@@ -68,6 +68,11 @@ impl Hook {
         self.max_body.or(fallback).unwrap_or_else(|| self.kind.default_max_body())
     }
 
+    /// Why this hook refuses every request (its secret could not be read), or `None`.
+    pub fn problem(&self) -> Option<&str> {
+        self.credential.as_ref().err().map(String::as_str)
+    }
+
     /// Alertmanager options, for an Alertmanager hook.
     pub fn alertmanager(&self) -> Option<&AlertmanagerTrigger> {
         self.alertmanager.as_ref()

@@ -8,6 +8,7 @@ pub mod flow;
 pub mod followup;
 mod memory;
 pub mod outbox;
+pub mod queue;
 pub mod retry;
 mod run;
 pub mod scope;

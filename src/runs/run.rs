@@ -73,7 +73,7 @@ impl fmt::Display for Epoch {
 ///   └───────────────────────────────────────────────────────────────────────────────┘
 /// every state that is not finished ──cancel──► cancelled;  skipped is recorded at ingest
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     AwaitingApproval,

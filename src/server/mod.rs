@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod evaluation;
 mod maintenance;
 mod reload;
+pub mod status;
 pub mod workers;
 
 use std::collections::BTreeMap;
@@ -145,6 +146,8 @@ pub struct Server {
     metrics: Arc<crate::metrics::Metrics>,
     /// The web board's logins.
     sessions: crate::board::Sessions,
+    /// The workers seen asking for runs, for the status picture (`status.rs`).
+    claimers: status::Claimers,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -305,6 +308,7 @@ impl Server {
             held_logs: std::sync::Mutex::default(),
             metrics: crate::metrics::Metrics::new(Arc::clone(&store)),
             sessions: crate::board::Sessions::default(),
+            claimers: status::Claimers::default(),
         }))
     }
 

@@ -53,6 +53,7 @@ impl Server {
     /// Leases the oldest run that may start, naming the lease `holder`.
     pub fn claim_run(&self, holder: &str, lease_for: Duration) -> Result<Option<Claim>, StoreError> {
         let now = Utc::now();
+        self.saw_claimer(holder, now);
         let claim = self.store.claim(holder, lease_for.clamp(MIN_LEASE, MAX_LEASE), now)?;
         if let Some(claim) = &claim {
             self.metrics.claimed(&claim.run, now);

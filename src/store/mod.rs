@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Retention;
 use crate::delivery::{Attempt, Outcome};
 use crate::event::Event;
+use crate::runs::queue::Wait;
 use crate::runs::{
     Activity, Completion, Epoch, Lease, MemoryEntry, MemoryWrite, NewActivity, Run, RunId, RunState, SkipReason,
 };
@@ -183,6 +184,22 @@ pub struct RunChange {
 /// Changes a `run_changes` receiver may fall behind by before it misses some (it is told
 /// it lagged, and a board reloads).
 pub const RUN_CHANGES_BUFFER: usize = 1024;
+
+/// The runs waiting and working at one moment (`Store::queue_status`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueStatus {
+    /// How many stored runs each state holds, every state listed, in `RunState::ALL`'s
+    /// order.
+    pub counts: Vec<(RunState, u64)>,
+    /// Leased and running runs, oldest first.
+    pub active: Vec<Run>,
+    /// Queued runs, oldest first (the order claims consider them in), each with why it
+    /// waits (`runs::queue`); `None` means a worker asking now would get it, or the one
+    /// before it that is also ready.
+    pub queued: Vec<(Run, Option<Wait>)>,
+    /// Runs whose plan waits for a person's approval, oldest first.
+    pub awaiting_approval: Vec<Run>,
+}
 
 /// A cron trigger's progress, so restarts neither repeat nor forget slots.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -397,6 +414,10 @@ pub trait Store: Send + Sync {
     /// Re-queues runs whose lease expired (with a new epoch on the next claim), or fails
     /// them once their attempts are used up. Returns the runs it touched.
     fn sweep_expired_leases(&self, now: DateTime<Utc>) -> Result<Vec<RunId>, StoreError>;
+
+    /// Counts by state and the unfinished runs, queued ones with why they wait, without
+    /// reading finished runs: answered from memory.
+    fn queue_status(&self, now: DateTime<Utc>) -> Result<QueueStatus, StoreError>;
 
     fn run(&self, id: RunId) -> Result<Option<Run>, StoreError>;
     /// Runs, newest first.

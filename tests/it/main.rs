@@ -28,6 +28,7 @@ mod sandbox_runs;
 mod schema;
 mod serving;
 mod signatures;
+mod status;
 mod store;
 mod tidy;
 mod validate;

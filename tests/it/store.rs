@@ -993,3 +993,62 @@ fn runs_are_listed_in_pages_through_a_cursor_newest_first_with_and_without_filte
     let page = store.runs(&RunFilter { limit: 10, before: Some(whole[100]), ..RunFilter::default() }).unwrap();
     assert_eq!(page.iter().map(|run| run.id).collect::<Vec<_>>(), whole[101..111]);
 }
+
+/// The counts `queue_status` gives, by state name, without the zeros.
+fn counts(store: &dyn Store, secs: i64) -> Vec<(&'static str, u64)> {
+    let status = store.queue_status(at(secs)).unwrap();
+    status.counts.into_iter().filter(|(_, count)| *count > 0).map(|(state, count)| (state.as_str(), count)).collect()
+}
+
+#[test]
+fn queue_status_counts_every_state_through_finishing_retention_and_reopening() {
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("concurrency: { limit: 100 }\ncooldown: 1h", data.path());
+    let store = pipeline.store().clone();
+    let (done, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
+    let (_, skipped) = ingest(&pipeline, "b", json!({"title": "t"}), 1);
+    assert!(matches!(skipped, Disposition::Skipped { .. }));
+    let claim = store.claim("w", LEASE, at(2)).unwrap().unwrap();
+    assert_eq!(counts(store.as_ref(), 2), [("leased", 1), ("skipped", 1)]);
+    store.complete(done, claim.lease.epoch, succeeded("s"), Vec::new(), at(3)).unwrap();
+    let (queued, _) = ingest(&pipeline, "c", json!({"title": "t"}), 4000);
+    assert_eq!(counts(store.as_ref(), 4000), [("queued", 1), ("succeeded", 1), ("skipped", 1)]);
+    store.cancel(queued, "no", at(4001)).unwrap();
+    assert_eq!(counts(store.as_ref(), 4001), [("succeeded", 1), ("cancelled", 1), ("skipped", 1)]);
+    let retention = nightshift::config::Retention { runs: 1, days: 30 };
+    let report = store.apply_retention(&retention, at(4002)).unwrap();
+    assert_eq!(report.runs, 2);
+    assert_eq!(counts(store.as_ref(), 4002), [("cancelled", 1)]);
+    drop(pipeline);
+    drop(store);
+    let reopened = SledStore::open(data.path()).unwrap();
+    assert_eq!(counts(&reopened, 4003), [("cancelled", 1)]);
+}
+
+#[test]
+fn queue_status_says_why_each_queued_run_waits_as_claims_decide() {
+    use nightshift::runs::queue::Wait;
+    let data = tempfile::tempdir().unwrap();
+    let pipeline = pipeline("", data.path());
+    let store = pipeline.store().as_ref();
+    let like = probe_task(&pipeline);
+    let first = queue_scoped(store, &like, "alpha", "/srv/git/x", &["src/**"], 1);
+    let overlapping = queue_scoped(store, &like, "beta", "/srv/git/x", &["src/lib.rs"], 2);
+    let behind = queue_scoped(store, &like, "gamma", "/srv/git/x", &["src/lib.rs"], 3);
+    let elsewhere = queue_scoped(store, &like, "delta", "/srv/git/y", &["src/**"], 4);
+    let claim = store.claim("w", LEASE, at(5)).unwrap().unwrap();
+    assert_eq!(claim.run.id, first);
+    let status = store.queue_status(at(6)).unwrap();
+    assert_eq!(status.active.iter().map(|run| run.id).collect::<Vec<_>>(), [first]);
+    let waits: Vec<(RunId, Option<Wait>)> = status.queued.into_iter().map(|(run, wait)| (run.id, wait)).collect();
+    assert_eq!(
+        waits,
+        [
+            (overlapping, Some(Wait::PathsOverlap { run: first })),
+            (behind, Some(Wait::BehindOlder { run: overlapping })),
+            (elsewhere, None),
+        ]
+    );
+    // The first ready run is the one a claim takes.
+    assert_eq!(claimed(store, 7), Some(elsewhere));
+}

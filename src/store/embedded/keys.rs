@@ -14,6 +14,9 @@ pub const GENERATION: &[u8] = b"meta/generation";
 /// The newest run id handed out, written when retention may delete the newest run, so
 /// ids are never reused.
 pub const LAST_RUN: &[u8] = b"meta/last_run";
+/// How many finished runs (under `run/`) each state holds, kept with every change that
+/// adds or deletes one, so counting needs no scan (`Store::queue_status`).
+pub const FINISHED_COUNTS: &[u8] = b"meta/finished";
 
 pub const RUN: &[u8] = b"run/";
 /// Unfinished runs: the record lives here until the run finishes, then moves to `run/`.

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::runs::flow::{FlowFacts, needed_busy};
 use crate::runs::outbox::{Entry as OutboxEntry, Key as OutboxKey};
+use crate::runs::queue::{self, Wait};
 use crate::runs::scope::paths_overlap;
 use crate::runs::{Run, RunId, RunState};
 use crate::task::Flow;
@@ -66,6 +67,14 @@ pub struct Live {
     /// the target unrecorded (found in flight at open). Every unsettled message is here,
     /// so the sender never scans sled and a message not here is settled.
     pub outbox: BTreeMap<OutboxKey, (OutboxEntry, bool)>,
+    /// Finished runs stored, by state (`RunState::ALL`'s order); `keys::FINISHED_COUNTS`
+    /// on disk.
+    pub finished: [u64; RunState::ALL.len()],
+}
+
+/// A state's place in `Live::finished`.
+pub fn state_slot(state: RunState) -> usize {
+    RunState::ALL.iter().position(|known| *known == state).unwrap_or(0)
 }
 
 impl Live {
@@ -171,54 +180,22 @@ impl Live {
         FlowFacts { dedupe_holder, last_created, busy_count, oldest_busy }
     }
 
-    /// The oldest queued run that may start now: its retry wait is over, its group is
-    /// below its concurrency limit, and no leased or running run of its repository is on
-    /// its branch or has `paths` that overlap its own. The runs passed over stay queued, in their place.
+    /// The oldest queued run that may start now (`runs::queue`): its retry wait is over,
+    /// its group is below its concurrency limit, and no leased or running run of its
+    /// repository is on its branch or has `paths` that overlap its own. The runs passed
+    /// over stay queued, in their place.
     pub fn next_claimable(&self, now: DateTime<Utc>) -> Option<RunId> {
-        let mut full_groups: Vec<String> = Vec::new();
-        // Scopes of queued runs found blocked (runs of one automation usually share one).
-        let mut blocked_scopes: Vec<(&str, &str, &[String])> = Vec::new();
-        for id in &self.queued {
-            let run = &self.runs[id].run;
-            if run.not_before.is_some_and(|at| at > now) {
-                continue;
-            }
-            let group = run.group();
-            if full_groups.contains(&group) {
-                continue;
-            }
-            if self.active.get(&group).copied().unwrap_or(0) >= run.flow.concurrency_limit.max(1) {
-                full_groups.push(group);
-                continue;
-            }
-            if let Some(task) = &run.task {
-                let scope = (task.repo.as_str(), task.branch.as_str(), task.paths.as_slice());
-                // Behind an older run it conflicts with, which is waiting: it waits too, so
-                // a stream of newer runs cannot starve the older one.
-                let behind_older = |(repo, branch, paths): &(&str, &str, &[String])| {
-                    *repo == scope.0 && (*branch == scope.1 || paths_overlap(paths, scope.2))
-                };
-                if blocked_scopes.contains(&scope) || blocked_scopes.iter().any(behind_older) {
-                    continue;
-                }
-                if self.scope_is_busy(scope.0, scope.1, scope.2) {
-                    blocked_scopes.push(scope);
-                    continue;
-                }
-            }
-            return Some(*id);
-        }
-        None
+        let turns = queue::turns(self.queued_runs(), self, now, true);
+        turns.last().filter(|(_, wait)| wait.is_none()).map(|(run, _)| run.id)
     }
 
-    /// Whether a leased or running run of `repo` works on `branch` (a follow-up waits for
-    /// the run it follows) or may change a file in `paths`.
-    fn scope_is_busy(&self, repo: &str, branch: &str, paths: &[String]) -> bool {
-        let Some(active) = self.active_in_repo.get(repo) else { return false };
-        active
-            .iter()
-            .filter_map(|id| self.runs.get(id)?.run.task.as_ref())
-            .any(|task| task.branch == branch || paths_overlap(paths, &task.paths))
+    /// Every queued run, oldest first, with why it waits (`None`: a claim takes it).
+    pub fn turns(&self, now: DateTime<Utc>) -> Vec<(&Run, Option<Wait>)> {
+        queue::turns(self.queued_runs(), self, now, false)
+    }
+
+    fn queued_runs(&self) -> impl Iterator<Item = &Run> {
+        self.queued.iter().filter_map(|id| self.runs.get(id)).map(|live| &live.run)
     }
 
     /// Leased or running runs whose lease ended at or before `now`.
@@ -231,5 +208,22 @@ impl Live {
             .collect();
         expired.sort();
         expired
+    }
+}
+
+/// What the claim rules ask of the leased and running runs, from the index.
+impl queue::Active for Live {
+    fn in_group(&self, group: &str) -> u32 {
+        self.active.get(group).copied().unwrap_or(0)
+    }
+
+    /// A leased or running run of `repo` on `branch` (a follow-up waits for the run it
+    /// follows) or that may change a file in `paths`.
+    fn conflict(&self, repo: &str, branch: &str, paths: &[String]) -> Option<(RunId, bool)> {
+        let active = self.active_in_repo.get(repo)?;
+        active.iter().find_map(|id| {
+            let task = self.runs.get(id)?.run.task.as_ref()?;
+            (task.branch == branch || paths_overlap(paths, &task.paths)).then_some((*id, task.branch == branch))
+        })
     }
 }

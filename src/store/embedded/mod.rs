@@ -24,7 +24,7 @@ mod watermark;
 
 use super::{
     Claim, Disposition, Durability, IngestOutcome, LogChunk, NewRun, OutboxDue, OutboxEntry, OutboxKey, PendingWrite,
-    RetentionReport, RunFilter, RunOutcome, ScheduleState, Store, StoreError, StoredEvent, StoredEventRef,
+    QueueStatus, RetentionReport, RunFilter, RunOutcome, ScheduleState, Store, StoreError, StoredEvent, StoredEventRef,
 };
 use crate::config::Retention;
 use crate::delivery::{Attempt, Outcome};
@@ -396,6 +396,8 @@ struct Changes {
     outbox: bool,
     /// The runs written, for `Store::run_changes`.
     runs: Vec<crate::store::RunChange>,
+    /// Finished runs added (or, negative, deleted) per state (`live::state_slot`).
+    finished: [i64; RunState::ALL.len()],
 }
 
 impl Changes {
@@ -414,6 +416,7 @@ impl Changes {
         if run.state.is_finished() {
             // Readers outside the lock look under `run/` first: they never miss the run.
             self.put_finished(run);
+            self.count_finished(run.state, 1);
             self.delete(keys::live(run.id));
         } else {
             let record = self.encode_run(run);
@@ -439,11 +442,17 @@ impl Changes {
         }
     }
 
+    /// Counts a finished run stored (`by` 1) or deleted (-1).
+    fn count_finished(&mut self, state: RunState, by: i64) {
+        self.finished[live::state_slot(state)] += by;
+    }
+
     /// Writes a run created just now: one key for a queued run, so ingest stays cheap.
     fn new_run(&mut self, run: &Run) {
         self.changed(run);
         if run.state.is_finished() {
-            self.put_finished(run)
+            self.put_finished(run);
+            self.count_finished(run.state, 1);
         } else {
             let record = self.encode_run(run);
             self.put(keys::live(run.id), record)
@@ -685,6 +694,7 @@ impl Inner {
                 live.next_run = live.next_run.max(keys::number_at_end(&key).unwrap_or(0));
             }
         }
+        live.finished = self.load_finished_counts()?;
         for entry in self.db.scan_prefix(keys::LIVE) {
             let (key, value) = entry.map_err(io)?;
             let run = self.decode_run(&key, &value)?;
@@ -723,6 +733,29 @@ impl Inner {
             }
         }
         Ok(live)
+    }
+
+    /// The finished runs by state: kept under `keys::FINISHED_COUNTS`, or, in a store
+    /// written before it was (the next change that finishes a run writes it), counted
+    /// once from the records.
+    fn load_finished_counts(&self) -> Result<[u64; RunState::ALL.len()], StoreError> {
+        let mut finished = [0; RunState::ALL.len()];
+        if let Some(bytes) = self.db.get(keys::FINISHED_COUNTS).map_err(io)? {
+            let counts: BTreeMap<String, u64> = decode(keys::FINISHED_COUNTS, &bytes)?;
+            for (state, count) in counts {
+                let state: RunState = state.parse().map_err(|cause| StoreError::Corrupt {
+                    what: String::from_utf8_lossy(keys::FINISHED_COUNTS).into_owned(),
+                    cause,
+                })?;
+                finished[live::state_slot(state)] = count;
+            }
+            return Ok(finished);
+        }
+        for entry in self.db.scan_prefix(keys::RUN) {
+            let (key, value) = entry.map_err(io)?;
+            finished[live::state_slot(self.decode_run(&key, &value)?.state)] += 1;
+        }
+        Ok(finished)
     }
 
     /// A run record, with its agent command put back.
@@ -772,6 +805,12 @@ impl Inner {
         let ticket = queued.issued;
         let outbox = changes.outbox;
         let runs = std::mem::take(&mut changes.runs);
+        if changes.finished.iter().any(|by| *by != 0) {
+            for (count, by) in guard.live.finished.iter_mut().zip(changes.finished) {
+                *count = count.saturating_add_signed(by);
+            }
+            changes.put(keys::FINISHED_COUNTS.to_vec(), encode(&finished_counts(&guard.live.finished)));
+        }
         if !changes.agents.is_empty() {
             let mut known = self.agents.write().unwrap_or_else(PoisonError::into_inner);
             for agent in std::mem::take(&mut changes.agents) {
@@ -1333,6 +1372,27 @@ impl Store for SledStore {
         Ok(expired)
     }
 
+    fn queue_status(&self, now: DateTime<Utc>) -> Result<QueueStatus, StoreError> {
+        let state = self.lock();
+        let mut counts = state.live.finished;
+        let mut active = Vec::new();
+        let mut awaiting_approval = Vec::new();
+        for live in state.runs() {
+            counts[live::state_slot(live.run.state)] += 1;
+            if live.run.state.is_active() {
+                active.push(live.run.clone());
+            } else if live.run.state == RunState::AwaitingApproval {
+                awaiting_approval.push(live.run.clone());
+            }
+        }
+        let queued = state.turns(now).into_iter().map(|(run, wait)| (run.clone(), wait)).collect();
+        drop(state);
+        active.sort_by_key(|run| run.id);
+        awaiting_approval.sort_by_key(|run| run.id);
+        let counts = RunState::ALL.into_iter().zip(counts).collect();
+        Ok(QueueStatus { counts, active, queued, awaiting_approval })
+    }
+
     fn run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
         let state = self.lock();
         if let Some(live) = state.get(id) {
@@ -1557,6 +1617,11 @@ impl Store for SledStore {
 }
 
 /// `run` recorded as skipped, saying why.
+/// How `keys::FINISHED_COUNTS` is written: each state's name and count.
+fn finished_counts(finished: &[u64]) -> BTreeMap<&'static str, u64> {
+    RunState::ALL.iter().zip(finished).map(|(state, count)| (state.as_str(), *count)).collect()
+}
+
 fn as_skipped(mut run: Run, reason: SkipReason, now: DateTime<Utc>) -> Run {
     Inner::finish(&mut run, RunState::Skipped, None, now);
     run.skip = Some(reason);
@@ -1635,5 +1700,27 @@ mod tests {
         assert!(compresses(compressed.path()));
         drop(SledStore::open(compressed.path()).expect("open"));
         assert!(compresses(compressed.path()));
+    }
+
+    #[test]
+    fn a_store_without_the_finished_counter_counts_its_finished_runs_once_at_open() {
+        let mut run = codec::run_with_env(&[], "check the disk");
+        run.state = RunState::Failed;
+        let mut other = run.clone();
+        other.id = RunId(run.id.0 + 1);
+        other.state = RunState::Succeeded;
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            // Written before `meta/finished` was kept: finished records, no counter.
+            let db = sled::Config::new().path(dir.path().join("db")).open().expect("sled");
+            db.insert(keys::FORMAT, b"nightshift-store/1").expect("format");
+            db.insert(keys::run(run.id), encode(&run)).expect("run");
+            db.insert(keys::run(other.id), encode(&other)).expect("run");
+            db.flush().expect("flush");
+        }
+        let store = SledStore::open(dir.path()).expect("open");
+        let counts: Vec<(RunState, u64)> =
+            store.queue_status(Utc::now()).expect("status").counts.into_iter().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(counts, [(RunState::Succeeded, 1), (RunState::Failed, 1)]);
     }
 }

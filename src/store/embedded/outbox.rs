@@ -110,7 +110,7 @@ impl Inner {
                             live.run.result = run.result.clone();
                             changes.keep(&mut state.live, live);
                         }
-                        None => changes.put_run(&run),
+                        None => changes.put_finished(&run),
                     }
                 }
             }

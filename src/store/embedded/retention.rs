@@ -67,6 +67,7 @@ impl Inner {
                 continue;
             }
             changes.delete(keys::run(id));
+            changes.count_finished(run.state, -1);
             changes.delete(key.to_vec());
             changes.delete(keys::finished_run_of(automation, id));
             for activity in self.db.scan_prefix(keys::activities_of(id)) {
