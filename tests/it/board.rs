@@ -267,30 +267,39 @@ fn until(tab: &headless_chrome::Tab, expression: &str, expected: Value) {
     }
 }
 
-#[test]
-fn in_chromium_the_board_logs_in_shows_a_run_change_live_and_cancels_it() {
-    let Some(chromium) = crate::requires::program("chromium", &["chromium", "chromium-browser"]) else { return };
-    let serving = start();
-    let profile = tempfile::tempdir().unwrap();
+/// A headless Chromium with its profile under `profile`.
+fn launch(chromium: std::path::PathBuf, profile: &std::path::Path) -> headless_chrome::Browser {
     let options = headless_chrome::LaunchOptions::default_builder()
         .path(Some(chromium))
         .headless(true)
         // Chromium's own sandbox needs user namespaces it may not have here (and refuses root).
         .sandbox(false)
         .window_size(Some((1280, 860)))
-        .user_data_dir(Some(profile.path().join("profile")))
+        .user_data_dir(Some(profile.join("profile")))
         .idle_browser_timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let browser = headless_chrome::Browser::new(options).expect("chromium starts");
-    let tab = browser.new_tab().unwrap();
+    headless_chrome::Browser::new(options).expect("chromium starts")
+}
 
-    // No login yet: the board sends the browser to the form.
+/// Opens the board in `tab`, which sends it to the login form, and logs in with the
+/// full token: the runs list shows.
+fn log_in(tab: &headless_chrome::Tab, serving: &Serving) {
     tab.navigate_to(&format!("{}/", serving.url)).unwrap().wait_until_navigated().unwrap();
-    until(&tab, "location.pathname", json!("/login"));
+    until(tab, "location.pathname", json!("/login"));
     tab.wait_for_element("#token").unwrap().click().unwrap();
     tab.type_str(&serving.token).unwrap().press_key("Enter").unwrap();
-    until(&tab, "location.pathname === '/' && document.getElementById('runs') !== null", json!(true));
+    until(tab, "location.pathname === '/' && document.getElementById('runs') !== null", json!(true));
+}
+
+#[test]
+fn in_chromium_the_board_logs_in_shows_a_run_change_live_and_cancels_it() {
+    let Some(chromium) = crate::requires::program("chromium", &["chromium", "chromium-browser"]) else { return };
+    let serving = start();
+    let profile = tempfile::tempdir().unwrap();
+    let browser = launch(chromium, profile.path());
+    let tab = browser.new_tab().unwrap();
+    log_in(&tab, &serving);
     until(&tab, "document.getElementById('live').textContent", json!("live"));
     // Whatever follows must happen without a reload, which would forget this.
     eval(&tab, "window.boardTestMarker = 'still here'");
@@ -326,4 +335,68 @@ fn in_chromium_the_board_logs_in_shows_a_run_change_live_and_cancels_it() {
     if std::env::var_os("NIGHTSHIFT_BOARD_SCREENSHOT").is_some() {
         std::fs::write(crate::repo_root().join("docs/board.png"), &png).unwrap();
     }
+}
+
+const NIGHTLY: &str = "name: nightly\ntrigger:\n  cron: { schedule: \"0 3 * * *\" }\ntask:\n  agent: codex\n  \
+                       repo: /srv/git/nightly\n  prompt: sweep\n";
+const GUARDED: &str = "name: guarded\ntrigger:\n  webhook:\n    auth: { bearer: { token: env:BOARD_TEST_UNSET_TOKEN } }\n\
+                       task:\n  agent: codex\n  repo: /srv/git/guarded\n  prompt: go\n";
+const HOSTILE: &str = "<img src=x onerror=\"window.boardPwned=1\">";
+
+/// `(document.querySelector(selector) || {}).textContent`, or null.
+fn text_of(selector: &str) -> String {
+    format!("(document.querySelector({selector:?}) || {{}}).textContent || null")
+}
+
+#[test]
+fn in_chromium_the_automations_and_queue_pages_show_fires_hook_problems_and_why_runs_wait() {
+    let Some(chromium) = crate::requires::program("chromium", &["chromium", "chromium-browser"]) else { return };
+    let serving = Serving::start_with_args(
+        &[("board-probe.yaml", AUTOMATION), ("nightly.yaml", NIGHTLY), ("guarded.yaml", GUARDED)],
+        &[],
+        &["--workers", "0"],
+    );
+    let run = trigger(&serving, "waits");
+    let stored = client()
+        .put(format!("{}/api/automations/board-probe/memory/note", serving.url))
+        .bearer_auth(&serving.token)
+        .json(&json!(HOSTILE))
+        .send()
+        .unwrap();
+    assert!(stored.status().is_success(), "{}", stored.status());
+    let status = serving.api_get("/api/status");
+    let nightly = status["automations"].as_array().unwrap().iter().find(|a| a["name"] == "nightly").unwrap();
+    let next_fire = nightly["triggers"][0]["next_fires"][0].as_str().unwrap().to_string();
+
+    let profile = tempfile::tempdir().unwrap();
+    let browser = launch(chromium, profile.path());
+    let tab = browser.new_tab().unwrap();
+    log_in(&tab, &serving);
+    eval(&tab, "window.boardTestMarker = 'still here'");
+
+    // Automations: the cron trigger's next fire, the hook's problem, the memory as text.
+    tab.wait_for_element("#nav-automations").unwrap().click().unwrap();
+    let first_fire = text_of("[data-automation=\"nightly\"] .next-fire time");
+    until(&tab, &format!("({first_fire} || '').startsWith({next_fire:?})"), json!(true));
+    let problem = text_of("[data-automation=\"guarded\"] .hook-problem");
+    until(&tab, &format!("({problem} || '').includes('BOARD_TEST_UNSET_TOKEN')"), json!(true));
+    let value = text_of("[data-automation=\"board-probe\"] tr[data-key=\"note\"] .memory-value");
+    until(&tab, &value, json!(HOSTILE));
+    let writer = text_of("[data-automation=\"board-probe\"] tr[data-key=\"note\"] td:nth-child(3)");
+    assert_eq!(eval(&tab, &writer), json!("a person"));
+    let recent = text_of(&format!("[data-automation=\"board-probe\"] li[data-id=\"{run}\"] .state"));
+    assert_eq!(eval(&tab, &recent), json!("queued"));
+    assert_eq!(eval(&tab, "document.querySelectorAll('#view img').length"), json!(0), "memory is text, not HTML");
+    assert_eq!(eval(&tab, "window.boardPwned === undefined"), json!(true));
+
+    // Workers & queue: the queued run and why it waits; a new run appears from the feed.
+    tab.wait_for_element("#nav-queue").unwrap().click().unwrap();
+    let why = text_of(&format!("#waiting tr[data-id=\"{run}\"] .why"));
+    until(&tab, &why, json!("next in line: the next free worker takes it"));
+    assert_eq!(eval(&tab, &text_of("#queue-depth")), json!("queue depth 1"));
+    assert_eq!(eval(&tab, &text_of("#local-workers")), json!("local workers: 0"));
+    let newer = trigger(&serving, "also waits");
+    until(&tab, &format!("document.querySelector('#waiting tr[data-id=\"{newer}\"]') !== null"), json!(true));
+    until(&tab, &text_of("#queue-depth"), json!("queue depth 2"));
+    assert_eq!(eval(&tab, "window.boardTestMarker"), json!("still here"), "the page was not reloaded");
 }

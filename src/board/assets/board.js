@@ -1,4 +1,5 @@
-// The nightshift board: the runs list and a run, kept live by server-sent events.
+// The nightshift board: the runs list, a run, the automations and the workers and queue,
+// kept live by server-sent events.
 // Plain JS, no framework. Everything from the server is put in the page as text
 // (textContent, attributes set one by one), never as HTML: run text is hostile.
 "use strict";
@@ -263,11 +264,123 @@ async function pollLog(view) {
   if (board.view === view && !FINISHED.includes(view.run.state)) view.logTimer = setTimeout(() => pollLog(view), 2000);
 }
 
+// ---- automations, workers and the queue: both drawn from GET /api/status ----
+
+// When `time` is, from `now` (the picture's moment): "in 4m" or "3s ago".
+function relative(time, now) {
+  if (!time) return "";
+  const seconds = (Date.parse(time) - Date.parse(now)) / 1000;
+  return seconds >= 0 ? "in " + span(seconds) : span(-seconds) + " ago";
+}
+
+function timeOf(time, now) {
+  return el("time", { datetime: time, title: relative(time, now) }, time + " (" + relative(time, now) + ")");
+}
+
+function badge(text, kind) {
+  return el("span", { class: "badge " + (kind || "") }, text);
+}
+
+// A status view: `draw(view, status)` fills it from each answer. It is read again when
+// the feed tells of a change (at most once a second, as the runs list) and every
+// `every` ms, for lease expiries, backoffs and cron fires that move with the clock.
+function statusView(kind, title, draw, every) {
+  const view = { kind: kind, draw: draw, refresh: null, poll: null };
+  view.body = el("div", { id: kind });
+  view.message = el("div", { class: "error", id: "message" });
+  show(el("div", {}, el("h1", {}, title), view.message, view.body), view);
+  view.poll = setInterval(() => loadStatus(view), every);
+  loadStatus(view);
+}
+
+async function loadStatus(view) {
+  if (view.busy) return;
+  view.busy = true;
+  try {
+    const status = (await getJSON("/api/status")).body;
+    if (board.view !== view) return;
+    view.message.textContent = "";
+    view.draw(view, status);
+  } catch (error) {
+    if (board.view === view) view.message.textContent = String(error.message);
+  } finally {
+    view.busy = false;
+  }
+}
+
+function statusChanged(view) {
+  if (view.refresh) return;
+  view.refresh = setTimeout(() => { view.refresh = null; if (board.view === view) loadStatus(view); }, 1000);
+}
+
+function table(id, headings, rows, empty) {
+  if (!rows.length) return el("p", { class: "muted", id: id }, empty);
+  return el("table", { id: id }, el("thead", {}, el("tr", {}, ...headings.map((h) => el("th", {}, h)))), el("tbody", {}, ...rows));
+}
+
+function memoryValue(value) {
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+function drawAutomations(view, status) {
+  const cards = status.automations.map((automation) => {
+    const triggers = automation.triggers.map((trigger) => el("li", { class: "trigger" },
+      badge(trigger.kind, "kind"),
+      trigger.schedule ? el("code", { class: "schedule" }, trigger.schedule) : null,
+      trigger.timezone ? " " + trigger.timezone : null,
+      trigger.hook ? el("span", {}, " hook ", el("code", {}, "/hooks/" + trigger.hook)) : null,
+      trigger.hook_problem ? el("div", { class: "warning hook-problem" }, "hook refuses every request: " + trigger.hook_problem) : null,
+      trigger.kind === "cron" ? el("div", { class: "next-fires" }, "next: ",
+        ...(trigger.next_fires && trigger.next_fires.length
+          ? trigger.next_fires.map((fire) => el("span", { class: "next-fire" }, timeOf(fire, status.now)))
+          : ["none (disabled)"])) : null));
+    const runs = automation.recent_runs.map((run) => el("li", { "data-id": run.id },
+      runLink(run.id), " ", stateBadge(run.state), " ", el("span", { class: "muted", title: run.created_at }, relative(run.created_at, status.now))));
+    const memory = Object.entries(automation.memory).map(([key, entry]) => el("tr", { "data-key": key, class: entry.untrusted ? "untrusted" : "" },
+      el("td", { class: "memory-key" }, key),
+      el("td", {}, el("code", { class: "memory-value" }, memoryValue(entry.value))),
+      el("td", {}, entry.written_by ? runLink(entry.written_by) : "a person"),
+      el("td", { title: entry.written_at }, relative(entry.written_at, status.now)),
+      el("td", {}, entry.untrusted ? badge("untrusted", "warning-badge") : badge("trusted", "ok"))));
+    return el("section", { class: "automation", "data-automation": automation.name },
+      el("h2", {}, automation.name, " ", automation.enabled ? badge("enabled", "ok") : badge("disabled", "off"), " ", el("span", { class: "muted" }, automation.file)),
+      el("h3", {}, "Triggers"), el("ul", { class: "plain" }, ...triggers),
+      el("h3", {}, "Recent runs"), runs.length ? el("ul", { class: "plain runs" }, ...runs) : el("p", { class: "muted" }, "no runs yet"),
+      el("h3", {}, "Memory"), table(null, ["key", "value", "written by", "written", "trust"], memory, "no entries"));
+  });
+  view.body.replaceChildren(...(cards.length ? cards : [el("p", { class: "muted" }, "no automations loaded")]));
+}
+
+function drawQueue(view, status) {
+  const counts = el("div", { class: "counts", id: "counts" },
+    ...STATES.map((state) => el("span", { class: "count", "data-state": state }, stateBadge(state), " " + (status.counts[state] || 0))),
+    el("span", { class: "count", id: "queue-depth" }, "queue depth " + status.queue_depth));
+  const active = status.active.map((run) => el("tr", { "data-id": run.id },
+    el("td", {}, runLink(run.id)), el("td", {}, run.automation), el("td", {}, stateBadge(run.state)),
+    el("td", {}, run.worker || ""), el("td", {}, run.lease_expires_at ? timeOf(run.lease_expires_at, status.now) : ""),
+    el("td", { class: "branch", title: run.branch || "" }, run.branch || "")));
+  const waiting = status.waiting.map((run) => el("tr", { "data-id": run.id },
+    el("td", {}, runLink(run.id)), el("td", {}, run.automation), el("td", {}, stateBadge(run.state)),
+    el("td", {}, badge(run.why.reason, "reason")), el("td", { class: "why" }, run.why.text),
+    el("td", { title: run.created_at }, relative(run.created_at, status.now)),
+    el("td", { class: "branch", title: run.branch || "" }, run.branch || "")));
+  const workers = status.workers.seen.map((worker) => el("tr", { "data-worker": worker.name },
+    el("td", {}, worker.name), el("td", {}, worker.remote ? badge("remote", "kind") : badge("local", "kind")),
+    el("td", {}, worker.last_claim_at ? relative(worker.last_claim_at, status.now) : "never"),
+    el("td", {}, ...worker.leases.map((lease) => el("div", {}, runLink(lease.run), " until ", timeOf(lease.expires_at, status.now))))));
+  view.body.replaceChildren(counts,
+    el("section", {}, el("h2", {}, "Active"), table("active", ["run", "automation", "state", "worker", "lease expires", "branch"], active, "no run is leased or running")),
+    el("section", {}, el("h2", {}, "Waiting"), table("waiting", ["run", "automation", "state", "reason", "why", "queued", "branch"], waiting, "nothing waits")),
+    el("section", {}, el("h2", {}, "Workers"), el("p", { id: "local-workers" }, "local workers: " + status.workers.local),
+      table("workers", ["worker", "where", "last claim", "leases"], workers, "no worker has asked for a run yet")));
+}
+
 // ---- plumbing ----
 
 function show(root, view) {
   if (board.view && board.view.logTimer) clearTimeout(board.view.logTimer);
   if (board.view && board.view.refresh) clearTimeout(board.view.refresh);
+  if (board.view && board.view.poll) clearInterval(board.view.poll);
   board.view = view;
   document.getElementById("view").replaceChildren(root);
 }
@@ -276,7 +389,12 @@ function route() {
   const fromHash = location.hash.match(/^#\/runs\/(r?\d+)/);
   const fromPath = location.pathname.match(/^\/runs\/(r?\d+)/);
   const id = (fromHash || fromPath || [])[1];
+  const page = location.hash.replace(/\?.*$/, "");
+  const here = page === "#/automations" ? "nav-automations" : page === "#/queue" || page === "#/workers" ? "nav-queue" : "nav-runs";
+  for (const link of document.querySelectorAll("nav a")) link.classList.toggle("here", link.id === here);
   if (id) runView(id.startsWith("r") ? id : "r" + id);
+  else if (page === "#/automations") statusView("automations", "Automations", drawAutomations, 30000);
+  else if (page === "#/queue" || page === "#/workers") statusView("queue", "Workers & queue", drawQueue, 5000);
   else runsView();
 }
 
@@ -291,12 +409,14 @@ function listen() {
     if (!view) return;
     if (view.kind === "runs") runsChanged(view, change);
     else if (view.kind === "run" && view.id === change.id) loadRun(view);
+    else if (view.kind === "automations" || view.kind === "queue") statusChanged(view);
   });
   // Too many changes were missed to apply one by one: read the view again (no page reload).
   events.addEventListener("reload", () => {
     const view = board.view;
     if (view && view.kind === "runs") loadRuns(view);
     else if (view && view.kind === "run") loadRun(view);
+    else if (view) statusChanged(view);
   });
 }
 
