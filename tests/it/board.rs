@@ -354,8 +354,11 @@ fn in_chromium_the_automations_and_queue_pages_show_fires_hook_problems_and_why_
     let serving = Serving::start_with_args(
         &[("board-probe.yaml", AUTOMATION), ("nightly.yaml", NIGHTLY), ("guarded.yaml", GUARDED)],
         &[],
-        &["--workers", "0"],
+        &["--workers", "0", "--worker-token", WORKER_TOKEN],
     );
+    let held = trigger(&serving, "held");
+    let claim = serving.worker_post(WORKER_TOKEN, "/api/worker/claim", &json!({"worker": "w", "lease_seconds": 300}));
+    assert_eq!(claim.body["run"]["id"], held.as_str(), "{:?}", claim.body);
     let run = trigger(&serving, "waits");
     let stored = client()
         .put(format!("{}/api/automations/board-probe/memory/note", serving.url))
@@ -389,14 +392,38 @@ fn in_chromium_the_automations_and_queue_pages_show_fires_hook_problems_and_why_
     assert_eq!(eval(&tab, "document.querySelectorAll('#view img').length"), json!(0), "memory is text, not HTML");
     assert_eq!(eval(&tab, "window.boardPwned === undefined"), json!(true));
 
-    // Workers & queue: the queued run and why it waits; a new run appears from the feed.
+    // Workers & queue: the leased run and its worker, the queued run and why it waits; a new run appears from the feed.
+    picture(&tab, profile.path(), "board-automations.png");
     tab.wait_for_element("#nav-queue").unwrap().click().unwrap();
     let why = text_of(&format!("#waiting tr[data-id=\"{run}\"] .why"));
-    until(&tab, &why, json!("next in line: the next free worker takes it"));
+    until(&tab, &why, json!("concurrency: 1 of 1 running in group board-probe"));
+    let reason = text_of(&format!("#waiting tr[data-id=\"{run}\"] .reason"));
+    assert_eq!(eval(&tab, &reason), json!("concurrency"));
     assert_eq!(eval(&tab, &text_of("#queue-depth")), json!("queue depth 1"));
+    assert_eq!(eval(&tab, &text_of(&format!("#active tr[data-id=\"{held}\"] .state"))), json!("leased"));
+    let holder = eval(&tab, &text_of(&format!("#active tr[data-id=\"{held}\"] td:nth-child(4)")));
+    assert!(holder.as_str().unwrap().starts_with("w@"), "{holder}");
+    let lease = eval(&tab, &text_of(&format!("#active tr[data-id=\"{held}\"] time")));
+    assert!(lease.as_str().unwrap().contains("(in "), "the lease expires in the future: {lease}");
     assert_eq!(eval(&tab, &text_of("#local-workers")), json!("local workers: 0"));
+    let worker = format!("#workers tr[data-worker={holder}]");
+    assert_eq!(eval(&tab, &text_of(&format!("{worker} .badge"))), json!("remote"));
+    assert_eq!(eval(&tab, &text_of(&format!("{worker} a[data-run]"))), json!(held));
     let newer = trigger(&serving, "also waits");
     until(&tab, &format!("document.querySelector('#waiting tr[data-id=\"{newer}\"]') !== null"), json!(true));
     until(&tab, &text_of("#queue-depth"), json!("queue depth 2"));
     assert_eq!(eval(&tab, "window.boardTestMarker"), json!("still here"), "the page was not reloaded");
+    picture(&tab, profile.path(), "board-queue.png");
+}
+
+/// A picture of the page, kept in `dir` and, with NIGHTSHIFT_BOARD_SCREENSHOT, in docs/.
+fn picture(tab: &headless_chrome::Tab, dir: &std::path::Path, name: &str) {
+    let png = tab
+        .capture_screenshot(headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png, None, None, true)
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(dir.join(name), &png).unwrap();
+    if std::env::var_os("NIGHTSHIFT_BOARD_SCREENSHOT").is_some() {
+        std::fs::write(crate::repo_root().join("docs").join(name), &png).unwrap();
+    }
 }

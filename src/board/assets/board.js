@@ -274,7 +274,8 @@ function relative(time, now) {
 }
 
 function timeOf(time, now) {
-  return el("time", { datetime: time, title: relative(time, now) }, time + " (" + relative(time, now) + ")");
+  const shown = time.replace(/\.\d+/, "");
+  return el("time", { datetime: time, title: time }, shown + " (" + relative(time, now) + ")");
 }
 
 function badge(text, kind) {
