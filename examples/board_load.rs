@@ -23,7 +23,8 @@
 //!   connections of signed deliveries for SECONDS alone, then again with STREAMS
 //!   connections open on the board's live endpoint (`--path`, default
 //!   `/api/runs/stream`, with the API token as a bearer token), each read as fast as it
-//!   comes. Prints deliveries per second for both in every round, their medians and the
+//!   comes; like the board's page, each reads `GET /api/runs?limit=50` again after a
+//!   change, at most once a second. Prints deliveries per second for both in every round, their medians and the
 //!   ratio, and the bytes the streams received. A path that answers 404 or 400 (no board
 //!   on this build: `/api/runs/{id}` takes the path) measures the first half only and
 //!   says so.
@@ -345,10 +346,12 @@ async fn live(streams: u64, rounds: u64, seconds: u64, connections: u64, path: &
         if has_stream {
             let stop = Arc::new(AtomicBool::new(false));
             let received = Arc::new(AtomicU64::new(0));
+            let reads = Arc::new(AtomicU64::new(0));
             let mut readers = Vec::new();
             for _ in 0..streams {
                 let stream = open_stream(serve.address, path, &serve.token).await?;
-                readers.push(tokio::spawn(read_stream(stream, Arc::clone(&stop), Arc::clone(&received))));
+                let board = Board { address: serve.address, token: serve.token.clone(), reads: Arc::clone(&reads) };
+                readers.push(tokio::spawn(read_stream(stream, Arc::clone(&stop), Arc::clone(&received), board)));
             }
             let rate = drive_hooks(serve.address, connections, seconds, &counter).await?;
             stop.store(true, Ordering::Relaxed);
@@ -357,8 +360,9 @@ async fn live(streams: u64, rounds: u64, seconds: u64, connections: u64, path: &
             }
             beside.push(rate);
             line.push_str(&format!(
-                ", with {streams} streams {rate:.0}/s ({} KiB streamed)",
-                received.load(Ordering::Relaxed) / 1024
+                ", with {streams} streams {rate:.0}/s ({} KiB streamed, {} page reads)",
+                received.load(Ordering::Relaxed) / 1024,
+                reads.load(Ordering::Relaxed)
             ));
         }
         println!("{line}");
@@ -392,13 +396,29 @@ async fn open_stream(address: SocketAddr, path: &str, token: &str) -> anyhow::Re
     Ok(stream)
 }
 
-async fn read_stream(mut stream: TcpStream, stop: Arc<AtomicBool>, received: Arc<AtomicU64>) {
+/// What an open board does besides reading its feed: it reads its page of runs again
+/// after a change, at most once a second (src/board/assets/board.js).
+struct Board {
+    address: SocketAddr,
+    token: String,
+    reads: Arc<AtomicU64>,
+}
+
+async fn read_stream(mut stream: TcpStream, stop: Arc<AtomicBool>, received: Arc<AtomicU64>, board: Board) {
     let mut buffer = vec![0u8; 16 * 1024];
+    let mut last_read: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         match stream.read(&mut buffer).await {
             Ok(0) | Err(_) => return,
             Ok(n) => received.fetch_add(n as u64, Ordering::Relaxed),
         };
+        if last_read.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            last_read = Some(Instant::now());
+            let page = get(board.address, "/api/runs?limit=50", Some(&board.token));
+            if exchange_once(board.address, page).await.is_ok() {
+                board.reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 

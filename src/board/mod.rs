@@ -124,8 +124,86 @@ pub fn same_origin(
     }
 }
 
+/// How long a live feed gathers run changes before it tells its client of them: a board
+/// gets at most a few events a second however fast runs change.
+pub const GATHER: Duration = Duration::from_millis(250);
+
+/// The most runs one `runs` event names; past that the client is told to read its view
+/// again (`reload`), which is cheaper for both sides than a long list.
+pub const MOST_PER_EVENT: usize = 100;
+
+/// What a live feed sends after gathering: the newest change of each run (oldest run
+/// first), or `None` when the client should read its view again (too many runs changed,
+/// or it fell behind the store's buffer).
+pub fn gather(
+    first: crate::store::RunChange,
+    changes: &mut tokio::sync::broadcast::Receiver<crate::store::RunChange>,
+) -> Option<Vec<crate::store::RunChange>> {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut newest = std::collections::BTreeMap::new();
+    newest.insert(first.id, first);
+    loop {
+        match changes.try_recv() {
+            Ok(change) => {
+                newest.insert(change.id, change);
+                if newest.len() > MOST_PER_EVENT {
+                    return None;
+                }
+            }
+            Err(TryRecvError::Lagged(_)) => return None,
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return Some(newest.into_values().collect()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    fn change(id: u64, state: crate::runs::RunState) -> crate::store::RunChange {
+        crate::store::RunChange {
+            id: crate::runs::RunId(id),
+            state,
+            automation: "a".into(),
+            updated_at: chrono::DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_gathered_event_names_each_run_once_with_its_newest_state() {
+        use crate::runs::RunState::{Cancelled, Queued, Running};
+        let (sender, mut changes) = tokio::sync::broadcast::channel(16);
+        for sent in [change(2, Queued), change(1, Running), change(2, Cancelled)] {
+            sender.send(sent).unwrap();
+        }
+        let first = changes.try_recv().unwrap();
+        let batch = gather(first, &mut changes).expect("a batch");
+        let states: Vec<_> = batch.iter().map(|c| (c.id.0, c.state)).collect();
+        assert_eq!(states, [(1, Running), (2, Cancelled)]);
+        assert!(changes.try_recv().is_err(), "everything was taken");
+    }
+
+    #[test]
+    fn too_many_runs_or_a_lag_asks_for_a_reload() {
+        use crate::runs::RunState::Queued;
+        let (sender, mut changes) = tokio::sync::broadcast::channel(4 * MOST_PER_EVENT);
+        for id in 0..=MOST_PER_EVENT as u64 {
+            sender.send(change(id, Queued)).unwrap();
+        }
+        let first = changes.try_recv().unwrap();
+        assert_eq!(gather(first.clone(), &mut changes), None, "{} runs", MOST_PER_EVENT + 1);
+        let (sender, mut changes) = tokio::sync::broadcast::channel(4 * MOST_PER_EVENT);
+        for id in 0..MOST_PER_EVENT as u64 {
+            sender.send(change(id, Queued)).unwrap();
+        }
+        let first = changes.try_recv().unwrap();
+        assert_eq!(gather(first.clone(), &mut changes).map(|batch| batch.len()), Some(MOST_PER_EVENT));
+        let (sender, mut changes) = tokio::sync::broadcast::channel(2);
+        for id in 0..5 {
+            sender.send(change(id, Queued)).unwrap();
+        }
+        assert_eq!(gather(first, &mut changes), None, "fell behind the buffer");
+    }
+
     use super::*;
 
     #[test]

@@ -223,26 +223,26 @@ async fn session(State(server): State<Arc<Server>>, headers: HeaderMap) -> Respo
     }
 }
 
-/// `GET /api/runs/stream`: a `run` event (`{"id", "state", "automation", "updated_at"}`)
-/// whenever a run is queued, changes state or ends; `reload` when this client fell too
-/// far behind to be told each one; a comment every 15 s otherwise. It ends when the
-/// server starts to stop.
+/// `GET /api/runs/stream`: a `runs` event (a JSON list of `{"id", "state", "automation",
+/// "updated_at"}`, each run once with its newest state) when runs were queued, changed
+/// state or ended, gathered for `board::GATHER`; `reload` when more than
+/// `board::MOST_PER_EVENT` runs changed at once or this client fell behind; a comment
+/// every 15 s otherwise. It ends when the server starts to stop.
 pub async fn stream(State(server): State<Arc<Server>>) -> Response {
     let changes = server.store().run_changes();
     let stopping = server.wakeup().subscribe();
-    let events = futures_util::stream::unfold(
-        (changes, stopping, server),
-        |(mut changes, mut stopping, server)| async move {
+    let events =
+        futures_util::stream::unfold((changes, stopping, server), |(mut changes, mut stopping, server)| async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
                 // The server is stopping: end the stream, or it would hold up the drain.
                 if server.wakeup().is_closed() {
                     return None;
                 }
-                let event = tokio::select! {
+                let first = tokio::select! {
                     change = changes.recv() => match change {
-                        Ok(change) => Event::default().event("run").json_data(&change).unwrap_or_else(|_| Event::default()),
-                        Err(RecvError::Lagged(_)) => Event::default().event("reload").data("lagged"),
+                        Ok(change) => Some(change),
+                        Err(RecvError::Lagged(_)) => None,
                         Err(RecvError::Closed) => return None,
                     },
                     woken = stopping.changed() => {
@@ -252,10 +252,21 @@ pub async fn stream(State(server): State<Arc<Server>>) -> Response {
                         continue;
                     }
                 };
+                tokio::time::sleep(crate::board::GATHER).await;
+                let batch = first.and_then(|first| crate::board::gather(first, &mut changes));
+                let event = match batch {
+                    Some(batch) => {
+                        Event::default().event("runs").json_data(&batch).unwrap_or_else(|_| Event::default())
+                    }
+                    None => {
+                        // Skip what is left: the client reads its whole view again.
+                        changes = changes.resubscribe();
+                        Event::default().event("reload").data("many runs changed")
+                    }
+                };
                 return Some((Ok::<_, Infallible>(event), (changes, stopping, server)));
             }
-        },
-    );
+        });
     let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

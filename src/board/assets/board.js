@@ -404,13 +404,15 @@ function listen() {
   const events = new EventSource("/api/runs/stream");
   events.onopen = () => { live.textContent = "live"; live.classList.add("on"); };
   events.onerror = () => { live.textContent = "reconnecting"; live.classList.remove("on"); };
-  events.addEventListener("run", (message) => {
-    const change = JSON.parse(message.data);
-    const view = board.view;
-    if (!view) return;
-    if (view.kind === "runs") runsChanged(view, change);
-    else if (view.kind === "run" && view.id === change.id) loadRun(view);
-    else if (view.kind === "automations" || view.kind === "queue") statusChanged(view);
+  // The server gathers changes for a quarter of a second: each run once, newest state.
+  events.addEventListener("runs", (message) => {
+    for (const change of JSON.parse(message.data)) {
+      const view = board.view;
+      if (!view) return;
+      if (view.kind === "runs") runsChanged(view, change);
+      else if (view.kind === "run" && view.id === change.id) loadRun(view);
+      else if (view.kind === "automations" || view.kind === "queue") statusChanged(view);
+    }
   });
   // Too many changes were missed to apply one by one: read the view again (no page reload).
   events.addEventListener("reload", () => {

@@ -46,8 +46,9 @@ impl LiveRun {
 
 #[derive(Debug, Default)]
 pub struct Live {
-    /// Boxed, so growing the map moves pointers rather than whole runs.
-    runs: HashMap<RunId, Box<LiveRun>>,
+    /// Boxed, so growing the map moves pointers rather than whole runs; ordered, so a
+    /// page of the newest is read from the end without looking at the rest.
+    runs: BTreeMap<RunId, Box<LiveRun>>,
     queued: BTreeSet<RunId>,
     /// Unfinished runs per group, oldest first.
     groups: HashMap<String, BTreeSet<RunId>>,
@@ -84,6 +85,11 @@ impl Live {
 
     pub fn runs(&self) -> impl Iterator<Item = &LiveRun> {
         self.runs.values().map(|live| live.as_ref())
+    }
+
+    /// Unfinished runs, newest first.
+    pub fn runs_newest_first(&self) -> impl Iterator<Item = &LiveRun> {
+        self.runs.values().rev().map(|live| live.as_ref())
     }
 
     /// How many unfinished runs are in each unfinished state (every one listed, zeros

@@ -1411,17 +1411,19 @@ impl Store for SledStore {
                 && filter.automation.as_ref().is_none_or(|name| *name == run.automation)
         };
         // Unfinished runs come from memory, finished ones from disk; both newest first.
-        // Only the newest `limit` unfinished ones can be on the page: just they are cloned.
-        let mut unfinished: Vec<Run> = {
+        // Only the newest `limit` unfinished ones can be on the page: just they are read,
+        // from the end of the ordered index (a page costs the same behind a long queue).
+        let unfinished: Vec<Run> = {
             let state = self.lock();
-            let mut matching: Vec<&Run> = state.runs().map(|live| &live.run).filter(|r| wanted(r)).collect();
-            if matching.len() > limit {
-                matching.select_nth_unstable_by_key(limit, |run| std::cmp::Reverse(run.id));
-                matching.truncate(limit);
-            }
-            matching.into_iter().cloned().collect()
+            state
+                .runs_newest_first()
+                .map(|live| &live.run)
+                .skip_while(|run| run.id >= before)
+                .filter(|run| wanted(run))
+                .take(limit)
+                .cloned()
+                .collect()
         };
-        unfinished.sort_by_key(|run| std::cmp::Reverse(run.id));
         if filter.state.is_some_and(|state| !state.is_finished()) {
             // Nothing on disk is in an unfinished state: a page of them reads no record.
             return Ok(unfinished);
