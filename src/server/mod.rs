@@ -579,6 +579,10 @@ pub async fn serve(server: Arc<Server>, transport: Arc<dyn crate::delivery::Tran
         "nightshift is serving"
     );
     println!("nightshift serving on http://{address}");
+    println!(
+        "the board is at http://{address}/ : log in with the API token in {}",
+        discovery::ServeFile::path(&server.options.data).display()
+    );
 
     let wakeup = Arc::clone(&server.wakeup);
     let stop_within = STOP_WITHIN.max(server.options.worker.grace + std::time::Duration::from_secs(5));
