@@ -358,17 +358,12 @@ impl Collector for StoreCounts {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.store.stats();
         let runs = ConstGauge::<i64>::new(0);
-        let mut family = encoder.encode_descriptor(
-            "runs",
-            "Unfinished runs by state (finished runs that started: nightshift_run_duration_seconds_count)",
-            None,
-            runs.metric_type(),
-        )?;
-        for (state, count) in &stats.unfinished {
+        let mut family = encoder.encode_descriptor("runs", "Stored runs by state", None, runs.metric_type())?;
+        for (state, count) in &stats.by_state {
             let labels = StateLabels { state: state.as_str() };
             ConstGauge::new(gauge(*count)).encode(family.encode_family(&labels)?)?;
         }
-        let queued = stats.unfinished.iter().find(|(state, _)| *state == RunState::Queued).map_or(0, |(_, n)| *n);
+        let queued = stats.by_state.iter().find(|(state, _)| *state == RunState::Queued).map_or(0, |(_, n)| *n);
         let depth = ConstGauge::new(gauge(queued));
         depth.encode(encoder.encode_descriptor(
             "queue_depth",

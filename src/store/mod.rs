@@ -135,9 +135,9 @@ pub struct Claim {
 /// decoded from disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Unfinished runs by state (awaiting approval, queued, leased, running), zeros
-    /// included. Finished runs are not counted here: that would mean reading them all.
-    pub unfinished: Vec<(RunState, u64)>,
+    /// Stored runs by state, every state listed (zeros too): unfinished ones counted
+    /// from the index in memory, finished ones from the store's counter of them.
+    pub by_state: Vec<(RunState, u64)>,
     /// Group commit's work so far, for a store that commits in groups.
     pub commits: Option<CommitCounts>,
 }

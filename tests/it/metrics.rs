@@ -213,6 +213,7 @@ fn promtool_accepts_the_scrape_and_counters_move_with_deliveries_and_runs() {
     let done = wait_for_value(&server, "nightshift_notify_attempts_total{target=\"webhook\",outcome=\"sent\"}", 1.0);
     assert!(receiver.got.load(Ordering::Relaxed) >= 1);
     assert_eq!(value(&done, "nightshift_runs{state=\"running\"}"), 0.0, "{done}");
+    assert_eq!(value(&done, "nightshift_runs{state=\"succeeded\"}"), 1.0, "{done}");
     assert_eq!(value(&done, "nightshift_run_duration_seconds_count{state=\"succeeded\"}"), 1.0, "{done}");
     assert_eq!(value(&done, "nightshift_egress_decisions_total{outcome=\"denied\",kind=\"connect\"}"), 3.0, "{done}");
 

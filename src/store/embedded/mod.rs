@@ -989,9 +989,15 @@ impl Store for SledStore {
     }
 
     fn stats(&self) -> super::StoreStats {
-        let unfinished = self.lock().count_by_state();
+        let by_state = {
+            let state = self.lock();
+            let mut counts = state.count_by_state();
+            let finished = RunState::ALL.into_iter().filter(|run_state| run_state.is_finished());
+            counts.extend(finished.map(|run_state| (run_state, state.finished[live::state_slot(run_state)])));
+            counts
+        };
         let (logs, syncs, applies) = self.commit.commits();
-        super::StoreStats { unfinished, commits: Some(super::CommitCounts { logs, syncs, applies }) }
+        super::StoreStats { by_state, commits: Some(super::CommitCounts { logs, syncs, applies }) }
     }
 
     /// Only the first observer is kept: one server owns the store.
