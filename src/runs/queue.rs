@@ -225,6 +225,9 @@ mod tests {
         let mut over = backoff.clone();
         over.id = RunId(6);
         over.not_before = Some(at(5));
+        // A backoff that ends now is over.
+        let mut ending = run(7, "again", "ns/g", &[]);
+        ending.not_before = Some(at(10));
         check(
             &[limited.clone(), run(2, "docs", "ns/b", &["docs/"]), run(3, "fix", "ns/fix", &[])],
             &[
@@ -234,6 +237,7 @@ mod tests {
                 run(13, "docs3", "ns/d", &["docs/**"]),
                 backoff,
                 over,
+                ending,
                 run(14, "other", "ns/o", &["src/"]),
             ],
             &[
@@ -243,6 +247,7 @@ mod tests {
                 (13, Some(Wait::BehindOlder { run: RunId(11) })),
                 (5, Some(Wait::Backoff { until: at(15) })),
                 (6, None),
+                (7, None),
                 (14, None),
             ],
         );
