@@ -232,12 +232,40 @@ mod tests {
     }
 
     #[test]
+    fn past_the_cap_a_login_drops_the_expired_sessions_else_the_oldest() {
+        let sessions = Sessions::default();
+        let start = Instant::now();
+        let at = |n: usize| start + Duration::from_secs(n as u64);
+        // Half of a full table expired by the time the next login comes.
+        let mut ids = Vec::new();
+        for n in 0..MAX_SESSIONS {
+            let opened = if n < MAX_SESSIONS / 2 { start } else { at(SESSION_LIFETIME.as_secs() as usize) };
+            ids.push(sessions.open(Access::Full, opened).unwrap().0);
+        }
+        let later = at(SESSION_LIFETIME.as_secs() as usize + 10);
+        let (newest, _) = sessions.open(Access::Full, later).unwrap();
+        assert_eq!(sessions.open.lock().unwrap().len(), MAX_SESSIONS / 2 + 1, "the expired ones went");
+        assert!(sessions.get(&ids[MAX_SESSIONS - 1], later).is_some() && sessions.get(&newest, later).is_some());
+        // A full table of live sessions: only the oldest goes.
+        let sessions = Sessions::default();
+        let ids: Vec<String> = (0..MAX_SESSIONS).map(|n| sessions.open(Access::Read, at(n)).unwrap().0).collect();
+        let now = at(MAX_SESSIONS);
+        let (newest, _) = sessions.open(Access::Read, now).unwrap();
+        assert_eq!(sessions.open.lock().unwrap().len(), MAX_SESSIONS);
+        assert_eq!(sessions.get(&ids[0], now), None, "the oldest went");
+        assert!(sessions.get(&ids[1], now).is_some() && sessions.get(&newest, now).is_some());
+    }
+
+    #[test]
     fn a_session_is_found_by_its_id_until_it_expires_or_is_closed() {
         let sessions = Sessions::default();
         let now = Instant::now();
         let (id, session) = sessions.open(Access::Read, now).unwrap();
         assert_ne!(id, session.csrf);
-        assert_eq!(sessions.get(&id, now + Duration::from_secs(60)), Some(session));
+        assert_eq!(sessions.get(&id, now + Duration::from_secs(60)), Some(session.clone()));
+        // A login lasts twelve hours (docs/board.md), to the second.
+        let almost = now + Duration::from_secs(12 * 3600 - 1);
+        assert_eq!(sessions.get(&id, almost), Some(session));
         assert_eq!(sessions.get(&id, now + SESSION_LIFETIME), None);
         assert_eq!(sessions.get("other", now), None);
         sessions.close(&id);
