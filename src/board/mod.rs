@@ -236,13 +236,12 @@ mod tests {
         let sessions = Sessions::default();
         let start = Instant::now();
         let at = |n: usize| start + Duration::from_secs(n as u64);
-        // Half of a full table expired by the time the next login comes.
+        // Half of a full table expires just as the next login comes (none before).
         let mut ids = Vec::new();
         for n in 0..MAX_SESSIONS {
-            let opened = if n < MAX_SESSIONS / 2 { start } else { at(SESSION_LIFETIME.as_secs() as usize) };
-            ids.push(sessions.open(Access::Full, opened).unwrap().0);
+            ids.push(sessions.open(Access::Full, if n < MAX_SESSIONS / 2 { start } else { at(1) }).unwrap().0);
         }
-        let later = at(SESSION_LIFETIME.as_secs() as usize + 10);
+        let later = start + SESSION_LIFETIME;
         let (newest, _) = sessions.open(Access::Full, later).unwrap();
         assert_eq!(sessions.open.lock().unwrap().len(), MAX_SESSIONS / 2 + 1, "the expired ones went");
         assert!(sessions.get(&ids[MAX_SESSIONS - 1], later).is_some() && sessions.get(&newest, later).is_some());
