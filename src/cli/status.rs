@@ -112,6 +112,22 @@ pub fn render(status: &Status) -> String {
         status.queue_depth,
         super::output::time(now)
     );
+    // The columns every line has, then its last: the worker or why it waits.
+    let row = |id: &dyn std::fmt::Display,
+               automation: &str,
+               state: &dyn std::fmt::Display,
+               created_at,
+               branch: &Option<String>,
+               last: &str| {
+        vec![
+            id.to_string(),
+            automation.to_string(),
+            state.to_string(),
+            age(now, created_at),
+            branch.clone().unwrap_or_default(),
+            excerpt(last, WHY_WIDTH),
+        ]
+    };
     let mut rows = Vec::new();
     for run in &status.active {
         let lease = match (&run.worker, run.lease_expires_at) {
@@ -119,24 +135,10 @@ pub fn render(status: &Status) -> String {
             (Some(worker), None) => worker.clone(),
             _ => String::new(),
         };
-        rows.push(vec![
-            run.id.to_string(),
-            run.automation.clone(),
-            run.state.to_string(),
-            age(now, run.created_at),
-            run.branch.clone().unwrap_or_default(),
-            excerpt(&lease, WHY_WIDTH),
-        ]);
+        rows.push(row(&run.id, &run.automation, &run.state, run.created_at, &run.branch, &lease));
     }
     for run in &status.waiting {
-        rows.push(vec![
-            run.id.to_string(),
-            run.automation.clone(),
-            run.state.to_string(),
-            age(now, run.created_at),
-            run.branch.clone().unwrap_or_default(),
-            excerpt(&run.why.text, WHY_WIDTH),
-        ]);
+        rows.push(row(&run.id, &run.automation, &run.state, run.created_at, &run.branch, &run.why.text));
     }
     if rows.is_empty() {
         out.push_str("no active or waiting runs\n");
