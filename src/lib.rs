@@ -19,6 +19,7 @@ pub mod http;
 pub mod intake;
 pub mod metrics;
 pub mod netpolicy;
+pub mod parallel;
 pub mod pipeline;
 pub mod rules;
 pub mod runs;

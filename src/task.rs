@@ -70,6 +70,13 @@ pub struct Task {
     /// adds commits there (docs/notify.md, "Follow-ups").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follows: Option<crate::runs::RunId>,
+    /// Attempts, verification rounds or a fan-out this run is the parent of
+    /// (docs/parallel.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::parallel::Plan>,
+    /// What the worker does besides the agent when the run is part of a parent's plan.
+    #[serde(default, skip_serializing_if = "crate::parallel::Staging::is_plain")]
+    pub staging: crate::parallel::Staging,
 }
 
 /// Flow control for the run, with its keys rendered.

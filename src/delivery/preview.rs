@@ -303,6 +303,8 @@ mod tests {
             limits: Default::default(),
             notify,
             follows: None,
+            plan: None,
+            staging: Default::default(),
         }
     }
 

@@ -553,6 +553,8 @@ impl CompiledAutomation {
                 limits: task.limits,
                 notify,
                 follows: None,
+                plan: None,
+                staging: Default::default(),
             }),
             flow: Some(flow),
         })

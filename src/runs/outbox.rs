@@ -302,6 +302,8 @@ mod tests {
             limits: Default::default(),
             notify: targets,
             follows: None,
+            plan: None,
+            staging: Default::default(),
         };
         Run {
             id: RunId(7),
@@ -324,6 +326,7 @@ mod tests {
             result: None,
             skip: None,
             reason: None,
+            parent: None,
         }
     }
 

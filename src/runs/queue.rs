@@ -168,6 +168,8 @@ mod tests {
             limits: Default::default(),
             notify: Vec::new(),
             follows: None,
+            plan: None,
+            staging: Default::default(),
         };
         Run {
             id: RunId(id),
@@ -190,6 +192,7 @@ mod tests {
             result: None,
             skip: None,
             reason: None,
+            parent: None,
         }
     }
 

@@ -280,6 +280,9 @@ pub struct Run {
     /// Why the run failed, timed out or was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The run this one is part of or follows up, and as what (docs/parallel.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::parallel::ParentLink>,
 }
 
 impl Run {

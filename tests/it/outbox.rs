@@ -70,6 +70,8 @@ fn task(targets: Vec<Target>) -> Task {
         limits: Default::default(),
         notify: targets,
         follows: None,
+        plan: None,
+        staging: Default::default(),
     }
 }
 

@@ -1646,6 +1646,11 @@ fn fresh_run(
     event: &Event,
     now: DateTime<Utc>,
 ) -> Run {
+    let parent = task.as_ref().and_then(|task| task.follows).map(|run| crate::parallel::ParentLink {
+        run,
+        role: crate::parallel::Role::FollowUp,
+        index: 0,
+    });
     Run {
         id,
         automation,
@@ -1667,6 +1672,7 @@ fn fresh_run(
         result: None,
         skip: None,
         reason: None,
+        parent,
     }
 }
 

@@ -220,6 +220,8 @@ mod tests {
             limits: Default::default(),
             notify: Vec::new(),
             follows: None,
+            plan: None,
+            staging: Default::default(),
         }
     }
 
