@@ -42,22 +42,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, TimeZone, Utc};
-use hmac::{Hmac, KeyInit, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use nightshift::event::Event;
 use nightshift::pipeline::{Audience, Pipeline};
 use nightshift::runs::{Completion, RunResult, SkipReason};
 use nightshift::server::discovery::ServeFile;
 use nightshift::store::{NewRun, SledStore, Store};
 use nightshift::triggers::TriggerKind;
-use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use support::http::{connect, exchange, exchange_once, get, hook_request, median_of};
+
+mod support;
 
 const USAGE: &str = "usage: board_load pages [RUNS=100000] [REQUESTS=200]
        board_load live [STREAMS=100] [ROUNDS=3] [SECONDS=5] [CONNECTIONS=16] [--path /api/runs/stream]
@@ -91,9 +88,6 @@ task:
   branch: "agent/load-{{ event.n }}"
   prompt: "Handle {{ event.n }}"
 "#;
-
-type Body = Full<Bytes>;
-type Sender = SendRequest<Body>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -367,9 +361,9 @@ async fn live(streams: u64, rounds: u64, seconds: u64, connections: u64, path: &
         }
         println!("{line}");
     }
-    let alone = median(&mut alone);
+    let alone = median_of(&mut alone);
     if has_stream {
-        let beside = median(&mut beside);
+        let beside = median_of(&mut beside);
         println!(
             "median: alone {alone:.0}/s, with {streams} streams {beside:.0}/s, ratio {:.3}",
             beside / alone.max(f64::MIN_POSITIVE)
@@ -415,7 +409,7 @@ async fn read_stream(mut stream: TcpStream, stop: Arc<AtomicBool>, received: Arc
         if last_read.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             last_read = Some(Instant::now());
             let page = get(board.address, "/api/runs?limit=50", Some(&board.token));
-            if exchange_once(board.address, page).await.is_ok() {
+            if exchange_once(board.address, page, REQUEST_TIMEOUT).await.is_ok() {
                 board.reads.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -441,7 +435,7 @@ async fn drive_hooks(
                 let driver = tokio::spawn(driver);
                 while Instant::now() < end {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let request = hook_request(&address.to_string(), n);
+                    let request = hook_request(&address.to_string(), n, SECRET);
                     let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, request))
                         .await
                         .context("a delivery took too long")??;
@@ -461,24 +455,6 @@ async fn drive_hooks(
         accepted += task.await.context("a connection task failed")??;
     }
     Ok(accepted as f64 / began.elapsed().as_secs_f64())
-}
-
-fn hook_request(host: &str, n: u64) -> Request<Body> {
-    let body = format!("{{\"n\":{n}}}");
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).expect("HMAC takes any key length");
-    mac.update(body.as_bytes());
-    let signature: String = mac.finalize().into_bytes().iter().map(|byte| format!("{byte:02x}")).collect();
-    Request::post("/hooks/load-hook")
-        .header(HOST, host)
-        .header(CONTENT_TYPE, "application/json")
-        .header("x-hub-signature-256", format!("sha256={signature}"))
-        .body(Full::new(Bytes::from(body)))
-        .expect("the hook request is well formed")
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -570,9 +546,7 @@ impl Serve {
         serve.token = file.token;
         loop {
             let request = get(serve.address, "/healthz", None);
-            if let Ok(Ok((StatusCode::OK, _))) =
-                tokio::time::timeout(REQUEST_TIMEOUT, exchange_once(serve.address, request)).await
-            {
+            if let Ok((StatusCode::OK, _)) = exchange_once(serve.address, request, REQUEST_TIMEOUT).await {
                 break;
             }
             if spawned.elapsed() > START_TIMEOUT {
@@ -610,39 +584,6 @@ impl Drop for Serve {
 
 // ---------------------------------------------------------------------------------------
 // HTTP
-
-type Driver = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Body>;
-
-async fn connect(address: SocketAddr) -> anyhow::Result<(Sender, Driver)> {
-    let stream = TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
-    stream.set_nodelay(true)?;
-    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("the HTTP/1.1 handshake")
-}
-
-async fn exchange(sender: &mut Sender, request: Request<Body>) -> anyhow::Result<(StatusCode, Bytes)> {
-    sender.ready().await.context("the connection closed")?;
-    let response = sender.send_request(request).await.context("sending the request")?;
-    let status = response.status();
-    let body = response.into_body().collect().await.context("reading the answer")?.to_bytes();
-    Ok((status, body))
-}
-
-async fn exchange_once(address: SocketAddr, request: Request<Body>) -> anyhow::Result<(StatusCode, Bytes)> {
-    let (mut sender, driver) = connect(address).await?;
-    let driver = tokio::spawn(driver);
-    let answer = exchange(&mut sender, request).await;
-    drop(sender);
-    driver.abort();
-    answer
-}
-
-fn get(address: SocketAddr, path: &str, token: Option<&str>) -> Request<Body> {
-    let mut request = Request::get(path).header(HOST, address.to_string());
-    if let Some(token) = token {
-        request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-    }
-    request.body(Full::new(Bytes::new())).expect("a GET request is well formed")
-}
 
 fn percentile(sorted: &[Duration], percent: usize) -> Duration {
     if sorted.is_empty() {

@@ -85,17 +85,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use nightshift::server::discovery::ServeFile;
 use serde::Deserialize;
-use sha2::Sha256;
 use tokio::net::TcpStream;
+
+use support::http::{Body, Sender, connect, exchange, exchange_once, get, hook_request, median_of};
+
+mod support;
 use tokio::sync::Semaphore;
 
 const USAGE: &str = "usage: serve_load hooks [CONNECTIONS=64] [SECONDS=5]
@@ -146,9 +147,6 @@ task:
   branch: "agent/load-{{ event.n }}"
   prompt: "Handle {{ event.n }}"
 "#;
-
-type Body = Full<Bytes>;
-type Sender = SendRequest<Body>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -336,7 +334,7 @@ async fn slow(requests: u64) -> anyhow::Result<()> {
 async fn signed_request(sender: &mut Sender, host: &str, counter: &AtomicU64, tally: &mut Tally) -> bool {
     let n = counter.fetch_add(1, Ordering::Relaxed);
     let sent = Instant::now();
-    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(sender, hook_request(host, n))).await {
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(sender, hook_request(host, n, SECRET))).await {
         Ok(Ok((StatusCode::ACCEPTED, _))) => {
             tally.latencies.push(micros(sent.elapsed()));
             tally.accepted += 1;
@@ -514,7 +512,7 @@ async fn flood(connections: u64, seconds: u64) -> anyhow::Result<()> {
             let host = address.to_string();
             while !stop.load(Ordering::SeqCst) {
                 let sent = Instant::now();
-                let request = hook_request(&host, counter.fetch_add(1, Ordering::Relaxed));
+                let request = hook_request(&host, counter.fetch_add(1, Ordering::Relaxed), SECRET);
                 match exchange_once(address, request, Duration::from_secs(60)).await {
                     Ok((StatusCode::ACCEPTED, _)) => {
                         tally.latencies.push(micros(sent.elapsed()));
@@ -969,12 +967,6 @@ fn rate_in(answers: &[Instant], from: Instant, window: Duration) -> f64 {
     count as f64 / window.as_secs_f64()
 }
 
-/// The median of `values` (sorted in place).
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// Waits until the receiver holds `count` messages.
 async fn arrived(receiver: &Receiver, count: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -1156,23 +1148,23 @@ async fn notify(rounds: u64, connections: u64) -> anyhow::Result<()> {
         spread(&load_sent),
         spread(&load_answered)
     );
-    let (a, s, t) = (median(&mut alone), median(&mut silent), median(&mut told));
+    let (a, s, t) = (median_of(&mut alone), median_of(&mut silent), median_of(&mut told));
     println!(
         "  ingest medians: alone {a:.0}/s, runs ending {s:.0}/s ({:.3} of alone), runs ending + messages {t:.0}/s \
          ({:.3} of alone, {:.3} of runs ending); drain under load, median {:.1} ms; the receiver got {} requests",
         s / a,
         t / a,
         t / s,
-        median(&mut drains),
+        median_of(&mut drains),
         receiver.requests.load(Ordering::Relaxed)
     );
     let [quiet_cpu, ended_cpu, draining_cpu] = &mut cpu;
     println!(
         "  server CPU over each 4 s load, medians: alone {:.0}%, runs ending {:.0}%, runs ending + messages {:.0}% \
          of a core",
-        median(quiet_cpu),
-        median(ended_cpu),
-        median(draining_cpu)
+        median_of(quiet_cpu),
+        median_of(ended_cpu),
+        median_of(draining_cpu)
     );
     Ok(())
 }
@@ -1444,7 +1436,7 @@ fn loopback_address(url: &str) -> anyhow::Result<SocketAddr> {
 /// The fields of a run this tool reads (`GET /api/runs`).
 #[derive(Deserialize)]
 struct RunRow {
-    id: u64,
+    id: nightshift::runs::RunId,
     automation: String,
     event_ids: Vec<String>,
     created_at: DateTime<Utc>,
@@ -1452,72 +1444,11 @@ struct RunRow {
 
 async fn newest_run(serve: &Serve) -> anyhow::Result<Option<u64>> {
     let runs = serve.get_json::<Vec<RunRow>>("/api/runs?limit=1", REQUEST_TIMEOUT).await?;
-    Ok(runs.first().map(|run| run.id))
+    Ok(runs.first().map(|run| run.id.0))
 }
 
 // ---------------------------------------------------------------------------------------
 // HTTP
-
-async fn connect(address: SocketAddr) -> anyhow::Result<(Sender, Connection<TokioIo<TcpStream>, Body>)> {
-    let stream = TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
-    stream.set_nodelay(true).context("setting TCP_NODELAY")?;
-    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("the HTTP/1.1 handshake")
-}
-
-/// Sends `request` on a ready connection and reads the whole answer.
-async fn exchange(sender: &mut Sender, request: Request<Body>) -> anyhow::Result<(StatusCode, Bytes)> {
-    sender.ready().await.context("the connection closed")?;
-    let response = sender.send_request(request).await.context("sending the request")?;
-    let status = response.status();
-    let body = response.into_body().collect().await.context("reading the answer")?.to_bytes();
-    Ok((status, body))
-}
-
-/// One request on a connection of its own.
-async fn exchange_once(
-    address: SocketAddr,
-    request: Request<Body>,
-    timeout: Duration,
-) -> anyhow::Result<(StatusCode, Bytes)> {
-    let answer = tokio::time::timeout(timeout, async {
-        let (mut sender, connection) = connect(address).await?;
-        let driver = tokio::spawn(connection);
-        let answer = exchange(&mut sender, request).await;
-        drop(sender);
-        driver.abort();
-        answer
-    })
-    .await;
-    answer.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")))
-}
-
-fn get(address: SocketAddr, path: &str, token: Option<&str>) -> Request<Body> {
-    let mut request = Request::get(path).header(HOST, address.to_string());
-    if let Some(token) = token {
-        request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-    }
-    request.body(Full::new(Bytes::new())).expect("a GET request is well formed")
-}
-
-/// `POST /hooks/load-hook` with `{"n": n}`, signed as a GitHub-style HMAC client does.
-fn hook_request(host: &str, n: u64) -> Request<Body> {
-    let body = format!("{{\"n\":{n}}}");
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).expect("HMAC takes any key length");
-    mac.update(body.as_bytes());
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut signature = String::with_capacity(7 + 64);
-    signature.push_str("sha256=");
-    for byte in mac.finalize().into_bytes().iter() {
-        signature.push(HEX[usize::from(byte >> 4)] as char);
-        signature.push(HEX[usize::from(byte & 0xf)] as char);
-    }
-    Request::post("/hooks/load-hook")
-        .header(HOST, host)
-        .header(CONTENT_TYPE, "application/json")
-        .header("x-hub-signature-256", signature)
-        .body(Full::new(Bytes::from(body)))
-        .expect("the hook request is well formed")
-}
 
 // ---------------------------------------------------------------------------------------
 // Load
@@ -1731,7 +1662,7 @@ async fn send_requests(mut sender: Sender, load: &Load, tally: &mut Tally) -> bo
                 (n, Some(due(load.start, n, per_second)))
             }
         };
-        let request = hook_request(&load.host, n);
+        let request = hook_request(&load.host, n, SECRET);
         let sent = Instant::now();
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, request)).await;
         let answered = Instant::now();
