@@ -20,20 +20,6 @@ const GITHUB_SECRET: &str = "metrics-github-secret";
 /// How long a test waits for a counter to move before it fails.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-const REVIEW: &str = r#"
-name: review
-trigger:
-  github:
-    secret: env:GH_SECRET
-    events: [pull_request.opened]
-task:
-  agent: codex
-  repo: https://github.com/acme/shop.git
-  base: main
-  branch: "review/pr-{{ event.number }}"
-  prompt: "Review {{ event.number }}"
-"#;
-
 /// A manual automation whose runs tell a webhook at `url`.
 fn fixer(url: &str) -> String {
     format!(
@@ -176,7 +162,7 @@ fn promtool_accepts_the_scrape_and_counters_move_with_deliveries_and_runs() {
     let project = tempfile::tempdir().unwrap();
     let settings = project.path().join("nightshift.yaml");
     std::fs::write(&settings, "notify: { allow_private_targets: true }\n").unwrap();
-    let files = [("review.yaml", REVIEW.to_string()), ("fixer.yaml", fixer(&receiver.url))];
+    let files = [("pr-review.yaml", crate::hooks::GITHUB.to_string()), ("fixer.yaml", fixer(&receiver.url))];
     let files: Vec<(&str, &str)> = files.iter().map(|(name, text)| (*name, text.as_str())).collect();
     let args = ["--config", settings.to_str().unwrap(), "--workers", "0", "--worker-token", "t", "--max-body", "4096"];
     let server = Serving::start_with_args(&files, &[("GH_SECRET", GITHUB_SECRET)], &args);
@@ -226,11 +212,11 @@ fn promtool_accepts_the_scrape_and_counters_move_with_deliveries_and_runs() {
         ("X-GitHub-Delivery", "delivery-7"),
         ("X-Hub-Signature-256", signature.as_str()),
     ];
-    assert_eq!(server.post("/hooks/review", &signed, body.clone()).status, 202);
-    assert_eq!(server.post("/hooks/review", &signed, body.clone()).status, 202);
-    assert_eq!(server.post("/hooks/review", &signed[..3], body.clone()).status, 401);
+    assert_eq!(server.post("/hooks/pr-review", &signed, body.clone()).status, 202);
+    assert_eq!(server.post("/hooks/pr-review", &signed, body.clone()).status, 202);
+    assert_eq!(server.post("/hooks/pr-review", &signed[..3], body.clone()).status, 401);
     let large = "x".repeat(10_000);
-    assert_eq!(server.post("/hooks/review", &signed, large).status, 413);
+    assert_eq!(server.post("/hooks/pr-review", &signed, large).status, 413);
     assert_eq!(server.post("/hooks/nobody", &signed, body).status, 404);
 
     let after = scrape(&server, None);
@@ -248,8 +234,10 @@ fn promtool_accepts_the_scrape_and_counters_move_with_deliveries_and_runs() {
 
 #[test]
 fn a_metrics_token_is_asked_for_once_configured() {
-    let server =
-        Serving::start(&[("review.yaml", REVIEW)], &[("GH_SECRET", "s"), ("NIGHTSHIFT_METRICS_TOKEN", "m3tr1cs")]);
+    let server = Serving::start(
+        &[("pr-review.yaml", crate::hooks::GITHUB)],
+        &[("GH_SECRET", "s"), ("NIGHTSHIFT_METRICS_TOKEN", "m3tr1cs")],
+    );
     let status = |token: Option<&str>| {
         let mut request = reqwest::blocking::Client::new().get(format!("{}/metrics", server.url));
         if let Some(token) = token {
