@@ -355,4 +355,41 @@ mod tests {
             serde_json::json!({"reason": "awaiting_approval", "text": "its plan awaits approval: nightshift approve r7"}),
         );
     }
+
+    #[test]
+    fn workers_are_those_seen_claiming_with_their_newest_claim_and_those_holding_leases() {
+        let at = |second: i64| DateTime::from_timestamp(1_700_000_000 + second, 0).unwrap();
+        let claimers = Claimers::default();
+        claimers.saw("local-1", at(1));
+        claimers.saw("builder@t1", at(2));
+        claimers.saw("local-1", at(5));
+        assert_eq!(claimers.snapshot(), HashMap::from([("local-1".into(), at(5)), ("builder@t1".into(), at(2))]));
+
+        let mut held: Run = serde_json::from_value(serde_json::json!({
+            "id": "r9", "automation": "a", "definition_hash": "h", "event_ids": [], "state": "running",
+            "flow": crate::task::Flow::default(), "attempt": 1, "epoch": 3, "created_at": at(0), "updated_at": at(3),
+        }))
+        .unwrap();
+        held.lease = Some(crate::runs::Lease {
+            worker: "gone@t2".into(),
+            epoch: crate::runs::Epoch(3),
+            acquired_at: at(3),
+            expires_at: at(63),
+        });
+        let queue = QueueStatus { active: vec![held], ..QueueStatus::default() };
+        let status = picture(queue, claimers.snapshot(), 2, Vec::new(), at(10));
+        let seen: Vec<(&str, bool, Option<DateTime<Utc>>, usize)> = status
+            .workers
+            .seen
+            .iter()
+            .map(|worker| (worker.name.as_str(), worker.remote, worker.last_claim_at, worker.leases.len()))
+            .collect();
+        assert_eq!(
+            seen,
+            [("builder@t1", true, Some(at(2)), 0), ("gone@t2", true, None, 1), ("local-1", false, Some(at(5)), 0)]
+        );
+        assert_eq!(status.workers.local, 2);
+        assert_eq!(status.active[0].worker.as_deref(), Some("gone@t2"));
+        assert_eq!(status.active[0].lease_expires_at, Some(at(63)));
+    }
 }

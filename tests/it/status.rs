@@ -126,6 +126,10 @@ fn api_status_says_why_each_run_waits_and_who_holds_what() {
     let seen = workers["seen"].as_array().unwrap();
     assert_eq!(seen.len(), 1, "{workers:#}");
     assert_eq!(seen[0]["remote"], true);
+    assert!(
+        seen[0]["last_claim_at"].as_str().is_some_and(|at| at.parse::<chrono::DateTime<chrono::Utc>>().is_ok()),
+        "{workers:#}"
+    );
     assert_eq!(seen[0]["leases"][0]["run"], run(&runs, "solo"));
 
     let automation = |name: &str| -> Value {
