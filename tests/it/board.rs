@@ -346,6 +346,10 @@ const NIGHTLY: &str = "name: nightly\ntrigger:\n  cron: { schedule: \"0 3 * * *\
 const GUARDED: &str = "name: guarded\ntrigger:\n  webhook:\n    auth: { bearer: { token: env:BOARD_TEST_UNSET_TOKEN } }\n\
                        task:\n  agent: codex\n  repo: /srv/git/guarded\n  prompt: go\n";
 const HOSTILE: &str = "<img src=x onerror=\"window.boardPwned=1\">";
+/// A hook whose runs remember what their agent said: outside text, so untrusted memory.
+const TIPSTER: &str = "name: tipster\ntrigger:\n  webhook:\n    auth: { bearer: { token: env:BOARD_TIP_TOKEN } }\n\
+                       task:\n  agent: codex\n  repo: /srv/git/tips\n  prompt: go\n\
+                       memory:\n  after_run: 'memory.set(\"tip\", run.memory_out.tip)'\n";
 
 /// `(document.querySelector(selector) || {}).textContent`, or null.
 fn text_of(selector: &str) -> String {
@@ -356,13 +360,29 @@ fn text_of(selector: &str) -> String {
 fn in_chromium_the_automations_and_queue_pages_show_fires_hook_problems_and_why_runs_wait() {
     let Some(chromium) = crate::requires::program("chromium", &["chromium", "chromium-browser"]) else { return };
     let serving = Serving::start_with_args(
-        &[("board-probe.yaml", AUTOMATION), ("nightly.yaml", NIGHTLY), ("guarded.yaml", GUARDED)],
-        &[],
+        &[
+            ("board-probe.yaml", AUTOMATION),
+            ("nightly.yaml", NIGHTLY),
+            ("guarded.yaml", GUARDED),
+            ("tipster.yaml", TIPSTER),
+        ],
+        &[("BOARD_TIP_TOKEN", "tip-token")],
         &["--workers", "0", "--worker-token", WORKER_TOKEN],
     );
     let held = trigger(&serving, "held");
     let claim = serving.worker_post(WORKER_TOKEN, "/api/worker/claim", &json!({"worker": "w", "lease_seconds": 300}));
     assert_eq!(claim.body["run"]["id"], held.as_str(), "{:?}", claim.body);
+    // A hook's run, ended by a worker with memory for `after_run`: an untrusted entry.
+    let delivered = serving.post("/hooks/tipster", &[("authorization", "Bearer tip-token")], r#"{"n": 1}"#);
+    assert_eq!(delivered.status, 202, "{:?}", delivered.body);
+    let claim = serving.worker_post(WORKER_TOKEN, "/api/worker/claim", &json!({"worker": "tips", "lease_seconds": 60}));
+    assert_eq!(claim.body["run"]["automation"], "tipster", "{:?}", claim.body);
+    let (tip_run, epoch) =
+        (claim.body["run"]["id"].as_str().unwrap().to_string(), claim.body["lease"]["epoch"].clone());
+    let completion = json!({"epoch": epoch, "completion": {"outcome": "succeeded", "result": {"summary": "ok"}},
+        "memory": {"tip": "from a stranger"}});
+    let ended = serving.worker_post(WORKER_TOKEN, &format!("/api/worker/runs/{tip_run}/complete"), &completion);
+    assert_eq!(ended.status, 204, "{:?}", ended.body);
     let run = trigger(&serving, "waits");
     let stored = client()
         .put(format!("{}/api/automations/board-probe/memory/note", serving.url))
@@ -391,6 +411,12 @@ fn in_chromium_the_automations_and_queue_pages_show_fires_hook_problems_and_why_
     until(&tab, &value, json!(HOSTILE));
     let writer = text_of("[data-automation=\"board-probe\"] tr[data-key=\"note\"] td:nth-child(3)");
     assert_eq!(eval(&tab, &writer), json!("a person"));
+    let trust = text_of("[data-automation=\"board-probe\"] tr[data-key=\"note\"] .badge");
+    assert_eq!(eval(&tab, &trust), json!("trusted"), "a person's write is trusted");
+    let tip = "[data-automation=\"tipster\"] tr[data-key=\"tip\"]";
+    until(&tab, &text_of(&format!("{tip} .memory-value")), json!("from a stranger"));
+    assert_eq!(eval(&tab, &text_of(&format!("{tip} .warning-badge"))), json!("untrusted"));
+    assert_eq!(eval(&tab, &text_of(&format!("{tip} td:nth-child(3)"))), json!(tip_run));
     let recent = text_of(&format!("[data-automation=\"board-probe\"] li[data-id=\"{run}\"] .state"));
     assert_eq!(eval(&tab, &recent), json!("queued"));
     assert_eq!(eval(&tab, "document.querySelectorAll('#view img').length"), json!(0), "memory is text, not HTML");
