@@ -200,7 +200,10 @@ async function loadRun(view) {
   const run = record.run;
   const task = run.task || {};
   view.head.replaceChildren(el("h1", {}, run.id + " ", stateBadge(run.state), " " + run.automation));
-  const parent = task.follows ? runLink(task.follows) : "none";
+  const parent = run.parent ? el("span", { id: "run-parent" }, runLink(run.parent.run), " (" + roleName(run.parent) + ")")
+    : task.follows ? runLink(task.follows) : "none";
+  const children = (record.children || []).map((child) => el("li", { "data-id": child.id, "data-role": child.role },
+    runLink(child.id), " ", roleName(child), " ", stateBadge(child.state)));
   view.task.replaceChildren(el("h2", {}, "Task"), el("dl", {},
     el("dt", {}, "state"), el("dd", { id: "run-state" }, run.state),
     el("dt", {}, "source"), el("dd", {}, source(run)),
@@ -209,7 +212,8 @@ async function loadRun(view) {
     el("dt", {}, "repository"), el("dd", {}, task.repo || ""),
     el("dt", {}, "branch"), el("dd", {}, task.branch || ""),
     el("dt", {}, "pull request"), el("dd", {}, pullRequest(run) || "none"),
-    el("dt", {}, "follows"), el("dd", {}, parent),
+    el("dt", {}, "parent"), el("dd", {}, parent),
+    el("dt", {}, "children"), el("dd", {}, children.length ? el("ol", { class: "plain", id: "children" }, ...children) : "none"),
     el("dt", {}, "events"), el("dd", {}, (run.event_ids || []).join(", ")),
     el("dt", {}, "result"), el("dd", {}, (run.result && run.result.summary) || run.reason || "")),
     el("h2", {}, "Prompt"), el("pre", { id: "prompt" }, task.prompt || ""));
@@ -276,6 +280,12 @@ function relative(time, now) {
 function timeOf(time, now) {
   const shown = time.replace(/\.\d+/, "");
   return el("time", { datetime: time, title: time }, shown + " (" + relative(time, now) + ")");
+}
+
+// "attempt 2", "verify 1", "join", "follow-up": what a linked run is to its parent.
+function roleName(link) {
+  const role = (link.role || "").replace("_", "-");
+  return link.index ? role + " " + link.index : role;
 }
 
 function badge(text, kind) {
