@@ -147,6 +147,15 @@ fn api_status_says_why_each_run_waits_and_who_holds_what() {
     );
     assert_eq!(automation("solo")["recent_runs"].as_array().unwrap().len(), 2);
     assert!(automation("free")["triggers"][0].get("hook_problem").is_none());
+
+    // An automation lists only its newest RECENT_RUNS runs, newest first.
+    let newer: Vec<String> = (2..=7).map(|n| trigger(&server, "free", n)).collect();
+    let status = server.api_get("/api/status");
+    let free = status["automations"].as_array().unwrap().iter().find(|a| a["name"] == "free").unwrap().clone();
+    let recent: Vec<&str> = free["recent_runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let expected: Vec<&str> =
+        newer.iter().rev().take(nightshift::server::status::RECENT_RUNS).map(String::as_str).collect();
+    assert_eq!(recent, expected);
 }
 
 #[test]
