@@ -3,7 +3,8 @@
 //! checked, a round that starts from a held commit, a join that merges held commits with
 //! a conflict, agents' answers valid and not, and the publish of a held commit with no
 //! agent. Each runs with worktree workspaces and with overlays (clones where overlays
-//! cannot mount).
+//! cannot mount). The checks also run jailed, by the caller and by uid 65534 (the test
+//! binary run again as that user).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,8 @@ use nightshift::event::Event;
 use nightshift::netpolicy::NetworkPolicy;
 use nightshift::parallel::{Answer, AnswerKind, Conflict, Held, Staging, StagingReport};
 use nightshift::runs::{Completion, Epoch, NewActivity, Run, RunId, RunState};
+use nightshift::sandbox::Sandbox;
+use nightshift::sandbox::egress::EgressSettings;
 use nightshift::store::{Claim, NewRun, SledStore, Store};
 use nightshift::task::{AgentCommand, Flow, PhasePolicies, Task};
 use nightshift::triggers::TriggerKind;
@@ -23,6 +26,7 @@ use nightshift::worker::{ControlError, RunControl, Runner, WorkerSettings};
 use serde_json::{Map, Value};
 
 use crate::git::{commit_all, git, refs};
+use crate::sandbox_jail::{As, BIN, command_as, users};
 
 /// The store in process, as the local pool's control is without the server around it.
 struct StoreControl(Arc<SledStore>);
@@ -78,7 +82,11 @@ struct Fixture {
 }
 
 fn fixture(overlays: bool) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
+    fixture_in(&std::env::temp_dir(), overlays, None)
+}
+
+fn fixture_in(parent: &Path, overlays: bool, sandbox: Option<Arc<Sandbox>>) -> Fixture {
+    let dir = tempfile::tempdir_in(parent).unwrap();
     let root = dir.path().canonicalize().unwrap();
     let (source, seed) = (root.join("source.git"), root.join("seed"));
     git(&root, &["init", "--quiet", "--bare", "source.git"]);
@@ -90,6 +98,7 @@ fn fixture(overlays: bool) -> Fixture {
     let mut settings = WorkerSettings::new(root.join("work"));
     settings.overlays = overlays;
     settings.refresh_every = Duration::ZERO;
+    settings.sandbox = sandbox;
     let runner = Runner::new(Arc::new(StoreControl(Arc::clone(&store))), settings);
     Fixture { _dir: dir, root, source, main, store, runner, events: Mutex::new(0) }
 }
@@ -379,4 +388,70 @@ fn held_commits_are_forgotten_after_their_bound() {
     assert_eq!(holds(mirror.path()), Some(held), "kept within its bound");
     mirror.prune_held(SystemTime::now() + HELD_FOR + Duration::from_secs(3600)).unwrap();
     assert_eq!(holds(mirror.path()), None, "forgotten after it");
+}
+
+/// Where the test run again as uid 65534 works (a directory that user owns).
+const JAILED_DIR: &str = "NIGHTSHIFT_TEST_JAILED_CHECKS_DIR";
+
+#[test]
+fn checks_run_jailed_with_no_network_as_the_caller_and_as_an_unprivileged_user() {
+    for who in users() {
+        match who {
+            As::Caller => jailed_checks(&std::env::temp_dir(), "0"),
+            As::Nobody => {
+                let dir = tempfile::tempdir().unwrap();
+                who.hand_over(dir.path());
+                let test = std::env::current_exe().unwrap();
+                let output = command_as(who, &test)
+                    .args(["--exact", "parallel_worker::jailed_checks_as_another_user", "--include-ignored"])
+                    .args(["--nocapture", "--test-threads=1"])
+                    .env(JAILED_DIR, dir.path())
+                    // The user's own git config is out of its reach: git reads none.
+                    .env("HOME", dir.path())
+                    .env("XDG_CONFIG_HOME", dir.path())
+                    .output()
+                    .unwrap();
+                let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+                assert!(output.status.success(), "as uid 65534: {said}");
+                assert!(said.contains("1 passed"), "the test ran as uid 65534: {said}");
+            }
+        }
+    }
+}
+
+/// The half of the test above that uid 65534 runs, in a process of its own.
+#[test]
+#[ignore = "run by checks_run_jailed_with_no_network_as_the_caller_and_as_an_unprivileged_user as uid 65534"]
+fn jailed_checks_as_another_user() {
+    let dir = std::env::var_os(JAILED_DIR).expect("run by the test above");
+    jailed_checks(Path::new(&dir), "65534");
+}
+
+/// An attempt's checks in the jail: the first sees the agent's commit and says who runs
+/// it, the second reaches for a server on the host's loopback and cannot.
+fn jailed_checks(parent: &Path, uid: &str) {
+    let sandbox = Sandbox::new(PathBuf::from(BIN), EgressSettings::default()).unwrap();
+    sandbox.probe().unwrap();
+    let f = fixture_in(parent, true, Some(Arc::new(sandbox)));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let staging = Staging {
+        hold: true,
+        checks: vec![
+            "test -f fixed.txt && id -u".into(),
+            format!("git ls-remote http://127.0.0.1:{port}/repo.git 2>&1; echo \"exit $?\"; exit 7"),
+        ],
+        ..Staging::default()
+    };
+    let script = format!("printf 'fixed\\n' > fixed.txt && git add fixed.txt && {COMMIT} fix");
+    let run = f.run(f.task("nightshift/jailed-a1", agent(&script), staging));
+    assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+    let staged = report(&run);
+    assert_eq!(staged.checks[0].exit_code, Some(0), "{staged:?}");
+    assert_eq!(staged.checks[0].tail, uid);
+    assert_eq!(staged.checks[1].exit_code, Some(7), "{staged:?}");
+    assert!(!staged.checks[1].tail.contains("exit 0"), "the check reached the host: {staged:?}");
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "no connection reached the host's loopback");
+    assert!(staged.held.is_some());
 }
