@@ -411,7 +411,8 @@ fn checks_run_jailed_with_no_network_as_the_caller_and_as_an_unprivileged_user()
                     .env("XDG_CONFIG_HOME", dir.path())
                     .output()
                     .unwrap();
-                let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+                let said =
+                    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
                 assert!(output.status.success(), "as uid 65534: {said}");
                 assert!(said.contains("1 passed"), "the test ran as uid 65534: {said}");
             }
