@@ -286,6 +286,13 @@ fn a_join_merges_held_commits_and_its_agent_is_told_of_the_conflicts() {
         let shared = git(&mirror, &["show", &format!("{held}:shared.txt")]);
         assert!(shared.contains("<<<<<<<") && shared.contains("from one") && shared.contains("from two"), "{shared}");
         assert_eq!(git(&mirror, &["show", &format!("{held}:own.txt")]), "three");
+
+        // Only what a run held is merged: another commit under its name is refused.
+        let staging = Staging { merge: vec![Held { run: three, commit: f.main.clone() }], ..Staging::default() };
+        let run = f.run(f.task("nightshift/big-join2", agent("true"), staging));
+        assert_eq!(run.state, RunState::Failed);
+        assert!(reason(&run).starts_with("merge: "), "{}", reason(&run));
+        assert!(reason(&run).contains(&format!("held commit of {three}: refs/nightshift/held/{three} is at")));
     }
 }
 
