@@ -3,7 +3,9 @@
 //! start to end (`runner.rs`, with `attempt.rs` renewing its lease and sending its
 //! output), the repository mirrors and per-run workspaces (overlay
 //! mounts or worktrees), the phases run in them as child processes, the adapters that
-//! read an agent's output, the streamed log, and what a run changed and its push.
+//! read an agent's output, the streamed log, what a run changed and its push, and what a
+//! run of parallel work does besides its agent (`staging.rs`: merges, held commits,
+//! checks, answers).
 
 mod attempt;
 pub mod control;
@@ -16,6 +18,7 @@ pub mod remote;
 pub mod results;
 pub mod runlog;
 pub mod runner;
+pub mod staging;
 pub mod workspace;
 
 pub use control::{ControlError, RunControl};

@@ -237,7 +237,7 @@ fn mirror_git(workspace: &Workspace) -> Git<'_> {
 }
 
 /// A git command on the workspace's repository, with the workspace as its working tree.
-fn workspace_git(workspace: &Workspace) -> Git<'_> {
+pub(super) fn workspace_git(workspace: &Workspace) -> Git<'_> {
     Git::new(workspace.mirror().location(), workspace.path(), Some(&workspace.path().join(".git")))
 }
 

@@ -16,10 +16,12 @@ use super::attempt::Attempt;
 use super::control::{ControlError, RunControl};
 use super::output::OutputAdapter;
 use super::phase::{CancelToken, PhaseCommand, PhaseOptions, PhaseStatus, Stream, run_phase};
-use super::results::{self, PushOutcome};
+use super::results::{self, PushOutcome, RunChanges};
+use super::staging::{self, Tail};
 use super::workspace::{Cleanup, MirrorCache, Workspace, WorkspaceError, WorkspaceKind, remove_tree};
 use crate::config::{AgentProfile, Approval};
 use crate::netpolicy::NetworkPolicy;
+use crate::parallel::{CheckOutcome, StagingReport};
 use crate::runs::{ActivityKind, Completion, Epoch, NewActivity, Run, RunId, RunResult};
 use crate::sandbox::egress::PhaseName;
 use crate::sandbox::limits::ByteSize;
@@ -290,6 +292,9 @@ impl Runner {
                 *last_fetch = Some(Instant::now());
             }
         }
+        if let Some(start) = &task.staging.start_from {
+            return mirror.prepare_from(&self.settings.workspaces(), run, &task.base, &task.branch, start);
+        }
         if task.follows.is_some() {
             return mirror.prepare_follow_up(&self.settings.workspaces(), run, &task.base, &task.branch);
         }
@@ -318,6 +323,22 @@ impl Runner {
             Ok(admin) => admin,
             Err(error) => return Ending::failed(format!("cannot read the workspace's git files: {error}"), true, None),
         };
+        let staging = &task.staging;
+        let mut staged = StagingReport::default();
+        if !staging.merge.is_empty() {
+            match staging::merge(workspace, &staging.merge) {
+                Ok(conflicts) => staged.conflicts = conflicts,
+                Err(error) => return Ending::failed(format!("merge: {error}"), is_transient(&error), None),
+            }
+            for conflict in &staged.conflicts {
+                let note =
+                    format!("merging {}'s commit left conflicts in {}", conflict.from, conflict.files.join(", "));
+                attempt.activities(vec![NewActivity::new(ActivityKind::Progress, note)]);
+            }
+        }
+        if staging.skip_agent {
+            return self.publish(run, task, workspace, attempt, staged);
+        }
         let mut env = BTreeMap::from([
             ("NIGHTSHIFT_RUN_ID".to_string(), run.id.to_string()),
             ("NIGHTSHIFT_AUTOMATION".to_string(), run.automation.clone()),
@@ -357,9 +378,34 @@ impl Runner {
         if let Some(ending) = setup(task, workspace, attempt, &env, secrets, &options, &confinement) {
             return ending;
         }
+        // A run that holds its work is checked after its agent; any other (a verifier)
+        // before it, and its agent is told how the checks went.
+        let checks_first = !staging.hold && !staging.checks.is_empty();
+        // What a check gets: the run's variables, never the secrets or the agent's own.
+        let check_env = env.clone();
+        if checks_first {
+            match run_checks(task, workspace, attempt, &env, &options, &confinement) {
+                Ok(outcomes) => staged.checks = outcomes,
+                Err(ending) => return ending,
+            }
+        }
+        let extra: Vec<String> =
+            [staging::conflicts_section(&staged.conflicts), staging::checks_section(&staged.checks)]
+                .into_iter()
+                .flatten()
+                .collect();
+        let extra = extra.join("\n");
+        if !extra.is_empty()
+            && let Err(error) = std::fs::write(&files.prompt, agent_prompt(task, run, &extra))
+        {
+            return Ending::failed(format!("cannot write {}: {error}", files.prompt.display()), true, None);
+        }
 
         let planning = task.approval == Approval::Plan && !run.approved;
         env.extend(task.agent.env.clone());
+        if staging.answer.is_some() {
+            env.insert("NIGHTSHIFT_ANSWER".into(), files.answer.display().to_string());
+        }
         env.insert("NIGHTSHIFT_MEMORY_OUT".into(), files.memory_out.display().to_string());
         env.insert("NIGHTSHIFT_POLICY_FILE".into(), files.policy.display().to_string());
         let allowances = profile_allowances(task);
@@ -368,18 +414,23 @@ impl Runner {
             attempt.activities(vec![NewActivity::new(ActivityKind::Policy, note)]);
         }
         let mut phase = PhaseCommand {
-            argv: agent_argv(run, task, workspace, &files, planning),
+            argv: agent_argv(run, task, workspace, &files, planning, &extra),
             dir: workspace.path().to_path_buf(),
             env,
             timeout: task.timeout.as_duration(),
             sandbox: None,
         };
-        let mut options = options;
-        let jail =
-            confinement.confine(PhaseName::Agent, &task.network.agent, &allowances.paths, &mut phase, &mut options);
+        let mut agent_options = options.clone();
+        let jail = confinement.confine(
+            PhaseName::Agent,
+            &task.network.agent,
+            &allowances.paths,
+            &mut phase,
+            &mut agent_options,
+        );
         attempt.log_line(&format!("== agent: {}", phase.argv.first().map_or("", String::as_str)));
         let mut adapter = OutputAdapter::new(task.agent.output);
-        let outcome = run_phase(&phase, &options, &attempt.cancel, |stream, line| {
+        let outcome = run_phase(&phase, &agent_options, &attempt.cancel, |stream, line| {
             attempt.log_line(line);
             if stream == Stream::Stdout {
                 attempt.activities(adapter.line(line));
@@ -451,42 +502,187 @@ impl Runner {
         } else {
             None
         };
+        let failure = match (failure, &staging.answer) {
+            (None, Some(kind)) => match staging::read_answer(&files.answer, kind) {
+                Ok(answer) => {
+                    staged.answer = Some(answer);
+                    None
+                }
+                Err(why) => Some(format!("invalid answer: {why}")),
+            },
+            (failure, _) => failure,
+        };
+        if !staging.is_plain() {
+            staged.lines_changed = changes.diff_stat.insertions + changes.diff_stat.deletions;
+            staged.files_changed = changes.diff_stat.files_changed as u64;
+        }
         if let Some(reason) = failure {
+            if !staging.is_plain() {
+                put_report(&mut result, &staged);
+            }
             let completion = Completion::Failed { reason, retryable: false, result: Some(result) };
             return Ending::Report { completion, memory };
         }
-        if task.push {
-            // A worker that lost its lease must not push: the run may be another's by now.
-            match self.control.heartbeat(run.id, attempt.epoch) {
-                Ok(()) if attempt.lost().is_none() => {}
-                Ok(()) => return Ending::Stopped(attempt.stop_reason()),
-                Err(ControlError::Lost(why)) => return Ending::Stopped(why),
-                Err(error) => {
-                    let reason = format!("cannot confirm the lease before pushing: {error}");
-                    return Ending::Report {
-                        completion: Completion::Failed { reason, retryable: true, result: Some(result) },
-                        memory,
-                    };
+        if staging.hold {
+            if !staging.checks.is_empty() {
+                match run_checks(task, workspace, attempt, &check_env, &options, &confinement) {
+                    Ok(outcomes) => staged.checks = outcomes,
+                    Err(ending) => return ending,
                 }
             }
-            match results::push(workspace, &changes) {
-                Ok(PushOutcome::Pushed { branch, commit }) => {
-                    result.details.insert("pushed".into(), json!({"branch": branch, "commit": commit}));
-                    attempt.activities(vec![NewActivity::new(
-                        ActivityKind::Progress,
-                        format!("pushed {branch} at {commit}"),
-                    )]);
+            if !changes.commits.is_empty() {
+                match workspace.hold(&changes.head) {
+                    Ok(reference) => {
+                        staged.held = Some(changes.head.clone());
+                        let note = format!("held {} as {reference} (not pushed)", changes.head);
+                        attempt.activities(vec![NewActivity::new(ActivityKind::Progress, note)]);
+                    }
+                    Err(error) => {
+                        put_report(&mut result, &staged);
+                        let completion = Completion::Failed {
+                            reason: format!("hold: {error}"),
+                            retryable: is_transient(&error),
+                            result: Some(result),
+                        };
+                        return Ending::Report { completion, memory };
+                    }
                 }
-                Ok(PushOutcome::NoCommits) => {}
-                Err(error) => {
-                    let completion =
-                        Completion::Failed { reason: format!("push: {error}"), retryable: true, result: Some(result) };
-                    return Ending::Report { completion, memory };
-                }
+            }
+        }
+        if !staging.is_plain() {
+            put_report(&mut result, &staged);
+        }
+        // A run that holds its work, or answers, never pushes: its parent publishes.
+        if task.push && !staging.hold && staging.answer.is_none() {
+            return self.push(run, workspace, attempt, &changes, result, memory);
+        }
+        Ending::Report { completion: Completion::Succeeded { result }, memory }
+    }
+
+    /// Pushes the collected commits to the run's branch, once the lease is confirmed (a
+    /// worker that lost it must not push: the run may be another's by now), and ends the
+    /// run.
+    fn push(
+        &self,
+        run: &Run,
+        workspace: &Workspace,
+        attempt: &Attempt,
+        changes: &RunChanges,
+        mut result: RunResult,
+        memory: Option<Map<String, Value>>,
+    ) -> Ending {
+        match self.control.heartbeat(run.id, attempt.epoch) {
+            Ok(()) if attempt.lost().is_none() => {}
+            Ok(()) => return Ending::Stopped(attempt.stop_reason()),
+            Err(ControlError::Lost(why)) => return Ending::Stopped(why),
+            Err(error) => {
+                let reason = format!("cannot confirm the lease before pushing: {error}");
+                return Ending::Report {
+                    completion: Completion::Failed { reason, retryable: true, result: Some(result) },
+                    memory,
+                };
+            }
+        }
+        match results::push(workspace, changes) {
+            Ok(PushOutcome::Pushed { branch, commit }) => {
+                result.details.insert("pushed".into(), json!({"branch": branch, "commit": commit}));
+                attempt
+                    .activities(vec![NewActivity::new(ActivityKind::Progress, format!("pushed {branch} at {commit}"))]);
+            }
+            Ok(PushOutcome::NoCommits) => {}
+            Err(error) => {
+                let completion =
+                    Completion::Failed { reason: format!("push: {error}"), retryable: true, result: Some(result) };
+                return Ending::Report { completion, memory };
             }
         }
         Ending::Report { completion: Completion::Succeeded { result }, memory }
     }
+
+    /// A run with no agent (`skip_agent`, a parent publishing its pick): its branch starts
+    /// at the held commit; it is pushed when the task pushes, and its pull request opened
+    /// as for any run that pushed. No setup, no phase at all.
+    fn publish(
+        &self,
+        run: &Run,
+        task: &Task,
+        workspace: &Workspace,
+        attempt: &Attempt,
+        mut report: StagingReport,
+    ) -> Ending {
+        let changes = match results::collect(workspace, &task.paths) {
+            Ok(changes) => changes,
+            Err(error) => return Ending::failed(format!("reading the run's changes: {error}"), true, None),
+        };
+        let held = task.staging.start_from.as_ref().map_or("nothing", |held| held.commit.as_str());
+        let mut result =
+            RunResult { summary: format!("Published the commit {held}"), exit_code: None, details: Map::new() };
+        changes.record(&mut result);
+        report.lines_changed = changes.diff_stat.insertions + changes.diff_stat.deletions;
+        report.files_changed = changes.diff_stat.files_changed as u64;
+        put_report(&mut result, &report);
+        attempt.log_line(&format!("== publish: {held} as {} (no agent)", task.branch));
+        if !task.push {
+            return Ending::Report { completion: Completion::Succeeded { result }, memory: None };
+        }
+        self.push(run, workspace, attempt, &changes, result, None)
+    }
+}
+
+/// Puts the staging report in the result's details (`details.staging`).
+fn put_report(result: &mut RunResult, report: &StagingReport) {
+    if let Ok(value) = serde_json::to_value(report) {
+        result.details.insert(StagingReport::DETAILS_KEY.into(), value);
+    }
+}
+
+/// The checks (`Staging::checks`): each command with `sh -c` in the workspace, with no
+/// network (a deny-all policy) and the setup phase's limits, each within `setup_timeout`;
+/// its exit code and the end of its output are recorded, whatever they are. `Err` only
+/// when the attempt is stopped.
+fn run_checks(
+    task: &Task,
+    workspace: &Workspace,
+    attempt: &Attempt,
+    env: &BTreeMap<String, String>,
+    options: &PhaseOptions,
+    confinement: &Confinement<'_>,
+) -> Result<Vec<CheckOutcome>, Ending> {
+    let no_network = NetworkPolicy::default();
+    let mut outcomes = Vec::new();
+    for command in &task.staging.checks {
+        let mut phase = PhaseCommand {
+            argv: vec!["sh".into(), "-c".into(), command.clone()],
+            dir: workspace.path().to_path_buf(),
+            env: env.clone(),
+            timeout: task.setup_timeout.as_duration(),
+            sandbox: None,
+        };
+        let mut options = options.clone();
+        let jail = confinement.confine(PhaseName::Setup, &no_network, &[], &mut phase, &mut options);
+        attempt.log_line(&format!("== check: {command}"));
+        let mut tail = Tail::default();
+        let outcome = run_phase(&phase, &options, &attempt.cancel, |_, line| {
+            attempt.log_line(line);
+            tail.push(line);
+        });
+        record_decisions(attempt, jail);
+        let exit_code = match outcome {
+            Ok(outcome) => match outcome.status {
+                PhaseStatus::Exited(code) => Some(code),
+                PhaseStatus::Cancelled => return Err(Ending::Stopped(attempt.stop_reason())),
+                PhaseStatus::Signalled(_) | PhaseStatus::TimedOut => None,
+            },
+            Err(error) => {
+                tail.push(&format!("the check could not run: {error}"));
+                None
+            }
+        };
+        let shown = exit_code.map_or_else(|| "no exit code".to_string(), |code| format!("exit {code}"));
+        attempt.activities(vec![NewActivity::new(ActivityKind::Progress, format!("check `{command}`: {shown}"))]);
+        outcomes.push(CheckOutcome { command: command.clone(), exit_code, tail: tail.text() });
+    }
+    Ok(outcomes)
 }
 
 /// The setup phase: each command with `sh -c`, the secrets in its environment, all within
@@ -667,8 +863,15 @@ impl ProfileAllowances {
 
 /// The agent's argv: the profile's command (its plan command when planning) with every
 /// placeholder filled in one pass.
-fn agent_argv(run: &Run, task: &Task, workspace: &Workspace, files: &RunFiles, planning: bool) -> Vec<String> {
-    let prompt = agent_prompt(task, run);
+fn agent_argv(
+    run: &Run,
+    task: &Task,
+    workspace: &Workspace,
+    files: &RunFiles,
+    planning: bool,
+    extra: &str,
+) -> Vec<String> {
+    let prompt = agent_prompt(task, run, extra);
     let (template, prompt) = match (&task.agent.plan_argv, planning) {
         (Some(plan_argv), true) => (plan_argv, prompt),
         (None, true) => (&task.agent.argv, format!("Propose a plan only; change nothing.\n\n{prompt}")),
@@ -691,12 +894,14 @@ fn agent_argv(run: &Run, task: &Task, workspace: &Workspace, files: &RunFiles, p
     )
 }
 
-/// What the agent is asked: the task's prompt, and once a plan was approved, the plan.
-fn agent_prompt(task: &Task, run: &Run) -> String {
-    match (&run.plan, run.approved) {
+/// What the agent is asked: the task's prompt, once a plan was approved the plan, and
+/// what the worker adds for a run of parallel work (`extra`: conflicts, check outcomes).
+fn agent_prompt(task: &Task, run: &Run, extra: &str) -> String {
+    let prompt = match (&run.plan, run.approved) {
         (Some(plan), true) => format!("{}\n\nCarry out this plan, which a person approved:\n{plan}\n", task.prompt),
         _ => task.prompt.clone(),
-    }
+    };
+    if extra.is_empty() { prompt } else { format!("{prompt}\n\n{extra}") }
 }
 
 /// The automation's secrets, read now for the setup phase.
@@ -717,34 +922,16 @@ fn is_transient(error: &WorkspaceError) -> bool {
             | WorkspaceError::BadRef { .. }
             | WorkspaceError::UnknownBase { .. }
             | WorkspaceError::BranchExists { .. }
+            | WorkspaceError::Held { .. }
     )
 }
 
 /// What the agent wrote to `$NIGHTSHIFT_MEMORY_OUT`: a JSON object, keys to values (null
 /// removes a key). No file is no memory.
 fn read_memory_out(path: &Path) -> Result<Option<Map<String, Value>>, String> {
-    use std::os::unix::fs::OpenOptionsExt;
     let why = |what: String| format!("$NIGHTSHIFT_MEMORY_OUT is ignored: {what}");
-    // The agent made this file: never follow a link it left there (to a host file), and
-    // never wait on a FIFO (which would hold the worker's thread forever).
-    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
-    let file = match opened {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(why("it is a symbolic link; write a regular file".to_string()));
-        }
-        Err(error) => return Err(why(error.to_string())),
-    };
-    let metadata = file.metadata().map_err(|e| why(e.to_string()))?;
-    if !metadata.is_file() {
-        return Err(why("it is not a regular file".to_string()));
-    }
-    let size = metadata.len();
-    if size > MAX_MEMORY_OUT {
-        return Err(why(format!("it holds {size} bytes, more than the {MAX_MEMORY_OUT} allowed")));
-    }
-    match serde_json::from_reader(std::io::BufReader::new(file)) {
+    let Some(bytes) = staging::read_agent_file(path, MAX_MEMORY_OUT).map_err(why)? else { return Ok(None) };
+    match serde_json::from_slice(&bytes) {
         Ok(Value::Object(entries)) => Ok(Some(entries)),
         Ok(other) => Err(why(format!("it must hold a JSON object of keys to values, not {}", json_kind(&other)))),
         Err(error) => Err(why(format!("it is not JSON: {error}"))),
@@ -777,6 +964,8 @@ struct RunFiles {
     prompt: PathBuf,
     policy: PathBuf,
     memory_out: PathBuf,
+    /// Where the agent writes its answer (`$NIGHTSHIFT_ANSWER`), when its run asks for one.
+    answer: PathBuf,
 }
 
 impl RunFiles {
@@ -791,8 +980,9 @@ impl RunFiles {
             prompt: dir.join("prompt.txt"),
             policy: dir.join("policy.json"),
             memory_out: dir.join("memory.json"),
+            answer: dir.join("answer.json"),
         };
-        std::fs::write(&files.prompt, agent_prompt(task, run)).map_err(|e| failed(&files.prompt, e))?;
+        std::fs::write(&files.prompt, agent_prompt(task, run, "")).map_err(|e| failed(&files.prompt, e))?;
         let policy = serde_json::to_vec_pretty(&task.network.agent).map_err(|e| e.to_string())?;
         std::fs::write(&files.policy, policy).map_err(|e| failed(&files.policy, e))?;
         Ok(files)

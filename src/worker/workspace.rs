@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLo
 use sha2::{Digest, Sha256};
 
 use super::overlay;
+use crate::parallel::Held as HeldCommit;
 use crate::rules::{check_branch_name, check_repo_location};
 use crate::runs::RunId;
 
@@ -45,6 +46,11 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a base checkout takes from the mirror: the repository's branches and tags.
 const BASE_REFSPECS: &[&str] = &["+refs/remotes/origin/*:refs/remotes/origin/*", TAGS_REFSPEC];
+
+/// How long a held commit (`refs/nightshift/held/*`) is kept after it was held: its
+/// parent has used it long before (a parent's children end within hours); a refresh
+/// forgets older ones.
+pub const HELD_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 60 * 60);
 
 /// In an overlay's layers directory: the branch the workspace reserved in the mirror.
 const BRANCH_FILE: &str = "branch";
@@ -95,6 +101,8 @@ pub enum WorkspaceError {
     BadRef { repo: String, reason: String },
     #[error("{repo}: base `{base}` is not a branch, tag or commit of the repository (as of the last refresh): {git}")]
     UnknownBase { repo: String, base: String, git: String },
+    #[error("{repo}: held commit of {run}: {reason}")]
+    Held { repo: String, run: RunId, reason: String },
     #[error("{repo}: cannot create branch `{branch}`, it already exists: {detail}")]
     BranchExists { repo: String, branch: String, detail: String },
     #[error("{repo}: `git {command}` failed: {stderr}")]
@@ -196,7 +204,71 @@ impl Mirror {
         let _lock = self.exclusive()?;
         self.fetch(&self.path)?;
         tracing::info!(repo = %self.location, "Refreshed the mirror");
-        self.prune_bases()
+        self.prune_bases()?;
+        self.prune_held_unlocked(std::time::SystemTime::now())
+    }
+
+    /// Where the time each commit was held is recorded: one empty file per held ref,
+    /// named like it (`r{id}`), whose modification time is when it was held. A commit's
+    /// own dates are the agent's to write, so they say nothing about when it was held.
+    fn held_records(&self) -> PathBuf {
+        self.path.with_extension("held")
+    }
+
+    /// Forgets the held commits held longer than `HELD_FOR` before `now` (a refresh does
+    /// this with the clock's time). A held ref without a record (a record lost, a ref set
+    /// by hand) gets one now, so it is kept `HELD_FOR` from here.
+    pub fn prune_held(&self, now: std::time::SystemTime) -> Result<(), WorkspaceError> {
+        let _lock = self.exclusive()?;
+        self.prune_held_unlocked(now)
+    }
+
+    fn prune_held_unlocked(&self, now: std::time::SystemTime) -> Result<(), WorkspaceError> {
+        let listing = self.git().args(["for-each-ref", "--format=%(refname)", "refs/nightshift/held/"]).run()?;
+        let records = self.held_records();
+        for reference in listing.lines() {
+            let Some(name) = reference.strip_prefix("refs/nightshift/held/") else { continue };
+            let record = records.join(name);
+            let held_at = std::fs::metadata(&record).and_then(|meta| meta.modified());
+            let expired = match held_at {
+                Ok(at) => now.duration_since(at).is_ok_and(|age| age > HELD_FOR),
+                Err(_) => {
+                    self.record_held(name)?;
+                    false
+                }
+            };
+            if expired {
+                self.git().args(["update-ref", "-d", reference]).run()?;
+                let _ = std::fs::remove_file(&record);
+                tracing::info!(repo = %self.location, reference, "Forgot a held commit kept longer than its bound");
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `refs/nightshift/held/{name}` is held as of now.
+    fn record_held(&self, name: &str) -> Result<(), WorkspaceError> {
+        let records = self.held_records();
+        std::fs::create_dir_all(&records).map_err(|cause| self.io_error(&records, cause))?;
+        let record = records.join(name);
+        let file = File::create(&record).map_err(|cause| self.io_error(&record, cause))?;
+        file.set_modified(std::time::SystemTime::now()).map_err(|cause| self.io_error(&record, cause))
+    }
+
+    /// The commit `held` names, after checking that the mirror still holds it under the
+    /// ref of its run: a run starts only from, or merges only, what a run of this worker
+    /// held (not any commit id a task names).
+    pub fn held_commit(&self, held: &HeldCommit) -> Result<String, WorkspaceError> {
+        let reference = HeldCommit::reference(held.run);
+        let refused = |reason: String| WorkspaceError::Held { repo: self.location.clone(), run: held.run, reason };
+        match self.commit_of(&reference)? {
+            Some(commit) if commit == held.commit => Ok(commit),
+            Some(commit) => Err(refused(format!("{reference} is at {commit}, not {}", held.commit))),
+            None => Err(refused(format!(
+                "this worker's mirror has no {reference} (held by another worker, or forgotten after {} days)",
+                HELD_FOR.as_secs() / 86_400
+            ))),
+        }
     }
 
     /// Removes each base checkout whose commit no branch or tag of the repository points
@@ -234,7 +306,7 @@ impl Mirror {
         base: &str,
         branch: &str,
     ) -> Result<Workspace, WorkspaceError> {
-        self.prepare_at(workspaces_root, run, base, branch, false)
+        self.prepare_at(workspaces_root, run, base, branch, false, None)
     }
 
     /// `prepare` for a follow-up run: the workspace starts at the tip of `branch` as the
@@ -248,7 +320,22 @@ impl Mirror {
         base: &str,
         branch: &str,
     ) -> Result<Workspace, WorkspaceError> {
-        self.prepare_at(workspaces_root, run, base, branch, true)
+        self.prepare_at(workspaces_root, run, base, branch, true, None)
+    }
+
+    /// `prepare` for a run of parallel work that starts at a commit an earlier run held
+    /// (`Staging::start_from`): the new branch starts at `start`, while the workspace's
+    /// base commit stays `base`'s, so what the run changed is measured from `base` (a
+    /// later round's size includes the rounds before it, as its pull request would).
+    pub fn prepare_from(
+        &self,
+        workspaces_root: &Path,
+        run: RunId,
+        base: &str,
+        branch: &str,
+        start: &HeldCommit,
+    ) -> Result<Workspace, WorkspaceError> {
+        self.prepare_at(workspaces_root, run, base, branch, false, Some(start))
     }
 
     fn prepare_at(
@@ -258,6 +345,7 @@ impl Mirror {
         base: &str,
         branch: &str,
         follow_up: bool,
+        start: Option<&HeldCommit>,
     ) -> Result<Workspace, WorkspaceError> {
         for name in [base, branch] {
             check_branch_name(name).map_err(|reason| WorkspaceError::BadRef { repo: self.location.clone(), reason })?;
@@ -276,13 +364,17 @@ impl Mirror {
             Some(tip) => tip,
             None => self.base_and_new_branch(base, branch)?,
         };
+        let start_commit = match start {
+            Some(held) => self.held_commit(held)?,
+            None => base_commit.clone(),
+        };
         if path.exists() || overlay::layers_of(&path).exists() {
             self.discard_leftover(&path)?;
         }
-        let kind = self.check_out(&root, &path, branch, &base_commit)?;
+        let kind = self.check_out(&root, &path, branch, &start_commit)?;
         tracing::info!(
-            run_id = %run, repo = %self.location, path = %path.display(), branch, base, base_commit, ?kind,
-            "Prepared the workspace"
+            run_id = %run, repo = %self.location, path = %path.display(), branch, base, base_commit, start_commit,
+            ?kind, "Prepared the workspace"
         );
         Ok(Workspace { mirror: self.clone(), run, path, branch: branch.to_string(), base_commit, kind })
     }
@@ -903,6 +995,28 @@ impl Workspace {
             }
         };
         Ok(GitAdmin { workspace: self.path.clone(), files, remove })
+    }
+
+    /// Keeps `commit` (the run's collected tip) in the mirror as
+    /// `refs/nightshift/held/r{id}`, where later runs of the same parent start from or
+    /// merge it; it is never pushed. The commit's objects are pushed from the workspace
+    /// into the mirror (an overlay's or a clone's commits are in its own repository), by
+    /// the mirror's git reading the workspace's objects only, never its config.
+    pub fn hold(&self, commit: &str) -> Result<String, WorkspaceError> {
+        let reference = HeldCommit::reference(self.run);
+        let _lock = self.mirror.shared()?;
+        self.mirror.record_held(&self.run.to_string())?;
+        let mut git = Git::new(&self.mirror.location, &self.path, Some(&self.mirror.path));
+        let objects = self.path.join(".git").join("objects");
+        if objects.is_dir() {
+            git = git.with_objects_of(&objects);
+        }
+        git.args(["push", "--quiet", "--no-verify", "--no-follow-tags", "--no-signed", "--recurse-submodules=no"])
+            .arg(&self.mirror.path)
+            .arg(format!("+{commit}:{reference}"))
+            .run()?;
+        tracing::info!(run_id = %self.run, repo = %self.mirror.location, commit, reference, "Held the run's commit");
+        Ok(reference)
     }
 
     /// Removes or keeps the workspace; removing one already removed does nothing.
