@@ -326,10 +326,18 @@ impl Runner {
         let staging = &task.staging;
         let mut staged = StagingReport::default();
         if !staging.merge.is_empty() {
+            let began = std::time::Instant::now();
             match staging::merge(workspace, &staging.merge) {
                 Ok(conflicts) => staged.conflicts = conflicts,
                 Err(error) => return Ending::failed(format!("merge: {error}"), is_transient(&error), None),
             }
+            let took = began.elapsed().as_secs_f64() * 1000.0;
+            let merged = format!(
+                "merged {} commits in {took:.0} ms, {} with conflicts",
+                staging.merge.len(),
+                staged.conflicts.len()
+            );
+            attempt.activities(vec![NewActivity::new(ActivityKind::Progress, merged)]);
             for conflict in &staged.conflicts {
                 let note =
                     format!("merging {}'s commit left conflicts in {}", conflict.from, conflict.files.join(", "));
