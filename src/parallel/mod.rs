@@ -6,6 +6,8 @@
 //! does besides the agent), and the `StagingReport` the worker sends back, which the
 //! parent's decisions read.
 
+pub mod conduct;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

@@ -8,7 +8,9 @@
 //! overlap its own (`scope::paths_overlap`), and behind an older queued run of its
 //! repository that waits for such a run and shares its branch or overlaps its paths, so
 //! a stream of newer runs cannot starve the older one. A run that waits for none of
-//! these is ready: a worker that asks now gets the first ready run.
+//! these is ready: a worker that asks now gets the first ready run. A coordinating
+//! parent holds no worker (`holds_worker`), and a run with staging goes only to a local
+//! worker (`plain`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -46,6 +48,19 @@ impl std::fmt::Display for Wait {
             Wait::BehindOlder { run } => write!(f, "behind {run}, which waits on the same scope"),
         }
     }
+}
+
+/// Whether a worker holds `run`: leased or running, with a lease. A coordinating parent
+/// (running, no lease: its children do the work, docs/parallel.md) holds nothing, so it
+/// blocks none of its children by concurrency, branch or paths.
+pub fn holds_worker(run: &Run) -> bool {
+    run.state.is_active() && run.lease.is_some()
+}
+
+/// Whether any worker may take `run`: its staging is plain. Staged runs need the held
+/// commits in the worker's own mirror, which only the server's local workers share.
+pub fn plain(run: &Run) -> bool {
+    run.task.as_ref().is_none_or(|task| task.staging.is_plain())
 }
 
 /// What the claim rules need to know of the leased and running runs.

@@ -82,6 +82,13 @@ impl Inner {
                 changes.delete(message.map_err(io)?.0.to_vec());
             }
             live.outbox.retain(|key, _| key.run != id);
+            // The index of its children, and its own entry in its parent's.
+            for child in self.db.scan_prefix(keys::children_of(id)) {
+                changes.delete(child.map_err(io)?.0.to_vec());
+            }
+            if let Some(link) = run.parent.filter(|link| link.role.is_part_of_parent()) {
+                changes.delete(keys::child(link.run, id));
+            }
             for event in run.event_ids {
                 if !events.contains_key(&event) {
                     events.insert(event.clone(), self.event_record(&event)?);
