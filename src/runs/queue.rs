@@ -70,6 +70,23 @@ pub trait Active {
     /// The first leased or running run of `repo` that works on `branch` or whose
     /// `paths` overlap `paths`, with whether it is the branch that conflicts.
     fn conflict(&self, repo: &str, branch: &str, paths: &[String]) -> Option<(RunId, bool)>;
+    /// `conflict` for `asking`, passing over the runs it is an alternative to
+    /// (`alternatives`); the default passes over none.
+    fn conflict_for(&self, asking: &Run, repo: &str, branch: &str, paths: &[String]) -> Option<(RunId, bool)> {
+        let _ = asking;
+        self.conflict(repo, branch, paths)
+    }
+}
+
+/// Whether `a` and `b` are attempts of one best-of-N: alternatives of which at most one
+/// is published, each on its own branch and holding its commit, so their `paths` may
+/// overlap while they run at once (docs/parallel.md).
+pub fn alternatives(a: &Run, b: &Run) -> bool {
+    use crate::parallel::Role;
+    match (a.parent, b.parent) {
+        (Some(x), Some(y)) => x.run == y.run && x.role == Role::Attempt && y.role == Role::Attempt,
+        _ => false,
+    }
 }
 
 /// A run's repository, branch and `paths`.
@@ -130,7 +147,7 @@ fn wait_of<'a>(
     if let Some((_, older)) = blocked_scopes.iter().find(behind_older) {
         return Some(Wait::BehindOlder { run: *older });
     }
-    let (holder, same_branch) = active.conflict(scope.0, scope.1, scope.2)?;
+    let (holder, same_branch) = active.conflict_for(run, scope.0, scope.1, scope.2)?;
     blocked_scopes.push((scope, run.id));
     Some(if same_branch {
         Wait::SameBranch { run: holder, branch: task.branch.clone() }

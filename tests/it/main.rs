@@ -17,6 +17,7 @@ mod notify_serve;
 mod notify_slack;
 mod notify_webhook;
 mod outbox;
+mod parallel_store;
 mod providers;
 mod requires;
 mod rules;

@@ -252,10 +252,29 @@ impl queue::Active for Live {
     /// A leased or running run of `repo` on `branch` (a follow-up waits for the run it
     /// follows) or that may change a file in `paths`.
     fn conflict(&self, repo: &str, branch: &str, paths: &[String]) -> Option<(RunId, bool)> {
+        self.conflict_among(repo, branch, paths, |_| true)
+    }
+
+    /// Attempts of one best-of-N do not wait for each other's `paths`.
+    fn conflict_for(&self, asking: &Run, repo: &str, branch: &str, paths: &[String]) -> Option<(RunId, bool)> {
+        self.conflict_among(repo, branch, paths, |other| !queue::alternatives(asking, other))
+    }
+}
+
+impl Live {
+    fn conflict_among(
+        &self,
+        repo: &str,
+        branch: &str,
+        paths: &[String],
+        counts: impl Fn(&Run) -> bool,
+    ) -> Option<(RunId, bool)> {
         let active = self.active_in_repo.get(repo)?;
         active.iter().find_map(|id| {
-            let task = self.runs.get(id)?.run.task.as_ref()?;
-            (task.branch == branch || paths_overlap(paths, &task.paths)).then_some((*id, task.branch == branch))
+            let run = &self.runs.get(id)?.run;
+            let task = run.task.as_ref()?;
+            let conflicts = task.branch == branch || (paths_overlap(paths, &task.paths) && counts(run));
+            conflicts.then_some((*id, task.branch == branch))
         })
     }
 }
