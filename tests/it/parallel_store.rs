@@ -283,7 +283,13 @@ fn a_fan_out_runs_at_most_max_concurrent_children_keeps_overlapping_paths_apart_
         if index == 4 {
             let reason = "the agent gave up".to_string();
             store
-                .complete(done.run.id, done.lease.epoch, Completion::Failed { reason, retryable: false, result: None }, Vec::new(), at(secs))
+                .complete(
+                    done.run.id,
+                    done.lease.epoch,
+                    Completion::Failed { reason, retryable: false, result: None },
+                    Vec::new(),
+                    at(secs),
+                )
                 .expect("fail");
         } else {
             succeed(&store, &done, &format!("did part {index}"), report(Some(&format!("c{index}")), 1, true), secs);
@@ -300,7 +306,10 @@ fn a_fan_out_runs_at_most_max_concurrent_children_keeps_overlapping_paths_apart_
     succeed(&store, &join, "joined", report(Some("joined"), 4, true), 51);
     let publishing = run(&store, parent);
     assert_eq!(publishing.state, RunState::Queued);
-    assert_eq!(publishing.task.as_ref().unwrap().staging.start_from.as_ref().map(|h| h.commit.as_str()), Some("joined"));
+    assert_eq!(
+        publishing.task.as_ref().unwrap().staging.start_from.as_ref().map(|h| h.commit.as_str()),
+        Some("joined")
+    );
 }
 
 #[test]
@@ -332,7 +341,8 @@ fn a_remote_style_claim_never_gets_a_staged_run() {
     let mut plain = task(attempts_plan(1));
     plain.plan = None;
     plain.repo = "/srv/git/other".into();
-    let new = NewRun { automation: "plain".into(), definition_hash: "h".into(), rendered: Ok((plain, Flow::default())) };
+    let new =
+        NewRun { automation: "plain".into(), definition_hash: "h".into(), rendered: Ok((plain, Flow::default())) };
     let plain_run = store.ingest(&event("plain", json!({}), 1), vec![new], at(1)).expect("ingest").runs[0].run;
     let remote = store.claim_for("w@0123", LEASE, at(2), false).expect("claim").expect("the plain run");
     assert_eq!(remote.run.id, plain_run);

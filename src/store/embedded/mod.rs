@@ -990,7 +990,11 @@ impl Inner {
         let queued = state.queued.overlay.range(sled::IVec::from(prefix.as_slice())..);
         for (key, (_, value)) in queued.take_while(|(key, _)| key.starts_with(&prefix)) {
             if let Some(id) = keys::number_at_end(key).map(RunId) {
-                if value.is_some() { ids.insert(id) } else { ids.remove(&id) };
+                if value.is_some() {
+                    ids.insert(id)
+                } else {
+                    ids.remove(&id)
+                };
             }
         }
         ids.extend(changes.children.values().filter(|run| run.parent.is_some_and(|l| l.run == parent)).map(|r| r.id));
@@ -1007,7 +1011,13 @@ impl Inner {
     }
 
     /// A child ended: its parent decides what follows, in the same step.
-    fn child_ended(&self, state: &mut State, changes: &mut Changes, child: &Run, now: DateTime<Utc>) -> Result<(), StoreError> {
+    fn child_ended(
+        &self,
+        state: &mut State,
+        changes: &mut Changes,
+        child: &Run,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         match child.parent.filter(|link| link.role.is_part_of_parent()) {
             Some(link) if child.state.is_finished() => self.conduct(state, changes, link.run, now),
             _ => Ok(()),
@@ -1018,7 +1028,13 @@ impl Inner {
     /// next and writes the answer into `changes`: new children, the parent queued to
     /// publish its pick, or the parent's end. A parent that is not coordinating (ended,
     /// or publishing) is left alone.
-    fn conduct(&self, state: &mut State, changes: &mut Changes, parent: RunId, now: DateTime<Utc>) -> Result<(), StoreError> {
+    fn conduct(
+        &self,
+        state: &mut State,
+        changes: &mut Changes,
+        parent: RunId,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let Some(mut coordinating) = state.get(parent).cloned() else { return Ok(()) };
         if !is_coordinating(&coordinating.run) {
             return Ok(());
@@ -1804,7 +1820,10 @@ fn is_coordinating(run: &Run) -> bool {
 
 /// A parent's result after its publishing attempt: the worker's, with what the parent
 /// recorded before (the pick, the findings) under the keys the worker did not set.
-fn with_earlier_details(earlier: Option<crate::runs::RunResult>, mut result: crate::runs::RunResult) -> crate::runs::RunResult {
+fn with_earlier_details(
+    earlier: Option<crate::runs::RunResult>,
+    mut result: crate::runs::RunResult,
+) -> crate::runs::RunResult {
     for (key, value) in earlier.map(|earlier| earlier.details).unwrap_or_default() {
         result.details.entry(key).or_insert(value);
     }
