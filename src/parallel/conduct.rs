@@ -162,7 +162,7 @@ impl<'a> Family<'a> {
             concurrency_limit: concurrency_limit.max(1),
             overlap: Default::default(),
             cooldown: None,
-            retry: self.flow.retry.clone(),
+            retry: self.flow.retry,
         };
         NewChild { link: ParentLink { run: self.parent, role, index }, task, flow }
     }

@@ -261,9 +261,8 @@ fn a_fan_out_runs_at_most_max_concurrent_children_keeps_overlapping_paths_apart_
     assert_eq!(children[1].task.as_ref().unwrap().branch, "fix-c2");
     let mut held: Vec<Claim> = Vec::new();
     let mut order = Vec::new();
-    let mut secs = 1;
     // Bounded: five children, each claimed once.
-    for _ in 0..20 {
+    for secs in 1..20 {
         if order.len() == 5 {
             break;
         }
@@ -294,7 +293,6 @@ fn a_fan_out_runs_at_most_max_concurrent_children_keeps_overlapping_paths_apart_
         } else {
             succeed(&store, &done, &format!("did part {index}"), report(Some(&format!("c{index}")), 1, true), secs);
         }
-        secs += 1;
     }
     assert_eq!(order.len(), 5, "every child ran once: {order:?}");
     let join = claim(&store, 50);
