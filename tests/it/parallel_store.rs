@@ -63,7 +63,12 @@ fn task(plan: Plan) -> Task {
 }
 
 fn ingest_parent(store: &dyn Store, task: Task, secs: i64) -> RunId {
-    let new = NewRun { automation: "probe".into(), definition_hash: "h".into(), rendered: Ok((task, Flow::default())) };
+    ingest_parent_with(store, task, Flow::default(), secs)
+}
+
+/// `ingest_parent` with the parent's flow (its children take its retry).
+fn ingest_parent_with(store: &dyn Store, task: Task, flow: Flow, secs: i64) -> RunId {
+    let new = NewRun { automation: "probe".into(), definition_hash: "h".into(), rendered: Ok((task, flow)) };
     let outcome = store.ingest(&event(&format!("e{secs}"), json!({}), secs), vec![new], at(secs)).expect("ingest");
     outcome.runs[0].run
 }
@@ -373,4 +378,53 @@ fn a_restart_keeps_the_parent_its_children_their_index_and_its_progress() {
     let publishing = run(&store, parent);
     assert_eq!(publishing.state, RunState::Queued);
     assert_eq!(publishing.task.unwrap().staging.start_from.map(|held| held.commit), Some("b".into()));
+}
+
+#[test]
+fn a_coordinating_parent_holds_no_worker_is_never_swept_and_status_says_it_waits_for_its_children() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SledStore::open(dir.path()).expect("open");
+    let mut one_attempt = Flow::default();
+    one_attempt.retry.attempts = 1;
+    let parent = ingest_parent_with(&store, task(attempts_plan(2)), one_attempt, 0);
+    let first = claim(&store, 1);
+    let queue = store.queue_status(at(2)).expect("status");
+    let picture = nightshift::server::status::picture(queue, Default::default(), 1, Vec::new(), at(2));
+    assert_eq!(picture.active.iter().map(|run| run.id).collect::<Vec<_>>(), [first.run.id]);
+    let waiting = picture.waiting.iter().find(|run| run.id == parent).expect("the parent is listed");
+    assert_eq!(waiting.why.text, "waiting for its children");
+    assert_eq!(serde_json::to_value(&waiting.why).expect("json")["reason"], "waiting_for_children");
+
+    // Long after every lease ended: the parent has none to expire, its attempt's has, and
+    // with no attempt left the attempt fails and the parent decides in the same sweep.
+    let second = claim(&store, 3);
+    succeed(&store, &second, "fine", report(Some("b"), 2, true), 4);
+    let swept = store.sweep_expired_leases(at(10_000)).expect("sweep");
+    assert_eq!(swept, [first.run.id]);
+    assert_eq!(run(&store, first.run.id).state, RunState::Failed);
+    let publishing = run(&store, parent);
+    assert_eq!(publishing.state, RunState::Queued);
+    assert_eq!(publishing.task.unwrap().staging.start_from.map(|held| held.run), Some(second.run.id));
+}
+
+#[test]
+fn a_parent_that_does_not_push_succeeds_with_the_held_commit_and_retention_forgets_its_children_index() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SledStore::open(dir.path()).expect("open");
+    let mut quiet = task(attempts_plan(1));
+    quiet.push = false;
+    let parent = ingest_parent(&store, quiet, 0);
+    let only = claim(&store, 1);
+    succeed(&store, &only, "done", report(Some("abc"), 2, true), 2);
+    let ended = run(&store, parent);
+    assert_eq!(ended.state, RunState::Succeeded);
+    assert_eq!(ended.result.expect("result").details["held"]["commit"], "abc");
+    assert_eq!(store.children(parent).expect("children").len(), 1);
+
+    // Days pass: both runs are older than a day and go, and the index with them.
+    let retention = nightshift::config::Retention { runs: 1, days: 1 };
+    let report = store.apply_retention(&retention, at(3 * 86_400)).expect("retention");
+    assert_eq!(report.runs, 2);
+    assert!(store.run(parent).expect("read").is_none());
+    assert!(store.children(parent).expect("children").is_empty());
 }

@@ -429,12 +429,9 @@ impl Changes {
         }
     }
 
-    /// Keeps the record of a run that is part of a parent, and indexes a new one there.
+    /// Keeps the record of a run that is part of a parent, for its parent's decisions.
     fn note_child(&mut self, run: &Run) {
-        if let Some(link) = run.parent.filter(|link| link.role.is_part_of_parent()) {
-            if !self.children.contains_key(&run.id) {
-                self.put(keys::child(link.run, run.id), Vec::new());
-            }
+        if run.parent.is_some_and(|link| link.role.is_part_of_parent()) {
             self.children.insert(run.id, run.clone());
         }
     }
@@ -466,6 +463,9 @@ impl Changes {
     fn new_run(&mut self, run: &Run) {
         self.changed(run);
         self.note_child(run);
+        if let Some(link) = run.parent.filter(|link| link.role.is_part_of_parent()) {
+            self.put(keys::child(link.run, run.id), Vec::new());
+        }
         if run.state.is_finished() {
             self.put_finished(run);
             self.count_finished(run.state, 1);

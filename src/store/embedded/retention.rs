@@ -261,4 +261,34 @@ mod tests {
         let left = |run| store.db.scan_prefix(keys::log_of(run)).count();
         assert_eq!((left(old), left(kept)), (0, 1));
     }
+
+    #[test]
+    fn a_deleted_parent_and_its_children_leave_no_index_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SledStore::open(dir.path()).expect("store opens");
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).single().expect("a time");
+        let mut parent = task();
+        parent.plan = Some(crate::parallel::Plan::Attempts(crate::parallel::AttemptsPlan {
+            agents: vec![crate::parallel::RoleAgent { agent: parent.agent.clone(), network: parent.network.clone() }],
+            check: None,
+            judge: None,
+            on_no_winner: Default::default(),
+        }));
+        let event = Event::from_delivery(TriggerKind::Manual, serde_json::json!({}), BTreeMap::new(), now);
+        let new =
+            NewRun { automation: "probe".into(), definition_hash: "h".into(), rendered: Ok((parent, Flow::default())) };
+        let id = store.ingest(&event, vec![new], now).expect("ingest").runs[0].run;
+        let claim = store.claim("w", Duration::from_secs(60), now).expect("claim").expect("the attempt");
+        let done = Completion::Succeeded { result: Default::default() };
+        store.complete(claim.run.id, claim.lease.epoch, done, Vec::new(), now).expect("complete");
+        store.settle().expect("settle");
+        let indexed = || store.db.scan_prefix(keys::CHILDREN).count();
+        assert_eq!(indexed(), 1);
+        let later = now + chrono::Duration::days(3);
+        let report = store.apply_retention(&Retention { runs: 1, days: 1 }, later).expect("retention");
+        assert_eq!(report.runs, 2, "the parent (failed: no change) and its attempt");
+        store.settle().expect("settle");
+        assert_eq!(indexed(), 0);
+        assert!(store.run(id).expect("read").is_none());
+    }
 }
