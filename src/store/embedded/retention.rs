@@ -20,6 +20,8 @@ impl Inner {
             .checked_sub_signed(chrono::Duration::days(i64::from(retention.days)))
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let mut report = RetentionReport::default();
+        // The automations are listed from sled: it must hold the runs finished just now.
+        self.settle()?;
         for automation in self.automations_with_runs()? {
             self.retain_runs_of(&automation, retention.runs as usize, cutoff, &mut report)?;
         }
