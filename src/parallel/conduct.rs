@@ -780,6 +780,14 @@ mod tests {
                 vec![done(2, Role::Author, 1, held("h", 1, 1)), child(3, Role::Verify, 1, RunState::TimedOut, None)],
                 "verifier round 1 (r3) timed_out (no reason recorded)",
             ),
+            (
+                // A verdict in the report of a verifier that failed is no verdict.
+                vec![
+                    done(2, Role::Author, 1, held("h", 1, 1)),
+                    child(3, Role::Verify, 1, RunState::Failed, Some(verdict(true))),
+                ],
+                "verifier round 1 (r3) failed (it broke)",
+            ),
         ];
         for (children, expected) in cases {
             assert_eq!(failure(next(&plan, &children)).0, expected);
