@@ -5,7 +5,8 @@
 //!   body and `X-Nightshift-Header-{Name}` for delivery headers: a manual run, 202.
 //! - `GET /api/runs?automation=&state=&limit=&before=`, newest first: a full page says
 //!   the next one's cursor in `X-Nightshift-Next` (pass it as `before=`);
-//!   `GET /api/runs/{id}`.
+//!   `GET /api/runs/{id}`: the run, its timeline, its events and, for a parent, its
+//!   `children` (id, role, index, state).
 //! - `GET /api/runs/{id}/log?from=N`: the log pieces numbered N and on.
 //! - `POST /api/runs/{id}/approve`; `POST /api/runs/{id}/cancel` with `{"reason": ...}`.
 //! - `GET /api/automations/{name}/memory`, `PUT` / `DELETE .../memory/{key}`.

@@ -7,6 +7,7 @@
 //! parent's decisions read.
 
 pub mod answer;
+pub mod conduct;
 
 use std::fmt;
 

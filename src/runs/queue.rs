@@ -8,7 +8,9 @@
 //! overlap its own (`scope::paths_overlap`), and behind an older queued run of its
 //! repository that waits for such a run and shares its branch or overlaps its paths, so
 //! a stream of newer runs cannot starve the older one. A run that waits for none of
-//! these is ready: a worker that asks now gets the first ready run.
+//! these is ready: a worker that asks now gets the first ready run. A coordinating
+//! parent holds no worker (`holds_worker`), and a run with staging goes only to a local
+//! worker (`plain`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,19 @@ impl std::fmt::Display for Wait {
     }
 }
 
+/// Whether a worker holds `run`: leased or running, with a lease. A coordinating parent
+/// (running, no lease: its children do the work, docs/parallel.md) holds nothing, so it
+/// blocks none of its children by concurrency, branch or paths.
+pub fn holds_worker(run: &Run) -> bool {
+    run.state.is_active() && run.lease.is_some()
+}
+
+/// Whether any worker may take `run`: its staging is plain. Staged runs need the held
+/// commits in the worker's own mirror, which only the server's local workers share.
+pub fn plain(run: &Run) -> bool {
+    run.task.as_ref().is_none_or(|task| task.staging.is_plain())
+}
+
 /// What the claim rules need to know of the leased and running runs.
 pub trait Active {
     /// Leased or running runs of `group`.
@@ -55,6 +70,23 @@ pub trait Active {
     /// The first leased or running run of `repo` that works on `branch` or whose
     /// `paths` overlap `paths`, with whether it is the branch that conflicts.
     fn conflict(&self, repo: &str, branch: &str, paths: &[String]) -> Option<(RunId, bool)>;
+    /// `conflict` for `asking`, passing over the runs it is an alternative to
+    /// (`alternatives`); the default passes over none.
+    fn conflict_for(&self, asking: &Run, repo: &str, branch: &str, paths: &[String]) -> Option<(RunId, bool)> {
+        let _ = asking;
+        self.conflict(repo, branch, paths)
+    }
+}
+
+/// Whether `a` and `b` are attempts of one best-of-N: alternatives of which at most one
+/// is published, each on its own branch and holding its commit, so their `paths` may
+/// overlap while they run at once (docs/parallel.md).
+pub fn alternatives(a: &Run, b: &Run) -> bool {
+    use crate::parallel::Role;
+    match (a.parent, b.parent) {
+        (Some(x), Some(y)) => x.run == y.run && x.role == Role::Attempt && y.role == Role::Attempt,
+        _ => false,
+    }
 }
 
 /// A run's repository, branch and `paths`.
@@ -115,7 +147,7 @@ fn wait_of<'a>(
     if let Some((_, older)) = blocked_scopes.iter().find(behind_older) {
         return Some(Wait::BehindOlder { run: *older });
     }
-    let (holder, same_branch) = active.conflict(scope.0, scope.1, scope.2)?;
+    let (holder, same_branch) = active.conflict_for(run, scope.0, scope.1, scope.2)?;
     blocked_scopes.push((scope, run.id));
     Some(if same_branch {
         Wait::SameBranch { run: holder, branch: task.branch.clone() }

@@ -29,9 +29,10 @@ pub struct Status {
     pub counts: BTreeMap<RunState, u64>,
     /// Queued runs (awaiting approval not included).
     pub queue_depth: usize,
-    /// Leased and running runs, oldest first.
+    /// Leased and running runs a worker holds, oldest first.
     pub active: Vec<ActiveRun>,
-    /// Queued runs in the order claims consider them, then the runs awaiting approval.
+    /// Queued runs in the order claims consider them, then the runs awaiting approval,
+    /// then parents waiting for their children (docs/parallel.md).
     pub waiting: Vec<WaitingRun>,
     pub workers: Workers,
     pub automations: Vec<AutomationStatus>,
@@ -213,7 +214,26 @@ pub fn picture(
         .collect();
     let task_of = |run: &Run| run.task.as_ref().map(|task| (task.repo.clone(), task.branch.clone())).unzip();
     let mut active = Vec::new();
+    let mut coordinating = Vec::new();
     for run in &queue.active {
+        if run.lease.is_none() && run.task.as_ref().is_some_and(|task| task.plan.is_some()) {
+            // A parent holds no worker: it waits for its children (docs/parallel.md).
+            let (repo, branch) = task_of(run);
+            coordinating.push(WaitingRun {
+                id: run.id,
+                automation: run.automation.clone(),
+                state: run.state,
+                attempt: run.attempt,
+                created_at: run.created_at,
+                repo,
+                branch,
+                why: Why {
+                    text: "waiting for its children".into(),
+                    reason: Reason::Other { reason: "waiting_for_children".into() },
+                },
+            });
+            continue;
+        }
         if let Some(lease) = &run.lease {
             let worker = workers.entry(lease.worker.clone()).or_insert_with(|| WorkerStatus {
                 name: lease.worker.clone(),
@@ -257,6 +277,7 @@ pub fn picture(
                 why: why(run.id, run.state, turn),
             }
         })
+        .chain(coordinating)
         .collect();
     let workers = Workers { local, seen: workers.into_values().collect() };
     Status { now, counts, queue_depth, active, waiting, workers, automations }

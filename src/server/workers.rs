@@ -34,6 +34,12 @@ impl WorkerId {
         WorkerId { holder: format!("{name}@{}", token_id(token)) }
     }
 
+    /// Whether a lease name is a remote worker's: only they carry `@` (the worker API
+    /// refuses names with one).
+    pub fn is_remote_holder(holder: &str) -> bool {
+        holder.contains('@')
+    }
+
     /// Whether this worker (or another process with the same token) holds `run`.
     fn holds(&self, run: &Run) -> bool {
         let Some(lease) = &run.lease else { return false };
@@ -54,7 +60,10 @@ impl Server {
     pub fn claim_run(&self, holder: &str, lease_for: Duration) -> Result<Option<Claim>, StoreError> {
         let now = Utc::now();
         self.saw_claimer(holder, now);
-        let claim = self.store.claim(holder, lease_for.clamp(MIN_LEASE, MAX_LEASE), now)?;
+        // A remote worker's mirror lacks the commits other runs held (docs/parallel.md):
+        // runs with staging go to the local pool only.
+        let staged = !WorkerId::is_remote_holder(holder);
+        let claim = self.store.claim_for(holder, lease_for.clamp(MIN_LEASE, MAX_LEASE), now, staged)?;
         if let Some(claim) = &claim {
             self.metrics.claimed(&claim.run, now);
             // What an earlier attempt's worker left held back is not this attempt's.

@@ -100,6 +100,25 @@ pub struct RunRecord {
     pub activities: Vec<Activity>,
     /// The run's events that are still stored, in the run's order.
     pub events: Vec<StoredEvent>,
+    /// The runs that are part of it, when it is a parent (docs/parallel.md), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildSummary>,
+}
+
+/// One of a parent's children, as a parent's record lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildSummary {
+    pub id: RunId,
+    pub role: crate::parallel::Role,
+    pub index: u32,
+    pub state: RunState,
+}
+
+impl ChildSummary {
+    pub fn of(run: &Run) -> Option<ChildSummary> {
+        let link = run.parent?;
+        Some(ChildSummary { id: run.id, role: link.role, index: link.index, state: run.state })
+    }
 }
 
 impl RunRecord {
@@ -111,7 +130,8 @@ impl RunRecord {
         for event_id in &run.event_ids {
             events.extend(store.event(event_id)?);
         }
-        Ok(Some(RunRecord { run, activities, events }))
+        let children = store.children(id)?.iter().filter_map(ChildSummary::of).collect();
+        Ok(Some(RunRecord { run, activities, events, children }))
     }
 }
 
@@ -355,7 +375,20 @@ pub trait Store: Send + Sync {
     /// Leases the oldest queued run whose group has room, whose retry wait is over, and
     /// whose branch and `paths` are those of no leased or running run of its repository
     /// (the same branch, or `paths` that overlap: `runs::scope`).
-    fn claim(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>) -> Result<Option<Claim>, StoreError>;
+    /// Runs whose `task.staging` is not plain (parallel work, docs/parallel.md) are
+    /// offered too: the claimant is a local worker.
+    fn claim(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>) -> Result<Option<Claim>, StoreError> {
+        self.claim_for(worker, lease_for, now, true)
+    }
+    /// `claim`, offering runs with staging only when `staged`: a remote worker's mirror
+    /// lacks the held commits they start from, so it is offered plain runs alone.
+    fn claim_for(
+        &self,
+        worker: &str,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+        staged: bool,
+    ) -> Result<Option<Claim>, StoreError>;
     /// The leased run's workspace is ready and its agent is starting.
     fn mark_running(&self, run: RunId, epoch: Epoch, now: DateTime<Utc>) -> Result<Run, StoreError>;
     /// Extends the lease; fails with `StaleLease` or `WrongState` (e.g. cancelled).
@@ -390,7 +423,8 @@ pub trait Store: Send + Sync {
         memory: Vec<MemoryWrite>,
         now: DateTime<Utc>,
     ) -> Result<Run, StoreError>;
-    /// Cancels a run in any unfinished state.
+    /// Cancels a run in any unfinished state; a parent's unfinished children are
+    /// cancelled with it, in the same step.
     fn cancel(&self, run: RunId, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError>;
     /// Records cron slots a misfire policy skipped: each slot's event (unless stored
     /// before) with a `skipped` run giving the reason, durably.
@@ -420,6 +454,9 @@ pub trait Store: Send + Sync {
     fn queue_status(&self, now: DateTime<Utc>) -> Result<QueueStatus, StoreError>;
 
     fn run(&self, id: RunId) -> Result<Option<Run>, StoreError>;
+    /// The runs that are part of parent run `parent` (attempts, rounds, children, judge,
+    /// join; not follow-ups), oldest first, from the index written with each child.
+    fn children(&self, parent: RunId) -> Result<Vec<Run>, StoreError>;
     /// Runs, newest first.
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
     fn activities(&self, run: RunId) -> Result<Vec<Activity>, StoreError>;

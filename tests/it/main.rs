@@ -18,6 +18,7 @@ mod notify_slack;
 mod notify_webhook;
 mod outbox;
 mod parallel_worker;
+mod parallel_store;
 mod providers;
 mod requires;
 mod rules;

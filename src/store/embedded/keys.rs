@@ -41,6 +41,8 @@ pub const OUTBOX: &[u8] = b"ob/";
 /// The newest run of each thread a run told (`runs::followup` names them), so a reply
 /// there finds the run it follows up.
 pub const THREAD: &[u8] = b"th/";
+/// A parent's children (docs/parallel.md): `pc/{parent}{child}`, written with the child.
+pub const CHILDREN: &[u8] = b"pc/";
 
 fn join(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
@@ -157,4 +159,12 @@ pub fn outbox(key: &crate::runs::outbox::Key) -> Vec<u8> {
         crate::delivery::Kind::End => 1u8,
     };
     join(&[&outbox_of(key.run), &key.target.to_be_bytes(), &[kind]])
+}
+
+pub fn children_of(parent: RunId) -> Vec<u8> {
+    join(&[CHILDREN, &parent.0.to_be_bytes()])
+}
+
+pub fn child(parent: RunId, child: RunId) -> Vec<u8> {
+    join(&[CHILDREN, &parent.0.to_be_bytes(), &child.0.to_be_bytes()])
 }

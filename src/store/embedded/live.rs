@@ -56,6 +56,8 @@ pub struct Live {
     active: HashMap<String, u32>,
     /// Leased or running runs per repository, whose `paths` a claim checks.
     active_in_repo: HashMap<String, BTreeSet<RunId>>,
+    /// Unfinished runs that are part of a parent (docs/parallel.md), per parent.
+    children: HashMap<RunId, BTreeSet<RunId>>,
     pub dedupe: HashMap<(String, String), DedupeMark>,
     pub last_created: HashMap<String, LastCreated>,
     pub next_run: u64,
@@ -122,13 +124,16 @@ impl Live {
         if run.state == RunState::Queued {
             self.queued.insert(id);
         }
-        if run.state.is_active() {
+        if queue::holds_worker(run) {
             *self.active.entry(group.clone()).or_default() += 1;
             if let Some(task) = &run.task {
                 self.active_in_repo.entry(task.repo.clone()).or_default().insert(id);
             }
         }
         self.groups.entry(group).or_default().insert(id);
+        if let Some(parent) = part_of(run) {
+            self.children.entry(parent).or_default().insert(id);
+        }
         self.runs.insert(id, Box::new(entry));
     }
 
@@ -136,12 +141,12 @@ impl Live {
         let old = *self.runs.remove(&id)?;
         let group = old.run.group();
         self.queued.remove(&id);
-        if old.run.state.is_active()
+        if queue::holds_worker(&old.run)
             && let Some(count) = self.active.get_mut(&group)
         {
             *count = count.saturating_sub(1);
         }
-        if old.run.state.is_active()
+        if queue::holds_worker(&old.run)
             && let Some(task) = &old.run.task
             && let Some(members) = self.active_in_repo.get_mut(&task.repo)
         {
@@ -157,7 +162,20 @@ impl Live {
                 self.active.remove(&group);
             }
         }
+        if let Some(parent) = part_of(&old.run)
+            && let Some(members) = self.children.get_mut(&parent)
+        {
+            members.remove(&id);
+            if members.is_empty() {
+                self.children.remove(&parent);
+            }
+        }
         Some(old)
+    }
+
+    /// The unfinished runs that are part of `parent`, oldest first.
+    pub fn unfinished_children(&self, parent: RunId) -> Vec<RunId> {
+        self.children.get(&parent).map(|members| members.iter().copied().collect()).unwrap_or_default()
     }
 
     /// What flow control needs to know about a new run of `automation` in `group`.
@@ -190,8 +208,11 @@ impl Live {
     /// its group is below its concurrency limit, and no leased or running run of its
     /// repository is on its branch or has `paths` that overlap its own. The runs passed
     /// over stay queued, in their place.
-    pub fn next_claimable(&self, now: DateTime<Utc>) -> Option<RunId> {
-        let turns = queue::turns(self.queued_runs(), self, now, true);
+    /// Runs whose staging is not plain go only to a claimant that may take them
+    /// (`staged`: the server's local workers, which hold the held commits' mirror).
+    pub fn next_claimable(&self, now: DateTime<Utc>, staged: bool) -> Option<RunId> {
+        let offered = self.queued_runs().filter(|run| staged || queue::plain(run));
+        let turns = queue::turns(offered, self, now, true);
         turns.last().filter(|(_, wait)| wait.is_none()).map(|(run, _)| run.id)
     }
 
@@ -217,6 +238,11 @@ impl Live {
     }
 }
 
+/// The parent `run` is part of (a follow-up is not part of the run it follows).
+fn part_of(run: &Run) -> Option<RunId> {
+    run.parent.filter(|link| link.role.is_part_of_parent()).map(|link| link.run)
+}
+
 /// What the claim rules ask of the leased and running runs, from the index.
 impl queue::Active for Live {
     fn in_group(&self, group: &str) -> u32 {
@@ -226,10 +252,29 @@ impl queue::Active for Live {
     /// A leased or running run of `repo` on `branch` (a follow-up waits for the run it
     /// follows) or that may change a file in `paths`.
     fn conflict(&self, repo: &str, branch: &str, paths: &[String]) -> Option<(RunId, bool)> {
+        self.conflict_among(repo, branch, paths, |_| true)
+    }
+
+    /// Attempts of one best-of-N do not wait for each other's `paths`.
+    fn conflict_for(&self, asking: &Run, repo: &str, branch: &str, paths: &[String]) -> Option<(RunId, bool)> {
+        self.conflict_among(repo, branch, paths, |other| !queue::alternatives(asking, other))
+    }
+}
+
+impl Live {
+    fn conflict_among(
+        &self,
+        repo: &str,
+        branch: &str,
+        paths: &[String],
+        counts: impl Fn(&Run) -> bool,
+    ) -> Option<(RunId, bool)> {
         let active = self.active_in_repo.get(repo)?;
         active.iter().find_map(|id| {
-            let task = self.runs.get(id)?.run.task.as_ref()?;
-            (task.branch == branch || paths_overlap(paths, &task.paths)).then_some((*id, task.branch == branch))
+            let run = &self.runs.get(id)?.run;
+            let task = run.task.as_ref()?;
+            let conflicts = task.branch == branch || (paths_overlap(paths, &task.paths) && counts(run));
+            conflicts.then_some((*id, task.branch == branch))
         })
     }
 }

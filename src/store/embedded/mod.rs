@@ -29,6 +29,7 @@ use super::{
 use crate::config::Retention;
 use crate::delivery::{Attempt, Outcome};
 use crate::event::Event;
+use crate::parallel::conduct;
 use crate::runs::clock::later;
 use crate::runs::flow::{Decision, decide};
 use crate::runs::retry::{backoff, may_retry};
@@ -398,6 +399,9 @@ struct Changes {
     runs: Vec<crate::store::RunChange>,
     /// Finished runs added (or, negative, deleted) per state (`live::state_slot`).
     finished: [i64; RunState::ALL.len()],
+    /// Runs that are part of a parent, as written by this operation: the parent's
+    /// decisions read them before they reach the overlay.
+    children: BTreeMap<RunId, Run>,
 }
 
 impl Changes {
@@ -413,6 +417,7 @@ impl Changes {
     /// `run/` with its index entries.
     fn put_run(&mut self, run: &Run) {
         self.changed(run);
+        self.note_child(run);
         if run.state.is_finished() {
             // Readers outside the lock look under `run/` first: they never miss the run.
             self.put_finished(run);
@@ -421,6 +426,13 @@ impl Changes {
         } else {
             let record = self.encode_run(run);
             self.put(keys::live(run.id), record);
+        }
+    }
+
+    /// Keeps the record of a run that is part of a parent, for its parent's decisions.
+    fn note_child(&mut self, run: &Run) {
+        if run.parent.is_some_and(|link| link.role.is_part_of_parent()) {
+            self.children.insert(run.id, run.clone());
         }
     }
 
@@ -450,6 +462,10 @@ impl Changes {
     /// Writes a run created just now: one key for a queued run, so ingest stays cheap.
     fn new_run(&mut self, run: &Run) {
         self.changed(run);
+        self.note_child(run);
+        if let Some(link) = run.parent.filter(|link| link.role.is_part_of_parent()) {
+            self.put(keys::child(link.run, run.id), Vec::new());
+        }
         if run.state.is_finished() {
             self.put_finished(run);
             self.count_finished(run.state, 1);
@@ -955,7 +971,129 @@ impl Inner {
         changes.put_outbox(live, crate::runs::outbox::created(&before, &cancelled.run, now));
         changes.activity(&mut cancelled, ActivityKind::Cancellation, reason, now);
         changes.put_run(&cancelled.run);
+        // A parent's unfinished children go with it, in the same step.
+        for child in live.unfinished_children(id) {
+            Self::cancel_live(live, changes, child, format!("its parent {id} was cancelled"), now);
+        }
         Some(cancelled.run)
+    }
+
+    /// The runs that are part of `parent`, oldest first: the index on disk, with the
+    /// queued changes and this operation's `changes` over it.
+    fn children_locked(&self, state: &State, changes: &Changes, parent: RunId) -> Result<Vec<Run>, StoreError> {
+        let prefix = keys::children_of(parent);
+        let mut ids = BTreeSet::new();
+        for entry in self.db.scan_prefix(&prefix) {
+            let (key, _) = entry.map_err(io)?;
+            ids.extend(keys::number_at_end(&key).map(RunId));
+        }
+        let queued = state.queued.overlay.range(sled::IVec::from(prefix.as_slice())..);
+        for (key, (_, value)) in queued.take_while(|(key, _)| key.starts_with(&prefix)) {
+            if let Some(id) = keys::number_at_end(key).map(RunId) {
+                if value.is_some() {
+                    ids.insert(id)
+                } else {
+                    ids.remove(&id)
+                };
+            }
+        }
+        ids.extend(changes.children.values().filter(|run| run.parent.is_some_and(|l| l.run == parent)).map(|r| r.id));
+        let mut children = Vec::with_capacity(ids.len());
+        for id in ids {
+            let run = match (changes.children.get(&id), state.get(id)) {
+                (Some(written), _) => Some(written.clone()),
+                (None, Some(live)) => Some(live.run.clone()),
+                (None, None) => self.read_run_locked(state, id)?,
+            };
+            children.extend(run);
+        }
+        Ok(children)
+    }
+
+    /// A child ended: its parent decides what follows, in the same step.
+    fn child_ended(
+        &self,
+        state: &mut State,
+        changes: &mut Changes,
+        child: &Run,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        match child.parent.filter(|link| link.role.is_part_of_parent()) {
+            Some(link) if child.state.is_finished() => self.conduct(state, changes, link.run, now),
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks the parent's decisions (`parallel::conduct`) what a coordinating parent does
+    /// next and writes the answer into `changes`: new children, the parent queued to
+    /// publish its pick, or the parent's end. A parent that is not coordinating (ended,
+    /// or publishing) is left alone.
+    fn conduct(
+        &self,
+        state: &mut State,
+        changes: &mut Changes,
+        parent: RunId,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let Some(mut coordinating) = state.get(parent).cloned() else { return Ok(()) };
+        if !is_coordinating(&coordinating.run) {
+            return Ok(());
+        }
+        let children = self.children_locked(state, changes, parent)?;
+        match conduct::next(&coordinating.run, &children) {
+            conduct::Next::Wait => {}
+            conduct::Next::Spawn(new) => {
+                let mut started = Vec::with_capacity(new.len());
+                for child in new {
+                    let id = state.allocate_id();
+                    started.push(format!("{id} ({} {})", child.link.role, child.link.index));
+                    let run = child_run(id, &coordinating.run, child, now);
+                    changes.new_run(&run);
+                    state.live.put(LiveRun::new(run));
+                }
+                let text = format!("started {}", started.join(", "));
+                changes.activity(&mut coordinating, ActivityKind::Progress, text, now);
+                state.live.put(coordinating);
+            }
+            conduct::Next::Publish { held, summary, mut details } => {
+                details.insert("held".into(), serde_json::json!(held));
+                let result = crate::runs::RunResult { summary, exit_code: None, details };
+                let run = &mut coordinating.run;
+                run.result = Some(result);
+                let pushes = run.task.as_ref().is_some_and(|task| task.push);
+                let text = if let Some(task) = run.task.as_mut().filter(|_| pushes) {
+                    task.staging = crate::parallel::Staging {
+                        start_from: Some(held.clone()),
+                        skip_agent: true,
+                        ..Default::default()
+                    };
+                    run.state = RunState::Queued;
+                    run.updated_at = now;
+                    format!("queued to publish {}'s commit {}", held.run, held.commit)
+                } else {
+                    Inner::finish(run, RunState::Succeeded, None, now);
+                    format!("succeeded: {}'s commit {} is held (the task does not push)", held.run, held.commit)
+                };
+                changes.activity(&mut coordinating, ActivityKind::Progress, text, now);
+                changes.keep(&mut state.live, coordinating);
+            }
+            conduct::Next::Finish { succeeded, reason, summary, details } => {
+                let run = &mut coordinating.run;
+                run.result = Some(crate::runs::RunResult { summary: summary.clone(), exit_code: None, details });
+                let (ended, kind) = if succeeded {
+                    (RunState::Succeeded, ActivityKind::Completion)
+                } else {
+                    (RunState::Failed, ActivityKind::Failure)
+                };
+                Inner::finish(run, ended, reason, now);
+                changes.activity(&mut coordinating, kind, summary, now);
+                changes.keep(&mut state.live, coordinating);
+                for child in state.unfinished_children(parent) {
+                    Inner::cancel_live(&mut state.live, changes, child, format!("its parent {parent} ended"), now);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn memory_entry(write: MemoryWrite, written_by: Option<&Run>, now: DateTime<Utc>) -> Option<(String, MemoryEntry)> {
@@ -1097,8 +1235,21 @@ impl Store for SledStore {
                             changes.thread(&thread, id);
                         }
                     }
-                    changes.new_run(&run);
-                    live.put(LiveRun::new(run));
+                    if run.task.as_ref().is_some_and(|task| task.plan.is_some()) {
+                        // A parent coordinates from the start: running, with no lease,
+                        // and its first children in this same commit.
+                        let queued = run.clone();
+                        let mut run = run;
+                        run.state = RunState::Running;
+                        run.started_at = Some(now);
+                        changes.new_run(&run);
+                        changes.put_outbox(&mut live.live, crate::runs::outbox::created(&queued, &run, now));
+                        live.put(LiveRun::new(run));
+                        self.conduct(&mut live, &mut changes, id, now)?;
+                    } else {
+                        changes.new_run(&run);
+                        live.put(LiveRun::new(run));
+                    }
                     (id, Disposition::Created)
                 }
             };
@@ -1117,9 +1268,15 @@ impl Store for SledStore {
         Ok((outcome, self.durability(ticket)))
     }
 
-    fn claim(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>) -> Result<Option<Claim>, StoreError> {
+    fn claim_for(
+        &self,
+        worker: &str,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+        staged: bool,
+    ) -> Result<Option<Claim>, StoreError> {
         let live = self.lock_for_change()?;
-        let Some(id) = live.next_claimable(now) else { return Ok(None) };
+        let Some(id) = live.next_claimable(now, staged) else { return Ok(None) };
         let Some(mut claimed) = live.get(id).cloned() else { return Ok(None) };
         let run = &mut claimed.run;
         run.epoch = Epoch(run.epoch.0.max(live.epoch_floor) + 1);
@@ -1206,15 +1363,20 @@ impl Store for SledStore {
         let mut changes = Changes::default();
         let retries = completion.retries(&held.run);
         let run = &mut held.run;
+        let is_parent = run.task.as_ref().is_some_and(|task| task.plan.is_some());
         let (kind, text) = match completion {
             Completion::Succeeded { result } => {
                 let text = format!("succeeded: {}", result.summary);
-                run.result = Some(result);
+                run.result = Some(if is_parent { with_earlier_details(run.result.take(), result) } else { result });
                 Inner::finish(run, RunState::Succeeded, None, now);
                 (ActivityKind::Completion, text)
             }
             Completion::Failed { reason, result, .. } => {
-                run.result = result;
+                run.result = match result {
+                    Some(result) if is_parent => Some(with_earlier_details(run.result.take(), result)),
+                    other if is_parent => run.result.take().or(other),
+                    other => other,
+                };
                 if retries {
                     let wait = backoff(&run.flow.retry, run.attempt, fastrand::f64());
                     let at = later(now, wait);
@@ -1251,7 +1413,11 @@ impl Store for SledStore {
         for write in memory {
             Inner::put_memory(&mut changes, &held.run.automation, write, Some(&held.run), now);
         }
-        self.save(live, changes, held, true)
+        let run = held.run.clone();
+        changes.keep(&mut live.live, held);
+        self.child_ended(&mut live, &mut changes, &run, now)?;
+        self.apply(live, changes, true)?;
+        Ok(run)
     }
 
     fn cancel(&self, id: RunId, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError> {
@@ -1260,6 +1426,7 @@ impl Store for SledStore {
         let mut changes = Changes::default();
         let run = Inner::cancel_live(&mut live, &mut changes, id, reason.to_string(), now)
             .ok_or(StoreError::NoSuchRun(id))?;
+        self.child_ended(&mut live, &mut changes, &run, now)?;
         self.apply(live, changes, true)?;
         Ok(run)
     }
@@ -1317,6 +1484,9 @@ impl Store for SledStore {
                 changes.delete(keys::dedupe(&run.automation, key));
             }
         }
+        if let Some(run) = &run {
+            self.child_ended(&mut live, &mut changes, run, now)?;
+        }
         self.apply(live, changes, true)?;
         Ok(run)
     }
@@ -1372,7 +1542,9 @@ impl Store for SledStore {
                 reason
             };
             changes.activity(&mut held, ActivityKind::Failure, text, now);
+            let run = held.run.clone();
             changes.keep(&mut live.live, held);
+            self.child_ended(&mut live, &mut changes, &run, now)?;
         }
         self.apply(live, changes, true)?;
         Ok(expired)
@@ -1405,6 +1577,11 @@ impl Store for SledStore {
             return Ok(Some(live.run.clone()));
         }
         self.read_run_locked(&state, id)
+    }
+
+    fn children(&self, parent: RunId) -> Result<Vec<Run>, StoreError> {
+        let state = self.lock();
+        self.children_locked(&state, &Changes::default(), parent)
     }
 
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
@@ -1634,6 +1811,50 @@ fn as_skipped(mut run: Run, reason: SkipReason, now: DateTime<Utc>) -> Run {
     Inner::finish(&mut run, RunState::Skipped, None, now);
     run.skip = Some(reason);
     run
+}
+
+/// Whether `run` is a parent waiting for its children: running with no lease.
+fn is_coordinating(run: &Run) -> bool {
+    run.state == RunState::Running && run.lease.is_none() && run.task.as_ref().is_some_and(|task| task.plan.is_some())
+}
+
+/// A parent's result after its publishing attempt: the worker's, with what the parent
+/// recorded before (the pick, the findings) under the keys the worker did not set.
+fn with_earlier_details(
+    earlier: Option<crate::runs::RunResult>,
+    mut result: crate::runs::RunResult,
+) -> crate::runs::RunResult {
+    for (key, value) in earlier.map(|earlier| earlier.details).unwrap_or_default() {
+        result.details.entry(key).or_insert(value);
+    }
+    result
+}
+
+/// A child's queued run record, part of `parent`.
+fn child_run(id: RunId, parent: &Run, child: crate::parallel::conduct::NewChild, now: DateTime<Utc>) -> Run {
+    Run {
+        id,
+        automation: parent.automation.clone(),
+        definition_hash: parent.definition_hash.clone(),
+        event_ids: parent.event_ids.iter().take(1).cloned().collect(),
+        task: Some(child.task),
+        flow: child.flow,
+        state: RunState::Queued,
+        attempt: 0,
+        epoch: Epoch::default(),
+        lease: None,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+        not_before: None,
+        approved: false,
+        plan: None,
+        result: None,
+        skip: None,
+        reason: None,
+        parent: Some(child.link),
+    }
 }
 
 /// A new queued run record, created by `event`.

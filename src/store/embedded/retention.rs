@@ -20,6 +20,8 @@ impl Inner {
             .checked_sub_signed(chrono::Duration::days(i64::from(retention.days)))
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let mut report = RetentionReport::default();
+        // The automations are listed from sled: it must hold the runs finished just now.
+        self.settle()?;
         for automation in self.automations_with_runs()? {
             self.retain_runs_of(&automation, retention.runs as usize, cutoff, &mut report)?;
         }
@@ -82,6 +84,13 @@ impl Inner {
                 changes.delete(message.map_err(io)?.0.to_vec());
             }
             live.outbox.retain(|key, _| key.run != id);
+            // The index of its children, and its own entry in its parent's.
+            for child in self.db.scan_prefix(keys::children_of(id)) {
+                changes.delete(child.map_err(io)?.0.to_vec());
+            }
+            if let Some(link) = run.parent.filter(|link| link.role.is_part_of_parent()) {
+                changes.delete(keys::child(link.run, id));
+            }
             for event in run.event_ids {
                 if !events.contains_key(&event) {
                     events.insert(event.clone(), self.event_record(&event)?);
@@ -253,5 +262,35 @@ mod tests {
         store.settle().expect("settle");
         let left = |run| store.db.scan_prefix(keys::log_of(run)).count();
         assert_eq!((left(old), left(kept)), (0, 1));
+    }
+
+    #[test]
+    fn a_deleted_parent_and_its_children_leave_no_index_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SledStore::open(dir.path()).expect("store opens");
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).single().expect("a time");
+        let mut parent = task();
+        parent.plan = Some(crate::parallel::Plan::Attempts(crate::parallel::AttemptsPlan {
+            agents: vec![crate::parallel::RoleAgent { agent: parent.agent.clone(), network: parent.network.clone() }],
+            check: None,
+            judge: None,
+            on_no_winner: Default::default(),
+        }));
+        let event = Event::from_delivery(TriggerKind::Manual, serde_json::json!({}), BTreeMap::new(), now);
+        let new =
+            NewRun { automation: "probe".into(), definition_hash: "h".into(), rendered: Ok((parent, Flow::default())) };
+        let id = store.ingest(&event, vec![new], now).expect("ingest").runs[0].run;
+        let claim = store.claim("w", Duration::from_secs(60), now).expect("claim").expect("the attempt");
+        let done = Completion::Succeeded { result: Default::default() };
+        store.complete(claim.run.id, claim.lease.epoch, done, Vec::new(), now).expect("complete");
+        store.settle().expect("settle");
+        let indexed = || store.db.scan_prefix(keys::CHILDREN).count();
+        assert_eq!(indexed(), 1);
+        let later = now + chrono::Duration::days(3);
+        let report = store.apply_retention(&Retention { runs: 1, days: 1 }, later).expect("retention");
+        assert_eq!(report.runs, 2, "the parent (failed: no change) and its attempt");
+        store.settle().expect("settle");
+        assert_eq!(indexed(), 0);
+        assert!(store.run(id).expect("read").is_none());
     }
 }
