@@ -422,3 +422,220 @@ fn head(prompt: &str) -> String {
         format!("{line:?}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Automation;
+    use crate::config::profiles::builtin_profiles;
+    use crate::event::Event;
+    use crate::rules::{CompiledAutomation, PreparedEvent, RenderError, memory_value};
+    use crate::triggers::TriggerKind;
+
+    /// A manual automation with `task_extra` YAML appended to its task, compiled.
+    fn compiled(task_extra: &str) -> CompiledAutomation {
+        let yaml = format!(
+            "name: probe\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: codex\n  repo: /srv/git/api\n  prompt: fix it\n  paths: [\"src/**\"]\n{task_extra}"
+        );
+        let automation: Automation = serde_yaml::from_str(&yaml).unwrap();
+        CompiledAutomation::compile(RuleEngine::shared(), &automation, &builtin_profiles())
+            .unwrap_or_else(|findings| panic!("{yaml}\n{findings:#?}"))
+    }
+
+    fn render(automation: &CompiledAutomation, payload: serde_json::Value) -> Result<Plan, RenderError> {
+        let at = Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap();
+        let event = PreparedEvent::new(Event::from_delivery(TriggerKind::Manual, payload, Default::default(), at));
+        let rendered = automation.render(RuleEngine::shared(), &event, &memory_value(&Default::default()), at)?;
+        Ok(rendered.task.unwrap().plan.expect("a plan"))
+    }
+
+    /// Which of the hosts these tests name the policy allows, in this order.
+    fn allowed(policy: &NetworkPolicy) -> Vec<&'static str> {
+        let hosts = ["docs.rs", "crates.io", "api.openai.com", "chatgpt.com", "api.anthropic.com"];
+        hosts.into_iter().filter(|host| policy.decide(host, 443, None).allowed).collect()
+    }
+
+    fn fan_out(items: &str) -> CompiledAutomation {
+        compiled(&format!("  fan_out:\n    items: {items:?}\n"))
+    }
+
+    fn items(items: &str, payload: serde_json::Value) -> Result<Vec<FanOutItem>, String> {
+        match render(&fan_out(items), payload) {
+            Ok(Plan::FanOut(plan)) => Ok(plan.items),
+            Ok(other) => panic!("{other:?}"),
+            Err(error) => {
+                assert_eq!(error.field, "task.fan_out.items", "{error}");
+                Err(error.cause)
+            }
+        }
+    }
+
+    #[test]
+    fn items_become_children_with_the_tasks_paths_and_repo_by_default() {
+        let script = r#"event.parts.map(|p| if p == "web" { #{prompt: "do " + p, paths: ["web/**"], repo: "/srv/git/web"} } else { #{prompt: "do " + p} })"#;
+        let found = items(script, json!({"parts": ["api", "web"]})).unwrap();
+        assert_eq!(
+            found,
+            [
+                FanOutItem { prompt: "do api".into(), paths: vec!["src/**".into()], repo: None },
+                FanOutItem { prompt: "do web".into(), paths: vec!["web/**".into()], repo: Some("/srv/git/web".into()) },
+            ]
+        );
+        // The task's own repository is no other repository.
+        let same = items(r#"[#{prompt: "x", repo: "/srv/git/api"}]"#, json!({})).unwrap();
+        assert_eq!(same[0].repo, None);
+        assert_eq!(items("[]", json!({})).unwrap(), []);
+    }
+
+    #[test]
+    fn more_items_than_max_children_is_a_render_error() {
+        let script = r#"let a = []; for i in 0..event.n { a.push(#{prompt: "p" + i}) } a"#;
+        let mut automation = fan_out(script);
+        assert!(render(&automation, json!({"n": 32})).is_ok());
+        let error = render(&automation, json!({"n": 33})).unwrap_err();
+        assert_eq!(error.cause, "the script returned 33 items; `parallel.max_children` in nightshift.yaml allows 32");
+        automation.set_parallel_limits(ParallelLimits { max_children: 2, ..ParallelLimits::default() });
+        assert!(render(&automation, json!({"n": 3})).unwrap_err().cause.contains("returned 3 items"));
+    }
+
+    #[test]
+    fn a_huge_list_is_stopped_by_the_engine_limits() {
+        let cause = items(r#"let a = []; for i in 0..1000000 { a.push(#{prompt: "p"}) } a"#, json!({})).unwrap_err();
+        assert!(cause.contains("exceeds its limit") || cause.contains("stopped"), "{cause}");
+        let forever = items("let a = []; loop { a.push(1); a.pop(); } a", json!({})).unwrap_err();
+        assert!(forever.contains("stopped"), "{forever}");
+    }
+
+    #[test]
+    fn a_bad_item_is_named_with_why() {
+        let cases = [
+            ("#{prompt: \"x\"}", "the script must return an array of maps `#{prompt, paths, repo}`, it returned a map"),
+            ("()", "the script must return an array of maps `#{prompt, paths, repo}`, it returned nothing (`()`)"),
+            ("[#{prompt: \"a\"}, #{prompt: 3}]", "item 2 (index 1) is invalid: `prompt` is a number (3), not a string"),
+            ("[\"do it\"]", "item 1 (index 0) is invalid: it is a string, not a map `#{prompt, paths, repo}`"),
+            ("[#{paths: [\"a\"]}]", "item 1 (index 0) is invalid: it has no `prompt`"),
+            ("[#{prompt: \"  \"}]", "item 1 (index 0) is invalid: `prompt` is empty"),
+            (
+                "[#{prompt: \"a\", paths: []}]",
+                "item 1 (index 0) is invalid: `paths` is empty; leave it out for the task's paths",
+            ),
+            (
+                "[#{prompt: \"a\", paths: \"src\"}]",
+                "item 1 (index 0) is invalid: `paths` is a string, not an array of globs",
+            ),
+            ("[#{prompt: \"a\", paths: [1]}]", "item 1 (index 0) is invalid: `paths` holds a number (1), not a string"),
+            (
+                "[#{prompt: \"a\", owner: \"me\"}]",
+                "item 1 (index 0) is invalid: unknown key `owner`; an item has `prompt`, `paths` and `repo`",
+            ),
+        ];
+        for (script, wanted) in cases {
+            assert_eq!(items(script, json!({})).unwrap_err(), wanted, "{script}");
+        }
+        let glob = items("[#{prompt: \"a\", paths: [\"src/[\"]}]", json!({})).unwrap_err();
+        assert!(glob.starts_with("item 1 (index 0) is invalid: `paths` has an invalid glob `src/[`"), "{glob}");
+        let repo = items("[#{prompt: \"a\", repo: \"-oProxyCommand=x\"}]", json!({})).unwrap_err();
+        assert!(repo.starts_with("item 1 (index 0) is invalid: `repo`:"), "{repo}");
+        assert!(repo.contains("not an allowed repository location"), "{repo}");
+    }
+
+    #[test]
+    fn a_script_error_is_a_render_error_of_items() {
+        assert!(items(r#"throw "no parts""#, json!({})).unwrap_err().contains("no parts"));
+        assert!(items("event.parts", json!({})).unwrap_err().contains("property `parts` not found"));
+    }
+
+    #[test]
+    fn an_item_prompt_is_held_to_max_prompt_bytes() {
+        let mut automation = fan_out(r#"let s = ""; for i in 0..100 { s += "x" } [#{prompt: s}]"#);
+        automation.set_max_prompt_bytes(50);
+        // The task's own prompt fits; the item's does not.
+        let error = render(&automation, json!({})).unwrap_err();
+        assert_eq!(
+            error.cause,
+            "item 1 (index 0) is invalid: `prompt` is 100 bytes, more than `max_prompt_bytes` in nightshift.yaml (50)"
+        );
+    }
+
+    #[test]
+    fn attempts_take_profiles_round_robin_with_each_profiles_network() {
+        let automation = compiled(
+            "  network: { agent: { allow: [{ domain: docs.rs }] } }\n  attempts:\n    count: 3\n    profiles: [codex, claude]\n    check: cargo test\n    judge: { profile: claude, prompt: \"pick for {{ event.who }}\" }\n",
+        );
+        let Plan::Attempts(plan) = render(&automation, json!({"who": "ann"})).unwrap() else { panic!() };
+        let profiles: Vec<&str> = plan.agents.iter().map(|a| a.agent.profile.as_str()).collect();
+        assert_eq!(profiles, ["codex", "claude", "codex"]);
+        let allowed = |agent: &RoleAgent| allowed(&agent.network.agent);
+        assert_eq!(allowed(&plan.agents[1]), ["docs.rs", "api.anthropic.com"]);
+        assert_eq!(allowed(&plan.agents[0]), ["docs.rs", "api.openai.com", "chatgpt.com"]);
+        // `{branch}` is the worker's to fill: each attempt has a branch of its own.
+        assert!(plan.agents[0].agent.argv.iter().all(|arg| !arg.contains("nightshift/")), "{:?}", plan.agents[0]);
+        assert_eq!(plan.check.as_deref(), Some("cargo test"));
+        let judge = plan.judge.unwrap();
+        assert_eq!((judge.agent.agent.profile.as_str(), judge.prompt.as_str()), ("claude", "pick for ann"));
+        assert_eq!(plan.on_no_winner, NoWinner::Fail);
+    }
+
+    #[test]
+    fn attempts_default_to_the_tasks_agent_and_the_judge_to_the_built_in_prompt() {
+        let automation = compiled("  attempts: { count: 2, judge: { profile: codex } }\n");
+        let Plan::Attempts(plan) = render(&automation, json!({})).unwrap() else { panic!() };
+        assert_eq!(plan.agents.iter().map(|a| a.agent.profile.as_str()).collect::<Vec<_>>(), ["codex", "codex"]);
+        assert_eq!(plan.judge.unwrap().prompt, DEFAULT_JUDGE_PROMPT);
+    }
+
+    #[test]
+    fn a_verifier_has_its_own_network_when_given_else_the_tasks() {
+        let task_network = "  network: { agent: { allow: [{ domain: docs.rs }] } }\n";
+        let own = compiled(&format!(
+            "{task_network}  verify:\n    profile: claude\n    checks: [make test]\n    max_rounds: 3\n    network: {{ agent: {{ allow: [{{ domain: crates.io }}] }} }}\n"
+        ));
+        let Plan::Verify(plan) = render(&own, json!({})).unwrap() else { panic!() };
+        assert_eq!(allowed(&plan.verifier.network.agent), ["crates.io", "api.anthropic.com"]);
+        assert_eq!((plan.max_rounds, plan.checks.as_slice()), (3, &["make test".to_string()][..]));
+        assert_eq!(plan.prompt, DEFAULT_VERIFY_PROMPT);
+        let inherited = compiled(&format!("{task_network}  verify: {{ profile: claude }}\n"));
+        let Plan::Verify(plan) = render(&inherited, json!({})).unwrap() else { panic!() };
+        assert_eq!(allowed(&plan.verifier.network.agent), ["docs.rs", "api.anthropic.com"]);
+        assert_eq!(plan.max_rounds, 2);
+    }
+
+    #[test]
+    fn unknown_profiles_and_bad_scripts_are_load_findings_at_their_field() {
+        let yaml = "name: probe\ntrigger: { manual: {} }\ntask:\n  agent: codex\n  repo: /r\n  prompt: p\n  attempts: { count: 2, profiles: [codex, cluade], judge: { profile: nobody } }\n";
+        let automation: Automation = serde_yaml::from_str(yaml).unwrap();
+        let findings = CompiledAutomation::compile(RuleEngine::shared(), &automation, &builtin_profiles()).unwrap_err();
+        let paths: Vec<String> = findings.iter().map(|f| format!("{}: {}", f.path, f.message)).collect();
+        assert_eq!(
+            paths,
+            [
+                "task.attempts.profiles[1]: unknown agent profile `cluade`",
+                "task.attempts.judge.profile: unknown agent profile `nobody`",
+            ]
+        );
+        let yaml = "name: probe\ntrigger: { manual: {} }\ntask:\n  agent: codex\n  repo: /r\n  prompt: p\n  fan_out: { items: '[#{prompt: }', join: { profile: nope } }\n";
+        let automation: Automation = serde_yaml::from_str(yaml).unwrap();
+        let findings = CompiledAutomation::compile(RuleEngine::shared(), &automation, &builtin_profiles()).unwrap_err();
+        let paths: Vec<String> = findings.iter().map(|f| f.path.to_string()).collect();
+        assert_eq!(paths, ["task.fan_out.items", "task.fan_out.join.profile"]);
+    }
+
+    #[test]
+    fn the_description_shows_each_part_of_the_plan() {
+        let automation = compiled("  attempts: { count: 2, profiles: [codex, claude], check: make }\n");
+        let text = describe_plan(&render(&automation, json!({})).unwrap());
+        assert_eq!(
+            text,
+            "plan: attempts (2), each picked by check, then smallest change\n  attempt 1: codex\n  attempt 2: claude\n  check: make\n  judge: (none: the smallest change wins)\n  no winner: the run fails"
+        );
+        let automation = fan_out(r#"[#{prompt: "one\ntwo", paths: ["a/**", "b/**"], repo: "/srv/git/b"}]"#);
+        let text = describe_plan(&render(&automation, json!({})).unwrap());
+        assert_eq!(
+            text,
+            "plan: fan_out, 1 children, at most 4 at once\n  child 1: \"one…\" (paths a/**, b/**, repo /srv/git/b)\n  join: (none)"
+        );
+    }
+}
