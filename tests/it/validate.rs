@@ -78,7 +78,7 @@ fn rhai_errors_point_at_the_line_inside_the_file() {
 fn a_clean_directory_has_no_diagnostics() {
     let (catalog, diagnostics) = load(&repo_root().join("automations"));
     assert!(diagnostics.is_empty(), "{diagnostics:#?}");
-    assert_eq!(catalog.automations.len(), 4);
+    assert_eq!(catalog.automations.len(), 5);
 }
 
 #[test]
