@@ -149,11 +149,7 @@ markers), make the parts work together, and commit. Keep each part's intent; cha
 more than needed.";
 
 impl TaskTemplate {
-    /// The name of the parallel shape the task has, if any (the first one written).
-    pub fn shape(&self) -> Option<&'static str> {
-        self.shapes().next()
-    }
-
+    /// The names of the parallel shapes the task has, in the order of the schema.
     fn shapes(&self) -> impl Iterator<Item = &'static str> {
         [(self.attempts.is_some(), "attempts"), (self.verify.is_some(), "verify"), (self.fan_out.is_some(), "fan_out")]
             .into_iter()
