@@ -7,12 +7,14 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::{Catalog, LoadedAutomation};
 use crate::config::{
-    Automation, GithubSettings, MessageExpectation, MessageKind, RequestSpec, SlackSettings, TestCase,
+    Automation, GithubSettings, MessageExpectation, MessageKind, PlanExpectation, PlanShape, RequestSpec,
+    SlackSettings, TestCase,
 };
 use crate::delivery::Kind;
 use crate::delivery::preview::{self, Preview};
 use crate::event::Event;
 use crate::netpolicy::NetworkPolicy;
+use crate::parallel::Plan;
 use crate::rules::{PreparedEvent, RuleEngine, memory_value};
 use crate::task::Rendered;
 use crate::triggers::alertmanager::{AlertGrouping, split_per_alert};
@@ -28,6 +30,8 @@ pub struct CaseResult {
     /// What the run would send to its `notify:` targets (`Preview::describe`), for
     /// `nightshift test --messages`.
     pub messages: Vec<String>,
+    /// The rendered parallel plan (`describe_plan`), for `nightshift test --plan`.
+    pub plans: Vec<String>,
 }
 
 impl CaseResult {
@@ -49,6 +53,7 @@ pub fn run_all(engine: &RuleEngine, catalog: &Catalog) -> Vec<CaseResult> {
                     name: case.name.clone().unwrap_or_else(|| case.event.clone()),
                     failures: checked.failures,
                     messages: checked.messages,
+                    plans: checked.plans,
                 }
             })
         })
@@ -98,11 +103,12 @@ type Settings<'a> = (&'a SlackSettings, &'a GithubSettings);
 struct Checked {
     failures: Vec<String>,
     messages: Vec<String>,
+    plans: Vec<String>,
 }
 
 impl Checked {
     fn failed(why: String) -> Checked {
-        Checked { failures: vec![why], messages: Vec::new() }
+        Checked { failures: vec![why], ..Checked::default() }
     }
 }
 
@@ -132,6 +138,7 @@ fn run_case(engine: &RuleEngine, loaded: &LoadedAutomation, case: &TestCase, set
         let found = check_event(engine, loaded, case, event, now, settings);
         checked.failures.extend(found.failures.into_iter().map(|failure| format!("{which}{failure}")));
         checked.messages.extend(found.messages.into_iter().map(|message| format!("{which}{message}")));
+        checked.plans.extend(found.plans.into_iter().map(|plan| format!("{which}{plan}")));
     }
     checked
 }
@@ -156,7 +163,8 @@ fn check_event(
         (Ok(rendered), None) => rendered,
     };
     let mut failures = compare(expect, &rendered);
-    let Some(task) = &rendered.task else { return Checked { failures, messages: Vec::new() } };
+    let Some(task) = &rendered.task else { return Checked { failures, ..Checked::default() } };
+    let plans = task.plan.iter().map(crate::rules::describe_plan).collect();
     let previews = preview::messages(task, case.result.as_ref(), slack, github, now);
     let mut messages: Vec<String> = previews.messages.iter().map(Preview::describe).collect();
     if !previews.result.placeholders.is_empty() && !previews.messages.is_empty() {
@@ -166,7 +174,7 @@ fn check_event(
     if let Some(expected) = &expect.notify {
         failures.extend(check_messages(expected, &previews.messages));
     }
-    Checked { failures, messages }
+    Checked { failures, messages, plans }
 }
 
 /// Matches each expected message, in order, to the first message not yet matched that
@@ -249,7 +257,8 @@ fn compare(expect: &crate::config::Expectation, rendered: &Rendered) -> Vec<Stri
         || expect.dedupe_key.is_some()
         || expect.concurrency_key.is_some()
         || expect.network.is_some()
-        || expect.notify.is_some();
+        || expect.notify.is_some()
+        || expect.plan.is_some();
     let (Some(task), Some(flow)) = (&rendered.task, &rendered.flow) else {
         if wants_task {
             failures.push(format!("nothing rendered to check: the event did not match ({})", rendered.reason));
@@ -290,7 +299,106 @@ fn compare(expect: &crate::config::Expectation, rendered: &Rendered) -> Vec<Stri
             failures.extend(requests.iter().filter_map(|request| check_request(phase, policy, request, should_allow)));
         }
     }
+    if let Some(expected) = &expect.plan {
+        failures.extend(check_plan(expected, task.plan.as_ref()));
+    }
     failures
+}
+
+/// Each way the rendered plan differs from `expect.plan`, as `expected X, got Y` lines.
+pub fn check_plan(expected: &PlanExpectation, plan: Option<&Plan>) -> Vec<String> {
+    let mut failures = Vec::new();
+    let shape = PlanShape::of(plan);
+    let mut differs = |field: &str, wanted: String, got: String| {
+        if wanted != got {
+            failures.push(format!("expected plan.{field} {wanted}, got {got}"));
+        }
+    };
+    if let Some(wanted) = expected.shape {
+        differs("shape", wanted.as_str().into(), shape.as_str().into());
+    }
+    let attempts = match plan {
+        Some(Plan::Attempts(attempts)) => Some(attempts),
+        _ => None,
+    };
+    let verify = match plan {
+        Some(Plan::Verify(verify)) => Some(verify),
+        _ => None,
+    };
+    let fan_out = match plan {
+        Some(Plan::FanOut(fan_out)) => Some(fan_out),
+        _ => None,
+    };
+    let not_a = |what: &str| format!("no {what} (the plan is {})", shape.as_str());
+    let shown = |value: Option<String>, what: &str| value.unwrap_or_else(|| not_a(what));
+    if let Some(wanted) = expected.attempts {
+        differs("attempts", wanted.to_string(), shown(attempts.map(|a| a.agents.len().to_string()), "attempts"));
+    }
+    if let Some(wanted) = &expected.profiles {
+        let got = attempts.map(|a| format!("{:?}", a.agents.iter().map(|r| &r.agent.profile).collect::<Vec<_>>()));
+        differs("profiles", format!("{wanted:?}"), shown(got, "attempts"));
+    }
+    if let Some(wanted) = &expected.check {
+        let got = attempts.map(|a| format!("{:?}", a.check.as_deref().unwrap_or_default()));
+        differs("check", format!("{wanted:?}"), shown(got, "attempts"));
+    }
+    if let Some(wanted) = &expected.judge {
+        let got = attempts
+            .map(|a| format!("{:?}", a.judge.as_ref().map(|j| j.agent.agent.profile.as_str()).unwrap_or_default()));
+        differs("judge", format!("{wanted:?}"), shown(got, "attempts"));
+    }
+    if let Some(wanted) = &expected.verifier {
+        let got = verify.map(|v| format!("{:?}", v.verifier.agent.profile));
+        differs("verifier", format!("{wanted:?}"), shown(got, "verifier"));
+    }
+    if let Some(wanted) = &expected.checks {
+        differs("checks", format!("{wanted:?}"), shown(verify.map(|v| format!("{:?}", v.checks)), "verifier"));
+    }
+    if let Some(wanted) = expected.max_rounds {
+        differs("max_rounds", wanted.to_string(), shown(verify.map(|v| v.max_rounds.to_string()), "verifier"));
+    }
+    if let Some(wanted) = expected.children {
+        differs("children", wanted.to_string(), shown(fan_out.map(|f| f.items.len().to_string()), "children"));
+    }
+    if let Some(wanted) = expected.max_concurrent {
+        let got = fan_out.map(|f| f.max_concurrent.to_string());
+        differs("max_concurrent", wanted.to_string(), shown(got, "children"));
+    }
+    if let Some(wanted) = expected.join {
+        differs("join", wanted.to_string(), shown(fan_out.map(|f| f.join.is_some().to_string()), "children"));
+    }
+    let items = fan_out.map_or(&[][..], |f| f.items.as_slice());
+    if let Some(wanted) = &expected.child_paths {
+        for (n, paths) in wanted.iter().enumerate() {
+            let got = items.get(n).map(|item| format!("{:?}", item.paths));
+            differs(
+                &format!("child_paths[{n}]"),
+                format!("{paths:?}"),
+                got.unwrap_or_else(|| no_child(n, items.len())),
+            );
+        }
+    }
+    if let Some(wanted) = &expected.child_prompts_contain {
+        for (n, text) in wanted.iter().enumerate() {
+            match items.get(n) {
+                Some(item) if item.prompt.contains(text.as_str()) => {}
+                Some(item) => failures.push(format!(
+                    "expected child {}'s prompt to contain {text:?}, it is {:?}",
+                    n + 1,
+                    item.prompt
+                )),
+                None => failures.push(format!(
+                    "expected plan.child_prompts_contain[{n}] {text:?}, got {}",
+                    no_child(n, items.len())
+                )),
+            }
+        }
+    }
+    failures
+}
+
+fn no_child(index: usize, children: usize) -> String {
+    format!("no child {} (there are {children})", index + 1)
 }
 
 fn check_request(phase: &str, policy: &NetworkPolicy, request: &str, should_allow: bool) -> Option<String> {

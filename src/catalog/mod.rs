@@ -14,6 +14,7 @@ use crate::config::{
     AgentProfile, Automation, Code, Diagnostic, FieldPath, Finding, GithubSettings, NotifySettings, Retention,
     SlackSettings,
 };
+use crate::parallel::ParallelLimits;
 use crate::rules::{CompiledAutomation, RuleEngine};
 
 /// The project settings file looked for in the working directory.
@@ -38,6 +39,8 @@ pub struct Catalog {
     pub slack: SlackSettings,
     pub github: GithubSettings,
     pub notify: NotifySettings,
+    /// `parallel:` from `nightshift.yaml`: the ceilings of parallel work.
+    pub parallel: ParallelLimits,
     /// Problems that do not stop loading, such as a notify token that cannot be read,
     /// as `file:line:col: warning: ...` lines.
     pub warnings: Vec<String>,
@@ -69,8 +72,10 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
     let mut retention = Retention::default();
     let mut max_prompt_bytes = crate::config::DEFAULT_MAX_PROMPT_BYTES;
     let (mut slack, mut github, mut notify) = Default::default();
+    let mut parallel = ParallelLimits::default();
     match load_project(project) {
         Ok(config) => {
+            parallel = config.parallel;
             profiles.extend(config.profiles);
             retention = config.retention;
             max_prompt_bytes = config.max_prompt_bytes;
@@ -81,7 +86,7 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
     let (files, problems) = discover(paths);
     diagnostics.extend(problems);
 
-    let results = load_files(engine, &files, &profiles);
+    let results = load_files(engine, &files, &profiles, &parallel);
     let mut first_use: HashMap<&str, &SourceFile> = HashMap::new();
     let mut duplicates = HashSet::new();
     for (index, (file, (automation, _, _))) in results.iter().enumerate() {
@@ -113,6 +118,7 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
         let Some(mut compiled) = compiled else { continue };
         compiled.set_max_prompt_bytes(max_prompt_bytes);
         compiled.set_notify_settings(slack.clone(), github.clone());
+        compiled.set_parallel_limits(parallel);
         let found = crate::config::notify::token_warnings(&compiled.definition, &slack, &github);
         warnings.extend(
             file.locate(found)
@@ -124,7 +130,7 @@ pub fn load(engine: &RuleEngine, paths: &[PathBuf], project: Option<&Path>) -> (
         }
     }
     diagnostics.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
-    (Catalog { automations, profiles, retention, slack, github, notify, warnings }, diagnostics)
+    (Catalog { automations, profiles, retention, slack, github, notify, parallel, warnings }, diagnostics)
 }
 
 /// Webhook-style triggers are served at `/hooks/{name}`: the webhook's `path`, else the
@@ -166,15 +172,19 @@ fn load_files(
     engine: &RuleEngine,
     files: &[PathBuf],
     profiles: &BTreeMap<String, AgentProfile>,
+    parallel: &ParallelLimits,
 ) -> Vec<(SourceFile, FileResult)> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
     let chunk = files.len().div_ceil(threads).max(1);
     let load_guarded = |path: &PathBuf| {
-        std::panic::catch_unwind(AssertUnwindSafe(|| load_file(engine, path, profiles))).unwrap_or_else(|_| {
-            let file = SourceFile { path: path.clone(), text: String::new() };
-            let problem = io_diagnostic(path, "internal error while loading this file; please report it with the file");
-            (file, (None, None, vec![problem]))
-        })
+        std::panic::catch_unwind(AssertUnwindSafe(|| load_file(engine, path, profiles, parallel))).unwrap_or_else(
+            |_| {
+                let file = SourceFile { path: path.clone(), text: String::new() };
+                let problem =
+                    io_diagnostic(path, "internal error while loading this file; please report it with the file");
+                (file, (None, None, vec![problem]))
+            },
+        )
     };
     std::thread::scope(|scope| {
         let workers: Vec<_> = files
@@ -185,7 +195,12 @@ fn load_files(
     })
 }
 
-fn load_file(engine: &RuleEngine, path: &Path, profiles: &BTreeMap<String, AgentProfile>) -> (SourceFile, FileResult) {
+fn load_file(
+    engine: &RuleEngine,
+    path: &Path,
+    profiles: &BTreeMap<String, AgentProfile>,
+    parallel: &ParallelLimits,
+) -> (SourceFile, FileResult) {
     let file = match SourceFile::read(path) {
         Ok(file) => file,
         Err(problem) => {
@@ -209,6 +224,7 @@ fn load_file(engine: &RuleEngine, path: &Path, profiles: &BTreeMap<String, Agent
         Err(problems) => return (file, (None, None, problems)),
     };
     let mut findings = check_automation(&automation, path);
+    crate::config::parallel::check(&automation.task, parallel, &FieldPath::root().key("task"), &mut findings);
     let compiled = match CompiledAutomation::compile(engine, &automation, profiles) {
         Ok(compiled) => Some(compiled),
         Err(problems) => {

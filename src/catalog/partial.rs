@@ -81,6 +81,23 @@ pub fn check_parts(
     if let Some(agent) = text(&task.key("agent")) {
         record(find_profile(profiles, task.key("agent"), &agent).map(drop));
     }
+    // The parallel shape's profiles and `items` script (docs/parallel.md).
+    let mut role_profiles = vec![
+        task.key("attempts").key("judge").key("profile"),
+        task.key("verify").key("profile"),
+        task.key("fan_out").key("join").key("profile"),
+    ];
+    let attempt_profiles = task.key("attempts").key("profiles");
+    role_profiles.extend((0..parts.len(&attempt_profiles)).map(|i| attempt_profiles.index(i)));
+    for at in role_profiles {
+        if let Some(name) = text(&at) {
+            record(find_profile(profiles, at, &name).map(drop));
+        }
+    }
+    let items = task.key("fan_out").key("items");
+    if let Some(script) = text(&items) {
+        record(compile_script(engine, items, &script, false).map(drop));
+    }
     if let Some(script) = text(&root.key("memory").key("after_run")) {
         record(compile_script(engine, root.key("memory").key("after_run"), &script, true).map(drop));
     }

@@ -1,6 +1,7 @@
 //! `nightshift render`: apply one automation to an event fixture and print the result
 //! (one per alert for an Alertmanager trigger with `per: alert`), with the messages its
-//! run would send to its `notify:` targets (`delivery::preview`).
+//! run would send to its `notify:` targets (`delivery::preview`), or with `--plan` its
+//! parallel plan, readably.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use super::fixture::{FixtureArgs, find_automation};
 use super::{Sources, load_catalog};
 use crate::config::TestResult;
 use crate::delivery::preview;
-use crate::rules::{PreparedEvent, RuleEngine, memory_value};
+use crate::rules::{PreparedEvent, RuleEngine, describe_plan, memory_value};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,6 +35,10 @@ pub struct Args {
     /// The time of the render (RFC 3339). Default: now.
     #[arg(long, value_name = "TIME")]
     now: Option<DateTime<Utc>>,
+    /// Print the parallel plan (attempts, verification, children) readably instead of the
+    /// JSON, where the plan is `task.plan`.
+    #[arg(long)]
+    plan: bool,
     #[command(flatten)]
     sources: Sources,
 }
@@ -58,9 +63,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let now = args.now.unwrap_or_else(Utc::now);
     let mut renders = Vec::new();
+    let mut plans = Vec::new();
     for event in args.fixture.events_for(loaded, now)? {
         let prepared = PreparedEvent::new(event);
         let rendered = loaded.compiled.render(RuleEngine::shared(), &prepared, &memory_value(&memory), now)?;
+        plans.push(match &rendered.task {
+            Some(task) => task.plan.as_ref().map_or_else(|| "plan: none (a single run)".to_string(), describe_plan),
+            None => format!("plan: none (the event does not match: {})", rendered.reason),
+        });
         let mut shown = serde_json::to_value(&rendered)?;
         if let (Some(task), Some(object)) = (&rendered.task, shown.as_object_mut()) {
             let previews = preview::messages(task, result.as_ref(), &catalog.slack, &catalog.github, now);
@@ -68,6 +78,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             object.insert("result".into(), serde_json::to_value(&previews.result)?);
         }
         renders.push(shown);
+    }
+    if args.plan {
+        println!("{}", plans.join("\n"));
+        return Ok(ExitCode::SUCCESS);
     }
     // One event renders as one object; a notification split per alert as a list.
     match renders.as_slice() {

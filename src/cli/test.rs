@@ -14,6 +14,9 @@ pub struct Args {
     /// Print what each case's run would send to its `notify:` targets.
     #[arg(long)]
     messages: bool,
+    /// Print each case's parallel plan (attempts, verification, children).
+    #[arg(long)]
+    plan: bool,
     #[command(flatten)]
     sources: Sources,
 }
@@ -31,6 +34,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.messages {
             for message in &result.messages {
                 println!("{}", indented(message, "     = "));
+            }
+        }
+        if args.plan {
+            for plan in &result.plans {
+                println!("{}", indented(plan, "     = "));
             }
         }
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::parallel::{AttemptsConfig, FanOutConfig, VerifyConfig};
 use super::{DurationSpec, SecretRef};
 use crate::netpolicy::{Method, NetworkConfig};
 use crate::sandbox::limits::LimitsConfig;
@@ -166,6 +167,17 @@ pub struct TaskTemplate {
     /// takes the worker's default (see docs/sandbox.md).
     #[serde(default, skip_serializing_if = "LimitsConfig::is_empty")]
     pub limits: LimitsConfig,
+    /// Best-of-N: several attempts at the task at once, one of them picked
+    /// (docs/parallel.md). A task has at most one of `attempts`, `verify` and `fan_out`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<AttemptsConfig>,
+    /// A verifier checks each author round; on `fail` the author tries again with its
+    /// findings (docs/parallel.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyConfig>,
+    /// Sub-tasks from a script, run at once, then an optional join (docs/parallel.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<FanOutConfig>,
 }
 
 fn default_base() -> String {
@@ -516,6 +528,85 @@ pub struct Expectation {
     /// must be matched by an entry: `[]` says nothing is sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Vec<MessageExpectation>>,
+    /// The parallel plan the render must give (docs/parallel.md); only the fields given
+    /// are checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanExpectation>,
+}
+
+/// What a test expects of the rendered plan; only the fields given are checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanExpectation {
+    /// `attempts`, `verify`, `fan_out`, or `none` (the task has no plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<PlanShape>,
+    /// How many attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Each attempt's profile, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<Vec<String>>,
+    /// The attempts' check command (`""`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// The judge's profile (`""`: no judge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<String>,
+    /// The verifier's profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<String>,
+    /// The verifier's check commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Vec<String>>,
+    /// The most author rounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rounds: Option<u32>,
+    /// How many fan-out children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<u32>,
+    /// Each child's `paths`, in order (as many children as given are checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_paths: Option<Vec<Vec<String>>>,
+    /// Text each child's prompt must contain, in order (as many children as given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_prompts_contain: Option<Vec<String>>,
+    /// The most children running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Whether the fan-out has a join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<bool>,
+}
+
+/// The shape of a rendered plan, as a test names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanShape {
+    None,
+    Attempts,
+    Verify,
+    FanOut,
+}
+
+impl PlanShape {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanShape::None => "none",
+            PlanShape::Attempts => "attempts",
+            PlanShape::Verify => "verify",
+            PlanShape::FanOut => "fan_out",
+        }
+    }
+
+    pub fn of(plan: Option<&crate::parallel::Plan>) -> PlanShape {
+        match plan {
+            None => PlanShape::None,
+            Some(crate::parallel::Plan::Attempts(_)) => PlanShape::Attempts,
+            Some(crate::parallel::Plan::Verify(_)) => PlanShape::Verify,
+            Some(crate::parallel::Plan::FanOut(_)) => PlanShape::FanOut,
+        }
+    }
 }
 
 /// One message a test expects: to a target of kind `target`, at the run's `start` or

@@ -6,6 +6,7 @@ mod diagnostic;
 mod duration;
 pub mod load;
 pub mod notify;
+pub mod parallel;
 pub mod profiles;
 pub mod schema;
 mod secret;
@@ -15,6 +16,7 @@ pub use automation::*;
 pub use diagnostic::{Code, Diagnostic, FieldPath, Finding, InnerPosition, Segment, did_you_mean};
 pub use duration::DurationSpec;
 pub use notify::{GithubSettings, NotifySettings, SlackSettings};
+pub use parallel::{AttemptsConfig, FanOutConfig, JoinConfig, JudgeConfig, VerifyConfig};
 pub use profiles::{
     AgentProfile, DEFAULT_MAX_PROMPT_BYTES, OutputFormat, ProfilePath, ProfileSandbox, ProjectConfig, Retention,
 };

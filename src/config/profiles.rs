@@ -33,6 +33,10 @@ pub struct ProjectConfig {
     /// How `notify:` targets are sent.
     #[serde(default)]
     pub notify: super::NotifySettings,
+    /// Ceilings of parallel work (docs/parallel.md) that no automation or event can
+    /// raise: the most attempts, children and verification rounds of one run.
+    #[serde(default)]
+    pub parallel: crate::parallel::ParallelLimits,
 }
 
 impl Default for ProjectConfig {
@@ -44,6 +48,7 @@ impl Default for ProjectConfig {
             slack: super::SlackSettings::default(),
             github: super::GithubSettings::default(),
             notify: super::NotifySettings::default(),
+            parallel: crate::parallel::ParallelLimits::default(),
         }
     }
 }

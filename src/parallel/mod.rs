@@ -118,7 +118,7 @@ pub struct JudgePlan {
 }
 
 /// What a best-of-N does when no attempt is left to pick.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoWinner {
     /// The parent fails, every attempt's reason recorded.
@@ -169,7 +169,8 @@ pub struct JoinPlan {
     pub prompt: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// When a fan-out's join runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JoinWhen {
     /// Every child succeeded; a failed child fails the parent without a join.

@@ -9,12 +9,14 @@ use rhai::{AST, Dynamic, Map, Scope};
 use super::engine::{EvalError, RuleEngine};
 use super::git_ref::{check_branch_name, check_repo_location};
 use super::memory::{MemoryEdits, MemoryView, MemoryWriter};
+use super::plan::{CompiledPlan, PlanContext};
 use super::template::{Template, TemplateError};
 use super::value::{to_dynamic, to_json};
 use crate::config::{AgentProfile, Automation, Code, FieldPath, Finding, GithubSettings, InnerPosition, SlackSettings};
 use crate::delivery::Target;
 use crate::event::Event;
 use crate::netpolicy::{AllowRule, AllowRuleConfig, NetworkPolicy, PhasePolicyConfig, RuleOrigin};
+use crate::parallel::ParallelLimits;
 use crate::task::{AgentCommand, Flow, PhasePolicies, Rendered, Task};
 use crate::triggers::TriggerKind;
 
@@ -60,7 +62,7 @@ pub struct RenderError {
 }
 
 #[derive(Debug, Clone)]
-struct CompiledPhase {
+pub(super) struct CompiledPhase {
     static_policy: NetworkPolicy,
     script: Option<AST>,
     /// What the script may allow at most.
@@ -96,6 +98,10 @@ pub struct CompiledAutomation {
     automation_value: Dynamic,
     /// Whether any rule names `history`; if none does, ingest need not read it.
     reads_history: bool,
+    /// `task.attempts`, `task.verify` or `task.fan_out`, when the task has one.
+    plan: Option<CompiledPlan>,
+    /// nightshift.yaml's `parallel:`: what a rendered plan may hold at most.
+    parallel_limits: ParallelLimits,
 }
 
 /// Variables rules may use.
@@ -211,6 +217,12 @@ fn rule_texts(automation: &Automation) -> impl Iterator<Item = &str> {
         task.network.setup.script.as_deref(),
         task.network.agent.script.as_deref(),
         automation.memory.after_run.as_deref(),
+        task.fan_out.as_ref().map(|f| f.items.as_str()),
+        task.fan_out.as_ref().and_then(|f| f.join.as_ref()?.prompt.as_deref()),
+        task.attempts.as_ref().and_then(|a| a.judge.as_ref()?.prompt.as_deref()),
+        task.verify.as_ref().and_then(|v| v.prompt.as_deref()),
+        task.verify.as_ref().and_then(|v| v.network.as_ref()?.setup.script.as_deref()),
+        task.verify.as_ref().and_then(|v| v.network.as_ref()?.agent.script.as_deref()),
     ];
     fixed.into_iter().chain(optional.into_iter().flatten())
 }
@@ -238,6 +250,12 @@ impl CompiledAutomation {
     /// use (default: `env:SLACK_BOT_TOKEN`, `env:GITHUB_TOKEN`).
     pub fn set_notify_settings(&mut self, slack: SlackSettings, github: GithubSettings) {
         (self.slack, self.github) = (slack, github);
+    }
+
+    /// Sets nightshift.yaml's `parallel:` limits, which bound a rendered plan (default
+    /// `ParallelLimits::default()`).
+    pub fn set_parallel_limits(&mut self, limits: ParallelLimits) {
+        self.parallel_limits = limits;
     }
 
     /// Compiles everything in `automation`, reporting every problem found.
@@ -309,6 +327,8 @@ impl CompiledAutomation {
             .into_iter()
             .collect();
 
+        let plan = CompiledPlan::compile(engine, task, profiles, &task_path, findings);
+
         let automation_map: Map = [
             ("name".into(), automation.name.clone().into()),
             ("description".into(), automation.description.clone().into()),
@@ -337,6 +357,8 @@ impl CompiledAutomation {
                 github: GithubSettings::default(),
                 automation_value: Dynamic::from_map(automation_map),
                 reads_history: rule_texts(automation).any(|text| names_variable(text, "history")),
+                plan: plan?,
+                parallel_limits: ParallelLimits::default(),
             })
         })();
         match compiled {
@@ -491,8 +513,24 @@ impl CompiledAutomation {
         let repo = self.repo.render(engine, &mut scope).map_err(fail("task.repo"))?;
         check_repo_location(&repo).map_err(EvalError).map_err(fail("task.repo"))?;
         let setup_policy = self.setup_policy.render(engine, &mut scope).map_err(fail("task.network.setup.script"))?;
-        let mut agent_policy =
+        let task_agent_policy =
             self.agent_policy.render(engine, &mut scope).map_err(fail("task.network.agent.script"))?;
+        let plan = match &self.plan {
+            Some(plan) => {
+                let context = PlanContext {
+                    base: &base,
+                    repo: &repo,
+                    task,
+                    setup_policy: &setup_policy,
+                    agent_policy: &task_agent_policy,
+                    max_prompt_bytes: self.max_prompt_bytes,
+                    limits: self.parallel_limits,
+                };
+                Some(plan.render(engine, &mut scope, &context).map_err(|(field, e)| fail(&field)(e))?)
+            }
+            None => None,
+        };
+        let mut agent_policy = task_agent_policy;
         let profile_origin = RuleOrigin::Profile(task.agent.clone());
         // Checked at load (`AgentProfile::check`): a rule that does not expand is skipped.
         agent_policy.allow.extend(
@@ -507,15 +545,7 @@ impl CompiledAutomation {
         // `{prompt}` stays for the worker to fill with `{workspace}` and the rest: the prompt
         // is stored once, in `prompt`, not again in every argv.
         let fill = [("branch", branch.as_str()), ("base", base.as_str())];
-        let agent = AgentCommand {
-            profile: task.agent.clone(),
-            argv: AgentProfile::fill(&self.profile.command, &fill),
-            plan_argv: self.profile.plan_command.as_ref().map(|argv| AgentProfile::fill(argv, &fill)),
-            env: self.profile.env.clone(),
-            output: self.profile.output,
-            paths: self.profile.sandbox.paths.clone(),
-            pass_env: self.profile.sandbox.env.clone(),
-        };
+        let agent = agent_command(&task.agent, &self.profile, &fill);
         let flow = Flow {
             dedupe_key,
             dedupe_window: self.definition.dedupe.as_ref().map(|d| d.window),
@@ -553,7 +583,7 @@ impl CompiledAutomation {
                 limits: task.limits,
                 notify,
                 follows: None,
-                plan: None,
+                plan,
                 staging: Default::default(),
             }),
             flow: Some(flow),
@@ -666,7 +696,20 @@ fn render_optional(
     template.map(|t| t.render(engine, scope)).transpose()
 }
 
-fn compile_phase(
+/// How to start the agent of profile `name`, with the placeholders `fill` names filled in.
+pub(super) fn agent_command(name: &str, profile: &AgentProfile, fill: &[(&str, &str)]) -> AgentCommand {
+    AgentCommand {
+        profile: name.to_string(),
+        argv: AgentProfile::fill(&profile.command, fill),
+        plan_argv: profile.plan_command.as_ref().map(|argv| AgentProfile::fill(argv, fill)),
+        env: profile.env.clone(),
+        output: profile.output,
+        paths: profile.sandbox.paths.clone(),
+        pass_env: profile.sandbox.env.clone(),
+    }
+}
+
+pub(super) fn compile_phase(
     engine: &RuleEngine,
     config: &PhasePolicyConfig,
     path: &FieldPath,
@@ -713,7 +756,7 @@ pub fn check_script_ceiling(config: &PhasePolicyConfig, path: &FieldPath) -> Opt
 impl CompiledPhase {
     /// The static rules plus what the script returns, each validated like a static rule
     /// and required to fall within `script_may_allow`.
-    fn render(&self, engine: &RuleEngine, scope: &mut Scope<'_>) -> Result<NetworkPolicy, EvalError> {
+    pub(super) fn render(&self, engine: &RuleEngine, scope: &mut Scope<'_>) -> Result<NetworkPolicy, EvalError> {
         let mut policy = self.static_policy.clone();
         let Some(script) = &self.script else { return Ok(policy) };
         let before = scope.len();

@@ -6,6 +6,7 @@ mod engine;
 mod git_ref;
 pub mod helpers;
 mod memory;
+mod plan;
 mod template;
 pub mod value;
 
@@ -16,4 +17,5 @@ pub use compiled::{
 pub use engine::{EvalError, Limits, RuleEngine};
 pub use git_ref::{check_branch_name, check_repo_location};
 pub use memory::{MAX_KEY_LEN, MemoryEdits, MemoryView, MemoryWriter, key_problem, memory_value};
+pub use plan::describe_plan;
 pub use template::{Template, TemplateError};

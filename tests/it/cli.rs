@@ -16,7 +16,7 @@ fn text(bytes: &[u8]) -> String {
 fn validate_accepts_the_examples() {
     let out = nightshift(&["validate"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("4 automations OK"));
+    assert!(text(&out.stderr).contains("5 automations OK"));
 }
 
 #[test]
@@ -36,7 +36,7 @@ fn test_runs_every_case_and_counts() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("ok   p1-incident-investigation › a P1 incident starts an investigation"), "{stdout}");
-    assert!(stdout.trim_end().ends_with("13 passed, 0 failed"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("15 passed, 0 failed"), "{stdout}");
 }
 
 #[test]
@@ -316,4 +316,93 @@ notify:
     assert_eq!(pull["text"], "not sent: the branch was not pushed (task.push is false or the push failed)");
     assert!(pull.get("request").is_none() && pull.get("body").is_none(), "{pull:#}");
     assert!(rendered["messages"][1]["text"].as_str().unwrap().contains("**Reason:** tests failed"), "{rendered:#}");
+}
+
+#[test]
+fn render_shows_a_fan_out_plan_readably_and_in_the_json() {
+    let args = [
+        "render",
+        "parallel-module-audit",
+        "--event",
+        "tests/data/manual/modules.json",
+        "--now",
+        "2026-11-23T06:00:00Z",
+    ];
+    let out = nightshift(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rendered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = &rendered["task"]["plan"];
+    assert_eq!(plan["shape"], "fan_out");
+    assert_eq!(plan["max_concurrent"], 2);
+    assert_eq!(plan["items"][1]["paths"], serde_json::json!(["src/rules/**"]));
+    assert_eq!(plan["join"]["when"], "all_ended");
+    assert_eq!(plan["join"]["agent"]["agent"]["profile"], "local-audit");
+
+    let out = nightshift(&[&args[..], &["--plan"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.starts_with("plan: fan_out, 3 children, at most 2 at once\n"), "{shown}");
+    assert!(shown.contains("  child 3: \"Audit src/store/ for unwrap()"), "{shown}");
+    assert!(shown.contains("(paths src/store/**)"), "{shown}");
+    assert!(shown.contains("  join, when all ended: local-audit: \"Each module's audit"), "{shown}");
+}
+
+#[test]
+fn test_asserts_a_plan_and_a_failure_says_what_differed() {
+    let automation = r#"name: best
+trigger: { manual: {} }
+task:
+  agent: codex
+  repo: /r
+  prompt: fix it
+  attempts: { count: 3, profiles: [codex, claude], check: cargo test }
+tests:
+  - name: right
+    event: e.json
+    expect: { plan: { shape: attempts, attempts: 3, profiles: [codex, claude, codex], check: cargo test, judge: "" } }
+  - name: wrong
+    event: e.json
+    expect: { plan: { attempts: 2, profiles: [claude], judge: codex, children: 1, child_prompts_contain: [x] } }
+"#;
+    let dir = temp_dir_with(&[("a/best.yaml", automation), ("a/e.json", "{}")]);
+    let out = nightshift(&["test", "--plan", dir.path().join("a").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("ok   best › right\n     = plan: attempts (3)"), "{stdout}");
+    assert!(stdout.contains("       attempt 2: claude\n"), "{stdout}");
+    assert!(stdout.contains("FAIL best › wrong"), "{stdout}");
+    for wanted in [
+        "expected plan.attempts 2, got 3",
+        r#"expected plan.profiles ["claude"], got ["codex", "claude", "codex"]"#,
+        r#"expected plan.judge "codex", got """#,
+        "expected plan.children 1, got no children (the plan is attempts)",
+        r#"expected plan.child_prompts_contain[0] "x", got no child 1 (there are 0)"#,
+    ] {
+        assert!(stdout.contains(wanted), "{wanted}\n{stdout}");
+    }
+    assert!(stdout.trim_end().ends_with("1 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn parallel_limits_of_nightshift_yaml_bound_what_an_automation_may_ask_at_file_line_col() {
+    let automation = "name: many\ntrigger: { manual: {} }\ntask:\n  agent: codex\n  repo: /r\n  prompt: p\n  attempts:\n    count: 3\n    profiles: [codex, nobody]\n";
+    let dir = temp_dir_with(&[("a/many.yaml", automation), ("nightshift.yaml", "parallel: { max_attempts: 2 }\n")]);
+    let config = dir.path().join("nightshift.yaml");
+    let out = nightshift(&["validate", "--config", config.to_str().unwrap(), dir.path().join("a").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "many.yaml:8:12: error[invalid-value]: `count` is 3, more than `parallel.max_attempts` (2) allows"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("many.yaml:9:23: error[unknown-profile]: unknown agent profile `nobody`"), "{stderr}");
+    // Within the default limit of 4 it loads.
+    let out = nightshift(&["validate", dir.path().join("a").to_str().unwrap()]);
+    assert!(
+        text(&out.stderr).contains("`nobody`") && !text(&out.stderr).contains("max_attempts"),
+        "{}",
+        text(&out.stderr)
+    );
 }

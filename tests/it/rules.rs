@@ -421,3 +421,23 @@ notify:
     assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
     assert!(diagnostics[0].message.contains("repo `acme` is not `owner/name`"), "{}", diagnostics[0]);
 }
+
+#[test]
+fn max_children_from_nightshift_yaml_bounds_what_a_fan_out_script_returns() {
+    let yaml = "name: fan\ntrigger: { manual: {} }\ntask:\n  agent: codex\n  repo: /srv/git/api\n  prompt: p\n  fan_out: { items: 'event.parts.map(|p| #{prompt: p})' }\n";
+    let dir = temp_dir_with(&[("a/fan.yaml", yaml), ("nightshift.yaml", "parallel: { max_children: 2 }\n")]);
+    let (catalog, diagnostics) = nightshift::catalog::load(
+        RuleEngine::shared(),
+        &[dir.path().join("a")],
+        Some(&dir.path().join("nightshift.yaml")),
+    );
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    assert_eq!(catalog.parallel.max_children, 2);
+    let loaded = catalog.get("fan").unwrap();
+    let two = render(loaded, json!({"parts": ["a", "b"]})).unwrap();
+    let Some(nightshift::parallel::Plan::FanOut(plan)) = two.task.unwrap().plan else { panic!("no fan-out plan") };
+    assert_eq!(plan.items.len(), 2);
+    let error = render(loaded, json!({"parts": ["a", "b", "c"]})).unwrap_err();
+    assert_eq!(error.field, "task.fan_out.items");
+    assert_eq!(error.cause, "the script returned 3 items; `parallel.max_children` in nightshift.yaml allows 2");
+}

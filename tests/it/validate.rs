@@ -78,7 +78,7 @@ fn rhai_errors_point_at_the_line_inside_the_file() {
 fn a_clean_directory_has_no_diagnostics() {
     let (catalog, diagnostics) = load(&repo_root().join("automations"));
     assert!(diagnostics.is_empty(), "{diagnostics:#?}");
-    assert_eq!(catalog.automations.len(), 4);
+    assert_eq!(catalog.automations.len(), 5);
 }
 
 #[test]
@@ -238,4 +238,41 @@ follow_up:
     let text: Vec<String> =
         diagnostics.iter().map(|d| d.to_string().replace(&format!("{}/", dir.path().display()), "")).collect();
     assert!(text.join("\n").contains("thread.yaml:5:10"), "queue below 1: {text:?}");
+}
+
+#[test]
+fn parallel_shapes_are_checked_at_their_lines_even_when_the_structure_is_broken() {
+    // `promt` breaks the structure; the verifier's profile and the items script are
+    // still checked where they are written.
+    let broken = "name: broken\ntrigger: { manual: {} }\ntask:\n  agent: codex\n  repo: /r\n  promt: p\n  verify: { profile: cluade }\n";
+    let items = "name: items\ntrigger: { manual: {} }\ntask:\n  agent: codex\n  repo: /r\n  prompt: p\n  fan_out:\n    items: \"[#{prompt: }]\"\n    join: { profile: nobody }\n";
+    let two = "name: two\ntrigger: { manual: {} }\ntask:\n  agent: codex\n  repo: /r\n  prompt: p\n  attempts: { count: 0 }\n  fan_out: { items: \"[]\", max_concurrent: 0 }\n";
+    let dir = temp_dir_with(&[("broken.yaml", broken), ("items.yaml", items), ("two.yaml", two)]);
+    let (catalog, diagnostics) = load(dir.path());
+    assert!(catalog.automations.is_empty());
+    let found: Vec<String> = diagnostics
+        .iter()
+        .map(|d| {
+            format!("{}:{}:{} {} {}", d.file.file_name().unwrap().to_string_lossy(), d.line, d.col, d.code, d.message)
+        })
+        .collect();
+    let has = |wanted: &str| found.iter().any(|line| line.starts_with(wanted));
+    assert!(has("broken.yaml:7:22 unknown-profile unknown agent profile `cluade`"), "{found:#?}");
+    assert!(has("items.yaml:8:"), "{found:#?}");
+    assert!(found.iter().any(|l| l.starts_with("items.yaml:8:") && l.contains("rhai-syntax")), "{found:#?}");
+    assert!(has("items.yaml:9:22 unknown-profile unknown agent profile `nobody`"), "{found:#?}");
+    // Zero counts break the schema (`minimum`), at their own lines.
+    assert!(found.iter().any(|l| l.starts_with("two.yaml:7:") && l.contains("count")), "{found:#?}");
+    assert!(found.iter().any(|l| l.starts_with("two.yaml:8:") && l.contains("max_concurrent")), "{found:#?}");
+}
+
+#[test]
+fn parallel_limits_in_nightshift_yaml_are_checked_like_its_other_fields() {
+    let dir = temp_dir_with(&[("automations/.keep", ""), ("typo.yaml", "parallel: { max_atempts: 2 }\n")]);
+    let engine = nightshift::rules::RuleEngine::shared();
+    let (_, problems) =
+        nightshift::catalog::load(engine, &[dir.path().join("automations")], Some(&dir.path().join("typo.yaml")));
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(problems[0].message.contains("max_atempts"), "{problems:#?}");
+    assert_eq!((problems[0].line, problems[0].col), (1, 13), "{problems:#?}");
 }
