@@ -5,6 +5,7 @@
 //! cargo build --release --example worker_bench
 //! target/release/examples/worker_bench start [RUNS=20] [CLONES=5]
 //! target/release/examples/worker_bench concurrent [RUNS=32]
+//! target/release/examples/worker_bench fanout [CHILDREN=32] [ROUNDS=3] [push|no-push]
 //! ```
 //! - `start`: from a claim granted to the agent process started (it writes the time first
 //!   thing), on a repository of 10,000 files, one run at a time with a warm mirror that is fetched again for every run,
@@ -17,6 +18,14 @@
 //!   short shell command. The engine's overhead per run is the time from claim to
 //!   completion recorded, minus the agent's own time (from its first to its last
 //!   instruction); also the whole batch's time divided by RUNS.
+//! - `fanout`: issue 17's goal, side by side in each of ROUNDS rounds: CHILDREN plain runs
+//!   at once (as `concurrent`), then one run whose `fan_out` makes CHILDREN children with
+//!   disjoint `paths` and a join, on a pool of CHILDREN threads. Every agent writes a file
+//!   in its module and commits. A plain run delivers its commit by pushing its branch
+//!   (`push`, the default; `no-push` leaves it in the workspace), a child by holding it
+//!   in the worker's mirror for the join. Prints the engine's overhead per run for both (claim to
+//!   completion recorded, minus the agent's own time), their ratio, and how long the
+//!   join's worker took to merge the children's commits (from its `merged` activity).
 //!
 //! Everything lives in a temporary directory. Overlay workspaces need root; without, the
 //! workspaces are worktrees and the tool says so.
@@ -30,8 +39,9 @@ use chrono::Utc;
 use serde_json::{Map, Value, json};
 
 use nightshift::event::Event;
+use nightshift::parallel::Role;
 use nightshift::pipeline::Audience;
-use nightshift::runs::{Completion, Epoch, NewActivity, RunId};
+use nightshift::runs::{Completion, Epoch, NewActivity, RunId, RunState};
 use nightshift::sandbox::Sandbox;
 use nightshift::sandbox::egress::EgressSettings;
 use nightshift::server::workers::LocalControl;
@@ -67,7 +77,19 @@ fn main() {
             start(runs, clones);
         }
         "concurrent" => concurrent(number(32, 100)),
-        _ => panic!("usage: worker_bench start [RUNS] [CLONES] | concurrent [RUNS]"),
+        "fanout" => {
+            let children = number(32, 32);
+            let rounds = number(3, 20);
+            let push = match args.next().as_deref() {
+                None | Some("push") => true,
+                Some("no-push") => false,
+                Some(other) => panic!("`{other}`: the plain runs either `push` (default) or `no-push`"),
+            };
+            fanout(children, rounds, push);
+        }
+        _ => panic!(
+            "usage: worker_bench start [RUNS] [CLONES] | concurrent [RUNS] | fanout [CHILDREN] [ROUNDS] [push|no-push]"
+        ),
     }
 }
 
@@ -81,9 +103,10 @@ struct Bench {
 
 impl Bench {
     /// A repository of `modules` directories of `files` files; `modules` automations `a0`,
-    /// `a1`, ... on it, each changing only its own module; and a `bench` agent that
-    /// records when it starts and ends.
-    fn new(modules: usize, files: usize) -> Bench {
+    /// `a1`, ... on it, each changing only its own module (and pushing its branch back
+    /// to the repository when `push`); a `fan` automation fanning out to every module;
+    /// and a `bench` agent that records when it starts and ends.
+    fn new(modules: usize, files: usize, push: bool) -> Bench {
         let automations = modules;
         let dir = tempfile::tempdir().expect("a temporary directory");
         let root = dir.path().canonicalize().expect("its path");
@@ -93,11 +116,19 @@ impl Bench {
         println!("repository: {} files in {} ms", modules * files, started.elapsed().as_millis());
         let clock = root.join("clock");
         std::fs::create_dir_all(&clock).expect("the clock directory");
-        let agent = r#"date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.start"; echo '{"type":"summary","text":"ok"}'; date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.end""#;
+        // With a prompt naming a module (`fanout`), the agent also changes a file there
+        // and commits, as a real agent's work would be merged.
+        let agent = r#"date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.start"
+module=$(cat "$1")
+if [ -d "$module" ]; then
+  echo "$NIGHTSHIFT_RUN_ID" > "$module/touched.txt"
+  git add -A && git -c user.name=Bench -c user.email=bench@example.com commit -qm "$NIGHTSHIFT_RUN_ID"
+fi
+echo '{"type":"summary","text":"ok"}'; date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.end""#;
         std::fs::write(root.join("agent.sh"), agent).expect("write the agent");
         // In a jail the agent sees its script and the clock through its profile.
         let project = json!({"profiles": {"bench": {
-            "command": ["sh", root.join("agent.sh")],
+            "command": ["sh", root.join("agent.sh"), "{prompt_file}"],
             "env": {"CLOCK": clock},
             "output": "generic",
             "sandbox": {"paths": [{"path": root.join("agent.sh")}, {"path": clock, "writable": true}]},
@@ -108,11 +139,23 @@ impl Bench {
         for n in 0..automations {
             let yaml = format!(
                 "name: a{n}\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: bench\n  repo: {}\n  base: main\n  \
-                 branch: \"bench/{{{{ automation.name }}}}/{{{{ event.n }}}}\"\n  paths: [\"module_{n:03}/**\"]\n  prompt: bench\n",
+                 branch: \"bench/{{{{ automation.name }}}}/{{{{ event.n }}}}\"\n  paths: [\"module_{n:03}/**\"]\n  \
+                 prompt: '{{{{ event.get(\"module\") ?? \"bench\" }}}}'\n  push: {push}\n",
                 source.display()
             );
             std::fs::write(automations_dir.join(format!("a{n}.yaml")), yaml).expect("write");
         }
+        // One run fanning out to every module, with a join.
+        let items: Vec<String> =
+            (0..modules).map(|n| format!("#{{ prompt: \"module_{n:03}\", paths: [\"module_{n:03}/**\"] }}")).collect();
+        let fan = format!(
+            "name: fan\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: bench\n  repo: {}\n  base: main\n  \
+             branch: \"bench/fan/{{{{ event.n }}}}\"\n  prompt: fan\n  fan_out:\n    max_concurrent: {modules}\n    \
+             items: '[{}]'\n    join: {{ profile: bench, prompt: join }}\n",
+            source.display(),
+            items.join(", ")
+        );
+        std::fs::write(automations_dir.join("fan.yaml"), fan).expect("write");
         // The server as `serve` opens it (store, automations, project), without HTTP or a
         // pool of its own: its workers' way in is `LocalControl`, as serve's pool's is.
         let options = ServeOptions {
@@ -140,8 +183,12 @@ impl Bench {
     }
 
     fn queue(&self, automation: &str, n: usize) -> RunId {
+        self.queue_event(automation, json!({ "n": n }))
+    }
+
+    fn queue_event(&self, automation: &str, payload: Value) -> RunId {
         let now = Utc::now();
-        let event = Event::from_delivery(TriggerKind::Manual, json!({ "n": n }), Default::default(), now);
+        let event = Event::from_delivery(TriggerKind::Manual, payload, Default::default(), now);
         let pipeline = self.server.current().pipeline.clone();
         let report = pipeline.ingest(event, Audience::Named(automation), now).expect("the run is stored");
         report.outcome.runs[0].run
@@ -152,6 +199,17 @@ impl Bench {
         settings.refresh_every = refresh_every;
         settings.sandbox = sandbox;
         Arc::new(Runner::new(Arc::clone(&self.control) as Arc<dyn RunControl>, settings))
+    }
+
+    /// Each run's claim to completion minus its agent's own time.
+    fn overheads(&self, runs: &[RunId]) -> Vec<Duration> {
+        runs.iter()
+            .map(|id| {
+                let total = self.control.time(*id, "completed").duration_since(self.control.time(*id, "claimed"));
+                let (start, end) = self.agent_clock(*id);
+                total.expect("order").saturating_sub(end.duration_since(start).unwrap_or_default())
+            })
+            .collect()
     }
 
     /// The agent's start and end, as recorded by the agent.
@@ -178,7 +236,7 @@ fn jail_helper() -> PathBuf {
 /// Claim → agent started, one run at a time, with and without the sandbox taking turns,
 /// against fresh clones.
 fn start(runs: usize, clones: usize) {
-    let bench = Bench::new(100, 100);
+    let bench = Bench::new(100, 100, false);
     let helper = jail_helper();
     let sandbox = Sandbox::new(helper.clone(), EgressSettings::default()).expect("the egress proxy starts");
     if let Err(why) = sandbox.probe() {
@@ -225,7 +283,7 @@ fn start(runs: usize, clones: usize) {
 
 /// RUNS runs at once on a pool of RUNS threads.
 fn concurrent(runs: usize) {
-    let bench = Bench::new(runs, 3);
+    let bench = Bench::new(runs, 3, false);
     let runner = bench.runner(Duration::from_secs(5), None);
     // Warm the mirror and the base checkout, as a running worker has them.
     let warm = bench.queue("a0", 0);
@@ -258,6 +316,93 @@ fn concurrent(runs: usize) {
     );
     report("claim→complete", &mut totals);
     report("engine overhead", &mut overheads);
+}
+
+/// CHILDREN plain runs at once, then a fan-out of CHILDREN children and a join, ROUNDS
+/// times, on one pool.
+fn fanout(children: usize, rounds: usize, push: bool) {
+    let bench = Bench::new(children, 3, push);
+    let runner = bench.runner(Duration::from_secs(5), None);
+    let warm = bench.queue("a0", 0);
+    runner.execute(bench.control.claim("warm").expect("claim").expect("a queued run"));
+    assert!(bench.control.completed(warm));
+    let pool = Pool::start(Arc::clone(&runner), "bench", children, Arc::new(Wakeup::new()), Duration::from_millis(5))
+        .expect("the pool starts");
+    let store = bench.server.store();
+    let (mut plain_medians, mut child_medians, mut merges) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        // Plain: one run of each automation, all at once.
+        let ids: Vec<RunId> = (0..children)
+            .map(|n| {
+                let event = json!({ "n": round, "module": format!("module_{n:03}") });
+                bench.queue_event(&format!("a{n}"), event)
+            })
+            .collect();
+        let started = Instant::now();
+        while !ids.iter().all(|id| bench.control.completed(*id)) {
+            assert!(started.elapsed() < CONCURRENT_TIMEOUT, "the plain runs did not finish in time");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut plain = bench.overheads(&ids);
+        let plain_wall = started.elapsed();
+
+        // Fan-out: the parent, its children and the join.
+        let parent = bench.queue_event("fan", json!({ "n": round }));
+        let started = Instant::now();
+        let finished = loop {
+            let run = store.run(parent).expect("the store reads").expect("the parent");
+            if run.state.is_finished() {
+                break run;
+            }
+            assert!(started.elapsed() < CONCURRENT_TIMEOUT, "the fan-out did not finish in time");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let fan_wall = started.elapsed();
+        assert_eq!(finished.state, RunState::Succeeded, "{:?}", finished.reason);
+        let family = store.children(parent).expect("the store reads");
+        let kids: Vec<RunId> =
+            family.iter().filter(|run| run.parent.is_some_and(|p| p.role == Role::Child)).map(|run| run.id).collect();
+        assert_eq!(kids.len(), children);
+        let mut fanned = bench.overheads(&kids);
+        let join = family.iter().find(|run| run.parent.is_some_and(|p| p.role == Role::Join)).expect("a join");
+        let merged = store
+            .activities(join.id)
+            .expect("the store reads")
+            .into_iter()
+            .find_map(|activity| merge_millis(&activity.text))
+            .expect("the join reports its merge");
+        plain.sort();
+        fanned.sort();
+        println!(
+            "round {round}: plain {children} runs in {} ms, overhead median {:.1} ms; fan-out in {} ms, child overhead median {:.1} ms; merge {merged:.0} ms",
+            plain_wall.as_millis(),
+            ms(median(&plain)),
+            fan_wall.as_millis(),
+            ms(median(&fanned)),
+        );
+        plain_medians.push(median(&plain));
+        child_medians.push(median(&fanned));
+        merges.push(Duration::from_secs_f64(merged / 1000.0));
+    }
+    pool.stop();
+    report("plain overhead", &mut plain_medians);
+    report("child overhead", &mut child_medians);
+    report("merge", &mut merges);
+    let ratio = median(&child_medians).as_secs_f64() / median(&plain_medians).as_secs_f64();
+    println!("child overhead / plain overhead (medians of the rounds' medians): {ratio:.2}");
+}
+
+/// `… in 812 ms …` in the join's merge activity.
+fn merge_millis(text: &str) -> Option<f64> {
+    if !text.starts_with("merged") {
+        return None;
+    }
+    let (before, _) = text.split_once(" ms")?;
+    before.rsplit(' ').next()?.parse().ok()
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }
 
 /// Serve's own `LocalControl`, recording when each run was claimed and completed.
