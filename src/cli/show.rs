@@ -43,8 +43,16 @@ fn describe(record: &RunRecord) -> String {
     let mut field = |name: &str, value: &str| {
         let _ = writeln!(out, "  {name:<11} {}", value.trim_end().replace('\n', "\n              "));
     };
-    if let Some(parent) = crate::runs::followup::parent(run) {
-        field("follows", &format!("{parent} (a follow-up on its branch)"));
+    match run.parent {
+        Some(link) if link.role == crate::parallel::Role::FollowUp => {
+            field("follows", &format!("{} (a follow-up on its branch)", link.run))
+        }
+        Some(link) => field("parent", &format!("{} (its {})", link.run, role_name(link.role, link.index))),
+        None => {
+            if let Some(parent) = crate::runs::followup::parent(run) {
+                field("follows", &format!("{parent} (a follow-up on its branch)"));
+            }
+        }
     }
     let attempts = run.flow.retry.attempts.max(1);
     field("attempt", &format!("{} of at most {attempts}", run.attempt));
@@ -88,6 +96,25 @@ fn describe(record: &RunRecord) -> String {
         Some(task) => text.push_str(&describe_task(task)),
         None => text.push_str("task\n  none: rendering failed\n"),
     }
+    if !record.children.is_empty() {
+        text.push_str("children\n");
+        for child in &record.children {
+            let _ = writeln!(
+                text,
+                "  {:<6} {:<12} {}",
+                child.id.to_string(),
+                role_name(child.role, child.index),
+                child.state
+            );
+        }
+    }
+    if let Some(pick) = run.result.as_ref().and_then(|result| result.details.get("pick")) {
+        text.push_str("pick\n");
+        for attempt in pick["attempts"].as_array().into_iter().flatten() {
+            let (id, reason) = (attempt["run"].as_str().unwrap_or("?"), attempt["reason"].as_str().unwrap_or(""));
+            let _ = writeln!(text, "  {id:<6} {reason}");
+        }
+    }
     text.push_str("events\n");
     for id in &run.event_ids {
         match record.events.iter().find(|stored| &stored.event.id == id) {
@@ -113,6 +140,12 @@ fn describe(record: &RunRecord) -> String {
         }
     }
     text
+}
+
+/// `attempt 2`, `verify 1`, `join`: what a linked run is to its parent.
+fn role_name(role: crate::parallel::Role, index: u32) -> String {
+    let role = role.as_str().replace('_', "-");
+    if index == 0 { role } else { format!("{role} {index}") }
 }
 
 fn describe_task(task: &Task) -> String {

@@ -100,7 +100,8 @@ pub struct RunRecord {
     pub activities: Vec<Activity>,
     /// The run's events that are still stored, in the run's order.
     pub events: Vec<StoredEvent>,
-    /// The runs that are part of it, when it is a parent (docs/parallel.md), oldest first.
+    /// The runs linked to it (docs/parallel.md): its children when it is a parent, and
+    /// the runs that followed it up, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<ChildSummary>,
 }
@@ -454,8 +455,9 @@ pub trait Store: Send + Sync {
     fn queue_status(&self, now: DateTime<Utc>) -> Result<QueueStatus, StoreError>;
 
     fn run(&self, id: RunId) -> Result<Option<Run>, StoreError>;
-    /// The runs that are part of parent run `parent` (attempts, rounds, children, judge,
-    /// join; not follow-ups), oldest first, from the index written with each child.
+    /// The runs linked to `parent` (attempts, rounds, children, judge and join, which
+    /// are part of it, and follow-ups, which are not), oldest first, from the index
+    /// written with each child.
     fn children(&self, parent: RunId) -> Result<Vec<Run>, StoreError>;
     /// Runs, newest first.
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;

@@ -176,7 +176,7 @@ fn is_ancestor(upstream: &Path, older: &str, newer: &str) -> bool {
     status.success()
 }
 
-fn nightshift(server: &Serving, args: &[&str]) -> std::process::Output {
+pub(crate) fn nightshift(server: &Serving, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
         .args(args)
         .arg("--data")
@@ -259,6 +259,9 @@ fn a_thread_reply_follows_up_on_the_same_branch_and_its_push_adds_commits() {
     let missing = nightshift(&server, &["follow-up", "r999", "anything"]);
     assert!(!missing.status.success());
     assert_eq!(record(&server, &third)["run"]["task"]["follows"], second.as_str());
+    // The run followed up lists its follow-up among its children (the board shows them).
+    let children = record(&server, &second)["children"].clone();
+    assert_eq!(children, json!([{"id": third, "role": "follow_up", "index": 0, "state": "succeeded"}]));
 }
 
 #[test]

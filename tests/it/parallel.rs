@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::follow_ups::nightshift;
 use super::git::{commit_all, git};
 use super::serving::Serving;
 use super::workers::{record, trigger, wait_for};
@@ -194,6 +195,16 @@ fn best_of_three_picks_the_smallest_attempt_that_passes_its_check_and_pushes_onl
     let held =
         record(&server, &attempts[2])["run"]["result"]["details"]["staging"]["held"].as_str().unwrap().to_string();
     assert_eq!(git(&world.upstream(), &["rev-parse", branch]), held, "the winner's commit, as held");
+
+    // `nightshift show` draws the tree and the pick's reasons; a child names its parent.
+    let shown = String::from_utf8_lossy(&nightshift(&server, &["show", &parent]).stdout).to_string();
+    for (n, attempt) in attempts.iter().enumerate() {
+        assert!(shown.contains(&format!("{attempt:<6} attempt {:<4} succeeded", n + 1)), "{shown}");
+    }
+    assert!(shown.contains(&format!("{:<6} the smallest change", attempts[2])), "{shown}");
+    assert!(shown.contains(&format!("{:<6} check failed", attempts[0])), "{shown}");
+    let child = String::from_utf8_lossy(&nightshift(&server, &["show", &attempts[1]]).stdout).to_string();
+    assert!(child.contains(&format!("parent      {parent} (its attempt 2)")), "{child}");
 }
 
 #[test]

@@ -463,7 +463,8 @@ impl Changes {
     fn new_run(&mut self, run: &Run) {
         self.changed(run);
         self.note_child(run);
-        if let Some(link) = run.parent.filter(|link| link.role.is_part_of_parent()) {
+        // Follow-ups are indexed too, so a run lists the runs that followed it up.
+        if let Some(link) = run.parent {
             self.put(keys::child(link.run, run.id), Vec::new());
         }
         if run.state.is_finished() {

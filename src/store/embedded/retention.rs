@@ -88,7 +88,7 @@ impl Inner {
             for child in self.db.scan_prefix(keys::children_of(id)) {
                 changes.delete(child.map_err(io)?.0.to_vec());
             }
-            if let Some(link) = run.parent.filter(|link| link.role.is_part_of_parent()) {
+            if let Some(link) = run.parent {
                 changes.delete(keys::child(link.run, id));
             }
             for event in run.event_ids {
