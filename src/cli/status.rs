@@ -146,6 +146,10 @@ pub fn render(status: &Status) -> String {
         out.push('\n');
         out.push_str(&table(&["ID", "AUTOMATION", "STATE", "AGE", "BRANCH", "WORKER / WHY"], &rows));
     }
+    let unlisted = status.waiting_total.saturating_sub(status.waiting.len());
+    if unlisted > 0 {
+        out.push_str(&format!("... and {unlisted} more waiting\n"));
+    }
     out.push_str(&format!("\nworkers: {} local", status.workers.local));
     for worker in &status.workers.seen {
         let kind = if worker.remote { "remote" } else { "local" };
@@ -211,6 +215,7 @@ mod tests {
                 branch: Some("ns/docs-4".into()),
                 why: why(RunId(4), RunState::Queued, Some(Wait::PathsOverlap { run: RunId(3) })),
             }],
+            waiting_total: 3,
             workers: Workers {
                 local: 1,
                 seen: vec![WorkerStatus {
@@ -228,6 +233,7 @@ mod tests {
 ID  AUTOMATION  STATE    AGE  BRANCH     WORKER / WHY
 r3  fix         running  20m  ns/fix-3   local-0, lease ends in 1m
 r4  docs        queued   1m   ns/docs-4  paths overlap with r3
+... and 2 more waiting
 
 workers: 1 local
   local-0 (local) idle, asked 2m ago

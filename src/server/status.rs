@@ -20,6 +20,9 @@ use crate::triggers::Trigger;
 pub const RECENT_RUNS: usize = 5;
 /// How many coming cron fires of each trigger the picture lists.
 pub const NEXT_FIRES: usize = 3;
+/// How many waiting runs the picture lists unless asked for another number: a long
+/// queue is counted in `waiting_total`, not sent whole to every board.
+pub const WAITING_SHOWN: usize = 100;
 
 /// The whole picture, as `GET /api/status` answers it (docs/serving.md, "Status").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,8 +35,12 @@ pub struct Status {
     /// Leased and running runs a worker holds, oldest first.
     pub active: Vec<ActiveRun>,
     /// Queued runs in the order claims consider them, then the runs awaiting approval,
-    /// then parents waiting for their children (docs/parallel.md).
+    /// then parents waiting for their children (docs/parallel.md): the first
+    /// `WAITING_SHOWN`, or as many as asked for.
     pub waiting: Vec<WaitingRun>,
+    /// How many runs wait in all, listed or not.
+    #[serde(default)]
+    pub waiting_total: usize,
     pub workers: Workers,
     pub automations: Vec<AutomationStatus>,
 }
@@ -202,6 +209,7 @@ pub fn picture(
     local: usize,
     automations: Vec<AutomationStatus>,
     now: DateTime<Utc>,
+    shown: usize,
 ) -> Status {
     let counts = queue.counts.into_iter().collect();
     let queue_depth = queue.queued.len();
@@ -262,6 +270,7 @@ pub fn picture(
             branch,
         });
     }
+    let waiting_total = queue.queued.len() + queue.awaiting_approval.len() + coordinating.len();
     let pending = queue.queued.into_iter().chain(queue.awaiting_approval.into_iter().map(|run| (run, None)));
     let waiting = pending
         .map(|(run, turn)| {
@@ -278,9 +287,10 @@ pub fn picture(
             }
         })
         .chain(coordinating)
+        .take(shown)
         .collect();
     let workers = Workers { local, seen: workers.into_values().collect() };
-    Status { now, counts, queue_depth, active, waiting, workers, automations }
+    Status { now, counts, queue_depth, active, waiting, waiting_total, workers, automations }
 }
 
 impl Server {
@@ -289,12 +299,13 @@ impl Server {
         self.claimers.saw(worker, at);
     }
 
-    /// The status picture at `now`. Reads the store's in-memory queue, and for each
-    /// automation its newest `RECENT_RUNS` runs and its memory.
-    pub fn status(&self, now: DateTime<Utc>) -> Result<Status, StoreError> {
+    /// The status picture at `now`, listing at most `shown` waiting runs. Reads the
+    /// store's in-memory queue, and for each automation its newest `RECENT_RUNS` runs and
+    /// its memory.
+    pub fn status(&self, now: DateTime<Utc>, shown: usize) -> Result<Status, StoreError> {
         let queue = self.store.queue_status(now)?;
         let automations = self.automation_statuses(now)?;
-        Ok(picture(queue, self.claimers.snapshot(), self.options.workers, automations, now))
+        Ok(picture(queue, self.claimers.snapshot(), self.options.workers, automations, now, shown))
     }
 
     fn automation_statuses(&self, now: DateTime<Utc>) -> Result<Vec<AutomationStatus>, StoreError> {
@@ -398,7 +409,7 @@ mod tests {
             expires_at: at(63),
         });
         let queue = QueueStatus { active: vec![held], ..QueueStatus::default() };
-        let status = picture(queue, claimers.snapshot(), 2, Vec::new(), at(10));
+        let status = picture(queue, claimers.snapshot(), 2, Vec::new(), at(10), WAITING_SHOWN);
         let seen: Vec<(&str, bool, Option<DateTime<Utc>>, usize)> = status
             .workers
             .seen

@@ -389,7 +389,7 @@ fn a_coordinating_parent_holds_no_worker_is_never_swept_and_status_says_it_waits
     let parent = ingest_parent_with(&store, task(attempts_plan(2)), one_attempt, 0);
     let first = claim(&store, 1);
     let queue = store.queue_status(at(2)).expect("status");
-    let picture = nightshift::server::status::picture(queue, Default::default(), 1, Vec::new(), at(2));
+    let picture = nightshift::server::status::picture(queue, Default::default(), 1, Vec::new(), at(2), 100);
     assert_eq!(picture.active.iter().map(|run| run.id).collect::<Vec<_>>(), [first.run.id]);
     let waiting = picture.waiting.iter().find(|run| run.id == parent).expect("the parent is listed");
     assert_eq!(waiting.why.text, "waiting for its children");

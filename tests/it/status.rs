@@ -148,6 +148,14 @@ fn api_status_says_why_each_run_waits_and_who_holds_what() {
     assert_eq!(automation("solo")["recent_runs"].as_array().unwrap().len(), 2);
     assert!(automation("free")["triggers"][0].get("hook_problem").is_none());
 
+    // A long queue is counted whole but listed only as far as asked (default 100).
+    let all = status["waiting"].as_array().unwrap().len();
+    assert_eq!(status["waiting_total"], all, "{status:#}");
+    let first = server.api_get("/api/status?waiting=1");
+    assert_eq!(first["waiting"].as_array().unwrap().len(), 1);
+    assert_eq!(first["waiting"][0]["id"], status["waiting"][0]["id"], "the first in claim order");
+    assert_eq!(first["waiting_total"], all);
+
     // An automation lists only its newest RECENT_RUNS runs, newest first.
     let newer: Vec<String> = (2..=7).map(|n| trigger(&server, "free", n)).collect();
     let status = server.api_get("/api/status");

@@ -381,7 +381,8 @@ function drawQueue(view, status) {
     el("td", {}, ...worker.leases.map((lease) => el("div", {}, runLink(lease.run), " until ", timeOf(lease.expires_at, status.now))))));
   view.body.replaceChildren(counts,
     el("section", {}, el("h2", {}, "Active"), table("active", ["run", "automation", "state", "worker", "lease expires", "branch"], active, "no run is leased or running")),
-    el("section", {}, el("h2", {}, "Waiting"), table("waiting", ["run", "automation", "state", "reason", "why", "queued", "branch"], waiting, "nothing waits")),
+    el("section", {}, el("h2", {}, "Waiting"), table("waiting", ["run", "automation", "state", "reason", "why", "queued", "branch"], waiting, "nothing waits"),
+      status.waiting_total > status.waiting.length ? el("p", { class: "muted", id: "waiting-more" }, "the first " + status.waiting.length + " of " + status.waiting_total + " waiting runs") : null),
     el("section", {}, el("h2", {}, "Workers"), el("p", { id: "local-workers" }, "local workers: " + status.workers.local),
       table("workers", ["worker", "where", "last claim", "leases"], workers, "no worker has asked for a run yet")));
 }
