@@ -457,3 +457,35 @@ fn picture(tab: &headless_chrome::Tab, dir: &std::path::Path, name: &str) {
         std::fs::write(crate::repo_root().join("docs").join(name), &png).unwrap();
     }
 }
+
+/// A fan-out of two: its parent lists its children, each child links back with its role.
+const FAN: &str = "name: fan\ntrigger:\n  manual: {}\ntask:\n  agent: codex\n  repo: /srv/git/api\n  prompt: split\n  \
+                   fan_out:\n    items: '[#{prompt: \"a\", paths: [\"a/**\"]}, #{prompt: \"b\", paths: [\"b/**\"]}]'\n";
+
+#[test]
+fn in_chromium_a_parent_lists_its_children_and_a_child_names_its_parent() {
+    let Some(chromium) = crate::requires::program("chromium", &["chromium", "chromium-browser"]) else { return };
+    let serving = Serving::start_with_args(&[("fan.yaml", FAN)], &[], &["--workers", "0"]);
+    let answer = serving.api_post("/api/automations/fan/run", &json!({}));
+    assert_eq!(answer.status, 202, "{:?}", answer.body);
+    let parent = answer.body["runs"][0]["run"].as_str().unwrap().to_string();
+    let children: Vec<String> = serving.api_get(&format!("/api/runs/{parent}"))["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|child| child["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(children.len(), 2);
+
+    let profile = tempfile::tempdir().unwrap();
+    let browser = launch(chromium, profile.path());
+    let tab = browser.new_tab().unwrap();
+    log_in(&tab, &serving);
+    eval(&tab, &format!("location.hash = '#/runs/{parent}'"));
+    for (n, child) in children.iter().enumerate() {
+        let row = format!("#children li[data-id=\"{child}\"]");
+        until(&tab, &text_of(&row), json!(format!("{child} child {} queued", n + 1)));
+    }
+    tab.wait_for_element(&format!("#children a[data-run=\"{}\"]", children[1])).unwrap().click().unwrap();
+    until(&tab, &text_of("#run-parent"), json!(format!("{parent} (child 2)")));
+}
