@@ -172,6 +172,18 @@ pub fn check(task: &TaskTemplate, limits: &ParallelLimits, path: &FieldPath, fin
             .hint("split the work into two automations, or keep one shape"),
         );
     }
+    if let Some(shape) = task.shapes().next()
+        && task.approval != crate::config::Approval::None
+    {
+        findings.push(
+            Finding::new(
+                path.key("approval"),
+                Code::InvalidValue,
+                format!("`approval: plan` cannot be used with `{shape}`: every child would wait for its own approval"),
+            )
+            .hint("approve the result instead: give the parallel work `push: false` and review what it reports"),
+        );
+    }
     if let Some(attempts) = &task.attempts {
         let at = path.key("attempts");
         check_bound(at.key("count"), "count", attempts.count, limits.max_attempts, "max_attempts", findings);
@@ -248,6 +260,17 @@ mod tests {
         assert_eq!(check_default("attempts: { count: 4, check: cargo test }"), Vec::<String>::new());
         assert_eq!(check_default("verify: { profile: claude, max_rounds: 3 }"), Vec::<String>::new());
         assert_eq!(check_default("fan_out: { items: '[]', max_concurrent: 1 }"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn approval_of_a_plan_is_refused_beside_a_shape() {
+        assert_eq!(
+            check_default("approval: plan\nattempts: { count: 2 }"),
+            [
+                "task.approval: `approval: plan` cannot be used with `attempts`: every child would wait for its own approval"
+            ]
+        );
+        assert_eq!(check_default("approval: plan"), Vec::<String>::new(), "a plain task may ask for approval");
     }
 
     #[test]
