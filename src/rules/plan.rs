@@ -213,6 +213,18 @@ impl CompiledPlan {
             }
             CompiledPlan::FanOut { items, max_concurrent, join } => {
                 let items = eval_items(engine, scope, items, context).map_err(at("task.fan_out.items"))?;
+                // A join merges its children's commits into one branch of one repository.
+                if join.is_some()
+                    && let Some((index, item)) = items.iter().enumerate().find(|(_, item)| item.repo.is_some())
+                {
+                    let why = format!(
+                        "item {} names another repository ({}); a fan-out with a join merges its children \
+                         into one branch, so they all work on the task's repository",
+                        index + 1,
+                        item.repo.as_deref().unwrap_or_default()
+                    );
+                    return Err(("task.fan_out.items".to_string(), EvalError(why)));
+                }
                 let join = match join {
                     Some((when, join)) => Some(JoinPlan {
                         when: *when,
@@ -488,6 +500,16 @@ mod tests {
         let same = items(r#"[#{prompt: "x", repo: "/srv/git/api"}]"#, json!({})).unwrap();
         assert_eq!(same[0].repo, None);
         assert_eq!(items("[]", json!({})).unwrap(), []);
+    }
+
+    #[test]
+    fn a_fan_out_with_a_join_keeps_its_children_in_the_tasks_repository() {
+        let script = r#"[#{prompt: "a"}, #{prompt: "b", repo: "/srv/git/web"}]"#;
+        let joined = compiled(&format!("  fan_out:\n    items: {script:?}\n    join: {{ profile: codex }}\n"));
+        let error = render(&joined, json!({})).unwrap_err();
+        assert_eq!(error.field, "task.fan_out.items");
+        assert!(error.cause.starts_with("item 2 names another repository (/srv/git/web)"), "{}", error.cause);
+        assert!(items(script, json!({})).is_ok(), "without a join, children may work anywhere");
     }
 
     #[test]
