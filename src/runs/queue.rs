@@ -314,4 +314,63 @@ mod tests {
         assert_eq!(found[0].0.id, RunId(1));
         assert_eq!(found[0].1, None);
     }
+
+    #[test]
+    fn each_wait_reads_as_a_sentence() {
+        let said = |wait: Wait| wait.to_string();
+        assert_eq!(said(Wait::Backoff { until: at(7) }), "backoff until 2026-01-01T12:07:00Z");
+        assert_eq!(
+            said(Wait::Concurrency { group: "fix/api".into(), limit: 2, active: 2 }),
+            "concurrency: 2 of 2 running in group fix/api"
+        );
+        assert_eq!(said(Wait::SameBranch { run: RunId(3), branch: "ns/x".into() }), "branch ns/x is busy with r3");
+        assert_eq!(said(Wait::PathsOverlap { run: RunId(4) }), "paths overlap with r4");
+        assert_eq!(said(Wait::BehindOlder { run: RunId(5) }), "behind r5, which waits on the same scope");
+    }
+
+    #[test]
+    fn only_a_leased_or_running_run_with_a_lease_holds_a_worker() {
+        let lease =
+            crate::runs::Lease { worker: "w".into(), epoch: Default::default(), acquired_at: at(0), expires_at: at(5) };
+        let with = |state: RunState, leased: bool| {
+            let mut run = run(1, "a", "main", &["**"]);
+            run.state = state;
+            run.lease = leased.then(|| lease.clone());
+            holds_worker(&run)
+        };
+        assert!(with(RunState::Leased, true));
+        assert!(with(RunState::Running, true));
+        assert!(!with(RunState::Running, false), "a coordinating parent holds no worker");
+        assert!(!with(RunState::Queued, true), "nor does a run that is not active");
+    }
+
+    #[test]
+    fn a_run_is_plain_unless_its_task_is_staged() {
+        let mut staged = run(1, "a", "main", &["**"]);
+        assert!(plain(&staged));
+        staged.task.as_mut().unwrap().staging.hold = true;
+        assert!(!plain(&staged));
+        staged.task = None;
+        assert!(plain(&staged), "a run that failed to render has nothing to stage");
+    }
+
+    #[test]
+    fn attempts_of_one_parent_are_alternatives_and_nothing_else_is() {
+        use crate::parallel::{ParentLink, Role};
+        let linked = |id: u64, parent: Option<(u64, Role)>| {
+            let mut run = run(id, "a", "main", &["**"]);
+            run.parent = parent.map(|(parent, role)| ParentLink { run: RunId(parent), role, index: 1 });
+            run
+        };
+        let first = linked(2, Some((1, Role::Attempt)));
+        assert!(alternatives(&first, &linked(3, Some((1, Role::Attempt)))));
+        assert!(!alternatives(&first, &linked(3, Some((9, Role::Attempt)))), "another parent's attempt");
+        assert!(!alternatives(&first, &linked(3, Some((1, Role::Judge)))), "the judge is no attempt");
+        assert!(
+            !alternatives(&linked(3, Some((1, Role::Child))), &linked(4, Some((1, Role::Child)))),
+            "fan-out children"
+        );
+        assert!(!alternatives(&first, &linked(3, None)));
+        assert!(!alternatives(&linked(3, None), &first));
+    }
 }
