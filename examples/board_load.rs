@@ -23,7 +23,7 @@
 //!   connections of signed deliveries for SECONDS alone, then again with STREAMS
 //!   connections open on the board's live endpoint (`--path`, default
 //!   `/api/runs/stream`, with the API token as a bearer token), each read as fast as it
-//!   comes; like the board's page, each reads `GET /api/runs?limit=50` again after a
+//!   comes; like the board's page, each reads `GET /api/runs?limit=50&view=summary` again after a
 //!   change, at most once a second. Prints deliveries per second for both in every round, their medians and the
 //!   ratio, and the bytes the streams received. A path that answers 404 or 400 (no board
 //!   on this build: `/api/runs/{id}` takes the path) measures the first half only and
@@ -158,8 +158,13 @@ async fn pages(runs: u64, requests: u64) -> anyhow::Result<()> {
     println!("serve answered /healthz {:.2} s after spawning", serve.ready.as_secs_f64());
     let (mut sender, driver) = connect(serve.address).await?;
     let driver = tokio::spawn(driver);
-    let paths =
-        ["/api/runs?limit=50", "/api/runs?limit=50&state=failed", "/api/runs?limit=50&state=queued", "/api/status"];
+    let paths = [
+        "/api/runs?limit=50",
+        "/api/runs?limit=50&view=summary",
+        "/api/runs?limit=50&state=failed",
+        "/api/runs?limit=50&state=queued",
+        "/api/status",
+    ];
     println!("\n{requests} requests each, one after another on one connection:");
     for path in paths {
         let mut latencies = Vec::new();
@@ -408,7 +413,7 @@ async fn read_stream(mut stream: TcpStream, stop: Arc<AtomicBool>, received: Arc
         };
         if last_read.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             last_read = Some(Instant::now());
-            let page = get(board.address, "/api/runs?limit=50", Some(&board.token));
+            let page = get(board.address, "/api/runs?limit=50&view=summary", Some(&board.token));
             if exchange_once(board.address, page, REQUEST_TIMEOUT).await.is_ok() {
                 board.reads.fetch_add(1, Ordering::Relaxed);
             }

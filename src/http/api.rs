@@ -3,8 +3,9 @@
 //!
 //! - `POST /api/automations/{name}/run?source=KIND&now=TIME` with the payload as the
 //!   body and `X-Nightshift-Header-{Name}` for delivery headers: a manual run, 202.
-//! - `GET /api/runs?automation=&state=&limit=&before=`, newest first: a full page says
-//!   the next one's cursor in `X-Nightshift-Next` (pass it as `before=`);
+//! - `GET /api/runs?automation=&state=&limit=&before=&view=`, newest first: a full page
+//!   says the next one's cursor in `X-Nightshift-Next` (pass it as `before=`);
+//!   `view=summary` gives each run as a list shows it;
 //!   `GET /api/runs/{id}`: the run, its timeline, its events and, for a parent, its
 //!   `children` (id, role, index, state).
 //! - `GET /api/runs/{id}/log?from=N`: the log pieces numbered N and on.
@@ -28,7 +29,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{error, not_a_run_id, store_error};
 use crate::runs::{MemoryChange, MemoryWrite, RunId, RunState};
@@ -115,6 +116,48 @@ struct RunsQuery {
     #[serde(default)]
     limit: usize,
     before: Option<String>,
+    /// `summary`: each run as the board's list shows it (`RunSummary`), not whole.
+    view: Option<String>,
+}
+
+/// A run as a list of runs shows it: the fields of `Run` it needs, in the same places,
+/// so one reader handles both (a page of 50 is about an eighth of the whole runs).
+#[derive(Serialize)]
+struct RunSummary<'a> {
+    id: RunId,
+    automation: &'a str,
+    state: RunState,
+    /// The first event only: it names the source.
+    event_ids: &'a [String],
+    created_at: chrono::DateTime<chrono::Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<crate::parallel::ParentLink>,
+}
+
+impl<'a> RunSummary<'a> {
+    fn of(run: &'a crate::runs::Run) -> RunSummary<'a> {
+        let pull_request = run.result.as_ref().and_then(|result| result.details.get("pull_request"));
+        RunSummary {
+            id: run.id,
+            automation: &run.automation,
+            state: run.state,
+            event_ids: &run.event_ids[..run.event_ids.len().min(1)],
+            created_at: run.created_at,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            task: run.task.as_ref().map(|task| serde_json::json!({ "branch": task.branch, "repo": task.repo })),
+            result: pull_request.map(|link| serde_json::json!({ "details": { "pull_request": link } })),
+            parent: run.parent,
+        }
+    }
 }
 
 /// The header of a full page of runs that names the next page's `before=`.
@@ -132,12 +175,21 @@ async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQu
         Some((_, Ok(id))) => Some(id),
         Some((text, Err(_))) => return not_a_run_id(text),
     };
+    let summary = match query.view.as_deref() {
+        None | Some("full") => false,
+        Some("summary") => true,
+        Some(other) => return error(StatusCode::BAD_REQUEST, format!("unknown view `{other}`; `full` or `summary`")),
+    };
     let filter = RunFilter { automation: query.automation, state, limit: query.limit, before };
     let server = Arc::clone(&server);
     blocking(move || {
         let runs = server.runs(&filter)?;
         let next = runs.last().filter(|_| filter.limit > 0 && runs.len() == filter.limit).map(|run| run.id);
-        let mut response = axum::Json(runs).into_response();
+        let mut response = if summary {
+            axum::Json(runs.iter().map(RunSummary::of).collect::<Vec<_>>()).into_response()
+        } else {
+            axum::Json(runs).into_response()
+        };
         if let Some(next) = next
             && let Ok(value) = axum::http::HeaderValue::from_str(&next.to_string())
         {

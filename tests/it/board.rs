@@ -489,3 +489,24 @@ fn in_chromium_a_parent_lists_its_children_and_a_child_names_its_parent() {
     tab.wait_for_element(&format!("#children a[data-run=\"{}\"]", children[1])).unwrap().click().unwrap();
     until(&tab, &text_of("#run-parent"), json!(format!("{parent} (child 2)")));
 }
+
+#[test]
+fn a_summary_page_of_runs_has_what_the_list_shows_and_not_the_task() {
+    let serving = start();
+    let run = trigger(&serving, "summed up");
+    let page = serving.api_get("/api/runs?limit=1&view=summary");
+    let first = &page[0];
+    assert_eq!(first["id"], run.as_str());
+    assert_eq!(first["state"], "queued");
+    assert_eq!(first["automation"], "board-probe");
+    assert!(first["event_ids"][0].as_str().unwrap().starts_with("manual:"), "{first:#}");
+    assert_eq!(
+        first["task"],
+        json!({"branch": serving.api_get(&format!("/api/runs/{run}"))["run"]["task"]["branch"], "repo": "/srv/git/api"})
+    );
+    assert!(first.get("flow").is_none() && first["task"].get("prompt").is_none(), "no prompt, no flow: {first:#}");
+    let full = serving.api_get("/api/runs?limit=1");
+    assert!(full[0]["task"]["prompt"].as_str().unwrap().contains("summed up"));
+    let unknown = client().get(format!("{}/api/runs?view=everything", serving.url)).bearer_auth(&serving.token).send();
+    assert_eq!(unknown.unwrap().status(), 400);
+}

@@ -119,7 +119,7 @@ function filter(state, automation) {
 }
 
 async function loadRuns(view) {
-  const query = new URLSearchParams({ limit: String(PAGE) });
+  const query = new URLSearchParams({ limit: String(PAGE), view: "summary" });
   if (view.state) query.set("state", view.state);
   if (view.automation) query.set("automation", view.automation);
   if (view.before) query.set("before", view.before);
