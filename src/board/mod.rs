@@ -2,6 +2,8 @@
 //! (`assets/`, embedded), the board's login sessions kept in memory, and the checks a
 //! button's request must pass (same origin, CSRF token). `http/board.rs` serves them.
 
+pub mod feed;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -229,44 +229,35 @@ async fn session(State(server): State<Arc<Server>>, headers: HeaderMap) -> Respo
 /// `board::MOST_PER_EVENT` runs changed at once or this client fell behind; a comment
 /// every 15 s otherwise. It ends when the server starts to stop.
 pub async fn stream(State(server): State<Arc<Server>>) -> Response {
-    let changes = server.store().run_changes();
-    let stopping = server.wakeup().subscribe();
-    let events =
-        futures_util::stream::unfold((changes, stopping, server), |(mut changes, mut stopping, server)| async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                // The server is stopping: end the stream, or it would hold up the drain.
-                if server.wakeup().is_closed() {
-                    return None;
+    use crate::board::feed::FeedEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    let wakeup = Arc::clone(server.wakeup());
+    let boards = server.board_feed().subscribe(
+        || server.store().run_changes(),
+        move || async move {
+            // The server is stopping: end the feed, or it would hold up the drain.
+            let mut stopping = wakeup.subscribe();
+            while !wakeup.is_closed() {
+                if stopping.changed().await.is_err() {
+                    break;
                 }
-                let first = tokio::select! {
-                    change = changes.recv() => match change {
-                        Ok(change) => Some(change),
-                        Err(RecvError::Lagged(_)) => None,
-                        Err(RecvError::Closed) => return None,
-                    },
-                    woken = stopping.changed() => {
-                        if woken.is_err() {
-                            return None;
-                        }
-                        continue;
-                    }
-                };
-                tokio::time::sleep(crate::board::GATHER).await;
-                let batch = first.and_then(|first| crate::board::gather(first, &mut changes));
-                let event = match batch {
-                    Some(batch) => {
-                        Event::default().event("runs").json_data(&batch).unwrap_or_else(|_| Event::default())
-                    }
-                    None => {
-                        // Skip what is left: the client reads its whole view again.
-                        changes = changes.resubscribe();
-                        Event::default().event("reload").data("many runs changed")
-                    }
-                };
-                return Some((Ok::<_, Infallible>(event), (changes, stopping, server)));
             }
-        });
+        },
+    );
+    let events = futures_util::stream::unfold(boards, |mut boards| async move {
+        let event = match boards.recv().await {
+            Ok(gathered) => match &*gathered {
+                FeedEvent::Runs(batch) => {
+                    Event::default().event("runs").json_data(batch).unwrap_or_else(|_| Event::default())
+                }
+                FeedEvent::Reload => Event::default().event("reload").data("many runs changed"),
+            },
+            // This board fell behind the feed: it reads its whole view again.
+            Err(RecvError::Lagged(_)) => Event::default().event("reload").data("many runs changed"),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(event), boards))
+    });
     let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

@@ -148,6 +148,8 @@ pub struct Server {
     sessions: crate::board::Sessions,
     /// The workers seen asking for runs, for the status picture (`status.rs`).
     claimers: status::Claimers,
+    /// The boards' live feed, gathered once for all of them.
+    board_feed: crate::board::feed::Feed,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -309,6 +311,7 @@ impl Server {
             metrics: crate::metrics::Metrics::new(Arc::clone(&store)),
             sessions: crate::board::Sessions::default(),
             claimers: status::Claimers::default(),
+            board_feed: Default::default(),
         }))
     }
 
@@ -513,6 +516,11 @@ impl Server {
     /// A waiter that a newly queued run wakes (for the worker API's long poll).
     pub fn wakeup(&self) -> &Arc<Wakeup> {
         &self.wakeup
+    }
+
+    /// The boards' live feed (`board::feed`).
+    pub fn board_feed(&self) -> &crate::board::feed::Feed {
+        &self.board_feed
     }
 
     pub fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, ApiError> {
