@@ -344,10 +344,12 @@ impl<'a> Family<'a> {
             return Next::Finish { succeeded: true, reason: None, summary, details };
         };
         let Some(joiner) = self.find(Role::Join, 0) else {
-            let merge: Vec<Held> = ended.iter().filter_map(Ended::held).collect();
-            if merge.is_empty() {
-                return Next::failed("no child succeeded with a change to join", details);
+            // A child that succeeded without a change (an audit, a report) still gives the
+            // join its summary; with none succeeded there is nothing to join.
+            if !ended.iter().any(Ended::succeeded) {
+                return Next::failed("no child succeeded, so there is nothing to join", details);
             }
+            let merge: Vec<Held> = ended.iter().filter_map(Ended::held).collect();
             let summaries: Vec<String> = ended
                 .iter()
                 .filter(|child| child.succeeded())
@@ -369,7 +371,8 @@ impl<'a> Family<'a> {
         }
         match joined.held() {
             Some(held) => Next::Publish { held, summary: joined.summary().to_string(), details },
-            None => Next::failed(format!("the join ({}) left no commit", joiner.id), details),
+            // Nothing to publish: the work was the children's and the join's reports.
+            None => Next::Finish { succeeded: true, reason: None, summary: joined.summary().to_string(), details },
         }
     }
 }
@@ -829,7 +832,10 @@ mod tests {
         ended[2] = done(4, Role::Join, 0, held("joined", 2, 1));
         assert_eq!(published(next(&plan, &ended)).0, Held { run: RunId(4), commit: "joined".into() });
         ended[2] = done(4, Role::Join, 0, StagingReport::default());
-        assert_eq!(failure(next(&plan, &ended)).0, "the join (r4) left no commit");
+        match next(&plan, &ended) {
+            Next::Finish { succeeded: true, reason: None, .. } => {}
+            other => panic!("a join that changed nothing ends the parent without a branch: {other:?}"),
+        }
         ended[2] = child(4, Role::Join, 0, RunState::Failed, None);
         assert_eq!(failure(next(&plan, &ended)).0, "the join (r4) failed (it broke)");
     }
@@ -850,8 +856,18 @@ mod tests {
         }
         let nothing =
             [child(2, Role::Child, 1, RunState::Failed, None), done(3, Role::Child, 2, StagingReport::default())];
-        let (reason, _) = failure(next(&parent(fan_out(Some(JoinWhen::AllEnded))), &nothing));
-        assert_eq!(reason, "no child succeeded with a change to join");
+        match next(&parent(fan_out(Some(JoinWhen::AllEnded))), &nothing) {
+            Next::Spawn(join) => {
+                let staging = &join[0].task.staging;
+                assert!(staging.merge.is_empty(), "a child without a change gives its summary, not a commit");
+                assert!(join[0].task.prompt.contains("Child 2 (r3)"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let none =
+            [child(2, Role::Child, 1, RunState::Failed, None), child(3, Role::Child, 2, RunState::Cancelled, None)];
+        let (reason, _) = failure(next(&parent(fan_out(Some(JoinWhen::AllEnded))), &none));
+        assert_eq!(reason, "no child succeeded, so there is nothing to join");
     }
 
     #[test]
