@@ -235,9 +235,10 @@ impl<'a> Family<'a> {
         };
         for other in &ranked {
             if other.run.id != winner.run.id {
+                // Another ranked attempt means two or more: a judge, if any, was asked.
                 let why = match &plan.judge {
-                    Some(_) if ranked.len() > 1 => format!("not picked by the judge (it picked {})", winner.run.id),
-                    _ => format!("larger than {}", winner.run.id),
+                    Some(_) => format!("not picked by the judge (it picked {})", winner.run.id),
+                    None => format!("larger than {}", winner.run.id),
                 };
                 reasons.push((index_of(other.run), why));
             }
