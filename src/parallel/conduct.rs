@@ -450,7 +450,7 @@ mod tests {
     use crate::config::{Approval, DurationSpec, OutputFormat};
     use crate::netpolicy::NetworkPolicy;
     use crate::parallel::{CheckOutcome, FanOutItem, JoinPlan, JudgePlan};
-    use crate::runs::{Epoch, RunResult};
+    use crate::runs::RunResult;
     use crate::task::{AgentCommand, PhasePolicies};
 
     const PARENT: RunId = RunId(1);
@@ -497,29 +497,11 @@ mod tests {
         let mut flow = Flow::default();
         flow.retry.attempts = 2;
         flow.dedupe_key = Some("k".into());
-        Run {
-            id: PARENT,
-            automation: "probe".into(),
-            definition_hash: "h".into(),
-            event_ids: vec!["e".into()],
-            task: Some(task),
-            flow,
-            state: RunState::Running,
-            attempt: 0,
-            epoch: Epoch::default(),
-            lease: None,
-            created_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-            updated_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-            started_at: None,
-            finished_at: None,
-            not_before: None,
-            approved: false,
-            plan: None,
-            result: None,
-            skip: None,
-            reason: None,
-            parent: None,
-        }
+        let created = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let mut run =
+            Run::queued(PARENT, "probe".into(), "h".into(), vec!["e".into()], Some(task), flow, None, created);
+        run.state = RunState::Running;
+        run
     }
 
     /// A child `id` of the parent that ended in `state` with `report`.

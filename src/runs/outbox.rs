@@ -305,29 +305,20 @@ mod tests {
             plan: None,
             staging: Default::default(),
         };
-        Run {
-            id: RunId(7),
-            automation: "probe".into(),
-            definition_hash: "h".into(),
-            event_ids: vec!["e".into()],
-            task: Some(task),
-            flow: Default::default(),
-            state,
-            attempt: 1,
-            epoch: Default::default(),
-            lease: None,
-            created_at: at(0),
-            updated_at: at(0),
-            started_at: started.then(|| at(0)),
-            finished_at: None,
-            not_before: None,
-            approved: false,
-            plan: None,
-            result: None,
-            skip: None,
-            reason: None,
-            parent: None,
-        }
+        let mut run = Run::queued(
+            RunId(7),
+            "probe".into(),
+            "h".into(),
+            vec!["e".into()],
+            Some(task),
+            Default::default(),
+            None,
+            at(0),
+        );
+        run.state = state;
+        run.attempt = 1;
+        run.started_at = started.then(|| at(0));
+        run
     }
 
     fn keys(entries: &[Entry]) -> Vec<(u32, Kind, Vec<Key>)> {

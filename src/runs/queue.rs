@@ -203,29 +203,16 @@ mod tests {
             plan: None,
             staging: Default::default(),
         };
-        Run {
-            id: RunId(id),
-            automation: automation.into(),
-            definition_hash: String::new(),
-            event_ids: Vec::new(),
-            task: Some(task),
-            flow: Default::default(),
-            state: RunState::Queued,
-            attempt: 0,
-            epoch: Default::default(),
-            lease: None,
-            created_at: at(0),
-            updated_at: at(0),
-            started_at: None,
-            finished_at: None,
-            not_before: None,
-            approved: false,
-            plan: None,
-            result: None,
-            skip: None,
-            reason: None,
-            parent: None,
-        }
+        Run::queued(
+            RunId(id),
+            automation.into(),
+            String::new(),
+            Vec::new(),
+            Some(task),
+            Default::default(),
+            None,
+            at(0),
+        )
     }
 
     /// Active runs by id, as the store's index holds them.

@@ -286,6 +286,43 @@ pub struct Run {
 }
 
 impl Run {
+    /// A run just created, queued, with nothing tried yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn queued(
+        id: RunId,
+        automation: String,
+        definition_hash: String,
+        event_ids: Vec<String>,
+        task: Option<Task>,
+        flow: Flow,
+        parent: Option<crate::parallel::ParentLink>,
+        now: DateTime<Utc>,
+    ) -> Run {
+        Run {
+            id,
+            automation,
+            definition_hash,
+            event_ids,
+            task,
+            flow,
+            state: RunState::Queued,
+            attempt: 0,
+            epoch: Epoch::default(),
+            lease: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            not_before: None,
+            approved: false,
+            plan: None,
+            result: None,
+            skip: None,
+            reason: None,
+            parent,
+        }
+    }
+
     /// Whether the run read outside text (its event or memory), for memory provenance.
     pub fn untrusted_input(&self) -> bool {
         self.task.as_ref().is_none_or(|task| task.untrusted_input)

@@ -397,11 +397,8 @@ mod tests {
         claimers.saw("local-1", at(5));
         assert_eq!(claimers.snapshot(), HashMap::from([("local-1".into(), at(5)), ("builder@t1".into(), at(2))]));
 
-        let mut held: Run = serde_json::from_value(serde_json::json!({
-            "id": "r9", "automation": "a", "definition_hash": "h", "event_ids": [], "state": "running",
-            "flow": crate::task::Flow::default(), "attempt": 1, "epoch": 3, "created_at": at(0), "updated_at": at(3),
-        }))
-        .unwrap();
+        let mut held = Run::queued(RunId(9), "a".into(), "h".into(), Vec::new(), None, Default::default(), None, at(0));
+        held.state = RunState::Running;
         held.lease = Some(crate::runs::Lease {
             worker: "gone@t2".into(),
             epoch: crate::runs::Epoch(3),

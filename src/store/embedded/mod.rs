@@ -1833,29 +1833,9 @@ fn with_earlier_details(
 
 /// A child's queued run record, part of `parent`.
 fn child_run(id: RunId, parent: &Run, child: crate::parallel::conduct::NewChild, now: DateTime<Utc>) -> Run {
-    Run {
-        id,
-        automation: parent.automation.clone(),
-        definition_hash: parent.definition_hash.clone(),
-        event_ids: parent.event_ids.iter().take(1).cloned().collect(),
-        task: Some(child.task),
-        flow: child.flow,
-        state: RunState::Queued,
-        attempt: 0,
-        epoch: Epoch::default(),
-        lease: None,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-        not_before: None,
-        approved: false,
-        plan: None,
-        result: None,
-        skip: None,
-        reason: None,
-        parent: Some(child.link),
-    }
+    let event_ids = parent.event_ids.iter().take(1).cloned().collect();
+    let (automation, hash) = (parent.automation.clone(), parent.definition_hash.clone());
+    Run::queued(id, automation, hash, event_ids, Some(child.task), child.flow, Some(child.link), now)
 }
 
 /// A new queued run record, created by `event`.
@@ -1873,29 +1853,7 @@ fn fresh_run(
         role: crate::parallel::Role::FollowUp,
         index: 0,
     });
-    Run {
-        id,
-        automation,
-        definition_hash,
-        event_ids: vec![event.id.clone()],
-        task,
-        flow,
-        state: RunState::Queued,
-        attempt: 0,
-        epoch: Epoch::default(),
-        lease: None,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-        not_before: None,
-        approved: false,
-        plan: None,
-        result: None,
-        skip: None,
-        reason: None,
-        parent,
-    }
+    Run::queued(id, automation, definition_hash, vec![event.id.clone()], task, flow, parent, now)
 }
 
 #[cfg(test)]
