@@ -10,6 +10,7 @@
 mod attempt;
 pub mod control;
 pub mod mask;
+mod objects;
 pub mod output;
 mod overlay;
 pub mod phase;

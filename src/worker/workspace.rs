@@ -1006,15 +1006,24 @@ impl Workspace {
         let reference = HeldCommit::reference(self.run);
         let _lock = self.mirror.shared()?;
         self.mirror.record_held(&self.run.to_string())?;
-        let mut git = Git::new(&self.mirror.location, &self.path, Some(&self.mirror.path));
         let objects = self.path.join(".git").join("objects");
-        if objects.is_dir() {
-            git = git.with_objects_of(&objects);
+        // A worktree's objects are the mirror's already; an overlay's or a clone's new
+        // ones are copied, checked, when loose (the usual case), else pushed.
+        let copied = !objects.is_dir() || super::objects::copy_loose(&objects, &self.mirror.path.join("objects"))
+            .inspect_err(|why| tracing::debug!(run_id = %self.run, ?why, "Pushing the held commit instead"))
+            .is_ok();
+        if copied {
+            // Every object the commit adds must now be in the mirror, as a push checks.
+            self.mirror.git().args(["rev-list", "--quiet", "--objects", commit, "--not", &self.base_commit]).run()?;
+            self.mirror.git().args(["update-ref", &reference, commit]).run()?;
+        } else {
+            Git::new(&self.mirror.location, &self.path, Some(&self.mirror.path))
+                .with_objects_of(&objects)
+                .args(["push", "--quiet", "--no-verify", "--no-follow-tags", "--no-signed", "--recurse-submodules=no"])
+                .arg(&self.mirror.path)
+                .arg(format!("+{commit}:{reference}"))
+                .run()?;
         }
-        git.args(["push", "--quiet", "--no-verify", "--no-follow-tags", "--no-signed", "--recurse-submodules=no"])
-            .arg(&self.mirror.path)
-            .arg(format!("+{commit}:{reference}"))
-            .run()?;
         tracing::info!(run_id = %self.run, repo = %self.mirror.location, commit, reference, "Held the run's commit");
         Ok(reference)
     }
