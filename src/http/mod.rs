@@ -107,7 +107,7 @@ fn unavailable(message: impl Into<String>, retry_after_seconds: u32) -> Response
 fn store_error(error: &crate::store::StoreError) -> Response {
     use crate::store::StoreError;
     match error {
-        StoreError::Io(_) | StoreError::Locked { .. } => unavailable(error.to_string(), 5),
+        StoreError::Io(_) | StoreError::Unavailable(_) | StoreError::Locked { .. } => unavailable(error.to_string(), 5),
         StoreError::NoSuchRun(_) => self::error(StatusCode::NOT_FOUND, error.to_string()),
         StoreError::StaleLease { .. } | StoreError::WrongState { .. } => {
             self::error(StatusCode::CONFLICT, error.to_string())

@@ -3,6 +3,7 @@
 //! knows sled.
 
 mod embedded;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use crate::task::{Flow, Task};
 
 pub use crate::runs::outbox::{Entry as OutboxEntry, EntryState as OutboxState, Key as OutboxKey};
 pub use embedded::SledStore;
+pub use postgres::PgStore;
 
 /// The data directory used when none is given: `.nightshift/` beside the automations.
 pub fn default_data_dir(automations: &std::path::Path) -> PathBuf {
@@ -282,6 +284,9 @@ pub enum StoreError {
     Corrupt { what: String, cause: String },
     #[error("store I/O failed: {0}")]
     Io(String),
+    /// The database cannot be reached (a networked backend): retried until it can.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("no run {0}")]
     NoSuchRun(RunId),
     #[error("{run}'s lease epoch is {current}, not {presented}: this worker no longer holds the run")]
@@ -522,4 +527,21 @@ pub trait Store: Send + Sync {
     /// Deletes finished runs beyond `retention` with their activities, logs, outbox
     /// messages and events, and expired memory and dedupe marks.
     fn apply_retention(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError>;
+    /// Whether this instance does maintenance `duty` (`DUTY_*`) now. Several instances
+    /// may share a database: one does each duty at a time, and another takes it over
+    /// when that one dies. A store only one process opens always does.
+    fn maintains(&self, _duty: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    /// Rung when another instance queued a run, or when runs may have been queued unseen
+    /// (the store reconnected): local workers should look. `None` for a store only one
+    /// process opens, whose server rings its workers itself.
+    fn wakeups(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
+
+/// The maintenance duties `Store::maintains` gives out.
+pub const DUTY_LEASES: &str = "lease sweep";
+pub const DUTY_RETENTION: &str = "retention";
+pub const DUTY_OUTBOX: &str = "outbox";

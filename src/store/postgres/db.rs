@@ -1,0 +1,235 @@
+//! The connections to PostgreSQL: a private runtime drives them, callers (async or not)
+//! block on their queries, and a transaction is retried when the database asks for it
+//! (a serialization failure or a deadlock).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_executor::block_on;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
+
+use crate::store::StoreError;
+
+/// How many times a transaction the database aborted for a conflict is run again.
+const RETRIES: usize = 8;
+/// How long connecting may take before the database counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle connections and the runtime that drives every connection's socket. A store
+/// method takes a connection, runs its statements from the calling thread
+/// (`futures_executor::block_on`: the client's futures need no runtime of their own),
+/// and puts it back.
+pub struct Db {
+    runtime: tokio::runtime::Runtime,
+    config: tokio_postgres::Config,
+    idle: Mutex<Vec<Client>>,
+    /// Where the database is, for messages (never with a password).
+    pub shown: String,
+}
+
+impl Db {
+    pub fn new(url: &str) -> Result<Db, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|cause| StoreError::Open {
+            dir: url_without_password(url).into(),
+            cause: format!("not a PostgreSQL URL: {cause}"),
+        })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("nightshift");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("nightshift-postgres")
+            .enable_all()
+            .build()
+            .map_err(|cause| StoreError::Io(format!("cannot start the database runtime: {cause}")))?;
+        Ok(Db { runtime, config, idle: Mutex::new(Vec::new()), shown: url_without_password(url) })
+    }
+
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        let config = self.config.clone();
+        let connecting = self.runtime.spawn(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "A database connection ended");
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+        match block_on(connecting) {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(error)) => Err(unreachable(&self.shown, &error)),
+            Err(join) => Err(StoreError::Io(format!("connecting to the database failed: {join}"))),
+        }
+    }
+
+    /// Runs `work` on a connection of the pool (a new one when none is idle).
+    pub fn with<T>(&self, work: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let mut client = match idle.filter(|client| !client.is_closed()) {
+            Some(client) => client,
+            None => self.connect()?,
+        };
+        let result = work(&mut client);
+        if !client.is_closed() {
+            self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(client);
+        }
+        result
+    }
+
+    /// Runs `work` in a transaction and commits it; runs it again (at most `RETRIES`
+    /// times) when the database aborted it for a conflict with another transaction.
+    pub fn transaction<T>(&self, mut work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.transaction_with(false, &mut work)
+    }
+
+    /// `transaction` whose commit is not waited for on disk (`synchronous_commit = off`):
+    /// for changes the store's contract lets a crash lose (claims, heartbeats, logs).
+    pub fn transaction_unsynced<T>(&self, mut work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.transaction_with(true, &mut work)
+    }
+
+    fn transaction_with<T>(
+        &self,
+        unsynced: bool,
+        work: &mut dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let shown = self.shown.clone();
+        self.with(|client| {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let transaction = block_on(client.transaction()).map_err(|e| database(&shown, &e))?;
+                let mut tx = Tx { transaction, shown: &shown, conflict: false };
+                if unsynced {
+                    tx.execute("SET LOCAL synchronous_commit = off", &[])?;
+                }
+                let result = work(&mut tx);
+                let conflict = tx.conflict;
+                let outcome = match result {
+                    Ok(value) => block_on(tx.transaction.commit()).map(|()| value).map_err(|e| {
+                        let retry = is_conflict(&e);
+                        (database(&shown, &e), retry)
+                    }),
+                    Err(error) => {
+                        let _ = block_on(tx.transaction.rollback());
+                        Err((error, conflict))
+                    }
+                };
+                match outcome {
+                    Ok(value) => return Ok(value),
+                    Err((_, true)) if tries < RETRIES => continue,
+                    Err((error, _)) => return Err(error),
+                }
+            }
+        })
+    }
+}
+
+/// A transaction: statements whose errors are `StoreError`s naming the database.
+pub struct Tx<'a> {
+    transaction: tokio_postgres::Transaction<'a>,
+    shown: &'a str,
+    /// The database aborted a statement for a conflict: the transaction is run again.
+    conflict: bool,
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+impl Tx<'_> {
+    fn check<T>(&mut self, result: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {
+        result.map_err(|error| {
+            self.conflict |= is_conflict(&error);
+            database(self.shown, &error)
+        })
+    }
+
+    pub fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        let result = block_on(self.transaction.query(sql, params));
+        self.check(result)
+    }
+
+    pub fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
+        let result = block_on(self.transaction.query_opt(sql, params));
+        self.check(result)
+    }
+
+    pub fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
+        let result = block_on(self.transaction.query_one(sql, params));
+        self.check(result)
+    }
+
+    pub fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+        let result = block_on(self.transaction.execute(sql, params));
+        self.check(result)
+    }
+
+    /// Runs several statements (a migration); no parameters.
+    pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        let result = block_on(self.transaction.batch_execute(sql));
+        self.check(result)
+    }
+
+    /// Waits for, and holds until the transaction ends, the lock named `name` (an
+    /// advisory lock on its hash): how instances take turns deciding about one group,
+    /// one dedupe key, or the queue.
+    pub fn lock(&mut self, name: &str) -> Result<(), StoreError> {
+        self.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&name]).map(drop)
+    }
+
+    /// Tells every instance's listener, once this transaction commits.
+    pub fn notify(&mut self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        self.execute("SELECT pg_notify($1, $2)", &[&channel, &payload]).map(drop)
+    }
+}
+
+fn is_conflict(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    error.code().is_some_and(|code| *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+/// A failed statement or commit. A lost connection reads as the database being
+/// unreachable, which hooks answer with 503.
+pub fn database(shown: &str, error: &tokio_postgres::Error) -> StoreError {
+    if error.is_closed() || error.code().is_none() {
+        return unreachable(shown, error);
+    }
+    StoreError::Io(format!("the database at {shown} refused a statement: {error}"))
+}
+
+pub fn unreachable(shown: &str, error: &tokio_postgres::Error) -> StoreError {
+    let cause = std::error::Error::source(error).map_or_else(|| error.to_string(), |source| format!("{error}: {source}"));
+    StoreError::Unavailable(format!("the database at {shown} is unreachable: {cause}"))
+}
+
+/// `url` with any password replaced by `***`.
+pub fn url_without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_string() };
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    let hidden = if userinfo.contains(':') { format!("{user}:***") } else { user.to_string() };
+    let slash = if rest.contains('/') { "/" } else { "" };
+    format!("{scheme}://{hidden}@{host}{slash}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shown_url_never_has_its_password() {
+        assert_eq!(url_without_password("postgres://u:secret@db:5432/n"), "postgres://u:***@db:5432/n");
+        assert_eq!(url_without_password("postgres://u@db/n?host=/tmp"), "postgres://u@db/n?host=/tmp");
+        assert_eq!(url_without_password("postgres://db/n"), "postgres://db/n");
+        assert_eq!(url_without_password("postgres://u:p@db"), "postgres://u:***@db");
+    }
+}

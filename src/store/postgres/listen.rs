@@ -1,0 +1,99 @@
+//! The listener: one connection per instance that LISTENs for the run changes and
+//! outbox writes of every instance and turns them into this instance's run-change
+//! broadcast and wake-ups. Notifications sent while it is disconnected are lost, so
+//! after every (re)connect it wakes everyone to poll: the poll is the source of truth.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::PgStore;
+use super::rows::{OUTBOX_CHANNEL, RUNS_CHANNEL};
+use crate::runs::RunState;
+use crate::store::RunChange;
+
+/// The longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+pub struct Listener {
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Where notifications go.
+#[derive(Clone)]
+struct Sinks {
+    run_changes: tokio::sync::broadcast::Sender<RunChange>,
+    outbox_written: Arc<tokio::sync::Notify>,
+    wakeups: Arc<tokio::sync::Notify>,
+}
+
+impl Listener {
+    pub fn start(store: &PgStore) -> Listener {
+        let config = store.db.config().clone();
+        let sinks = Sinks {
+            run_changes: store.run_changes.clone(),
+            outbox_written: Arc::clone(&store.outbox_written),
+            wakeups: Arc::clone(&store.wakeups),
+        };
+        let shown = store.db.shown.clone();
+        let task = store.db.runtime().spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match listen(&config, &sinks).await {
+                    Ok(()) => tracing::warn!(database = %shown, "The database ended the listener's connection; reconnecting"),
+                    Err(error) => tracing::warn!(database = %shown, %error, "The listener lost the database; reconnecting"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        });
+        Listener { task }
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// One connection's life: LISTEN, wake everyone (what was missed is found by polling),
+/// then forward notifications until the connection ends.
+async fn listen(config: &tokio_postgres::Config, sinks: &Sinks) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (sender, mut messages) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if sender.send(message).is_err() {
+                break;
+            }
+        }
+    });
+    let listening = client.batch_execute(&format!("LISTEN {RUNS_CHANNEL}; LISTEN {OUTBOX_CHANNEL}")).await;
+    if let Err(error) = listening {
+        driver.abort();
+        return Err(error);
+    }
+    sinks.wakeups.notify_one();
+    sinks.outbox_written.notify_one();
+    let mut ended = Ok(());
+    while let Some(message) = messages.recv().await {
+        match message {
+            Ok(AsyncMessage::Notification(note)) if note.channel() == RUNS_CHANNEL => {
+                let Ok(change) = serde_json::from_str::<RunChange>(note.payload()) else { continue };
+                if change.state == RunState::Queued {
+                    sinks.wakeups.notify_one();
+                }
+                let _ = sinks.run_changes.send(change);
+            }
+            Ok(AsyncMessage::Notification(note)) if note.channel() == OUTBOX_CHANNEL => sinks.outbox_written.notify_one(),
+            Ok(_) => {}
+            Err(error) => {
+                ended = Err(error);
+                break;
+            }
+        }
+    }
+    driver.abort();
+    drop(client);
+    ended
+}
