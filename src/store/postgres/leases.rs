@@ -55,3 +55,16 @@ impl PgStore {
         Err(StoreError::Io("not built yet: sweep_now".into()))
     }
 }
+
+/// Cancels unfinished run `id` in `tx` (its row locked here): a worker holding it is
+/// fenced, its outbox end is written, a parent's unfinished children are cancelled with
+/// it, and a child's parent is told (`family`). `None` when it had already finished. As
+/// the embedded store's `Inner::cancel_live`.
+pub(super) fn cancel_in(
+    _tx: &mut super::db::Tx<'_>,
+    _id: RunId,
+    _reason: String,
+    _now: DateTime<Utc>,
+) -> Result<Option<Run>, StoreError> {
+    Err(StoreError::Io("not built yet: cancel_in".into()))
+}

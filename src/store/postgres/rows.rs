@@ -90,3 +90,61 @@ pub fn next_epoch(tx: &mut Tx<'_>) -> Result<Epoch, StoreError> {
     let row = tx.query_one("SELECT nextval('nightshift_epochs')", &[])?;
     Ok(Epoch(row.get::<_, i64>(0) as u64))
 }
+
+/// Writes a stored run's change from `before` to `after`, with the outbox messages the
+/// change of state creates (`runs::outbox::created`), as the embedded store's
+/// `Changes::keep` does. The caller holds `before`'s row lock.
+pub fn update_run(tx: &mut Tx<'_>, before: &Run, after: &Run) -> Result<(), StoreError> {
+    let entries = crate::runs::outbox::created(before, after, after.updated_at);
+    put_outbox(tx, &entries)?;
+    save_run(tx, after)
+}
+
+/// Writes new or changed outbox messages and rings every instance's sender.
+pub fn put_outbox(tx: &mut Tx<'_>, entries: &[crate::runs::outbox::Entry]) -> Result<(), StoreError> {
+    for entry in entries {
+        let key = &entry.key;
+        let state = match &entry.state {
+            crate::runs::outbox::EntryState::Pending => "pending",
+            crate::runs::outbox::EntryState::InFlight => "in_flight",
+            crate::runs::outbox::EntryState::Sent { .. } => "sent",
+            crate::runs::outbox::EntryState::Failed { .. } => "failed",
+        };
+        tx.execute(
+            "INSERT INTO nightshift_outbox (run, target, kind, state, next_at, doc) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (run, target, kind) DO UPDATE SET state = $4, next_at = $5, doc = $6",
+            &[
+                &(key.run.0 as i64),
+                &(key.target as i32),
+                &crate::runs::outbox::kind_name(key.kind),
+                &state,
+                &entry.next_at,
+                &encode(entry),
+            ],
+        )?;
+    }
+    if !entries.is_empty() {
+        tx.notify(OUTBOX_CHANNEL, "")?;
+    }
+    Ok(())
+}
+
+/// Appends an activity to `run`'s timeline (the caller holds the run's row lock, which
+/// orders the sequence numbers) and returns its sequence number.
+pub fn add_activity(
+    tx: &mut Tx<'_>,
+    run: RunId,
+    kind: crate::runs::ActivityKind,
+    text: String,
+    data: serde_json::Value,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, StoreError> {
+    let row = tx.query_one("SELECT coalesce(max(seq) + 1, 0) FROM nightshift_activities WHERE run = $1", &[&(run.0 as i64)])?;
+    let seq: i64 = row.get(0);
+    let activity = crate::runs::Activity { seq: seq as u64, at, kind, text, data };
+    tx.execute(
+        "INSERT INTO nightshift_activities (run, seq, doc) VALUES ($1, $2, $3)",
+        &[&(run.0 as i64), &seq, &encode(&activity)],
+    )?;
+    Ok(seq as u64)
+}
