@@ -10,11 +10,22 @@ use crate::runs::{RunId, SkipReason};
 use crate::store::{IngestOutcome, NewRun, ScheduleState, StoreError};
 
 impl PgStore {
-    pub(super) fn ingest_now(&self, event: &Event, runs: Vec<NewRun>, now: DateTime<Utc>) -> Result<IngestOutcome, StoreError> {
+    pub(super) fn ingest_now(
+        &self,
+        event: &Event,
+        runs: Vec<NewRun>,
+        now: DateTime<Utc>,
+    ) -> Result<IngestOutcome, StoreError> {
         Err(StoreError::Io("not built yet: ingest_now".into()))
     }
 
-    pub(super) fn record_skipped_slots_now(&self, automation: &str, definition_hash: &str, skipped: &[(Event, SkipReason)], now: DateTime<Utc>) -> Result<Vec<RunId>, StoreError> {
+    pub(super) fn record_skipped_slots_now(
+        &self,
+        automation: &str,
+        definition_hash: &str,
+        skipped: &[(Event, SkipReason)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunId>, StoreError> {
         Err(StoreError::Io("not built yet: record_skipped_slots_now".into()))
     }
 
