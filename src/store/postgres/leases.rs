@@ -1,7 +1,8 @@
 //! Claims, leases and a run's changes on PostgreSQL: claims take turns under the
-//! queue's advisory lock over candidates read `FOR UPDATE SKIP LOCKED`; every change of
-//! a run locks its row (a child's parent first: rows are locked in ascending id) and
-//! checks the caller's epoch, with the embedded store's errors.
+//! queue's advisory lock, reading queued runs oldest first a page at a time and locking
+//! the one that may start `FOR UPDATE SKIP LOCKED`; every change of a run locks its row
+//! (a child's parent first: rows are locked in ascending id) and checks the caller's
+//! epoch, with the embedded store's errors.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use chrono::{DateTime, Utc};
 use super::PgStore;
 use super::db::Tx;
 use super::family;
-use super::rows::{add_activity, encode, load_run, next_epoch, runs_of, update_run};
+use super::rows::{add_activity, decode_run, encode, load_run, next_epoch, runs_of, update_run};
 use crate::runs::clock::later;
 use crate::runs::queue::{self, Active};
 use crate::runs::retry::{backoff, may_retry};
@@ -21,9 +22,9 @@ use crate::runs::{
 };
 use crate::store::{Claim, QueueStatus, StoreError};
 
-/// How many of the oldest queued runs a claim considers: a run further back waits
-/// until the ones before it start (the embedded store considers them all).
-const CLAIM_WINDOW: i64 = 256;
+/// How many queued runs a claim reads at a time, oldest first: the next page is read
+/// only while none of those read so far may start.
+const CLAIM_PAGE: i64 = 256;
 
 impl PgStore {
     pub(super) fn claim_now(
@@ -35,17 +36,7 @@ impl PgStore {
     ) -> Result<Option<Claim>, StoreError> {
         self.db.transaction_unsynced(|tx| {
             tx.lock("queue")?;
-            let rows = tx.query(
-                "SELECT doc FROM nightshift_runs WHERE state = 'queued' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                &[&CLAIM_WINDOW],
-            )?;
-            let queued = runs_of(&rows)?;
-            let working = Working::read(tx)?;
-            let offered = queued.iter().filter(|run| staged || queue::plain(run));
-            let turns = queue::turns(offered, &working, now, true);
-            let Some(before) = turns.last().filter(|(_, wait)| wait.is_none()).map(|(run, _)| *run) else {
-                return Ok(None);
-            };
+            let Some(before) = next_claimable(tx, now, staged)? else { return Ok(None) };
             let mut run = before.clone();
             run.epoch = next_epoch(tx)?;
             run.attempt += 1;
@@ -59,7 +50,7 @@ impl PgStore {
                 expires_at: later(now, lease_for),
             };
             run.lease = Some(lease.clone());
-            update_run(tx, before, &run)?;
+            update_run(tx, &before, &run)?;
             Ok(Some(Claim { run, lease }))
         })
     }
@@ -326,6 +317,44 @@ impl PgStore {
     }
 }
 
+/// The oldest queued run that may start now (`runs::queue::turns` on the rows), its row
+/// locked; the caller holds the queue's lock, so no other claim decides meanwhile.
+/// Queued runs are read a page at a time, as far as needed: a long queue of runs that
+/// wait (a group at its limit) holds back none behind it. A run whose row another
+/// transaction holds (it is being cancelled, say) is passed over, as if it waited.
+fn next_claimable(tx: &mut Tx<'_>, now: DateTime<Utc>, staged: bool) -> Result<Option<Run>, StoreError> {
+    let working = Working::read(tx)?;
+    let mut queued: Vec<Run> = Vec::new();
+    let mut passed_over: Vec<RunId> = Vec::new();
+    let mut read_all = false;
+    loop {
+        let offered = queued.iter().filter(|run| (staged || queue::plain(run)) && !passed_over.contains(&run.id));
+        let turns = queue::turns(offered, &working, now, true);
+        match turns.last().filter(|(_, wait)| wait.is_none()).map(|(run, _)| run.id) {
+            Some(id) => {
+                let row = tx.query_opt(
+                    "SELECT doc FROM nightshift_runs WHERE id = $1 AND state = 'queued' FOR UPDATE SKIP LOCKED",
+                    &[&(id.0 as i64)],
+                )?;
+                match row {
+                    Some(row) => return decode_run(&row.get::<_, Vec<u8>>(0)).map(Some),
+                    None => passed_over.push(id),
+                }
+            }
+            None if read_all => return Ok(None),
+            None => {
+                let after = queued.last().map_or(0, |run| run.id.0 as i64);
+                let rows = tx.query(
+                    "SELECT doc FROM nightshift_runs WHERE state = 'queued' AND id > $1 ORDER BY id LIMIT $2",
+                    &[&after, &CLAIM_PAGE],
+                )?;
+                read_all = (rows.len() as i64) < CLAIM_PAGE;
+                queued.extend(runs_of(&rows)?);
+            }
+        }
+    }
+}
+
 /// The queue as it stands (`Store::queue_status`): counts by state, the active runs,
 /// the queued ones with why each waits (the claim rules on the rows, as `claim_now`
 /// applies them), and the runs awaiting approval. For `reads.rs`'s `queue_status_now`.
@@ -403,7 +432,7 @@ impl Active for Working {
 /// Locks the row of the parent run `id` is part of or follows, if any, before the
 /// caller locks `id`'s: a child's end changes its parent, and rows are locked in
 /// ascending id (a parent is older than its children).
-fn lock_parent(tx: &mut Tx<'_>, id: RunId) -> Result<(), StoreError> {
+pub(super) fn lock_parent(tx: &mut Tx<'_>, id: RunId) -> Result<(), StoreError> {
     let row = tx.query_opt("SELECT parent FROM nightshift_runs WHERE id = $1", &[&(id.0 as i64)])?;
     if let Some(parent) = row.and_then(|row| row.get::<_, Option<i64>>(0)) {
         tx.query("SELECT 1 FROM nightshift_runs WHERE id = $1 FOR UPDATE", &[&parent])?;
@@ -633,6 +662,27 @@ pub(super) mod tests {
         let done = Completion::Succeeded { result: RunResult { summary: "fixed".into(), ..RunResult::default() } };
         store.complete_now(a1, held.epoch, done, Vec::new(), at(4)).expect("complete");
         assert_eq!(claim(&store, 5).expect("a2 now").run.id, a2);
+    }
+
+    #[test]
+    fn a_long_queue_of_waiting_runs_holds_back_no_ready_run_behind_it() {
+        let (_cluster, store) = open();
+        let count = CLAIM_PAGE as usize + 20;
+        store
+            .db
+            .transaction(|tx| {
+                for i in 0..count {
+                    let mut run = queued("busy", &format!("ns/{i}"), &[]);
+                    run.id = next_run_id(tx)?;
+                    save_run(tx, &run)?;
+                }
+                Ok(())
+            })
+            .expect("a backlog");
+        let other = put(&store, &queued("other", "ns/other", &[]));
+        assert_eq!(claim(&store, 1).expect("the oldest").run.id, RunId(1));
+        assert_eq!(claim(&store, 2).expect("past a page of waiting runs").run.id, other);
+        assert!(claim(&store, 3).is_none());
     }
 
     #[test]
