@@ -108,47 +108,14 @@ fn child_run(id: RunId, parent: &Run, child: conduct::NewChild, now: DateTime<Ut
 #[cfg(test)]
 mod tests {
     use super::super::PgStore;
-    use super::super::leases::tests::{LEASE, at, claim, get, open, put, queued};
+    use super::super::leases::tests::{LEASE, at, claim, get, open};
     use super::*;
-    use crate::config::OutputFormat;
-    use crate::netpolicy::NetworkPolicy;
-    use crate::parallel::{AttemptsPlan, CheckOutcome, Held, NoWinner, Plan, Role, RoleAgent, StagingReport};
+    use crate::parallel::{CheckOutcome, Held, Role, StagingReport};
     use crate::runs::{Completion, RunResult};
     use crate::store::{Claim, StoreError};
-    use crate::task::{AgentCommand, PhasePolicies};
 
-    fn agent(profile: &str) -> RoleAgent {
-        RoleAgent {
-            agent: AgentCommand {
-                profile: profile.into(),
-                argv: vec![profile.into()],
-                plan_argv: None,
-                env: Default::default(),
-                output: OutputFormat::default(),
-                paths: Vec::new(),
-                pass_env: Vec::new(),
-            },
-            network: PhasePolicies { setup: NetworkPolicy::default(), agent: NetworkPolicy::default() },
-        }
-    }
-
-    /// A parent trying `count` agents at once, coordinating as ingest leaves it: running,
-    /// no lease, its first children started in the same transaction.
     fn parent(store: &PgStore, count: usize, push: bool) -> RunId {
-        let mut run = queued("probe", "fix", &["**"]);
-        let task = run.task.as_mut().expect("task");
-        task.push = push;
-        task.plan = Some(Plan::Attempts(AttemptsPlan {
-            agents: (0..count).map(|i| agent(&format!("agent{i}"))).collect(),
-            check: Some("cargo test".into()),
-            judge: None,
-            on_no_winner: NoWinner::Fail,
-        }));
-        run.state = RunState::Running;
-        run.started_at = Some(at(0));
-        let id = put(store, &run);
-        store.db.transaction(|tx| conduct(tx, id, at(0))).expect("the first children");
-        id
+        super::tests_support::parent_with(store, count, push)
     }
 
     fn children(store: &PgStore, parent: RunId) -> Vec<Run> {
@@ -277,5 +244,112 @@ mod tests {
         let failed = get(&store, id);
         assert_eq!(failed.state, RunState::Failed, "{:?}", failed.reason);
         assert!(claim(&store, 4).is_none());
+    }
+}
+
+#[cfg(test)]
+mod races {
+    use super::super::leases::tests::{at, claim, get, open};
+    use super::tests_support::parent_with_attempts;
+    use super::*;
+    use crate::parallel::{CheckOutcome, StagingReport};
+    use crate::runs::{Completion, RunResult};
+    use crate::store::StoreError;
+
+    /// A passing attempt's result: its commit held, its check passed.
+    fn held_commit(id: RunId) -> RunResult {
+        let report = StagingReport {
+            held: Some(format!("c{id}")),
+            checks: vec![CheckOutcome { command: "cargo test".into(), exit_code: Some(0), tail: String::new() }],
+            lines_changed: 1,
+            files_changed: 1,
+            ..StagingReport::default()
+        };
+        let mut result = RunResult::default();
+        result.details.insert(StagingReport::DETAILS_KEY.into(), serde_json::to_value(report).expect("report"));
+        result
+    }
+
+    #[test]
+    fn children_ending_while_their_parent_is_cancelled_leave_every_run_finished_and_no_error_but_a_refusal() {
+        let (_cluster, store) = open();
+        // Bounded: five families, each raced once.
+        for round in 0..5 {
+            let id = parent_with_attempts(&store, 3);
+            let claims: Vec<_> = (0..3).map(|i| claim(&store, round * 10 + i).expect("an attempt")).collect();
+            let (completed, cancelled) = std::thread::scope(|scope| {
+                let ending = scope.spawn(|| {
+                    claims
+                        .iter()
+                        .map(|held| {
+                            let done = Completion::Succeeded { result: held_commit(held.run.id) };
+                            store.complete_now(held.run.id, held.lease.epoch, done, Vec::new(), at(100))
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let cancelling = scope.spawn(|| store.cancel_now(id, "not needed", at(100)));
+                (ending.join().expect("completes"), cancelling.join().expect("cancels"))
+            });
+            assert_eq!(cancelled.expect("a coordinating or publishing parent is cancelled").state, RunState::Cancelled);
+            for (held, result) in claims.iter().zip(completed) {
+                match result {
+                    Ok(run) => assert_eq!(run.state, RunState::Succeeded),
+                    Err(StoreError::WrongState { state: RunState::Cancelled, .. }) => {}
+                    Err(other) => panic!("{}: {other}", held.run.id),
+                }
+                assert!(get(&store, held.run.id).state.is_finished());
+            }
+            assert_eq!(get(&store, id).state, RunState::Cancelled);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::super::PgStore;
+    use super::super::leases::tests::{at, put, queued};
+    use super::*;
+    use crate::config::OutputFormat;
+    use crate::netpolicy::NetworkPolicy;
+    use crate::parallel::{AttemptsPlan, NoWinner, Plan, RoleAgent};
+    use crate::task::{AgentCommand, PhasePolicies};
+
+    pub fn agent(profile: &str) -> RoleAgent {
+        RoleAgent {
+            agent: AgentCommand {
+                profile: profile.into(),
+                argv: vec![profile.into()],
+                plan_argv: None,
+                env: Default::default(),
+                output: OutputFormat::default(),
+                paths: Vec::new(),
+                pass_env: Vec::new(),
+            },
+            network: PhasePolicies { setup: NetworkPolicy::default(), agent: NetworkPolicy::default() },
+        }
+    }
+
+    /// A parent trying `count` agents at once (`push`ing the pick or not), coordinating
+    /// as ingest leaves it: running, no lease, its first children started in the same
+    /// transaction.
+    pub fn parent_with(store: &PgStore, count: usize, push: bool) -> RunId {
+        let mut run = queued("probe", "fix", &["**"]);
+        let task = run.task.as_mut().expect("task");
+        task.push = push;
+        task.plan = Some(Plan::Attempts(AttemptsPlan {
+            agents: (0..count).map(|i| agent(&format!("agent{i}"))).collect(),
+            check: Some("cargo test".into()),
+            judge: None,
+            on_no_winner: NoWinner::Fail,
+        }));
+        run.state = RunState::Running;
+        run.started_at = Some(at(0));
+        let id = put(store, &run);
+        store.db.transaction(|tx| conduct(tx, id, at(0))).expect("the first children");
+        id
+    }
+
+    pub fn parent_with_attempts(store: &PgStore, count: usize) -> RunId {
+        parent_with(store, count, true)
     }
 }
