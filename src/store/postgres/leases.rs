@@ -38,7 +38,7 @@ impl PgStore {
             tx.lock("queue")?;
             let Some(before) = next_claimable(tx, now, staged)? else { return Ok(None) };
             let mut run = before.clone();
-            run.epoch = next_epoch(tx)?;
+            run.epoch = crash_proof_epoch(tx)?;
             run.attempt += 1;
             run.state = RunState::Leased;
             run.not_before = None;
@@ -315,6 +315,26 @@ impl PgStore {
             Ok(swept)
         })
     }
+}
+
+/// `rows::next_epoch`, such that no claim after a crash of the database is handed it
+/// again, although a claim's commit is not waited for on disk. PostgreSQL writes a
+/// sequence's progress to its log ahead, once every so many values (and after each
+/// checkpoint); values after the last logged one that reached the disk are handed out
+/// again after a crash. A claim lost in a crash is harmless (the run is queued again),
+/// but its worker may live on with the epoch: the claim that logs the sequence ahead
+/// therefore commits synchronously, which puts every epoch up to the logged one beyond
+/// reuse. Claims hold the queue's lock, so none moves the sequence between the reads.
+fn crash_proof_epoch(tx: &mut Tx<'_>) -> Result<Epoch, StoreError> {
+    let unlogged = |tx: &mut Tx<'_>| -> Result<i64, StoreError> {
+        Ok(tx.query_one("SELECT log_cnt FROM nightshift_epochs", &[])?.get(0))
+    };
+    let before = unlogged(tx)?;
+    let epoch = next_epoch(tx)?;
+    if unlogged(tx)? >= before {
+        tx.execute("SET LOCAL synchronous_commit = on", &[])?;
+    }
+    Ok(epoch)
 }
 
 /// The oldest queued run that may start now (`runs::queue::turns` on the rows), its row
@@ -708,6 +728,27 @@ pub(super) mod tests {
         let staged = put(&store, &staged);
         assert!(store.claim_now("w@remote", LEASE, at(4), false).expect("claim").is_none());
         assert_eq!(claim(&store, 5).expect("a local worker gets it").run.id, staged);
+    }
+
+    #[test]
+    fn the_claim_that_logs_the_epoch_sequence_ahead_commits_synchronously_and_no_other_waits() {
+        let (_cluster, store) = open();
+        let synced = |store: &PgStore| {
+            store
+                .db
+                .transaction_unsynced(|tx| {
+                    crash_proof_epoch(tx)?;
+                    Ok(tx.query_one("SHOW synchronous_commit", &[])?.get::<_, String>(0) == "on")
+                })
+                .expect("an epoch")
+        };
+        let first: Vec<bool> = (0..70).map(|_| synced(&store)).collect();
+        let logged: Vec<usize> = first.iter().enumerate().filter(|(_, on)| **on).map(|(i, _)| i).collect();
+        assert!(logged.first() == Some(&0) && (2..=4).contains(&logged.len()), "{logged:?}");
+        // After a checkpoint the next value is logged again.
+        store.db.transaction(|tx| tx.batch("CHECKPOINT")).expect("checkpoint");
+        assert!(synced(&store));
+        assert!(!synced(&store));
     }
 
     #[test]
