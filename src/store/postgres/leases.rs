@@ -377,7 +377,7 @@ fn next_claimable(tx: &mut Tx<'_>, now: DateTime<Utc>, staged: bool) -> Result<O
 
 /// The queue as it stands (`Store::queue_status`): counts by state, the active runs,
 /// the queued ones with why each waits (the claim rules on the rows, as `claim_now`
-/// applies them), and the runs awaiting approval. For `reads.rs`'s `queue_status_now`.
+/// applies them), and the runs awaiting approval, read in `tx`.
 pub(super) fn queue_view(tx: &mut Tx<'_>, now: DateTime<Utc>) -> Result<QueueStatus, StoreError> {
     let mut by_state: HashMap<String, u64> = HashMap::new();
     for row in tx.query("SELECT state, count(*) FROM nightshift_runs GROUP BY state", &[])? {
