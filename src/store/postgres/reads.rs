@@ -7,15 +7,11 @@ use chrono::{DateTime, Utc};
 
 use super::PgStore;
 use crate::runs::{Activity, MemoryEntry, MemoryWrite, Run, RunId};
-use crate::store::{LogChunk, QueueStatus, RunFilter, StoreError, StoredEvent};
+use crate::store::{LogChunk, RunFilter, StoreError, StoredEvent};
 
 impl PgStore {
     pub(super) fn stats_now(&self) -> Result<crate::store::StoreStats, StoreError> {
         Err(StoreError::Io("not built yet: stats_now".into()))
-    }
-
-    pub(super) fn queue_status_now(&self, now: DateTime<Utc>) -> Result<QueueStatus, StoreError> {
-        Err(StoreError::Io("not built yet: queue_status_now".into()))
     }
 
     pub(super) fn run_now(&self, id: RunId) -> Result<Option<Run>, StoreError> {
