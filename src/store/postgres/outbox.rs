@@ -427,4 +427,23 @@ mod tests {
         // Its own attempts stay its own until they are abandoned by time.
         assert!(other.outbox_begin(start, at(4)).expect("begin").is_none());
     }
+
+    #[test]
+    fn instances_racing_to_begin_one_message_begin_it_once() {
+        let (cluster, store) = store();
+        notifying(&store, 1, vec![webhook()], true);
+        let end = key(1, 0, Kind::End);
+        let instances: Vec<PgStore> =
+            (0..4).map(|_| PgStore::open(&cluster.url("reads")).expect("an instance")).collect();
+        let begun: Vec<bool> = std::thread::scope(|scope| {
+            let racers: Vec<_> = instances
+                .iter()
+                .map(|instance| scope.spawn(move || instance.outbox_begin(end, at(3)).expect("begin").is_some()))
+                .collect();
+            racers.into_iter().map(|racer| racer.join().expect("a racer")).collect()
+        });
+        assert_eq!(begun.iter().filter(|won| **won).count(), 1, "{begun:?}");
+        let stored = store.outbox(RunId(1)).expect("outbox");
+        assert_eq!((stored[0].state.clone(), stored[0].attempts), (EntryState::InFlight, 1));
+    }
 }
