@@ -97,8 +97,10 @@ CREATE TABLE nightshift_outbox (
     -- pending, in_flight, sent, failed (`runs::outbox::EntryState`).
     state text NOT NULL,
     next_at timestamptz NOT NULL,
-    -- An attempt was begun by an instance that may have died before recording it.
-    unsure boolean NOT NULL DEFAULT false,
+    -- While in flight: the instance that began the attempt, and when (by its clock).
+    -- Another may make the attempt again, unsure, once it is abandoned (outbox.rs).
+    began_by text,
+    began_at timestamptz,
     doc bytea NOT NULL,
     PRIMARY KEY (run, target, kind)
 );
