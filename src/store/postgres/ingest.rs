@@ -794,6 +794,34 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs family::conduct (the parallel part of the PostgreSQL store)"]
+    fn a_parent_starts_running_with_its_first_children_and_its_start_message() {
+        let fixture = Fixture::start();
+        let store = &fixture.store;
+        let mut parent = task();
+        let role = crate::parallel::RoleAgent { agent: parent.agent.clone(), network: parent.network.clone() };
+        parent.plan = Some(crate::parallel::Plan::Attempts(crate::parallel::AttemptsPlan {
+            agents: vec![role.clone(), role],
+            check: None,
+            judge: None,
+            on_no_winner: Default::default(),
+        }));
+        let token = crate::config::SecretRef::Env("SLACK_TOKEN".into());
+        parent.notify = vec![crate::delivery::Target::Slack { channel: "C1".into(), thread_ts: None, token }];
+        let new =
+            NewRun { automation: "probe".into(), definition_hash: "h".into(), rendered: Ok((parent, Flow::default())) };
+        let outcome = store.ingest(&event("a", 0), vec![new], at(0)).unwrap();
+        let id = outcome.runs[0].run;
+        let run = stored(store, id);
+        assert_eq!((run.state, run.lease, run.started_at), (RunState::Running, None, Some(at(0))));
+        let starts =
+            count(store, &format!("SELECT count(*) FROM nightshift_outbox WHERE run = {} AND kind = 'start'", id.0));
+        assert_eq!(starts, 1, "the parent's start is told");
+        let children = count(store, &format!("SELECT count(*) FROM nightshift_runs WHERE parent = {}", id.0));
+        assert_eq!(children, 2, "both attempts are queued in the same commit");
+    }
+
+    #[test]
     fn a_rendering_error_is_recorded_as_a_failed_run() {
         let fixture = Fixture::start();
         let store = &fixture.store;
