@@ -108,6 +108,7 @@ const USAGE: &str = "usage: serve_load hooks [CONNECTIONS=64] [SECONDS=5]
        serve_load stall [UPLOADS=200] [BODY_TIMEOUT=10]
        serve_load flood [CONNECTIONS=20000] [SECONDS=15]
        serve_load notify [ROUNDS=5] [CONNECTIONS=16]
+       serve_load backends [ROUNDS=3] [SECONDS=5] [CONNECTIONS=64]
 (build the server first: cargo build --release)";
 
 /// The webhook secret; the server reads it from `LOAD_SECRET`.
@@ -184,6 +185,9 @@ fn main() -> ExitCode {
         "stall" => runtime.block_on(stall(arg(0, 200, MAX_CONNECTIONS), arg(1, 10, MAX_SECONDS))),
         "flood" => runtime.block_on(flood(arg(0, 20_000, MAX_FLOOD), arg(1, 15, MAX_SECONDS))),
         "notify" => runtime.block_on(notify(arg(0, 5, MAX_REPEATS), arg(1, 16, MAX_CONNECTIONS))),
+        "backends" => {
+            runtime.block_on(backends(arg(0, 3, MAX_REPEATS), arg(1, 5, MAX_SECONDS), arg(2, 64, MAX_CONNECTIONS)))
+        }
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -228,6 +232,50 @@ async fn hooks(connections: u64, seconds: u64) -> anyhow::Result<()> {
         tally.accepted, run.server_cpu, run.own_cpu
     );
     tally.show_errors();
+    Ok(())
+}
+
+/// `hooks` on the embedded store and on PostgreSQL (a throwaway cluster with fsync and
+/// synchronous commit on, on a Unix socket), in turns, ROUNDS times: signed deliveries
+/// per second answered 202 (each committed first), side by side.
+async fn backends(rounds: u64, seconds: u64, connections: u64) -> anyhow::Result<()> {
+    let cluster = nightshift::store::postgres::cluster::Cluster::start_with(true)
+        .map_err(|why| anyhow::anyhow!("a throwaway PostgreSQL cluster: {why}"))?;
+    let workspace = Workspace::new()?;
+    workspace.write("load-hook", HOOK)?;
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=rounds {
+        for (index, backend) in ["embedded", "postgresql"].into_iter().enumerate() {
+            let url = match index {
+                0 => None,
+                _ => Some(cluster.database(&format!("hooks{round}")).map_err(|why| anyhow::anyhow!(why))?),
+            };
+            let args: Vec<&str> = url.as_deref().map(|url| vec!["--store", url]).unwrap_or_default();
+            let (mut serve, _) = serve_with(&workspace, round * 2 + index as u64, &args).await?;
+            let run = drive(&serve, connections, Pace::Closed, seconds).await?;
+            serve.check_running("during the test")?;
+            serve.stop().await?;
+            let tally = &run.tally;
+            let per_second = tally.accepted as f64 / run.elapsed.as_secs_f64();
+            println!(
+                "round {round} {backend:<10}: {per_second:.0} deliveries/s answered 202, {}, errors {}; cpu: server {:.0}% of a core",
+                spread(&tally.latencies),
+                tally.errors,
+                run.server_cpu,
+            );
+            tally.show_errors();
+            rates[index].push(per_second);
+        }
+    }
+    let median = |rates: &mut Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let (embedded, postgres) = (median(&mut rates[0]), median(&mut rates[1]));
+    println!(
+        "medians over {rounds} rounds: embedded {embedded:.0}/s, postgresql {postgres:.0}/s (postgresql / embedded {:.2})",
+        postgres / embedded
+    );
     Ok(())
 }
 

@@ -10,7 +10,14 @@
 //! cargo run --release --example store_load -- claims [WORKERS=4] [RUNS=50000]
 //! cargo run --release --example store_load -- bytes [EVENTS=20000] [PROFILE=local-audit]
 //! cargo run --release --example store_load -- runs [RUNS=100000] [READS=200]
+//! cargo run --release --example store_load -- backends [ROUNDS=3] [WORKERS=4] [RUNS=5000] [WAKEUPS=200]
 //! ```
+//! `backends` measures the embedded store and PostgreSQL side by side, in turns, ROUNDS
+//! times (a throwaway PostgreSQL cluster with fsync and synchronous commit on, on a Unix
+//! socket; docs/scaling.md): claim+complete cycles from WORKERS threads over RUNS queued
+//! runs, and the wake-up from a run queued by one instance to its claim by a worker
+//! waiting on another (for the embedded store, one process: the server's own wake-up),
+//! WAKEUPS times one after another, p50 and p99.
 //! `runs` stores RUNS runs (all but one per service skipped by a cooldown, so nearly all
 //! are finished and on disk, as in a store that has run a while), then reads the web
 //! board's page of 50 runs READS times each way (the newest, one deep in the list through
@@ -63,8 +70,14 @@ fn main() {
         Some("claims") => claims(number(1, 4), number(2, 50_000)),
         Some("bytes") => bytes(number(1, 20_000).min(MAX_EVENTS), args.get(2).map_or("local-audit", String::as_str)),
         Some("runs") => runs_page(number(1, 100_000).min(MAX_EVENTS), number(2, 200).min(100_000)),
+        Some("backends") => backends(
+            number(1, 3).min(20),
+            number(2, 4).min(64),
+            number(3, 5_000).min(MAX_EVENTS),
+            number(4, 200).min(10_000),
+        ),
         _ => eprintln!(
-            "usage: store_load ingest [PRODUCERS] [SECONDS] [rules|store] | claims [WORKERS] [RUNS] | bytes [EVENTS] [PROFILE] | runs [RUNS] [READS]"
+            "usage: store_load ingest [PRODUCERS] [SECONDS] [rules|store] | claims [WORKERS] [RUNS] | bytes [EVENTS] [PROFILE] | runs [RUNS] [READS] | backends [ROUNDS] [WORKERS] [RUNS] [WAKEUPS]"
         ),
     }
 }
@@ -364,4 +377,158 @@ fn walk(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::fs::Metadata)> {
         }
     }
     found
+}
+
+/// A pipeline over `store` with the load automation, in `dir`.
+fn pipeline_over(dir: &std::path::Path, store: Arc<dyn Store>) -> Pipeline {
+    std::fs::create_dir_all(dir.join("automations")).expect("dir");
+    std::fs::write(dir.join("automations/load.yaml"), AUTOMATION).expect("write");
+    let (catalog, problems) = nightshift::catalog::load(RuleEngine::shared(), &[dir.join("automations")], None);
+    assert!(problems.is_empty(), "{problems:?}");
+    Pipeline::new(Arc::new(catalog), store)
+}
+
+/// Claim+complete cycles per second of `workers` threads over `runs` queued runs.
+fn cycles(store: &Arc<dyn Store>, template: &NewRun, workers: u64, runs: u64, tag: &str) -> f64 {
+    for batch in 0..runs.div_ceil(100) {
+        let count = (runs - batch * 100).min(100) as usize;
+        let mut event = load_event(batch);
+        event.id = format!("manual:{tag}-{batch}");
+        store.ingest(&event, vec![template.clone(); count], Utc::now()).expect("ingest");
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let threads: Vec<_> = (0..workers)
+        .map(|worker| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let Some(claim) =
+                        store.claim(&format!("w{worker}"), Duration::from_secs(60), Utc::now()).expect("claim")
+                    else {
+                        break;
+                    };
+                    let result = RunResult { summary: "ok".into(), ..RunResult::default() };
+                    let completion = Completion::Succeeded { result };
+                    store
+                        .complete(claim.run.id, claim.lease.epoch, completion, Vec::new(), Utc::now())
+                        .expect("complete");
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let done: u64 = threads.into_iter().map(|thread| thread.join().expect("worker")).sum();
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+/// From a run queued through `producer` to its claim through `waiter` by a worker that
+/// waits on `wakeup` (and polls every second, as the server's workers do), `samples`
+/// times, one after another.
+fn wakeups(
+    producer: &Arc<dyn Store>,
+    waiter: &Arc<dyn Store>,
+    wakeup: Arc<tokio::sync::Notify>,
+    ring_after_ingest: bool,
+    template: &NewRun,
+    samples: u64,
+    tag: &str,
+) -> Vec<Duration> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let (claimed, claims) = std::sync::mpsc::channel::<Instant>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (waiter, wakeup, stop) = (waiter.clone(), wakeup.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            while !stop.load(Ordering::Relaxed) {
+                while let Some(claim) = waiter.claim("waiter", Duration::from_secs(60), Utc::now()).expect("claim") {
+                    let _ = claimed.send(Instant::now());
+                    let result = RunResult { summary: "ok".into(), ..RunResult::default() };
+                    let completion = Completion::Succeeded { result };
+                    waiter
+                        .complete(claim.run.id, claim.lease.epoch, completion, Vec::new(), Utc::now())
+                        .expect("complete");
+                }
+                runtime.block_on(async {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), wakeup.notified()).await;
+                });
+            }
+        })
+    };
+    let mut latencies = Vec::new();
+    // The waiter is idle and waiting before each run is queued.
+    std::thread::sleep(Duration::from_millis(200));
+    for n in 0..samples {
+        let mut event = load_event(n);
+        event.id = format!("manual:{tag}-wake-{n}");
+        producer.ingest(&event, vec![template.clone()], Utc::now()).expect("ingest");
+        let queued = Instant::now();
+        if ring_after_ingest {
+            wakeup.notify_one();
+        }
+        let claimed_at = claims.recv_timeout(Duration::from_secs(10)).expect("the waiter claims the run");
+        latencies.push(claimed_at.saturating_duration_since(queued));
+        runtime.block_on(tokio::time::sleep(Duration::from_millis(5)));
+    }
+    stop.store(true, Ordering::Relaxed);
+    wakeup.notify_one();
+    worker.join().expect("the waiter");
+    latencies.sort();
+    latencies
+}
+
+fn backends(rounds: u64, workers: u64, runs: u64, samples: u64) {
+    use nightshift::store::PgStore;
+    use nightshift::store::postgres::cluster::Cluster;
+    let cluster =
+        Cluster::start_with(true).expect("a throwaway PostgreSQL cluster (is Debian's postgresql installed?)");
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut waits: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=rounds {
+        // The embedded store: one process, its wake-up rung by the server after ingest.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sled: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
+        let pipeline = pipeline_over(dir.path(), sled.clone());
+        let made = template(&pipeline);
+        let rate = cycles(&sled, &made, workers, runs, "c");
+        let wait = wakeups(&sled, &sled, Arc::new(tokio::sync::Notify::new()), true, &made, samples, "w");
+        println!("round {round} embedded:   {rate:>7.0} claim+complete cycles/s; wake-up {}", spread(&wait));
+        rates[0].push(rate);
+        waits[0].extend(wait);
+        drop(pipeline);
+
+        // PostgreSQL: two instances on one database; the waiter is woken by NOTIFY.
+        let url = cluster.database(&format!("load{round}")).expect("a database");
+        let first: Arc<dyn Store> = Arc::new(PgStore::open(&url).expect("the database opens"));
+        let second: Arc<dyn Store> = Arc::new(PgStore::open(&url).expect("the database opens"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pipeline = pipeline_over(dir.path(), first.clone());
+        let made = template(&pipeline);
+        let rate = cycles(&first, &made, workers, runs, "c");
+        let wakeup = second.wakeups().expect("a shared store wakes other instances");
+        let wait = wakeups(&first, &second, wakeup, false, &made, samples, "w");
+        println!("round {round} postgresql: {rate:>7.0} claim+complete cycles/s; wake-up {}", spread(&wait));
+        rates[1].push(rate);
+        waits[1].extend(wait);
+    }
+    for (name, (rates, waits)) in ["embedded", "postgresql"].iter().zip(rates.iter_mut().zip(waits.iter_mut())) {
+        rates.sort_by(f64::total_cmp);
+        waits.sort();
+        println!(
+            "{name}: claim+complete median {:.0}/s over {rounds} rounds; wake-up {}",
+            rates[rates.len() / 2],
+            spread(waits)
+        );
+    }
+}
+
+/// p50 and p99 of sorted durations.
+fn spread(sorted: &[Duration]) -> String {
+    let at = |q: usize| {
+        sorted.get((sorted.len() * q / 100).min(sorted.len().saturating_sub(1))).copied().unwrap_or_default()
+    };
+    format!("p50 {:.2} ms, p99 {:.2} ms", at(50).as_secs_f64() * 1e3, at(99).as_secs_f64() * 1e3)
 }

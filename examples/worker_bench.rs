@@ -162,6 +162,7 @@ echo '{"type":"summary","text":"ok"}'; date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.e
             automations: automations_dir,
             project: Some(root.join("nightshift.yaml")),
             data: root.join("data"),
+            store: None,
             listen: "127.0.0.1:0".parse().expect("an address"),
             max_body: None,
             api_token: Some("bench".into()),

@@ -101,6 +101,10 @@ pub trait Ledger {
 pub fn connect(location: &Location, sources: &Sources) -> anyhow::Result<Box<dyn Ledger>> {
     let data = location.data_dir();
     location.check_project(&data)?;
+    // A server on a shared database (`serve --store`) is reached through its API.
+    if let Some(server) = ServeFile::read(&data).filter(|server| server.shared_store && server.is_alive()) {
+        return Ok(Box::new(RemoteLedger::new(server)?));
+    }
     match SledStore::open(&data) {
         Ok(store) => Ok(Box::new(LocalLedger {
             store: Arc::new(store),

@@ -6,6 +6,7 @@ mod follow_up;
 mod ledger;
 mod logs;
 mod memory;
+mod migrate;
 mod output;
 mod prune;
 mod remote;
@@ -115,6 +116,13 @@ enum Command {
     /// automation) go with their activities and events, as do expired memory entries.
     /// Unfinished runs are never deleted.
     Prune(prune::Args),
+    /// Copy an embedded store into an empty PostgreSQL database.
+    ///
+    /// For moving to several `serve` instances on one database (docs/scaling.md): stop
+    /// `serve`, run `nightshift migrate-store --from .nightshift --to postgres://...`,
+    /// then start the instances with `--store`. Every record is copied: events, runs,
+    /// timelines, logs, memory, schedules, outbox messages, dedupe marks and cooldowns.
+    MigrateStore(migrate::Args),
     /// Print a run's log: the setup and agent phases' output, secrets masked.
     ///
     /// The log is bounded (4 MiB by default): a longer one keeps its start and end,
@@ -178,6 +186,7 @@ pub fn run() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Memory(args) => memory::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::MigrateStore(args) => migrate::run(args),
         Command::Logs(args) => logs::run(args),
         Command::Approve(args) => approve::approve(args),
         Command::Cancel(args) => approve::cancel(args),

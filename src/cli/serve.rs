@@ -51,6 +51,13 @@ pub struct Args {
     /// Not written to serve.json: give it to the people who should only look.
     #[arg(long, value_name = "TOKEN")]
     read_token: Option<String>,
+    /// Keep events and runs in the PostgreSQL database at URL (e.g.
+    /// `postgres://nightshift@db.internal/nightshift`) instead of the embedded store in
+    /// --data, so several `serve` instances can share it behind a load balancer
+    /// (docs/scaling.md). Also read from NIGHTSHIFT_STORE. Local workers' workspaces stay
+    /// under --data.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     #[command(flatten)]
     worker: WorkerArgs,
     #[command(flatten)]
@@ -121,6 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         automations,
         project,
         data: data.clone(),
+        store: args.store.or_else(|| std::env::var("NIGHTSHIFT_STORE").ok()).filter(|url| !url.is_empty()),
         listen: args.listen,
         max_body: args.max_body,
         api_token: std::env::var("NIGHTSHIFT_API_TOKEN").ok().filter(|t| !t.is_empty()),

@@ -31,6 +31,9 @@ pub struct Sender {
 impl Sender {
     /// Messages sent at once, at most.
     pub const BATCH: usize = 16;
+    /// How often an instance that does not send (another holds the outbox duty of a
+    /// shared database) asks again whether it should.
+    pub const DUTY_CHECK_EVERY: Duration = Duration::from_secs(5);
     /// How long attempts in flight at shutdown may take to finish; the rest stay in
     /// flight in the store and are sent, unsure, at the next start.
     pub const STOP_WITHIN: Duration = Duration::from_secs(15);
@@ -128,7 +131,16 @@ impl Sender {
     async fn due(&self) -> OutboxDue {
         let store = Arc::clone(&self.store);
         let now = self.clock.now();
-        match tokio::task::spawn_blocking(move || store.outbox_due(now, Sender::BATCH)).await {
+        let due = move || {
+            // With a shared database one instance sends; the others look again soon, to
+            // take over when it dies.
+            if !store.maintains(crate::store::DUTY_OUTBOX, now)? {
+                let again = crate::runs::clock::later(now, Sender::DUTY_CHECK_EVERY);
+                return Ok(OutboxDue { entries: Vec::new(), next_at: Some(again) });
+            }
+            store.outbox_due(now, Sender::BATCH)
+        };
+        match tokio::task::spawn_blocking(due).await {
             Ok(Ok(due)) => due,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "outbox: cannot read the due messages; looking again in a minute");

@@ -17,6 +17,10 @@ pub struct ServeFile {
     pub pid: u32,
     /// The bearer token of `/api`.
     pub token: String,
+    /// The server keeps its store elsewhere (`--store`, a shared database): commands
+    /// reach it through the API while it runs, never the data directory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_store: bool,
 }
 
 impl ServeFile {
@@ -28,7 +32,17 @@ impl ServeFile {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
         };
-        ServeFile { url: format!("http://{host}:{}", address.port()), pid: std::process::id(), token: token.into() }
+        ServeFile {
+            url: format!("http://{host}:{}", address.port()),
+            pid: std::process::id(),
+            token: token.into(),
+            shared_store: false,
+        }
+    }
+
+    /// Whether the server that wrote the file is still running.
+    pub fn is_alive(&self) -> bool {
+        i32::try_from(self.pid).is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
     }
 
     pub fn path(data: &Path) -> PathBuf {

@@ -25,7 +25,12 @@ pub async fn start(server: Arc<Server>) -> Result<JobScheduler, tokio_cron_sched
         let wakeup = Arc::clone(server.wakeup());
         Box::pin(async move {
             let swept = tokio::task::spawn_blocking(move || {
-                let runs = server.store().sweep_expired_leases(Utc::now())?;
+                let now = Utc::now();
+                // With a shared database one instance sweeps; another takes over if it dies.
+                if !server.store().maintains(crate::store::DUTY_LEASES, now)? {
+                    return Ok(Vec::new());
+                }
+                let runs = server.store().sweep_expired_leases(now)?;
                 count_expiries(&server, &runs);
                 Ok::<_, crate::store::StoreError>(runs)
             })
@@ -45,8 +50,15 @@ pub async fn start(server: Arc<Server>) -> Result<JobScheduler, tokio_cron_sched
     jobs.add(Job::new_async(RETENTION_SCHEDULE, move |_, _| {
         let server = Arc::clone(&server);
         Box::pin(async move {
-            match tokio::task::spawn_blocking(move || server.prune()).await {
-                Ok(Ok(report)) => tracing::info!(?report, "retention applied"),
+            let pruned = tokio::task::spawn_blocking(move || {
+                if !server.store().maintains(crate::store::DUTY_RETENTION, Utc::now())? {
+                    return Ok(None);
+                }
+                server.prune().map(Some)
+            });
+            match pruned.await {
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(report))) => tracing::info!(?report, "retention applied"),
                 Ok(Err(error)) => tracing::error!(%error, "applying retention"),
                 Err(error) => tracing::error!(%error, "applying retention"),
             }

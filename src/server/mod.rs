@@ -30,7 +30,7 @@ use crate::intake::{Accepted, Delivery, Headers, HookTable, IntakeError, Prechec
 use crate::pipeline::{Audience, IngestReport, Pipeline};
 use crate::rules::RuleEngine;
 use crate::runs::{MemoryEntry, MemoryWrite, Run, RunId};
-use crate::store::{LogChunk, RetentionReport, RunFilter, RunRecord, SledStore, Store, StoreError};
+use crate::store::{LogChunk, RetentionReport, RunFilter, RunRecord, Store, StoreError};
 use crate::triggers::TriggerKind;
 use crate::worker::mask::Masker;
 use crate::worker::{Pool, Runner, Wakeup, WorkerSettings};
@@ -48,6 +48,9 @@ pub struct ServeOptions {
     /// The project settings file, if any.
     pub project: Option<PathBuf>,
     pub data: PathBuf,
+    /// A PostgreSQL URL (`--store`): the store several instances share; `None` for the
+    /// embedded store in `data`.
+    pub store: Option<String>,
     pub listen: SocketAddr,
     /// The largest request body accepted, in bytes, for triggers that set no `max_body`
     /// of their own; `None` leaves each source's default (see
@@ -281,7 +284,7 @@ impl Server {
     /// error here (`serve` will not start on them); a missing webhook secret is a
     /// warning, and that hook refuses requests until it is set.
     pub fn open(options: ServeOptions) -> Result<Arc<Server>, ServeError> {
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&options.data)?);
+        let store = crate::store::open(&options.data, options.store.as_deref())?;
         let (generation, problems) = match load_generation(&options.automations, options.project.as_deref(), &store) {
             Ok(loaded) => loaded,
             Err(diagnostics) => {
@@ -539,7 +542,8 @@ impl Server {
         Ok(self.store.write_memory(automation, write, Utc::now())?)
     }
 
-    /// Applies the loaded project's retention now.
+    /// Applies the loaded project's retention now (the hourly job asks
+    /// `Store::maintains` first: with a shared database, one instance does it).
     pub fn prune(&self) -> Result<RetentionReport, ApiError> {
         let retention = self.current().pipeline.catalog().retention;
         Ok(self.store.apply_retention(&retention, Utc::now())?)
@@ -575,9 +579,24 @@ pub async fn serve(server: Arc<Server>, transport: Arc<dyn crate::delivery::Tran
         .with_metrics(Arc::clone(&server.metrics)),
     );
     let sender = tokio::spawn(sender.run(stopped.clone()));
+    // Runs another instance queued (a shared database) wake this one's workers too.
+    if let Some(elsewhere) = server.store.wakeups() {
+        let wakeup = Arc::clone(&server.wakeup);
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = elsewhere.notified() => wakeup.notify(),
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
+    }
 
     // Last: the file tells the other commands (and tests) the server is ready.
-    discovery::ServeFile::new(address, &server.api_token).write(&server.options.data)?;
+    let mut serve_file = discovery::ServeFile::new(address, &server.api_token);
+    serve_file.shared_store = server.options.store.is_some();
+    serve_file.write(&server.options.data)?;
     let generation = server.current();
     tracing::info!(
         address = %address,

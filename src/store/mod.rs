@@ -26,6 +26,25 @@ pub use crate::runs::outbox::{Entry as OutboxEntry, EntryState as OutboxState, K
 pub use embedded::SledStore;
 pub use postgres::PgStore;
 
+/// Opens the store `serve` and the CLI use: the PostgreSQL database at `url` when one
+/// is given (`--store postgres://...`, for several instances: docs/scaling.md), else the
+/// embedded store in `data`.
+pub fn open(data: &std::path::Path, url: Option<&str>) -> Result<Arc<dyn Store>, StoreError> {
+    match url {
+        Some(url) if is_postgres_url(url) => Ok(Arc::new(PgStore::open(url)?)),
+        Some(other) => Err(StoreError::Open {
+            dir: postgres::shown_url(other).into(),
+            cause: "a store URL starts with postgres:// or postgresql://; leave --store out for the embedded store in --data".into(),
+        }),
+        None => Ok(Arc::new(SledStore::open(data)?)),
+    }
+}
+
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// The data directory used when none is given: `.nightshift/` beside the automations.
 pub fn default_data_dir(automations: &std::path::Path) -> PathBuf {
     let beside = automations.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -539,6 +558,45 @@ pub trait Store: Send + Sync {
     fn wakeups(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
     }
+}
+
+/// One stored record, as `nightshift migrate-store` carries it from one backend to
+/// another (`SledStore::export`, `PgStore::import`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Event(StoredEvent),
+    Run(Box<Run>),
+    Activity(RunId, Activity),
+    Log(RunId, LogChunk),
+    Memory {
+        automation: String,
+        key: String,
+        entry: MemoryEntry,
+    },
+    Schedule {
+        automation: String,
+        trigger: String,
+        state: ScheduleState,
+    },
+    Outbox(OutboxEntry),
+    Thread {
+        thread: String,
+        run: RunId,
+    },
+    /// Who holds an automation's dedupe key, until when.
+    Dedupe {
+        automation: String,
+        key: String,
+        run: RunId,
+        expires_at: DateTime<Utc>,
+    },
+    /// The latest run created in a flow-control group, and when its cooldown ends.
+    Cooldown {
+        group: String,
+        run: RunId,
+        at: DateTime<Utc>,
+        until: DateTime<Utc>,
+    },
 }
 
 /// The maintenance duties `Store::maintains` gives out.

@@ -30,9 +30,11 @@ impl From<StoreError> for ControlError {
             StoreError::StaleLease { .. } | StoreError::WrongState { .. } | StoreError::NoSuchRun(_) => {
                 ControlError::Lost(error.to_string())
             }
-            StoreError::Io(_) | StoreError::Unavailable(_) | StoreError::Locked { .. } | StoreError::Open { .. } | StoreError::Corrupt { .. } => {
-                ControlError::Unavailable(error.to_string())
-            }
+            StoreError::Io(_)
+            | StoreError::Unavailable(_)
+            | StoreError::Locked { .. }
+            | StoreError::Open { .. }
+            | StoreError::Corrupt { .. } => ControlError::Unavailable(error.to_string()),
         }
     }
 }

@@ -1009,9 +1009,10 @@ impl Workspace {
         let objects = self.path.join(".git").join("objects");
         // A worktree's objects are the mirror's already; an overlay's or a clone's new
         // ones are copied, checked, when loose (the usual case), else pushed.
-        let copied = !objects.is_dir() || super::objects::copy_loose(&objects, &self.mirror.path.join("objects"))
-            .inspect_err(|why| tracing::debug!(run_id = %self.run, ?why, "Pushing the held commit instead"))
-            .is_ok();
+        let copied = !objects.is_dir()
+            || super::objects::copy_loose(&objects, &self.mirror.path.join("objects"))
+                .inspect_err(|why| tracing::debug!(run_id = %self.run, ?why, "Pushing the held commit instead"))
+                .is_ok();
         if copied {
             // Every object the commit adds must now be in the mirror, as a push checks.
             self.mirror.git().args(["rev-list", "--quiet", "--objects", commit, "--not", &self.base_commit]).run()?;

@@ -28,6 +28,7 @@ mod sandbox_egress;
 mod sandbox_jail;
 mod sandbox_limits;
 mod sandbox_runs;
+mod scaling;
 mod schema;
 mod serving;
 mod signatures;

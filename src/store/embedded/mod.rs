@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 mod codec;
+mod export;
 mod group_commit;
 mod keys;
 mod live;

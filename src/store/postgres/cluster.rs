@@ -26,7 +26,10 @@ impl Cluster {
     /// benchmarks that claim durable figures).
     pub fn start_with(durable: bool) -> Result<Cluster, String> {
         let bin = bin_dir()?;
-        let dir = tempfile::Builder::new().prefix("nightshift-pg-").tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("nightshift-pg-")
+            .tempdir()
+            .map_err(|e| format!("a temporary directory: {e}"))?;
         let run_as = if nix::unistd::geteuid().is_root() { Some(unprivileged_user()?) } else { None };
         if let Some(user) = &run_as {
             let status = Command::new("chown").arg("-R").arg(user).arg(dir.path()).status();
@@ -35,7 +38,10 @@ impl Cluster {
             }
         }
         let cluster = Cluster { dir, bin, run_as, durable };
-        cluster.tool("initdb", &["-D", &cluster.data(), "-A", "trust", "-U", "nightshift", "--no-sync", "-E", "UTF8", "--locale=C"])?;
+        cluster.tool(
+            "initdb",
+            &["-D", &cluster.data(), "-A", "trust", "-U", "nightshift", "--no-sync", "-E", "UTF8", "--locale=C"],
+        )?;
         cluster.start_server()?;
         Ok(cluster)
     }
@@ -67,20 +73,22 @@ impl Cluster {
 
     /// The URL of database `db`, created if it does not exist.
     pub fn database(&self, db: &str) -> Result<String, String> {
-        let psql = |sql: &str| {
-            Command::new(self.bin.join("psql"))
-                .args(["-h", &self.dir.path().display().to_string(), "-U", "nightshift", "-d", "postgres", "-qAtc", sql])
-                .output()
-                .map_err(|e| format!("psql: {e}"))
-        };
-        let exists = psql(&format!("SELECT 1 FROM pg_database WHERE datname = '{db}'"))?;
-        if String::from_utf8_lossy(&exists.stdout).trim() != "1" {
-            let out = psql(&format!("CREATE DATABASE \"{db}\""))?;
-            if !out.status.success() {
-                return Err(format!("CREATE DATABASE {db}: {}", String::from_utf8_lossy(&out.stderr)));
-            }
+        if self.psql("postgres", &format!("SELECT 1 FROM pg_database WHERE datname = '{db}'"))? != "1" {
+            self.psql("postgres", &format!("CREATE DATABASE \"{db}\""))?;
         }
         Ok(self.url(db))
+    }
+
+    /// Runs `sql` in database `db` with psql; its output, unaligned, rows on lines.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", &self.dir.path().display().to_string(), "-U", "nightshift", "-d", db, "-qAtc", sql])
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// The URL of database `db` (not created).
@@ -103,7 +111,11 @@ impl Cluster {
             Ok(())
         } else {
             let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-            Err(format!("{name} {args:?} failed: {}{}\n{log}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+            Err(format!(
+                "{name} {args:?} failed: {}{}\n{log}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
         }
     }
 }

@@ -93,7 +93,10 @@ impl Db {
 
     /// `transaction` whose commit is not waited for on disk (`synchronous_commit = off`):
     /// for changes the store's contract lets a crash lose (claims, heartbeats, logs).
-    pub fn transaction_unsynced<T>(&self, mut work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub fn transaction_unsynced<T>(
+        &self,
+        mut work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.transaction_with(true, &mut work)
     }
 
@@ -193,7 +196,9 @@ impl Tx<'_> {
 
 fn is_conflict(error: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
-    error.code().is_some_and(|code| *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED)
+    error
+        .code()
+        .is_some_and(|code| *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED)
 }
 
 /// A failed statement or commit. A lost connection reads as the database being
@@ -206,7 +211,8 @@ pub fn database(shown: &str, error: &tokio_postgres::Error) -> StoreError {
 }
 
 pub fn unreachable(shown: &str, error: &tokio_postgres::Error) -> StoreError {
-    let cause = std::error::Error::source(error).map_or_else(|| error.to_string(), |source| format!("{error}: {source}"));
+    let cause =
+        std::error::Error::source(error).map_or_else(|| error.to_string(), |source| format!("{error}: {source}"));
     StoreError::Unavailable(format!("the database at {shown} is unreachable: {cause}"))
 }
 

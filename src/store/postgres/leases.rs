@@ -11,7 +11,13 @@ use crate::runs::{Completion, Epoch, MemoryWrite, NewActivity, Run, RunId};
 use crate::store::{Claim, StoreError};
 
 impl PgStore {
-    pub(super) fn claim_now(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>, staged: bool) -> Result<Option<Claim>, StoreError> {
+    pub(super) fn claim_now(
+        &self,
+        worker: &str,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+        staged: bool,
+    ) -> Result<Option<Claim>, StoreError> {
         Err(StoreError::Io("not built yet: claim_now".into()))
     }
 
@@ -19,19 +25,44 @@ impl PgStore {
         Err(StoreError::Io("not built yet: mark_running_now".into()))
     }
 
-    pub(super) fn heartbeat_now(&self, run: RunId, epoch: Epoch, lease_for: Duration, now: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
+    pub(super) fn heartbeat_now(
+        &self,
+        run: RunId,
+        epoch: Epoch,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, StoreError> {
         Err(StoreError::Io("not built yet: heartbeat_now".into()))
     }
 
-    pub(super) fn append_activity_now(&self, run: RunId, epoch: Epoch, activity: NewActivity, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub(super) fn append_activity_now(
+        &self,
+        run: RunId,
+        epoch: Epoch,
+        activity: NewActivity,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         Err(StoreError::Io("not built yet: append_activity_now".into()))
     }
 
-    pub(super) fn append_log_now(&self, run: RunId, epoch: Epoch, text: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub(super) fn append_log_now(
+        &self,
+        run: RunId,
+        epoch: Epoch,
+        text: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         Err(StoreError::Io("not built yet: append_log_now".into()))
     }
 
-    pub(super) fn complete_now(&self, run: RunId, epoch: Epoch, completion: Completion, memory: Vec<MemoryWrite>, now: DateTime<Utc>) -> Result<Run, StoreError> {
+    pub(super) fn complete_now(
+        &self,
+        run: RunId,
+        epoch: Epoch,
+        completion: Completion,
+        memory: Vec<MemoryWrite>,
+        now: DateTime<Utc>,
+    ) -> Result<Run, StoreError> {
         Err(StoreError::Io("not built yet: complete_now".into()))
     }
 
@@ -39,11 +70,22 @@ impl PgStore {
         Err(StoreError::Io("not built yet: cancel_now".into()))
     }
 
-    pub(super) fn release_now(&self, run: RunId, epoch: Epoch, reason: &str, now: DateTime<Utc>) -> Result<Run, StoreError> {
+    pub(super) fn release_now(
+        &self,
+        run: RunId,
+        epoch: Epoch,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Run, StoreError> {
         Err(StoreError::Io("not built yet: release_now".into()))
     }
 
-    pub(super) fn cancel_unstarted_now(&self, run: RunId, reason: &str, now: DateTime<Utc>) -> Result<Option<Run>, StoreError> {
+    pub(super) fn cancel_unstarted_now(
+        &self,
+        run: RunId,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Run>, StoreError> {
         Err(StoreError::Io("not built yet: cancel_unstarted_now".into()))
     }
 

@@ -26,6 +26,15 @@ struct Sinks {
     run_changes: tokio::sync::broadcast::Sender<RunChange>,
     outbox_written: Arc<tokio::sync::Notify>,
     wakeups: Arc<tokio::sync::Notify>,
+    /// The store's trouble: set while the listener cannot reach the database, so
+    /// `/healthz` says why even when no request has tried.
+    trouble: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Sinks {
+    fn trouble(&self, why: Option<String>) {
+        *self.trouble.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = why;
+    }
 }
 
 impl Listener {
@@ -35,14 +44,20 @@ impl Listener {
             run_changes: store.run_changes.clone(),
             outbox_written: Arc::clone(&store.outbox_written),
             wakeups: Arc::clone(&store.wakeups),
+            trouble: Arc::clone(&store.trouble),
         };
         let shown = store.db.shown.clone();
         let task = store.db.runtime().spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 match listen(&config, &sinks).await {
-                    Ok(()) => tracing::warn!(database = %shown, "The database ended the listener's connection; reconnecting"),
-                    Err(error) => tracing::warn!(database = %shown, %error, "The listener lost the database; reconnecting"),
+                    Ok(()) => {
+                        tracing::warn!(database = %shown, "The database ended the listener's connection; reconnecting")
+                    }
+                    Err(error) => {
+                        tracing::warn!(database = %shown, %error, "The listener lost the database; reconnecting");
+                        sinks.trouble(Some(super::db::unreachable(&shown, &error).to_string()));
+                    }
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -73,6 +88,7 @@ async fn listen(config: &tokio_postgres::Config, sinks: &Sinks) -> Result<(), to
         driver.abort();
         return Err(error);
     }
+    sinks.trouble(None);
     sinks.wakeups.notify_one();
     sinks.outbox_written.notify_one();
     let mut ended = Ok(());
@@ -85,7 +101,9 @@ async fn listen(config: &tokio_postgres::Config, sinks: &Sinks) -> Result<(), to
                 }
                 let _ = sinks.run_changes.send(change);
             }
-            Ok(AsyncMessage::Notification(note)) if note.channel() == OUTBOX_CHANNEL => sinks.outbox_written.notify_one(),
+            Ok(AsyncMessage::Notification(note)) if note.channel() == OUTBOX_CHANNEL => {
+                sinks.outbox_written.notify_one()
+            }
             Ok(_) => {}
             Err(error) => {
                 ended = Err(error);

@@ -15,6 +15,7 @@
 pub mod cluster;
 mod db;
 mod family;
+mod import;
 mod ingest;
 mod leases;
 mod listen;
@@ -40,6 +41,7 @@ use crate::delivery::{Attempt, Outcome};
 use crate::event::Event;
 use crate::runs::{Activity, Completion, Epoch, MemoryEntry, MemoryWrite, NewActivity, Run, RunId, SkipReason};
 use db::Db;
+pub use import::Imported;
 
 /// The store on a PostgreSQL database.
 pub struct PgStore {
@@ -108,6 +110,11 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// `url` as messages show it: any password replaced by `***`.
+pub fn shown_url(url: &str) -> String {
+    db::url_without_password(url)
+}
+
 fn instance_name() -> String {
     let host = nix::unistd::gethostname().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
@@ -132,7 +139,13 @@ impl Store for PgStore {
         Ok((outcome, Durability::done()))
     }
 
-    fn claim_for(&self, worker: &str, lease_for: Duration, now: DateTime<Utc>, staged: bool) -> Result<Option<Claim>, StoreError> {
+    fn claim_for(
+        &self,
+        worker: &str,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+        staged: bool,
+    ) -> Result<Option<Claim>, StoreError> {
         self.noted(self.claim_now(worker, lease_for, now, staged))
     }
 
@@ -140,11 +153,23 @@ impl Store for PgStore {
         self.noted(self.mark_running_now(run, epoch, now))
     }
 
-    fn heartbeat(&self, run: RunId, epoch: Epoch, lease_for: Duration, now: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
+    fn heartbeat(
+        &self,
+        run: RunId,
+        epoch: Epoch,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, StoreError> {
         self.noted(self.heartbeat_now(run, epoch, lease_for, now))
     }
 
-    fn append_activity(&self, run: RunId, epoch: Epoch, activity: NewActivity, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    fn append_activity(
+        &self,
+        run: RunId,
+        epoch: Epoch,
+        activity: NewActivity,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         self.noted(self.append_activity_now(run, epoch, activity, now))
     }
 

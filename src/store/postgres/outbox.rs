@@ -17,11 +17,21 @@ impl PgStore {
         Err(StoreError::Io("not built yet: outbox_now".into()))
     }
 
-    pub(super) fn outbox_begin_now(&self, key: OutboxKey, now: DateTime<Utc>) -> Result<Option<(OutboxEntry, Attempt)>, StoreError> {
+    pub(super) fn outbox_begin_now(
+        &self,
+        key: OutboxKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(OutboxEntry, Attempt)>, StoreError> {
         Err(StoreError::Io("not built yet: outbox_begin_now".into()))
     }
 
-    pub(super) fn outbox_finish_now(&self, key: OutboxKey, outcome: &Outcome, now: DateTime<Utc>, random_unit: f64) -> Result<Option<OutboxEntry>, StoreError> {
+    pub(super) fn outbox_finish_now(
+        &self,
+        key: OutboxKey,
+        outcome: &Outcome,
+        now: DateTime<Utc>,
+        random_unit: f64,
+    ) -> Result<Option<OutboxEntry>, StoreError> {
         Err(StoreError::Io("not built yet: outbox_finish_now".into()))
     }
 }

@@ -46,11 +46,20 @@ impl PgStore {
         Err(StoreError::Io("not built yet: history_now".into()))
     }
 
-    pub(super) fn memory_now(&self, automation: &str, now: DateTime<Utc>) -> Result<BTreeMap<String, MemoryEntry>, StoreError> {
+    pub(super) fn memory_now(
+        &self,
+        automation: &str,
+        now: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, MemoryEntry>, StoreError> {
         Err(StoreError::Io("not built yet: memory_now".into()))
     }
 
-    pub(super) fn write_memory_now(&self, automation: &str, write: MemoryWrite, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub(super) fn write_memory_now(
+        &self,
+        automation: &str,
+        write: MemoryWrite,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         Err(StoreError::Io("not built yet: write_memory_now".into()))
     }
 

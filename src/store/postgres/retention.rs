@@ -8,7 +8,11 @@ use crate::config::Retention;
 use crate::store::{RetentionReport, StoreError};
 
 impl PgStore {
-    pub(super) fn retention_now(&self, retention: &Retention, now: DateTime<Utc>) -> Result<RetentionReport, StoreError> {
+    pub(super) fn retention_now(
+        &self,
+        retention: &Retention,
+        now: DateTime<Utc>,
+    ) -> Result<RetentionReport, StoreError> {
         Err(StoreError::Io("not built yet: retention_now".into()))
     }
 }

@@ -55,7 +55,8 @@ pub fn save_run(tx: &mut Tx<'_>, run: &Run) -> Result<(), StoreError> {
             &doc,
         ],
     )?;
-    let change = RunChange { id: run.id, state: run.state, automation: run.automation.clone(), updated_at: run.updated_at };
+    let change =
+        RunChange { id: run.id, state: run.state, automation: run.automation.clone(), updated_at: run.updated_at };
     tx.notify(RUNS_CHANNEL, &serde_json::to_string(&change).expect("a change serializes"))
 }
 
@@ -139,12 +140,19 @@ pub fn add_activity(
     data: serde_json::Value,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<u64, StoreError> {
-    let row = tx.query_one("SELECT coalesce(max(seq) + 1, 0) FROM nightshift_activities WHERE run = $1", &[&(run.0 as i64)])?;
+    let row =
+        tx.query_one("SELECT coalesce(max(seq) + 1, 0) FROM nightshift_activities WHERE run = $1", &[&(run.0 as i64)])?;
     let seq: i64 = row.get(0);
     let activity = crate::runs::Activity { seq: seq as u64, at, kind, text, data };
-    tx.execute(
-        "INSERT INTO nightshift_activities (run, seq, doc) VALUES ($1, $2, $3)",
-        &[&(run.0 as i64), &seq, &encode(&activity)],
-    )?;
+    add_activity_at(tx, run, &activity)?;
     Ok(seq as u64)
+}
+
+/// Writes `activity` under its own sequence number.
+pub fn add_activity_at(tx: &mut Tx<'_>, run: RunId, activity: &crate::runs::Activity) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO nightshift_activities (run, seq, doc) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        &[&(run.0 as i64), &(activity.seq as i64), &encode(activity)],
+    )
+    .map(drop)
 }

@@ -63,7 +63,10 @@ mod tests {
         assert_eq!(migrate(&db).expect("the first start migrates"), version_known());
         assert_eq!(migrate(&db).expect("a second start finds it done"), version_known());
         db.transaction(|tx| {
-            tx.execute("INSERT INTO nightshift_schema (version, name) VALUES ($1, 'from the future')", &[&(version_known() as i32 + 1)])
+            tx.execute(
+                "INSERT INTO nightshift_schema (version, name) VALUES ($1, 'from the future')",
+                &[&(version_known() as i32 + 1)],
+            )
         })
         .expect("a newer binary's migration");
         let refused = migrate(&db).expect_err("a newer schema is refused").to_string();
