@@ -276,6 +276,11 @@ impl Ingest<'_> {
         let automation = &new.automation;
         // Ascending ids (the group's oldest first): the order run rows are locked in.
         for previous in cancel {
+            // A child's cancellation changes its parent, an older row: locked first.
+            let parent = tx.query_opt("SELECT parent FROM nightshift_runs WHERE id = $1", &[&(previous.0 as i64)])?;
+            if let Some(parent) = parent.and_then(|row| row.get::<_, Option<i64>>(0)) {
+                tx.query("SELECT 1 FROM nightshift_runs WHERE id = $1 FOR UPDATE", &[&parent])?;
+            }
             let why = format!("superseded by {id} (`overlap: cancel_previous`)");
             if super::leases::cancel_in(tx, previous, why, now)?.is_some() {
                 self.cancelled.push(previous);
