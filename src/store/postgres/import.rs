@@ -93,9 +93,9 @@ fn write(tx: &mut super::db::Tx<'_>, record: &Record) -> Result<(), StoreError> 
             .map(drop),
         Record::Schedule { automation, trigger, state } => tx
             .execute(
-                "INSERT INTO nightshift_schedules (automation, trigger, doc) VALUES ($1, $2, $3) \
-                 ON CONFLICT (automation, trigger) DO UPDATE SET doc = $3",
-                &[automation, trigger, &encode(state)],
+                "INSERT INTO nightshift_schedules (automation, trigger, last_slot, doc) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (automation, trigger) DO UPDATE SET last_slot = $3, doc = $4",
+                &[automation, trigger, &state.last_slot, &encode(state)],
             )
             .map(drop),
         Record::Outbox(entry) => put_outbox(tx, std::slice::from_ref(entry)),

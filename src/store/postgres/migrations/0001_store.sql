@@ -86,6 +86,9 @@ CREATE TABLE nightshift_cooldowns (
 CREATE TABLE nightshift_schedules (
     automation text NOT NULL,
     trigger text NOT NULL,
+    -- `ScheduleState::last_slot`: a write with an older one is ignored, so progress
+    -- never moves backwards when instances write it in any order.
+    last_slot timestamptz NOT NULL,
     doc bytea NOT NULL,
     PRIMARY KEY (automation, trigger)
 );
