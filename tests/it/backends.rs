@@ -26,7 +26,13 @@ impl Backend {
     /// A fresh database for `test` in this binary's cluster; `None` (a loud skip) where
     /// PostgreSQL is not installed and `.ci/run` did not ask for it.
     pub fn postgres(test: &str) -> Option<Backend> {
-        let cluster = cluster()?;
+        let Some(cluster) = cluster() else {
+            crate::requires::skip(
+                crate::requires::REQUIRE_PROGRAMS,
+                "no PostgreSQL `initdb` found: install Debian's `postgresql` (as .ci/run does) or set NIGHTSHIFT_PG_BIN",
+            );
+            return None;
+        };
         static DATABASES: AtomicUsize = AtomicUsize::new(0);
         let n = DATABASES.fetch_add(1, Ordering::Relaxed);
         // PostgreSQL's names are at most 63 bytes: the number keeps a long name unique.
@@ -52,17 +58,13 @@ impl Backend {
     }
 }
 
-/// The cluster every PostgreSQL test of this binary shares, started by the first. A
-/// static is never dropped, so the server is stopped and its directory removed when
-/// the process exits.
+/// The cluster every PostgreSQL test of this binary shares, started by the first;
+/// `None` where PostgreSQL is not installed. A static is never dropped, so the server
+/// is stopped and its directory removed when the process exits.
 fn cluster() -> Option<&'static Cluster> {
     CLUSTER
         .get_or_init(|| {
             if !postgres_installed() {
-                crate::requires::skip(
-                    crate::requires::REQUIRE_PROGRAMS,
-                    "no PostgreSQL `initdb` found: install Debian's `postgresql` (as .ci/run does) or set NIGHTSHIFT_PG_BIN",
-                );
                 return None;
             }
             let cluster = Cluster::start().unwrap_or_else(|error| panic!("a throwaway PostgreSQL cluster: {error}"));
