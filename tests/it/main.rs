@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per boundary.
 
 mod alertmanager;
+mod backends;
 mod board;
 mod cli;
 mod crash;

@@ -2,7 +2,6 @@
 //! its children are claimed and completed with the store API (their `StagingReport`s
 //! written by hand), and the parent's state, children and pick are read back.
 
-use std::path::Path;
 use std::time::Duration;
 
 use nightshift::config::{Approval, DurationSpec, OutputFormat};
@@ -12,13 +11,27 @@ use nightshift::parallel::{
     Role, RoleAgent, StagingReport, VerifyPlan,
 };
 use nightshift::runs::{Completion, Run, RunId, RunResult, RunState};
-use nightshift::store::{Claim, NewRun, RunRecord, SledStore, Store};
+use nightshift::store::{Claim, NewRun, RunRecord, Store};
 use nightshift::task::{AgentCommand, Flow, PhasePolicies, Task};
 use serde_json::json;
 
+use crate::backends::{Backend, on_both};
 use crate::store::{at, event};
 
 const LEASE: Duration = Duration::from_secs(600);
+
+// Every test below runs on sled and on PostgreSQL.
+on_both!(
+    attempts_run_at_once_and_the_smallest_passing_one_is_published_with_every_reason,
+    a_failed_verification_gives_the_findings_to_the_next_author_who_starts_from_the_last_round,
+    a_verification_that_always_fails_fails_the_parent_after_the_last_round_with_the_findings,
+    a_fan_out_runs_at_most_max_concurrent_children_keeps_overlapping_paths_apart_and_joins_the_successes,
+    cancelling_a_parent_cancels_every_unfinished_child_in_the_same_call,
+    a_remote_style_claim_never_gets_a_staged_run,
+    a_restart_keeps_the_parent_its_children_their_index_and_its_progress,
+    a_coordinating_parent_holds_no_worker_is_never_swept_and_status_says_it_waits_for_its_children,
+    a_parent_that_does_not_push_succeeds_with_the_held_commit_and_retention_forgets_its_children_index,
+);
 
 fn agent(profile: &str) -> RoleAgent {
     RoleAgent {
@@ -132,12 +145,11 @@ fn verify_plan(max_rounds: u32) -> Plan {
     })
 }
 
-#[test]
-fn attempts_run_at_once_and_the_smallest_passing_one_is_published_with_every_reason() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = SledStore::open(dir.path()).expect("open");
-    let parent = ingest_parent(&store, task(attempts_plan(3)), 0);
-    let coordinating = run(&store, parent);
+fn attempts_run_at_once_and_the_smallest_passing_one_is_published_with_every_reason(backend: &Backend) {
+    let opened = backend.open();
+    let store = opened.as_ref();
+    let parent = ingest_parent(store, task(attempts_plan(3)), 0);
+    let coordinating = run(store, parent);
     assert_eq!((coordinating.state, coordinating.lease.is_none()), (RunState::Running, true));
     let children = store.children(parent).expect("children");
     let shapes: Vec<(Role, u32, String, String)> = children
@@ -158,15 +170,15 @@ fn attempts_run_at_once_and_the_smallest_passing_one_is_published_with_every_rea
         ]
     );
     // All three at once (their paths overlap, but they are alternatives); never the parent.
-    let claims: Vec<Claim> = (0..3).map(|i| claim(&store, 1 + i)).collect();
+    let claims: Vec<Claim> = (0..3).map(|i| claim(store, 1 + i)).collect();
     assert!(store.claim("local-1", LEASE, at(5)).expect("claim").is_none());
     assert_eq!(claims.iter().map(|c| c.run.id).collect::<Vec<_>>(), children.iter().map(|c| c.id).collect::<Vec<_>>());
-    succeed(&store, &claims[0], "broke the tests", report(Some("aaa"), 5, false), 10);
-    succeed(&store, &claims[1], "big fix", report(Some("bbb"), 30, true), 11);
-    assert_eq!(run(&store, parent).state, RunState::Running, "an attempt still works");
-    succeed(&store, &claims[2], "small fix", report(Some("ccc"), 10, true), 12);
+    succeed(store, &claims[0], "broke the tests", report(Some("aaa"), 5, false), 10);
+    succeed(store, &claims[1], "big fix", report(Some("bbb"), 30, true), 11);
+    assert_eq!(run(store, parent).state, RunState::Running, "an attempt still works");
+    succeed(store, &claims[2], "small fix", report(Some("ccc"), 10, true), 12);
 
-    let publishing = run(&store, parent);
+    let publishing = run(store, parent);
     assert_eq!(publishing.state, RunState::Queued);
     let staging = &publishing.task.as_ref().expect("task").staging;
     assert!(staging.skip_agent && !staging.hold);
@@ -180,23 +192,22 @@ fn attempts_run_at_once_and_the_smallest_passing_one_is_published_with_every_rea
     assert_eq!(reasons[2], "the smallest change");
 
     // The parent publishes like any run, and keeps its pick.
-    let published = claim(&store, 20);
+    let published = claim(store, 20);
     assert_eq!(published.run.id, parent);
-    let done = succeed(&store, &published, "opened the pull request", StagingReport::default(), 21);
+    let done = succeed(store, &published, "opened the pull request", StagingReport::default(), 21);
     assert_eq!(done.state, RunState::Succeeded);
     assert_eq!(done.result.as_ref().expect("result").details["pick"]["winner"]["attempt"], 3);
 }
 
-#[test]
-fn a_failed_verification_gives_the_findings_to_the_next_author_who_starts_from_the_last_round() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = SledStore::open(dir.path()).expect("open");
-    let parent = ingest_parent(&store, task(verify_plan(3)), 0);
-    let author1 = claim(&store, 1);
+fn a_failed_verification_gives_the_findings_to_the_next_author_who_starts_from_the_last_round(backend: &Backend) {
+    let opened = backend.open();
+    let store = opened.as_ref();
+    let parent = ingest_parent(store, task(verify_plan(3)), 0);
+    let author1 = claim(store, 1);
     assert_eq!((link(&author1.run), author1.run.task.as_ref().unwrap().branch.as_str()), ((Role::Author, 1), "fix-r1"));
-    succeed(&store, &author1, "first try", report(Some("r1tip"), 12, true), 2);
+    succeed(store, &author1, "first try", report(Some("r1tip"), 12, true), 2);
 
-    let verifier1 = claim(&store, 3);
+    let verifier1 = claim(store, 3);
     let task = verifier1.run.task.clone().expect("task");
     assert_eq!((link(&verifier1.run), task.branch.as_str()), ((Role::Verify, 1), "fix-v1"));
     assert_eq!(task.agent.profile, "reviewer");
@@ -204,9 +215,9 @@ fn a_failed_verification_gives_the_findings_to_the_next_author_who_starts_from_t
     assert_eq!(task.staging.answer, Some(AnswerKind::Verdict));
     assert_eq!(task.staging.checks, ["cargo test"]);
     assert!(task.prompt.starts_with("review it") && task.prompt.contains("first try"), "{}", task.prompt);
-    succeed(&store, &verifier1, "found a problem", verdict(false, &["the null case panics"]), 4);
+    succeed(store, &verifier1, "found a problem", verdict(false, &["the null case panics"]), 4);
 
-    let author2 = claim(&store, 5);
+    let author2 = claim(store, 5);
     let task = author2.run.task.clone().expect("task");
     assert_eq!((link(&author2.run), task.branch.as_str()), ((Role::Author, 2), "fix-r2"));
     assert_eq!(task.staging.start_from, Some(Held { run: author1.run.id, commit: "r1tip".into() }));
@@ -214,11 +225,11 @@ fn a_failed_verification_gives_the_findings_to_the_next_author_who_starts_from_t
     assert!(task.prompt.starts_with("fix the bug"), "{}", task.prompt);
     assert!(task.prompt.contains("Findings from the verifier (untrusted)"));
     assert!(task.prompt.contains("<untrusted-data") && task.prompt.contains("the null case panics"));
-    succeed(&store, &author2, "second try", report(Some("r2tip"), 14, true), 6);
-    let verifier2 = claim(&store, 7);
-    succeed(&store, &verifier2, "looks right", verdict(true, &[]), 8);
+    succeed(store, &author2, "second try", report(Some("r2tip"), 14, true), 6);
+    let verifier2 = claim(store, 7);
+    succeed(store, &verifier2, "looks right", verdict(true, &[]), 8);
 
-    let publishing = run(&store, parent);
+    let publishing = run(store, parent);
     assert_eq!(publishing.state, RunState::Queued);
     let staging = &publishing.task.as_ref().expect("task").staging;
     assert_eq!(staging.start_from, Some(Held { run: author2.run.id, commit: "r2tip".into() }));
@@ -227,19 +238,18 @@ fn a_failed_verification_gives_the_findings_to_the_next_author_who_starts_from_t
     assert_eq!(roles, [(Role::Author, 1), (Role::Verify, 1), (Role::Author, 2), (Role::Verify, 2)]);
 }
 
-#[test]
-fn a_verification_that_always_fails_fails_the_parent_after_the_last_round_with_the_findings() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = SledStore::open(dir.path()).expect("open");
-    let parent = ingest_parent(&store, task(verify_plan(2)), 0);
+fn a_verification_that_always_fails_fails_the_parent_after_the_last_round_with_the_findings(backend: &Backend) {
+    let opened = backend.open();
+    let store = opened.as_ref();
+    let parent = ingest_parent(store, task(verify_plan(2)), 0);
     for round in 0..2 {
         let secs = 1 + round * 4;
-        let author = claim(&store, secs);
-        succeed(&store, &author, "a try", report(Some(&format!("tip{round}")), 3, true), secs + 1);
-        let verifier = claim(&store, secs + 2);
-        succeed(&store, &verifier, "no", verdict(false, &["still wrong"]), secs + 3);
+        let author = claim(store, secs);
+        succeed(store, &author, "a try", report(Some(&format!("tip{round}")), 3, true), secs + 1);
+        let verifier = claim(store, secs + 2);
+        succeed(store, &verifier, "no", verdict(false, &["still wrong"]), secs + 3);
     }
-    let failed = run(&store, parent);
+    let failed = run(store, parent);
     assert_eq!(failed.state, RunState::Failed);
     assert_eq!(failed.reason.as_deref(), Some("verification failed in all 2 rounds"));
     assert_eq!(failed.result.as_ref().expect("result").details["findings"], json!(["still wrong"]));
@@ -255,11 +265,12 @@ fn fan_out_plan() -> Plan {
     })
 }
 
-#[test]
-fn a_fan_out_runs_at_most_max_concurrent_children_keeps_overlapping_paths_apart_and_joins_the_successes() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = SledStore::open(dir.path()).expect("open");
-    let parent = ingest_parent(&store, task(fan_out_plan()), 0);
+fn a_fan_out_runs_at_most_max_concurrent_children_keeps_overlapping_paths_apart_and_joins_the_successes(
+    backend: &Backend,
+) {
+    let opened = backend.open();
+    let store = opened.as_ref();
+    let parent = ingest_parent(store, task(fan_out_plan()), 0);
     let children = store.children(parent).expect("children");
     assert_eq!(children.len(), 5);
     assert_eq!(children[1].task.as_ref().unwrap().paths, ["a/x.rs"]);
@@ -296,18 +307,18 @@ fn a_fan_out_runs_at_most_max_concurrent_children_keeps_overlapping_paths_apart_
                 )
                 .expect("fail");
         } else {
-            succeed(&store, &done, &format!("did part {index}"), report(Some(&format!("c{index}")), 1, true), secs);
+            succeed(store, &done, &format!("did part {index}"), report(Some(&format!("c{index}")), 1, true), secs);
         }
     }
     assert_eq!(order.len(), 5, "every child ran once: {order:?}");
-    let join = claim(&store, 50);
+    let join = claim(store, 50);
     assert_eq!(link(&join.run), (Role::Join, 0));
     let task = join.run.task.clone().expect("task");
     let merged: Vec<String> = task.staging.merge.iter().map(|held| held.commit.clone()).collect();
     assert_eq!(merged, ["c1", "c2", "c3", "c5"], "the succeeded children, in order");
     assert!(task.staging.hold && task.prompt.starts_with("join them") && task.prompt.contains("did part 3"));
-    succeed(&store, &join, "joined", report(Some("joined"), 4, true), 51);
-    let publishing = run(&store, parent);
+    succeed(store, &join, "joined", report(Some("joined"), 4, true), 51);
+    let publishing = run(store, parent);
     assert_eq!(publishing.state, RunState::Queued);
     assert_eq!(
         publishing.task.as_ref().unwrap().staging.start_from.as_ref().map(|h| h.commit.as_str()),
@@ -315,19 +326,18 @@ fn a_fan_out_runs_at_most_max_concurrent_children_keeps_overlapping_paths_apart_
     );
 }
 
-#[test]
-fn cancelling_a_parent_cancels_every_unfinished_child_in_the_same_call() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = SledStore::open(dir.path()).expect("open");
-    let parent = ingest_parent(&store, task(attempts_plan(3)), 0);
-    let first = claim(&store, 1);
-    succeed(&store, &first, "done", report(Some("a"), 1, true), 2);
-    let _working = claim(&store, 3);
+fn cancelling_a_parent_cancels_every_unfinished_child_in_the_same_call(backend: &Backend) {
+    let opened = backend.open();
+    let store = opened.as_ref();
+    let parent = ingest_parent(store, task(attempts_plan(3)), 0);
+    let first = claim(store, 1);
+    succeed(store, &first, "done", report(Some("a"), 1, true), 2);
+    let _working = claim(store, 3);
     store.cancel(parent, "not needed", at(4)).expect("cancel");
     let states: Vec<RunState> = store.children(parent).expect("children").iter().map(|c| c.state).collect();
     assert_eq!(states, [RunState::Succeeded, RunState::Cancelled, RunState::Cancelled]);
-    assert_eq!(run(&store, parent).state, RunState::Cancelled);
-    let record = RunRecord::read(&store, parent).expect("read").expect("record");
+    assert_eq!(run(store, parent).state, RunState::Cancelled);
+    let record = RunRecord::read(store, parent).expect("read").expect("record");
     assert_eq!(record.children.len(), 3);
     assert_eq!(
         serde_json::to_value(&record.children[1]).expect("json")["role"],
@@ -336,11 +346,10 @@ fn cancelling_a_parent_cancels_every_unfinished_child_in_the_same_call() {
     );
 }
 
-#[test]
-fn a_remote_style_claim_never_gets_a_staged_run() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = SledStore::open(dir.path()).expect("open");
-    ingest_parent(&store, task(attempts_plan(2)), 0);
+fn a_remote_style_claim_never_gets_a_staged_run(backend: &Backend) {
+    let opened = backend.open();
+    let store = opened.as_ref();
+    ingest_parent(store, task(attempts_plan(2)), 0);
     let mut plain = task(attempts_plan(1));
     plain.plan = None;
     plain.repo = "/srv/git/other".into();
@@ -353,41 +362,36 @@ fn a_remote_style_claim_never_gets_a_staged_run() {
     assert!(store.claim_for("local-1", LEASE, at(3), true).expect("claim").is_some(), "a local worker gets it");
 }
 
-fn reopened(dir: &Path) -> SledStore {
-    SledStore::open(dir).expect("reopen")
-}
-
-#[test]
-fn a_restart_keeps_the_parent_its_children_their_index_and_its_progress() {
-    let dir = tempfile::tempdir().expect("dir");
+fn a_restart_keeps_the_parent_its_children_their_index_and_its_progress(backend: &Backend) {
     let (parent, first) = {
-        let store = SledStore::open(dir.path()).expect("open");
-        let parent = ingest_parent(&store, task(attempts_plan(2)), 0);
-        let first = claim(&store, 1);
-        succeed(&store, &first, "one", report(Some("a"), 8, true), 2);
+        let opened = backend.open();
+        let store = opened.as_ref();
+        let parent = ingest_parent(store, task(attempts_plan(2)), 0);
+        let first = claim(store, 1);
+        succeed(store, &first, "one", report(Some("a"), 8, true), 2);
         (parent, first.run.id)
     };
-    let store = reopened(dir.path());
-    assert_eq!(run(&store, parent).state, RunState::Running);
+    let opened = backend.open();
+    let store = opened.as_ref();
+    assert_eq!(run(store, parent).state, RunState::Running);
     let children = store.children(parent).expect("children");
     assert_eq!(children.iter().map(|c| c.state).collect::<Vec<_>>(), [RunState::Succeeded, RunState::Queued]);
     assert_eq!(children[0].id, first);
-    let second = claim(&store, 10);
+    let second = claim(store, 10);
     assert_eq!(link(&second.run), (Role::Attempt, 2));
-    succeed(&store, &second, "two", report(Some("b"), 3, true), 11);
-    let publishing = run(&store, parent);
+    succeed(store, &second, "two", report(Some("b"), 3, true), 11);
+    let publishing = run(store, parent);
     assert_eq!(publishing.state, RunState::Queued);
     assert_eq!(publishing.task.unwrap().staging.start_from.map(|held| held.commit), Some("b".into()));
 }
 
-#[test]
-fn a_coordinating_parent_holds_no_worker_is_never_swept_and_status_says_it_waits_for_its_children() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = SledStore::open(dir.path()).expect("open");
+fn a_coordinating_parent_holds_no_worker_is_never_swept_and_status_says_it_waits_for_its_children(backend: &Backend) {
+    let opened = backend.open();
+    let store = opened.as_ref();
     let mut one_attempt = Flow::default();
     one_attempt.retry.attempts = 1;
-    let parent = ingest_parent_with(&store, task(attempts_plan(2)), one_attempt, 0);
-    let first = claim(&store, 1);
+    let parent = ingest_parent_with(store, task(attempts_plan(2)), one_attempt, 0);
+    let first = claim(store, 1);
     let queue = store.queue_status(at(2)).expect("status");
     let picture = nightshift::server::status::picture(queue, Default::default(), 1, Vec::new(), at(2), 100);
     assert_eq!(picture.active.iter().map(|run| run.id).collect::<Vec<_>>(), [first.run.id]);
@@ -397,26 +401,27 @@ fn a_coordinating_parent_holds_no_worker_is_never_swept_and_status_says_it_waits
 
     // Long after every lease ended: the parent has none to expire, its attempt's has, and
     // with no attempt left the attempt fails and the parent decides in the same sweep.
-    let second = claim(&store, 3);
-    succeed(&store, &second, "fine", report(Some("b"), 2, true), 4);
+    let second = claim(store, 3);
+    succeed(store, &second, "fine", report(Some("b"), 2, true), 4);
     let swept = store.sweep_expired_leases(at(10_000)).expect("sweep");
     assert_eq!(swept, [first.run.id]);
-    assert_eq!(run(&store, first.run.id).state, RunState::Failed);
-    let publishing = run(&store, parent);
+    assert_eq!(run(store, first.run.id).state, RunState::Failed);
+    let publishing = run(store, parent);
     assert_eq!(publishing.state, RunState::Queued);
     assert_eq!(publishing.task.unwrap().staging.start_from.map(|held| held.run), Some(second.run.id));
 }
 
-#[test]
-fn a_parent_that_does_not_push_succeeds_with_the_held_commit_and_retention_forgets_its_children_index() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = SledStore::open(dir.path()).expect("open");
+fn a_parent_that_does_not_push_succeeds_with_the_held_commit_and_retention_forgets_its_children_index(
+    backend: &Backend,
+) {
+    let opened = backend.open();
+    let store = opened.as_ref();
     let mut quiet = task(attempts_plan(1));
     quiet.push = false;
-    let parent = ingest_parent(&store, quiet, 0);
-    let only = claim(&store, 1);
-    succeed(&store, &only, "done", report(Some("abc"), 2, true), 2);
-    let ended = run(&store, parent);
+    let parent = ingest_parent(store, quiet, 0);
+    let only = claim(store, 1);
+    succeed(store, &only, "done", report(Some("abc"), 2, true), 2);
+    let ended = run(store, parent);
     assert_eq!(ended.state, RunState::Succeeded);
     assert_eq!(ended.result.expect("result").details["held"]["commit"], "abc");
     assert_eq!(store.children(parent).expect("children").len(), 1);

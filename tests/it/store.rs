@@ -1,6 +1,7 @@
 //! The store and the pipeline: flow control, claims and leases (and the repository
-//! paths that keep runs apart), retries, run logs, memory, retention, and damaged
-//! files. Crash safety is in `crash.rs`.
+//! paths that keep runs apart), retries, run logs, memory, retention, schedules and
+//! reopens, each written once and run on sled and on PostgreSQL (`backends.rs`); sled's
+//! damaged files, lock and event filter on sled alone. Crash safety is in `crash.rs`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use nightshift::task::{Flow, Task};
 use nightshift::triggers::TriggerKind;
 use serde_json::json;
 
+use crate::backends::{Backend, on_both};
 use crate::{load, temp_dir_with};
 
 /// Seconds after a fixed instant, so every test controls its clock.
@@ -29,16 +31,21 @@ pub fn event(id: &str, payload: serde_json::Value, secs: i64) -> Event {
     event
 }
 
-/// A pipeline over the store in `data` and one manual automation `probe` with `extra` YAML.
+/// A pipeline over `backend`'s store and one manual automation `probe` with `extra` YAML.
 /// Its runs work on repository `/srv/git/{event.repo}`, `/srv/git/api` when the event
 /// names none: runs of one repository are claimed one at a time (their `paths` are `**`).
-pub fn pipeline(extra: &str, data: &Path) -> Pipeline {
-    pipeline_with("{{ event.title }}", extra, data)
+pub fn pipeline(extra: &str, backend: &Backend) -> Pipeline {
+    pipeline_with("{{ event.title }}", extra, backend)
 }
 
 /// `pipeline` with the task's prompt template.
-pub fn pipeline_with(prompt: &str, extra: &str, data: &Path) -> Pipeline {
-    pipeline_over(prompt, extra, Arc::new(SledStore::open(data).expect("store opens")))
+pub fn pipeline_with(prompt: &str, extra: &str, backend: &Backend) -> Pipeline {
+    pipeline_over(prompt, extra, backend.open())
+}
+
+/// `pipeline` over a sled store in `data`, for the tests of sled's own files.
+fn sled_pipeline(extra: &str, data: &Path) -> Pipeline {
+    pipeline_over("{{ event.title }}", extra, Arc::new(SledStore::open(data).expect("store opens")))
 }
 
 /// `pipeline_with` over a store already open.
@@ -64,6 +71,46 @@ fn state(store: &dyn Store, id: RunId) -> RunState {
 
 const LEASE: Duration = Duration::from_secs(30);
 
+// Every test below that takes a `Backend` runs on sled and on PostgreSQL.
+on_both!(
+    a_delivery_seen_before_creates_nothing_and_returns_the_first_runs,
+    a_delivery_seen_before_a_restart_is_a_duplicate_after_it,
+    repeat_events_coalesce_into_the_pending_run_and_are_skipped_once_it_started,
+    cooldown_records_events_inside_it_as_skipped,
+    overlap_skip_records_the_run_when_the_limit_is_reached,
+    overlap_cancel_previous_cancels_the_running_run_and_fences_its_worker,
+    overlap_queue_holds_runs_until_the_group_has_room,
+    a_worker_that_stops_heartbeating_loses_its_run_and_its_late_completion_is_rejected,
+    failures_retry_with_backoff_then_fail_with_the_reason,
+    plan_approval_waits_then_queues_again,
+    after_run_writes_memory_that_the_next_run_reads_with_history,
+    memory_written_after_untrusted_input_is_marked_and_taints_later_runs,
+    a_failing_after_run_is_recorded_and_changes_no_memory,
+    a_rendering_error_is_recorded_as_a_failed_run,
+    state_survives_a_reopen_and_epochs_keep_growing,
+    retention_keeps_the_newest_runs_and_deletes_the_rest_with_their_events,
+    racing_workers_never_lease_one_run_twice,
+    after_run_that_reads_untrusted_memory_marks_its_writes_untrusted,
+    schedule_state_is_kept_per_trigger_across_reopens,
+    huge_configured_durations_saturate_instead_of_panicking,
+    an_event_stored_inside_its_run_stays_readable_through_finish_and_reopen,
+    a_writer_reads_its_own_writes_as_soon_as_they_return,
+    runs_of_one_repository_whose_paths_overlap_are_claimed_one_at_a_time,
+    a_run_over_the_whole_repository_holds_it_and_a_run_that_changes_nothing_holds_nothing,
+    runs_with_disjoint_paths_or_in_other_repositories_are_claimed_together,
+    a_run_held_back_by_paths_keeps_its_place_and_holds_back_no_other_run,
+    a_newer_run_waits_behind_an_older_waiting_run_it_conflicts_with,
+    a_run_log_reads_back_in_order_from_any_sequence_number,
+    a_worker_that_lost_its_lease_cannot_append_to_the_log,
+    a_run_log_is_read_after_a_reopen_and_its_numbering_goes_on,
+    retention_deletes_a_deleted_runs_log_with_it,
+    a_released_run_is_queued_again_without_using_an_attempt,
+    a_runs_notify_targets_are_stored_with_it_and_read_back_after_a_reopen,
+    runs_are_listed_in_pages_through_a_cursor_newest_first_with_and_without_filters,
+    queue_status_counts_every_state_through_finishing_retention_and_reopening,
+    queue_status_says_why_each_queued_run_waits_as_claims_decide,
+);
+
 /// A run like `like`'s, but one that read outside text, writes `value` to memory key `k`
 /// at `secs` (ingest), `secs + 1` (claim) and `secs + 2` (completion). It works on
 /// another repository, so it may run while `like` does.
@@ -84,10 +131,8 @@ fn untrusted_run_writes(store: &dyn Store, like: RunId, value: &str, secs: i64) 
     store.complete(outside, claim.lease.epoch, succeeded("s"), vec![write], at(secs + 2)).unwrap();
 }
 
-#[test]
-fn a_delivery_seen_before_creates_nothing_and_returns_the_first_runs() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn a_delivery_seen_before_creates_nothing_and_returns_the_first_runs(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let first = pipeline.ingest(event("d1", json!({"title": "a"}), 0), Audience::Everyone, at(0)).unwrap();
     let again = pipeline.ingest(event("d1", json!({"title": "a"}), 5), Audience::Everyone, at(5)).unwrap();
     assert!(!first.outcome.duplicate_delivery && again.outcome.duplicate_delivery);
@@ -95,11 +140,23 @@ fn a_delivery_seen_before_creates_nothing_and_returns_the_first_runs() {
     assert_eq!(pipeline.store().runs(&RunFilter::default()).unwrap().len(), 1);
 }
 
+fn a_delivery_seen_before_a_restart_is_a_duplicate_after_it(backend: &Backend) {
+    let first = {
+        let pipeline = pipeline("", backend);
+        ingest(&pipeline, "d1", json!({"title": "a"}), 0).0
+    };
+    let pipeline = pipeline("", backend);
+    let again = pipeline.ingest(event("d1", json!({"title": "a"}), 5), Audience::Everyone, at(5)).unwrap();
+    assert!(again.outcome.duplicate_delivery);
+    assert_eq!(again.outcome.runs[0].run, first);
+    assert_eq!(pipeline.store().runs(&RunFilter::default()).unwrap().len(), 1);
+}
+
 #[test]
 fn a_delivery_seen_before_a_restart_is_a_duplicate_before_and_after_the_event_filter_is_built() {
     let data = tempfile::tempdir().unwrap();
     let first = {
-        let pipeline = pipeline("", data.path());
+        let pipeline = sled_pipeline("", data.path());
         let runs = (0..50).map(|n| ingest(&pipeline, &format!("d{n}"), json!({"title": "a"}), n).0);
         runs.collect::<Vec<_>>()
     };
@@ -123,10 +180,8 @@ fn a_delivery_seen_before_a_restart_is_a_duplicate_before_and_after_the_event_fi
     assert_eq!(store.runs(&RunFilter::default()).unwrap().len(), 51);
 }
 
-#[test]
-fn repeat_events_coalesce_into_the_pending_run_and_are_skipped_once_it_started() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("dedupe: { key: \"{{ event.incident }}\", window: 1h }", data.path());
+fn repeat_events_coalesce_into_the_pending_run_and_are_skipped_once_it_started(backend: &Backend) {
+    let pipeline = pipeline("dedupe: { key: \"{{ event.incident }}\", window: 1h }", backend);
     let store = pipeline.store();
     let (first, created) = ingest(&pipeline, "a", json!({"title": "t", "incident": "I1"}), 0);
     assert_eq!(created, Disposition::Created);
@@ -155,10 +210,8 @@ fn repeat_events_coalesce_into_the_pending_run_and_are_skipped_once_it_started()
     assert_ne!(later, first);
 }
 
-#[test]
-fn cooldown_records_events_inside_it_as_skipped() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("cooldown: 10m\nconcurrency: { limit: 5 }", data.path());
+fn cooldown_records_events_inside_it_as_skipped(backend: &Backend) {
+    let pipeline = pipeline("cooldown: 10m\nconcurrency: { limit: 5 }", backend);
     let (first, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
     let (second, disposition) = ingest(&pipeline, "b", json!({"title": "t"}), 599);
     assert!(
@@ -168,10 +221,8 @@ fn cooldown_records_events_inside_it_as_skipped() {
     assert_eq!(ingest(&pipeline, "c", json!({"title": "t"}), 600).1, Disposition::Created);
 }
 
-#[test]
-fn overlap_skip_records_the_run_when_the_limit_is_reached() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("concurrency: { limit: 1, overlap: skip }", data.path());
+fn overlap_skip_records_the_run_when_the_limit_is_reached(backend: &Backend) {
+    let pipeline = pipeline("concurrency: { limit: 1, overlap: skip }", backend);
     assert_eq!(ingest(&pipeline, "a", json!({"title": "t"}), 0).1, Disposition::Created);
     let (_, disposition) = ingest(&pipeline, "b", json!({"title": "t"}), 1);
     assert!(matches!(
@@ -180,10 +231,8 @@ fn overlap_skip_records_the_run_when_the_limit_is_reached() {
     ));
 }
 
-#[test]
-fn overlap_cancel_previous_cancels_the_running_run_and_fences_its_worker() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("concurrency: { limit: 1, overlap: cancel_previous }", data.path());
+fn overlap_cancel_previous_cancels_the_running_run_and_fences_its_worker(backend: &Backend) {
+    let pipeline = pipeline("concurrency: { limit: 1, overlap: cancel_previous }", backend);
     let store = pipeline.store();
     let (first, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
     let claim = store.claim("w1", LEASE, at(1)).unwrap().unwrap();
@@ -198,10 +247,8 @@ fn overlap_cancel_previous_cancels_the_running_run_and_fences_its_worker() {
     assert_eq!(store.activities(first).unwrap().last().unwrap().kind, ActivityKind::Cancellation);
 }
 
-#[test]
-fn overlap_queue_holds_runs_until_the_group_has_room() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("concurrency: { limit: 1, key: \"{{ event.service }}\" }", data.path());
+fn overlap_queue_holds_runs_until_the_group_has_room(backend: &Backend) {
+    let pipeline = pipeline("concurrency: { limit: 1, key: \"{{ event.service }}\" }", backend);
     let store = pipeline.store();
     // Each service in its own repository: only the groups hold runs back here.
     let (a1, _) = ingest(&pipeline, "a1", json!({"title": "t", "service": "a", "repo": "a"}), 0);
@@ -220,10 +267,8 @@ fn succeeded(summary: &str) -> Completion {
     Completion::Succeeded { result: RunResult { summary: summary.into(), ..RunResult::default() } }
 }
 
-#[test]
-fn a_worker_that_stops_heartbeating_loses_its_run_and_its_late_completion_is_rejected() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn a_worker_that_stops_heartbeating_loses_its_run_and_its_late_completion_is_rejected(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let store = pipeline.store();
     let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
     let lost = store.claim("w1", LEASE, at(1)).unwrap().unwrap();
@@ -246,10 +291,8 @@ fn a_worker_that_stops_heartbeating_loses_its_run_and_its_late_completion_is_rej
     assert_eq!(kinds, [(0, ActivityKind::Failure), (1, ActivityKind::Progress), (2, ActivityKind::Completion)]);
 }
 
-#[test]
-fn failures_retry_with_backoff_then_fail_with_the_reason() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("retry: { attempts: 2, backoff: 10s }", data.path());
+fn failures_retry_with_backoff_then_fail_with_the_reason(backend: &Backend) {
+    let pipeline = pipeline("retry: { attempts: 2, backoff: 10s }", backend);
     let store = pipeline.store();
     let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
     let failed = |reason: &str| Completion::Failed { reason: reason.into(), retryable: true, result: None };
@@ -264,10 +307,8 @@ fn failures_retry_with_backoff_then_fail_with_the_reason() {
     assert_eq!((run.state, run.reason.as_deref()), (RunState::Failed, Some("exit 2")));
 }
 
-#[test]
-fn plan_approval_waits_then_queues_again() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn plan_approval_waits_then_queues_again(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let store = pipeline.store();
     let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
     assert!(matches!(store.approve(id, at(1)), Err(StoreError::WrongState { state: RunState::Queued, .. })));
@@ -279,12 +320,10 @@ fn plan_approval_waits_then_queues_again() {
     assert_eq!(store.claim("w", LEASE, at(5)).unwrap().unwrap().run.id, id);
 }
 
-#[test]
-fn after_run_writes_memory_that_the_next_run_reads_with_history() {
-    let data = tempfile::tempdir().unwrap();
+fn after_run_writes_memory_that_the_next_run_reads_with_history(backend: &Backend) {
     let after_run = "memory:\n  after_run: |\n    memory.set(\"last\", run.summary);\n    memory.set(\"count\", (memory.get(\"count\") ?? 0) + 1);\n";
     let prompt = "last={{ memory.get(\"last\") ?? \"none\" }} earlier={{ history.len() }} newest={{ if history.is_empty() { \"-\" } else { history[0].summary } }}";
-    let pipeline = pipeline_with(prompt, after_run, data.path());
+    let pipeline = pipeline_with(prompt, after_run, backend);
     let store = pipeline.store().clone();
     let (id, _) = ingest(&pipeline, "a", json!({}), 0);
     assert_eq!(store.run(id).unwrap().unwrap().task.unwrap().prompt, "last=none earlier=0 newest=-");
@@ -305,10 +344,8 @@ fn after_run_writes_memory_that_the_next_run_reads_with_history() {
     assert_eq!(store.memory("probe", at(13)).unwrap()["count"].value, json!(2));
 }
 
-#[test]
-fn memory_written_after_untrusted_input_is_marked_and_taints_later_runs() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("memory:\n  after_run: 'memory.set(\"k\", run.summary)'\n  ttl: 1h\n", data.path());
+fn memory_written_after_untrusted_input_is_marked_and_taints_later_runs(backend: &Backend) {
+    let pipeline = pipeline("memory:\n  after_run: 'memory.set(\"k\", run.summary)'\n  ttl: 1h\n", backend);
     let store = pipeline.store().clone();
     store
         .write_memory(
@@ -336,10 +373,8 @@ fn memory_written_after_untrusted_input_is_marked_and_taints_later_runs() {
     assert!(store.run(later).unwrap().unwrap().task.unwrap().untrusted_input);
 }
 
-#[test]
-fn a_failing_after_run_is_recorded_and_changes_no_memory() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("memory:\n  after_run: 'memory.set(\"k\", 1); throw \"boom\"'\n", data.path());
+fn a_failing_after_run_is_recorded_and_changes_no_memory(backend: &Backend) {
+    let pipeline = pipeline("memory:\n  after_run: 'memory.set(\"k\", 1); throw \"boom\"'\n", backend);
     let store = pipeline.store().clone();
     let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
     let claim = store.claim("w", LEASE, at(1)).unwrap().unwrap();
@@ -349,10 +384,8 @@ fn a_failing_after_run_is_recorded_and_changes_no_memory() {
     assert!(texts[0].contains("memory.after_run failed") && texts[0].contains("boom"), "{texts:?}");
 }
 
-#[test]
-fn a_rendering_error_is_recorded_as_a_failed_run() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline_with("{{ event.missing.deeper }}", "", data.path());
+fn a_rendering_error_is_recorded_as_a_failed_run(backend: &Backend) {
+    let pipeline = pipeline_with("{{ event.missing.deeper }}", "", backend);
     let (id, disposition) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
     assert!(matches!(disposition, Disposition::RenderFailed { .. }));
     let run = pipeline.store().run(id).unwrap().unwrap();
@@ -360,16 +393,14 @@ fn a_rendering_error_is_recorded_as_a_failed_run() {
     assert!(run.reason.unwrap().contains("task.prompt"));
 }
 
-#[test]
-fn state_survives_a_reopen_and_epochs_keep_growing() {
-    let data = tempfile::tempdir().unwrap();
+fn state_survives_a_reopen_and_epochs_keep_growing(backend: &Backend) {
     let (id, first_epoch) = {
-        let pipeline = pipeline("", data.path());
+        let pipeline = pipeline("", backend);
         let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
         let claim = pipeline.store().claim("w", LEASE, at(1)).unwrap().unwrap();
         (id, claim.lease.epoch)
     };
-    let store = SledStore::open(data.path()).unwrap();
+    let store = backend.open();
     assert_eq!(store.run(id).unwrap().unwrap().state, RunState::Leased);
     assert_eq!(store.sweep_expired_leases(at(100)).unwrap(), [id]);
     let again = store.claim("w2", LEASE, at(101)).unwrap().unwrap();
@@ -380,10 +411,8 @@ fn state_survives_a_reopen_and_epochs_keep_growing() {
     ));
 }
 
-#[test]
-fn retention_keeps_the_newest_runs_and_deletes_the_rest_with_their_events() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("concurrency: { limit: 100 }", data.path());
+fn retention_keeps_the_newest_runs_and_deletes_the_rest_with_their_events(backend: &Backend) {
+    let pipeline = pipeline("concurrency: { limit: 100 }", backend);
     let store = pipeline.store().clone();
     let mut ids = Vec::new();
     for n in 0..6 {
@@ -429,7 +458,7 @@ fn damaged_or_foreign_store_files_give_a_clear_error() {
 fn a_damaged_write_ahead_log_segment_is_an_error_that_names_the_file() {
     let data = tempfile::tempdir().unwrap();
     {
-        let pipeline = pipeline("concurrency: { limit: 100 }", data.path());
+        let pipeline = sled_pipeline("concurrency: { limit: 100 }", data.path());
         ingest(&pipeline, "e0", json!({"title": "t"}), 0);
     }
     // As a crash can leave it: an older segment, then the newest. Only the newest may
@@ -464,7 +493,7 @@ fn a_second_open_is_refused_as_locked() {
 fn a_damaged_log_is_an_error_at_start_not_a_silently_emptier_store() {
     let data = tempfile::tempdir().unwrap();
     {
-        let pipeline = pipeline("concurrency: { limit: 100 }", data.path());
+        let pipeline = sled_pipeline("concurrency: { limit: 100 }", data.path());
         for n in 0..50 {
             ingest(&pipeline, &format!("e{n}"), json!({"title": "t"}), n);
         }
@@ -481,11 +510,9 @@ fn a_damaged_log_is_an_error_at_start_not_a_silently_emptier_store() {
     assert!(error.to_string().contains("runs up to r50"), "{error}");
 }
 
-#[test]
-fn racing_workers_never_lease_one_run_twice() {
+fn racing_workers_never_lease_one_run_twice(backend: &Backend) {
     const RUNS: usize = 10_000;
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("concurrency: { limit: 10000 }", data.path());
+    let pipeline = pipeline("concurrency: { limit: 10000 }", backend);
     let store = pipeline.store().clone();
     let (first, _) = ingest(&pipeline, "template", json!({"title": "t"}), 0);
     let template = store.run(first).unwrap().unwrap();
@@ -526,12 +553,10 @@ fn racing_workers_never_lease_one_run_twice() {
     }
 }
 
-#[test]
-fn after_run_that_reads_untrusted_memory_marks_its_writes_untrusted() {
-    let data = tempfile::tempdir().unwrap();
+fn after_run_that_reads_untrusted_memory_marks_its_writes_untrusted(backend: &Backend) {
     let pipeline = pipeline(
         "concurrency: { limit: 5 }\nmemory:\n  after_run: 'memory.set(\"echo\", memory.get(\"k\") ?? \"none\")'\n",
-        data.path(),
+        backend,
     );
     let store = pipeline.store().clone();
     let (trusted, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
@@ -547,12 +572,10 @@ fn after_run_that_reads_untrusted_memory_marks_its_writes_untrusted() {
     assert!(echo.untrusted, "a value copied from untrusted memory stays untrusted");
 }
 
-#[test]
-fn schedule_state_is_kept_per_trigger_across_reopens() {
-    let data = tempfile::tempdir().unwrap();
+fn schedule_state_is_kept_per_trigger_across_reopens(backend: &Backend) {
     let state = nightshift::store::ScheduleState { last_slot: at(3600), updated_at: at(3601), ..Default::default() };
     {
-        let store = SledStore::open(data.path()).unwrap();
+        let store = backend.open();
         assert_eq!(store.schedule("audit", "0").unwrap(), None);
         store.set_schedule("audit", "0", &state).unwrap();
         store
@@ -563,7 +586,7 @@ fn schedule_state_is_kept_per_trigger_across_reopens() {
             )
             .unwrap();
     }
-    let store = SledStore::open(data.path()).unwrap();
+    let store = backend.open();
     assert_eq!(store.schedule("audit", "0").unwrap(), Some(state));
     assert_eq!(store.schedule("audit", "1").unwrap().unwrap().last_slot, at(0));
     assert_eq!(store.schedule("other", "0").unwrap(), None);
@@ -573,7 +596,7 @@ fn schedule_state_is_kept_per_trigger_across_reopens() {
 fn a_failed_open_keeps_the_watermark_so_the_damage_is_reported_every_time() {
     let data = tempfile::tempdir().unwrap();
     {
-        let pipeline = pipeline("concurrency: { limit: 100 }", data.path());
+        let pipeline = sled_pipeline("concurrency: { limit: 100 }", data.path());
         for n in 0..20 {
             ingest(&pipeline, &format!("e{n}"), json!({"title": "t"}), n);
         }
@@ -590,12 +613,10 @@ fn a_failed_open_keeps_the_watermark_so_the_damage_is_reported_every_time() {
     }
 }
 
-#[test]
-fn huge_configured_durations_saturate_instead_of_panicking() {
-    let data = tempfile::tempdir().unwrap();
+fn huge_configured_durations_saturate_instead_of_panicking(backend: &Backend) {
     let pipeline = pipeline(
         "cooldown: 3000000000d\ndedupe: { key: \"{{ event.title }}\", window: 3000000000d }\nretry: { attempts: 5, backoff: 3000000000d, max_backoff: 3000000000d }",
-        data.path(),
+        backend,
     );
     let store = pipeline.store().clone();
     let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
@@ -608,11 +629,9 @@ fn huge_configured_durations_saturate_instead_of_panicking() {
     store.apply_retention(&retention, at(4)).unwrap();
 }
 
-#[test]
-fn an_event_stored_inside_its_run_stays_readable_through_finish_and_reopen() {
-    let data = tempfile::tempdir().unwrap();
+fn an_event_stored_inside_its_run_stays_readable_through_finish_and_reopen(backend: &Backend) {
     let id = {
-        let pipeline = pipeline("", data.path());
+        let pipeline = pipeline("", backend);
         let store = pipeline.store().clone();
         let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
         let read = |when: &str| {
@@ -628,16 +647,14 @@ fn an_event_stored_inside_its_run_stays_readable_through_finish_and_reopen() {
         read("once finished");
         id
     };
-    let store = SledStore::open(data.path()).unwrap();
+    let store = backend.open();
     assert_eq!(store.event("manual:a").unwrap().unwrap().outcomes[0].run, id);
 }
 
-#[test]
-fn a_writer_reads_its_own_writes_as_soon_as_they_return() {
-    // A write returns once its log frame is synced, which may be before sled has it:
+fn a_writer_reads_its_own_writes_as_soon_as_they_return(backend: &Backend) {
+    // On sled a write returns once its log frame is synced, which may be before sled has it:
     // every read must still see it.
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = Arc::new(pipeline("concurrency: { limit: 10000 }", data.path()));
+    let pipeline = Arc::new(pipeline("concurrency: { limit: 10000 }", backend));
     let writers: Vec<_> = (0..8)
         .map(|writer| {
             let pipeline = pipeline.clone();
@@ -705,10 +722,8 @@ fn claimed(store: &dyn Store, secs: i64) -> Option<RunId> {
     store.claim("w", LEASE, at(secs)).unwrap().map(|claim| claim.run.id)
 }
 
-#[test]
-fn runs_of_one_repository_whose_paths_overlap_are_claimed_one_at_a_time() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn runs_of_one_repository_whose_paths_overlap_are_claimed_one_at_a_time(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let store = pipeline.store().as_ref();
     let like = probe_task(&pipeline);
     let first = queue_scoped(store, &like, "alpha", "/srv/git/x", &["src/**"], 1);
@@ -723,10 +738,8 @@ fn runs_of_one_repository_whose_paths_overlap_are_claimed_one_at_a_time() {
     assert_eq!(claimed(store, 8), Some(second));
 }
 
-#[test]
-fn a_run_over_the_whole_repository_holds_it_and_a_run_that_changes_nothing_holds_nothing() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn a_run_over_the_whole_repository_holds_it_and_a_run_that_changes_nothing_holds_nothing(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let store = pipeline.store().as_ref();
     let like = probe_task(&pipeline);
     let everything = queue_scoped(store, &like, "alpha", "/srv/git/x", &["**"], 1);
@@ -741,10 +754,8 @@ fn a_run_over_the_whole_repository_holds_it_and_a_run_that_changes_nothing_holds
     assert_eq!(claimed(store, 6), Some(docs));
 }
 
-#[test]
-fn runs_with_disjoint_paths_or_in_other_repositories_are_claimed_together() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn runs_with_disjoint_paths_or_in_other_repositories_are_claimed_together(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let store = pipeline.store().as_ref();
     let like = probe_task(&pipeline);
     let a = queue_scoped(store, &like, "alpha", "/srv/git/x", &["src/a/**"], 1);
@@ -755,10 +766,8 @@ fn runs_with_disjoint_paths_or_in_other_repositories_are_claimed_together() {
     assert_eq!(claims, [Some(a), Some(b), Some(other_repo), Some(everything_elsewhere), None]);
 }
 
-#[test]
-fn a_run_held_back_by_paths_keeps_its_place_and_holds_back_no_other_run() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn a_run_held_back_by_paths_keeps_its_place_and_holds_back_no_other_run(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let store = pipeline.store().as_ref();
     let like = probe_task(&pipeline);
     let src = queue_scoped(store, &like, "alpha", "/srv/git/x", &["src/**"], 1);
@@ -775,10 +784,8 @@ fn a_run_held_back_by_paths_keeps_its_place_and_holds_back_no_other_run() {
     assert_eq!(claimed(store, 10), Some(main));
 }
 
-#[test]
-fn a_newer_run_waits_behind_an_older_waiting_run_it_conflicts_with() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn a_newer_run_waits_behind_an_older_waiting_run_it_conflicts_with(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let store = pipeline.store().as_ref();
     let like = probe_task(&pipeline);
     let a = queue_scoped(store, &like, "alpha", "/srv/git/x", &["src/a/**"], 1);
@@ -802,10 +809,8 @@ fn numbered(texts: &[(u64, &str)]) -> Vec<(u64, String)> {
     texts.iter().map(|(seq, text)| (*seq, text.to_string())).collect()
 }
 
-#[test]
-fn a_run_log_reads_back_in_order_from_any_sequence_number() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn a_run_log_reads_back_in_order_from_any_sequence_number(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let store = pipeline.store().as_ref();
     let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
     assert_eq!(store.log(id, 0).unwrap(), [], "a run that has not started has no log");
@@ -832,10 +837,8 @@ fn a_run_log_reads_back_in_order_from_any_sequence_number() {
     assert_eq!(store.append_log(missing, claim.lease.epoch, "x", at(12)), Err(StoreError::NoSuchRun(missing)));
 }
 
-#[test]
-fn a_worker_that_lost_its_lease_cannot_append_to_the_log() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn a_worker_that_lost_its_lease_cannot_append_to_the_log(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let store = pipeline.store().as_ref();
     let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
     let lost = store.claim("w1", LEASE, at(1)).unwrap().unwrap();
@@ -849,11 +852,9 @@ fn a_worker_that_lost_its_lease_cannot_append_to_the_log() {
     assert_eq!(log_texts(store, id, 0), numbered(&[(0, "first attempt\n"), (1, "second attempt\n")]));
 }
 
-#[test]
-fn a_run_log_is_read_after_a_reopen_and_its_numbering_goes_on() {
-    let data = tempfile::tempdir().unwrap();
+fn a_run_log_is_read_after_a_reopen_and_its_numbering_goes_on(backend: &Backend) {
     let id = {
-        let pipeline = pipeline("", data.path());
+        let pipeline = pipeline("", backend);
         let store = pipeline.store().as_ref();
         let (id, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
         let claim = store.claim("w", LEASE, at(1)).unwrap().unwrap();
@@ -862,21 +863,19 @@ fn a_run_log_is_read_after_a_reopen_and_its_numbering_goes_on() {
         id
     };
     {
-        let store = SledStore::open(data.path()).unwrap();
-        assert_eq!(log_texts(&store, id, 0), numbered(&[(0, "one\n"), (1, "two\n")]));
+        let store = backend.open();
+        assert_eq!(log_texts(store.as_ref(), id, 0), numbered(&[(0, "one\n"), (1, "two\n")]));
         assert_eq!(store.sweep_expired_leases(at(100)).unwrap(), [id]);
         let claim = store.claim("w", LEASE, at(101)).unwrap().unwrap();
         assert_eq!(store.append_log(id, claim.lease.epoch, "three\n", at(102)).unwrap(), 2);
         store.complete(id, claim.lease.epoch, succeeded("s"), Vec::new(), at(103)).unwrap();
     }
-    let store = SledStore::open(data.path()).unwrap();
-    assert_eq!(log_texts(&store, id, 1), numbered(&[(1, "two\n"), (2, "three\n")]));
+    let store = backend.open();
+    assert_eq!(log_texts(store.as_ref(), id, 1), numbered(&[(1, "two\n"), (2, "three\n")]));
 }
 
-#[test]
-fn retention_deletes_a_deleted_runs_log_with_it() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("concurrency: { limit: 100 }", data.path());
+fn retention_deletes_a_deleted_runs_log_with_it(backend: &Backend) {
+    let pipeline = pipeline("concurrency: { limit: 100 }", backend);
     let store = pipeline.store().as_ref();
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -896,10 +895,8 @@ fn retention_deletes_a_deleted_runs_log_with_it() {
     assert_eq!(store.apply_retention(&retention, at(21)).unwrap().log_chunks, 0);
 }
 
-#[test]
-fn a_released_run_is_queued_again_without_using_an_attempt() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn a_released_run_is_queued_again_without_using_an_attempt(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let store = pipeline.store().as_ref();
     let like = probe_task(&pipeline);
     let id = queue_scoped(store, &like, "alpha", "/srv/git/x", &["**"], 1);
@@ -915,20 +912,18 @@ fn a_released_run_is_queued_again_without_using_an_attempt() {
     assert!(again.lease.epoch > held.lease.epoch);
 }
 
-#[test]
-fn a_runs_notify_targets_are_stored_with_it_and_read_back_after_a_reopen() {
+fn a_runs_notify_targets_are_stored_with_it_and_read_back_after_a_reopen(backend: &Backend) {
     use nightshift::delivery::Target;
-    let data = tempfile::tempdir().unwrap();
     let extra = "notify:\n  - webhook: { url: \"https://hooks.example.com/runs\", secret: \"env:WHSEC\" }\n  - slack: { channel: C1 }\n";
     let ids: Vec<RunId> = {
-        let pipeline = pipeline(extra, data.path());
+        let pipeline = pipeline(extra, backend);
         ["a", "b"]
             .iter()
             .enumerate()
             .map(|(n, id)| ingest(&pipeline, id, json!({"title": "t", "repo": id}), n as i64).0)
             .collect()
     };
-    let store = SledStore::open(data.path()).unwrap();
+    let store = backend.open();
     let expected = [
         Target::Webhook { url: "https://hooks.example.com/runs".into(), secret: Some("env:WHSEC".parse().unwrap()) },
         Target::Slack { channel: "C1".into(), thread_ts: None, token: "env:SLACK_BOT_TOKEN".parse().unwrap() },
@@ -955,14 +950,12 @@ fn paged(store: &dyn Store, filter: RunFilter) -> Vec<RunId> {
     panic!("more than 100 pages");
 }
 
-#[test]
-fn runs_are_listed_in_pages_through_a_cursor_newest_first_with_and_without_filters() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+fn runs_are_listed_in_pages_through_a_cursor_newest_first_with_and_without_filters(backend: &Backend) {
+    let pipeline = pipeline("", backend);
     let store = pipeline.store();
     let (task, flow) = probe_task(&pipeline);
-    // 320 runs of two automations; every third one cancelled (finished, on disk), the
-    // rest queued (in memory).
+    // 320 runs of two automations; every third one cancelled (finished: on sled, on disk),
+    // the rest queued (on sled, in memory).
     for n in 0..320 {
         let automation = if n % 2 == 0 { "probe" } else { "other" };
         let new = NewRun {
@@ -1000,10 +993,8 @@ fn counts(store: &dyn Store, secs: i64) -> Vec<(&'static str, u64)> {
     status.counts.into_iter().filter(|(_, count)| *count > 0).map(|(state, count)| (state.as_str(), count)).collect()
 }
 
-#[test]
-fn queue_status_counts_every_state_through_finishing_retention_and_reopening() {
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("concurrency: { limit: 100 }\ncooldown: 1h", data.path());
+fn queue_status_counts_every_state_through_finishing_retention_and_reopening(backend: &Backend) {
+    let pipeline = pipeline("concurrency: { limit: 100 }\ncooldown: 1h", backend);
     let store = pipeline.store().clone();
     let (done, _) = ingest(&pipeline, "a", json!({"title": "t"}), 0);
     let (_, skipped) = ingest(&pipeline, "b", json!({"title": "t"}), 1);
@@ -1021,15 +1012,13 @@ fn queue_status_counts_every_state_through_finishing_retention_and_reopening() {
     assert_eq!(counts(store.as_ref(), 4002), [("cancelled", 1)]);
     drop(pipeline);
     drop(store);
-    let reopened = SledStore::open(data.path()).unwrap();
-    assert_eq!(counts(&reopened, 4003), [("cancelled", 1)]);
+    let reopened = backend.open();
+    assert_eq!(counts(reopened.as_ref(), 4003), [("cancelled", 1)]);
 }
 
-#[test]
-fn queue_status_says_why_each_queued_run_waits_as_claims_decide() {
+fn queue_status_says_why_each_queued_run_waits_as_claims_decide(backend: &Backend) {
     use nightshift::runs::queue::Wait;
-    let data = tempfile::tempdir().unwrap();
-    let pipeline = pipeline("", data.path());
+    let pipeline = pipeline("", backend);
     let store = pipeline.store().as_ref();
     let like = probe_task(&pipeline);
     let first = queue_scoped(store, &like, "alpha", "/srv/git/x", &["src/**"], 1);
