@@ -277,10 +277,7 @@ impl Ingest<'_> {
         // Ascending ids (the group's oldest first): the order run rows are locked in.
         for previous in cancel {
             // A child's cancellation changes its parent, an older row: locked first.
-            let parent = tx.query_opt("SELECT parent FROM nightshift_runs WHERE id = $1", &[&(previous.0 as i64)])?;
-            if let Some(parent) = parent.and_then(|row| row.get::<_, Option<i64>>(0)) {
-                tx.query("SELECT 1 FROM nightshift_runs WHERE id = $1 FOR UPDATE", &[&parent])?;
-            }
+            super::leases::lock_parent(tx, previous)?;
             let why = format!("superseded by {id} (`overlap: cancel_previous`)");
             if super::leases::cancel_in(tx, previous, why, now)?.is_some() {
                 self.cancelled.push(previous);
@@ -780,7 +777,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs leases::cancel_in (pg-leases)"]
     fn overlap_cancel_previous_cancels_the_oldest_busy_runs() {
         let fixture = Fixture::start();
         let store = &fixture.store;
@@ -799,7 +795,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs family::conduct (the parallel part of the PostgreSQL store)"]
     fn a_parent_starts_running_with_its_first_children_and_its_start_message() {
         let fixture = Fixture::start();
         let store = &fixture.store;

@@ -46,7 +46,8 @@ fn newer(shown: &str, current: i32, known: i32) -> StoreError {
     }
 }
 
-pub fn version_known() -> u32 {
+#[cfg(test)]
+fn version_known() -> u32 {
     MIGRATIONS.len() as u32
 }
 
