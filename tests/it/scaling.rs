@@ -207,8 +207,10 @@ fn an_instance_killed_mid_run_has_its_run_rescued_and_its_maintenance_taken_over
 
 #[test]
 fn the_database_stopping_under_load_gives_503s_then_everything_resumes_with_nothing_lost() {
-    // A cluster of its own: the others' tests keep theirs.
-    let own = Cluster::start().expect("a cluster");
+    // A cluster of its own, which the others' tests keep running; committing to disk, as
+    // a production database does, since stopping it `immediate` loses what only sat in
+    // its memory.
+    let own = Cluster::start_with(true).expect("a cluster");
     let url = own.database("outage").expect("a database");
     let server =
         Serving::start_with_args(&[("ops.yaml", HOOK)], &[("OPS_TOKEN", TOKEN)], &["--store", &url, "--workers", "0"]);

@@ -207,7 +207,8 @@ pub fn database(shown: &str, error: &tokio_postgres::Error) -> StoreError {
     if error.is_closed() || error.code().is_none() {
         return unreachable(shown, error);
     }
-    StoreError::Io(format!("the database at {shown} refused a statement: {error}"))
+    let why = error.as_db_error().map_or_else(|| error.to_string(), |db| db.message().to_string());
+    StoreError::Io(format!("the database at {shown} refused a statement: {why}"))
 }
 
 pub fn unreachable(shown: &str, error: &tokio_postgres::Error) -> StoreError {

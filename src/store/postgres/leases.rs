@@ -4,7 +4,7 @@
 //! (a child's parent first: rows are locked in ascending id) and checks the caller's
 //! epoch, with the embedded store's errors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,9 +22,12 @@ use crate::runs::{
 };
 use crate::store::{Claim, QueueStatus, StoreError};
 
-/// How many queued runs a claim reads at a time, oldest first: the next page is read
-/// only while none of those read so far may start.
-const CLAIM_PAGE: i64 = 256;
+/// How many queued runs a claim reads first, oldest first: the next page, twice as
+/// long (up to `CLAIM_PAGE_MAX`), is read only while none of those read so far may
+/// start. Most claims take a run of the first page, and decoding runs is what a claim
+/// spends most on.
+const CLAIM_PAGE: i64 = 16;
+const CLAIM_PAGE_MAX: i64 = 1024;
 
 impl PgStore {
     pub(super) fn claim_now(
@@ -343,10 +346,12 @@ fn crash_proof_epoch(tx: &mut Tx<'_>) -> Result<Epoch, StoreError> {
 /// wait (a group at its limit) holds back none behind it. A run whose row another
 /// transaction holds (it is being cancelled, say) is passed over, as if it waited.
 fn next_claimable(tx: &mut Tx<'_>, now: DateTime<Utc>, staged: bool) -> Result<Option<Run>, StoreError> {
-    let working = Working::read(tx)?;
+    let mut working = Working::empty();
+    let mut known_repos = HashSet::new();
     let mut queued: Vec<Run> = Vec::new();
     let mut passed_over: Vec<RunId> = Vec::new();
     let mut read_all = false;
+    let mut page_size = CLAIM_PAGE;
     loop {
         let offered = queued.iter().filter(|run| (staged || queue::plain(run)) && !passed_over.contains(&run.id));
         let turns = queue::turns(offered, &working, now, true);
@@ -366,10 +371,13 @@ fn next_claimable(tx: &mut Tx<'_>, now: DateTime<Utc>, staged: bool) -> Result<O
                 let after = queued.last().map_or(0, |run| run.id.0 as i64);
                 let rows = tx.query(
                     "SELECT doc FROM nightshift_runs WHERE state = 'queued' AND id > $1 ORDER BY id LIMIT $2",
-                    &[&after, &CLAIM_PAGE],
+                    &[&after, &page_size],
                 )?;
-                read_all = (rows.len() as i64) < CLAIM_PAGE;
-                queued.extend(runs_of(&rows)?);
+                read_all = (rows.len() as i64) < page_size;
+                page_size = (page_size * 2).min(CLAIM_PAGE_MAX);
+                let page = runs_of(&rows)?;
+                working.learn(tx, &page, &mut known_repos)?;
+                queued.extend(page);
             }
         }
     }
@@ -407,6 +415,7 @@ struct Working {
 }
 
 impl Working {
+    /// Every run holding a worker (the status picture asks about every queued run).
     fn read(tx: &mut Tx<'_>) -> Result<Working, StoreError> {
         let rows = tx.query("SELECT doc FROM nightshift_runs WHERE holds_worker ORDER BY id", &[])?;
         let runs = runs_of(&rows)?;
@@ -415,6 +424,50 @@ impl Working {
             *in_group.entry(run.group()).or_default() += 1;
         }
         Ok(Working { runs, in_group })
+    }
+
+    /// Nothing read yet: a claim reads only what the queued runs it considers ask about
+    /// (`learn`), so its cost follows the page, not how many runs are working.
+    fn empty() -> Working {
+        Working { runs: Vec::new(), in_group: HashMap::new() }
+    }
+
+    /// Reads the working runs' counts in the groups of `queued`, and the working runs
+    /// in their repositories, that are not read yet.
+    fn learn(&mut self, tx: &mut Tx<'_>, queued: &[Run], known_repos: &mut HashSet<String>) -> Result<(), StoreError> {
+        let groups: Vec<String> = queued
+            .iter()
+            .map(Run::group)
+            .filter(|group| !self.in_group.contains_key(group))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !groups.is_empty() {
+            for group in &groups {
+                self.in_group.insert(group.clone(), 0);
+            }
+            let rows = tx.query(
+                "SELECT group_key, count(*) FROM nightshift_runs WHERE holds_worker AND group_key = ANY($1) GROUP BY group_key",
+                &[&groups],
+            )?;
+            for row in rows {
+                self.in_group.insert(row.get(0), row.get::<_, i64>(1) as u32);
+            }
+        }
+        let repos: Vec<String> = queued
+            .iter()
+            .filter_map(|run| run.task.as_ref().map(|task| task.repo.clone()))
+            .filter(|repo| known_repos.insert(repo.clone()))
+            .collect();
+        if !repos.is_empty() {
+            let rows = tx.query(
+                "SELECT doc FROM nightshift_runs WHERE holds_worker AND repo = ANY($1) ORDER BY id",
+                &[&repos],
+            )?;
+            self.runs.extend(runs_of(&rows)?);
+            self.runs.sort_by_key(|run| run.id);
+        }
+        Ok(())
     }
 
     fn conflict_among(

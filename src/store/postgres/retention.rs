@@ -21,9 +21,12 @@ impl PgStore {
         retention: &Retention,
         now: DateTime<Utc>,
     ) -> Result<RetentionReport, StoreError> {
+        // Nothing stored is older than 1970, and PostgreSQL holds no time before 4713 BC:
+        // a huge `days` keeps everything rather than failing.
         let cutoff = now
             .checked_sub_signed(chrono::Duration::days(i64::from(retention.days)))
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            .unwrap_or(DateTime::UNIX_EPOCH)
+            .max(DateTime::UNIX_EPOCH);
         let mut report = RetentionReport::default();
         let automations = self.db.transaction(|tx| {
             let rows = tx.query("SELECT DISTINCT automation FROM nightshift_runs WHERE finished", &[])?;

@@ -37,6 +37,7 @@ CREATE INDEX nightshift_runs_queued ON nightshift_runs (id) WHERE state = 'queue
 CREATE INDEX nightshift_runs_unfinished ON nightshift_runs (id) WHERE NOT finished;
 CREATE INDEX nightshift_runs_group ON nightshift_runs (group_key, id) WHERE NOT finished;
 CREATE INDEX nightshift_runs_working ON nightshift_runs (repo) WHERE holds_worker;
+CREATE INDEX nightshift_runs_working_groups ON nightshift_runs (group_key) WHERE holds_worker;
 CREATE INDEX nightshift_runs_leases ON nightshift_runs (lease_expires_at) WHERE lease_expires_at IS NOT NULL AND NOT finished;
 CREATE INDEX nightshift_runs_parent ON nightshift_runs (parent, id) WHERE parent IS NOT NULL;
 CREATE INDEX nightshift_runs_automation ON nightshift_runs (automation, id);
