@@ -1,6 +1,7 @@
 //! Crash safety: a child process ingests events through the rules into the store and is
 //! killed with SIGKILL at random moments; after each reopen every acknowledged event is
-//! there and no event has two runs.
+//! there and no event has two runs. The same test runs on PostgreSQL (a database that
+//! commits to disk), with the child's store a `PgStore`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -10,13 +11,16 @@ use std::time::{Duration, Instant};
 
 use nightshift::pipeline::Audience;
 use nightshift::runs::RunId;
-use nightshift::store::{RunFilter, SledStore, Store};
+use nightshift::store::postgres::cluster::Cluster;
+use nightshift::store::{PgStore, RunFilter, SledStore, Store};
 use serde_json::json;
 
 use crate::store::{at, event, pipeline_over};
 
 const DATA_ENV: &str = "NIGHTSHIFT_CRASH_DATA";
 const FROM_ENV: &str = "NIGHTSHIFT_CRASH_FROM";
+/// A PostgreSQL URL: the child ingests into that database instead of `DATA_ENV`.
+const URL_ENV: &str = "NIGHTSHIFT_CRASH_URL";
 const PRODUCERS: u64 = 4;
 const KILLS: usize = 50;
 const LOG_SEGMENT_BYTES: u64 = 8 * 1024;
@@ -28,11 +32,16 @@ const LOG_SEGMENT_BYTES: u64 = 8 * 1024;
 #[test]
 #[ignore = "run as a child process by acknowledged_events_survive_sigkill"]
 fn crash_child_ingests_until_killed() {
-    let data = std::env::var(DATA_ENV).expect("data dir");
     let from: u64 = std::env::var(FROM_ENV).expect("first id").parse().expect("number");
-    // Small log segments: the kills also land in rotations and checkpoints.
-    let store = SledStore::open_with_log_segment(data.as_ref(), LOG_SEGMENT_BYTES).expect("store opens");
-    let pipeline = Arc::new(pipeline_over("{{ event.title }}", "concurrency: { limit: 10000 }", Arc::new(store)));
+    let store: Arc<dyn Store> = match std::env::var(URL_ENV) {
+        Ok(url) => Arc::new(PgStore::open(&url).expect("the database opens")),
+        Err(_) => {
+            let data = std::env::var(DATA_ENV).expect("data dir");
+            // Small log segments: the kills also land in rotations and checkpoints.
+            Arc::new(SledStore::open_with_log_segment(data.as_ref(), LOG_SEGMENT_BYTES).expect("store opens"))
+        }
+    };
+    let pipeline = Arc::new(pipeline_over("{{ event.title }}", "concurrency: { limit: 10000 }", store));
     let threads: Vec<_> = (0..PRODUCERS)
         .map(|thread| {
             let pipeline = pipeline.clone();
@@ -117,6 +126,10 @@ fn acknowledged_events_survive_sigkill() {
 /// has two runs.
 fn check_store(data: &tempfile::TempDir, acknowledged: &BTreeMap<u64, String>, round: usize) {
     let store = SledStore::open(data.path()).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+    check(&store, acknowledged, round);
+}
+
+fn check(store: &dyn Store, acknowledged: &BTreeMap<u64, String>, round: usize) {
     for (n, runs) in acknowledged {
         let stored = store.event(&format!("manual:d{n}")).unwrap();
         let stored = stored.unwrap_or_else(|| panic!("round {round}: acknowledged event d{n} is missing"));
@@ -130,5 +143,62 @@ fn check_store(data: &tempfile::TempDir, acknowledged: &BTreeMap<u64, String>, r
         for event in &run.event_ids {
             assert!(seen_events.insert(event.clone()), "round {round}: event {event} has two runs");
         }
+    }
+}
+
+/// Kills on PostgreSQL: fewer rounds (a database survives its client's death by design;
+/// what is tested is that nightshift answers only after the commit, and a repeated
+/// delivery after a kill is answered with the first outcome).
+const PG_KILLS: usize = 10;
+
+#[test]
+fn acknowledged_events_survive_sigkill_on_postgres() {
+    let cluster = Cluster::start_with(true).expect("a cluster that commits to disk");
+    let url = cluster.database("crash").expect("a database");
+    let mut acknowledged: BTreeMap<u64, String> = BTreeMap::new();
+    let mut rng = fastrand::Rng::with_seed(11);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    for round in 0..PG_KILLS {
+        assert!(Instant::now() < deadline, "{PG_KILLS} crash rounds took over 4 minutes (stopped at round {round})");
+        let from = acknowledged.keys().next_back().map_or(0, |last| last.saturating_sub(10));
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["crash::crash_child_ingests_until_killed", "--exact", "--ignored", "--nocapture", "--quiet"])
+            .env(URL_ENV, &url)
+            .env(FROM_ENV, from.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let (stdout, lines) = (child.stdout.take().unwrap(), lines.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        };
+        let started = Instant::now();
+        let acked = || lines.lock().unwrap().iter().filter(|line| line.starts_with("ack ")).count() > 20;
+        while !acked() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_micros(rng.u64(0..200_000)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        let mut acks = 0;
+        for line in lines.lock().unwrap().iter() {
+            let Some(ack) = line.strip_prefix("ack ") else { continue };
+            let mut parts = ack.split(' ');
+            let (Some(n), Some(runs)) = (parts.next().and_then(|n| n.parse().ok()), parts.next()) else { continue };
+            acks += 1;
+            if let Some(before) = acknowledged.insert(n, runs.to_string()) {
+                assert_eq!(before, runs, "round {round}: delivery d{n} was answered with other runs after a crash");
+            }
+        }
+        assert!(acks > 0, "round {round}: the child acknowledged nothing");
+        let store = PgStore::open(&url).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        check(&store, &acknowledged, round);
     }
 }

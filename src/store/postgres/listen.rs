@@ -115,3 +115,58 @@ async fn listen(config: &tokio_postgres::Config, sinks: &Sinks) -> Result<(), to
     drop(client);
     ended
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::super::cluster::Cluster;
+    use crate::store::{PgStore, Store};
+
+    /// Waits (bounded) for `notify` to be rung; whether it was.
+    fn rung(notify: &tokio::sync::Notify, within: Duration) -> bool {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async { tokio::time::timeout(within, notify.notified()).await.is_ok() })
+    }
+
+    fn queue_one(store: &PgStore, id: &str) {
+        let mut event = crate::event::Event::from_delivery(
+            crate::triggers::TriggerKind::Manual,
+            serde_json::json!({}),
+            Default::default(),
+            chrono::Utc::now(),
+        );
+        event.id = id.to_string();
+        let task = super::super::reads::tests::task(Vec::new());
+        let new = crate::store::NewRun {
+            automation: "a".into(),
+            definition_hash: "h".into(),
+            rendered: Ok((task, crate::task::Flow::default())),
+        };
+        store.ingest(&event, vec![new], chrono::Utc::now()).expect("ingest");
+    }
+
+    #[test]
+    fn a_listener_the_database_cut_off_reconnects_wakes_everyone_and_hears_again() {
+        let cluster = Cluster::start().expect("a cluster");
+        let url = cluster.database("listen").expect("a database");
+        let (one, other) = (PgStore::open(&url).expect("open"), PgStore::open(&url).expect("open"));
+        let wakeups = other.wakeups().expect("a shared store has wake-ups");
+        // The first connect rings once; then a run queued by `one` rings `other`.
+        assert!(rung(&wakeups, Duration::from_secs(10)), "the first connect rings");
+        queue_one(&one, "manual:first");
+        assert!(rung(&wakeups, Duration::from_secs(10)), "a run queued elsewhere wakes this instance");
+
+        let cut = cluster
+            .psql("listen", "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'")
+            .expect("terminate the listeners");
+        assert_eq!(cut, "2", "both instances' listeners were cut off");
+        let started = Instant::now();
+        assert!(rung(&wakeups, Duration::from_secs(10)), "reconnecting wakes everyone to poll");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        queue_one(&one, "manual:second");
+        assert!(rung(&wakeups, Duration::from_secs(10)), "the new connection hears later runs");
+        let claim = other.claim("w", Duration::from_secs(60), chrono::Utc::now()).expect("claim");
+        assert!(claim.is_some(), "the woken instance claims");
+    }
+}
