@@ -265,3 +265,54 @@ fn the_database_stopping_under_load_gives_503s_then_everything_resumes_with_noth
         assert!(stored.contains(id.as_str()), "acknowledged {id} is missing");
     }
 }
+
+#[test]
+fn on_postgres_a_run_is_worked_and_the_board_metrics_and_cli_see_it() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let upstream = dir.path().join("upstream");
+    std::fs::create_dir_all(&upstream).expect("mkdir");
+    std::fs::write(upstream.join("README"), "hello\n").expect("write");
+    super::git::git(&upstream, &["init", "-q", "--initial-branch=main"]);
+    super::git::commit_all(&upstream, "initial");
+    let script = dir.path().join("writer.sh");
+    std::fs::write(
+        &script,
+        "echo done > DONE && git add DONE && git -c user.name=A -c user.email=a@example.com commit -qm done\n\
+         echo '{\"type\":\"summary\",\"text\":\"wrote it\"}'\n",
+    )
+    .expect("write");
+    let project = dir.path().join("nightshift.yaml");
+    let agent = format!("profiles:\n  writer:\n    command: [\"sh\", \"{}\"]\n    output: generic\n", script.display());
+    std::fs::write(&project, agent).expect("write");
+    let automation = format!(
+        "name: write\ntrigger: {{ manual: {{}} }}\ntask:\n  agent: writer\n  repo: {}\n  base: main\n  branch: \"nightshift/write-{{{{ event.n }}}}\"\n  push: true\n  prompt: \"Write it\"\nmemory:\n  after_run: 'memory.set(\"last\", \"seen\")'\n",
+        upstream.display()
+    );
+    let work = dir.path().join("work").display().to_string();
+    let project = project.display().to_string();
+    let server = instances(
+        1,
+        "whole",
+        &[("write.yaml", automation.as_str())],
+        &["--config", &project, "--work-dir", &work, "--workers", "1", "--sandbox", "off"],
+    )
+    .remove(0);
+    let run = super::workers::trigger(&server, "write", 1);
+    let record = super::workers::wait_for(&server, &run, &["succeeded", "failed"]);
+    assert_eq!(record["run"]["state"], "succeeded", "{record:#}\n{}", server.log());
+    assert_eq!(super::git::git(&upstream, &["show", "nightshift/write-1:DONE"]).trim(), "done");
+    assert!(record["activities"].as_array().is_some_and(|a| !a.is_empty()), "a timeline");
+    let memory = server.api_get("/api/automations/write/memory");
+    assert_eq!(memory["last"]["value"], "seen", "memory written with the run's completion: {memory:#}");
+    // The board's page and its list, the metrics, and the CLI through the API.
+    assert_eq!(server.get("/").status, 200);
+    let summary = server.api_get("/api/runs?view=summary");
+    assert_eq!(summary[0]["id"], run.as_str(), "{summary:#}");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.url)).expect("metrics").text().expect("text");
+    assert!(metrics.contains("succeeded"), "{metrics}");
+    let listed = super::follow_ups::nightshift(&server, &["runs"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains(&run), "`nightshift runs` lists the run through the API:\n{listed}");
+    let logs = super::follow_ups::nightshift(&server, &["logs", &run]);
+    assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
+}

@@ -21,7 +21,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// (`futures_executor::block_on`: the client's futures need no runtime of their own),
 /// and puts it back.
 pub struct Db {
-    runtime: tokio::runtime::Runtime,
+    /// Taken only by `drop`.
+    runtime: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
     idle: Mutex<Vec<Client>>,
     /// Where the database is, for messages (never with a password).
@@ -42,7 +43,7 @@ impl Db {
             .enable_all()
             .build()
             .map_err(|cause| StoreError::Io(format!("cannot start the database runtime: {cause}")))?;
-        Ok(Db { runtime, config, idle: Mutex::new(Vec::new()), shown: url_without_password(url) })
+        Ok(Db { runtime: Some(runtime), config, idle: Mutex::new(Vec::new()), shown: url_without_password(url) })
     }
 
     pub fn config(&self) -> &tokio_postgres::Config {
@@ -50,12 +51,12 @@ impl Db {
     }
 
     pub fn runtime(&self) -> &tokio::runtime::Runtime {
-        &self.runtime
+        self.runtime.as_ref().expect("the runtime lives until the Db is dropped")
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
         let config = self.config.clone();
-        let connecting = self.runtime.spawn(async move {
+        let connecting = self.runtime().spawn(async move {
             let (client, connection) = config.connect(NoTls).await?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
@@ -134,6 +135,17 @@ impl Db {
                 }
             }
         })
+    }
+}
+
+impl Drop for Db {
+    /// The store may be dropped on an async task (the server's); a runtime may not be
+    /// shut down by waiting there, so it is left to stop in the background.
+    fn drop(&mut self) {
+        self.idle.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
