@@ -316,3 +316,81 @@ fn on_postgres_a_run_is_worked_and_the_board_metrics_and_cli_see_it() {
     let logs = super::follow_ups::nightshift(&server, &["logs", &run]);
     assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
 }
+
+#[test]
+fn migrate_store_copies_an_embedded_store_into_an_empty_database_and_refuses_a_full_one() {
+    use nightshift::pipeline::Audience;
+    use nightshift::runs::{ActivityKind, Completion, MemoryChange, MemoryWrite, NewActivity, RunResult};
+    use nightshift::store::{PgStore, RunFilter, SledStore, Store};
+    let data = tempfile::tempdir().expect("a directory");
+    let (first, second) = {
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(SledStore::open(data.path()).expect("open"));
+        let pipeline = super::store::pipeline_over("{{ event.title }}", "", store.clone());
+        let ingest = |id: &str, secs| {
+            let event = super::store::event(id, serde_json::json!({"title": id}), secs);
+            pipeline.ingest(event, Audience::Everyone, super::store::at(secs)).expect("ingest").outcome.runs[0].run
+        };
+        let first = ingest("a", 0);
+        let claim = store.claim("w", Duration::from_secs(60), super::store::at(1)).expect("claim").expect("a run");
+        let note = NewActivity { kind: ActivityKind::Progress, text: "looked".into(), data: Value::Null };
+        store.append_activity(first, claim.lease.epoch, note, super::store::at(2)).expect("activity");
+        store.append_log(first, claim.lease.epoch, "some output\n", super::store::at(2)).expect("log");
+        let write = MemoryWrite {
+            key: "k".into(),
+            change: MemoryChange::Set { value: "v".into(), expires_at: None },
+            untrusted: false,
+        };
+        let done = Completion::Succeeded { result: RunResult { summary: "ok".into(), ..RunResult::default() } };
+        store.complete(first, claim.lease.epoch, done, vec![write], super::store::at(3)).expect("complete");
+        (first, ingest("b", 4))
+    };
+    let url = cluster().database("migrated").expect("a database");
+    let migrate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
+            .args(["migrate-store", "--from"])
+            .arg(data.path())
+            .args(["--to", &url])
+            .output()
+            .expect("migrate-store runs")
+    };
+    // sled's background flusher lets go of the directory's lock a moment after the store
+    // is dropped.
+    let started = Instant::now();
+    let unlocked = || loop {
+        let out = migrate();
+        if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("in use") {
+            break out;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the store stayed locked");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = unlocked();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("copied 2 runs, 2 events"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let sled = SledStore::open(data.path()).expect("open");
+    let pg = PgStore::open(&url).expect("open");
+    assert_eq!(pg.runs(&RunFilter::default()).expect("runs"), sled.runs(&RunFilter::default()).expect("runs"));
+    assert_eq!(pg.activities(first).expect("activities"), sled.activities(first).expect("activities"));
+    assert_eq!(pg.log(first, 0).expect("log"), sled.log(first, 0).expect("log"));
+    assert_eq!(pg.event("manual:a").expect("event"), sled.event("manual:a").expect("event"));
+    let now = super::store::at(5);
+    assert_eq!(pg.memory("probe", now).expect("memory"), sled.memory("probe", now).expect("memory"));
+    // Ids go on after the copied ones; the queued run is claimed from the database.
+    let claim = pg.claim("w", Duration::from_secs(60), now).expect("claim").expect("the queued run");
+    assert_eq!(claim.run.id, second);
+    assert!(claim.lease.epoch > sled.run(first).expect("read").expect("the run").epoch);
+
+    drop(sled);
+    let again = unlocked();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds runs"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
