@@ -2,7 +2,8 @@
 //! block on their queries, and a transaction is retried when the database asks for it
 //! (a serialization failure or a deadlock).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_executor::block_on;
@@ -24,7 +25,9 @@ pub struct Db {
     /// Taken only by `drop`.
     runtime: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
-    idle: Mutex<Vec<Client>>,
+    /// Shared with the tasks that commit deferred transactions and then give their
+    /// connection back.
+    idle: Arc<Mutex<Vec<Client>>>,
     /// Where the database is, for messages (never with a password).
     pub shown: String,
 }
@@ -43,7 +46,7 @@ impl Db {
             .enable_all()
             .build()
             .map_err(|cause| StoreError::Io(format!("cannot start the database runtime: {cause}")))?;
-        Ok(Db { runtime: Some(runtime), config, idle: Mutex::new(Vec::new()), shown: url_without_password(url) })
+        Ok(Db { runtime: Some(runtime), config, idle: Arc::default(), shown: url_without_password(url) })
     }
 
     pub fn config(&self) -> &tokio_postgres::Config {
@@ -111,23 +114,12 @@ impl Db {
             let mut tries = 0;
             loop {
                 tries += 1;
-                let transaction = block_on(client.transaction()).map_err(|e| database(&shown, &e))?;
-                let mut tx = Tx { transaction, shown: &shown, conflict: false };
-                if unsynced {
-                    tx.execute("SET LOCAL synchronous_commit = off", &[])?;
-                }
-                let result = work(&mut tx);
-                let conflict = tx.conflict;
-                let outcome = match result {
-                    Ok(value) => block_on(tx.transaction.commit()).map(|()| value).map_err(|e| {
+                let outcome = run_once(client, &shown, unsynced, work).and_then(|value| {
+                    block_on(client.batch_execute("COMMIT")).map(|()| value).map_err(|e| {
                         let retry = is_conflict(&e);
                         (database(&shown, &e), retry)
-                    }),
-                    Err(error) => {
-                        let _ = block_on(tx.transaction.rollback());
-                        Err((error, conflict))
-                    }
-                };
+                    })
+                });
                 match outcome {
                     Ok(value) => return Ok(value),
                     Err((_, true)) if tries < RETRIES => continue,
@@ -136,13 +128,121 @@ impl Db {
             }
         })
     }
+
+    /// `transaction` that returns once `work` has run, with its commit under way: the
+    /// `Durability` resolves when the commit is on disk. The calling thread (a rule
+    /// evaluation thread, for ingest) is free for the next delivery meanwhile, and the
+    /// database syncs many commits at once.
+    pub fn transaction_deferred<T>(
+        &self,
+        mut work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<(T, crate::store::Durability), StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let client = match idle.filter(|client| !client.is_closed()) {
+            Some(client) => client,
+            None => self.connect()?,
+        };
+        let mut tries = 0;
+        let value = loop {
+            tries += 1;
+            match run_once(&client, &self.shown, false, &mut work) {
+                Ok(value) => break value,
+                Err((_, true)) if tries < RETRIES => continue,
+                Err((error, _)) => {
+                    if !client.is_closed() {
+                        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(client);
+                    }
+                    return Err(error);
+                }
+            }
+        };
+        let commit = Arc::new(Commit::default());
+        let (done, idle, shown) = (Arc::clone(&commit), Arc::clone(&self.idle), self.shown.clone());
+        self.runtime().spawn(async move {
+            let result = client.batch_execute("COMMIT").await.map_err(|e| database(&shown, &e));
+            if !client.is_closed() {
+                idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(client);
+            }
+            done.finish(result);
+        });
+        Ok((value, crate::store::Durability::pending(Box::new(CommitWait(commit)))))
+    }
+}
+
+/// BEGIN, `work`, and on failure ROLLBACK; the error says whether a retry may help.
+fn run_once<T>(
+    client: &Client,
+    shown: &str,
+    unsynced: bool,
+    work: &mut dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+) -> Result<T, (StoreError, bool)> {
+    block_on(client.batch_execute("BEGIN")).map_err(|e| (database(shown, &e), false))?;
+    let mut tx = Tx { client, shown, conflict: false };
+    let result = if unsynced { tx.execute("SET LOCAL synchronous_commit = off", &[]).map(drop) } else { Ok(()) };
+    match result.and_then(|()| work(&mut tx)) {
+        Ok(value) => Ok(value),
+        Err(error) => {
+            let conflict = tx.conflict;
+            let _ = block_on(client.batch_execute("ROLLBACK"));
+            Err((error, conflict))
+        }
+    }
+}
+
+/// A deferred commit's outcome, once known, and who waits for it.
+#[derive(Default)]
+struct Commit {
+    state: Mutex<CommitState>,
+    settled: Condvar,
+}
+
+#[derive(Default)]
+struct CommitState {
+    outcome: Option<Result<(), StoreError>>,
+    waiting: Vec<Waker>,
+}
+
+impl Commit {
+    fn finish(&self, result: Result<(), StoreError>) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.outcome = Some(result);
+        for waker in state.waiting.drain(..) {
+            waker.wake();
+        }
+        self.settled.notify_all();
+    }
+}
+
+struct CommitWait(Arc<Commit>);
+
+impl crate::store::PendingWrite for CommitWait {
+    fn wait(&self) -> Result<(), StoreError> {
+        let mut state = self.0.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        loop {
+            if let Some(result) = &state.outcome {
+                return result.clone();
+            }
+            state = self.0.settled.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), StoreError>> {
+        let mut state = self.0.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &state.outcome {
+            Some(result) => Poll::Ready(result.clone()),
+            None => {
+                state.waiting.push(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
 }
 
 impl Drop for Db {
     /// The store may be dropped on an async task (the server's); a runtime may not be
     /// shut down by waiting there, so it is left to stop in the background.
     fn drop(&mut self) {
-        self.idle.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -151,7 +251,7 @@ impl Drop for Db {
 
 /// A transaction: statements whose errors are `StoreError`s naming the database.
 pub struct Tx<'a> {
-    transaction: tokio_postgres::Transaction<'a>,
+    client: &'a Client,
     shown: &'a str,
     /// The database aborted a statement for a conflict: the transaction is run again.
     conflict: bool,
@@ -168,28 +268,28 @@ impl Tx<'_> {
     }
 
     pub fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
-        let result = block_on(self.transaction.query(sql, params));
+        let result = block_on(self.client.query(sql, params));
         self.check(result)
     }
 
     pub fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
-        let result = block_on(self.transaction.query_opt(sql, params));
+        let result = block_on(self.client.query_opt(sql, params));
         self.check(result)
     }
 
     pub fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
-        let result = block_on(self.transaction.query_one(sql, params));
+        let result = block_on(self.client.query_one(sql, params));
         self.check(result)
     }
 
     pub fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
-        let result = block_on(self.transaction.execute(sql, params));
+        let result = block_on(self.client.execute(sql, params));
         self.check(result)
     }
 
     /// Runs several statements (a migration); no parameters.
     pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        let result = block_on(self.transaction.batch_execute(sql));
+        let result = block_on(self.client.batch_execute(sql));
         self.check(result)
     }
 

@@ -16,7 +16,7 @@ use crate::runs::clock::later;
 use crate::runs::flow::{Decision, FlowFacts, decide, needed_busy};
 use crate::runs::{Run, RunId, RunState, SkipReason, group_key};
 use crate::store::{
-    Disposition, IngestOutcome, NewRun, RunOutcome, ScheduleState, StoreError, StoredEvent, StoredEventRef,
+    Disposition, Durability, IngestOutcome, NewRun, RunOutcome, ScheduleState, StoreError, StoredEvent, StoredEventRef,
 };
 use crate::task::{Flow, Task};
 
@@ -30,8 +30,10 @@ impl PgStore {
         event: &Event,
         runs: Vec<NewRun>,
         now: DateTime<Utc>,
-    ) -> Result<IngestOutcome, StoreError> {
-        self.db.transaction(|tx| ingest_in(tx, event, &runs, now))
+    ) -> Result<(IngestOutcome, Durability), StoreError> {
+        // The commit is waited for by the caller's `Durability`, not here: the rule
+        // thread goes on to the next delivery while the database syncs.
+        self.db.transaction_deferred(|tx| ingest_in(tx, event, &runs, now))
     }
 
     pub(super) fn record_skipped_slots_now(

@@ -135,8 +135,7 @@ impl Store for PgStore {
         runs: Vec<NewRun>,
         now: DateTime<Utc>,
     ) -> Result<(IngestOutcome, Durability), StoreError> {
-        let outcome = self.noted(self.ingest_now(event, runs, now))?;
-        Ok((outcome, Durability::done()))
+        self.noted(self.ingest_now(event, runs, now))
     }
 
     fn claim_for(
