@@ -33,6 +33,13 @@ pub fn needed_busy(flow: &Flow, busy_count: usize) -> usize {
     }
 }
 
+/// Whether `decide` can depend on the run's group: a cooldown, or an overlap policy
+/// that looks at the group's busy runs. A store serialises ingest per group only then;
+/// other runs of a group (`overlap: queue`, no cooldown) are always created.
+pub fn needs_group_facts(flow: &Flow) -> bool {
+    flow.cooldown.is_some() || !matches!(flow.overlap, Overlap::Queue)
+}
+
 /// What to do with a new run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -90,6 +97,23 @@ mod tests {
             cooldown: None,
             retry: Retry::default(),
         }
+    }
+
+    #[test]
+    fn only_a_cooldown_or_an_overlap_that_looks_needs_the_group() {
+        assert!(!needs_group_facts(&flow(Overlap::Queue, 1)));
+        assert!(needs_group_facts(&flow(Overlap::Skip, 1)));
+        assert!(needs_group_facts(&flow(Overlap::CancelPrevious, 1)));
+        let cooled = Flow { cooldown: Some(DurationSpec::from_secs(60)), ..flow(Overlap::Queue, 1) };
+        assert!(needs_group_facts(&cooled));
+        // A group that needs nothing is created whatever its facts say.
+        let busy = FlowFacts {
+            busy_count: 9,
+            oldest_busy: vec![RunId(1)],
+            last_created: Some((RunId(1), Utc::now())),
+            ..FlowFacts::default()
+        };
+        assert_eq!(decide(&flow(Overlap::Queue, 1), &busy, Utc::now()), Decision::Create { cancel: Vec::new() });
     }
 
     #[test]

@@ -114,11 +114,13 @@ impl Db {
             let mut tries = 0;
             loop {
                 tries += 1;
-                let outcome = run_once(client, &shown, unsynced, work).and_then(|value| {
-                    block_on(client.batch_execute("COMMIT")).map(|()| value).map_err(|e| {
+                let outcome = run_once(client, &shown, unsynced, work).and_then(|(value, notes)| {
+                    block_on(client.batch_execute("COMMIT")).map_err(|e| {
                         let retry = is_conflict(&e);
                         (database(&shown, &e), retry)
-                    })
+                    })?;
+                    block_on(notes.send(client));
+                    Ok(value)
                 });
                 match outcome {
                     Ok(value) => return Ok(value),
@@ -143,10 +145,10 @@ impl Db {
             None => self.connect()?,
         };
         let mut tries = 0;
-        let value = loop {
+        let (value, notes) = loop {
             tries += 1;
             match run_once(&client, &self.shown, false, &mut work) {
-                Ok(value) => break value,
+                Ok(done) => break done,
                 Err((_, true)) if tries < RETRIES => continue,
                 Err((error, _)) => {
                     if !client.is_closed() {
@@ -160,6 +162,9 @@ impl Db {
         let (done, idle, shown) = (Arc::clone(&commit), Arc::clone(&self.idle), self.shown.clone());
         self.runtime().spawn(async move {
             let result = client.batch_execute("COMMIT").await.map_err(|e| database(&shown, &e));
+            if result.is_ok() {
+                notes.send(&client).await;
+            }
             if !client.is_closed() {
                 idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(client);
             }
@@ -175,16 +180,44 @@ fn run_once<T>(
     shown: &str,
     unsynced: bool,
     work: &mut dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
-) -> Result<T, (StoreError, bool)> {
+) -> Result<(T, Notes), (StoreError, bool)> {
     block_on(client.batch_execute("BEGIN")).map_err(|e| (database(shown, &e), false))?;
-    let mut tx = Tx { client, shown, conflict: false };
+    let mut tx = Tx { client, shown, conflict: false, notes: Notes::default() };
     let result = if unsynced { tx.execute("SET LOCAL synchronous_commit = off", &[]).map(drop) } else { Ok(()) };
     match result.and_then(|()| work(&mut tx)) {
-        Ok(value) => Ok(value),
+        Ok(value) => Ok((value, tx.notes)),
         Err(error) => {
             let conflict = tx.conflict;
             let _ = block_on(client.batch_execute("ROLLBACK"));
             Err((error, conflict))
+        }
+    }
+}
+
+/// What a transaction announces, sent once it has committed, as a statement of its
+/// own: PostgreSQL makes the commits of transactions that NOTIFY take turns (a lock on
+/// the database held through the commit's sync), so notifying inside them held every
+/// ingest to one sync at a time. A notification lost to a crash between the two is
+/// covered by the listeners' poll.
+#[derive(Default)]
+struct Notes {
+    channels: Vec<String>,
+    payloads: Vec<String>,
+}
+
+impl Notes {
+    async fn send(self, client: &Client) {
+        if self.channels.is_empty() {
+            return;
+        }
+        let sent = client
+            .execute(
+                "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)",
+                &[&self.channels, &self.payloads],
+            )
+            .await;
+        if let Err(error) = sent {
+            tracing::debug!(%error, "Could not announce a committed change; listeners find it by polling");
         }
     }
 }
@@ -255,6 +288,7 @@ pub struct Tx<'a> {
     shown: &'a str,
     /// The database aborted a statement for a conflict: the transaction is run again.
     conflict: bool,
+    notes: Notes,
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
@@ -300,9 +334,11 @@ impl Tx<'_> {
         self.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&name]).map(drop)
     }
 
-    /// Tells every instance's listener, once this transaction commits.
+    /// Tells every instance's listener, once this transaction has committed.
     pub fn notify(&mut self, channel: &str, payload: &str) -> Result<(), StoreError> {
-        self.execute("SELECT pg_notify($1, $2)", &[&channel, &payload]).map(drop)
+        self.notes.channels.push(channel.to_string());
+        self.notes.payloads.push(payload.to_string());
+        Ok(())
     }
 }
 

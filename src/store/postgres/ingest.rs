@@ -190,7 +190,11 @@ fn lock_flow(tx: &mut Tx<'_>, runs: &[NewRun]) -> Result<(), StoreError> {
     let mut dedupes = BTreeSet::new();
     for new in runs {
         let Ok((_, flow)) = &new.rendered else { continue };
-        groups.insert(format!("group:{}", group_key(&new.automation, flow.concurrency_key.as_deref())));
+        // A group whose decision reads nothing of it (no cooldown, `overlap: queue`)
+        // takes no lock: its deliveries commit side by side.
+        if crate::runs::flow::needs_group_facts(flow) {
+            groups.insert(format!("group:{}", group_key(&new.automation, flow.concurrency_key.as_deref())));
+        }
         if let Some(key) = &flow.dedupe_key {
             dedupes.insert(format!("dedupe:{}:{key}", new.automation));
         }
@@ -337,9 +341,12 @@ fn facts(
         Some(key) => dedupe_holder(tx, automation, key, now)?,
         None => None,
     };
-    let last_created = tx
-        .query_opt("SELECT run, at FROM nightshift_cooldowns WHERE group_key = $1", &[&group])?
-        .map(|row| (RunId(row.get::<_, i64>(0) as u64), row.get::<_, DateTime<Utc>>(1)));
+    let last_created = match flow.cooldown {
+        Some(_) => tx
+            .query_opt("SELECT run, at FROM nightshift_cooldowns WHERE group_key = $1", &[&group])?
+            .map(|row| (RunId(row.get::<_, i64>(0) as u64), row.get::<_, DateTime<Utc>>(1))),
+        None => None,
+    };
     // `queue` never looks at the group's runs (`needed_busy`), so a long queue costs
     // ingest nothing: it is not even counted.
     if matches!(flow.overlap, Overlap::Queue) {
