@@ -436,7 +436,6 @@ fn wakeups(
     samples: u64,
     tag: &str,
 ) -> Vec<Duration> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let (claimed, claims) = std::sync::mpsc::channel::<Instant>();
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
@@ -471,7 +470,7 @@ fn wakeups(
         }
         let claimed_at = claims.recv_timeout(Duration::from_secs(10)).expect("the waiter claims the run");
         latencies.push(claimed_at.saturating_duration_since(queued));
-        runtime.block_on(tokio::time::sleep(Duration::from_millis(5)));
+        std::thread::sleep(Duration::from_millis(5));
     }
     stop.store(true, Ordering::Relaxed);
     wakeup.notify_one();
