@@ -45,6 +45,47 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// A new queued run record created by `event` (a follow-up linked to the run it
+/// follows), as either backend's ingest writes it.
+pub(crate) fn fresh_run(
+    id: RunId,
+    automation: String,
+    definition_hash: String,
+    task: Option<Task>,
+    flow: Flow,
+    event: &Event,
+    now: DateTime<Utc>,
+) -> Run {
+    let parent = task.as_ref().and_then(|task| task.follows).map(|run| crate::parallel::ParentLink {
+        run,
+        role: crate::parallel::Role::FollowUp,
+        index: 0,
+    });
+    Run::queued(id, automation, definition_hash, vec![event.id.clone()], task, flow, parent, now)
+}
+
+/// The entry a memory write stores, with its provenance: the writing run (whose
+/// untrusted input taints it) or a person (`None`); `None` for a removal.
+pub(crate) fn memory_entry(
+    write: MemoryWrite,
+    written_by: Option<&Run>,
+    now: DateTime<Utc>,
+) -> Option<(String, MemoryEntry)> {
+    match write.change {
+        crate::runs::MemoryChange::Set { value, expires_at } => Some((
+            write.key,
+            MemoryEntry {
+                value,
+                written_by: written_by.map(|run| run.id),
+                written_at: now,
+                untrusted: write.untrusted || written_by.is_some_and(Run::untrusted_input),
+                expires_at,
+            },
+        )),
+        crate::runs::MemoryChange::Remove => None,
+    }
+}
+
 /// The data directory used when none is given: `.nightshift/` beside the automations.
 pub fn default_data_dir(automations: &std::path::Path) -> PathBuf {
     let beside = automations.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));

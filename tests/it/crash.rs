@@ -72,46 +72,9 @@ fn acknowledged_events_survive_sigkill() {
     let (mut left_log, mut left_segments) = (0, 0);
     for round in 0..KILLS {
         assert!(Instant::now() < deadline, "50 crash rounds took over 4 minutes (stopped at round {round})");
-        let from = acknowledged.keys().next_back().map_or(0, |last| last.saturating_sub(10));
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["crash::crash_child_ingests_until_killed", "--exact", "--ignored", "--nocapture", "--quiet"])
-            .env(DATA_ENV, data.path())
-            .env(FROM_ENV, from.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let reader = {
-            let (stdout, lines) = (child.stdout.take().unwrap(), lines.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            })
-        };
+        let dir = data.path().display().to_string();
         // Kill at a random moment once ingesting is under way.
-        let started = Instant::now();
-        let acked = || lines.lock().unwrap().iter().any(|line| line.starts_with("ack "));
-        while !acked() && started.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        std::thread::sleep(Duration::from_micros(rng.u64(0..40_000)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        reader.join().unwrap();
-        let lines = lines.lock().unwrap();
-        let mut acks = 0;
-        for line in lines.iter() {
-            let Some(ack) = line.strip_prefix("ack ") else { continue };
-            let mut parts = ack.split(' ');
-            let (Some(n), Some(runs)) = (parts.next().and_then(|n| n.parse().ok()), parts.next()) else { continue };
-            acks += 1;
-            if let Some(before) = acknowledged.insert(n, runs.to_string()) {
-                assert_eq!(before, runs, "round {round}: delivery d{n} was answered with other runs after a crash");
-            }
-        }
-        assert!(acks > 0, "round {round}: the child acknowledged nothing:\n{}", lines.join("\n"));
+        kill_round((DATA_ENV, &dir), &mut acknowledged, 1, rng.u64(0..40_000), round);
         let segments = std::fs::read_dir(data.path().join("wal")).map_or(0, |dir| dir.count());
         left_log += usize::from(segments > 0);
         left_segments += usize::from(segments > 1);
@@ -160,45 +123,60 @@ fn acknowledged_events_survive_sigkill_on_postgres() {
     let deadline = Instant::now() + Duration::from_secs(240);
     for round in 0..PG_KILLS {
         assert!(Instant::now() < deadline, "{PG_KILLS} crash rounds took over 4 minutes (stopped at round {round})");
-        let from = acknowledged.keys().next_back().map_or(0, |last| last.saturating_sub(10));
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["crash::crash_child_ingests_until_killed", "--exact", "--ignored", "--nocapture", "--quiet"])
-            .env(URL_ENV, &url)
-            .env(FROM_ENV, from.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let reader = {
-            let (stdout, lines) = (child.stdout.take().unwrap(), lines.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            })
-        };
-        let started = Instant::now();
-        let acked = || lines.lock().unwrap().iter().filter(|line| line.starts_with("ack ")).count() > 20;
-        while !acked() && started.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        std::thread::sleep(Duration::from_micros(rng.u64(0..200_000)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        reader.join().unwrap();
-        let mut acks = 0;
-        for line in lines.lock().unwrap().iter() {
-            let Some(ack) = line.strip_prefix("ack ") else { continue };
-            let mut parts = ack.split(' ');
-            let (Some(n), Some(runs)) = (parts.next().and_then(|n| n.parse().ok()), parts.next()) else { continue };
-            acks += 1;
-            if let Some(before) = acknowledged.insert(n, runs.to_string()) {
-                assert_eq!(before, runs, "round {round}: delivery d{n} was answered with other runs after a crash");
-            }
-        }
-        assert!(acks > 0, "round {round}: the child acknowledged nothing");
+        kill_round((URL_ENV, &url), &mut acknowledged, 21, rng.u64(0..200_000), round);
         let store = PgStore::open(&url).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
         check(&store, &acknowledged, round);
     }
+}
+
+/// One crash round: starts the child on the store `store` names (an environment
+/// variable and its value), from just before the last acknowledged delivery so some are
+/// repeated; kills it `delay_micros` after it acknowledged `acks` deliveries; records
+/// what it acknowledged, checking that a repeated delivery got the same runs.
+fn kill_round(
+    store: (&str, &str),
+    acknowledged: &mut BTreeMap<u64, String>,
+    acks: usize,
+    delay_micros: u64,
+    round: usize,
+) {
+    let from = acknowledged.keys().next_back().map_or(0, |last| last.saturating_sub(10));
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["crash::crash_child_ingests_until_killed", "--exact", "--ignored", "--nocapture", "--quiet"])
+        .env(store.0, store.1)
+        .env(FROM_ENV, from.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let (stdout, lines) = (child.stdout.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let started = Instant::now();
+    let acked = || lines.lock().unwrap().iter().filter(|line| line.starts_with("ack ")).count() >= acks;
+    while !acked() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_micros(delay_micros));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+    let lines = lines.lock().unwrap();
+    let mut count = 0;
+    for line in lines.iter() {
+        let Some(ack) = line.strip_prefix("ack ") else { continue };
+        let mut parts = ack.split(' ');
+        let (Some(n), Some(runs)) = (parts.next().and_then(|n| n.parse().ok()), parts.next()) else { continue };
+        count += 1;
+        if let Some(before) = acknowledged.insert(n, runs.to_string()) {
+            assert_eq!(before, runs, "round {round}: delivery d{n} was answered with other runs after a crash");
+        }
+    }
+    assert!(count > 0, "round {round}: the child acknowledged nothing:\n{}", lines.join("\n"));
 }

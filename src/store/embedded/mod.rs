@@ -26,6 +26,7 @@ mod watermark;
 use super::{
     Claim, Disposition, Durability, IngestOutcome, LogChunk, NewRun, OutboxDue, OutboxEntry, OutboxKey, PendingWrite,
     QueueStatus, RetentionReport, RunFilter, RunOutcome, ScheduleState, Store, StoreError, StoredEvent, StoredEventRef,
+    fresh_run,
 };
 use crate::config::Retention;
 use crate::delivery::{Attempt, Outcome};
@@ -35,10 +36,10 @@ use crate::runs::clock::later;
 use crate::runs::flow::{Decision, decide};
 use crate::runs::retry::{backoff, may_retry};
 use crate::runs::{
-    Activity, ActivityKind, Completion, Epoch, Lease, MemoryChange, MemoryEntry, MemoryWrite, NewActivity, Run, RunId,
-    RunState, SkipReason,
+    Activity, ActivityKind, Completion, Epoch, Lease, MemoryEntry, MemoryWrite, NewActivity, Run, RunId, RunState,
+    SkipReason,
 };
-use crate::task::{Flow, Task};
+use crate::task::Flow;
 use codec::{decode, encode};
 use group_commit::{GroupCommit, Sink, Stage};
 use live::{DedupeMark, LastCreated, Live, LiveRun};
@@ -1098,25 +1099,9 @@ impl Inner {
         Ok(())
     }
 
-    fn memory_entry(write: MemoryWrite, written_by: Option<&Run>, now: DateTime<Utc>) -> Option<(String, MemoryEntry)> {
-        match write.change {
-            MemoryChange::Set { value, expires_at } => Some((
-                write.key,
-                MemoryEntry {
-                    value,
-                    written_by: written_by.map(|run| run.id),
-                    written_at: now,
-                    untrusted: write.untrusted || written_by.is_some_and(Run::untrusted_input),
-                    expires_at,
-                },
-            )),
-            MemoryChange::Remove => None,
-        }
-    }
-
     fn put_memory(changes: &mut Changes, automation: &str, write: MemoryWrite, by: Option<&Run>, now: DateTime<Utc>) {
         let key = keys::memory(automation, &write.key);
-        match Self::memory_entry(write, by, now) {
+        match super::memory_entry(write, by, now) {
             Some((_, entry)) => changes.put(key, encode(&entry)),
             None => changes.delete(key),
         }
@@ -1837,24 +1822,6 @@ fn child_run(id: RunId, parent: &Run, child: crate::parallel::conduct::NewChild,
     let event_ids = parent.event_ids.iter().take(1).cloned().collect();
     let (automation, hash) = (parent.automation.clone(), parent.definition_hash.clone());
     Run::queued(id, automation, hash, event_ids, Some(child.task), child.flow, Some(child.link), now)
-}
-
-/// A new queued run record, created by `event`.
-fn fresh_run(
-    id: RunId,
-    automation: String,
-    definition_hash: String,
-    task: Option<Task>,
-    flow: Flow,
-    event: &Event,
-    now: DateTime<Utc>,
-) -> Run {
-    let parent = task.as_ref().and_then(|task| task.follows).map(|run| crate::parallel::ParentLink {
-        run,
-        role: crate::parallel::Role::FollowUp,
-        index: 0,
-    });
-    Run::queued(id, automation, definition_hash, vec![event.id.clone()], task, flow, parent, now)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use crate::runs::flow::{Decision, FlowFacts, decide, needed_busy};
 use crate::runs::{Run, RunId, RunState, SkipReason, group_key};
 use crate::store::{
     Disposition, Durability, IngestOutcome, NewRun, RunOutcome, ScheduleState, StoreError, StoredEvent, StoredEventRef,
+    fresh_run,
 };
 use crate::task::{Flow, Task};
 
@@ -398,25 +399,6 @@ fn as_skipped(mut run: Run, reason: SkipReason, now: DateTime<Utc>) -> Run {
     finish(&mut run, RunState::Skipped, None, now);
     run.skip = Some(reason);
     run
-}
-
-/// A new queued run record, created by `event` (a follow-up linked to the run it
-/// follows).
-fn fresh_run(
-    id: RunId,
-    automation: String,
-    definition_hash: String,
-    task: Option<Task>,
-    flow: Flow,
-    event: &Event,
-    now: DateTime<Utc>,
-) -> Run {
-    let parent = task.as_ref().and_then(|task| task.follows).map(|run| crate::parallel::ParentLink {
-        run,
-        role: crate::parallel::Role::FollowUp,
-        index: 0,
-    });
-    Run::queued(id, automation, definition_hash, vec![event.id.clone()], task, flow, parent, now)
 }
 
 #[cfg(test)]

@@ -12,14 +12,12 @@ use chrono::{DateTime, Utc};
 use super::PgStore;
 use super::db::Tx;
 use super::family;
-use super::rows::{add_activity, decode_run, encode, load_run, next_epoch, runs_of, update_run};
+use super::rows::{add_activity, decode_run, load_run, next_epoch, runs_of, update_run};
 use crate::runs::clock::later;
 use crate::runs::queue::{self, Active};
 use crate::runs::retry::{backoff, may_retry};
 use crate::runs::scope::paths_overlap;
-use crate::runs::{
-    ActivityKind, Completion, Epoch, Lease, MemoryChange, MemoryEntry, MemoryWrite, NewActivity, Run, RunId, RunState,
-};
+use crate::runs::{ActivityKind, Completion, Epoch, Lease, MemoryWrite, NewActivity, Run, RunId, RunState};
 use crate::store::{Claim, QueueStatus, StoreError};
 
 /// How many queued runs a claim reads first, oldest first: the next page, twice as
@@ -182,7 +180,7 @@ impl PgStore {
             };
             add_activity(tx, id, kind, text, serde_json::Value::Null, now)?;
             for write in &memory {
-                put_memory(tx, &run.automation, write.clone(), Some(&run), now)?;
+                super::reads::put_memory(tx, &run.automation, write.clone(), Some(&run), now)?;
             }
             update_run(tx, &before, &run)?;
             family::child_ended(tx, &run, now)?;
@@ -578,37 +576,6 @@ pub(super) fn cancel_tree(
     Ok(Some(run))
 }
 
-/// Stores one memory write of `automation`, with the writing run as its provenance (as
-/// the embedded store's `put_memory`).
-fn put_memory(
-    tx: &mut Tx<'_>,
-    automation: &str,
-    write: MemoryWrite,
-    by: Option<&Run>,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    match write.change {
-        MemoryChange::Set { value, expires_at } => {
-            let entry = MemoryEntry {
-                value,
-                written_by: by.map(|run| run.id),
-                written_at: now,
-                untrusted: write.untrusted || by.is_some_and(Run::untrusted_input),
-                expires_at,
-            };
-            tx.execute(
-                "INSERT INTO nightshift_memory (automation, key, expires_at, doc) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (automation, key) DO UPDATE SET expires_at = $3, doc = $4",
-                &[&automation, &write.key, &expires_at, &encode(&entry)],
-            )?;
-        }
-        MemoryChange::Remove => {
-            tx.execute("DELETE FROM nightshift_memory WHERE automation = $1 AND key = $2", &[&automation, &write.key])?;
-        }
-    }
-    Ok(())
-}
-
 /// A parent's result after its publishing attempt: the worker's, with what the parent
 /// recorded before (the pick, the findings) under the keys the worker did not set.
 fn with_earlier_details(
@@ -893,7 +860,7 @@ pub(super) mod tests {
         assert_eq!(second.run.attempt, 2);
         let memory = vec![MemoryWrite {
             key: "seen".into(),
-            change: MemoryChange::Set { value: serde_json::json!(2), expires_at: None },
+            change: crate::runs::MemoryChange::Set { value: serde_json::json!(2), expires_at: None },
             untrusted: false,
         }];
         let failed = Completion::Failed { reason: "tests failed".into(), retryable: true, result: None };
@@ -912,7 +879,8 @@ pub(super) mod tests {
                 tx.query_one("SELECT doc FROM nightshift_memory WHERE automation = 'a' AND key = 'seen'", &[])
             })
             .expect("the memory entry");
-        let entry: MemoryEntry = super::super::rows::decode("memory", &row.get::<_, Vec<u8>>(0)).expect("entry");
+        let entry: crate::runs::MemoryEntry =
+            super::super::rows::decode("memory", &row.get::<_, Vec<u8>>(0)).expect("entry");
         assert_eq!((entry.value, entry.written_by, entry.untrusted), (serde_json::json!(2), Some(id), false));
         let again = Completion::Succeeded { result: RunResult::default() };
         let refused = store.complete_now(id, second.lease.epoch, again, Vec::new(), at(61));

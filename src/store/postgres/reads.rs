@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::PgStore;
 use super::db::Tx;
 use super::rows::{decode, encode, runs_of};
-use crate::runs::{Activity, MemoryChange, MemoryEntry, MemoryWrite, Run, RunId, RunState};
+use crate::runs::{Activity, MemoryEntry, MemoryWrite, Run, RunId, RunState};
 use crate::store::{LogChunk, RunFilter, StoreError, StoredEvent};
 
 impl PgStore {
@@ -180,25 +180,15 @@ pub(super) fn put_memory(
     by: Option<&Run>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    match write.change {
-        MemoryChange::Set { value, expires_at } => {
-            let entry = MemoryEntry {
-                value,
-                written_by: by.map(|run| run.id),
-                written_at: now,
-                untrusted: write.untrusted || by.is_some_and(Run::untrusted_input),
-                expires_at,
-            };
-            tx.execute(
-                "INSERT INTO nightshift_memory (automation, key, expires_at, doc) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (automation, key) DO UPDATE SET expires_at = $3, doc = $4",
-                &[&automation, &write.key, &expires_at, &encode(&entry)],
-            )?;
-        }
-        MemoryChange::Remove => {
-            tx.execute("DELETE FROM nightshift_memory WHERE automation = $1 AND key = $2", &[&automation, &write.key])?;
-        }
-    }
+    let key = write.key.clone();
+    match crate::store::memory_entry(write, by, now) {
+        Some((_, entry)) => tx.execute(
+            "INSERT INTO nightshift_memory (automation, key, expires_at, doc) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (automation, key) DO UPDATE SET expires_at = $3, doc = $4",
+            &[&automation, &key, &entry.expires_at, &encode(&entry)],
+        )?,
+        None => tx.execute("DELETE FROM nightshift_memory WHERE automation = $1 AND key = $2", &[&automation, &key])?,
+    };
     Ok(())
 }
 
@@ -492,7 +482,7 @@ pub(super) mod tests {
         let (_cluster, store) = store();
         let set = |key: &str, expires_at| MemoryWrite {
             key: key.into(),
-            change: MemoryChange::Set { value: serde_json::json!(key.len()), expires_at },
+            change: crate::runs::MemoryChange::Set { value: serde_json::json!(key.len()), expires_at },
             untrusted: false,
         };
         store.write_memory("a", set("kept", None), at(0)).expect("write");
@@ -501,7 +491,7 @@ pub(super) mod tests {
         store
             .write_memory(
                 "a",
-                MemoryWrite { key: "gone".into(), change: MemoryChange::Remove, untrusted: false },
+                MemoryWrite { key: "gone".into(), change: crate::runs::MemoryChange::Remove, untrusted: false },
                 at(1),
             )
             .expect("remove");
