@@ -31,11 +31,10 @@ fn metrics_over(dir: &std::path::Path, runs: u32) -> (Arc<Metrics>, Arc<dyn Stor
     let mut pending = Vec::new();
     for n in 0..runs {
         let event = Event::from_delivery(TriggerKind::Manual, serde_json::json!({ "n": n }), Default::default(), at);
-        let (_, durability) = pipeline.ingest_queued(event, Audience::Named("queued"), at).expect("ingested");
-        pending.push(durability);
+        pending.push(pipeline.ingest_queued(event, Audience::Named("queued"), at).expect("ingested"));
     }
-    for durability in pending {
-        durability.wait().expect("durable");
+    for ingest in pending {
+        ingest.wait().expect("stored");
     }
     (Metrics::new(Arc::clone(&store)), store)
 }

@@ -136,16 +136,14 @@ fn ingest(producers: u64, seconds: u64, through_rules: bool) {
                         }
                         let event = load_event(n);
                         let begun = Instant::now();
-                        let durability = if through_rules {
-                            pipeline.ingest_queued(event, Audience::Everyone, Utc::now()).expect("ingest").1
+                        if through_rules {
+                            let pending =
+                                pipeline.ingest_queued(event, Audience::Everyone, Utc::now()).expect("ingest");
+                            pending.done().await.expect("stored");
                         } else {
-                            pipeline
-                                .store()
-                                .ingest_queued(&event, vec![template.clone()], Utc::now())
-                                .expect("ingest")
-                                .1
-                        };
-                        durability.await.expect("durable");
+                            let pending = pipeline.store().ingest_pending(&event, vec![template.clone()], Utc::now());
+                            pending.await.expect("stored");
+                        }
                         latencies.push(begun.elapsed());
                     }
                     latencies
@@ -261,11 +259,11 @@ fn bytes(events: u64, profile: &str) {
                 let payload = json!({"title": "disk usage above 90% on /var/lib/postgresql", "host": format!("db-{}", n % 13), "n": n});
                 payload_bytes += payload.to_string().len();
                 let event = Event::from_delivery(TriggerKind::Manual, payload, Default::default(), Utc::now());
-                pipeline.ingest_queued(event, Audience::Everyone, Utc::now()).expect("ingest").1
+                pipeline.ingest_queued(event, Audience::Everyone, Utc::now()).expect("ingest")
             })
             .collect();
-        for durability in pending {
-            durability.wait().expect("durable");
+        for ingest in pending {
+            ingest.wait().expect("stored");
         }
     }
     let ingested = started.elapsed();
@@ -328,11 +326,11 @@ fn runs_page(total: u64, reads: u64) {
             .map(|n| {
                 let payload = json!({"title": "disk usage above 90%", "service": format!("svc-{}", n % 20)});
                 let event = Event::from_delivery(TriggerKind::Manual, payload, Default::default(), Utc::now());
-                pipeline.ingest_queued(event, Audience::Everyone, Utc::now()).expect("ingest").1
+                pipeline.ingest_queued(event, Audience::Everyone, Utc::now()).expect("ingest")
             })
             .collect();
-        for durability in pending {
-            durability.wait().expect("durable");
+        for ingest in pending {
+            ingest.wait().expect("stored");
         }
     }
     println!("runs: {total} runs stored in {:.1?}", started.elapsed());

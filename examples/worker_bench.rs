@@ -213,6 +213,23 @@ echo '{"type":"summary","text":"ok"}'; date +%s%N > "$CLOCK/$NIGHTSHIFT_RUN_ID.e
             .collect()
     }
 
+    /// Where each run's overhead went: claim → agent start, agent end → the completion
+    /// call, and the completion call itself (medians, in ms).
+    fn phases(&self, runs: &[RunId]) -> [f64; 3] {
+        let mut parts = [Vec::new(), Vec::new(), Vec::new()];
+        for id in runs {
+            let (start, end) = self.agent_clock(*id);
+            let since = |later: SystemTime, earlier: SystemTime| later.duration_since(earlier).unwrap_or_default();
+            parts[0].push(since(start, self.control.time(*id, "claimed")));
+            parts[1].push(since(self.control.time(*id, "completing"), end));
+            parts[2].push(since(self.control.time(*id, "completed"), self.control.time(*id, "completing")));
+        }
+        parts.map(|mut part| {
+            part.sort();
+            ms(median(&part))
+        })
+    }
+
     /// The agent's start and end, as recorded by the agent.
     fn agent_clock(&self, run: RunId) -> (SystemTime, SystemTime) {
         let read = |end: &str| {
@@ -374,6 +391,11 @@ fn fanout(children: usize, rounds: usize, push: bool) {
             .expect("the join reports its merge");
         plain.sort();
         fanned.sort();
+        let [a, b, c] = bench.phases(&ids);
+        let [d, e, f] = bench.phases(&kids);
+        println!(
+            "  phases (claim→agent, agent→complete, complete): plain {a:.1} / {b:.1} / {c:.1} ms; child {d:.1} / {e:.1} / {f:.1} ms"
+        );
         println!(
             "round {round}: plain {children} runs in {} ms, overhead median {:.1} ms; fan-out in {} ms, child overhead median {:.1} ms; merge {merged:.0} ms",
             plain_wall.as_millis(),
@@ -463,6 +485,7 @@ impl RunControl for BenchControl {
         memory: Option<Map<String, Value>>,
     ) -> Result<(), ControlError> {
         assert!(matches!(completion, Completion::Succeeded { .. }), "{run}: {completion:?}");
+        self.mark(run, "completing");
         self.inner.complete(run, epoch, completion, memory)?;
         self.mark(run, "completed");
         Ok(())

@@ -14,7 +14,7 @@ use crate::rules::{CompiledAutomation, MemoryEdits, MemoryView, PreparedEvent, R
 use crate::runs::{
     ActivityKind, Completion, Epoch, MemoryChange, MemoryWrite, NewActivity, Run, RunId, RunState, followup,
 };
-use crate::store::{Durability, IngestOutcome, NewRun, RunFilter, Store, StoreError};
+use crate::store::{Durability, IngestOutcome, NewRun, PendingIngest, RunFilter, Store, StoreError};
 
 /// An automation that saw the event and let it pass, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,44 @@ pub struct IngestReport {
     /// Automations whose triggers took the event but whose rules said no.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_matched: Vec<NotMatched>,
+}
+
+/// An ingest under way: the automations whose rules let the event pass, and the store's
+/// outcome, which may be decided and committed after the rules' thread is free again.
+#[must_use = "the event is not stored until this resolves"]
+pub struct PendingReport {
+    not_matched: Vec<NotMatched>,
+    ingest: PendingIngest,
+}
+
+impl PendingReport {
+    fn new(not_matched: Vec<NotMatched>, ingest: PendingIngest) -> PendingReport {
+        PendingReport { not_matched, ingest }
+    }
+
+    /// A report with nothing left to store.
+    fn stored(outcome: IngestOutcome, not_matched: Vec<NotMatched>) -> PendingReport {
+        PendingReport::new(not_matched, PendingIngest::decided(Ok((outcome, Durability::done()))))
+    }
+
+    /// Blocks until the outcome is decided (not until it is durable, for a backend that
+    /// decides first and syncs after): the report, with the write to await.
+    pub fn decide(self) -> Result<(IngestReport, Durability), StoreError> {
+        let (outcome, durability) = self.ingest.decide()?;
+        Ok((IngestReport { outcome, not_matched: self.not_matched }, durability))
+    }
+
+    /// Blocks until the event and its runs are stored.
+    pub fn wait(self) -> Result<IngestReport, StoreError> {
+        let outcome = self.ingest.wait()?;
+        Ok(IngestReport { outcome, not_matched: self.not_matched })
+    }
+
+    /// Suspends until the event and its runs are stored.
+    pub async fn done(self) -> Result<IngestReport, StoreError> {
+        let outcome = self.ingest.await?;
+        Ok(IngestReport { outcome, not_matched: self.not_matched })
+    }
 }
 
 /// Which automations an event is for.
@@ -68,19 +106,17 @@ impl Pipeline {
     /// Renders `event` for its audience, then stores the event and its runs in one
     /// durable step. A rendering error becomes a failed run that records it.
     pub fn ingest(&self, event: Event, audience: Audience<'_>, now: DateTime<Utc>) -> Result<IngestReport, StoreError> {
-        let (report, durability) = self.ingest_queued(event, audience, now)?;
-        durability.wait()?;
-        Ok(report)
+        self.ingest_queued(event, audience, now)?.wait()
     }
 
-    /// `ingest` that returns once the outcome is decided, with the `Durability` to
-    /// await before answering (for async callers).
+    /// `ingest` that returns once the rules have run, with the store's outcome to await
+    /// before answering: the thread is free for the next delivery meanwhile.
     pub fn ingest_queued(
         &self,
         event: Event,
         audience: Audience<'_>,
         now: DateTime<Utc>,
-    ) -> Result<(IngestReport, Durability), StoreError> {
+    ) -> Result<PendingReport, StoreError> {
         if let Some(followed) = self.follow_up_of(&event, audience, now)? {
             return Ok(followed);
         }
@@ -94,7 +130,7 @@ impl Pipeline {
                 cancelled: Vec::new(),
             };
             let not_matched = vec![NotMatched { automation: name.to_string(), reason }];
-            return Ok((IngestReport { outcome, not_matched }, Durability::done()));
+            return Ok(PendingReport::stored(outcome, not_matched));
         }
         let prepared = PreparedEvent::new(event);
         let mut runs = Vec::new();
@@ -129,8 +165,7 @@ impl Pipeline {
                 rendered,
             });
         }
-        let (outcome, durability) = self.store.ingest_queued(&prepared.event, runs, now)?;
-        Ok((IngestReport { outcome, not_matched }, durability))
+        Ok(PendingReport::new(not_matched, self.store.ingest_pending(&prepared.event, runs, now)))
     }
 
     /// `event` as a follow-up, when it is a reply in a thread a run of the audience's
@@ -143,7 +178,7 @@ impl Pipeline {
         event: &Event,
         audience: Audience<'_>,
         now: DateTime<Utc>,
-    ) -> Result<Option<(IngestReport, Durability)>, StoreError> {
+    ) -> Result<Option<PendingReport>, StoreError> {
         let Some(reply) = followup::reply_of(event) else { return Ok(None) };
         let Some(last) = self.store.thread_run(&reply.thread)? else { return Ok(None) };
         let Some(last) = self.store.run(last)? else { return Ok(None) };
@@ -155,8 +190,7 @@ impl Pipeline {
         let Some(loaded) = self.catalog.get(&last.automation) else { return Ok(None) };
         if self.store.event(&event.id)?.is_some() {
             // A delivery seen before: the store answers what it got the first time.
-            let (outcome, durability) = self.store.ingest_queued(event, Vec::new(), now)?;
-            return Ok(Some((IngestReport { outcome, not_matched: Vec::new() }, durability)));
+            return Ok(Some(PendingReport::new(Vec::new(), self.store.ingest_pending(event, Vec::new(), now))));
         }
         let queued = RunFilter {
             automation: Some(last.automation.clone()),
@@ -180,14 +214,13 @@ impl Pipeline {
                     cancelled: Vec::new(),
                 };
                 let not_matched = vec![NotMatched { automation: last.automation, reason: why }];
-                return Ok(Some((IngestReport { outcome, not_matched }, Durability::done())));
+                return Ok(Some(PendingReport::stored(outcome, not_matched)));
             }
             followup::Decision::Start => followup::task(&last, &reply.text, Some(&reply.thread)),
         };
         let Some(task) = task else { return Ok(None) };
-        let (outcome, durability) =
-            self.store.ingest_queued(event, vec![follow_up_run(&loaded.compiled, &last, task)], now)?;
-        Ok(Some((IngestReport { outcome, not_matched: Vec::new() }, durability)))
+        let runs = vec![follow_up_run(&loaded.compiled, &last, task)];
+        Ok(Some(PendingReport::new(Vec::new(), self.store.ingest_pending(event, runs, now))))
     }
 
     /// A follow-up of run `last` asked for by hand (`nightshift follow-up`, the API):

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::event::Event;
-use crate::pipeline::{Audience, Pipeline};
+use crate::pipeline::{Audience, PendingReport, Pipeline};
 use crate::runs::SkipReason;
 use crate::store::{Durability, ScheduleState, Store};
 use crate::triggers::TriggerKind;
@@ -380,7 +380,9 @@ fn record_skips(pipeline: &Pipeline, job: &CronJob, skipped: &[DateTime<Utc>], n
 fn fire(pipeline: &Pipeline, job: &CronJob, slot: DateTime<Utc>, now: DateTime<Utc>) -> Option<Durability> {
     let payload = slot_payload(&job.automation, slot, &job.trigger.timezone);
     let event = Event::from_delivery(TriggerKind::Cron, payload, Default::default(), now);
-    match pipeline.ingest_queued(event, Audience::Subscriber(&job.automation), now) {
+    // A slot counts as fired once its outcome is decided; one whose store could not
+    // decide (a database away) is tried again.
+    match pipeline.ingest_queued(event, Audience::Subscriber(&job.automation), now).and_then(PendingReport::decide) {
         Ok((report, durability)) => {
             let runs: Vec<String> = report.outcome.runs.iter().map(|r| r.run.to_string()).collect();
             tracing::info!(automation = %job.automation, %slot, runs = ?runs, duplicate = report.outcome.duplicate_delivery, "cron slot fired");

@@ -418,9 +418,8 @@ impl Server {
         // The hook's place is given up before the wait for the disk: only rules count.
         drop(admission);
         let mut reports = Vec::new();
-        for (report, durability) in ingested? {
-            durability.await?;
-            reports.push(report);
+        for pending in ingested? {
+            reports.push(pending.done().await?);
         }
         let run_ids: Vec<RunId> = reports.iter().flat_map(|r| r.outcome.runs.iter().map(|o| o.run)).collect();
         if !run_ids.is_empty() {
@@ -445,11 +444,12 @@ impl Server {
         let now = request.now.unwrap_or_else(Utc::now);
         let event = Event::from_delivery(source, payload, request.headers, now);
         let name = name.to_string();
-        let (report, durability) = self
+        let report = self
             .evaluator
             .run_any(move || generation.pipeline.ingest_queued(event, Audience::Named(&name), now))
+            .await?
+            .done()
             .await?;
-        durability.await?;
         self.wakeup.notify();
         Ok(report)
     }

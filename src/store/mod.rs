@@ -392,6 +392,89 @@ impl std::future::Future for Durability {
     }
 }
 
+/// An ingest whose outcome may still be on its way: decided at once by a backend that
+/// decides on the caller's thread (its write may still be syncing), or later by one
+/// that decides many deliveries in one transaction. `wait` blocks the thread, `.await`
+/// suspends the task.
+#[must_use = "the ingest is not stored until this resolves"]
+pub struct PendingIngest(Pending);
+
+enum Pending {
+    Decided(Option<Result<IngestOutcome, StoreError>>, Durability),
+    Later(Box<dyn PendingOutcome>),
+}
+
+/// How a backend that decides later reports the outcome, once it is committed.
+pub trait PendingOutcome: Send + Sync {
+    fn wait(&self) -> Result<IngestOutcome, StoreError>;
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<IngestOutcome, StoreError>>;
+}
+
+impl PendingIngest {
+    /// An outcome already decided, stored once `durability` resolves.
+    pub fn decided(outcome: Result<(IngestOutcome, Durability), StoreError>) -> PendingIngest {
+        PendingIngest(match outcome {
+            Ok((outcome, durability)) => Pending::Decided(Some(Ok(outcome)), durability),
+            Err(error) => Pending::Decided(Some(Err(error)), Durability::done()),
+        })
+    }
+
+    pub fn later(outcome: Box<dyn PendingOutcome>) -> PendingIngest {
+        PendingIngest(Pending::Later(outcome))
+    }
+
+    /// Blocks until the outcome is decided; returns it with the write still to await.
+    pub fn decide(self) -> Result<(IngestOutcome, Durability), StoreError> {
+        match self.0 {
+            Pending::Decided(outcome, durability) => {
+                Ok((outcome.expect("a pending ingest resolves once")?, durability))
+            }
+            Pending::Later(pending) => Ok((pending.wait()?, Durability::done())),
+        }
+    }
+
+    pub fn wait(self) -> Result<IngestOutcome, StoreError> {
+        match self.0 {
+            Pending::Decided(outcome, durability) => {
+                let outcome = outcome.expect("a pending ingest resolves once")?;
+                durability.wait()?;
+                Ok(outcome)
+            }
+            Pending::Later(pending) => pending.wait(),
+        }
+    }
+}
+
+impl std::future::Future for PendingIngest {
+    type Output = Result<IngestOutcome, StoreError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        match &mut self.0 {
+            Pending::Decided(outcome, durability) => {
+                if matches!(outcome, Some(Ok(_))) {
+                    match std::pin::Pin::new(durability).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                }
+                Poll::Ready(outcome.take().expect("a pending ingest resolves once"))
+            }
+            Pending::Later(pending) => pending.poll(cx),
+        }
+    }
+}
+
+impl std::fmt::Debug for PendingIngest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match &self.0 {
+            Pending::Decided(..) => "PendingIngest(decided)",
+            Pending::Later(_) => "PendingIngest(later)",
+        })
+    }
+}
+
 impl std::fmt::Debug for Durability {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_some() { "Durability(pending)" } else { "Durability(done)" })
@@ -437,6 +520,13 @@ pub trait Store: Send + Sync {
         runs: Vec<NewRun>,
         now: DateTime<Utc>,
     ) -> Result<(IngestOutcome, Durability), StoreError>;
+
+    /// `ingest` that returns at once, before the outcome may be decided: the caller's
+    /// thread (a rule evaluation thread) is free for the next delivery while the backend
+    /// decides and commits.
+    fn ingest_pending(&self, event: &Event, runs: Vec<NewRun>, now: DateTime<Utc>) -> PendingIngest {
+        PendingIngest::decided(self.ingest_queued(event, runs, now))
+    }
 
     /// Leases the oldest queued run whose group has room, whose retry wait is over, and
     /// whose branch and `paths` are those of no leased or running run of its repository

@@ -2,8 +2,7 @@
 //! block on their queries, and a transaction is retried when the database asks for it
 //! (a serialization failure or a deadlock).
 
-use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Poll, Waker};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_executor::block_on;
@@ -25,8 +24,6 @@ pub struct Db {
     /// Taken only by `drop`.
     runtime: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
-    /// Shared with the tasks that commit deferred transactions and then give their
-    /// connection back.
     idle: Arc<Mutex<Vec<Client>>>,
     /// Where the database is, for messages (never with a password).
     pub shown: String,
@@ -89,6 +86,17 @@ impl Db {
         result
     }
 
+    /// Runs `work`'s statements each on its own, with no transaction around them: for
+    /// a read of one statement, which is atomic alone, it saves the BEGIN and COMMIT
+    /// round trips. `work` must not write.
+    pub fn read<T>(&self, work: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let shown = self.shown.clone();
+        self.with(|client| {
+            let mut tx = Tx { client, shown: &shown, conflict: false, notes: Notes::default() };
+            work(&mut tx)
+        })
+    }
+
     /// Runs `work` in a transaction and commits it; runs it again (at most `RETRIES`
     /// times) when the database aborted it for a conflict with another transaction.
     pub fn transaction<T>(&self, mut work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
@@ -129,48 +137,6 @@ impl Db {
                 }
             }
         })
-    }
-
-    /// `transaction` that returns once `work` has run, with its commit under way: the
-    /// `Durability` resolves when the commit is on disk. The calling thread (a rule
-    /// evaluation thread, for ingest) is free for the next delivery meanwhile, and the
-    /// database syncs many commits at once.
-    pub fn transaction_deferred<T>(
-        &self,
-        mut work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
-    ) -> Result<(T, crate::store::Durability), StoreError> {
-        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
-        let client = match idle.filter(|client| !client.is_closed()) {
-            Some(client) => client,
-            None => self.connect()?,
-        };
-        let mut tries = 0;
-        let (value, notes) = loop {
-            tries += 1;
-            match run_once(&client, &self.shown, false, &mut work) {
-                Ok(done) => break done,
-                Err((_, true)) if tries < RETRIES => continue,
-                Err((error, _)) => {
-                    if !client.is_closed() {
-                        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(client);
-                    }
-                    return Err(error);
-                }
-            }
-        };
-        let commit = Arc::new(Commit::default());
-        let (done, idle, shown) = (Arc::clone(&commit), Arc::clone(&self.idle), self.shown.clone());
-        self.runtime().spawn(async move {
-            let result = client.batch_execute("COMMIT").await.map_err(|e| database(&shown, &e));
-            if result.is_ok() {
-                notes.send(&client).await;
-            }
-            if !client.is_closed() {
-                idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(client);
-            }
-            done.finish(result);
-        });
-        Ok((value, crate::store::Durability::pending(Box::new(CommitWait(commit)))))
     }
 }
 
@@ -218,55 +184,6 @@ impl Notes {
             .await;
         if let Err(error) = sent {
             tracing::debug!(%error, "Could not announce a committed change; listeners find it by polling");
-        }
-    }
-}
-
-/// A deferred commit's outcome, once known, and who waits for it.
-#[derive(Default)]
-struct Commit {
-    state: Mutex<CommitState>,
-    settled: Condvar,
-}
-
-#[derive(Default)]
-struct CommitState {
-    outcome: Option<Result<(), StoreError>>,
-    waiting: Vec<Waker>,
-}
-
-impl Commit {
-    fn finish(&self, result: Result<(), StoreError>) {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.outcome = Some(result);
-        for waker in state.waiting.drain(..) {
-            waker.wake();
-        }
-        self.settled.notify_all();
-    }
-}
-
-struct CommitWait(Arc<Commit>);
-
-impl crate::store::PendingWrite for CommitWait {
-    fn wait(&self) -> Result<(), StoreError> {
-        let mut state = self.0.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        loop {
-            if let Some(result) = &state.outcome {
-                return result.clone();
-            }
-            state = self.0.settled.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-    }
-
-    fn poll(&self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), StoreError>> {
-        let mut state = self.0.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match &state.outcome {
-            Some(result) => Poll::Ready(result.clone()),
-            None => {
-                state.waiting.push(cx.waker().clone());
-                Poll::Pending
-            }
         }
     }
 }

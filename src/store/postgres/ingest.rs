@@ -16,8 +16,7 @@ use crate::runs::clock::later;
 use crate::runs::flow::{Decision, FlowFacts, decide, needed_busy};
 use crate::runs::{Run, RunId, RunState, SkipReason, group_key};
 use crate::store::{
-    Disposition, Durability, IngestOutcome, NewRun, RunOutcome, ScheduleState, StoreError, StoredEvent, StoredEventRef,
-    fresh_run,
+    Disposition, IngestOutcome, NewRun, RunOutcome, ScheduleState, StoreError, StoredEvent, StoredEventRef, fresh_run,
 };
 use crate::task::{Flow, Task};
 
@@ -26,17 +25,6 @@ use crate::task::{Flow, Task};
 const ADMIT_TRIES: usize = 3;
 
 impl PgStore {
-    pub(super) fn ingest_now(
-        &self,
-        event: &Event,
-        runs: Vec<NewRun>,
-        now: DateTime<Utc>,
-    ) -> Result<(IngestOutcome, Durability), StoreError> {
-        // The commit is waited for by the caller's `Durability`, not here: the rule
-        // thread goes on to the next delivery while the database syncs.
-        self.db.transaction_deferred(|tx| ingest_in(tx, event, &runs, now))
-    }
-
     pub(super) fn record_skipped_slots_now(
         &self,
         automation: &str,
@@ -107,7 +95,12 @@ impl PgStore {
 
 /// `Store::ingest` in `tx`: the event's row first (a delivery seen before stops there),
 /// then each rendered run through flow control, then the event's outcomes.
-fn ingest_in(tx: &mut Tx<'_>, event: &Event, runs: &[NewRun], now: DateTime<Utc>) -> Result<IngestOutcome, StoreError> {
+pub(super) fn ingest_in(
+    tx: &mut Tx<'_>,
+    event: &Event,
+    runs: &[NewRun],
+    now: DateTime<Utc>,
+) -> Result<IngestOutcome, StoreError> {
     if let Some(first) = admit(tx, event)? {
         return Ok(IngestOutcome {
             event_id: event.id.clone(),
@@ -217,10 +210,7 @@ impl Ingest<'_> {
     /// A run whose rendering failed, recorded failed with the error.
     fn render_failed(&self, tx: &mut Tx<'_>, new: &NewRun, error: &str) -> Result<RunOutcome, StoreError> {
         let id = next_run_id(tx)?;
-        let (automation, hash) = (new.automation.clone(), new.definition_hash.clone());
-        let mut run = fresh_run(id, automation, hash, None, Flow::default(), self.event, self.now);
-        finish(&mut run, RunState::Failed, Some(format!("rendering failed: {error}")), self.now);
-        save_run(tx, &run)?;
+        save_run(tx, &render_failed_run(id, new, error, self.event, self.now))?;
         let disposition = Disposition::RenderFailed { error: error.to_string() };
         Ok(RunOutcome { automation: new.automation.clone(), run: id, disposition })
     }
@@ -386,6 +376,14 @@ fn dedupe_holder(
     Ok(Some((holder, state)))
 }
 
+/// Run `id` of `new`, whose rendering failed with `error`: recorded failed with it.
+pub(super) fn render_failed_run(id: RunId, new: &NewRun, error: &str, event: &Event, now: DateTime<Utc>) -> Run {
+    let (automation, hash) = (new.automation.clone(), new.definition_hash.clone());
+    let mut run = fresh_run(id, automation, hash, None, Flow::default(), event, now);
+    finish(&mut run, RunState::Failed, Some(format!("rendering failed: {error}")), now);
+    run
+}
+
 fn finish(run: &mut Run, state: RunState, reason: Option<String>, now: DateTime<Utc>) {
     run.state = state;
     run.reason = reason;
@@ -526,6 +524,76 @@ mod tests {
 
     fn overlap(overlap: Overlap, limit: u32) -> Flow {
         Flow { concurrency_limit: limit, overlap, ..Flow::default() }
+    }
+
+    /// Deliveries that wait in line together are decided in one batch: plain ones a
+    /// segment at a time, flow-controlled ones alone in their place, each seeing those
+    /// before it; repeats in the batch and deliveries stored before get first outcomes.
+    #[test]
+    fn deliveries_decided_in_one_batch_keep_their_order_and_their_promises() {
+        let fixture = Fixture::start();
+        let store = &fixture.store;
+        let (old, _) = ingest(store, "old", &Flow::default(), 0);
+        // Another connection holds the group's lock, so the writer waits in the first
+        // delivery (which needs it) while the others line up behind it.
+        let (locked, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let holder = fixture.another_instance();
+        let holding = std::thread::spawn(move || {
+            holder.db.transaction(|tx| {
+                tx.lock(&format!("group:{}", group_key("probe", Some("k"))))?;
+                let _ = locked.0.send(());
+                let _ = release.1.recv();
+                Ok(())
+            })
+        });
+        locked.1.recv().expect("the lock is held");
+        let skip = Flow { concurrency_key: Some("k".into()), ..overlap(Overlap::Skip, 1) };
+        let first = store.ingest_pending(&event("a", 1), vec![rendered(&skip)], at(1));
+        let broken = NewRun { automation: "broken".into(), definition_hash: "h".into(), rendered: Err("no".into()) };
+        let lined_up = [
+            ("e1", vec![rendered(&Flow::default())]),
+            ("e2", vec![broken, rendered(&Flow::default())]),
+            ("e1", vec![rendered(&Flow::default())]),
+            ("old", vec![rendered(&Flow::default())]),
+            ("e3", vec![rendered(&skip)]),
+            ("e1", vec![rendered(&Flow::default())]),
+            ("e5", vec![rendered(&Flow::default())]),
+        ];
+        let pending: Vec<_> =
+            lined_up.into_iter().map(|(id, runs)| store.ingest_pending(&event(id, 2), runs, at(2))).collect();
+        release.0.send(()).expect("the holder waits");
+        holding.join().expect("the holder").expect("its transaction");
+        let a = first.wait().expect("stored");
+        assert_eq!(a.runs[0].disposition, Disposition::Created);
+        let answers: Vec<IngestOutcome> = pending.into_iter().map(|p| p.wait().expect("stored")).collect();
+        let dispositions =
+            |outcome: &IngestOutcome| outcome.runs.iter().map(|r| r.disposition.clone()).collect::<Vec<_>>();
+        let fresh = |outcome: &IngestOutcome| !outcome.duplicate_delivery;
+        let e1 = &answers[0];
+        assert!(fresh(e1) && dispositions(e1) == [Disposition::Created], "{e1:?}");
+        assert_eq!(dispositions(&answers[1]), [Disposition::RenderFailed { error: "no".into() }, Disposition::Created]);
+        for repeat in [&answers[2], &answers[5]] {
+            assert!(repeat.duplicate_delivery, "{repeat:?}");
+            assert_eq!(repeat.runs, e1.runs, "a repeat in the batch answers the first outcome");
+        }
+        assert!(answers[3].duplicate_delivery);
+        assert_eq!(answers[3].runs[0].run, old, "a delivery stored before answers its first outcome");
+        let busy = vec![a.runs[0].run];
+        assert_eq!(
+            dispositions(&answers[4]),
+            [Disposition::Skipped { reason: SkipReason::Overlap { limit: 1, busy } }],
+            "a flow-controlled delivery sees the runs lined up before it"
+        );
+        assert!(fresh(&answers[6]) && dispositions(&answers[6]) == [Disposition::Created]);
+        assert_eq!(count(store, "SELECT count(*) FROM nightshift_runs"), 7);
+        assert_eq!(count(store, "SELECT count(*) FROM nightshift_events"), 6);
+        let (has_runs, record) = stored_event(store, "manual:e2");
+        assert!(has_runs);
+        assert_eq!(record.outcomes, answers[1].runs);
+        let failed = stored(store, answers[1].runs[0].run);
+        assert_eq!((failed.state, failed.reason.as_deref()), (RunState::Failed, Some("rendering failed: no")));
+        let created = stored(store, answers[6].runs[0].run);
+        assert_eq!((created.state, created.event_ids.as_slice()), (RunState::Queued, &["manual:e5".to_string()][..]));
     }
 
     #[test]

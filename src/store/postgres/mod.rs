@@ -12,6 +12,7 @@
 //! Listeners (`listen.rs`) turn NOTIFYs into wake-ups and run changes; maintenance
 //! (lease sweeps, retention, the outbox) is done by the instance holding its lease row.
 
+mod batch;
 pub mod cluster;
 mod db;
 mod family;
@@ -55,6 +56,8 @@ pub struct PgStore {
     /// Why the database cannot be used now, while it cannot.
     trouble: Arc<Mutex<Option<String>>>,
     listener: Option<listen::Listener>,
+    /// Where ingests wait to be decided in batches; `None` only while closing.
+    batcher: Option<batch::Batcher>,
 }
 
 impl PgStore {
@@ -67,13 +70,16 @@ impl PgStore {
             other => other,
         })?;
         let (run_changes, _) = tokio::sync::broadcast::channel(super::RUN_CHANGES_BUFFER);
+        let trouble = Arc::new(Mutex::new(None));
+        let batcher = batch::Batcher::start(Arc::clone(&db), Arc::clone(&trouble))?;
         let mut store = PgStore {
             instance: instance_name(),
             run_changes,
             outbox_written: Arc::new(tokio::sync::Notify::new()),
             wakeups: Arc::new(tokio::sync::Notify::new()),
-            trouble: Arc::new(Mutex::new(None)),
+            trouble,
             listener: None,
+            batcher: Some(batcher),
             db,
         };
         store.listener = Some(listen::Listener::start(&store));
@@ -101,6 +107,7 @@ impl Drop for PgStore {
         if let Some(listener) = self.listener.take() {
             listener.stop();
         }
+        drop(self.batcher.take());
     }
 }
 
@@ -135,7 +142,11 @@ impl Store for PgStore {
         runs: Vec<NewRun>,
         now: DateTime<Utc>,
     ) -> Result<(IngestOutcome, Durability), StoreError> {
-        self.noted(self.ingest_now(event, runs, now))
+        self.ingest_pending(event, runs, now).decide()
+    }
+
+    fn ingest_pending(&self, event: &Event, runs: Vec<NewRun>, now: DateTime<Utc>) -> super::PendingIngest {
+        self.batcher.as_ref().expect("the batcher lives until the store is dropped").submit(event, runs, now)
     }
 
     fn claim_for(

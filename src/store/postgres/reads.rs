@@ -16,8 +16,7 @@ impl PgStore {
     /// Stored runs by state, every state listed: the unfinished states first, then the
     /// finished ones, each in `RunState::ALL`'s order (as the embedded store lists them).
     pub(super) fn stats_now(&self) -> Result<crate::store::StoreStats, StoreError> {
-        let rows =
-            self.db.transaction(|tx| tx.query("SELECT state, count(*) FROM nightshift_runs GROUP BY state", &[]))?;
+        let rows = self.db.read(|tx| tx.query("SELECT state, count(*) FROM nightshift_runs GROUP BY state", &[]))?;
         let mut counted = BTreeMap::new();
         for row in &rows {
             let state: &str = row.get(0);
@@ -35,14 +34,14 @@ impl PgStore {
     }
 
     pub(super) fn run_now(&self, id: RunId) -> Result<Option<Run>, StoreError> {
-        self.db.transaction(|tx| super::rows::load_run(tx, id, false))
+        self.db.read(|tx| super::rows::load_run(tx, id, false))
     }
 
     /// The runs linked to `parent` (its parts and its follow-ups), oldest first. A
     /// parent retention deleted has none, as its index of children went with it in the
     /// embedded store.
     pub(super) fn children_now(&self, parent: RunId) -> Result<Vec<Run>, StoreError> {
-        let rows = self.db.transaction(|tx| {
+        let rows = self.db.read(|tx| {
             tx.query(
                 "SELECT doc FROM nightshift_runs WHERE parent = $1 \
                  AND EXISTS (SELECT 1 FROM nightshift_runs WHERE id = $1) ORDER BY id",
@@ -59,7 +58,7 @@ impl PgStore {
         let before = filter.before.map(|id| id.0 as i64);
         // `LIMIT NULL` is no limit.
         let limit = (filter.limit > 0).then(|| i64::try_from(filter.limit).unwrap_or(i64::MAX));
-        let rows = self.db.transaction(|tx| {
+        let rows = self.db.read(|tx| {
             tx.query(
                 "SELECT doc FROM nightshift_runs WHERE ($1::text IS NULL OR automation = $1) \
                  AND ($2::text IS NULL OR state = $2) AND ($3::bigint IS NULL OR id < $3) \
@@ -72,7 +71,7 @@ impl PgStore {
 
     /// The run's timeline in order (empty for an unknown run, as the embedded store).
     pub(super) fn activities_now(&self, run: RunId) -> Result<Vec<Activity>, StoreError> {
-        let rows = self.db.transaction(|tx| {
+        let rows = self.db.read(|tx| {
             tx.query("SELECT doc FROM nightshift_activities WHERE run = $1 ORDER BY seq", &[&(run.0 as i64)])
         })?;
         rows.iter().map(|row| decode("an activity", row.get::<_, &[u8]>(0))).collect()
@@ -100,7 +99,7 @@ impl PgStore {
     /// The stored event, with its `fields` derived again from its payload (they are not
     /// stored, as in the embedded store).
     pub(super) fn event_now(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        let row = self.db.transaction(|tx| tx.query_opt("SELECT doc FROM nightshift_events WHERE id = $1", &[&id]))?;
+        let row = self.db.read(|tx| tx.query_opt("SELECT doc FROM nightshift_events WHERE id = $1", &[&id]))?;
         let Some(row) = row else { return Ok(None) };
         let mut stored = decode_event(id, row.get(0))?;
         let event = &mut stored.event;
@@ -114,7 +113,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.db.transaction(|tx| {
+        let rows = self.db.read(|tx| {
             tx.query(
                 "SELECT doc FROM nightshift_runs WHERE automation = $1 AND finished AND state <> 'skipped' \
                  ORDER BY id DESC LIMIT $2",
@@ -130,7 +129,7 @@ impl PgStore {
         automation: &str,
         now: DateTime<Utc>,
     ) -> Result<BTreeMap<String, MemoryEntry>, StoreError> {
-        let rows = self.db.transaction(|tx| {
+        let rows = self.db.read(|tx| {
             tx.query(
                 "SELECT key, doc FROM nightshift_memory WHERE automation = $1 AND (expires_at IS NULL OR expires_at > $2)",
                 &[&automation, &now],
@@ -159,9 +158,8 @@ impl PgStore {
 
     /// The newest run that told `thread`.
     pub(super) fn thread_run_now(&self, thread: &str) -> Result<Option<RunId>, StoreError> {
-        let row = self
-            .db
-            .transaction(|tx| tx.query_opt("SELECT run FROM nightshift_threads WHERE thread = $1", &[&thread]))?;
+        let row =
+            self.db.read(|tx| tx.query_opt("SELECT run FROM nightshift_threads WHERE thread = $1", &[&thread]))?;
         Ok(row.map(|row| RunId(row.get::<_, i64>(0) as u64)))
     }
 }

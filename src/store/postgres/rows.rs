@@ -23,41 +23,119 @@ pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreE
         .map_err(|cause| StoreError::Corrupt { what: what.to_string(), cause: cause.to_string() })
 }
 
+/// A run's row: the columns queries select by, and its record.
+struct RunRow {
+    id: i64,
+    state: &'static str,
+    finished: bool,
+    group: String,
+    repo: Option<String>,
+    holds_worker: bool,
+    parent: Option<i64>,
+    lease_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    doc: Vec<u8>,
+}
+
+impl RunRow {
+    fn of(run: &Run) -> RunRow {
+        RunRow {
+            id: run.id.0 as i64,
+            state: run.state.as_str(),
+            finished: run.state.is_finished(),
+            group: run.group(),
+            repo: run.task.as_ref().map(|task| task.repo.clone()),
+            holds_worker: crate::runs::queue::holds_worker(run),
+            parent: run.parent.map(|link| link.run.0 as i64),
+            lease_expires_at: run.lease.as_ref().filter(|_| run.state.is_active()).map(|lease| lease.expires_at),
+            doc: encode(run),
+        }
+    }
+}
+
+/// Announces `run`'s change to every instance, once the transaction commits.
+fn announce(tx: &mut Tx<'_>, run: &Run) -> Result<(), StoreError> {
+    let change =
+        RunChange { id: run.id, state: run.state, automation: run.automation.clone(), updated_at: run.updated_at };
+    tx.notify(RUNS_CHANNEL, &serde_json::to_string(&change).expect("a change serializes"))
+}
+
 /// Inserts `run` or replaces the stored one, with its columns, and announces the change
 /// (delivered to listeners once the transaction commits).
 pub fn save_run(tx: &mut Tx<'_>, run: &Run) -> Result<(), StoreError> {
-    let id = run.id.0 as i64;
-    let state = run.state.as_str();
-    let finished = run.state.is_finished();
-    let group = run.group();
-    let repo = run.task.as_ref().map(|task| task.repo.clone());
-    let holds_worker = crate::runs::queue::holds_worker(run);
-    let parent = run.parent.map(|link| link.run.0 as i64);
-    let lease_expires_at = run.lease.as_ref().filter(|_| run.state.is_active()).map(|lease| lease.expires_at);
-    let doc = encode(run);
+    let row = RunRow::of(run);
     tx.execute(
         "INSERT INTO nightshift_runs (id, automation, state, finished, group_key, repo, holds_worker, parent, \
          finished_at, lease_expires_at, updated_at, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
          ON CONFLICT (id) DO UPDATE SET state = $3, finished = $4, group_key = $5, repo = $6, holds_worker = $7, \
          parent = $8, finished_at = $9, lease_expires_at = $10, updated_at = $11, doc = $12",
         &[
-            &id,
+            &row.id,
             &run.automation,
-            &state,
-            &finished,
-            &group,
-            &repo,
-            &holds_worker,
-            &parent,
+            &row.state,
+            &row.finished,
+            &row.group,
+            &row.repo,
+            &row.holds_worker,
+            &row.parent,
             &run.finished_at,
-            &lease_expires_at,
+            &row.lease_expires_at,
             &run.updated_at,
-            &doc,
+            &row.doc,
         ],
     )?;
-    let change =
-        RunChange { id: run.id, state: run.state, automation: run.automation.clone(), updated_at: run.updated_at };
-    tx.notify(RUNS_CHANNEL, &serde_json::to_string(&change).expect("a change serializes"))
+    announce(tx, run)
+}
+
+/// Inserts new runs (ids no row has) in one statement, and announces them.
+pub fn insert_runs(tx: &mut Tx<'_>, runs: &[Run]) -> Result<(), StoreError> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<RunRow> = runs.iter().map(RunRow::of).collect();
+    let column = |pick: fn(&RunRow) -> i64| rows.iter().map(pick).collect::<Vec<_>>();
+    let ids = column(|row| row.id);
+    let automations: Vec<&str> = runs.iter().map(|run| run.automation.as_str()).collect();
+    let states: Vec<&str> = rows.iter().map(|row| row.state).collect();
+    let finished: Vec<bool> = rows.iter().map(|row| row.finished).collect();
+    let groups: Vec<&str> = rows.iter().map(|row| row.group.as_str()).collect();
+    let repos: Vec<Option<&str>> = rows.iter().map(|row| row.repo.as_deref()).collect();
+    let holds_worker: Vec<bool> = rows.iter().map(|row| row.holds_worker).collect();
+    let parents: Vec<Option<i64>> = rows.iter().map(|row| row.parent).collect();
+    let finished_at: Vec<Option<chrono::DateTime<chrono::Utc>>> = runs.iter().map(|run| run.finished_at).collect();
+    let lease_expires_at: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        rows.iter().map(|row| row.lease_expires_at).collect();
+    let updated_at: Vec<chrono::DateTime<chrono::Utc>> = runs.iter().map(|run| run.updated_at).collect();
+    let docs: Vec<&[u8]> = rows.iter().map(|row| row.doc.as_slice()).collect();
+    tx.execute(
+        "INSERT INTO nightshift_runs (id, automation, state, finished, group_key, repo, holds_worker, parent, \
+         finished_at, lease_expires_at, updated_at, doc) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::bool[], \
+         $8::bigint[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::bytea[])",
+        &[
+            &ids,
+            &automations,
+            &states,
+            &finished,
+            &groups,
+            &repos,
+            &holds_worker,
+            &parents,
+            &finished_at,
+            &lease_expires_at,
+            &updated_at,
+            &docs,
+        ],
+    )?;
+    runs.iter().try_for_each(|run| announce(tx, run))
+}
+
+/// `count` new run ids, ascending.
+pub fn next_run_ids(tx: &mut Tx<'_>, count: usize) -> Result<Vec<RunId>, StoreError> {
+    let count = i32::try_from(count).unwrap_or(i32::MAX);
+    let rows = tx.query("SELECT nextval('nightshift_run_ids') FROM generate_series(1, $1)", &[&count])?;
+    let mut ids: Vec<RunId> = rows.iter().map(|row| RunId(row.get::<_, i64>(0) as u64)).collect();
+    ids.sort();
+    Ok(ids)
 }
 
 /// Run `id` as stored; `lock` takes its row until the transaction ends (`FOR UPDATE`),
