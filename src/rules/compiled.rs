@@ -209,6 +209,8 @@ pub fn expand_rule(path: FieldPath, rule: &AllowRuleConfig) -> Result<Vec<AllowR
 /// Every text of an automation that rules are compiled from.
 fn rule_texts(automation: &Automation) -> impl Iterator<Item = &str> {
     let task = &automation.task;
+    let pull_requests = automation.notify.iter().filter_map(|target| target.github_pull_request.as_ref());
+    let notify = pull_requests.flat_map(|pull| [pull.repo.as_deref(), pull.base.as_deref()]).flatten();
     let fixed = [task.prompt.as_str(), task.branch.as_str(), task.base.as_str(), task.repo.as_str()];
     let optional = [
         automation.when.as_deref(),
@@ -224,7 +226,7 @@ fn rule_texts(automation: &Automation) -> impl Iterator<Item = &str> {
         task.verify.as_ref().and_then(|v| v.network.as_ref()?.setup.script.as_deref()),
         task.verify.as_ref().and_then(|v| v.network.as_ref()?.agent.script.as_deref()),
     ];
-    fixed.into_iter().chain(optional.into_iter().flatten())
+    fixed.into_iter().chain(optional.into_iter().flatten()).chain(notify)
 }
 
 /// Whether `text` has `name` as a whole identifier (possibly inside a string too, which
@@ -784,7 +786,17 @@ impl CompiledPhase {
 
 #[cfg(test)]
 mod tests {
-    use super::names_variable;
+    use super::{names_variable, rule_texts};
+
+    #[test]
+    fn a_pull_requests_repo_and_base_templates_are_rules_too() {
+        let yaml = "name: a\ntrigger: { manual: {} }\ntask: { agent: codex, repo: r, base: main, branch: b, prompt: p }\n\
+                    notify:\n  - github_pull_request: { repo: '{{ history[0].repo }}', base: '{{ event.base }}' }\n";
+        let automation: crate::config::Automation = serde_yaml::from_str(yaml).expect("an automation");
+        let texts: Vec<&str> = rule_texts(&automation).collect();
+        assert!(texts.contains(&"{{ history[0].repo }}") && texts.contains(&"{{ event.base }}"), "{texts:?}");
+        assert!(texts.iter().any(|text| names_variable(text, "history")), "so ingest reads history for it");
+    }
 
     #[test]
     fn a_variable_is_named_only_as_a_whole_identifier() {

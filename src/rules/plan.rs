@@ -583,6 +583,23 @@ mod tests {
     }
 
     #[test]
+    fn an_item_prompt_of_exactly_max_prompt_bytes_fits() {
+        let mut automation = fan_out(r#"let s = ""; for i in 0..50 { s += "x" } [#{prompt: s}]"#);
+        automation.set_max_prompt_bytes(50);
+        let Plan::FanOut(plan) = render(&automation, json!({})).unwrap() else { panic!("a fan-out") };
+        assert_eq!(plan.items[0].prompt.len(), 50);
+    }
+
+    #[test]
+    fn a_shown_prompt_is_its_first_line_up_to_72_characters() {
+        let exact = "x".repeat(72);
+        assert_eq!(head(&exact), format!("{exact:?}"), "72 characters are shown whole");
+        assert_eq!(head(&"x".repeat(73)), format!("{:?}", format!("{exact}…")));
+        assert_eq!(head("  fix the bug  "), "\"fix the bug\"");
+        assert_eq!(head("first\nsecond"), "\"first…\"", "a second line is cut");
+    }
+
+    #[test]
     fn attempts_take_profiles_round_robin_with_each_profiles_network() {
         let automation = compiled(
             "  network: { agent: { allow: [{ domain: docs.rs }] } }\n  attempts:\n    count: 3\n    profiles: [codex, claude]\n    check: cargo test\n    judge: { profile: claude, prompt: \"pick for {{ event.who }}\" }\n",
