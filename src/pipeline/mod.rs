@@ -117,6 +117,25 @@ impl Pipeline {
         audience: Audience<'_>,
         now: DateTime<Utc>,
     ) -> Result<PendingReport, StoreError> {
+        self.ingest_recalled(event, audience, now, None)
+    }
+
+    /// What automation `name`'s rules are given besides the event (its memory, and its
+    /// history when a rule reads it), read ahead: a hook reads it before its turn at the
+    /// rules, so a store across the network does not hold the hook's line meanwhile.
+    pub fn recall_for(&self, name: &str, now: DateTime<Utc>) -> Result<Option<Recalled>, StoreError> {
+        let Some(loaded) = self.catalog.get(name) else { return Ok(None) };
+        Ok(Some(Recalled { automation: name.to_string(), recall: self.recall(&loaded.compiled, now)? }))
+    }
+
+    /// `ingest_queued` with `recalled` read ahead for its automation (`recall_for`).
+    pub fn ingest_recalled(
+        &self,
+        event: Event,
+        audience: Audience<'_>,
+        now: DateTime<Utc>,
+        recalled: Option<&Recalled>,
+    ) -> Result<PendingReport, StoreError> {
         if let Some(followed) = self.follow_up_of(&event, audience, now)? {
             return Ok(followed);
         }
@@ -144,7 +163,14 @@ impl Pipeline {
             if only.is_none() && !automation.accepts(&prepared.event) {
                 continue;
             }
-            let recall = self.recall(automation, now)?;
+            let read_now;
+            let recall = match recalled.filter(|recalled| recalled.automation == automation.name()) {
+                Some(recalled) => &recalled.recall,
+                None => {
+                    read_now = self.recall(automation, now)?;
+                    &read_now
+                }
+            };
             let rendered = match automation.render(self.engine, &prepared, &recall.view, now) {
                 Ok(rendered) if !rendered.matched => {
                     not_matched.push(NotMatched { automation: rendered.automation, reason: rendered.reason });
@@ -397,6 +423,12 @@ fn agent_edits(entries: &Map<String, Value>) -> (MemoryEdits, Vec<String>) {
         }
     }
     (edits, refused)
+}
+
+/// An automation's memory and history, read ahead of its rules (`Pipeline::recall_for`).
+pub struct Recalled {
+    automation: String,
+    recall: Recall,
 }
 
 struct Recall {

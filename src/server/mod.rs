@@ -404,13 +404,24 @@ impl Server {
             }
         }
         let automation = hook.automation.clone();
+        // A store across the network is read before the hook's turn at the rules, which
+        // then only evaluate: the read's round trip would hold the hook's line.
+        let recalled = if self.store.reads_are_remote() {
+            let (reading, name) = (Arc::clone(&generation), automation.clone());
+            tokio::task::spawn_blocking(move || reading.pipeline.recall_for(&name, now))
+                .await
+                .map_err(|cause| StoreError::Io(format!("reading the automation's memory stopped: {cause}")))??
+        } else {
+            None
+        };
         let rendering = Arc::clone(&generation);
         let ingested = self
             .evaluator
             .run(&admission, move || {
                 let mut queued = Vec::with_capacity(events.len());
                 for event in events {
-                    queued.push(rendering.pipeline.ingest_queued(event, Audience::Subscriber(&automation), now)?);
+                    let audience = Audience::Subscriber(&automation);
+                    queued.push(rendering.pipeline.ingest_recalled(event, audience, now, recalled.as_ref())?);
                 }
                 Ok::<_, StoreError>(queued)
             })

@@ -499,6 +499,13 @@ pub trait Store: Send + Sync {
         StoreStats::default()
     }
 
+    /// Whether a read waits on a round trip to another process (a database server):
+    /// a hook then reads its automation's memory before its turn at the rules, not
+    /// during it.
+    fn reads_are_remote(&self) -> bool {
+        false
+    }
+
     /// Has `observer` told of every commit from now on; a store that does not commit in
     /// groups tells it nothing.
     fn observe_commits(&self, _observer: Arc<dyn CommitObserver>) {}

@@ -26,6 +26,7 @@ mod reads;
 mod retention;
 mod rows;
 mod schema;
+mod shared_reads;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,9 @@ use crate::runs::{Activity, Completion, Epoch, MemoryEntry, MemoryWrite, NewActi
 use db::Db;
 pub use import::Imported;
 
+/// An automation's memory as read once for every caller that shared the read.
+type MemoryRead = Arc<BTreeMap<String, MemoryEntry>>;
+
 /// The store on a PostgreSQL database.
 pub struct PgStore {
     db: Arc<Db>,
@@ -56,6 +60,8 @@ pub struct PgStore {
     /// Why the database cannot be used now, while it cannot.
     trouble: Arc<Mutex<Option<String>>>,
     listener: Option<listen::Listener>,
+    /// Memory reads shared by the deliveries that ask at once.
+    memory_reads: shared_reads::SharedReads<MemoryRead>,
     /// Where ingests wait to be decided in batches; `None` only while closing.
     batcher: Option<batch::Batcher>,
 }
@@ -80,6 +86,7 @@ impl PgStore {
             trouble,
             listener: None,
             batcher: Some(batcher),
+            memory_reads: shared_reads::SharedReads::new(),
             db,
         };
         store.listener = Some(listen::Listener::start(&store));
@@ -134,6 +141,10 @@ impl Store for PgStore {
 
     fn stats(&self) -> super::StoreStats {
         self.noted(self.stats_now()).unwrap_or_default()
+    }
+
+    fn reads_are_remote(&self) -> bool {
+        true
     }
 
     fn ingest_queued(

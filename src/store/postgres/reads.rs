@@ -129,21 +129,30 @@ impl PgStore {
         automation: &str,
         now: DateTime<Utc>,
     ) -> Result<BTreeMap<String, MemoryEntry>, StoreError> {
-        let rows = self.db.read(|tx| {
-            tx.query(
-                "SELECT key, doc FROM nightshift_memory WHERE automation = $1 AND (expires_at IS NULL OR expires_at > $2)",
-                &[&automation, &now],
-            )
-        })?;
-        let mut entries = BTreeMap::new();
-        for row in &rows {
-            let key: String = row.get(0);
-            let entry: MemoryEntry = decode(&format!("memory `{}` of {automation}", key.escape_debug()), row.get(1))?;
-            if entry.is_live(now) {
-                entries.insert(key, entry);
+        // Every delivery reads its automation's memory: callers waiting together share
+        // one read, which answers for the earliest of their times.
+        let read = |earliest: DateTime<Utc>| {
+            let rows = self.db.read(|tx| {
+                tx.query(
+                    "SELECT key, doc FROM nightshift_memory \
+                     WHERE automation = $1 AND (expires_at IS NULL OR expires_at > $2)",
+                    &[&automation, &earliest],
+                )
+            })?;
+            let mut entries = BTreeMap::new();
+            for row in &rows {
+                let key: String = row.get(0);
+                let what = format!("memory `{}` of {automation}", key.escape_debug());
+                entries.insert(key, decode::<MemoryEntry>(&what, row.get(1))?);
             }
-        }
-        Ok(entries)
+            Ok(std::sync::Arc::new(entries))
+        };
+        let shared = self.memory_reads.read(automation, now, read)?;
+        Ok(shared
+            .iter()
+            .filter(|(_, entry)| entry.is_live(now))
+            .map(|(key, entry)| (key.clone(), entry.clone()))
+            .collect())
     }
 
     /// A person's write: no run wrote it, so it is trusted unless the write says not.
