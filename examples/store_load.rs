@@ -15,7 +15,7 @@
 //! `backends` measures the embedded store and PostgreSQL side by side, in turns, ROUNDS
 //! times (a throwaway PostgreSQL cluster with fsync and synchronous commit on, on a Unix
 //! socket; docs/scaling.md): claim+complete cycles from WORKERS threads over RUNS queued
-//! runs, and the wake-up from a run queued by one instance to its claim by a worker
+//! runs (each in a repository of its own, so the claim rules hold none back), and the wake-up from a run queued by one instance to its claim by a worker
 //! waiting on another (for the embedded store, one process: the server's own wake-up),
 //! WAKEUPS times one after another, p50 and p99.
 //! `runs` stores RUNS runs (all but one per service skipped by a cooldown, so nearly all
@@ -113,6 +113,16 @@ fn template(pipeline: &Pipeline) -> NewRun {
         definition_hash: run.definition_hash,
         rendered: Ok((run.task.expect("task"), run.flow)),
     }
+}
+
+/// `template` in a repository and on a branch named `name`.
+fn elsewhere(template: &NewRun, name: &str) -> NewRun {
+    let mut new = template.clone();
+    if let Ok((task, _)) = &mut new.rendered {
+        task.repo = format!("/srv/git/{name}");
+        task.branch = format!("agent/{name}");
+    }
+    new
 }
 
 fn ingest(producers: u64, seconds: u64, through_rules: bool) {
@@ -392,7 +402,10 @@ fn cycles(store: &Arc<dyn Store>, template: &NewRun, workers: u64, runs: u64, ta
         let count = (runs - batch * 100).min(100) as usize;
         let mut event = load_event(batch);
         event.id = format!("manual:{tag}-{batch}");
-        store.ingest(&event, vec![template.clone(); count], Utc::now()).expect("ingest");
+        // A repository each: runs on one branch, or with overlapping paths in one
+        // repository, never run at once, and the workers would take turns.
+        let fleet: Vec<NewRun> = (0..count).map(|n| elsewhere(template, &format!("{tag}-{batch}-{n}"))).collect();
+        store.ingest(&event, fleet, Utc::now()).expect("ingest");
     }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(120);

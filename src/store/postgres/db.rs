@@ -147,10 +147,14 @@ fn run_once<T>(
     unsynced: bool,
     work: &mut dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
 ) -> Result<(T, Notes), (StoreError, bool)> {
-    block_on(client.batch_execute("BEGIN")).map_err(|e| (database(shown, &e), false))?;
+    // One round trip either way.
+    let begin = if unsynced { "BEGIN; SET LOCAL synchronous_commit = off" } else { "BEGIN" };
+    if let Err(error) = block_on(client.batch_execute(begin)) {
+        let _ = block_on(client.batch_execute("ROLLBACK"));
+        return Err((database(shown, &error), false));
+    }
     let mut tx = Tx { client, shown, conflict: false, notes: Notes::default() };
-    let result = if unsynced { tx.execute("SET LOCAL synchronous_commit = off", &[]).map(drop) } else { Ok(()) };
-    match result.and_then(|()| work(&mut tx)) {
+    match work(&mut tx) {
         Ok(value) => Ok((value, tx.notes)),
         Err(error) => {
             let conflict = tx.conflict;
