@@ -15,9 +15,10 @@
 //! `backends` measures the embedded store and PostgreSQL side by side, in turns, ROUNDS
 //! times (a throwaway PostgreSQL cluster with fsync and synchronous commit on, on a Unix
 //! socket; docs/scaling.md): claim+complete cycles from WORKERS threads over RUNS queued
-//! runs (each in a repository of its own, so the claim rules hold none back), and the wake-up from a run queued by one instance to its claim by a worker
-//! waiting on another (for the embedded store, one process: the server's own wake-up),
-//! WAKEUPS times one after another, p50 and p99.
+//! runs (each in a repository of its own, so the claim rules hold none back), and the
+//! wake-up from a run queued by one instance to its claim by a worker waiting on another
+//! (for the embedded store, one process: the server's own wake-up), WAKEUPS times one
+//! after another, p50 and p99.
 //! `runs` stores RUNS runs (all but one per service skipped by a cooldown, so nearly all
 //! are finished and on disk, as in a store that has run a while), then reads the web
 //! board's page of 50 runs READS times each way (the newest, one deep in the list through
