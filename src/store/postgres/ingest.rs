@@ -596,6 +596,41 @@ mod tests {
         assert_eq!((created.state, created.event_ids.as_slice()), (RunState::Queued, &["manual:e5".to_string()][..]));
     }
 
+    /// A delivery the database refuses (text PostgreSQL cannot hold) fails alone: the
+    /// others in its batch are stored, each in a transaction of its own.
+    #[test]
+    fn a_delivery_the_database_refuses_fails_alone_not_its_batch() {
+        let fixture = Fixture::start();
+        let store = &fixture.store;
+        let (locked, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let holder = fixture.another_instance();
+        let holding = std::thread::spawn(move || {
+            holder.db.transaction(|tx| {
+                tx.lock(&format!("group:{}", group_key("probe", Some("k"))))?;
+                let _ = locked.0.send(());
+                let _ = release.1.recv();
+                Ok(())
+            })
+        });
+        locked.1.recv().expect("the lock is held");
+        let skip = Flow { concurrency_key: Some("k".into()), ..overlap(Overlap::Skip, 1) };
+        let first = store.ingest_pending(&event("a", 1), vec![rendered(&skip)], at(1));
+        let lined_up: Vec<_> = ["good-1", "bad\u{0}id", "good-2"]
+            .into_iter()
+            .map(|id| store.ingest_pending(&event(id, 2), vec![rendered(&Flow::default())], at(2)))
+            .collect();
+        release.0.send(()).expect("the holder waits");
+        holding.join().expect("the holder").expect("its transaction");
+        first.wait().expect("stored");
+        let [good, bad, other] = <[_; 3]>::try_from(lined_up).expect("three");
+        assert_eq!(good.wait().expect("stored alone").runs[0].disposition, Disposition::Created);
+        assert_eq!(other.wait().expect("stored alone").runs[0].disposition, Disposition::Created);
+        let refused = bad.wait().expect_err("PostgreSQL holds no NUL in text");
+        assert!(refused.to_string().contains("refused a statement"), "{refused}");
+        assert_eq!(count(store, "SELECT count(*) FROM nightshift_events"), 3);
+        assert_eq!(count(store, "SELECT count(*) FROM nightshift_runs"), 3);
+    }
+
     #[test]
     fn a_delivery_seen_before_creates_nothing_and_returns_the_first_outcome() {
         let fixture = Fixture::start();
