@@ -2,12 +2,13 @@
 //! block on their queries, and a transaction is retried when the database asks for it
 //! (a serialization failure or a deadlock).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_executor::block_on;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use crate::store::StoreError;
 
@@ -24,7 +25,7 @@ pub struct Db {
     /// Taken only by `drop`.
     runtime: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
-    idle: Arc<Mutex<Vec<Client>>>,
+    idle: Arc<Mutex<Vec<Conn>>>,
     /// Where the database is, for messages (never with a password).
     pub shown: String,
 }
@@ -73,15 +74,15 @@ impl Db {
     }
 
     /// Runs `work` on a connection of the pool (a new one when none is idle).
-    pub fn with<T>(&self, work: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(&self, work: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
-        let mut client = match idle.filter(|client| !client.is_closed()) {
-            Some(client) => client,
-            None => self.connect()?,
+        let mut conn = match idle.filter(|conn| !conn.client.is_closed()) {
+            Some(conn) => conn,
+            None => Conn { client: self.connect()?, prepared: HashMap::new() },
         };
-        let result = work(&mut client);
-        if !client.is_closed() {
-            self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(client);
+        let result = work(&mut conn);
+        if !conn.client.is_closed() {
+            self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(conn);
         }
         result
     }
@@ -91,8 +92,9 @@ impl Db {
     /// round trips. `work` must not write.
     pub fn read<T>(&self, work: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let shown = self.shown.clone();
-        self.with(|client| {
-            let mut tx = Tx { client, shown: &shown, conflict: false, notes: Notes::default() };
+        self.with(|conn| {
+            let Conn { client, prepared } = conn;
+            let mut tx = Tx { client, prepared, shown: &shown, conflict: false, notes: Notes::default() };
             work(&mut tx)
         })
     }
@@ -118,11 +120,12 @@ impl Db {
         work: &mut dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let shown = self.shown.clone();
-        self.with(|client| {
+        self.with(|conn| {
             let mut tries = 0;
             loop {
                 tries += 1;
-                let outcome = run_once(client, &shown, unsynced, work).and_then(|(value, notes)| {
+                let outcome = run_once(conn, &shown, unsynced, work).and_then(|(value, notes)| {
+                    let client = &conn.client;
                     block_on(client.batch_execute("COMMIT")).map_err(|e| {
                         let retry = is_conflict(&e);
                         (database(&shown, &e), retry)
@@ -142,18 +145,19 @@ impl Db {
 
 /// BEGIN, `work`, and on failure ROLLBACK; the error says whether a retry may help.
 fn run_once<T>(
-    client: &Client,
+    conn: &mut Conn,
     shown: &str,
     unsynced: bool,
     work: &mut dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
 ) -> Result<(T, Notes), (StoreError, bool)> {
+    let Conn { client, prepared } = conn;
     // One round trip either way.
     let begin = if unsynced { "BEGIN; SET LOCAL synchronous_commit = off" } else { "BEGIN" };
     if let Err(error) = block_on(client.batch_execute(begin)) {
         let _ = block_on(client.batch_execute("ROLLBACK"));
         return Err((database(shown, &error), false));
     }
-    let mut tx = Tx { client, shown, conflict: false, notes: Notes::default() };
+    let mut tx = Tx { client, prepared, shown, conflict: false, notes: Notes::default() };
     match work(&mut tx) {
         Ok(value) => Ok((value, tx.notes)),
         Err(error) => {
@@ -203,9 +207,21 @@ impl Drop for Db {
     }
 }
 
+/// A pooled connection and the statements prepared on it: a statement prepared once
+/// then takes one round trip (bind and execute) instead of two (parse first).
+struct Conn {
+    client: Client,
+    prepared: HashMap<String, Statement>,
+}
+
+/// The most statements kept prepared on one connection; beyond, the cache starts over
+/// (the store's statements are far fewer, but a caller could build its text).
+const MOST_PREPARED: usize = 256;
+
 /// A transaction: statements whose errors are `StoreError`s naming the database.
 pub struct Tx<'a> {
     client: &'a Client,
+    prepared: &'a mut HashMap<String, Statement>,
     shown: &'a str,
     /// The database aborted a statement for a conflict: the transaction is run again.
     conflict: bool,
@@ -222,23 +238,41 @@ impl Tx<'_> {
         })
     }
 
+    /// `sql` prepared on this connection, once.
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let result = block_on(self.client.prepare(sql));
+        let statement = self.check(result)?;
+        if self.prepared.len() >= MOST_PREPARED {
+            self.prepared.clear();
+        }
+        self.prepared.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
     pub fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
-        let result = block_on(self.client.query(sql, params));
+        let statement = self.statement(sql)?;
+        let result = block_on(self.client.query(&statement, params));
         self.check(result)
     }
 
     pub fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
-        let result = block_on(self.client.query_opt(sql, params));
+        let statement = self.statement(sql)?;
+        let result = block_on(self.client.query_opt(&statement, params));
         self.check(result)
     }
 
     pub fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
-        let result = block_on(self.client.query_one(sql, params));
+        let statement = self.statement(sql)?;
+        let result = block_on(self.client.query_one(&statement, params));
         self.check(result)
     }
 
     pub fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
-        let result = block_on(self.client.execute(sql, params));
+        let statement = self.statement(sql)?;
+        let result = block_on(self.client.execute(&statement, params));
         self.check(result)
     }
 
