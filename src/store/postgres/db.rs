@@ -126,11 +126,15 @@ impl Db {
                 tries += 1;
                 let outcome = run_once(conn, &shown, unsynced, work).and_then(|(value, notes)| {
                     let client = &conn.client;
-                    block_on(client.batch_execute("COMMIT")).map_err(|e| {
+                    // The notifications go with the commit, in one round trip; should the
+                    // commit fail, they are sent anyway, which costs listeners only a
+                    // look at what did not change.
+                    let (committed, ()) =
+                        block_on(futures_util::future::join(client.batch_execute("COMMIT"), notes.send(client)));
+                    committed.map_err(|e| {
                         let retry = is_conflict(&e);
                         (database(&shown, &e), retry)
                     })?;
-                    block_on(notes.send(client));
                     Ok(value)
                 });
                 match outcome {
@@ -158,7 +162,7 @@ fn run_once<T>(
         return Err((database(shown, &error), false));
     }
     let mut tx = Tx { client, prepared, shown, conflict: false, notes: Notes::default() };
-    match work(&mut tx) {
+    match work(&mut tx).and_then(|value| tx.prepare_notes().map(|()| value)) {
         Ok(value) => Ok((value, tx.notes)),
         Err(error) => {
             let conflict = tx.conflict;
@@ -177,19 +181,16 @@ fn run_once<T>(
 struct Notes {
     channels: Vec<String>,
     payloads: Vec<String>,
+    /// `NOTIFY_SQL`, prepared before the commit when there is something to send.
+    statement: Option<Statement>,
 }
+
+const NOTIFY_SQL: &str = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)";
 
 impl Notes {
     async fn send(self, client: &Client) {
-        if self.channels.is_empty() {
-            return;
-        }
-        let sent = client
-            .execute(
-                "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)",
-                &[&self.channels, &self.payloads],
-            )
-            .await;
+        let Some(statement) = &self.statement else { return };
+        let sent = client.execute(statement, &[&self.channels, &self.payloads]).await;
         if let Err(error) = sent {
             tracing::debug!(%error, "Could not announce a committed change; listeners find it by polling");
         }
@@ -217,6 +218,10 @@ struct Conn {
 /// The most statements kept prepared on one connection; beyond, the cache starts over
 /// (the store's statements are far fewer, but a caller could build its text).
 const MOST_PREPARED: usize = 256;
+
+/// Takes the advisory lock named `$1` (`Tx::lock`); in a `Tx::pipeline`, the statements
+/// after it run once it is held.
+pub const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))";
 
 /// A transaction: statements whose errors are `StoreError`s naming the database.
 pub struct Tx<'a> {
@@ -276,6 +281,17 @@ impl Tx<'_> {
         self.check(result)
     }
 
+    /// Runs `statements` in their order, sent together: one round trip for all (once
+    /// each is prepared). Each gives its rows.
+    pub fn pipeline(&mut self, statements: &[(&str, Params<'_>)]) -> Result<Vec<Vec<Row>>, StoreError> {
+        let prepared: Vec<Statement> =
+            statements.iter().map(|(sql, _)| self.statement(sql)).collect::<Result<_, _>>()?;
+        let client = self.client;
+        let queries = prepared.iter().zip(statements).map(|(statement, (_, params))| client.query(statement, params));
+        let result = block_on(futures_util::future::try_join_all(queries));
+        self.check(result)
+    }
+
     /// Runs several statements (a migration); no parameters.
     pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
         let result = block_on(self.client.batch_execute(sql));
@@ -286,7 +302,15 @@ impl Tx<'_> {
     /// advisory lock on its hash): how instances take turns deciding about one group,
     /// one dedupe key, or the queue.
     pub fn lock(&mut self, name: &str) -> Result<(), StoreError> {
-        self.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&name]).map(drop)
+        self.execute(LOCK_SQL, &[&name]).map(drop)
+    }
+
+    /// Prepares the statement that sends the notifications, when there are any.
+    fn prepare_notes(&mut self) -> Result<(), StoreError> {
+        if !self.notes.channels.is_empty() {
+            self.notes.statement = Some(self.statement(NOTIFY_SQL)?);
+        }
+        Ok(())
     }
 
     /// Tells every instance's listener, once this transaction has committed.

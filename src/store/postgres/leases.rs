@@ -10,9 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::PgStore;
-use super::db::Tx;
+use super::db::{LOCK_SQL, Tx};
 use super::family;
-use super::rows::{add_activity, decode_run, load_run, next_epoch, runs_of, update_run};
+use super::rows::{add_activity, decode_run, load_run, runs_of, update_run};
 use crate::runs::clock::later;
 use crate::runs::queue::{self, Active};
 use crate::runs::retry::{backoff, may_retry};
@@ -36,7 +36,7 @@ impl PgStore {
         staged: bool,
     ) -> Result<Option<Claim>, StoreError> {
         self.db.transaction_unsynced(|tx| {
-            tx.lock("queue")?;
+            // The queue's lock is taken with the first page's read (`next_claimable`).
             let Some(before) = next_claimable(tx, now, staged)? else { return Ok(None) };
             let mut run = before.clone();
             run.epoch = crash_proof_epoch(tx)?;
@@ -318,7 +318,7 @@ impl PgStore {
     }
 }
 
-/// `rows::next_epoch`, such that no claim after a crash of the database is handed it
+/// `nextval('nightshift_epochs')`, such that no claim after a crash of the database is handed it
 /// again, although a claim's commit is not waited for on disk. PostgreSQL writes a
 /// sequence's progress to its log ahead, once every so many values (and after each
 /// checkpoint); values after the last logged one that reached the disk are handed out
@@ -327,12 +327,15 @@ impl PgStore {
 /// therefore commits synchronously, which puts every epoch up to the logged one beyond
 /// reuse. Claims hold the queue's lock, so none moves the sequence between the reads.
 fn crash_proof_epoch(tx: &mut Tx<'_>) -> Result<Epoch, StoreError> {
-    let unlogged = |tx: &mut Tx<'_>| -> Result<i64, StoreError> {
-        Ok(tx.query_one("SELECT log_cnt FROM nightshift_epochs", &[])?.get(0))
+    // The three in this order, sent together.
+    let unlogged = "SELECT log_cnt FROM nightshift_epochs";
+    let read = tx.pipeline(&[(unlogged, &[]), ("SELECT nextval('nightshift_epochs')", &[]), (unlogged, &[])])?;
+    let first = |rows: &Vec<tokio_postgres::Row>| -> Result<i64, StoreError> {
+        rows.first().map(|row| row.get(0)).ok_or_else(|| StoreError::Io("the epoch sequence read no row".into()))
     };
-    let before = unlogged(tx)?;
-    let epoch = next_epoch(tx)?;
-    if unlogged(tx)? >= before {
+    let (before, epoch, after) = (first(&read[0])?, first(&read[1])?, first(&read[2])?);
+    let epoch = Epoch(epoch as u64);
+    if after >= before {
         tx.execute("SET LOCAL synchronous_commit = on", &[])?;
     }
     Ok(epoch)
@@ -343,6 +346,7 @@ fn crash_proof_epoch(tx: &mut Tx<'_>) -> Result<Epoch, StoreError> {
 /// Queued runs are read a page at a time, as far as needed: a long queue of runs that
 /// wait (a group at its limit) holds back none behind it. A run whose row another
 /// transaction holds (it is being cancelled, say) is passed over, as if it waited.
+/// The queue's lock is taken first, sent with the first page's read.
 fn next_claimable(tx: &mut Tx<'_>, now: DateTime<Utc>, staged: bool) -> Result<Option<Run>, StoreError> {
     let mut working = Working::empty();
     let mut known_repos = HashSet::new();
@@ -367,10 +371,13 @@ fn next_claimable(tx: &mut Tx<'_>, now: DateTime<Utc>, staged: bool) -> Result<O
             None if read_all => return Ok(None),
             None => {
                 let after = queued.last().map_or(0, |run| run.id.0 as i64);
-                let rows = tx.query(
-                    "SELECT doc FROM nightshift_runs WHERE state = 'queued' AND id > $1 ORDER BY id LIMIT $2",
-                    &[&after, &page_size],
-                )?;
+                let page = "SELECT doc FROM nightshift_runs WHERE state = 'queued' AND id > $1 ORDER BY id LIMIT $2";
+                let rows = if queued.is_empty() && passed_over.is_empty() && page_size == CLAIM_PAGE {
+                    let mut read = tx.pipeline(&[(LOCK_SQL, &[&"queue"]), (page, &[&after, &page_size])])?;
+                    read.pop().unwrap_or_default()
+                } else {
+                    tx.query(page, &[&after, &page_size])?
+                };
                 read_all = (rows.len() as i64) < page_size;
                 page_size = (page_size * 2).min(CLAIM_PAGE_MAX);
                 let page = runs_of(&rows)?;
@@ -444,25 +451,26 @@ impl Working {
             for group in &groups {
                 self.in_group.insert(group.clone(), 0);
             }
-            let rows = tx.query(
-                "SELECT group_key, count(*) FROM nightshift_runs WHERE holds_worker AND group_key = ANY($1) GROUP BY group_key",
-                &[&groups],
-            )?;
-            for row in rows {
-                self.in_group.insert(row.get(0), row.get::<_, i64>(1) as u32);
-            }
         }
         let repos: Vec<String> = queued
             .iter()
             .filter_map(|run| run.task.as_ref().map(|task| task.repo.clone()))
             .filter(|repo| known_repos.insert(repo.clone()))
             .collect();
-        if !repos.is_empty() {
-            let rows = tx.query(
-                "SELECT doc FROM nightshift_runs WHERE holds_worker AND repo = ANY($1) ORDER BY id",
-                &[&repos],
-            )?;
-            self.runs.extend(runs_of(&rows)?);
+        if groups.is_empty() && repos.is_empty() {
+            return Ok(());
+        }
+        // Both reads sent together.
+        let counts = "SELECT group_key, count(*) FROM nightshift_runs WHERE holds_worker AND group_key = ANY($1) \
+                      GROUP BY group_key";
+        let working = "SELECT doc FROM nightshift_runs WHERE holds_worker AND repo = ANY($1) ORDER BY id";
+        let [counted, at_work] = <[_; 2]>::try_from(tx.pipeline(&[(counts, &[&groups]), (working, &[&repos])])?)
+            .map_err(|_| StoreError::Io("the database answered two reads with a different number".into()))?;
+        for row in counted {
+            self.in_group.insert(row.get(0), row.get::<_, i64>(1) as u32);
+        }
+        if !at_work.is_empty() {
+            self.runs.extend(runs_of(&at_work)?);
             self.runs.sort_by_key(|run| run.id);
         }
         Ok(())

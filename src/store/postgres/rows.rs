@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::db::Tx;
-use crate::runs::{Epoch, Run, RunId};
+use crate::runs::{Run, RunId};
 use crate::store::{RunChange, StoreError};
 
 /// The channel every committed run change is announced on (`listen.rs`).
@@ -162,12 +162,6 @@ pub fn runs_of(rows: &[tokio_postgres::Row]) -> Result<Vec<Run>, StoreError> {
 pub fn next_run_id(tx: &mut Tx<'_>) -> Result<RunId, StoreError> {
     let row = tx.query_one("SELECT nextval('nightshift_run_ids')", &[])?;
     Ok(RunId(row.get::<_, i64>(0) as u64))
-}
-
-/// An epoch no claim has had, on any instance, ever.
-pub fn next_epoch(tx: &mut Tx<'_>) -> Result<Epoch, StoreError> {
-    let row = tx.query_one("SELECT nextval('nightshift_epochs')", &[])?;
-    Ok(Epoch(row.get::<_, i64>(0) as u64))
 }
 
 /// Writes a stored run's change from `before` to `after`, with the outbox messages the
