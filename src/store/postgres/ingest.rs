@@ -631,6 +631,31 @@ mod tests {
         assert_eq!(count(store, "SELECT count(*) FROM nightshift_runs"), 3);
     }
 
+    /// Dropping a store stops its ingest writer, which holds the database's pool too:
+    /// every connection of that instance closes.
+    #[test]
+    fn a_dropped_store_stops_its_writer_and_closes_its_connections() {
+        let fixture = Fixture::start();
+        let other = fixture.another_instance();
+        other.ingest(&event("x", 0), vec![rendered(&Flow::default())], at(0)).expect("stored");
+        let open = || {
+            count(
+                &fixture.store,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'nightshift' \
+                 AND datname = current_database()",
+            )
+        };
+        let before = open();
+        drop(other);
+        // Its listener's connection and its writer's close; the server notices each as
+        // its socket closes, so wait for that (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while open() > before - 2 {
+            assert!(std::time::Instant::now() < deadline, "the dropped instance's connections stayed open");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     #[test]
     fn a_delivery_seen_before_creates_nothing_and_returns_the_first_outcome() {
         let fixture = Fixture::start();
