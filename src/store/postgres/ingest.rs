@@ -526,6 +526,40 @@ mod tests {
         Flow { concurrency_limit: limit, overlap, ..Flow::default() }
     }
 
+    /// Another connection holding a group's lock, until released.
+    struct Blocker {
+        release: std::sync::mpsc::Sender<()>,
+        holding: std::thread::JoinHandle<Result<(), StoreError>>,
+    }
+
+    impl Blocker {
+        fn release(self) {
+            self.release.send(()).expect("the holder waits");
+            self.holding.join().expect("the holder").expect("its transaction");
+        }
+    }
+
+    /// A delivery whose flow needs its group's lock while another connection holds it:
+    /// the ingest writer waits in it, and what is submitted meanwhile lines up behind it
+    /// in one batch.
+    fn blocked_first_delivery(fixture: &Fixture) -> (crate::store::PendingIngest, Blocker) {
+        let (locked, waiting) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = fixture.another_instance();
+        let holding = std::thread::spawn(move || {
+            holder.db.transaction(|tx| {
+                tx.lock(&format!("group:{}", group_key("probe", Some("k"))))?;
+                let _ = locked.send(());
+                let _ = released.recv();
+                Ok(())
+            })
+        });
+        waiting.recv().expect("the lock is held");
+        let skip = Flow { concurrency_key: Some("k".into()), ..overlap(Overlap::Skip, 1) };
+        let first = fixture.store.ingest_pending(&event("a", 1), vec![rendered(&skip)], at(1));
+        (first, Blocker { release, holding })
+    }
+
     /// Deliveries that wait in line together are decided in one batch: plain ones a
     /// segment at a time, flow-controlled ones alone in their place, each seeing those
     /// before it; repeats in the batch and deliveries stored before get first outcomes.
@@ -534,35 +568,21 @@ mod tests {
         let fixture = Fixture::start();
         let store = &fixture.store;
         let (old, _) = ingest(store, "old", &Flow::default(), 0);
-        // Another connection holds the group's lock, so the writer waits in the first
-        // delivery (which needs it) while the others line up behind it.
-        let (locked, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
-        let holder = fixture.another_instance();
-        let holding = std::thread::spawn(move || {
-            holder.db.transaction(|tx| {
-                tx.lock(&format!("group:{}", group_key("probe", Some("k"))))?;
-                let _ = locked.0.send(());
-                let _ = release.1.recv();
-                Ok(())
-            })
-        });
-        locked.1.recv().expect("the lock is held");
-        let skip = Flow { concurrency_key: Some("k".into()), ..overlap(Overlap::Skip, 1) };
-        let first = store.ingest_pending(&event("a", 1), vec![rendered(&skip)], at(1));
+        // The writer waits in the first delivery while the others line up behind it.
+        let (first, blocker) = blocked_first_delivery(&fixture);
         let broken = NewRun { automation: "broken".into(), definition_hash: "h".into(), rendered: Err("no".into()) };
         let lined_up = [
             ("e1", vec![rendered(&Flow::default())]),
             ("e2", vec![broken, rendered(&Flow::default())]),
             ("e1", vec![rendered(&Flow::default())]),
             ("old", vec![rendered(&Flow::default())]),
-            ("e3", vec![rendered(&skip)]),
+            ("e3", vec![rendered(&Flow { concurrency_key: Some("k".into()), ..overlap(Overlap::Skip, 1) })]),
             ("e1", vec![rendered(&Flow::default())]),
             ("e5", vec![rendered(&Flow::default())]),
         ];
         let pending: Vec<_> =
             lined_up.into_iter().map(|(id, runs)| store.ingest_pending(&event(id, 2), runs, at(2))).collect();
-        release.0.send(()).expect("the holder waits");
-        holding.join().expect("the holder").expect("its transaction");
+        blocker.release();
         let a = first.wait().expect("stored");
         assert_eq!(a.runs[0].disposition, Disposition::Created);
         let answers: Vec<IngestOutcome> = pending.into_iter().map(|p| p.wait().expect("stored")).collect();
@@ -602,25 +622,12 @@ mod tests {
     fn a_delivery_the_database_refuses_fails_alone_not_its_batch() {
         let fixture = Fixture::start();
         let store = &fixture.store;
-        let (locked, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
-        let holder = fixture.another_instance();
-        let holding = std::thread::spawn(move || {
-            holder.db.transaction(|tx| {
-                tx.lock(&format!("group:{}", group_key("probe", Some("k"))))?;
-                let _ = locked.0.send(());
-                let _ = release.1.recv();
-                Ok(())
-            })
-        });
-        locked.1.recv().expect("the lock is held");
-        let skip = Flow { concurrency_key: Some("k".into()), ..overlap(Overlap::Skip, 1) };
-        let first = store.ingest_pending(&event("a", 1), vec![rendered(&skip)], at(1));
+        let (first, blocker) = blocked_first_delivery(&fixture);
         let lined_up: Vec<_> = ["good-1", "bad\u{0}id", "good-2"]
             .into_iter()
             .map(|id| store.ingest_pending(&event(id, 2), vec![rendered(&Flow::default())], at(2)))
             .collect();
-        release.0.send(()).expect("the holder waits");
-        holding.join().expect("the holder").expect("its transaction");
+        blocker.release();
         first.wait().expect("stored");
         let [good, bad, other] = <[_; 3]>::try_from(lined_up).expect("three");
         assert_eq!(good.wait().expect("stored alone").runs[0].disposition, Disposition::Created);
