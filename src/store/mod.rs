@@ -434,14 +434,9 @@ impl PendingIngest {
     }
 
     pub fn wait(self) -> Result<IngestOutcome, StoreError> {
-        match self.0 {
-            Pending::Decided(outcome, durability) => {
-                let outcome = outcome.expect("a pending ingest resolves once")?;
-                durability.wait()?;
-                Ok(outcome)
-            }
-            Pending::Later(pending) => pending.wait(),
-        }
+        let (outcome, durability) = self.decide()?;
+        durability.wait()?;
+        Ok(outcome)
     }
 }
 

@@ -144,14 +144,20 @@ task:
     }
 }
 
-/// A repository to work on and a project whose `sleeper` agent sleeps until killed.
-fn sleeper_world() -> (tempfile::TempDir, String, String) {
-    let dir = tempfile::tempdir().expect("a directory");
-    let upstream = dir.path().join("upstream");
+/// `dir/upstream`: a repository with one commit on `main`.
+fn upstream_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let upstream = dir.join("upstream");
     std::fs::create_dir_all(&upstream).expect("mkdir");
     std::fs::write(upstream.join("README"), "hello\n").expect("write");
     super::git::git(&upstream, &["init", "-q", "--initial-branch=main"]);
     super::git::commit_all(&upstream, "initial");
+    upstream
+}
+
+/// A repository to work on and a project whose `sleeper` agent sleeps until killed.
+fn sleeper_world() -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().expect("a directory");
+    let upstream = upstream_in(dir.path());
     let project = dir.path().join("nightshift.yaml");
     std::fs::write(
         &project,
@@ -269,11 +275,7 @@ fn the_database_stopping_under_load_gives_503s_then_everything_resumes_with_noth
 #[test]
 fn on_postgres_a_run_is_worked_and_the_board_metrics_and_cli_see_it() {
     let dir = tempfile::tempdir().expect("a directory");
-    let upstream = dir.path().join("upstream");
-    std::fs::create_dir_all(&upstream).expect("mkdir");
-    std::fs::write(upstream.join("README"), "hello\n").expect("write");
-    super::git::git(&upstream, &["init", "-q", "--initial-branch=main"]);
-    super::git::commit_all(&upstream, "initial");
+    let upstream = upstream_in(dir.path());
     let script = dir.path().join("writer.sh");
     std::fs::write(
         &script,

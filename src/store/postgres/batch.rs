@@ -125,13 +125,7 @@ fn write(db: &Db, trouble: &Mutex<Option<String>>, line: &(Mutex<Line>, Condvar)
 /// refuses the batch for something other than being away, each delivery is tried in a
 /// transaction of its own, so one it refuses fails alone.
 fn decide(db: &Db, trouble: &Mutex<Option<String>>, batch: Vec<Job>) {
-    let note = |error: Option<&StoreError>| {
-        let mut trouble = trouble.lock().unwrap_or_else(PoisonError::into_inner);
-        *trouble = match error {
-            Some(StoreError::Unavailable(why)) => Some(why.clone()),
-            _ => None,
-        };
-    };
+    let note = |error: Option<&StoreError>| super::note_trouble(trouble, error);
     let decided = db.transaction(|tx| ingest_batch(tx, &batch));
     note(decided.as_ref().err());
     match decided {

@@ -3,7 +3,7 @@
 //! (a serialization failure or a deadlock).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_executor::block_on;
@@ -25,7 +25,7 @@ pub struct Db {
     /// Taken only by `drop`.
     runtime: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
-    idle: Arc<Mutex<Vec<Conn>>>,
+    idle: Mutex<Vec<Conn>>,
     /// Where the database is, for messages (never with a password).
     pub shown: String,
 }
@@ -44,7 +44,7 @@ impl Db {
             .enable_all()
             .build()
             .map_err(|cause| StoreError::Io(format!("cannot start the database runtime: {cause}")))?;
-        Ok(Db { runtime: Some(runtime), config, idle: Arc::default(), shown: url_without_password(url) })
+        Ok(Db { runtime: Some(runtime), config, idle: Mutex::default(), shown: url_without_password(url) })
     }
 
     pub fn config(&self) -> &tokio_postgres::Config {
@@ -92,11 +92,7 @@ impl Db {
     /// round trips. `work` must not write.
     pub fn read<T>(&self, work: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let shown = self.shown.clone();
-        self.with(|conn| {
-            let Conn { client, prepared } = conn;
-            let mut tx = Tx { client, prepared, shown: &shown, conflict: false, notes: Notes::default() };
-            work(&mut tx)
-        })
+        self.with(|conn| work(&mut Tx::on(conn, &shown)))
     }
 
     /// Runs `work` in a transaction and commits it; runs it again (at most `RETRIES`
@@ -154,14 +150,14 @@ fn run_once<T>(
     unsynced: bool,
     work: &mut dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
 ) -> Result<(T, Notes), (StoreError, bool)> {
-    let Conn { client, prepared } = conn;
     // One round trip either way.
     let begin = if unsynced { "BEGIN; SET LOCAL synchronous_commit = off" } else { "BEGIN" };
-    if let Err(error) = block_on(client.batch_execute(begin)) {
-        let _ = block_on(client.batch_execute("ROLLBACK"));
+    if let Err(error) = block_on(conn.client.batch_execute(begin)) {
+        let _ = block_on(conn.client.batch_execute("ROLLBACK"));
         return Err((database(shown, &error), false));
     }
-    let mut tx = Tx { client, prepared, shown, conflict: false, notes: Notes::default() };
+    let mut tx = Tx::on(conn, shown);
+    let client = tx.client;
     match work(&mut tx).and_then(|value| tx.prepare_notes().map(|()| value)) {
         Ok(value) => Ok((value, tx.notes)),
         Err(error) => {
@@ -235,7 +231,12 @@ pub struct Tx<'a> {
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
-impl Tx<'_> {
+impl<'a> Tx<'a> {
+    fn on(conn: &'a mut Conn, shown: &'a str) -> Tx<'a> {
+        let Conn { client, prepared } = conn;
+        Tx { client, prepared, shown, conflict: false, notes: Notes::default() }
+    }
+
     fn check<T>(&mut self, result: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {
         result.map_err(|error| {
             self.conflict |= is_conflict(&error);

@@ -318,11 +318,11 @@ impl PgStore {
     }
 }
 
-/// `nextval('nightshift_epochs')`, such that no claim after a crash of the database is handed it
-/// again, although a claim's commit is not waited for on disk. PostgreSQL writes a
-/// sequence's progress to its log ahead, once every so many values (and after each
-/// checkpoint); values after the last logged one that reached the disk are handed out
-/// again after a crash. A claim lost in a crash is harmless (the run is queued again),
+/// `nextval('nightshift_epochs')`, such that no claim after a crash of the database is
+/// handed it again, although a claim's commit is not waited for on disk. PostgreSQL
+/// writes a sequence's progress to its log ahead, once every so many values (and after
+/// each checkpoint); values after the last logged one that reached the disk are handed
+/// out again after a crash. A claim lost in a crash is harmless (the run is queued again),
 /// but its worker may live on with the epoch: the claim that logs the sequence ahead
 /// therefore commits synchronously, which puts every epoch up to the logged one beyond
 /// reuse. Claims hold the queue's lock, so none moves the sequence between the reads.
@@ -354,6 +354,7 @@ fn next_claimable(tx: &mut Tx<'_>, now: DateTime<Utc>, staged: bool) -> Result<O
     let mut passed_over: Vec<RunId> = Vec::new();
     let mut read_all = false;
     let mut page_size = CLAIM_PAGE;
+    let mut unlocked = true;
     loop {
         let offered = queued.iter().filter(|run| (staged || queue::plain(run)) && !passed_over.contains(&run.id));
         let turns = queue::turns(offered, &working, now, true);
@@ -372,7 +373,7 @@ fn next_claimable(tx: &mut Tx<'_>, now: DateTime<Utc>, staged: bool) -> Result<O
             None => {
                 let after = queued.last().map_or(0, |run| run.id.0 as i64);
                 let page = "SELECT doc FROM nightshift_runs WHERE state = 'queued' AND id > $1 ORDER BY id LIMIT $2";
-                let rows = if queued.is_empty() && passed_over.is_empty() && page_size == CLAIM_PAGE {
+                let rows = if std::mem::take(&mut unlocked) {
                     let mut read = tx.pipeline(&[(LOCK_SQL, &[&"queue"]), (page, &[&after, &page_size])])?;
                     read.pop().unwrap_or_default()
                 } else {
@@ -447,10 +448,8 @@ impl Working {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        if !groups.is_empty() {
-            for group in &groups {
-                self.in_group.insert(group.clone(), 0);
-            }
+        for group in &groups {
+            self.in_group.insert(group.clone(), 0);
         }
         let repos: Vec<String> = queued
             .iter()

@@ -62,8 +62,8 @@ pub struct PgStore {
     listener: Option<listen::Listener>,
     /// Memory reads shared by the deliveries that ask at once.
     memory_reads: shared_reads::SharedReads<MemoryRead>,
-    /// Where ingests wait to be decided in batches; `None` only while closing.
-    batcher: Option<batch::Batcher>,
+    /// Where ingests wait to be decided in batches.
+    batcher: batch::Batcher,
 }
 
 impl PgStore {
@@ -85,7 +85,7 @@ impl PgStore {
             wakeups: Arc::new(tokio::sync::Notify::new()),
             trouble,
             listener: None,
-            batcher: Some(batcher),
+            batcher,
             memory_reads: shared_reads::SharedReads::new(),
             db,
         };
@@ -100,11 +100,7 @@ impl PgStore {
 
     /// Records whether the database answered: `trouble` says why not while it does not.
     fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut trouble = self.trouble.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match &result {
-            Err(StoreError::Unavailable(why)) => *trouble = Some(why.clone()),
-            _ => *trouble = None,
-        }
+        note_trouble(&self.trouble, result.as_ref().err());
         result
     }
 }
@@ -114,7 +110,6 @@ impl Drop for PgStore {
         if let Some(listener) = self.listener.take() {
             listener.stop();
         }
-        drop(self.batcher.take());
     }
 }
 
@@ -122,6 +117,16 @@ impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore").field("database", &self.db.shown).field("instance", &self.instance).finish()
     }
+}
+
+/// Records in `trouble` why the database cannot be used, when `error` says it is away;
+/// clears it otherwise.
+fn note_trouble(trouble: &Mutex<Option<String>>, error: Option<&StoreError>) {
+    let mut trouble = trouble.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    *trouble = match error {
+        Some(StoreError::Unavailable(why)) => Some(why.clone()),
+        _ => None,
+    };
 }
 
 /// `url` as messages show it: any password replaced by `***`.
@@ -157,7 +162,7 @@ impl Store for PgStore {
     }
 
     fn ingest_pending(&self, event: &Event, runs: Vec<NewRun>, now: DateTime<Utc>) -> super::PendingIngest {
-        self.batcher.as_ref().expect("the batcher lives until the store is dropped").submit(event, runs, now)
+        self.batcher.submit(event, runs, now)
     }
 
     fn claim_for(

@@ -92,8 +92,7 @@ pub fn insert_runs(tx: &mut Tx<'_>, runs: &[Run]) -> Result<(), StoreError> {
         return Ok(());
     }
     let rows: Vec<RunRow> = runs.iter().map(RunRow::of).collect();
-    let column = |pick: fn(&RunRow) -> i64| rows.iter().map(pick).collect::<Vec<_>>();
-    let ids = column(|row| row.id);
+    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
     let automations: Vec<&str> = runs.iter().map(|run| run.automation.as_str()).collect();
     let states: Vec<&str> = rows.iter().map(|row| row.state).collect();
     let finished: Vec<bool> = rows.iter().map(|row| row.finished).collect();
