@@ -174,7 +174,9 @@ mod tests {
             lined_up.wait();
             // The waiters are lined up once each has joined the round; give them the
             // chance, then let the first read end.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             while reads.keys.lock().unwrap()["a"].next.as_ref().map_or(0, Arc::strong_count) < waiters + 1 {
+                assert!(std::time::Instant::now() < deadline, "the late callers never lined up for the next read");
                 std::thread::yield_now();
             }
             finish.send(()).unwrap();
